@@ -1,0 +1,51 @@
+"""Forge: backfill exact historical candles from crypto exchanges, through pluggy plugins.
+
+The embedding API is :class:`Pipeline`; plugin authors subclass :class:`Source`, :class:`Sink`
+or :class:`Transform` and register them with the hooks in :mod:`forge_core.hookspecs`.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import ForgeError, RetryableError, SinkError, SourceError, TransformError, UsageError
+from .hookspecs import hookimpl
+from .http import HttpClient, RateLimiter
+from .options import Option
+from .pipeline import Pipeline, Progress, RunResult
+from .plugins import Plugins
+from .records import CANDLE_COLUMNS, EXTRA_COLUMNS, Batch
+from .sinks import RunInfo, Sink
+from .sources import Source, SymbolInfo, Task
+from .timeframes import Timeframe, parse_timeframe
+from .transforms import RowFunction, Transform
+
+__all__ = [
+    "CANDLE_COLUMNS",
+    "EXTRA_COLUMNS",
+    "Batch",
+    "ForgeError",
+    "HttpClient",
+    "Option",
+    "Pipeline",
+    "Plugins",
+    "Progress",
+    "RateLimiter",
+    "RetryableError",
+    "RowFunction",
+    "RunInfo",
+    "RunResult",
+    "Sink",
+    "SinkError",
+    "Source",
+    "SourceError",
+    "SymbolInfo",
+    "Task",
+    "Timeframe",
+    "Transform",
+    "TransformError",
+    "UsageError",
+    "__version__",
+    "hookimpl",
+    "parse_timeframe",
+]

@@ -1,0 +1,35 @@
+"""Errors with exit codes. The CLI prints their message as one line; no traceback."""
+
+from __future__ import annotations
+
+
+class ForgeError(Exception):
+    """A failure the user can act on. ``str(error)`` is the one line shown to them."""
+
+    exit_code = 1
+
+
+class UsageError(ForgeError):
+    """The user asked for something invalid (bad option, unknown plugin, bad date)."""
+
+    exit_code = 2
+
+
+class RetryableError(ForgeError):
+    """A transient failure (429, 5xx, timeout, malformed body): try again after ``retry_after``."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class SourceError(ForgeError):
+    """The exchange refused a request for a reason that retrying cannot fix."""
+
+
+class SinkError(ForgeError):
+    """The destination could not accept or commit rows."""
+
+
+class TransformError(ForgeError):
+    """A transform raised while processing a batch."""

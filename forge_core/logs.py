@@ -1,0 +1,43 @@
+"""Structured logging through structlog on top of the standard ``logging`` module.
+
+The library never installs handlers: an embedding app configures ``logging`` as it likes and
+sees Forge's events under the ``forge`` logger. The CLI calls :func:`configure`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+_PROCESSORS = [
+    structlog.stdlib.filter_by_level,
+    structlog.stdlib.add_logger_name,
+    structlog.stdlib.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+]
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    """A logger under the ``forge`` namespace (``forge.forge_binance.source`` ...)."""
+    return structlog.wrap_logger(
+        logging.getLogger(f"forge.{name}"), processors=_PROCESSORS, wrapper_class=structlog.stdlib.BoundLogger
+    )
+
+
+def configure(verbosity: int = 0, fmt: str = "console") -> None:
+    """Send Forge's logs to stderr: warnings by default, info with ``-v``, debug with ``-vv``."""
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(processor=renderer))
+    logger = logging.getLogger("forge")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False

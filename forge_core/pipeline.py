@@ -1,0 +1,338 @@
+"""The embedding API and run loop: source -> transforms -> sinks.
+
+::
+
+    from forge_core import Pipeline
+
+    result = Pipeline("binance", sinks=[("csv", {"output": "btc.csv"})]).run(
+        ["BTCUSDT"], "1m", "2024-01-01", "2024-01-31"
+    )
+    print(result.rows)          # {'BTCUSDT': 44640}
+
+Fetching runs ahead in a small thread pool (``workers``), bounded to twice its size, while the
+calling thread cleans, transforms and writes the pages strictly in time order per symbol, so
+memory stays flat however long the range. Every ``commit_every`` rows, and at the end of each
+symbol, the sinks commit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ForgeError, UsageError
+from .logs import get_logger
+from .plugins import Plugins
+from .records import END_TS, OPEN_TS, Batch, Row
+from .sinks import RunInfo, Sink
+from .sources import Source, Task
+from .timeframes import Timeframe, parse_timeframe
+from .times import iso, parse_range
+from .transforms import RowFunction, Transform
+
+log = get_logger(__name__)
+
+PluginSpec = Any  # a name, (name, options), an instance, or (for transforms) a callable
+
+
+@dataclass
+class Progress:
+    """Passed to ``on_progress`` after every page."""
+
+    symbol: str
+    done: int
+    expected: int
+    total_done: int
+    total_expected: int
+    elapsed: float
+
+    @property
+    def rate(self) -> float:
+        return self.total_done / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        if not self.rate or self.total_done >= self.total_expected:
+            return None
+        return (self.total_expected - self.total_done) / self.rate
+
+
+@dataclass
+class RunResult:
+    """What a run did. ``rows`` counts rows written per symbol."""
+
+    source: str
+    timeframe: str
+    start: int
+    end: int
+    rows: dict[str, int] = field(default_factory=dict)
+    origins: dict[str, int] = field(default_factory=dict)
+    tasks: int = 0
+    duplicates_dropped: int = 0
+    elapsed: float = 0.0
+    source_stats: dict[str, int] = field(default_factory=dict)
+    destinations: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.rows.values())
+
+    def summary(self) -> str:
+        origins = ", ".join(f"{n} from {o}" for o, n in sorted(self.origins.items())) or "none"
+        stats = ", ".join(f"{k} {v}" for k, v in self.source_stats.items())
+        return (
+            f"{self.total} {self.timeframe} candles from {self.source} "
+            f"({', '.join(f'{s} {n}' for s, n in self.rows.items())}) in {self.elapsed:.1f}s; "
+            f"{origins}; {stats}; -> {', '.join(self.destinations)}"
+        )
+
+
+class Pipeline:
+    """A source, optional transforms and one or more sinks, ready to :meth:`run`.
+
+    Each argument takes a registered name, ``(name, options)``, or an instance; transforms
+    also take a plain ``fn(dict) -> dict`` (applied per row). Nothing is shared with other
+    pipelines: each has its own plugin set, source (and so rate limiter) and sinks.
+    """
+
+    def __init__(
+        self,
+        source: PluginSpec,
+        sinks: Sequence[PluginSpec] = ("csv",),
+        transforms: Sequence[PluginSpec] = (),
+        *,
+        plugins: Plugins | None = None,
+        workers: int = 4,
+        commit_every: int = 50_000,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.plugins = plugins or Plugins()
+        self.source: Source = self._make("source", source)
+        self.sinks: list[Sink] = [self._make("sink", s) for s in sinks]
+        if not self.sinks:
+            raise UsageError("a pipeline needs at least one sink")
+        self.transforms: list[Transform] = [
+            RowFunction(t) if callable(t) and not isinstance(t, (Transform, type)) else self._make("transform", t)
+            for t in transforms
+        ]
+        if workers < 1:
+            raise UsageError(f"workers must be at least 1, got {workers}")
+        self.workers = workers
+        self.commit_every = commit_every
+        self.on_progress = on_progress
+
+    def _make(self, kind: str, spec: PluginSpec) -> Any:
+        base = {"source": Source, "sink": Sink, "transform": Transform}[kind]
+        if isinstance(spec, base):
+            return spec
+        name, options = (spec, {}) if isinstance(spec, str) else spec
+        return self.plugins.get(kind, name)(**options)
+
+    # -- running ----------------------------------------------------------------------------
+    def run(
+        self,
+        symbols: str | Sequence[str],
+        timeframe: str,
+        start: str | int,
+        end: str | int = "now",
+    ) -> RunResult:
+        """Fetch the closed candles of ``symbols`` opening from ``start`` to ``end`` (inclusive,
+        see :func:`forge_core.times.parse_range`) and write them to every sink."""
+        began = time.monotonic()
+        symbols = _symbols(symbols)
+        tf = parse_timeframe(str(timeframe), self.source.timeframes)
+        start_ms, end_ms = parse_range(str(start), str(end))
+        source = self.source
+        info = RunInfo(source.name, source.label or source.name.title(), tuple(symbols), tf.name,
+                       start_ms, end_ms, source.columns)
+        result = RunResult(source.name, tf.name, start_ms, end_ms)
+        opened: list[Sink] = []
+        ok = False
+        try:
+            for sink in self.sinks:  # before any exchange request: a bad destination fails fast
+                sink.open(info)
+                opened.append(sink)
+            now = source.server_time()
+            if start_ms > now:
+                raise UsageError(f"from date {iso(start_ms)} is in the future (exchange time {iso(now)})")
+            limit = min(end_ms, tf.floor(now))  # the candle open at `now` is never requested
+            plans = self._plan(symbols, tf, start_ms, limit)
+            self._execute(plans, tf, now, result)
+            ok = True
+        finally:
+            result.elapsed = time.monotonic() - began
+            result.source_stats = source.stats()
+            for sink in opened:
+                try:
+                    sink.close(ok)
+                except Exception:
+                    if ok:
+                        raise
+                    log.warning("sink_close_failed", sink=sink.name, exc_info=True)
+            result.destinations = [s.describe() for s in self.sinks]
+            source.close()
+        log.info("run_done", summary=result.summary())
+        return result
+
+    def _plan(self, symbols: list[str], tf: Timeframe, start: int, end: int) -> list[tuple[str, list[Task], int]]:
+        plans = []
+        for symbol in symbols:
+            info = self.source.prepare(symbol, tf)
+            first = start if info.first_open is None else max(start, tf.floor(info.first_open))
+            tasks = list(self.source.plan(symbol, tf, first, end)) if first < end else []
+            plans.append((symbol, tasks, tf.count(first, end) if first < end else 0))
+        return plans
+
+    def _execute(self, plans: list[tuple[str, list[Task], int]], tf: Timeframe, now: int,
+                 result: RunResult) -> None:
+        total_expected = sum(expected for _, _, expected in plans)
+        total_done = 0
+        began = time.monotonic()
+        uncommitted = 0
+        tasks = (task for _, task_list, _ in plans for task in task_list)
+        expected_by_symbol = {symbol: expected for symbol, _, expected in plans}
+        current: str | None = None
+        for symbol, _, _ in plans:
+            result.rows.setdefault(symbol, 0)
+        for task, rows, origin in _run_ahead(self.source, tasks, self.workers):
+            if task.symbol != current:
+                if current is not None:
+                    uncommitted += self._end_series(current, tf, result)
+                    self._commit()
+                    uncommitted = 0
+                current = task.symbol
+            result.tasks += 1
+            clean, dropped = _clean(rows, task, now)
+            result.duplicates_dropped += dropped
+            if clean:
+                batch = Batch(self.source.name, task.symbol, tf.name, self.source.columns, clean, origin)
+                result.origins[origin] = result.origins.get(origin, 0) + len(clean)
+                uncommitted += self._emit(batch, result)
+            total_done += tf.count(task.start, task.end)
+            if uncommitted >= self.commit_every:
+                self._commit()
+                uncommitted = 0
+            if self.on_progress is not None:
+                done = min(result.rows[task.symbol], expected_by_symbol[task.symbol])
+                self.on_progress(Progress(task.symbol, done, expected_by_symbol[task.symbol],
+                                          min(total_done, total_expected), total_expected,
+                                          time.monotonic() - began))
+        if current is not None:
+            self._end_series(current, tf, result)
+        self._commit()
+
+    def _emit(self, batch: Batch | None, result: RunResult) -> int:
+        for transform in self.transforms:
+            if batch is None or not batch.rows:
+                return 0
+            batch = _apply(transform, batch)
+        if batch is None or not batch.rows:
+            return 0
+        for sink in self.sinks:
+            sink.write(batch)
+        result.rows[batch.symbol] = result.rows.get(batch.symbol, 0) + len(batch.rows)
+        return len(batch.rows)
+
+    def _end_series(self, symbol: str, tf: Timeframe, result: RunResult) -> int:
+        """Flush stateful transforms at the end of a symbol; a flushed batch passes through
+        the transforms after the one that produced it."""
+        written = 0
+        for i, transform in enumerate(self.transforms):
+            tail = transform.end_series()
+            if tail is None or not tail.rows:
+                continue
+            for later in self.transforms[i + 1:]:
+                tail = _apply(later, tail)
+                if not tail.rows:
+                    break
+            if tail.rows:
+                for sink in self.sinks:
+                    sink.write(tail)
+                result.rows[symbol] = result.rows.get(symbol, 0) + len(tail.rows)
+                written += len(tail.rows)
+        return written
+
+    def _commit(self) -> None:
+        for sink in self.sinks:
+            sink.commit()
+
+
+def _apply(transform: Transform, batch: Batch) -> Batch:
+    from .errors import TransformError
+
+    try:
+        return transform.apply(batch)
+    except ForgeError:
+        raise
+    except Exception as exc:
+        first = iso(batch.rows[0][OPEN_TS]) if batch.rows and isinstance(batch.rows[0][OPEN_TS], int) else "?"
+        raise TransformError(
+            f"transform {transform.label} failed on {batch.symbol} batch starting {first}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _run_ahead(source: Source, tasks: Iterator[Task], workers: int) -> Iterator[tuple[Task, list[Row], str]]:
+    """Fetch tasks concurrently, yielding results in task order, at most ``2 * workers`` ahead."""
+
+    def fetch(task: Task) -> tuple[list[Row], str]:
+        rows = source.fetch(task)
+        origin = getattr(rows, "origin", task.kind)
+        return list(rows), origin
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-fetch")
+    pending: deque[tuple[Task, Future[tuple[list[Row], str]]]] = deque()
+    try:
+        for task in tasks:
+            pending.append((task, pool.submit(fetch, task)))
+            if len(pending) >= 2 * workers:
+                head, future = pending.popleft()
+                yield head, *future.result()
+        while pending:
+            head, future = pending.popleft()
+            yield head, *future.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _clean(rows: list[Row], task: Task, now: int) -> tuple[list[Row], int]:
+    """Keep rows opening in the task's range that have closed by ``now``, ascending and unique.
+    Returns the rows and how many duplicates were dropped."""
+    start, end = task.start, task.end
+    out: list[Row] = []
+    last = -1
+    dropped = 0
+    ordered = True
+    for row in rows:
+        ts = row[OPEN_TS]
+        if ts < start or ts >= end or row[END_TS] >= now:
+            continue
+        if ts <= last:
+            if ts == last:
+                dropped += 1
+                continue
+            ordered = False
+        out.append(row)
+        last = ts
+    if not ordered:
+        unique = {row[OPEN_TS]: row for row in out}
+        dropped += len(out) - len(unique)
+        out = [unique[ts] for ts in sorted(unique)]
+    return out, dropped
+
+
+def _symbols(symbols: str | Iterable[str]) -> list[str]:
+    items = [symbols] if isinstance(symbols, str) else list(symbols)
+    out: list[str] = []
+    for item in items:
+        for part in str(item).split(","):
+            part = part.strip()
+            if part and part not in out:
+                out.append(part)
+    if not out:
+        raise UsageError("no symbol given: pass at least one, e.g. BTCUSDT")
+    return out

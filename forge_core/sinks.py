@@ -1,0 +1,77 @@
+"""The sink contract: what a destination plugin implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .options import Option
+from .records import Batch
+from .times import day_label, inclusive_end_label
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a sink knows about the run before the first batch arrives."""
+
+    source: str
+    source_label: str
+    symbols: tuple[str, ...]
+    timeframe: str
+    start: int
+    end: int
+    columns: tuple[str, ...]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def start_label(self) -> str:
+        return day_label(self.start)
+
+    @property
+    def end_label(self) -> str:
+        return inclusive_end_label(self.end)
+
+
+class Sink:
+    """Base class of sinks.
+
+    The run loop calls :meth:`open` once before any request to the exchange (so a bad
+    database URL fails fast), then :meth:`write` per batch and :meth:`commit` every few
+    batches and at the end of each symbol; rows are durable once ``commit`` returns. Finally
+    :meth:`close` with ``ok=False`` after a failure (roll back, keep nothing that looks whole).
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    options: ClassVar[tuple[Option, ...]] = ()
+
+    def __init__(self, **options: Any) -> None:
+        unknown = set(options) - {o.name for o in self.options}
+        if unknown:
+            from .errors import UsageError
+
+            accepted = ", ".join(o.name for o in self.options) or "none"
+            raise UsageError(
+                f"sink {self.name!r} has no option {sorted(unknown)[0]!r}; accepted: {accepted}"
+            )
+        self.settings = {o.name: options.get(o.name, o.default) for o in self.options}
+
+    def open(self, run: RunInfo) -> None:
+        """Connect and check the destination is usable."""
+
+    def write(self, batch: Batch) -> None:
+        raise NotImplementedError(f"sink {self.name!r} does not implement write()")
+
+    def commit(self) -> None:
+        """Make everything written so far durable."""
+
+    def last_open(self, source: str, symbol: str, timeframe: str) -> int | None:
+        """Open time of the newest candle this sink already holds for the series, if it can tell."""
+        return None
+
+    def close(self, ok: bool) -> None:
+        """Finish (``ok``) or abandon the run."""
+
+    def describe(self) -> str:
+        """Where the rows went, for the run summary; never include secrets."""
+        return self.name

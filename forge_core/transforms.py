@@ -1,0 +1,81 @@
+"""The transform contract, and the adapter for the seed's per-row ``set_transformer`` functions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from .errors import TransformError
+from .options import Option
+from .records import OPEN_TS, Batch
+from .times import iso
+
+
+class Transform:
+    """Maps batches to batches. Runs only when the user names it.
+
+    :meth:`apply` gets each batch of a series in time order; :meth:`end_series` is called when a
+    series (symbol) is complete and may return a last batch (e.g. a resampler's final period).
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    options: ClassVar[tuple[Option, ...]] = ()
+
+    def __init__(self, **options: Any) -> None:
+        self.settings = {o.name: options.get(o.name, o.default) for o in self.options}
+
+    def apply(self, batch: Batch) -> Batch:
+        raise NotImplementedError
+
+    def end_series(self) -> Batch | None:
+        return None
+
+    @property
+    def label(self) -> str:
+        return self.name or type(self).__name__
+
+
+class RowFunction(Transform):
+    """Wraps ``fn(dict) -> dict``: the seed's ``set_transformer``. Numbers are given to ``fn`` as
+    floats; the columns of the result follow the keys of the first row it returns."""
+
+    name = "function"
+
+    def __init__(self, fn: Callable[[dict[str, Any]], dict[str, Any]], label: str | None = None) -> None:
+        super().__init__()
+        self.fn = fn
+        self._label = label or getattr(fn, "__qualname__", repr(fn))
+
+    @property
+    def label(self) -> str:
+        return self._label
+
+    def apply(self, batch: Batch) -> Batch:
+        from .records import NUMERIC_COLUMNS
+
+        cols = batch.columns
+        numeric = [i for i, c in enumerate(cols) if c in NUMERIC_COLUMNS]
+        out_cols: tuple[str, ...] | None = None
+        rows = []
+        for row in batch.rows:
+            values = list(row)
+            for i in numeric:
+                if values[i] is not None:
+                    values[i] = float(values[i])
+            try:
+                result = self.fn(dict(zip(cols, values, strict=True)))
+            except Exception as exc:
+                raise TransformError(
+                    f"transform {self.label} failed on {batch.symbol} candle {iso(row[OPEN_TS])}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            if not isinstance(result, dict):
+                raise TransformError(
+                    f"transform {self.label} returned {type(result).__name__}, expected a dict "
+                    f"(candle {iso(row[OPEN_TS])})"
+                )
+            if out_cols is None:
+                out_cols = tuple(result)
+            rows.append(tuple(result.get(c) for c in out_cols))
+        return batch.with_rows(rows, out_cols or cols)

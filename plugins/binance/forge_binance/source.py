@@ -1,0 +1,185 @@
+"""Binance spot (``/api/v3/klines``) and USD-M futures (``/fapi/v1/klines``) source.
+
+Pages go forward with ``startTime``/``endTime`` (both inclusive on open time). The request
+weight budget is read from ``exchangeInfo`` and kept by a limiter shared by all workers, which
+also follows the server's ``X-MBX-USED-WEIGHT-*`` count; a 429 pauses every worker for its
+``Retry-After``; a 418 (ban) is never retried.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import requests
+
+from forge_core import (
+    EXTRA_COLUMNS,
+    HttpClient,
+    Option,
+    RateLimiter,
+    RetryableError,
+    Source,
+    SourceError,
+    SymbolInfo,
+    Task,
+    Timeframe,
+)
+from forge_core.records import CANDLE_COLUMNS, Row
+from forge_core.timeframes import NAMES
+from forge_core.times import iso
+
+MARKETS: dict[str, dict[str, Any]] = {
+    "spot": {"prefix": "/api/v3", "env": "FORGE_BINANCE_URL", "url": "https://api.binance.com",
+             "weight_limit": 6000, "page": 1000, "timeframes": NAMES},
+    "usdm": {"prefix": "/fapi/v1", "env": "FORGE_BINANCE_FUTURES_URL", "url": "https://fapi.binance.com",
+             "weight_limit": 2400, "page": 499, "timeframes": tuple(n for n in NAMES if n != "1s")},
+}
+_WINDOW_SECONDS = {"SECOND": 1, "MINUTE": 60, "HOUR": 3600, "DAY": 86400}
+
+
+def kline_weight(market: str, limit: int) -> int:
+    if market == "spot":
+        return 2
+    return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
+
+
+class BinanceSource(Source):
+    name = "binance"
+    label = "Binance"
+    description = "Binance spot and USD-M futures klines (REST)"
+    columns = CANDLE_COLUMNS + EXTRA_COLUMNS
+    options = (
+        Option("base_url", "Exchange host root, e.g. https://api.binance.com (paths are the plugin's).",
+               envvar="FORGE_BINANCE_URL / FORGE_BINANCE_FUTURES_URL", metavar="URL"),
+        Option("market", "Binance market: spot or usdm (USD-M futures).", default="spot",
+               choices=("spot", "usdm")),
+    )
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.market = self.settings["market"] or "spot"
+        spec = MARKETS[self.market]
+        self.prefix = spec["prefix"]
+        self.timeframes = spec["timeframes"]
+        base_url = self.settings["base_url"] or os.environ.get(spec["env"]) or spec["url"]
+        self.limiter = RateLimiter(spec["weight_limit"] * 0.95, 61.0, name=f"binance-{self.market}")
+        self.http = HttpClient(base_url, limiter=self.limiter, check=self._check)
+        self._limits_known = False
+
+    # -- HTTP plumbing ----------------------------------------------------------------------
+    def _check(self, response: requests.Response, body: Any) -> None:
+        status = response.status_code
+        for name, value in response.headers.items():
+            if name.lower().startswith("x-mbx-used-weight-"):
+                used = _float(value)
+                if used is not None:
+                    self.limiter.observe(used)
+                break
+        if status < 400:
+            return
+        code = body.get("code") if isinstance(body, dict) else None
+        msg = body.get("msg", "") if isinstance(body, dict) else response.text[:200]
+        retry_after = _float(response.headers.get("Retry-After"))
+        if status == 418:
+            raise SourceError(f"Binance has banned this IP ({msg}); not retrying, a retry would extend "
+                              f"the ban; wait {retry_after or 'a while'}s")
+        if status in (429, 408) or status >= 500:
+            raise RetryableError(f"HTTP {status} {code or ''} {msg}".strip(), retry_after)
+        raise BinanceError(status, code, msg)
+
+    def _get(self, path: str, params: dict[str, Any], cost: float, parse: Any = None) -> Any:
+        return self.http.get_json(self.prefix + path, params, cost=cost, parse=parse)
+
+    def _learn_limits(self, symbol: str) -> None:
+        """Size the limiter from ``exchangeInfo.rateLimits`` (the live values change)."""
+        if self._limits_known:
+            return
+        params = {"symbol": symbol} if self.market == "spot" else {}
+        info = self._get("/exchangeInfo", params, 20 if self.market == "spot" else 1)
+        for limit in info.get("rateLimits", []):
+            if limit.get("rateLimitType") == "REQUEST_WEIGHT":
+                window = _WINDOW_SECONDS.get(limit.get("interval"), 60) * int(limit.get("intervalNum", 1))
+                slack = max(0.25, window * 0.02)  # network jitter between our clock and theirs
+                self.limiter.reconfigure(float(limit["limit"]) * 0.95, window + slack)
+        self._limits_known = True
+
+    # -- the Source contract ----------------------------------------------------------------
+    def server_time(self) -> int:
+        return int(self._get("/time", {}, 1)["serverTime"])
+
+    def prepare(self, symbol: str, timeframe: Timeframe) -> SymbolInfo:
+        try:
+            self._learn_limits(symbol)
+            first = self._klines(symbol, timeframe, {"startTime": 0, "limit": 1})
+        except BinanceError as exc:
+            raise self._explain(exc, symbol, timeframe) from None
+        return SymbolInfo(symbol, first[0][3] if first else None)
+
+    def page_size(self, timeframe: Timeframe) -> int:
+        return MARKETS[self.market]["page"]
+
+    def fetch(self, task: Task) -> Iterable[Row]:
+        tf, limit = task.timeframe, self.page_size(task.timeframe)
+        rows: list[Row] = []
+        cursor = task.start
+        while cursor < task.end:
+            try:
+                page = self._klines(task.symbol, tf, {"startTime": cursor, "endTime": task.end - 1, "limit": limit})
+            except BinanceError as exc:
+                raise self._explain(exc, task.symbol, tf) from None
+            if not page:
+                break  # the exchange has nothing in [cursor, end]: a real hole or the end of data
+            rows.extend(page)
+            last = page[-1][3]
+            if last < cursor:
+                raise SourceError(f"Binance returned {task.symbol} candles before startTime {iso(cursor)}")
+            cursor = tf.next_open(last)
+            # a page shorter than the window is not the end: ask again from after its last row
+        return rows
+
+    def _klines(self, symbol: str, tf: Timeframe, params: dict[str, Any]) -> list[Row]:
+        query = {"symbol": symbol, "interval": tf.name, **params}
+        name, tfname = self.name, tf.name
+
+        def parse(body: Any) -> list[Row]:
+            if not isinstance(body, list):
+                raise TypeError(f"expected a list of klines, got {type(body).__name__}")
+            return [(name, symbol, tfname, int(k[0]), int(k[6]), k[1], k[2], k[3], k[4], k[5],
+                     k[7], int(k[8]), k[9], k[10]) for k in body]
+
+        return self._get("/klines", query, kline_weight(self.market, int(query.get("limit", 500))), parse)
+
+    def _explain(self, exc: BinanceError, symbol: str, tf: Timeframe) -> SourceError:
+        where = f"Binance {self.market}"
+        if exc.code == -1121:
+            return SourceError(f"unknown symbol {symbol!r} on {where} (Binance: {exc.msg}); "
+                               "Binance spells pairs like BTCUSDT")
+        if exc.code == -1100 and "symbol" in exc.msg:
+            return SourceError(f"symbol {symbol!r} is not valid on {where}: use upper case letters and "
+                               "digits without separators, like BTCUSDT")
+        if exc.code == -1120:
+            return SourceError(f"timeframe {tf.name!r} is not offered by {where}; choose one of: "
+                               f"{' '.join(self.timeframes)}")
+        return SourceError(f"{where} refused the request for {symbol} {tf.name}: HTTP {exc.status} "
+                           f"{exc.code} {exc.msg}")
+
+    def stats(self) -> dict[str, int]:
+        return self.http.stats.as_dict()
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class BinanceError(SourceError):
+    def __init__(self, status: int, code: Any, msg: str) -> None:
+        super().__init__(f"Binance HTTP {status} {code}: {msg}")
+        self.status, self.code, self.msg = status, code, msg
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

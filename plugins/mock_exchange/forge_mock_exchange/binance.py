@@ -1,0 +1,253 @@
+"""Binance spot (``/api/v3``) and USD-M futures (``/fapi/v1``) market-data endpoints.
+
+Formats, errors and limits follow ``exchange-apis.md`` section A: 12-field kline rows with
+ints at 0/6/8; ``startTime <= openTime <= endTime``; 400 bodies ``{"code":-1121,...}``;
+request weight per IP in a fixed window reported in ``X-MBX-USED-WEIGHT-1M``; 429 with
+``Retry-After`` past the limit, and a 418 ban for clients that keep going after 429s.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from forge_core.timeframes import NAMES, parse_timeframe
+
+from .market import Listing, Market, candle, has_candle
+from .server import MockExchange, Request, Response
+
+SYMBOL_RE = re.compile(r"^[A-Z0-9\-_.]{1,20}$")
+DIGITS_RE = re.compile(r"^[0-9]{1,20}$")
+BAN_AFTER = 5  # over-limit requests tolerated after a 429 before a ban
+BAN_SECONDS = 120
+
+
+@dataclass
+class Flavor:
+    key: str  # "spot" | "usdm"
+    prefix: str  # "/api/v3" | "/fapi/v1"
+    market: Market
+    intervals: tuple[str, ...]
+    max_limit: int
+    params: frozenset[str]
+
+    def weight(self, limit: int) -> int:
+        if self.key == "spot":
+            return 2
+        return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
+
+
+SPOT = Flavor("spot", "/api/v3", Market.binance_spot(), NAMES, 1000,
+              frozenset({"symbol", "interval", "startTime", "endTime", "limit", "timeZone"}))
+USDM = Flavor("usdm", "/fapi/v1", Market.binance_usdm(), tuple(n for n in NAMES if n != "1s"), 1500,
+              frozenset({"symbol", "interval", "startTime", "endTime", "limit"}))
+
+
+def error(code: int, msg: str, status: int = 400, **headers: str) -> Response:
+    return Response.json({"code": code, "msg": msg}, status, **headers)
+
+
+class Weights:
+    """Request weight per fixed window, per flavor (one IP: the mock has one client)."""
+
+    def __init__(self, mock: MockExchange, flavor: Flavor) -> None:
+        self.mock, self.flavor = mock, flavor
+        config = mock.config
+        self.window = config.weight_window
+        self.limit = config.binance_weight_limit if flavor.key == "spot" else config.binance_futures_weight_limit
+        self.header = "X-MBX-USED-WEIGHT-1M" if self.window == 60 else f"X-MBX-USED-WEIGHT-{self.window}S"
+
+    def _state(self) -> dict[str, Any]:
+        return self.mock.state.setdefault(f"weights.{self.flavor.key}", {"window": -1, "used": 0, "over": 0, "banned_until": 0.0})
+
+    def charge(self, weight: int) -> Response | None:
+        """Charge ``weight``; return a 429/418 response if the request must be refused."""
+        import time
+
+        now = time.time()
+        with self.mock.lock:
+            st = self._state()
+            window = int(now // self.window)
+            if window != st["window"]:
+                st.update(window=window, used=0, over=0)
+            if now < st["banned_until"]:
+                until = st["banned_until"]
+                self.mock.stats["binance.418"] += 1
+                return error(-1003, f"Way too much request weight used; IP banned until {int(until * 1000)}. "
+                             "Please use WebSocket Streams for live updates to avoid bans.", 418,
+                             **{"Retry-After": str(math.ceil(until - now))})
+            st["used"] += weight
+            self.mock.stats[f"binance.{self.flavor.key}.requests"] += 1
+            self.mock.stats["binance.weight_max"] = max(self.mock.stats["binance.weight_max"], st["used"])
+            if st["used"] > self.limit:
+                st["over"] += 1
+                retry = math.ceil((window + 1) * self.window - now)
+                if st["over"] > BAN_AFTER:
+                    st["banned_until"] = now + BAN_SECONDS
+                    self.mock.stats["binance.418"] += 1
+                    return error(-1003, f"Way too much request weight used; IP banned until "
+                                 f"{int((now + BAN_SECONDS) * 1000)}. Please use WebSocket Streams for "
+                                 "live updates to avoid bans.", 418, **{"Retry-After": str(BAN_SECONDS)})
+                self.mock.stats["binance.429"] += 1
+                unit = "1 MINUTE" if self.window == 60 else f"{self.window} SECOND"
+                return error(-1003, f"Too much request weight used; current limit is {self.limit} request weight "
+                             f"per {unit}. Please use WebSocket Streams for live updates to avoid polling the API.",
+                             429, **{"Retry-After": str(retry), self.header: str(st["used"])})
+            return None
+
+    def used(self) -> str:
+        with self.mock.lock:
+            return str(self._state()["used"])
+
+
+def _params(req: Request, flavor: Flavor) -> Response | None:
+    for values in req.query.values():
+        if len(values) > 1:
+            return error(-1101, "Duplicate values for a parameter detected.")
+    unknown = [n for n in req.query if n not in flavor.params]
+    if unknown:
+        return error(-1104, f"Not all sent parameters were read; read '{len(req.query) - len(unknown)}' "
+                     f"parameter(s) but was sent '{len(req.query)}'.")
+    return None
+
+
+def _validate_symbol(req: Request, flavor: Flavor) -> tuple[Listing | None, Response | None]:
+    symbol = req.arg("symbol")
+    if not symbol:
+        return None, error(-1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.")
+    if not SYMBOL_RE.match(symbol):
+        return None, error(-1100, "Illegal characters found in parameter 'symbol'; legal range is '^[A-Z0-9-_.]{1,20}$'.")
+    listing = flavor.market.get(symbol)
+    if listing is None:
+        return None, error(-1121, "Invalid symbol.")
+    return listing, None
+
+
+def klines(mock: MockExchange, flavor: Flavor, weights: Weights, req: Request) -> Response:
+    limit_text = req.arg("limit")
+    limit = int(limit_text) if limit_text and limit_text.isdigit() else 500
+    refused = weights.charge(flavor.weight(limit))
+    if refused is not None:
+        return refused
+    headers = {weights.header: weights.used()}
+    bad = _params(req, flavor)
+    if bad is not None:
+        bad.headers.update(headers)
+        return bad
+    listing, bad = _validate_symbol(req, flavor)
+    if bad is not None:
+        bad.headers.update(headers)
+        return bad
+    interval = req.arg("interval")
+    if not interval:
+        return error(-1102, "Mandatory parameter 'interval' was not sent, was empty/null, or malformed.", **headers)
+    if interval not in flavor.intervals:
+        return error(-1120, "Invalid interval.", **headers)
+    for name in ("startTime", "endTime", "limit"):
+        value = req.arg(name)
+        if value is not None and not DIGITS_RE.match(value):
+            return error(-1100, f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'.", **headers)
+    limit = min(max(limit, 1), flavor.max_limit)
+    start = int(req.arg("startTime")) if req.arg("startTime") else None
+    end = int(req.arg("endTime")) if req.arg("endTime") else None
+    if start is not None and end is not None and start > end:
+        if flavor.key != "spot":
+            return error(-1023, "Start time is greater than end time.", **headers)
+        return Response.json([], **headers)
+    assert listing is not None
+    tf = parse_timeframe(interval)
+    now = mock.now()
+    rows = select(listing, tf, start, end, limit, now)
+    mock.count(f"binance.{flavor.key}.candles", len(rows))
+    return Response.json(rows, **headers)
+
+
+def kline_row(listing: Listing, tf: Any, ts: int, now: int) -> list[Any]:
+    o, h, lo, c, v, qv, n, tb, tq = candle(listing, tf, ts)
+    close_ts = tf.end_ts(ts)
+    if close_ts >= now:  # the still-open candle: partial volume, close is the last price so far
+        v, qv, n, tb, tq = "0.04734000", "2873.11720000", 7, "0.02000000", "1213.88000000"
+    return [ts, o, h, lo, c, v, close_ts, qv, n, tb, tq, "0"]
+
+
+def select(listing: Listing, tf: Any, start: int | None, end: int | None, limit: int, now: int) -> list[list[Any]]:
+    """Rows with ``start <= open <= end``, oldest first; only ``end``/neither: the newest ones."""
+    last_open = tf.floor(now)
+    first_open = tf.floor(listing.listed)
+    rows: list[list[Any]] = []
+    if start is not None:
+        ts = tf.ceil(max(start, first_open))
+        stop = min(end if end is not None else last_open, last_open)
+        while ts <= stop and len(rows) < limit:
+            if has_candle(listing, tf, ts):
+                rows.append(kline_row(listing, tf, ts, now))
+            ts = tf.next_open(ts)
+        return rows
+    ts = tf.floor(min(end, last_open) if end is not None else last_open)
+    while ts >= first_open and len(rows) < limit:
+        if has_candle(listing, tf, ts):
+            rows.append(kline_row(listing, tf, ts, now))
+        ts = tf.floor(ts - 1)
+    rows.reverse()
+    return rows
+
+
+def exchange_info(mock: MockExchange, flavor: Flavor, weights: Weights, req: Request) -> Response:
+    refused = weights.charge(20 if flavor.key == "spot" else 1)
+    if refused is not None:
+        return refused
+    wanted: list[str] | None = None
+    if req.arg("symbol"):
+        wanted = [req.arg("symbol") or ""]
+    elif req.arg("symbols"):
+        try:
+            import json
+
+            wanted = json.loads(req.arg("symbols") or "[]")
+        except ValueError:
+            return error(-1100, "Illegal characters found in parameter 'symbols'; legal range is '^\\[(\"[A-Z0-9-_.]{1,20}\"(,\"[A-Z0-9-_.]{1,20}\"){0,}){0,1}\\]$'.")
+    names = wanted if wanted is not None else list(flavor.market.listings)
+    symbols = []
+    for name in names:
+        listing = flavor.market.get(name)
+        if listing is None:
+            return error(-1121, "Invalid symbol.", **{weights.header: weights.used()})
+        base = name[:-4] if name.endswith("USDT") else name.split("_")[0][:-3]
+        symbols.append({"symbol": name, "status": "TRADING", "baseAsset": base, "baseAssetPrecision": 8,
+                        "quoteAsset": "USDT", "quotePrecision": 8, "quoteAssetPrecision": 8,
+                        "orderTypes": ["LIMIT", "MARKET"], "isSpotTradingAllowed": flavor.key == "spot",
+                        "filters": [], "permissions": ["SPOT"] if flavor.key == "spot" else []})
+    window = mock.config.weight_window
+    interval, num = ("MINUTE", 1) if window == 60 else ("SECOND", window)
+    limit = weights.limit
+    return Response.json({
+        "timezone": "UTC",
+        "serverTime": mock.now(),
+        "rateLimits": [
+            {"rateLimitType": "REQUEST_WEIGHT", "interval": interval, "intervalNum": num, "limit": limit},
+            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
+            {"rateLimitType": "RAW_REQUESTS", "interval": "MINUTE", "intervalNum": 5, "limit": 61000},
+        ],
+        "exchangeFilters": [],
+        "symbols": symbols,
+    }, **{weights.header: weights.used()})
+
+
+def install(mock: MockExchange) -> None:
+    for flavor in (SPOT, USDM):
+        weights = Weights(mock, flavor)
+
+        def _time(req: Request, w: Weights = weights) -> Response:
+            refused = w.charge(1)
+            return refused or Response.json({"serverTime": mock.now()}, **{w.header: w.used()})
+
+        def _ping(req: Request, w: Weights = weights) -> Response:
+            refused = w.charge(1)
+            return refused or Response.json({}, **{w.header: w.used()})
+
+        mock.route(f"{flavor.prefix}/klines", lambda req, f=flavor, w=weights: klines(mock, f, w, req))
+        mock.route(f"{flavor.prefix}/exchangeInfo", lambda req, f=flavor, w=weights: exchange_info(mock, f, w, req))
+        mock.route(f"{flavor.prefix}/time", _time)
+        mock.route(f"{flavor.prefix}/ping", _ping)

@@ -1,0 +1,46 @@
+"""Adds ``forge mock-exchange`` to the ``forge`` command."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from forge_core import hookimpl
+from forge_core.times import parse_instant
+
+
+@hookimpl
+def forge_register_commands(cli: Any) -> None:
+    @cli.command(name="mock-exchange")
+    @click.option("--port", type=int, default=8000, show_default=True, help="Port on 127.0.0.1 (0 = any free port).")
+    @click.option("--latency", type=float, default=0.05, show_default=True, help="Seconds added to every response.")
+    @click.option("--now", "now", default=None, help="Freeze the exchanges' clock at this time (default: real time).")
+    @click.option("--weight-window", type=int, default=60, show_default=True,
+                  help="Binance rate-limit window in seconds (60 = the real one-minute window).")
+    @click.option("--fault", "faults", multiple=True, metavar="KIND=RATE",
+                  help="Inject faults, e.g. --fault http500=0.02 (see docs/mock-exchange.md).")
+    @click.option("--fault-seed", type=int, default=0, show_default=True, help="Seed for fault injection.")
+    def mock_exchange(port: int, latency: float, now: str | None, weight_window: int,
+                      faults: tuple[str, ...], fault_seed: int) -> None:
+        """Serve Binance/OKX-style market data with deterministic candles on 127.0.0.1."""
+        from .server import MockConfig, MockExchange
+
+        rates: dict[str, float] = {}
+        for item in faults:
+            kind, _, rate = item.partition("=")
+            try:
+                rates[kind] = float(rate or "1")
+            except ValueError:
+                raise click.BadParameter(f"{item!r}: use KIND=RATE, e.g. http500=0.02", param_hint="--fault") from None
+        config = MockConfig(latency=latency, now=parse_instant(now)[0] if now else None,
+                            weight_window=weight_window, faults=rates, fault_seed=fault_seed)
+        with MockExchange(config, port=port) as mock:
+            click.echo(f"mock exchange on {mock.url}  (FORGE_BINANCE_URL={mock.url} FORGE_OKX_URL={mock.url} "
+                       f"FORGE_BINANCE_ARCHIVE_URL={mock.url}); Ctrl-C to stop", err=True)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass

@@ -1,0 +1,178 @@
+"""The HTTP server: a threaded ``http.server`` with per-exchange route modules.
+
+Each route module (``binance``, ``okx``, ``binance_archive``, ...) exposes
+``install(mock) -> None`` which adds handlers with :meth:`MockExchange.route` (exact path) or
+:meth:`MockExchange.route_prefix`. A handler gets a :class:`Request` and returns a
+:class:`Response`. ``/mock/stats`` returns the counters tests assert on (requests, 429s, bans).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+ROUTE_MODULES = ("binance", "okx", "binance_archive")
+
+
+@dataclass
+class MockConfig:
+    """Knobs of the mock. ``now`` freezes the exchanges' clock (epoch ms) for deterministic
+    tests; ``None`` follows the real clock. ``weight_window`` shortens Binance's one-minute
+    rate-limit window (benchmarks); the advertised limits scale with it."""
+
+    latency: float = 0.0
+    now: int | None = None
+    binance_weight_limit: int = 6000
+    binance_futures_weight_limit: int = 2400
+    weight_window: int = 60
+    okx_history_limit: int = 300
+    okx_window: float = 2.0
+    faults: dict[str, float] = field(default_factory=dict)
+    fault_seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    raw_query: str = ""
+
+    def arg(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+    @classmethod
+    def json(cls, payload: Any, status: int = 200, **headers: str) -> Response:
+        return cls(status, json.dumps(payload, separators=(",", ":")).encode(), dict(headers))
+
+
+Handler = Callable[[Request], Response]
+
+
+class MockExchange:
+    """Serve the mock on ``127.0.0.1:port`` (0 = a free port) in a background thread."""
+
+    def __init__(self, config: MockConfig | None = None, port: int = 0, **overrides: Any) -> None:
+        self.config = config or MockConfig(**overrides)
+        self.port = port
+        self.routes: dict[str, Handler] = {}
+        self.prefixes: list[tuple[str, Handler]] = []
+        self.stats: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.state: dict[str, Any] = {}
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        for name in ROUTE_MODULES:
+            try:
+                module = importlib.import_module(f"{__package__}.{name}")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"{__package__}.{name}":
+                    raise
+                continue
+            module.install(self)
+        self.route("/mock/stats", lambda req: Response.json(dict(self.stats)))
+        self.route("/mock/reset", self._reset)
+
+    def _reset(self, req: Request) -> Response:
+        with self.lock:
+            self.stats.clear()
+            self.state.clear()
+        return Response.json({})
+
+    # -- routing ---------------------------------------------------------------------------
+    def route(self, path: str, handler: Handler) -> None:
+        self.routes[path] = handler
+
+    def route_prefix(self, prefix: str, handler: Handler) -> None:
+        self.prefixes.append((prefix, handler))
+
+    def now(self) -> int:
+        return self.config.now if self.config.now is not None else time.time_ns() // 1_000_000
+
+    def count(self, key: str, n: int = 1) -> None:
+        with self.lock:
+            self.stats[key] += n
+
+    def dispatch(self, request: Request) -> Response:
+        handler = self.routes.get(request.path)
+        if handler is None:
+            for prefix, candidate in self.prefixes:
+                if request.path.startswith(prefix):
+                    handler = candidate
+                    break
+        if handler is None:
+            return Response(404, b"<html><body><h2>404 Not found</h2></body></html>", content_type="text/html")
+        return handler(request)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() the mock first"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> MockExchange:
+        mock = self
+
+        class _Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802
+                parts = urlsplit(self.path)
+                request = Request("GET", parts.path, parse_qs(parts.query, keep_blank_values=True),
+                                  {k.lower(): v for k, v in self.headers.items()}, parts.query)
+                if mock.config.latency:
+                    time.sleep(mock.config.latency)
+                response = mock.dispatch(request)
+                hook = mock.state.get("before_send")
+                if hook is not None and hook(self, request, response):
+                    return  # the fault injector wrote (or broke) the response itself
+                self.send_response(response.status)
+                self.send_header("Content-Type", response.content_type)
+                self.send_header("Content-Length", str(len(response.body)))
+                for key, value in response.headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(response.body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                pass
+
+        class _Server(ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 128
+
+        self._server = _Server(("127.0.0.1", self.port), _Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="mock-exchange", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> MockExchange:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
