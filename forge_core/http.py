@@ -8,6 +8,7 @@ exchange's published limits and a ``check`` function that maps the exchange's er
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from collections import deque
@@ -247,4 +248,7 @@ class HttpClient:
 
 def _short(exc: BaseException) -> str:
     text = str(exc)
+    errno = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
+    if errno:  # requests nests the useful part deep inside its message
+        return errno.group(0)
     return text if len(text) < 200 else text[:200] + "..."

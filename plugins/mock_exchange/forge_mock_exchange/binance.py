@@ -211,6 +211,8 @@ def exchange_info(mock: MockExchange, flavor: Flavor, weights: Weights, req: Req
     names = wanted if wanted is not None else list(flavor.market.listings)
     symbols = []
     for name in names:
+        if not SYMBOL_RE.match(name):
+            return error(-1100, "Illegal characters found in parameter 'symbol'; legal range is '^[A-Z0-9-_.]{1,20}$'.")
         listing = flavor.market.get(name)
         if listing is None:
             return error(-1121, "Invalid symbol.", **{weights.header: weights.used()})

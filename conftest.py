@@ -1,0 +1,107 @@
+"""Fixtures shared by every test in the repository (core, plugins, end-to-end)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from forge_mock_exchange import MockConfig, MockExchange
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+# The mock exchanges' frozen clock: 2025-03-15 10:20:30.456 UTC. Every "now" in the tests.
+NOW = 1742034030456
+ENV_URLS = ("FORGE_BINANCE_URL", "FORGE_BINANCE_FUTURES_URL", "FORGE_OKX_URL", "FORGE_BINANCE_ARCHIVE_URL")
+
+
+@pytest.fixture(scope="session")
+def mock() -> Iterator[MockExchange]:
+    """One shared mock (no latency, frozen clock). Don't reconfigure it: use ``fresh_mock``."""
+    with MockExchange(MockConfig(now=NOW)) as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_mock() -> Iterator[MockExchange]:
+    """A mock of this test's own, free to take faults or latency in its config."""
+    with MockExchange(MockConfig(now=NOW)) as server:
+        yield server
+
+
+@pytest.fixture
+def exchange_env(monkeypatch: pytest.MonkeyPatch, mock: MockExchange) -> MockExchange:
+    """Point every source at the shared mock through the environment variables."""
+    for name in ENV_URLS:
+        monkeypatch.setenv(name, mock.url)
+    return mock
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+    def __repr__(self) -> str:
+        return f"CliResult(code={self.code}, out={self.out!r}, err={self.err!r})"
+
+
+@pytest.fixture
+def forge(capsys: pytest.CaptureFixture[str]):
+    """Run the ``forge`` CLI in-process: ``forge("run", "--source", ...)`` -> CliResult."""
+    from forge_core.cli import main
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def forge_process():
+    """Run the installed ``forge`` console script in a subprocess, the way users do."""
+
+    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 120) -> CliResult:
+        proc = subprocess.run(["forge", *args], capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **(env or {})}, cwd=cwd, stdin=subprocess.DEVNULL)
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], rows[1:]
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A real PostgreSQL: ``FORGE_TEST_DATABASE_URL`` if set, else a throwaway server started
+    for this test session (as an unprivileged user when running as root)."""
+    url = os.environ.get("FORGE_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    import pgserver  # tests/pgserver.py
+
+    server = pgserver.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
