@@ -20,6 +20,16 @@ from .sources import Source, SymbolInfo, Task
 from .timeframes import Timeframe, parse_timeframe
 from .transforms import RowFunction, Transform
 
+
+def __getattr__(name: str) -> type:
+    """``sf.BinanceBackfilling``, ``sf.PostgresEmitter``...: resolved from the installed plugins."""
+    if name.endswith(("Backfilling", "Emitter")):
+        from .compat import resolve
+
+        return resolve(name)
+    raise AttributeError(f"module 'forge_core' has no attribute {name!r}")
+
+
 __all__ = [
     "CANDLE_COLUMNS",
     "EXTRA_COLUMNS",

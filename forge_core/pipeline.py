@@ -195,6 +195,8 @@ class Pipeline:
         uncommitted = 0
         tasks = (task for _, task_list, _ in plans for task in task_list)
         expected_by_symbol = {symbol: expected for symbol, _, expected in plans}
+        # a series covers time up to the close of its last candle
+        ranges = {symbol: (tasks[0].start, tf.ceil(tasks[-1].end)) for symbol, tasks, _ in plans if tasks}
         current: str | None = None
         for symbol, _, _ in plans:
             result.rows.setdefault(symbol, 0)
@@ -205,6 +207,8 @@ class Pipeline:
                     self._commit()
                     uncommitted = 0
                 current = task.symbol
+                for transform in self.transforms:
+                    transform.start_series(current, *ranges[current])
             result.tasks += 1
             clean, dropped = _clean(rows, task, now)
             result.duplicates_dropped += dropped

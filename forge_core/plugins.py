@@ -15,7 +15,7 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
+from . import __version__, hookspecs
 from .errors import UsageError
 from .logs import get_logger
 
@@ -42,6 +42,9 @@ class Plugins:
         self._dists: dict[str, tuple[str, str]] = {}
         self._registry: dict[str, dict[str, Registration]] | None = None
         self.broken: list[tuple[str, str]] = []
+        from . import builtin_transforms
+
+        self.register(builtin_transforms, name="builtin", distribution="forge-etl", version=__version__)
         if entry_points:
             self._load_entry_points()
 

@@ -25,6 +25,9 @@ class Transform:
     def __init__(self, **options: Any) -> None:
         self.settings = {o.name: options.get(o.name, o.default) for o in self.options}
 
+    def start_series(self, symbol: str, start: int, end: int) -> None:
+        """A new series begins; its candles open in ``[start, end)``."""
+
     def apply(self, batch: Batch) -> Batch:
         raise NotImplementedError
 

@@ -8,7 +8,17 @@ import time
 
 import pytest
 
-from forge_core import Batch, Pipeline, Plugins, Sink, Source, SourceError, SymbolInfo, Task, Transform
+from forge_core import (
+    Batch,
+    Pipeline,
+    Plugins,
+    Sink,
+    Source,
+    SourceError,
+    SymbolInfo,
+    Task,
+    Transform,
+)
 from forge_core.errors import TransformError, UsageError
 from forge_core.timeframes import MINUTE
 

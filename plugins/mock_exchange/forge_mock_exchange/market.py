@@ -56,6 +56,7 @@ class Market:
             "BTCUSDT": Listing("BTCUSDT", SPOT_LISTED, (MAINTENANCE,), 4_200_000),
             "ETHUSDT": Listing("ETHUSDT", SPOT_LISTED, (MAINTENANCE,), 250_000),
             "SOLUSDT": Listing("SOLUSDT", 1597125600000, (MAINTENANCE,), 10_000),
+            "ADAUSDT": Listing("ADAUSDT", 1523937600000, (MAINTENANCE,), 45),
             "NEWUSDT": Listing("NEWUSDT", NEW_LISTED, (), 150),
         })
 

@@ -1,0 +1,138 @@
+"""Transforms that ship with the core, registered like any plugin's.
+
+* ``resample``: build coarser candles from finer ones (1h from 1m) with exact decimal OHLCV
+  aggregation, emitting only periods the requested range covers completely.
+* ``select``: keep, reorder and rename columns: ``open_ts,close:price,volume``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from .errors import UsageError
+from .hookspecs import hookimpl
+from .options import Option
+from .records import Batch, Row
+from .timeframes import Timeframe, parse_timeframe
+from .transforms import Transform
+
+_SUMMED = ("volume", "quote_volume", "trades", "taker_buy_base_volume", "taker_buy_quote_volume")
+
+
+class Resample(Transform):
+    name = "resample"
+    description = "Aggregate candles into a coarser timeframe (exact sums; complete periods only)"
+    options = (Option("resample_to", "Target timeframe of the resample transform, e.g. 1h.", metavar="TF"),)
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        if not self.settings["resample_to"]:
+            raise UsageError("the resample transform needs a target timeframe: --resample-to 1h")
+        self.target: Timeframe = parse_timeframe(str(self.settings["resample_to"]))
+        self._range: tuple[int, int] | None = None
+        self._open: int | None = None
+        self._acc: list[Any] | None = None
+        self._template: Batch | None = None
+        self._folds: list[tuple[int, Callable[[Any, Any], Any]]] = []
+
+    def start_series(self, symbol: str, start: int, end: int) -> None:
+        self._range = (start, end)
+        self._open, self._acc = None, None
+
+    def _prepare(self, batch: Batch) -> None:
+        source_tf = parse_timeframe(batch.timeframe)
+        if source_tf.ms is not None and self.target.ms is not None and (
+            self.target.ms <= source_tf.ms or self.target.ms % source_tf.ms
+        ) or (self.target.ms is not None and source_tf.ms is None):
+            raise UsageError(f"cannot resample {batch.timeframe} candles to {self.target.name}: "
+                             "the target must be a coarser multiple")
+        cols = batch.columns
+        self._idx = {c: i for i, c in enumerate(cols)}
+        self._folds = []
+        for column in _SUMMED:
+            if column in self._idx:
+                add = (lambda a, b: a + b) if column == "trades" else (lambda a, b: a + Decimal(b))
+                self._folds.append((self._idx[column], add))
+        self._template = batch
+
+    def apply(self, batch: Batch) -> Batch:
+        if self._template is None or self._template.symbol != batch.symbol:
+            self._prepare(batch)
+        i = self._idx
+        h_, l_, c_ = i["high"], i["low"], i["close"]
+        out: list[Row] = []
+        for row in batch.rows:
+            period = self.target.floor(row[3])
+            if period != self._open:
+                if self._acc is not None:
+                    self._finish(out)
+                self._open = period
+                acc = list(row)
+                acc[h_], acc[l_] = Decimal(row[h_]), Decimal(row[l_])
+                for idx, _ in self._folds:
+                    acc[idx] = Decimal(row[idx]) if isinstance(row[idx], str) else row[idx]
+                self._acc = acc
+                continue
+            acc = self._acc
+            assert acc is not None
+            high, low = Decimal(row[h_]), Decimal(row[l_])
+            if high > acc[h_]:
+                acc[h_] = high
+            if low < acc[l_]:
+                acc[l_] = low
+            acc[c_] = row[c_]
+            for idx, add in self._folds:
+                acc[idx] = add(acc[idx], row[idx])
+        return batch.with_rows(out)
+
+    def _finish(self, out: list[Row]) -> None:
+        acc, period = self._acc, self._open
+        assert acc is not None and period is not None
+        self._acc = None
+        start, end = self._range or (period, self.target.next_open(period))
+        if period < start or self.target.next_open(period) > end:
+            return  # the range covers only part of this period
+        acc[2] = self.target.name
+        acc[4] = self.target.end_ts(period)
+        acc[3] = period
+        out.append(tuple(str(v) if isinstance(v, Decimal) else v for v in acc))
+
+    def end_series(self) -> Batch | None:
+        if self._acc is None or self._template is None:
+            return None
+        out: list[Row] = []
+        self._finish(out)
+        return self._template.with_rows(out) if out else None
+
+
+class Select(Transform):
+    name = "select"
+    description = "Keep, reorder and rename columns: --columns open_ts,close:price,volume"
+    options = (Option("columns", "Columns for the select transform, comma-separated, old:new to rename.",
+                      metavar="LIST"),)
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        spec = self.settings["columns"]
+        if not spec:
+            raise UsageError("the select transform needs --columns, e.g. open_ts,close:price,volume")
+        items = spec.split(",") if isinstance(spec, str) else list(spec)
+        self.pairs = [(p.split(":")[0].strip(), (p.split(":") + [p])[1].strip()) for p in items if p.strip()]
+        self._index: list[int] | None = None
+
+    def apply(self, batch: Batch) -> Batch:
+        if self._index is None:
+            missing = [old for old, _ in self.pairs if old not in batch.columns]
+            if missing:
+                raise UsageError(f"select: no column {missing[0]!r}; columns are {', '.join(batch.columns)}")
+            self._index = [batch.columns.index(old) for old, _ in self.pairs]
+        idx = self._index
+        return batch.with_rows([tuple(row[i] for i in idx) for row in batch.rows], [new for _, new in self.pairs])
+
+
+@hookimpl
+def forge_register_transforms(register: Callable[[type], None]) -> None:
+    register(Resample)
+    register(Select)

@@ -1,0 +1,114 @@
+"""Built-in transforms and user functions, through the CLI and the Python API."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from forge_mock_exchange.expected import binance_rows
+
+from forge_core import Pipeline
+from forge_core.errors import UsageError
+from forge_core.timeframes import parse_timeframe
+from forge_core.times import parse_range
+
+
+def reference_resample(rows, target):
+    """Straightforward aggregation of expected 1m rows, for comparison."""
+    tf = parse_timeframe(target)
+    groups: dict[int, list] = {}
+    for r in rows:
+        groups.setdefault(tf.floor(r[3]), []).append(r)
+    out = []
+    for period, g in sorted(groups.items()):
+        out.append(("binance", g[0][1], target, period, tf.end_ts(period), g[0][5],
+                    str(max(Decimal(r[6]) for r in g)), str(min(Decimal(r[7]) for r in g)), g[-1][8],
+                    str(sum(Decimal(r[9]) for r in g)), str(sum(Decimal(r[10]) for r in g)),
+                    sum(r[11] for r in g), str(sum(Decimal(r[12]) for r in g)), str(sum(Decimal(r[13]) for r in g))))
+    return out
+
+
+def test_resample_1m_to_1h_is_exact_and_keeps_only_covered_periods(exchange_env, in_tmp):
+    from forge_sink_csv import CsvSink  # noqa: F401 (the csv plugin is installed)
+
+    class Collect(list):
+        pass
+
+    rows: list = []
+    from forge_core import Sink
+
+    class Memory(Sink):
+        name = "memory"
+
+        def write(self, batch):
+            rows.extend(batch.rows)
+
+    # 00:30 start: the 00:00 hour is only half covered and must not appear
+    Pipeline("binance", [Memory()], [("resample", {"resample_to": "1h"})]).run(
+        "BTCUSDT", "1m", "2024-01-10 00:30", "2024-01-10 09:59")
+    lo, hi = parse_range("2024-01-10 01:00", "2024-01-10 09:59")
+    want = reference_resample(binance_rows("BTCUSDT", "1m", lo, hi, exchange_env.config.now), "1h")
+    assert rows == want
+    assert [r[3] for r in rows][0] == lo and len(rows) == 9 - 2
+    # the maintenance hole (03:00-05:30) leaves 03:00 and 04:00 empty; 05:00 has its 30 minutes
+    assert lo + 3 * 3_600_000 not in [r[3] for r in rows]
+
+
+def test_resample_via_cli_and_select_renames(forge, exchange_env, in_tmp):
+    from conftest import read_csv
+
+    result = forge("run", "-s", "binance", "--symbol", "ETHUSDT", "-t", "1h", "--from", "2024-02-01",
+                   "--to", "2024-02-07", "--transform", "resample", "--resample-to", "1d",
+                   "--transform", "select", "--columns", "open_ts,close:price,volume", "-q")
+    assert result.code == 0, result
+    header, rows = read_csv(in_tmp / "Binance-ETHUSDT-1h-2024-02-01_2024-02-07.csv")
+    assert header == ["open_ts", "price", "volume"]
+    lo, hi = parse_range("2024-02-01", "2024-02-07")
+    hourly = binance_rows("ETHUSDT", "1h", lo, hi, exchange_env.config.now)
+    daily = reference_resample(hourly, "1d")
+    assert rows == [[str(r[3]), r[8], r[9]] for r in daily] and len(rows) == 7
+
+
+def test_user_function_by_module_path(forge, exchange_env, in_tmp, tmp_path, monkeypatch):
+    (tmp_path / "my_indicators.py").write_text(
+        "def spread(c):\n    return {**c, 'spread': round(c['high'] - c['low'], 8)}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = forge("run", "-s", "binance", "--symbol", "BTCUSDT", "-t", "1d", "--from", "2024-03-01",
+                   "--to", "2024-03-03", "--transform", "my_indicators:spread", "-q")
+    assert result.code == 0, result
+    from conftest import read_csv
+
+    header, rows = read_csv(in_tmp / "Binance-BTCUSDT-1d-2024-03-01_2024-03-03.csv")
+    assert header[-1] == "spread" and len(rows) == 3
+    assert all(abs(float(r[-1]) - (float(r[6]) - float(r[7]))) < 1e-6 for r in rows)
+
+
+def test_a_raising_transform_writes_nothing(forge, exchange_env, in_tmp, tmp_path, monkeypatch):
+    (tmp_path / "bad_fn.py").write_text("def boom(c):\n    return {**c, 'x': 1 / 0}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = forge("run", "-s", "binance", "--symbol", "BTCUSDT", "-t", "1d", "--from", "2024-03-01",
+                   "--to", "2024-03-03", "--transform", "bad_fn:boom")
+    assert result.code == 1
+    assert "transform boom failed on BTCUSDT candle 2024-03-01T00:00:00Z: ZeroDivisionError" in result.err
+    assert not list(in_tmp.glob("*.csv"))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--transform", "nope"], "unknown transform 'nope'; installed transforms: resample, select"),
+    (["--transform", "no_such_module:fn"], "cannot load transform 'no_such_module:fn'"),
+    (["--transform", "resample"], "the resample transform needs a target timeframe: --resample-to 1h"),
+    (["--transform", "resample", "--resample-to", "1m"], "cannot resample 1h candles to 1m"),
+    (["--transform", "select", "--columns", "open_ts,nope"], "select: no column 'nope'"),
+])
+def test_bad_transforms_are_usage_errors(forge, exchange_env, in_tmp, args, message):
+    result = forge("run", "-s", "binance", "--symbol", "BTCUSDT", "-t", "1h", "--from", "2024-03-01",
+                   "--to", "2024-03-02", "-q", *args)
+    assert result.code == 2, result
+    assert message in result.err and "Traceback" not in result.err
+
+
+def test_resample_refuses_finer_target():
+    from forge_core.builtin_transforms import Resample
+
+    with pytest.raises(UsageError):
+        Resample()
