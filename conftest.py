@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from forge_mock_exchange import MockConfig, MockExchange
 
 ROOT = Path(__file__).resolve().parent

@@ -109,6 +109,10 @@ def run_command(plugins: Plugins) -> click.Command:
         )
         try:
             result = pipeline.run(kw["symbol"], kw["timeframe"], kw["from_"], kw["to"])
+        except KeyboardInterrupt:
+            done = pipeline.result.committed if pipeline.result else 0
+            raise Interrupted(f"interrupted: {done} candles committed and kept; run the same command "
+                              "again to resume") from None
         finally:
             if progress is not None:
                 progress.finish()
@@ -124,7 +128,8 @@ def run_command(plugins: Plugins) -> click.Command:
         click.Option(["--timeframe", "-t"], default="1m", show_default=True,
                      help=f"Candle period: {' '.join(NAMES)} (1M = month)."),
         click.Option(["--from", "from_"], required=True, metavar="WHEN",
-                     help=f"First candle's open time, inclusive: {ACCEPTED}."),
+                     help=f"First candle's open time, inclusive: {ACCEPTED}; or 'auto' to continue "
+                          "each symbol after the newest candle the sink holds."),
         click.Option(["--to"], default="now", show_default=True, metavar="WHEN",
                      help="Last open time, inclusive; a bare date includes that whole day."),
         click.Option(["--transform"], multiple=True, metavar="NAME|module:function",
@@ -141,6 +146,10 @@ def run_command(plugins: Plugins) -> click.Command:
         help="Backfill the closed candles of SYMBOL(s) from a source into sinks.",
         context_settings={"max_content_width": 100},
     )
+
+
+class Interrupted(ForgeError):
+    exit_code = 130
 
 
 def _load_transform(plugins: Plugins, spec: str) -> Any:

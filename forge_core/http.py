@@ -7,6 +7,7 @@ exchange's published limits and a ``check`` function that maps the exchange's er
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import threading
@@ -137,7 +138,9 @@ class HttpClient:
     retries with exponential backoff and jitter, and a shared :class:`RateLimiter`.
 
     ``max_attempts`` and ``give_up_after`` bound how long a persistent fault is retried before
-    the run fails with the last error.
+    the run fails with the last error (defaults 10 attempts, 300 s; environment
+    ``FORGE_HTTP_MAX_ATTEMPTS``, ``FORGE_HTTP_GIVE_UP_AFTER``, ``FORGE_HTTP_TIMEOUT`` for the
+    read timeout, 30 s).
     """
 
     def __init__(
@@ -146,9 +149,9 @@ class HttpClient:
         *,
         limiter: RateLimiter | None = None,
         check: Check = default_check,
-        timeout: tuple[float, float] = (5.0, 30.0),
-        max_attempts: int = 10,
-        give_up_after: float = 300.0,
+        timeout: tuple[float, float] | None = None,
+        max_attempts: int | None = None,
+        give_up_after: float | None = None,
         backoff: float = 0.25,
         max_backoff: float = 30.0,
         headers: Mapping[str, str] | None = None,
@@ -156,9 +159,10 @@ class HttpClient:
         self.base_url = base_url.rstrip("/")
         self.limiter = limiter
         self.check = check
-        self.timeout = timeout
-        self.max_attempts = max_attempts
-        self.give_up_after = give_up_after
+        self.timeout = timeout or (5.0, _env_float("FORGE_HTTP_TIMEOUT", 30.0))
+        self.max_attempts = max_attempts or int(_env_float("FORGE_HTTP_MAX_ATTEMPTS", 10))
+        self.give_up_after = give_up_after or _env_float("FORGE_HTTP_GIVE_UP_AFTER", 300.0)
+        self.cancelled = threading.Event()
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})}
@@ -197,6 +201,8 @@ class HttpClient:
         started = time.monotonic()
         last_error = "no attempt made"
         for attempt in range(1, self.max_attempts + 1):
+            if self.cancelled.is_set():
+                raise SourceError("cancelled")
             if self.limiter is not None:
                 self.limiter.acquire(cost)
             retry_after: float | None = None
@@ -233,17 +239,30 @@ class HttpClient:
                     self.limiter.pause(retry_after)
             self.stats.count(retry=True)
             log.info("retry", url=urlsplit(url).path, attempt=attempt, error=last_error, delay=round(delay, 2))
-            time.sleep(delay)
+            if self.cancelled.wait(delay):
+                raise SourceError("cancelled")
         raise SourceError(
             f"{urlsplit(url).netloc}{urlsplit(url).path} still failing after {attempt} attempts "
             f"over {time.monotonic() - started:.0f}s: {last_error}"
         )
 
     def close(self) -> None:
+        """Stop retrying in every thread and close the sessions."""
+        self.cancelled.set()
         with self._sessions_lock:
             for session in self._sessions:
                 session.close()
             self._sessions.clear()
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ForgeError(f"environment variable {name}={value!r} is not a number") from None
 
 
 def _short(exc: BaseException) -> str:

@@ -76,6 +76,8 @@ class RunResult:
     elapsed: float = 0.0
     source_stats: dict[str, int] = field(default_factory=dict)
     destinations: list[str] = field(default_factory=list)
+    committed: int = 0
+    resumed: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -84,6 +86,8 @@ class RunResult:
     def summary(self) -> str:
         origins = ", ".join(f"{n} from {o}" for o, n in sorted(self.origins.items())) or "none"
         stats = ", ".join(f"{k} {v}" for k, v in self.source_stats.items())
+        if self.resumed:
+            origins += "; resumed " + ", ".join(f"{s} after {iso(t)}" for s, t in self.resumed.items())
         return (
             f"{self.total} {self.timeframe} candles from {self.source} "
             f"({', '.join(f'{s} {n}' for s, n in self.rows.items())}) in {self.elapsed:.1f}s; "
@@ -124,6 +128,7 @@ class Pipeline:
         self.workers = workers
         self.commit_every = commit_every
         self.on_progress = on_progress
+        self.result: RunResult | None = None  # of the current or last run, even an interrupted one
 
     def _make(self, kind: str, spec: PluginSpec) -> Any:
         base = {"source": Source, "sink": Sink, "transform": Transform}[kind]
@@ -141,26 +146,32 @@ class Pipeline:
         end: str | int = "now",
     ) -> RunResult:
         """Fetch the closed candles of ``symbols`` opening from ``start`` to ``end`` (inclusive,
-        see :func:`forge_core.times.parse_range`) and write them to every sink."""
+        see :func:`forge_core.times.parse_range`) and write them to every sink.
+
+        ``start="auto"`` starts each symbol after the newest candle the sinks hold. If a sink
+        holds the committed part of an interrupted run of the same range, the run resumes
+        after it."""
         began = time.monotonic()
         symbols = _symbols(symbols)
         tf = parse_timeframe(str(timeframe), self.source.timeframes)
-        start_ms, end_ms = parse_range(str(start), str(end))
+        auto = str(start).strip().lower() == "auto"
+        start_ms, end_ms = parse_range("1970-01-01" if auto else str(start), str(end))
         source = self.source
         info = RunInfo(source.name, source.label or source.name.title(), tuple(symbols), tf.name,
                        start_ms, end_ms, source.columns)
-        result = RunResult(source.name, tf.name, start_ms, end_ms)
+        result = self.result = RunResult(source.name, tf.name, start_ms, end_ms)
         opened: list[Sink] = []
         ok = False
         try:
             for sink in self.sinks:  # before any exchange request: a bad destination fails fast
                 sink.open(info)
                 opened.append(sink)
+            starts = self._starts(symbols, tf, start_ms, auto, result)
             now = source.server_time()
-            if start_ms > now:
+            if not auto and start_ms > now:
                 raise UsageError(f"from date {iso(start_ms)} is in the future (exchange time {iso(now)})")
             limit = min(end_ms, tf.floor(now))  # the candle open at `now` is never requested
-            plans = self._plan(symbols, tf, start_ms, limit)
+            plans = self._plan(symbols, tf, starts, limit)
             self._execute(plans, tf, now, result)
             ok = True
         finally:
@@ -178,10 +189,36 @@ class Pipeline:
         log.info("run_done", summary=result.summary())
         return result
 
-    def _plan(self, symbols: list[str], tf: Timeframe, start: int, end: int) -> list[tuple[str, list[Task], int]]:
+    def _starts(self, symbols: list[str], tf: Timeframe, start: int, auto: bool,
+                result: RunResult) -> dict[str, int]:
+        """Where each symbol starts: the range start, or after what the sinks already hold
+        (``--from auto``), or after what an interrupted run of this range committed."""
+        starts = {}
+        name = self.source.name
+        for symbol in symbols:
+            begin = start
+            if auto:
+                held = [sink.last_open(name, symbol, tf.name) for sink in self.sinks]
+                if any(h is None for h in held):
+                    empty = next(s for s, h in zip(self.sinks, held, strict=True) if h is None)
+                    raise UsageError(f"--from auto: {empty.describe()} holds no {name} {symbol} {tf.name} "
+                                     "candles yet; give a start date for the first run")
+                begin = tf.next_open(min(h for h in held if h is not None))
+            done = [sink.resume_after(name, symbol, tf.name) for sink in self.sinks]
+            if done and all(d is not None for d in done):
+                resume = min(d for d in done if d is not None)
+                if resume + 1 > begin:
+                    begin = resume + 1
+                    result.resumed[symbol] = resume
+                    log.info("resuming", symbol=symbol, after=iso(resume))
+            starts[symbol] = begin
+        return starts
+
+    def _plan(self, symbols: list[str], tf: Timeframe, starts: dict[str, int], end: int) -> list[tuple[str, list[Task], int]]:
         plans = []
         for symbol in symbols:
             info = self.source.prepare(symbol, tf)
+            start = starts[symbol]
             first = start if info.first_open is None else max(start, tf.floor(info.first_open))
             tasks = list(self.source.plan(symbol, tf, first, end)) if first < end else []
             plans.append((symbol, tasks, tf.count(first, end) if first < end else 0))
@@ -263,6 +300,8 @@ class Pipeline:
     def _commit(self) -> None:
         for sink in self.sinks:
             sink.commit()
+        if self.result is not None:
+            self.result.committed = self.result.total
 
 
 def _apply(transform: Transform, batch: Batch) -> Batch:

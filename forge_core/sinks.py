@@ -66,7 +66,14 @@ class Sink:
         """Make everything written so far durable."""
 
     def last_open(self, source: str, symbol: str, timeframe: str) -> int | None:
-        """Open time of the newest candle this sink already holds for the series, if it can tell."""
+        """Open time of the newest candle this sink already holds for the series, if it can
+        tell; ``--from auto`` starts right after it."""
+        return None
+
+    def resume_after(self, source: str, symbol: str, timeframe: str) -> int | None:
+        """``end_ts`` of the last row an interrupted earlier run of this same range (the
+        :class:`RunInfo` given to :meth:`open`) durably committed for the series, or ``None``.
+        The run continues after it instead of fetching everything again."""
         return None
 
     def close(self, ok: bool) -> None:

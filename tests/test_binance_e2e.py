@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from forge_mock_exchange.expected import as_csv_lines, binance_rows
-from forge_mock_exchange.market import MAINTENANCE, NEW_LISTED, Market
 
 from forge_core.times import parse_range
+from forge_mock_exchange.expected import as_csv_lines, binance_rows
+from forge_mock_exchange.market import MAINTENANCE, NEW_LISTED, Market
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
 if not FIXTURES.exists():

@@ -4,10 +4,10 @@ import threading
 import time
 
 import pytest
-from forge_mock_exchange.server import MockExchange, Response
 
 from forge_core.errors import SourceError
 from forge_core.http import HttpClient, RateLimiter
+from forge_mock_exchange.server import MockExchange, Response
 
 
 def test_limiter_never_exceeds_capacity_in_any_window():

@@ -5,12 +5,12 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from forge_mock_exchange.expected import binance_rows
 
 from forge_core import Pipeline
 from forge_core.errors import UsageError
 from forge_core.timeframes import parse_timeframe
 from forge_core.times import parse_range
+from forge_mock_exchange.expected import binance_rows
 
 
 def reference_resample(rows, target):

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-ROUTE_MODULES = ("binance", "okx", "binance_archive")
+ROUTE_MODULES = ("binance", "okx", "binance_archive", "faults")
 
 
 @dataclass

@@ -3,7 +3,9 @@
 
 Rows go to ``<name>.part`` in the same directory, flushed and fsynced on every commit, and the
 file is renamed into place only when the run succeeds: a file with the final name is always
-complete. ``output`` may name one file (all symbols together) or a template with
+complete. Rows are written in order, so a ``.part`` left by a crash, kill or Ctrl-C is a prefix
+of the right output: the same command resumes after its last complete row (a torn last line is
+cut off) and appends the rest. ``output`` may name one file (all symbols together) or a template with
 ``{source} {symbol} {timeframe} {start} {end}`` placeholders.
 """
 
@@ -26,7 +28,8 @@ class _File:
     path: str
     handle: IO[str]
     writer: Any
-    header_written: bool = False
+    header: list[str] | None = None
+    resume: dict[str, int] | None = None  # symbol -> end_ts of its last row in the .part file
 
 
 class CsvSink(Sink):
@@ -61,18 +64,26 @@ class CsvSink(Sink):
             path = os.path.abspath(self.path_for(run, symbol))
             if path not in self.files:
                 part = path + ".part"
+                header, resume = _scan_partial(part, run.timeframe)
                 try:
-                    handle = open(part, "w", newline="", encoding="utf-8")  # noqa: SIM115 (closed in close())
+                    handle = open(part, "a" if header else "w", newline="", encoding="utf-8")  # noqa: SIM115 (closed in close())
                 except OSError as exc:
                     raise SinkError(f"cannot write CSV {part}: {exc.strerror}") from None
-                self.files[path] = _File(path, handle, csv.writer(handle))
+                self.files[path] = _File(path, handle, csv.writer(handle), header, resume)
             self.by_symbol[symbol] = self.files[path]
+
+    def resume_after(self, source: str, symbol: str, timeframe: str) -> int | None:
+        f = self.by_symbol.get(symbol)
+        return None if f is None or f.resume is None else f.resume.get(symbol)
 
     def write(self, batch: Batch) -> None:
         f = self.by_symbol[batch.symbol]
-        if not f.header_written:
-            f.writer.writerow(batch.columns)
-            f.header_written = True
+        if f.header is None:
+            f.header = list(batch.columns)
+            f.writer.writerow(f.header)
+        elif f.header != list(batch.columns):
+            raise SinkError(f"{f.path}.part, left by an earlier run, has other columns ({','.join(f.header)}); "
+                            "delete it to start over")
         f.writer.writerows(batch.rows)
 
     def commit(self) -> None:
@@ -82,11 +93,40 @@ class CsvSink(Sink):
 
     def close(self, ok: bool) -> None:
         for f in self.files.values():
-            if ok and not f.header_written and self.run is not None:
+            if ok and f.header is None and self.run is not None:
                 f.writer.writerow(self.run.columns)
+            elif not ok:
+                f.handle.flush()  # rows written are a valid prefix: keep them for the resume
             f.handle.close()
             if ok:
                 os.replace(f.path + ".part", f.path)
 
     def describe(self) -> str:
         return ", ".join(os.path.relpath(p) for p in self.files) or "csv"
+
+
+def _scan_partial(part: str, timeframe: str) -> tuple[list[str] | None, dict[str, int] | None]:
+    """Header and per-symbol last ``end_ts`` of a ``.part`` file from an interrupted run, after
+    cutting a torn last line; ``(None, None)`` when there is nothing usable to resume."""
+    try:
+        with open(part, "rb+") as raw:
+            data = raw.read()
+            cut = data.rfind(b"\n") + 1
+            if cut < len(data):
+                raw.truncate(cut)
+                data = data[:cut]
+    except FileNotFoundError:
+        return None, None
+    lines = data.decode("utf-8").splitlines()
+    if not lines:
+        return None, None
+    header = next(csv.reader([lines[0]]))
+    if not {"symbol", "timeframe", "end_ts"} <= set(header):
+        return None, None  # e.g. a select transform dropped them: start over
+    i_sym, i_tf, i_end = header.index("symbol"), header.index("timeframe"), header.index("end_ts")
+    resume: dict[str, int] = {}
+    for row in csv.reader(lines[1:]):
+        if row[i_tf] != timeframe:
+            return None, None
+        resume[row[i_sym]] = int(row[i_end])
+    return header, resume

@@ -1,0 +1,92 @@
+"""Full backfills under injected faults: the output stays exact, nobody gets banned, retries stay
+bounded, and a fault that never clears fails the run cleanly and the next run resumes."""
+
+from __future__ import annotations
+
+import pytest
+
+from forge_core.times import parse_range
+from forge_mock_exchange import MockConfig, MockExchange
+from forge_mock_exchange.expected import as_csv_lines, binance_rows
+
+NOW = 1742034030456
+RANGE = ("2024-01-05", "2024-01-24")  # 20 days of 1m: 20 pages, the maintenance hole included
+NAME = "Binance-BTCUSDT-1m-2024-01-05_2024-01-24.csv"
+
+
+def want():
+    lo, hi = parse_range(*RANGE)
+    return as_csv_lines(binance_rows("BTCUSDT", "1m", lo, hi, NOW))
+
+
+def backfill(forge, monkeypatch, mock, *extra):
+    monkeypatch.setenv("FORGE_BINANCE_URL", mock.url)
+    return forge("run", "-s", "binance", "--symbol", "BTCUSDT", "--from", RANGE[0], "--to", RANGE[1],
+                 "-q", *extra)
+
+
+MATRIX = {
+    "http500": {"http500": 0.15},
+    "reset": {"reset": 0.15},
+    "slow": {"slow": 0.1},
+    "malformed": {"malformed": 0.15},
+    "truncated": {"truncated": 0.15},
+    "duplicate": {"duplicate": 0.3},
+    "burst429": {"burst429": 0.1},
+    "all": {"http500": 0.03, "reset": 0.03, "slow": 0.02, "malformed": 0.03, "truncated": 0.03,
+            "duplicate": 0.05, "burst429": 0.03},
+}
+
+
+@pytest.mark.parametrize("name", list(MATRIX))
+def test_exact_output_under_faults(forge, monkeypatch, in_tmp, name):
+    from conftest import read_csv
+
+    monkeypatch.setenv("FORGE_HTTP_TIMEOUT", "1")
+    config = MockConfig(now=NOW, faults=MATRIX[name], fault_seed=7, extra={"slow_seconds": 1.5})
+    with MockExchange(config) as mock:
+        result = backfill(forge, monkeypatch, mock, "--workers", "4")
+        stats = dict(mock.stats)
+    assert result.code == 0, result
+    _, rows = read_csv(in_tmp / NAME)
+    assert rows == want()
+    faults = sum(v for k, v in stats.items() if k.startswith("fault."))
+    retries = int(result.out.split("retries ")[1].split(",")[0])
+    assert faults > 0, stats
+    assert stats.get("binance.418", 0) == 0
+    if name != "duplicate":  # a duplicated row is dropped, not retried
+        assert 1 <= retries <= 2 * faults
+    else:
+        assert retries == 0
+
+
+def test_a_fault_that_never_clears_fails_cleanly_and_the_next_run_resumes(forge, monkeypatch, in_tmp):
+    from conftest import read_csv
+
+    monkeypatch.setenv("FORGE_HTTP_MAX_ATTEMPTS", "3")
+    config = MockConfig(now=NOW, faults={"down": 1.0}, extra={"down_after": 12})
+    with MockExchange(config) as mock:
+        first = backfill(forge, monkeypatch, mock, "--workers", "1", "--commit-every", "1000")
+        served_first = mock.stats["binance.spot.requests"]
+    assert first.code == 1
+    assert "still failing after 3 attempts" in first.err and "HTTP 503" in first.err
+    assert len(first.err.strip().splitlines()) == 1 and "Traceback" not in first.err
+    assert not (in_tmp / NAME).exists()
+    part = in_tmp / (NAME + ".part")
+    _, kept = read_csv(part)
+    assert kept == want()[: len(kept)] and len(kept) >= 5000  # committed rows survive
+
+    with MockExchange(MockConfig(now=NOW)) as healthy:
+        second = backfill(forge, monkeypatch, healthy)
+        klines = healthy.stats["binance.spot.candles"]
+    assert second.code == 0, second
+    assert "resumed BTCUSDT after" in second.out
+    _, rows = read_csv(in_tmp / NAME)
+    assert rows == want()
+    assert klines < len(want()) - len(kept) + 1500  # what was done was not fetched again
+    assert served_first > 12
+
+
+def test_unknown_fault_kind_is_refused():
+    with pytest.raises(ValueError, match="unknown fault kind"):
+        MockExchange(MockConfig(faults={"meteor": 1.0}))
