@@ -1,0 +1,264 @@
+"""OKX API v5 public market-data endpoints (``exchange-apis.md`` section C).
+
+``/api/v5/market/history-candles`` and ``/api/v5/market/candles``: rows of nine strings
+``[ts, o, h, l, c, vol, volCcy, volCcyQuote, confirm]``, **newest first**; ``after`` and
+``before`` are exclusive (``before < ts < after``) and the newest ``limit`` rows of that
+interval are served, so ``before`` alone gives the latest page. ``limit`` defaults to 100 and
+is capped at 300 (history: ``config.okx_history_limit``, 100 = the legacy maximum).
+``candles`` only has the latest 1,440 bars; the bar still open at ``mock.now()`` comes with
+``confirm "0"``. Plain ``6H 12H 1D 1W 1M`` open on Hong Kong (UTC+8) boundaries, their
+``utc`` variants on UTC ones; a wrong case (``1h``) is HTTP 400 ``51000``. An unknown
+``instId`` is HTTP **200** ``51001`` with ``"data":[]``.
+
+Rate limits are per endpoint, in a sliding window of ``config.okx_window`` seconds
+(20 history, 40 candles, 20 instruments, 10 time; ``config.extra["okx_history_rate"]`` and
+``["okx_candles_rate"]`` override the first two). Past the limit: HTTP 429
+``{"msg":"Too Many Requests","code":"50011"}``, or with ``extra["okx_rate_limit_status"] = 200``
+the HTTP 200 variant. Refused requests do not use up the budget. Counters in ``mock.stats``:
+``okx.requests``, ``okx.history.requests``, ``okx.candles.requests``, ``okx.429``, ``okx.50011``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from forge_core.timeframes import HOUR, Timeframe, parse_timeframe
+
+from .market import MAINTENANCE, NEW_LISTED, Listing, candle, has_candle
+from .server import MockExchange, Request, Response
+
+SPOT_LISTED = 1515628800000  # 2018-01-11: the oldest BTC-USDT 1m bar OKX serves
+SWAP_LISTED = 1575936000000  # 2019-12-10
+FUTURES_LISTED = 1734076800000  # 2024-12-13 08:00 UTC
+FUTURES_EXPIRY = 1743148800000  # 2025-03-28 08:00 UTC
+HK = 8 * HOUR
+RECENT_BARS = 1440  # what /market/candles keeps
+MAX_LIMIT = 300
+
+
+@dataclass(frozen=True)
+class Instrument:
+    listing: Listing
+    inst_type: str  # SPOT | SWAP | FUTURES
+    ct_val: str = ""  # contract size in base currency, derivatives only
+    exp_time: int | None = None
+
+    @property
+    def inst_id(self) -> str:
+        return self.listing.symbol
+
+
+INSTRUMENTS: dict[str, Instrument] = {i.inst_id: i for i in (
+    Instrument(Listing("BTC-USDT", SPOT_LISTED, (MAINTENANCE,), 4_200_000), "SPOT"),
+    Instrument(Listing("ETH-USDT", SPOT_LISTED, (MAINTENANCE,), 250_000), "SPOT"),
+    Instrument(Listing("NEW-USDT", NEW_LISTED, (), 150), "SPOT"),  # listed mid-range
+    Instrument(Listing("BTC-USDT-SWAP", SWAP_LISTED, (MAINTENANCE,), 4_200_000), "SWAP", "0.01"),
+    Instrument(Listing("BTC-USDT-250328", FUTURES_LISTED, (), 4_200_000), "FUTURES", "0.01", FUTURES_EXPIRY),
+)}
+
+
+@dataclass(frozen=True)
+class HongKong:
+    """A bar opening on UTC+8 boundaries (OKX's plain ``6H 12H 1D 1W 1M``); quacks like a
+    :class:`Timeframe` as far as :mod:`.market` needs."""
+
+    name: str
+    utc: Timeframe
+
+    def floor(self, ts: int) -> int:
+        return self.utc.floor(ts + HK) - HK
+
+    def ceil(self, ts: int) -> int:
+        floor = self.floor(ts)
+        return floor if floor == ts else self.next_open(floor)
+
+    def next_open(self, open_ts: int, count: int = 1) -> int:
+        return self.utc.next_open(open_ts + HK, count) - HK
+
+    def end_ts(self, open_ts: int) -> int:
+        return self.next_open(open_ts) - 1
+
+
+UTC_BARS = {"1s": "1s", "1m": "1m", "3m": "3m", "5m": "5m", "15m": "15m", "30m": "30m", "1H": "1h",
+            "2H": "2h", "4H": "4h", "6Hutc": "6h", "12Hutc": "12h", "1Dutc": "1d", "1Wutc": "1w",
+            "1Mutc": "1M"}
+HK_BARS = {"6H": "6h", "12H": "12h", "1D": "1d", "1W": "1w", "1M": "1M"}
+# 2D 3D 3M (and their utc variants) are real OKX bars too; Forge never asks for them and the
+# mock answers them like any unknown bar.
+
+
+def bar(name: str, history: bool) -> Timeframe | HongKong | None:
+    if name in UTC_BARS and (history or name != "1s"):  # 1s: history-candles only
+        return parse_timeframe(UTC_BARS[name])
+    if name in HK_BARS:
+        return HongKong(name, parse_timeframe(HK_BARS[name]))
+    return None
+
+
+def plain(number: str) -> str:
+    """OKX prints decimals without padding zeros: ``"102806"``, ``"102806.1"``."""
+    return format(Decimal(number).normalize(), "f")
+
+
+def okx_row(inst: Instrument, tf: Any, ts: int, now: int) -> list[str]:
+    """``[ts, o, h, l, c, vol, volCcy, volCcyQuote, confirm]`` of one bar."""
+    o, h, lo, c, base, quote, *_ = candle(inst.listing, tf, ts)
+    confirm = "1" if tf.next_open(ts) <= now else "0"
+    if confirm == "0":  # still open: only part of the period's volume so far
+        base, quote = "0.04734", "2873.1172"
+    if inst.inst_type == "SPOT":  # vol is base currency, volCcy quote currency
+        vol, vol_ccy = base, quote
+    else:  # derivatives: vol is contracts, volCcy base currency
+        vol, vol_ccy = str(Decimal(base) / Decimal(inst.ct_val)), base
+    return [str(ts), *map(plain, (o, h, lo, c, vol, vol_ccy, quote)), confirm]
+
+
+def envelope(data: Any, code: str = "0", msg: str = "", status: int = 200) -> Response:
+    return Response.json({"code": code, "msg": msg, "data": data}, status)
+
+
+class Budget:
+    """Requests accepted in a sliding window, like OKX's per-IP ``N requests per 2 seconds``."""
+
+    def __init__(self, mock: MockExchange, key: str, capacity: int) -> None:
+        self.mock, self.key, self.default = mock, key, capacity
+        self.times: deque[float] = deque()
+
+    def take(self) -> Response | None:
+        """Count one request; return the 50011 response when it is over the limit."""
+        mock = self.mock
+        capacity = int(mock.config.extra.get(f"okx_{self.key}_rate", self.default))
+        with mock.lock:
+            now = time.monotonic()
+            while self.times and self.times[0] <= now - mock.config.okx_window:
+                self.times.popleft()
+            mock.stats["okx.requests"] += 1
+            mock.stats[f"okx.{self.key}.requests"] += 1
+            if len(self.times) < capacity:
+                self.times.append(now)
+                return None
+            mock.stats["okx.50011"] += 1
+            if mock.config.extra.get("okx_rate_limit_status") == 200:
+                return envelope([], "50011", "Rate limit reached. Please refer to API documentation "
+                                "and throttle requests accordingly.")
+            mock.stats["okx.429"] += 1
+            return Response.json({"msg": "Too Many Requests", "code": "50011"}, 429)
+
+
+def _number(req: Request, name: str) -> tuple[int | None, Response | None]:
+    value = req.arg(name)
+    if value is None or value == "":
+        return None, None
+    if not value.isdigit():
+        return None, envelope([], "51000", f"Parameter {name} error", 400)
+    return int(value), None
+
+
+def candles(mock: MockExchange, budget: Budget, req: Request, history: bool) -> Response:
+    refused = budget.take()
+    if refused is not None:
+        return refused
+    inst_id = req.arg("instId")
+    if not inst_id:
+        return envelope([], "50014", "Parameter instId can not be empty.", 400)
+    tf = bar(req.arg("bar") or "1m", history)
+    if tf is None:
+        return envelope([], "51000", "Parameter bar error", 400)
+    numbers = {}
+    for name in ("after", "before", "limit"):
+        numbers[name], bad = _number(req, name)
+        if bad is not None:
+            return bad
+    limit = numbers["limit"] if numbers["limit"] is not None else 100
+    if limit < 1:
+        return envelope([], "51000", "Parameter limit error", 400)
+    limit = min(limit, mock.config.okx_history_limit if history else MAX_LIMIT)
+    inst = INSTRUMENTS.get(inst_id)
+    if inst is None:
+        return envelope([], "51001", "Instrument ID, Instrument ID code, or Spread ID doesn't exist.")
+    now = mock.now()
+    latest = tf.floor(now)
+    oldest = tf.floor(inst.listing.listed)
+    if not history:  # /market/candles keeps the latest 1,440 bars only
+        oldest = max(oldest, tf.floor(_back(tf, latest, RECENT_BARS - 1)))
+    after, before = numbers["after"], numbers["before"]
+    ts = latest if after is None else min(latest, tf.floor(after - 1))
+    rows: list[list[str]] = []
+    while ts >= oldest and len(rows) < limit and (before is None or ts > before):
+        if has_candle(inst.listing, tf, ts):  # type: ignore[arg-type]
+            rows.append(okx_row(inst, tf, ts, now))
+        ts = tf.floor(ts - 1)
+    mock.count(f"okx.{budget.key}.rows", len(rows))
+    return envelope(rows)
+
+
+def _back(tf: Any, ts: int, count: int) -> int:
+    if getattr(tf, "ms", None):
+        return ts - count * tf.ms
+    for _ in range(count):  # calendar months
+        ts = tf.floor(ts - 1)
+    return ts
+
+
+def instruments(mock: MockExchange, budget: Budget, req: Request) -> Response:
+    refused = budget.take()
+    if refused is not None:
+        return refused
+    inst_type = req.arg("instType")
+    if not inst_type:
+        return envelope([], "50014", "Parameter instType can not be empty.", 400)
+    if inst_type not in ("SPOT", "MARGIN", "SWAP", "FUTURES", "OPTION"):
+        return envelope([], "51000", "Parameter instType error", 400)
+    wanted = req.arg("instId")
+    found = [i for i in INSTRUMENTS.values()
+             if i.inst_type == inst_type and (wanted is None or i.inst_id == wanted)]
+    if wanted is not None and not found:
+        return envelope([], "51001", "Instrument ID, Instrument ID code, or Spread ID doesn't exist.")
+    return envelope([_describe(i) for i in found])
+
+
+def _describe(inst: Instrument) -> dict[str, str]:
+    """An instrument with the fields of the real ``instruments`` body."""
+    base, quote = inst.inst_id.split("-")[:2]
+    derivative = inst.inst_type != "SPOT"
+    return {
+        "alias": "quarter" if inst.inst_type == "FUTURES" else "", "auctionEndTime": "",
+        "baseCcy": "" if derivative else base, "category": "1",
+        "ctMult": "1" if derivative else "", "ctType": "linear" if derivative else "",
+        "ctVal": inst.ct_val, "ctValCcy": base if derivative else "",
+        "expTime": str(inst.exp_time) if inst.exp_time else "",
+        "instFamily": f"{base}-{quote}" if derivative else "", "instId": inst.inst_id,
+        "instType": inst.inst_type, "lever": "100" if derivative else "",
+        "listTime": str(inst.listing.listed), "lotSz": "1" if derivative else "0.00000001",
+        "maxIcebergSz": "9999999999.0000000000000000", "maxLmtAmt": "20000000",
+        "maxLmtSz": "9999999999", "maxMktAmt": "1000000", "maxMktSz": "1000000",
+        "maxStopSz": "1000000", "maxTriggerSz": "9999999999.0000000000000000",
+        "maxTwapSz": "9999999999.0000000000000000", "minSz": "1" if derivative else "0.00001",
+        "optType": "", "quoteCcy": "" if derivative else quote, "ruleType": "normal",
+        "settleCcy": quote if derivative else "", "state": "live", "stk": "", "tickSz": "0.1",
+        "uly": f"{base}-{quote}" if derivative else "",
+    }
+
+
+def not_found(req: Request) -> Response:
+    """The gateway's 404 for an unknown ``/api/v5`` path: note the numeric ``code``."""
+    return Response.json({"code": 404, "data": {}, "detailMsg": "", "error_code": "404",
+                          "error_message": "Not Found", "msg": "Not Found"}, 404)
+
+
+def install(mock: MockExchange) -> None:
+    history, recent = Budget(mock, "history", 20), Budget(mock, "candles", 40)
+    listing, clock = Budget(mock, "instruments", 20), Budget(mock, "time", 10)
+
+    def _time(req: Request) -> Response:
+        return clock.take() or envelope([{"ts": str(mock.now())}])
+
+    mock.route("/api/v5/market/history-candles", lambda req: candles(mock, history, req, True))
+    mock.route("/api/v5/market/candles", lambda req: candles(mock, recent, req, False))
+    mock.route("/api/v5/public/instruments", lambda req: instruments(mock, listing, req))
+    mock.route("/api/v5/public/time", _time)
+    mock.route_prefix("/api/v5/", not_found)

@@ -1,0 +1,5 @@
+"""OKX candles for Forge: ``forge run --source okx``."""
+
+from .source import OkxSource
+
+__all__ = ["OkxSource"]
