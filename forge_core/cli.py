@@ -210,9 +210,24 @@ def build_cli(plugins: Plugins | None = None) -> click.Group:
     return cli
 
 
+def _logging_args(args: list[str]) -> tuple[int, str]:
+    """``-v``/``-vv``/``--verbose`` and ``--log-format`` read ahead of Click's parsing."""
+    verbosity = sum(len(a) - 1 for a in args if a.startswith("-v") and set(a[1:]) == {"v"})
+    verbosity += args.count("--verbose")
+    fmt = "console"
+    for i, a in enumerate(args):
+        if a == "--log-format" and i + 1 < len(args):
+            fmt = args[i + 1]
+        elif a.startswith("--log-format="):
+            fmt = a.split("=", 1)[1]
+    return verbosity, fmt if fmt in ("console", "json") else "console"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     verbose = any(a in ("-v", "-vv", "--verbose") for a in args) or bool(os.environ.get("FORGE_DEBUG"))
+    # logging must be ready before plugins load (a broken plugin logs a warning)
+    configure(*_logging_args(args))
     try:
         build_cli().main(args=args, prog_name="forge", standalone_mode=False)
         return 0
