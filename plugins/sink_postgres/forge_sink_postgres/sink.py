@@ -1,0 +1,391 @@
+"""Write candles to PostgreSQL: ``forge run --sink postgres``.
+
+``write`` encodes each batch to ``COPY`` text and keeps it; ``commit`` sends everything kept as
+one transaction: ``COPY`` into a session-local staging table (temporary, so no WAL and no
+index), then one ``INSERT ... SELECT ... ON CONFLICT (key) DO UPDATE`` into the target, then
+``COMMIT``. Rows whose stored values already equal the new ones are not rewritten. The kept
+text is dropped only after the commit succeeded, so a dropped connection or a server restart
+is retried (reconnect, backoff) by sending the whole transaction again; upserts make a
+repeated send harmless.
+
+Plain inserts (``on_conflict="none"``) ``COPY`` straight into the target, as the seed's
+emitter without ``on_conflict`` did: re-runs then duplicate rows, or fail on a primary key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+from psycopg2 import sql
+
+from forge_core import Batch, Option, RunInfo, Sink, SinkError, UsageError
+from forge_core.logs import get_logger
+
+from .connection import ConnectionSpec
+from .copytext import encode
+from .target import (
+    TableInfo,
+    check_model,
+    default_table_ddl,
+    inspect,
+    load_model,
+    split_name,
+)
+
+log = get_logger(__name__)
+T = TypeVar("T")
+PLAIN = ("none", "no", "false", "off", "insert")
+# Python-API keyword arguments of the seed's PostgresEmitter; not CLI options (a password on
+# the command line is visible in the process list: use the URL from the environment, PGPASSWORD,
+# ~/.pgpass or --password-file there).
+CONNECTION_KWARGS = ("host", "port", "dbname", "user", "password")
+
+
+class PostgresSink(Sink):
+    name = "postgres"
+    description = "PostgreSQL table, idempotent upserts (COPY + INSERT ... ON CONFLICT)"
+    options = (
+        Option("database_url", "PostgreSQL URL, e.g. postgresql://user@localhost:5432/crypto "
+               "(password better from PGPASSWORD, ~/.pgpass or --password-file).",
+               envvar="FORGE_DATABASE_URL", secret=True, metavar="URL"),
+        Option("table", "Table to write when no --model is given; created if missing "
+               "(schema.table accepted).", default="klines", metavar="NAME"),
+        Option("model", "SQLAlchemy declarative model to write into, as package.module:Class; "
+               "its table is created if missing.", metavar="MODULE:CLASS"),
+        Option("on_conflict", "Upsert key columns, comma-separated (default: the table's primary key), "
+               "or 'none' for plain inserts (re-runs then duplicate or fail).", metavar="COLUMNS|none"),
+        Option("password_file", "File holding the database password (first line).", metavar="PATH"),
+    )
+
+    # Retrying a lost connection: backoff from RETRY_FIRST doubling to RETRY_MAX seconds,
+    # giving up RETRY_FOR seconds after the first failure of a commit.
+    RETRY_FIRST = 0.25
+    RETRY_MAX = 5.0
+    RETRY_FOR = 120.0
+    # Commit early when this many rows are kept (bounds memory whatever --commit-every says).
+    MAX_PENDING_ROWS = 250_000
+
+    def __init__(self, **options: Any) -> None:
+        kwargs = {k: options.pop(k) for k in CONNECTION_KWARGS if k in options}
+        super().__init__(**options)
+        url = self.settings["database_url"] or os.environ.get("FORGE_DATABASE_URL") or None
+        self.spec = ConnectionSpec.build(url, password_file=self.settings["password_file"], **kwargs)
+        model = self.settings["model"]
+        self.model = load_model(model) if model is not None else None
+        if self.model is None:
+            self.schema, self.table_name = split_name(self.settings["table"] or "klines")
+        else:
+            if options.get("table") not in (None, "klines", self.model.name):
+                raise UsageError(f"give either a table ({options['table']!r}) or a model "
+                                 f"({self.model.name!r} has its own table), not both")
+            self.schema, self.table_name = self.model.schema, self.model.name
+        self.conflict = _conflict_columns(self.settings["on_conflict"])  # None = primary key, () = plain
+        self.conn: psycopg2.extensions.connection | None = None
+        self.table: TableInfo | None = None
+        self.pending: list[tuple[tuple[str, ...], str]] = []  # (target columns, COPY text)
+        self.pending_rows = 0
+        self._mappings: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[int, ...]]] = {}
+        self._stages: dict[tuple[str, ...], sql.Composable] = {}  # per connection
+        self._dedupe = False
+        self.sent = 0
+        self.changed = 0
+        self.retries = 0
+
+    # -- API for the streamforge-style emitter ------------------------------------------------
+    def set_model(self, model: Any) -> PostgresSink:
+        """Write into ``model``'s table (a declarative class, ``Table`` or ``module:Class``)."""
+        self.model = load_model(model)
+        self.schema, self.table_name = self.model.schema, self.model.name
+        return self
+
+    def on_conflict(self, columns: Sequence[str] | str | None) -> PostgresSink:
+        """Upsert on ``columns``; ``None`` = the primary key; ``[]`` or ``"none"`` = plain inserts."""
+        self.conflict = _conflict_columns(columns)
+        return self
+
+    # -- the sink contract --------------------------------------------------------------------
+    def open(self, run: RunInfo) -> None:
+        self.conn = self.spec.connect_or_fail()
+        try:
+            self.table = self._prepare_table()
+            self._check(run.columns, f"source {run.source}")
+            self._mappings.clear()
+            self._stages.clear()
+            self.conn.commit()
+        except psycopg2.Error as exc:
+            self._drop_connection()
+            raise SinkError(f"PostgreSQL {self.spec.where} table {self._label}: {self.spec.reason(exc)}") from None
+        except BaseException:
+            self._drop_connection()
+            raise
+        log.info("postgres_open", where=self.spec.safe_url, table=self._label,
+                 conflict=",".join(self._key) or "none (plain inserts)")
+
+    def write(self, batch: Batch) -> None:
+        if not batch.rows:
+            return
+        columns, indexes = self._mapping(batch.columns)
+        self.pending.append((columns, encode(batch.rows, indexes)))
+        self.pending_rows += len(batch.rows)
+        if self.pending_rows >= self.MAX_PENDING_ROWS:
+            self.commit()
+
+    def commit(self) -> None:
+        if not self.pending:
+            return
+        changed = self._retrying(self._send, "commit")
+        self.sent += self.pending_rows
+        self.changed += changed
+        self.pending.clear()
+        self.pending_rows = 0
+
+    def last_open(self, source: str, symbol: str, timeframe: str) -> int | None:
+        table = self.table
+        if table is None or "open_ts" not in table.columns:
+            return None
+        where = [(c, v) for c, v in (("source", source), ("symbol", symbol), ("timeframe", timeframe))
+                 if c in table.columns]
+        query = sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier("open_ts"), table.ident)
+        if where:
+            query += sql.SQL(" WHERE ") + sql.SQL(" AND ").join(
+                sql.SQL("{} = %s").format(sql.Identifier(c)) for c, _ in where)
+
+        def run(cur: Any) -> int | None:
+            cur.execute(query, [v for _, v in where])
+            value = cur.fetchone()[0]
+            return None if value is None else int(value)
+
+        return self._retrying(run, "last_open")
+
+    def close(self, ok: bool) -> None:
+        try:
+            if ok:
+                self.commit()
+        finally:
+            self.pending.clear()
+            self.pending_rows = 0
+            self._drop_connection()
+
+    def describe(self) -> str:
+        mode = f"upsert on {','.join(self._key)}" if self._key else "plain inserts"
+        return (f"{self.spec.safe_url} table {self._label} ({mode}; {self.sent} rows sent, "
+                f"{self.changed} inserted or changed)")
+
+    # -- setup ----------------------------------------------------------------------------------
+    @property
+    def _label(self) -> str:
+        return f"{self.schema}.{self.table_name}" if self.schema else self.table_name
+
+    @property
+    def _key(self) -> tuple[str, ...]:
+        if self.conflict is not None:
+            return self.conflict
+        return self.table.primary_key if self.table is not None else ()
+
+    def _prepare_table(self) -> TableInfo:
+        assert self.conn is not None
+        with self.conn.cursor() as cur:
+            table = inspect(cur, self.schema, self.table_name)
+            if table is None:
+                if self.model is not None:
+                    self._create_model_table()
+                else:
+                    cur.execute(default_table_ddl(self.schema, self.table_name))
+                table = inspect(cur, self.schema, self.table_name)
+                if table is None:
+                    raise SinkError(f"table {self._label} does not exist after creating it "
+                                    f"in {self.spec.where}; check the search_path")
+        if self.model is not None:
+            missing = [c.name for c in self.model.columns if c.name not in table.columns]
+            if missing:
+                raise SinkError(f"table {table.label} in {self.spec.where} has no column {missing[0]!r} "
+                                "that the model declares; migrate the table or fix the model")
+        return table
+
+    def _create_model_table(self) -> None:
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import StaticPool
+
+        assert self.conn is not None and self.model is not None
+        self.conn.commit()
+        engine = create_engine("postgresql+psycopg2://", creator=self.spec.connect, poolclass=StaticPool)
+        try:
+            self.model.create(engine, checkfirst=True)
+        finally:
+            engine.dispose()
+
+    def _check(self, available: Sequence[str], what: str) -> None:
+        """Refuse a column set that cannot fill the table or the conflict key."""
+        assert self.table is not None
+        if self.model is not None:
+            check_model(self.model, available, what)
+        self.table.check_fillable(available, what)
+        key = self._key
+        if self.conflict is None and not key:
+            raise SinkError(f"table {self._label} has no primary key to upsert on; pass --on-conflict "
+                            "COLUMNS naming a unique index, or --on-conflict none for plain inserts")
+        if key:
+            unknown = [c for c in key if c not in self.table.columns]
+            if unknown:
+                raise UsageError(f"--on-conflict column {unknown[0]!r} is not in table {self._label}; "
+                                 f"it has: {', '.join(self.table.columns)}")
+            if frozenset(key) not in self.table.unique:
+                raise SinkError(f"--on-conflict {','.join(key)}: table {self._label} has no unique index or "
+                                "primary key on exactly these columns")
+            unfilled = [c for c in key if c not in available]
+            if unfilled:
+                raise SinkError(f"conflict column {unfilled[0]!r} of table {self._label} is not among the "
+                                f"columns of {what}: {', '.join(available)}")
+
+    def _mapping(self, columns: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """Target columns a batch with ``columns`` fills, and where each comes from in a row."""
+        found = self._mappings.get(columns)
+        if found is None:
+            if self.table is None:
+                raise SinkError("postgres sink: write() before open()")
+            self._check(columns, "the batch")
+            target = self.table.writable(columns)
+            found = (target, tuple(columns.index(c) for c in target))
+            self._mappings[columns] = found
+        return found
+
+    # -- sending ----------------------------------------------------------------------------------
+    def _send(self, cur: Any) -> int:
+        """One transaction's statements (the caller commits); returns rows inserted or changed."""
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for columns, text in self.pending:
+            groups.setdefault(columns, []).append(text)
+        changed = 0
+        for columns, texts in groups.items():
+            data = io.BytesIO("".join(texts).encode("utf-8"))
+            names = sql.SQL(", ").join(map(sql.Identifier, columns))
+            assert self.table is not None
+            if not self._key:
+                cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN").format(self.table.ident, names), data,
+                                size=1 << 20)
+                changed += cur.rowcount if cur.rowcount > 0 else 0
+                continue
+            stage = self._stage(cur, columns)
+            cur.copy_expert(sql.SQL("COPY {} FROM STDIN").format(stage), data, size=1 << 20)
+            cur.execute(self._upsert_sql(columns, stage))
+            changed += max(cur.rowcount, 0)
+        return changed
+
+    def _stage(self, cur: Any, columns: tuple[str, ...]) -> sql.Composable:
+        """A temporary table of the target's types for ``columns``, emptied at every commit."""
+        stage = self._stages.get(columns)
+        if stage is None:
+            assert self.table is not None
+            stage = sql.Identifier(f"forge_stage_{len(self._stages)}")
+            cur.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA")
+                        .format(stage, sql.SQL(", ").join(map(sql.Identifier, columns)), self.table.ident))
+            self._stages[columns] = stage
+        return stage
+
+    def _upsert_sql(self, columns: tuple[str, ...], stage: sql.Composable) -> sql.Composable:
+        assert self.table is not None
+        key = self._key
+        names = sql.SQL(", ").join(map(sql.Identifier, columns))
+        source: sql.Composable = sql.SQL("SELECT {} FROM {}").format(names, stage)
+        if self._dedupe:  # the same key twice in one commit: the last row sent wins
+            keys = sql.SQL(", ").join(map(sql.Identifier, key))
+            source = sql.SQL("SELECT DISTINCT ON ({}) {} FROM {} ORDER BY {}, ctid DESC").format(
+                keys, names, stage, keys)
+        query = sql.SQL("INSERT INTO {} AS t ({}) {} ON CONFLICT ({}) ").format(
+            self.table.ident, names, source, sql.SQL(", ").join(map(sql.Identifier, key)))
+        rest = [c for c in columns if c not in key]
+        if not rest:
+            return query + sql.SQL("DO NOTHING")
+        return query + sql.SQL("DO UPDATE SET {} WHERE ({}) IS DISTINCT FROM ({})").format(
+            sql.SQL(", ").join(sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
+                               for c in rest),
+            sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in rest),
+            sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in rest))
+
+    def _retrying(self, work: Callable[[Any], T], what: str) -> T:
+        """Run ``work`` in one transaction and commit; on a lost connection (or a serialization
+        failure) reconnect and run it again, with backoff, for up to RETRY_FOR seconds."""
+        delay = self.RETRY_FIRST
+        deadline: float | None = None
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                conn = self._connection()
+                with conn.cursor() as cur:
+                    result = work(cur)
+                conn.commit()
+                return result
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                self._drop_connection()
+                now = time.monotonic()
+                deadline = deadline or now + self.RETRY_FOR
+                reason = self.spec.reason(exc)
+                if now + delay > deadline:
+                    raise SinkError(f"PostgreSQL {self.spec.where} table {self._label}: {what} failed "
+                                    f"{attempt} times over {self.RETRY_FOR:.0f}s, giving up: {reason}") from None
+                self.retries += 1
+                log.warning("postgres_retry", what=what, attempt=attempt, wait=round(delay, 2),
+                            where=self.spec.where, error=reason)
+                time.sleep(delay)
+                delay = min(delay * 2, self.RETRY_MAX)
+            except psycopg2.errors.CardinalityViolation:
+                self._rollback()
+                if self._dedupe:
+                    raise
+                self._dedupe = True  # retry at once, keeping the last of each key
+            except psycopg2.Error as exc:
+                self._rollback()
+                raise SinkError(f"PostgreSQL {self.spec.where} table {self._label}: {what} failed: "
+                                f"{self.spec.reason(exc)}") from None
+
+    def _connection(self) -> psycopg2.extensions.connection:
+        if self.conn is None or self.conn.closed:
+            self._drop_connection()
+            self.conn = self.spec.connect()
+            self._stages.clear()  # temporary tables died with the old session
+            log.info("postgres_connected", where=self.spec.where)
+        return self.conn
+
+    def _rollback(self) -> None:
+        if self.conn is not None and not self.conn.closed:
+            try:
+                self.conn.rollback()
+            except psycopg2.Error:
+                self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        conn, self.conn = self.conn, None
+        self._stages.clear()
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
+
+
+def _conflict_columns(value: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    """``None`` (primary key), ``()`` (plain inserts) or the named columns."""
+    if value is None or value is True:
+        return None
+    if value is False:
+        return ()
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in PLAIN:
+            return ()
+        if text.lower() in ("", "pk", "primary", "primary_key", "primary-key"):
+            return None
+        parts = [p.strip() for p in text.split(",")]
+    else:
+        parts = [str(p).strip() for p in value]
+    if any(not p for p in parts):
+        raise UsageError(f"bad --on-conflict {value!r}; expected comma-separated column names such as "
+                         "source,symbol,timeframe,open_ts, or 'none' for plain inserts")
+    return tuple(dict.fromkeys(parts))
