@@ -34,6 +34,7 @@ from forge_core import (
     Task,
     Timeframe,
 )
+from forge_core.logs import get_logger
 from forge_core.records import CANDLE_COLUMNS, Row
 from forge_core.times import iso, now_ms
 
@@ -51,6 +52,7 @@ RECENT_BARS = 1400  # /market/candles keeps the latest 1,440 bars; the rest is m
 WINDOW = 2.0  # OKX counts "N requests per 2 seconds" per IP
 SLACK = 0.15  # seconds added to our window: network jitter between our clock and theirs
 RETRYABLE = {"50001", "50011", "50013", "50026"}  # unavailable, rate limit, busy, system error
+log = get_logger(__name__)
 QUOTES = ("USDT", "USDC", "USD", "BTC", "ETH", "EUR", "DAI")  # for spelling hints, USDT before USD
 
 
@@ -97,6 +99,7 @@ class OkxSource(Source):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         base_url = self.settings["base_url"] or os.environ.get("FORGE_OKX_URL") or "https://www.okx.com"
+        self._nominal: dict[str, int] = {}
         self.clients = {  # one limiter per OKX rate-limit rule, shared by all worker threads
             HISTORY: self._client(base_url, 20, "history"),
             RECENT: self._client(base_url, 40, "candles"),
@@ -105,11 +108,12 @@ class OkxSource(Source):
         self.clients[INSTRUMENTS] = self.clients[TIME]
         self._now = now_ms()
         self._lock = threading.Lock()
-        self._slowed: dict[str, float] = {}
+        self._changed: dict[str, float] = {}  # limiter name -> when its rate last changed
         self.rate_limited = 0
 
     def _client(self, base_url: str, per_window: int, name: str) -> HttpClient:
         limiter = RateLimiter(per_window, WINDOW + SLACK, name=f"okx-{name}")
+        self._nominal[limiter.name] = per_window
         return HttpClient(base_url, limiter=limiter,
                           check=lambda response, body: self._check(response, body, limiter))
 
@@ -119,26 +123,37 @@ class OkxSource(Source):
         code = str(body.get("code")) if isinstance(body, dict) else None
         msg = str(body.get("msg", "")) if isinstance(body, dict) else response.text[:200]
         if code == "50011" or status == 429:
-            self._slow_down(limiter)
+            with self._lock:
+                self.rate_limited += 1
+            self._adapt(limiter, -1)
             raise RetryableError(f"OKX rate limit: HTTP {status} {code} {msg}", WINDOW)
         if code in RETRYABLE or status >= 500:
             raise RetryableError(f"OKX HTTP {status} {code} {msg}")
         if code == "0" and status < 300:
+            if limiter.capacity < self._nominal[limiter.name]:
+                self._adapt(limiter, +1)
             return
         if code is None and status < 300:
             return  # not an envelope: the parser rejects it and the request is retried
         hint = " (is the base URL the host root, like https://www.okx.com?)" if status == 404 else ""
         raise OkxError(status, code, msg + hint)
 
-    def _slow_down(self, limiter: RateLimiter) -> None:
-        """Someone else shares our budget (another process on this IP): take a quarter off
-        our rate, at most once per window however many requests were refused together."""
+    def _adapt(self, limiter: RateLimiter, direction: int) -> None:
+        """A 50011 means someone else spends our budget (another process on this IP): take a
+        quarter off our rate, once per window however many requests were refused together.
+        After two quiet windows, creep back by one request per window."""
         with self._lock:
-            self.rate_limited += 1
             now = time.monotonic()
-            if now - self._slowed.get(limiter.name, 0.0) > limiter.window:
-                self._slowed[limiter.name] = now
-                limiter.reconfigure(max(1.0, limiter.capacity * 0.75), limiter.window)
+            since = now - self._changed.get(limiter.name, 0.0)
+            if direction < 0 and since > limiter.window:
+                capacity = max(1.0, limiter.capacity * 0.75)
+            elif direction > 0 and since > 2 * limiter.window:
+                capacity = min(self._nominal[limiter.name], limiter.capacity + 1)
+            else:
+                return
+            self._changed[limiter.name] = now
+            limiter.reconfigure(capacity, limiter.window)
+            log.info("okx_rate", limiter=limiter.name, per_window=capacity)
 
     def _get(self, path: str, params: dict[str, Any], parse: Any) -> Any:
         return self.clients[path].get_json(path, params, parse=parse)
@@ -149,14 +164,16 @@ class OkxSource(Source):
         return self._now
 
     def prepare(self, symbol: str, timeframe: Timeframe) -> SymbolInfo:
-        """Validate the instrument and find ``listTime``; trust it only once a probe confirms
-        no bar opens before it (OKX sets listTime anew when an instrument is relisted)."""
+        """Validate the instrument and find ``listTime``, trusted only once a one-row probe
+        finds no bar before it: listTime is when continuous trading started, which need not
+        be OKX's first bar, and skipping history that exists would lose candles."""
         params = {"instType": inst_type(symbol), "instId": symbol}
         try:
             found = self._get(INSTRUMENTS, params, _data)
-            if not any(isinstance(i, dict) and i.get("instId") == symbol for i in found):
+            match = [i for i in found if isinstance(i, dict) and i.get("instId") == symbol]
+            if not match:
                 raise OkxError(200, "51001", "not in /api/v5/public/instruments")
-            listed = next(i for i in found if i.get("instId") == symbol).get("listTime")
+            listed = match[0].get("listTime")
             if not listed:
                 return SymbolInfo(symbol)
             first = timeframe.floor(int(listed))
@@ -179,7 +196,7 @@ class OkxSource(Source):
                 page, oldest = self._page(path, task.symbol, tf, after)
             except OkxError as exc:
                 raise self._explain(exc, task.symbol, tf) from None
-            rows.extend(page)
+            rows.extend(row for row in page if row[3] >= task.start)  # the last page reaches back
             if oldest is None or oldest <= task.start:
                 break  # covered, or the exchange has nothing older (listing, or end of data)
             if oldest >= after:

@@ -1,0 +1,226 @@
+"""The OKX source against the mock's OKX endpoints, and the mock against real OKX bodies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import requests
+
+from forge_core import SourceError, Task
+from forge_core.timeframes import DAY, HOUR, parse_timeframe
+from forge_mock_exchange.expected_okx import okx_rows
+from forge_mock_exchange.market import MAINTENANCE
+from forge_mock_exchange.server import Response
+from forge_okx.source import BARS, OkxSource, inst_type, suggest
+
+FIXTURES = Path(__file__).resolve().parents[4] / "shared" / "fixtures" / "real"
+if not FIXTURES.exists():
+    FIXTURES = Path("/work/shared/fixtures/real")
+NOW = 1742034030456  # the mock's frozen clock (conftest.NOW)
+
+
+def fixture(name: str) -> dict:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def source(mock, **options) -> OkxSource:
+    src = OkxSource(base_url=mock.url, **options)
+    assert src.server_time() == NOW
+    return src
+
+
+def task(symbol: str, tf: str, start: int, end: int) -> Task:
+    return Task(symbol, parse_timeframe(tf), start, end)
+
+
+# -- mapping and spelling ---------------------------------------------------------------------
+def test_timeframes_map_to_utc_aligned_bars():
+    assert BARS["1h"] == "1H" and BARS["1d"] == "1Dutc" and BARS["1w"] == "1Wutc" and BARS["1M"] == "1Mutc"
+    assert BARS["6h"] == "6Hutc" and BARS["12h"] == "12Hutc" and BARS["1s"] == "1s"
+    assert "8h" not in OkxSource.timeframes and "3d" not in OkxSource.timeframes
+
+
+@pytest.mark.parametrize("inst_id,kind", [("BTC-USDT", "SPOT"), ("BTC-USDT-SWAP", "SWAP"),
+                                          ("BTC-USD-250328", "FUTURES"), ("BTC-USD-250328-90000-C", "OPTION")])
+def test_inst_type_from_the_instrument_id(inst_id, kind):
+    assert inst_type(inst_id) == kind
+
+
+@pytest.mark.parametrize("typed,meant", [("BTCUSDT", "BTC-USDT"), ("btc-usdt", "BTC-USDT"), ("ETH/USDC", "ETH-USDC"),
+                                         ("BTC_USDT", "BTC-USDT"), ("BTCUSDT-PERP", "BTC-USDT-SWAP"),
+                                         ("ETHBTC", "ETH-BTC"), ("BTC-USDT", None)])
+def test_suggests_the_okx_spelling(typed, meant):
+    assert suggest(typed) == meant
+
+
+# -- the source against the mock --------------------------------------------------------------
+def test_prepare_finds_the_listing_and_validates(mock):
+    src = source(mock)
+    info = src.prepare("NEW-USDT", parse_timeframe("1h"))
+    assert info.first_open == 1705305600000  # listTime, confirmed by an empty probe before it
+    with pytest.raises(SourceError, match=r"unknown instrument 'BTCUSDT' on OKX .*did you mean 'BTC-USDT'\?"):
+        src.prepare("BTCUSDT", parse_timeframe("1h"))
+
+
+def test_prepare_distrusts_a_listtime_later_than_the_first_bar(fresh_mock):
+    real = fresh_mock.routes["/api/v5/public/instruments"]
+
+    def late_listing(req):
+        body = json.loads(real(req).body)
+        body["data"][0]["listTime"] = "1704067200000"  # 2024, but bars exist since 2018
+        return Response.json(body)
+
+    fresh_mock.route("/api/v5/public/instruments", late_listing)
+    assert source(fresh_mock).prepare("BTC-USDT", parse_timeframe("1d")).first_open is None
+
+
+def test_one_request_per_task_with_limit_300(fresh_mock):
+    src = source(fresh_mock)
+    start = 1704067200000
+    rows = list(src.fetch(task("BTC-USDT", "1m", start, start + 300 * 60_000)))
+    assert rows == okx_rows("BTC-USDT", "1m", start, start + 300 * 60_000, NOW)
+    assert fresh_mock.stats["okx.history.requests"] == 1
+
+
+def test_short_pages_continue_from_the_oldest_row(fresh_mock):
+    """A server capped at the legacy 100 rows: three pages per task, nothing lost, even across
+    the maintenance hole (pages that hold fewer bars than their span)."""
+    fresh_mock.config.okx_history_limit = 100
+    src = source(fresh_mock)
+    start = MAINTENANCE[0] - 100 * 60_000
+    want = okx_rows("BTC-USDT", "1m", start, start + 300 * 60_000, NOW)
+    rows = list(src.fetch(task("BTC-USDT", "1m", start, start + 300 * 60_000)))
+    assert rows == want and len(want) == 150  # 100 before the hole, 50 after it
+    assert fresh_mock.stats["okx.history.rows"] >= 150
+    assert all(r[3] < MAINTENANCE[0] or r[3] >= MAINTENANCE[1] for r in rows)
+
+
+def test_listing_inside_a_task_stops_at_the_first_bar(fresh_mock):
+    src = source(fresh_mock)
+    start = 1705305600000 - 100 * HOUR
+    rows = list(src.fetch(task("NEW-USDT", "1h", start, start + 300 * HOUR)))
+    assert rows[0][3] == 1705305600000
+    assert rows == okx_rows("NEW-USDT", "1h", start, start + 300 * HOUR, NOW)
+    assert fresh_mock.stats["okx.history.requests"] == 2  # the second finds nothing older
+
+
+def test_recent_bars_come_from_candles_and_the_open_bar_is_dropped(fresh_mock):
+    src = source(fresh_mock)
+    end = NOW - NOW % 60_000 + 60_000  # includes the open minute, which must not come back
+    rows = list(src.fetch(task("BTC-USDT-SWAP", "1m", end - 300 * 60_000, end)))
+    assert fresh_mock.stats["okx.candles.requests"] == 1 and fresh_mock.stats["okx.history.requests"] == 0
+    assert rows == okx_rows("BTC-USDT-SWAP", "1m", end - 300 * 60_000, end, NOW)
+    assert rows[-1][4] < NOW and len(rows) == 299
+
+
+def test_swap_volume_is_base_currency_not_contracts(mock):
+    rows = list(source(mock).fetch(task("BTC-USDT-SWAP", "1d", 1704067200000, 1704067200000 + 3 * DAY)))
+    for row in rows:
+        volume, quote_volume, vol, vol_ccy = row[9:]
+        assert volume == vol_ccy and float(vol) == pytest.approx(float(vol_ccy) * 100)  # ctVal 0.01 BTC
+        assert float(quote_volume) > float(volume) * 10_000
+
+
+def test_the_real_swap_body_parses(fresh_mock):
+    body = (FIXTURES / "okx_candles_swap_1m_2025-05-13_nautilus.json").read_bytes()
+    for path in ("/api/v5/market/history-candles", "/api/v5/market/candles"):
+        fresh_mock.route(path, lambda req: Response(200, body))
+    rows = list(source(fresh_mock).fetch(task("BTC-USDT-SWAP", "1m", 1747093980000, 1747094100000)))
+    assert rows == [
+        ("okx", "BTC-USDT-SWAP", "1m", 1747093980000, 1747094039999, "102806", "102820.5", "102783.1",
+         "102806.1", "71.6404", "7364701.57952", "7164.04", "71.6404"),
+        ("okx", "BTC-USDT-SWAP", "1m", 1747094040000, 1747094099999, "102806.1", "102820.4", "102806.1",
+         "102820.4", "10.4037", "1069603.34883", "1040.37", "10.4037"),
+    ]
+
+
+@pytest.mark.parametrize("status", [429, 200])
+def test_50011_is_retried_whatever_its_http_status(fresh_mock, status):
+    fresh_mock.config.extra.update(okx_history_rate=1, okx_rate_limit_status=status)
+    fresh_mock.config.okx_window = 0.3
+    src = source(fresh_mock)
+    start = 1704067200000
+    got = [list(src.fetch(task("ETH-USDT", "1h", start + i * 300 * HOUR, start + (i + 1) * 300 * HOUR)))
+           for i in range(2)]
+    assert [r for page in got for r in page] == okx_rows("ETH-USDT", "1h", start, start + 600 * HOUR, NOW)
+    assert fresh_mock.stats["okx.50011"] >= 1 and src.stats()["okx_50011"] == fresh_mock.stats["okx.50011"]
+
+
+def test_a_wrong_base_url_says_so(fresh_mock):
+    src = OkxSource(base_url=fresh_mock.url + "/api/v5")
+    with pytest.raises(SourceError, match=r"HTTP 404 .*base URL the host root"):
+        src.server_time()
+
+
+def test_base_url_comes_from_the_environment(fresh_mock, monkeypatch):
+    monkeypatch.setenv("FORGE_OKX_URL", fresh_mock.url)
+    assert OkxSource().server_time() == NOW
+
+
+# -- the mock speaks OKX ----------------------------------------------------------------------
+def get(mock, path, **params):
+    return requests.get(mock.url + path, params=params)
+
+
+def test_mock_candles_have_the_real_shape(mock):
+    real = fixture("okx_candles_swap_1m_2025-05-13_nautilus.json")
+    ours = get(mock, "/api/v5/market/history-candles", instId="BTC-USDT-SWAP", after=1742000000000, limit=2).json()
+    assert set(ours) == set(real) and ours["code"] == real["code"] == "0"
+    assert [[type(x) for x in row] for row in ours["data"]] == [[type(x) for x in row] for row in real["data"]]
+    assert int(ours["data"][0][0]) > int(ours["data"][1][0])  # newest first, as the real body
+    assert all(row[8] == "1" for row in ours["data"])
+
+
+def test_mock_error_bodies_match_the_real_ones(mock):
+    r = get(mock, "/api/v5/nope")
+    assert r.status_code == 404 and r.json() == fixture("okx_error_404_unknown_path_nautilus.json")
+    r = get(mock, "/api/v5/public/time")
+    real = fixture("ccxt_okx_static_fetchTime.json")[0]["httpResponse"]
+    assert r.json()["data"][0]["ts"] == str(NOW) and set(r.json()) == set(real)
+    r = get(mock, "/api/v5/market/candles", instId="BTC-USDT", bar="1h")
+    assert r.status_code == 400 and r.json() == {"code": "51000", "msg": "Parameter bar error", "data": []}
+    r = get(mock, "/api/v5/market/candles", instId="BTCUSDT")
+    assert r.status_code == 200 and r.json()["code"] == "51001" and r.json()["data"] == []
+
+
+def test_mock_429_body_is_the_real_one(fresh_mock):
+    fresh_mock.config.extra["okx_history_rate"] = 1
+    codes = [get(fresh_mock, "/api/v5/market/history-candles", instId="BTC-USDT") for _ in range(2)]
+    assert [r.status_code for r in codes] == [200, 429]
+    assert codes[1].json() == fixture("okx_error_rate_limit_50011_nautilus.json")
+    assert fresh_mock.stats["okx.429"] == fresh_mock.stats["okx.50011"] == 1
+
+
+def test_mock_instruments_have_the_real_fields(mock):
+    real = fixture("okx_public_instruments_spot_nautilus.json")["data"][1]  # the untrimmed entry
+    ours = get(mock, "/api/v5/public/instruments", instType="SPOT", instId="BTC-USDT").json()["data"]
+    assert [i["instId"] for i in ours] == ["BTC-USDT"] and set(ours[0]) == set(real)
+    assert get(mock, "/api/v5/public/instruments").json()["code"] == "50014"
+
+
+def test_mock_after_before_are_exclusive_and_before_alone_is_the_latest_page(mock):
+    def opens(**params):
+        body = get(mock, "/api/v5/market/history-candles", instId="BTC-USDT", bar="1H", **params).json()
+        return [int(row[0]) for row in body["data"]]
+
+    t = 1704067200000
+    assert opens(after=t, before=t - 3 * HOUR) == [t - HOUR, t - 2 * HOUR]
+    latest = opens(before=t)
+    assert latest[0] == NOW - NOW % HOUR and len(latest) == 100  # default limit
+    assert len(opens(limit=500)) == 300
+
+
+def test_mock_candles_keep_only_the_latest_1440_bars(mock):
+    body = get(mock, "/api/v5/market/candles", instId="BTC-USDT", after=NOW - 1439 * 60_000, limit=300).json()
+    assert body["code"] == "0" and len(body["data"]) == 1  # only the oldest of the 1,440 is older
+    body = get(mock, "/api/v5/market/candles", instId="BTC-USDT", bar="1s").json()
+    assert body["code"] == "51000"  # 1s is a history-candles bar
+
+
+@pytest.mark.parametrize("bar,offset", [("1D", 16 * HOUR), ("1Dutc", 0), ("6H", 4 * HOUR), ("6Hutc", 0)])
+def test_mock_plain_bars_open_in_hong_kong_utc_variants_in_utc(mock, bar, offset):
+    body = get(mock, "/api/v5/market/history-candles", instId="BTC-USDT", bar=bar, after=1704067200000).json()
+    period = DAY if bar.startswith("1D") else 6 * HOUR
+    assert {int(row[0]) % period for row in body["data"]} == {offset}
