@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import lru_cache
 from dataclasses import dataclass, field
 
 from forge_core.timeframes import Timeframe
@@ -28,6 +29,7 @@ def mix(x: int) -> int:
     return x ^ (x >> 31)
 
 
+@lru_cache(maxsize=4096)
 def _seed(text: str) -> int:
     h = 1469598103934665603
     for ch in text.encode():
@@ -101,7 +103,8 @@ def _money(cents: int) -> str:
 
 def _qty(units: int) -> str:
     """A quantity with 8 decimals from an integer number of 1e-8 units."""
-    return f"{units // 100_000_000}.{units % 100_000_000:08d}"
+    whole, frac = divmod(units, 100_000_000)
+    return f"{whole}.{frac:08d}"
 
 
 def candle(listing: Listing, tf: Timeframe, open_ts: int) -> tuple[str, str, str, str, str, str, int, str, str]:
