@@ -1,0 +1,135 @@
+"""The example plugin end to end: installed from its folder, found by its entry point, run with
+``forge run --source bybit`` against a small mock of Bybit's endpoints on 127.0.0.1.
+
+The mock reuses Forge's mock exchange server (a real HTTP server) and its deterministic
+synthetic market, so every expected candle is known exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from forge_core import Plugins
+from forge_core.cli import main
+from forge_core.timeframes import parse_timeframe
+from forge_core.times import parse_range
+from forge_mock_exchange.market import MAINTENANCE, Listing, candle, has_candle, open_times
+from forge_mock_exchange.server import MockConfig, MockExchange, Request, Response
+
+NOW = 1742034030456  # the mock's frozen clock: 2025-03-15 10:20:30.456 UTC
+LISTINGS = {"BTCUSDT": Listing("BTCUSDT", 1625443200000, (MAINTENANCE,), 4_200_000)}  # 2021-07-05
+TIMEFRAMES = {"1": "1m", "5": "5m", "60": "60m", "D": "1d", "W": "1w"}  # the intervals tested here
+DOCS_EXAMPLE = Path(__file__).resolve().parents[4] / "shared/fixtures/real/bybit_v5_market_kline_docs_example_coincise.json"
+if not DOCS_EXAMPLE.exists():
+    DOCS_EXAMPLE = Path("/work/shared/fixtures/real/bybit_v5_market_kline_docs_example_coincise.json")
+
+
+def ok(result: dict) -> Response:
+    return Response.json({"retCode": 0, "retMsg": "OK", "result": result, "retExtInfo": {}, "time": NOW})
+
+
+def kline(req: Request) -> Response:
+    """``/v5/market/kline``: the newest ``limit`` candles with ``start <= open <= end``, newest
+    first, the still-open one included (Bybit sends it too); unknown symbols get an empty list."""
+    listing = LISTINGS.get(req.arg("symbol") or "")
+    tf = parse_timeframe(TIMEFRAMES[req.arg("interval") or ""].replace("60m", "1h"))
+    start, end, limit = int(req.arg("start") or 0), int(req.arg("end") or NOW), int(req.arg("limit") or 200)
+    rows = []
+    ts = tf.floor(min(end, NOW))
+    while listing and ts >= start and len(rows) < limit:
+        if has_candle(listing, tf, ts):
+            o, h, lo, c, volume, turnover, *_ = candle(listing, tf, ts)
+            rows.append([str(ts), o, h, lo, c, volume, turnover])
+        ts = tf.floor(ts - 1)
+    return ok({"symbol": req.arg("symbol"), "category": req.arg("category"), "list": rows})
+
+
+def instruments(req: Request) -> Response:
+    found = [{"symbol": s, "status": "Trading"} for s in LISTINGS if s == req.arg("symbol")]
+    return ok({"category": req.arg("category"), "list": found})
+
+
+@pytest.fixture(scope="module")
+def server():
+    with MockExchange(MockConfig(now=NOW)) as mock:
+        mock.route("/v5/market/kline", kline)
+        mock.route("/v5/market/instruments-info", instruments)
+        mock.route("/v5/market/time", lambda req: ok({"timeSecond": str(NOW // 1000),
+                                                      "timeNano": str(NOW * 1_000_000)}))
+        yield mock
+
+
+@pytest.fixture
+def bybit(server: MockExchange, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MockExchange:
+    monkeypatch.setenv("FORGE_BYBIT_URL", server.url)  # the plugin's base-URL override
+    monkeypatch.chdir(tmp_path)
+    return server
+
+
+def expected(symbol: str, timeframe: str, start: str, end: str) -> list[list[str]]:
+    """What a correct backfill writes, from the synthetic market alone."""
+    listing, tf = LISTINGS[symbol], parse_timeframe(timeframe)
+    rows = []
+    for ts in open_times(listing, tf, *parse_range(start, end)):
+        if tf.end_ts(ts) < NOW:  # closed candles only
+            o, h, lo, c, volume, turnover, *_ = candle(listing, tf, ts)
+            rows.append(["bybit", symbol, timeframe, str(ts), str(tf.end_ts(ts)), o, h, lo, c, volume, turnover])
+    return rows
+
+
+def read(path: str) -> list[list[str]]:
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_the_installed_plugin_is_found_by_its_entry_point():
+    registration = Plugins().registry["source"]["bybit"]
+    assert registration.distribution == "forge-bybit-example"
+    assert registration.cls.__module__ == "forge_bybit.source"
+
+
+@pytest.mark.parametrize("timeframe,start,end", [
+    ("1h", "2023-12-01", "2024-02-29"),  # three tasks of 1,000 candles, across the maintenance hole
+    ("1m", "2024-01-10", "2024-01-10"),  # the hole itself: 150 minutes missing, not invented
+    ("1d", "2021-01-01", "2024-12-31"),  # starts before the listing
+    ("1w", "2024-01-01", "2025-03-15"),  # ends now: the open week is left out
+    ("5m", "2025-03-15 09:00", "now"),
+])
+def test_forge_run_source_bybit_writes_the_exact_candles(bybit, capsys, timeframe, start, end):
+    code = main(["run", "--source", "bybit", "--symbol", "BTCUSDT", "--timeframe", timeframe,
+                 "--from", start, "--to", end, "--output", "out.csv", "-q"])
+    assert code == 0, capsys.readouterr().err
+    header, *rows = read("out.csv")
+    assert header[:10] == ["source", "symbol", "timeframe", "open_ts", "end_ts", "open", "high", "low",
+                           "close", "volume"]
+    assert rows == expected("BTCUSDT", timeframe, start, str(NOW) if end == "now" else end) and rows
+
+
+def test_default_file_name_uses_the_label(bybit):
+    assert main(["run", "-s", "bybit", "--symbol", "BTCUSDT", "-t", "1d", "--from", "2024-01-01",
+                 "--to", "2024-01-31", "-q"]) == 0
+    assert len(read("Bybit-BTCUSDT-1d-2024-01-01_2024-01-31.csv")) == 32
+
+
+def test_unknown_symbol_is_one_clear_line(bybit, capsys):
+    code = main(["run", "-s", "bybit", "--symbol", "BTC-USDT", "--from", "2024-01-01", "--to", "2024-01-02"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "unknown symbol 'BTC-USDT' on Bybit spot; Bybit spells pairs like BTCUSDT" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_the_mock_answers_like_the_bybit_docs_example(bybit):
+    import requests
+
+    real = json.loads(DOCS_EXAMPLE.read_text())
+    ours = requests.get(f"{bybit.url}/v5/market/kline", params={"category": "spot", "symbol": "BTCUSDT",
+                                                               "interval": "60", "limit": 3}).json()
+    assert set(ours) == set(real) and set(ours["result"]) == set(real["result"])
+    assert [[type(x) for x in row] for row in ours["result"]["list"]] == \
+        [[type(x) for x in row] for row in real["result"]["list"]]
+    opens = [int(row[0]) for row in ours["result"]["list"]]
+    assert opens == sorted(opens, reverse=True)  # newest first, like the real one
