@@ -1,15 +1,21 @@
-"""Binance spot (``/api/v3/klines``) and USD-M futures (``/fapi/v1/klines``) source.
+"""Binance spot (``/api/v3/klines``), USD-M (``/fapi/v1/klines``) and COIN-M
+(``/dapi/v1/klines``) source, with the bulk archive (data.binance.vision) for history.
 
-Pages go forward with ``startTime``/``endTime`` (both inclusive on open time). The request
-weight budget is read from ``exchangeInfo`` and kept by a limiter shared by all workers, which
-also follows the server's ``X-MBX-USED-WEIGHT-*`` count; a 429 pauses every worker for its
-``Retry-After``; a 418 (ban) is never retried.
+REST pages go forward with ``startTime``/``endTime`` (both inclusive on open time); COIN-M is
+end-anchored and limited to 200 days per request, so its windows never hold more than a page.
+The request weight budget is read from ``exchangeInfo`` and kept by a limiter shared by all
+workers, which also follows the server's ``X-MBX-USED-WEIGHT-*`` count; a 429 pauses every
+worker for its ``Retry-After``; a 418 (ban) is never retried.
+
+With ``archive`` set to ``auto`` (default) or ``archive``, :meth:`BinanceSource.plan` takes
+published months and days from checksum-verified archive zips (see :mod:`.archive`) and REST
+for the rest; ``rest`` is REST only.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import requests
@@ -25,17 +31,26 @@ from forge_core import (
     SymbolInfo,
     Task,
     Timeframe,
+    UsageError,
 )
+from forge_core.logs import get_logger
 from forge_core.records import CANDLE_COLUMNS, Row
-from forge_core.timeframes import NAMES
+from forge_core.timeframes import DAY, NAMES
 from forge_core.times import iso
+
+from .archive import ARCHIVE_URL, ArchiveClient, ArchiveFetcher, plan_segments
 
 MARKETS: dict[str, dict[str, Any]] = {
     "spot": {"prefix": "/api/v3", "env": "FORGE_BINANCE_URL", "url": "https://api.binance.com",
              "weight_limit": 6000, "page": 1000, "timeframes": NAMES},
     "usdm": {"prefix": "/fapi/v1", "env": "FORGE_BINANCE_FUTURES_URL", "url": "https://fapi.binance.com",
              "weight_limit": 2400, "page": 499, "timeframes": tuple(n for n in NAMES if n != "1s")},
+    "coinm": {"prefix": "/dapi/v1", "env": "FORGE_BINANCE_COINM_URL", "url": "https://dapi.binance.com",
+              "weight_limit": 2400, "page": 499, "timeframes": tuple(n for n in NAMES if n != "1s"),
+              "window": 200 * DAY},  # end-anchored: at most 200 days per request
 }
+ARCHIVE_MODES = ("auto", "archive", "rest")
+log = get_logger(__name__)
 _WINDOW_SECONDS = {"SECOND": 1, "MINUTE": 60, "HOUR": 3600, "DAY": 86400}
 
 
@@ -48,18 +63,26 @@ def kline_weight(market: str, limit: int) -> int:
 class BinanceSource(Source):
     name = "binance"
     label = "Binance"
-    description = "Binance spot and USD-M futures klines (REST)"
+    description = "Binance spot, USD-M and COIN-M klines (REST and the data.binance.vision archive)"
     columns = CANDLE_COLUMNS + EXTRA_COLUMNS
     options = (
         Option("base_url", "Exchange host root, e.g. https://api.binance.com (paths are the plugin's).",
-               envvar="FORGE_BINANCE_URL / FORGE_BINANCE_FUTURES_URL", metavar="URL"),
-        Option("market", "Binance market: spot or usdm (USD-M futures).", default="spot",
-               choices=("spot", "usdm")),
+               envvar="FORGE_BINANCE_URL / FORGE_BINANCE_FUTURES_URL / FORGE_BINANCE_COINM_URL", metavar="URL"),
+        Option("market", "Binance market: spot, usdm (USD-M futures) or coinm (COIN-M futures).",
+               default="spot", choices=tuple(MARKETS)),
+        Option("archive", "Where history comes from: auto = checksum-verified data.binance.vision files "
+               "where they save requests, REST for the rest and for any file missing or failing "
+               "verification; archive = every published month and day from the archive, an error "
+               "instead of any REST substitute; rest = REST only.", default="auto", choices=ARCHIVE_MODES),
+        Option("archive_url", f"Archive host root (paths start /data/...), default {ARCHIVE_URL}.",
+               envvar="FORGE_BINANCE_ARCHIVE_URL", metavar="URL"),
     )
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.market = self.settings["market"] or "spot"
+        if self.market not in MARKETS:
+            raise UsageError(f"market {self.market!r} is not one of: {', '.join(MARKETS)}")
         spec = MARKETS[self.market]
         self.prefix = spec["prefix"]
         self.timeframes = spec["timeframes"]
@@ -67,6 +90,19 @@ class BinanceSource(Source):
         self.limiter = RateLimiter(spec["weight_limit"] * 0.95, 61.0, name=f"binance-{self.market}")
         self.http = HttpClient(base_url, limiter=self.limiter, check=self._check)
         self._limits_known = False
+        self._onboard: dict[str, int | None] = {}  # COIN-M listing times from exchangeInfo
+        self._now: int | None = None
+        self.archive_mode = self.settings["archive"] or "auto"
+        if self.archive_mode not in ARCHIVE_MODES:
+            raise UsageError(f"archive mode {self.archive_mode!r} is not one of: {', '.join(ARCHIVE_MODES)}")
+        archive_url = self.settings["archive_url"] or os.environ.get("FORGE_BINANCE_ARCHIVE_URL")
+        if archive_url is None and self.archive_mode == "auto" and base_url != spec["url"]:
+            # REST goes to a mock, proxy or other host: the real archive may not describe it
+            log.info("archive_off", reason="base URL overridden without an archive URL", base_url=base_url)
+            self.archive_mode = "rest"
+        self.archive = ArchiveClient(archive_url or ARCHIVE_URL)
+        self.archive_fetcher = ArchiveFetcher(self.archive, self.market, self.name, self._fetch_rest,
+                                              strict=self.archive_mode == "archive")
 
     # -- HTTP plumbing ----------------------------------------------------------------------
     def _check(self, response: requests.Response, body: Any) -> None:
@@ -103,15 +139,23 @@ class BinanceSource(Source):
                 window = _WINDOW_SECONDS.get(limit.get("interval"), 60) * int(limit.get("intervalNum", 1))
                 slack = max(0.25, window * 0.02)  # network jitter between our clock and theirs
                 self.limiter.reconfigure(float(limit["limit"]) * 0.95, window + slack)
+        if self.market == "coinm":
+            self._onboard = {s["symbol"]: s.get("onboardDate") for s in info.get("symbols", []) if "symbol" in s}
         self._limits_known = True
 
     # -- the Source contract ----------------------------------------------------------------
     def server_time(self) -> int:
-        return int(self._get("/time", {}, 1)["serverTime"])
+        self._now = int(self._get("/time", {}, 1)["serverTime"])
+        return self._now
 
     def prepare(self, symbol: str, timeframe: Timeframe) -> SymbolInfo:
         try:
             self._learn_limits(symbol)
+            if self.market == "coinm":  # end-anchored klines: startTime=0 finds nothing
+                if symbol not in self._onboard:
+                    raise BinanceError(400, -1121, "Invalid symbol.")
+                onboard = self._onboard[symbol]
+                return SymbolInfo(symbol, int(onboard) if onboard else None)
             first = self._klines(symbol, timeframe, {"startTime": 0, "limit": 1})
         except BinanceError as exc:
             raise self._explain(exc, symbol, timeframe) from None
@@ -120,21 +164,48 @@ class BinanceSource(Source):
     def page_size(self, timeframe: Timeframe) -> int:
         return MARKETS[self.market]["page"]
 
+    def plan(self, symbol: str, timeframe: Timeframe, start: int, end: int) -> Iterator[Task]:
+        """REST pages; or archive files for what the archive has published, REST pages for the rest."""
+        if self.archive_mode == "rest":
+            yield from super().plan(symbol, timeframe, start, end)
+            return
+        now = self._now if self._now is not None else self.server_time()
+        page = self.page_size(timeframe)
+        worth = None if self.archive_mode == "archive" else (lambda a, b: timeframe.count(a, b) > page)
+        for seg in plan_segments(timeframe, start, end, now, worth=worth):
+            if seg.file is None:
+                yield from super().plan(symbol, timeframe, seg.start, seg.end)
+            else:
+                yield Task(symbol, timeframe, seg.start, seg.end, "archive", seg.file)
+
     def fetch(self, task: Task) -> Iterable[Row]:
-        tf, limit = task.timeframe, self.page_size(task.timeframe)
+        if task.kind == "archive":
+            return self.archive_fetcher.fetch(task.symbol, task.timeframe, task.detail, task.start, task.end)
+        return self._fetch_rest(task.symbol, task.timeframe, task.start, task.end)
+
+    def _fetch_rest(self, symbol: str, tf: Timeframe, start: int, end: int) -> list[Row]:
+        """Candles opening in ``[start, end)`` from REST pages."""
+        limit = self.page_size(tf)
+        window = MARKETS[self.market].get("window")
         rows: list[Row] = []
-        cursor = task.start
-        while cursor < task.end:
+        cursor = tf.ceil(start)
+        while cursor < end:
+            stop = end
+            if window is not None:  # end-anchored API: a window never holds more than a page
+                stop = min(end, tf.next_open(cursor, limit), cursor + window)
             try:
-                page = self._klines(task.symbol, tf, {"startTime": cursor, "endTime": task.end - 1, "limit": limit})
+                page = self._klines(symbol, tf, {"startTime": cursor, "endTime": stop - 1, "limit": limit})
             except BinanceError as exc:
-                raise self._explain(exc, task.symbol, tf) from None
+                raise self._explain(exc, symbol, tf) from None
             if not page:
+                if stop < end:
+                    cursor = tf.ceil(stop)
+                    continue
                 break  # the exchange has nothing in [cursor, end]: a real hole or the end of data
             rows.extend(page)
             last = page[-1][3]
             if last < cursor:
-                raise SourceError(f"Binance returned {task.symbol} candles before startTime {iso(cursor)}")
+                raise SourceError(f"Binance returned {symbol} candles before startTime {iso(cursor)}")
             cursor = tf.next_open(last)
             # a page shorter than the window is not the end: ask again from after its last row
         return rows
@@ -166,10 +237,20 @@ class BinanceSource(Source):
                            f"{exc.code} {exc.msg}")
 
     def stats(self) -> dict[str, int]:
-        return self.http.stats.as_dict()
+        out = self.http.stats.as_dict()
+        if self.archive_mode != "rest":
+            counts = self.archive.counts
+            for key in ("archive_files", "archive_missing", "archive_checksum_failures", "archive_fallbacks"):
+                out[key] = counts[key]
+            for key in ("archive_gap_rows", "archive_errors", "archive_retries"):
+                if counts[key]:
+                    out[key] = counts[key]
+            out["archive_requests"] = self.archive.http.stats.requests
+        return out
 
     def close(self) -> None:
         self.http.close()
+        self.archive.close()
 
 
 class BinanceError(SourceError):

@@ -1,0 +1,211 @@
+"""The archive client's pure parts: planning, checksum lines, CSV quirks, gaps; against the real
+samples in ``shared/fixtures/real`` where there are any."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from forge_binance.archive import (
+    ArchiveFile,
+    day_file,
+    find_gaps,
+    first_monday,
+    month_file,
+    parse_checksum,
+    plan_segments,
+    published,
+    read_rows,
+)
+from forge_core.timeframes import parse_timeframe
+from forge_core.times import parse_instant
+
+FIXTURES = Path("/work/shared/fixtures/real")
+for parent in Path(__file__).resolve().parents:
+    if (parent / "shared" / "fixtures" / "real").exists():
+        FIXTURES = parent / "shared" / "fixtures" / "real"
+        break
+
+
+def ms(text: str) -> int:
+    return parse_instant(text)[0]
+
+
+def describe(segments) -> list[tuple[str, str, str]]:
+    from forge_core.times import iso
+
+    return [(iso(s.start), iso(s.end), s.file.date if s.file else "rest") for s in segments]
+
+
+NOW = ms("2025-03-15 10:20:30")
+
+
+def test_complete_months_monthly_partial_months_daily_unpublished_tail_rest():
+    tf = parse_timeframe("1m")
+    segs = plan_segments(tf, ms("2025-01-30 12:00"), tf.floor(NOW), NOW)
+    assert describe(segs) == [
+        ("2025-01-30T12:00:00Z", "2025-01-31T00:00:00Z", "2025-01-30"),
+        ("2025-01-31T00:00:00Z", "2025-02-01T00:00:00Z", "2025-01-31"),
+        ("2025-02-01T00:00:00Z", "2025-03-01T00:00:00Z", "2025-02"),
+        *[(f"2025-03-{d:02d}T00:00:00Z", f"2025-03-{d + 1:02d}T00:00:00Z", f"2025-03-{d:02d}") for d in range(1, 14)],
+        # day 14 ended less than a day ago: not expected to be published yet; merged with today
+        ("2025-03-14T00:00:00Z", "2025-03-15T10:20:00Z", "rest"),
+    ]
+    kinds = {s.file.period for s in segs if s.file}
+    assert kinds == {"monthly", "daily"}
+
+
+def test_a_month_not_yet_published_is_taken_from_daily_files():
+    tf = parse_timeframe("5m")
+    now = ms("2025-03-03 23:00")  # February's file is due on Monday 2025-03-03; planned from the 4th
+    segs = plan_segments(tf, ms("2025-02-01"), ms("2025-03-01"), now)
+    assert [s.file.period for s in segs] == ["daily"] * 28
+    segs = plan_segments(tf, ms("2025-02-01"), ms("2025-03-01"), ms("2025-03-04"))
+    assert [s.file.date for s in segs] == ["2025-02"]
+
+
+def test_timeframes_without_daily_files_use_monthly_files_for_partial_months():
+    for name in ("3d", "1w", "1M"):
+        tf = parse_timeframe(name)
+        segs = plan_segments(tf, ms("2024-01-15"), ms("2024-03-10"), NOW)
+        assert describe(segs) == [
+            ("2024-01-15T00:00:00Z", "2024-02-01T00:00:00Z", "2024-01"),
+            ("2024-02-01T00:00:00Z", "2024-03-01T00:00:00Z", "2024-02"),
+            ("2024-03-01T00:00:00Z", "2024-03-10T00:00:00Z", "2024-03"),
+        ], name
+
+
+def test_one_second_candles_always_come_in_daily_files():
+    tf = parse_timeframe("1s")
+    segs = plan_segments(tf, ms("2024-02-01"), ms("2024-03-01"), NOW)
+    assert len(segs) == 29 and {s.file.period for s in segs} == {"daily"}
+
+
+def test_a_veto_turns_files_into_merged_rest_ranges():
+    tf = parse_timeframe("1h")
+    segs = plan_segments(tf, ms("2024-01-01"), ms("2024-04-01"), NOW, worth=lambda a, b: tf.count(a, b) > 1000)
+    assert describe(segs) == [("2024-01-01T00:00:00Z", "2024-04-01T00:00:00Z", "rest")]
+
+
+def test_segments_tile_the_range_exactly():
+    for name in ("1m", "1h", "1d", "1w", "1M"):
+        tf = parse_timeframe(name)
+        start, end = ms("2023-11-17 13:00"), tf.floor(NOW)
+        segs = plan_segments(tf, start, end, NOW)
+        assert segs[0].start == start and segs[-1].end == end
+        assert all(a.end == b.start for a, b in zip(segs, segs[1:], strict=False))
+        assert sum(tf.count(s.start, s.end) for s in segs) == tf.count(start, end)
+
+
+def test_planning_does_not_depend_on_the_machine_time_zone(monkeypatch):
+    tf = parse_timeframe("1m")
+    args = (tf, ms("2024-12-30 22:00"), ms("2025-02-03 02:00"), NOW)
+    utc = describe(plan_segments(*args))
+    for zone in ("Pacific/Kiritimati", "America/St_Johns", "Asia/Kathmandu"):
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+        assert describe(plan_segments(*args)) == utc
+        assert first_monday(ms("2025-03-01")) == ms("2025-03-03")
+    monkeypatch.delenv("TZ")
+    time.tzset()
+
+
+def test_calendar_helpers():
+    assert month_file(ms("2024-02-29 23:59")) == ArchiveFile("monthly", "2024-02", ms("2024-02-01"), ms("2024-03-01"))
+    assert month_file(ms("2024-12-05")).end == ms("2025-01-01")
+    assert day_file(ms("2024-02-29 23:59")) == ArchiveFile("daily", "2024-02-29", ms("2024-02-29"), ms("2024-03-01"))
+    assert first_monday(ms("2024-04-01")) == ms("2024-04-01")
+    assert first_monday(ms("2024-09-01")) == ms("2024-09-02")
+    day = day_file(ms("2024-05-05"))
+    assert not published(day, ms("2024-05-06 23:59")) and published(day, ms("2024-05-07"))
+    tf = parse_timeframe("1M")
+    assert ArchiveFile("monthly", "2024-05", 0, 0).path("coinm", "BTCUSD_PERP", tf) == \
+        "/data/futures/cm/monthly/klines/BTCUSD_PERP/1mo/BTCUSD_PERP-1mo-2024-05.zip"
+
+
+# -- .CHECKSUM --------------------------------------------------------------------------------
+def test_real_checksum_lines_parse():
+    with open(FIXTURES / "binance_public_data_2022-10-04_aggregate_trade_updates.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) > 100
+    for row in rows:
+        for column in ("Original File Checksum", "New File Checksum"):
+            line = row[column]
+            name = row["File"] if row["File"].endswith(".zip") else row["File"] + ".zip"
+            digest = parse_checksum(line + "\n", name)
+            assert len(digest) == 64 and line.startswith(digest)
+
+
+@pytest.mark.parametrize("text", ["", "\n", "abc  X.zip", "<Error><Code>NoSuchKey</Code></Error>",
+                                  "0" * 64 + "  OTHER-1m-2024-01.zip"])
+def test_bad_checksum_files_are_refused(text):
+    with pytest.raises(ValueError):
+        parse_checksum(text, "BTCUSDT-1m-2024-01.zip")
+
+
+def test_binary_mode_checksum_line():
+    assert parse_checksum("A" * 64 + " *BTCUSDT-1m-2024-01.zip", "BTCUSDT-1m-2024-01.zip") == "a" * 64
+
+
+# -- CSV quirks, on the real sample rows ----------------------------------------------------------
+def zipped(text: str, name: str = "X.csv") -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(name, text)
+    return out.getvalue()
+
+
+def fixture_rows(name: str, tf: str, symbol: str = "S") -> list[tuple]:
+    data = zipped((FIXTURES / name).read_text())
+    return read_rows(data, "binance", symbol, parse_timeframe(tf), 0, 2**62)
+
+
+def test_spot_microseconds_from_2025_become_the_same_milliseconds_as_before():
+    new = fixture_rows("binance_vision_spot_kline_row_readme_2025_microseconds.csv", "1h")
+    old = fixture_rows("binance_vision_spot_kline_row_readme_pre2025_milliseconds.csv", "1m")
+    assert new == [("binance", "S", "1h", 1735689600000, 1735693199999, "4.15070000", "4.15870000", "4.15060000",
+                    "4.15540000", "539.23000000", "2240.39860900", 13, "401.82000000", "1669.98121300")]
+    assert old[0][3:5] == (1601510340000, 1601510399999) and old[0][5:] == new[0][5:]
+
+
+def test_futures_header_row_is_skipped_and_headerless_files_keep_their_first_row():
+    with_header = fixture_rows("binance_vision_cm_BTCUSD_PERP_1h_2023-10-27_head_with_header_freqtrade.csv", "1h")
+    assert [r[3] for r in with_header] == [1698364800000, 1698368400000, 1698372000000]
+    assert with_header[0][5:] == ("34161.6", "34182.5", "33977.4", "34024.2", "409953", "1202.97118037", 15095,
+                                  "192220", "564.12041453")
+    assert len(fixture_rows("binance_vision_cm_kline_row_readme.csv", "1m")) == 1
+    um = fixture_rows("binance_vision_um_kline_row_readme.csv", "1w")
+    assert um[0][3:6] == (1499040000000, 1499644799999, "0.01634790")
+
+
+def test_rows_outside_the_range_are_dropped_and_crlf_is_accepted():
+    text = "".join(f"{t},1,2,0.5,1.5,10,{t + 59_999},15,3,5,7.5,0\r\n" for t in range(0, 600_000, 60_000))
+    rows = read_rows(zipped(text), "binance", "S", parse_timeframe("1m"), 120_000, 300_000)
+    assert [r[3] for r in rows] == [120_000, 180_000, 240_000]
+
+
+def test_a_row_that_is_not_a_candle_of_the_timeframe_is_refused():
+    text = "0,1,2,0.5,1.5,10,3599999,15,3,5,7.5,0\n"  # an hour, read as 1m
+    with pytest.raises(ValueError, match="not a 1m candle"):
+        read_rows(zipped(text), "binance", "S", parse_timeframe("1m"), 0, 2**62)
+
+
+def test_large_file_streams_across_chunk_boundaries():
+    n = 40_000  # ~2.4 MB of CSV: several 1 MiB pieces, lines cut at piece edges
+    text = "".join(f"{t * 60_000},1.00000000,2.00000000,0.50000000,1.50000000,10.00000000,{t * 60_000 + 59_999},"
+                   f"15.00000000,{t},5.00000000,7.50000000,0\n" for t in range(n))
+    rows = read_rows(zipped(text), "binance", "S", parse_timeframe("1m"), 0, 2**62)
+    assert len(rows) == n and [r[11] for r in rows] == list(range(n))
+
+
+def test_gaps():
+    tf = parse_timeframe("1m")
+    rows = [("b", "S", "1m", t, t + 59_999) for t in (120_000, 180_000, 420_000)]
+    assert find_gaps(rows, tf, 0, 600_000) == [(0, 120_000), (240_000, 420_000), (480_000, 600_000)]
+    assert find_gaps(rows, tf, 120_000, 240_000) == []
+    assert find_gaps([], tf, 0, 120_000) == [(0, 120_000)]
