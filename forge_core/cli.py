@@ -236,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("forge: interrupted", err=True)
         return 130
+    except click.UsageError as exc:  # one line, like every other error
+        where = f"forge {exc.ctx.info_name}" if exc.ctx is not None and exc.ctx.info_name != "forge" else "forge"
+        click.echo(f"forge: error: {exc.format_message()} (see '{where} --help')", err=True)
+        return exc.exit_code
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import requests
 
 from . import __version__
-from .errors import ForgeError, RetryableError, SourceError
+from .errors import ForgeError, RetryableError, SourceError, UsageError
 from .logs import get_logger
 
 log = get_logger(__name__)
@@ -156,6 +156,9 @@ class HttpClient:
         max_backoff: float = 30.0,
         headers: Mapping[str, str] | None = None,
     ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise UsageError(f"bad base URL {base_url!r}: give the host root, e.g. https://api.binance.com")
         self.base_url = base_url.rstrip("/")
         self.limiter = limiter
         self.check = check

@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ForgeError, UsageError
+from .errors import ForgeError, SourceError, UsageError
 from .logs import get_logger
 from .plugins import Plugins
 from .records import END_TS, OPEN_TS, Batch, Row
@@ -219,6 +219,9 @@ class Pipeline:
         for symbol in symbols:
             info = self.source.prepare(symbol, tf)
             start = starts[symbol]
+            if info.first_open is not None and info.first_open >= end and start < end:
+                raise SourceError(f"{self.source.name} has no {symbol} candles before {iso(info.first_open)} "
+                                  f"(its first); the range ends {iso(end)}: choose --to after the listing")
             first = start if info.first_open is None else max(start, tf.floor(info.first_open))
             tasks = list(self.source.plan(symbol, tf, first, end)) if first < end else []
             plans.append((symbol, tasks, tf.count(first, end) if first < end else 0))

@@ -121,8 +121,6 @@ def test_output_template_and_combined_file(forge, exchange_env, in_tmp):
 ])
 def test_bad_input_is_one_clear_line(forge, exchange_env, in_tmp, args, code, message):
     base = ["run", "-s", "binance", "--from", "2024-01-01", "--to", "2024-01-02", "-q"]
-    if "--table" in args:
-        pytest.importorskip("forge_sink_postgres")
     result = forge(*base, *args)
     assert result.code == code, result
     assert message in result.err

@@ -1,0 +1,168 @@
+"""Bad input, across the CLI and the Python API: one clear line naming the bad value and what is
+accepted, exit 2 for usage errors and 1 for runtime failures, no traceback, no output file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import pytest
+
+import forge_core as sf
+from forge_core import Pipeline
+from forge_core.errors import ForgeError, SourceError, UsageError
+
+RUN = ["run", "-q"]
+B = ["-s", "binance", "--symbol", "BTCUSDT"]
+DATES = ["--from", "2024-01-01", "--to", "2024-01-02"]
+
+
+@pytest.fixture(scope="module")
+def db(pg_url):
+    """A role with a password, to try wrong ones, and the URL pieces."""
+    conn = psycopg2.connect(pg_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("DROP ROLE IF EXISTS forge_bad_input")
+        cur.execute("CREATE ROLE forge_bad_input LOGIN PASSWORD 'right-secret-123'")
+    conn.close()
+    parts = urlsplit(pg_url)
+    return parts
+
+
+def with_user(parts, user: str, password: str, db: str | None = None, port: int | None = None) -> str:
+    netloc = f"{user}:{password}@{parts.hostname}:{port or parts.port}"
+    return urlunsplit((parts.scheme, netloc, "/" + (db or parts.path.lstrip("/")), "", ""))
+
+
+CLI_CASES = [
+    # (id, args, exit code, text that must be in the one line)
+    ("unknown source", ["-s", "kraken", "--symbol", "X", *DATES], 2, "unknown source 'kraken'; installed sources: binance"),
+    ("unknown sink", [*B, *DATES, "--sink", "parquet"], 2, "unknown sink 'parquet'; installed sinks: csv, postgres"),
+    ("unknown transform", [*B, *DATES, "--transform", "ema"], 2, "unknown transform 'ema'; installed transforms: resample, select"),
+    ("transform module missing", [*B, *DATES, "--transform", "nomodule:fn"], 2, "cannot load transform 'nomodule:fn'"),
+    ("binance unknown symbol", ["-s", "binance", "--symbol", "FOOBAR", *DATES], 1, "unknown symbol 'FOOBAR' on Binance spot"),
+    ("binance lowercase symbol", ["-s", "binance", "--symbol", "btcusdt", *DATES], 1, "use upper case letters"),
+    ("binance okx-style symbol", ["-s", "binance", "--symbol", "BTC-USDT", *DATES], 1, "'BTC-USDT'"),
+    ("okx unknown instrument", ["-s", "okx", "--symbol", "BTCUSDT", *DATES], 1, "BTC-USDT"),
+    ("okx nonsense instrument", ["-s", "okx", "--symbol", "NOPE-NOPE", *DATES], 1, "NOPE-NOPE"),
+    ("usdm has no 1s", [*B, "--market", "usdm", "-t", "1s", *DATES], 2, "unsupported timeframe '1s'; choose one of: 1m"),
+    ("okx has no 8h", ["-s", "okx", "--symbol", "BTC-USDT", "-t", "8h", *DATES], 2, "unsupported timeframe '8h'"),
+    ("timeframe typo", [*B, "-t", "1hour", *DATES], 2, "unsupported timeframe '1hour'; choose one of"),
+    ("month as 1mo", [*B, "-t", "1mo", *DATES], 2, "(1M is a month, 1m a minute)"),
+    ("malformed from", [*B, "--from", "2024-02-30", "--to", "2024-03-01"], 2, "bad from date '2024-02-30': use YYYY-MM-DD"),
+    ("malformed to", [*B, "--from", "2024-01-01", "--to", "tomorrow"], 2, "bad to date 'tomorrow'"),
+    ("epoch seconds", [*B, "--from", "1704067200", "--to", "2024-01-02"], 2, "looks like epoch seconds; give epoch milliseconds"),
+    ("from after to", [*B, "--from", "2024-03-01", "--to", "2024-02-01"], 2, "from date '2024-03-01' is after to date '2024-02-01'"),
+    ("future range", [*B, "--from", "2030-01-01", "--to", "2030-02-01"], 2, "is in the future"),
+    ("before listing", ["-s", "binance", "--symbol", "NEWUSDT", "--from", "2023-01-01", "--to", "2023-12-31"], 1,
+     "has no NEWUSDT candles before 2024-01-15T08:00:00Z"),
+    ("missing symbol", ["-s", "binance", *DATES], 2, "Missing option '--symbol'"),
+    ("empty symbol", ["-s", "binance", "--symbol", " , ", *DATES], 2, "no symbol given"),
+    ("missing from", [*B, "--to", "2024-01-02"], 2, "Missing option '--from'"),
+    ("bad market", [*B, *DATES, "--market", "margin"], 2, "'margin' is not one of 'spot', 'usdm'"),
+    ("zero workers", [*B, *DATES, "--workers", "0"], 2, "Invalid value for '--workers'"),
+    ("unknown option", [*B, *DATES, "--colour", "red"], 2, "No such option '--colour'"),
+    ("option of another plugin", [*B, *DATES, "--table", "x"], 2, "option --table belongs to sink postgres"),
+    ("resample without target", [*B, *DATES, "-t", "1h", "--transform", "resample"], 2, "--resample-to 1h"),
+    ("bad base url", [*B, *DATES, "--base-url", "api.binance.com"], 2, "bad base URL 'api.binance.com'"),
+    ("bad output template", [*B, *DATES, "--output", "{symbol}-{nope}.csv"], 1, "bad --output template"),
+    ("unwritable csv path", [*B, *DATES, "--output", "/proc/forge/x.csv"], 1, "cannot write CSV /proc/forge/x.csv.part"),
+    ("from auto with csv", [*B, "--from", "auto", "--to", "2024-01-02"], 2, "--from auto: "),
+]
+
+
+@pytest.mark.parametrize("args,code,text", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
+def test_cli_bad_input(forge, exchange_env, in_tmp, args, code, text):
+    result = forge(*RUN, *args)
+    assert result.code == code, result
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert text in lines[0], result.err
+    assert "Traceback" not in result.err
+    assert not list(in_tmp.glob("*.csv")), "no partial output"
+
+
+def test_a_raising_transform_names_itself(forge, exchange_env, in_tmp, tmp_path, monkeypatch):
+    (tmp_path / "raising.py").write_text("def fn(c):\n    raise ValueError('no volume data')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = forge(*RUN, *B, *DATES, "--transform", "raising:fn")
+    assert result.code == 1 and "transform fn failed on BTCUSDT candle 2024-01-01T00:00:00Z: ValueError: no volume data" in result.err
+    assert not list(in_tmp.glob("*.csv"))
+
+
+def test_traceback_only_with_verbose(forge, exchange_env, in_tmp):
+    result = forge("-v", *RUN, "-s", "binance", "--symbol", "FOOBAR", *DATES)
+    assert result.code == 1 and "Traceback" in result.err
+
+
+@pytest.mark.parametrize("case", ["wrong password", "unreachable server", "missing database", "malformed url"])
+def test_database_errors_name_host_port_db_never_the_password(forge, exchange_env, in_tmp, db, case):
+    url = {
+        "wrong password": with_user(db, "forge_bad_input", "wrong-secret-456"),
+        "unreachable server": with_user(db, "forge_bad_input", "wrong-secret-456", port=1),
+        "missing database": with_user(db, "forge_bad_input", "right-secret-123", db="no_such_db"),
+        "malformed url": "postgres:/nohost",
+    }[case]
+    result = forge(*RUN, *B, *DATES, "--sink", "postgres", "--database-url", url)
+    assert result.code in (1, 2), result
+    line = result.err.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line
+    assert "secret" not in line
+    if case != "malformed url":
+        assert f"127.0.0.1:{1 if case == 'unreachable server' else db.port}" in line
+        assert ("no_such_db" if case == "missing database" else db.path.lstrip("/")) in line
+
+
+def test_database_errors_come_before_any_exchange_request(forge, fresh_mock, in_tmp, db, monkeypatch):
+    monkeypatch.setenv("FORGE_BINANCE_URL", fresh_mock.url)
+    url = with_user(db, "forge_bad_input", "wrong-secret-456")
+    assert forge(*RUN, *B, *DATES, "--sink", "postgres", "--database-url", url).code == 1
+    assert sum(v for k, v in fresh_mock.stats.items() if k.endswith("requests")) == 0
+
+
+def test_model_missing_a_required_column(forge, exchange_env, in_tmp, tmp_path, monkeypatch, pg_url):
+    (tmp_path / "narrow_model.py").write_text(
+        "from sqlalchemy import Column, String, BigInteger, Float\n"
+        "from sqlalchemy.orm import declarative_base\n"
+        "Base = declarative_base()\n"
+        "class Narrow(Base):\n"
+        "    __tablename__ = 'narrow_bad_input'\n"
+        "    symbol = Column(String, primary_key=True)\n"
+        "    open_ts = Column(BigInteger, primary_key=True)\n"
+        "    close = Column(Float)\n"
+        "    exchange_rank = Column(BigInteger, nullable=False)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = forge(*RUN, *B, *DATES, "--sink", "postgres", "--database-url", pg_url, "--model", "narrow_model:Narrow")
+    assert result.code in (1, 2), result
+    assert "exchange_rank" in result.err and len(result.err.strip().splitlines()) == 1
+
+
+# -- the Python API: the same errors, as exceptions with the same one-line messages ----------------
+API_CASES = [
+    ("unknown compat name", lambda: sf.KrakenBackfilling, AttributeError, "available: BinanceBackfilling"),
+    ("unknown emitter method", lambda: sf.CsvEmitter().set_colour("red"), AttributeError, "options: output"),
+    ("unknown source option", lambda: sf.BinanceBackfilling("BTCUSDT", "1m", "2024-01-01", "2024-01-02", colour="red").run(),
+     UsageError, "source 'binance' has no option 'colour'"),
+    ("bad date", lambda: sf.BinanceBackfilling("BTCUSDT", "1m", "2024-13-01", "2024-12-02").run(), UsageError, "bad from date"),
+    ("bad timeframe", lambda: sf.OkxBackfilling("BTC-USDT", "2w", "2024-01-01", "2024-01-02").run(), UsageError, "unsupported timeframe '2w'"),
+    ("unknown symbol", lambda: sf.BinanceBackfilling("NOPEUSDT", "1m", "2024-01-01", "2024-01-02").run(), SourceError, "unknown symbol 'NOPEUSDT'"),
+    ("no sinks", lambda: Pipeline("binance", sinks=[]), UsageError, "at least one sink"),
+    ("zero workers", lambda: Pipeline("binance", workers=0), UsageError, "workers must be at least 1"),
+    ("unknown sink by name", lambda: Pipeline("binance", sinks=["parquet"]), UsageError, "unknown sink 'parquet'"),
+]
+
+
+@pytest.mark.parametrize("call,error,text", [c[1:] for c in API_CASES], ids=[c[0] for c in API_CASES])
+def test_api_bad_input(exchange_env, in_tmp, call, error, text):
+    with pytest.raises(error) as info:
+        call()
+    assert text in str(info.value) and "\n" not in str(info.value)
+    if issubclass(error, ForgeError):
+        assert info.value.exit_code == (2 if issubclass(error, UsageError) else 1)
+    assert not list(Path(in_tmp).glob("*.csv"))
+
+
+def test_the_table_is_large_enough():
+    assert len(CLI_CASES) + len(API_CASES) + 7 >= 30
