@@ -1,0 +1,40 @@
+"""Peak RSS of one ``forge run``, measured in a process of its own.
+
+    python bench/memory.py [--idle] -- run -s binance --symbol BTCUSDT --from ... --to ... -q
+
+Runs the ``forge`` CLI in this process (exactly what the console script does) and prints one
+JSON line with ``ru_maxrss`` of this process in MiB (Linux reports KiB), the exit code and the
+wall time. ``--idle`` only imports Forge and loads its plugins: the floor any run starts from.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    idle = "--idle" in argv
+    if "--" in argv:
+        argv = argv[argv.index("--") + 1:]
+    began = time.perf_counter()
+    code = 0
+    if idle:
+        from forge_core.plugins import Plugins
+
+        plugins = Plugins()
+        plugins.get("source", "binance")
+        plugins.get("sink", "csv")
+    else:
+        from forge_core.cli import main as forge
+
+        code = forge(argv)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"maxrss_mib": round(peak, 1), "exit": code, "seconds": time.perf_counter() - began}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,558 @@
+"""Forge benchmarks: against the exchanges' limits and against the tools users would pick instead.
+
+    python bench/run.py                  # everything, ~5-8 minutes; creates bench/.venvs/ once
+    python bench/run.py --quick          # tiny ranges, no streamforge/ccxt: a smoke run of seconds
+    python bench/run.py --latency 0.05 --out bench/out --publish
+
+Every ratio is measured in the same run against a bound or a baseline computed or measured in
+that run (see docs/benchmarks.md for how each bound is derived). Results go to
+``OUT/results.json``, ``OUT/results.md`` and ``OUT/benchmarks.png``; ``--publish`` also writes
+the generated part of ``docs/benchmarks.md`` and ``docs/benchmarks.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import csv
+import io
+import json
+import math
+import os
+import pstats
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import requests  # noqa: E402
+from common import BENCH, ROOT, MockProcess, bench_month, bench_year, ensure_venv, machine  # noqa: E402
+
+from forge_core import Batch, Pipeline, RunInfo  # noqa: E402
+from forge_core.records import CANDLE_COLUMNS, EXTRA_COLUMNS  # noqa: E402
+from forge_core.times import parse_range  # noqa: E402
+
+PAGE = 1000  # Binance spot klines per request
+WEIGHT = 2  # Binance spot klines weight at limit 1000
+OKX_PAGE = 300  # OKX history-candles rows per request (documented maximum)
+OKX_RATE, OKX_WINDOW = 20, 2.0  # OKX history-candles: 20 requests per 2 s per IP
+WEIGHT_WINDOW = 10  # case 2: the mock's Binance weight window, seconds (real: 60)
+WEIGHT_WORKERS = 8  # case 2: enough concurrency for the weight limit, not latency, to bind
+STREAMFORGE = ["streamforge==0.1.3", "pyarrow", "greenlet"]  # the last two: imported, not declared
+CCXT = ["ccxt", "matplotlib"]  # matplotlib draws the plot from this venv too
+MARK_START, MARK_END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
+
+
+@dataclass
+class Result:
+    """One line of the table."""
+
+    case: str
+    measured: str
+    reference: str
+    ratio: float | None
+    target: str
+    ok: bool | None
+    details: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+# -- Forge runs -----------------------------------------------------------------------------------
+def forge_run(source: str, options: dict[str, Any], symbols: list[str], start: str, end: str,
+              workers: int, out: Path) -> Any:
+    sink = ("csv", {"output": str(out / "{source}-{symbol}-{timeframe}-{start}_{end}.csv")})
+    return Pipeline((source, options), sinks=[sink], workers=workers).run(symbols, "1m", start, end)
+
+
+def ms_range(start: str, end: str) -> tuple[int, int]:
+    return parse_range(start, end)
+
+
+def raw_fetch(url: str, symbol: str, start: str, end: str, workers: int) -> tuple[float, int]:
+    """The ceiling for any Python client against this mock: the same pages with ``workers``
+    threads, ``requests`` keep-alive sessions and ``json`` decoding, nothing else."""
+    lo, hi = ms_range(start, end)
+    pages = [(t, min(t + PAGE * 60_000, hi) - 1) for t in range(lo, hi, PAGE * 60_000)]
+    local = threading.local()
+
+    def get(page: tuple[int, int]) -> int:
+        session = getattr(local, "session", None)
+        if session is None:
+            session = local.session = requests.Session()
+        r = session.get(url + "/api/v3/klines", params={"symbol": symbol, "interval": "1m", "startTime": page[0],
+                                                        "endTime": page[1], "limit": PAGE}, timeout=30)
+        r.raise_for_status()
+        return len(r.json())
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        rows = sum(pool.map(get, pages))
+    return time.perf_counter() - began, rows
+
+
+def case_single(mock: MockProcess, args: argparse.Namespace, start: str, end: str, tmp: Path) -> Result:
+    mock.reset()
+    raw_seconds, raw_rows = raw_fetch(mock.url, "BTCUSDT", start, end, args.workers)
+    mock.reset()
+    result = forge_run("binance", {"base_url": mock.url, "archive": "rest"}, ["BTCUSDT"], start, end,
+                       args.workers, tmp)
+    stats = result.source_stats
+    rows, seconds, reqs = result.total, result.elapsed, stats["requests"]
+    bound = math.ceil(reqs / args.workers) * args.latency
+    mock_stats = mock.stats()
+    return Result(
+        "1. Binance 1m, 1 symbol, 1 year (REST)", f"{rows / seconds:,.0f} candles/s",
+        f"{rows / bound:,.0f} candles/s latency bound" if bound else "n/a (latency 0)",
+        bound / seconds if bound else None, ">= 0.9", bound / seconds >= 0.9 if bound else None,
+        f"{rows:,} candles in {seconds:.2f} s, {reqs} requests, {args.workers} workers; bound "
+        f"ceil({reqs}/{args.workers}) x {args.latency * 1000:.0f} ms = {bound:.2f} s; raw requests+json client "
+        f"{raw_seconds:.2f} s = {raw_rows / raw_seconds:,.0f} candles/s, Forge/raw {raw_seconds / seconds:.2f}; "
+        f"429: {stats['http_429']}, 418: {stats['http_418']}",
+        {"rows": rows, "seconds": seconds, "requests": reqs, "bound_seconds": bound, "raw_seconds": raw_seconds,
+         "raw_ratio": raw_seconds / seconds, "http_429": stats["http_429"], "http_418": stats["http_418"],
+         "mock": mock_stats, "candles_per_s": rows / seconds})
+
+
+def case_weight(args: argparse.Namespace, symbols: list[str], start: str, end: str, tmp: Path) -> Result:
+    window = 2 if args.quick else WEIGHT_WINDOW
+    limit = 6000 * window // 60  # the real 100 weight/s, in a shorter window
+    with MockProcess({"latency": args.latency, "weight_window": window, "binance_weight_limit": limit}) as mock:
+        result = forge_run("binance", {"base_url": mock.url, "archive": "rest"}, symbols, start, end,
+                           WEIGHT_WORKERS, tmp)
+        stats = mock.stats()
+    rows, seconds = result.total, result.elapsed
+    bound = limit / window / WEIGHT * PAGE
+    e429, e418 = stats.get("binance.429", 0), stats.get("binance.418", 0)
+    ratio = rows / seconds / bound
+    return Result(
+        f"2. Binance 1m, {len(symbols)} symbols (weight-bound)", f"{rows / seconds:,.0f} candles/s",
+        f"{bound:,.0f} candles/s weight bound", ratio, ">= 0.9, 429 = 418 = 0",
+        ratio >= 0.9 and e429 == 0 and e418 == 0,
+        f"{rows:,} candles in {seconds:.1f} s, {stats.get('binance.spot.requests', 0)} requests, "
+        f"{WEIGHT_WORKERS} workers; limit {limit} weight per {window} s window (real rate 6000/60 s), "
+        f"busiest window used {stats.get('binance.weight_max', 0)}; 429: {e429}, 418: {e418}",
+        {"rows": rows, "seconds": seconds, "bound": bound, "window": window, "limit": limit, "http_429": e429,
+         "http_418": e418, "mock": stats, "candles_per_s": rows / seconds})
+
+
+def case_okx(mock: MockProcess, args: argparse.Namespace, start: str, end: str, tmp: Path) -> Result:
+    try:
+        Pipeline(("okx", {"base_url": mock.url}), sinks=[("csv", {"output": str(tmp / "probe.csv")})])
+    except Exception as exc:  # plugin not installed
+        return Result("3. OKX 1m", "not available", "", None, ">= 0.9, no 429", None, f"{exc}")
+    mock.reset()
+    result = forge_run("okx", {"base_url": mock.url}, ["BTC-USDT"], start, end, args.workers, tmp)
+    stats = mock.stats()
+    if not stats.get("okx.history.requests"):
+        return Result("3. OKX 1m", "not available", "", None, ">= 0.9, no 429", None,
+                      "the mock has no OKX history-candles endpoint")
+    rows, seconds, n = result.total, result.elapsed, stats["okx.history.requests"]
+    # the n-th request may start (n-1)//20 windows after the first; the last then takes a latency
+    bound_seconds = (n - 1) // OKX_RATE * OKX_WINDOW + args.latency
+    e429, e50011 = stats.get("okx.429", 0), stats.get("okx.50011", 0)
+    ratio = bound_seconds / seconds
+    return Result(
+        "3. OKX 1m, 1 symbol, 1 month", f"{rows / seconds:,.0f} candles/s",
+        f"{rows / bound_seconds:,.0f} candles/s rate bound ({OKX_PAGE * OKX_RATE / OKX_WINDOW:,.0f}/s steady)",
+        ratio, ">= 0.9, no 429", ratio >= 0.9 and e429 == 0 and e50011 == 0,
+        f"{rows:,} candles in {seconds:.2f} s, {n} history requests of {OKX_PAGE}; bound ({n}-1)//20 x 2 s + "
+        f"latency = {bound_seconds:.2f} s; 429: {e429}, 50011: {e50011}",
+        {"rows": rows, "seconds": seconds, "history_requests": n, "bound_seconds": bound_seconds, "http_429": e429,
+         "okx_50011": e50011, "mock": stats, "candles_per_s": rows / seconds})
+
+
+# -- sinks ----------------------------------------------------------------------------------------
+def case_postgres(args: argparse.Namespace) -> list[Result]:
+    script = BENCH / "bench_postgres.py"
+    target = "fresh >= 0.7, re-run >= 0.4"
+    if not script.exists():
+        return [Result("4. PostgreSQL sink", "not available", "", None, target, None, "bench/bench_postgres.py missing")]
+    rows = "5000" if args.quick else "300000"
+    proc = subprocess.run([sys.executable, str(script), "--rows", rows, "--repeat", "1"], capture_output=True,
+                          text=True, timeout=900, cwd=ROOT)
+    phases: dict[str, tuple[float, float]] = {}
+    for line in proc.stdout.splitlines():
+        parts = line.rsplit(None, 3)
+        if len(parts) == 4:
+            try:
+                phases[parts[0].strip()] = (float(parts[1]), float(parts[3]))
+            except ValueError:
+                continue
+    if proc.returncode != 0 or "raw COPY" not in phases:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return [Result("4. PostgreSQL sink", "not available", "", None, target, None,
+                       f"bench_postgres.py exit {proc.returncode}: {tail[:200]}")]
+    out = []
+    raw = phases["raw COPY"][0]
+    for phase, minimum in (("sink fresh", 0.7), ("sink re-run", 0.4), ("sink re-run, changed", 0.4)):
+        if phase in phases:
+            seconds, ratio = phases[phase]
+            out.append(Result(f"4. PostgreSQL {phase}", f"{int(rows) / seconds:,.0f} rows/s",
+                              f"{int(rows) / raw:,.0f} rows/s raw COPY", ratio, f">= {minimum}", ratio >= minimum,
+                              f"{rows} rows: {seconds:.2f} s vs raw COPY {raw:.2f} s (bench/bench_postgres.py)",
+                              {"seconds": seconds, "raw_seconds": raw}))
+    return out
+
+
+def synthetic_rows(n: int) -> list[tuple[Any, ...]]:
+    """``n`` canonical Binance rows (14 columns, decimal strings) as the source produces them."""
+    rows = []
+    base = 1_700_000_000_000 - 1_700_000_000_000 % 60_000
+    for i in range(n):
+        ts = base + i * 60_000
+        p = 3_000_000 + (i * 7919) % 40_000
+        rows.append(("binance", "BTCUSDT", "1m", ts, ts + 59_999, f"{p // 100}.{p % 100:02d}000000",
+                     f"{p // 100 + 3}.{p % 100:02d}000000", f"{p // 100 - 2}.{p % 100:02d}000000",
+                     f"{p // 100 + 1}.{p % 100:02d}000000", f"{i % 50}.{i % 97:08d}", f"{i * 31}.12345678",
+                     i % 2000, f"{i % 20}.{i % 89:08d}", f"{i * 13}.87654321"))
+    return rows
+
+
+def case_csv(args: argparse.Namespace, tmp: Path) -> Result:
+    from forge_sink_csv import CsvSink
+
+    n = 20_000 if args.quick else 300_000
+    rows = synthetic_rows(n)
+    columns = CANDLE_COLUMNS + EXTRA_COLUMNS
+    batches = [rows[i:i + PAGE] for i in range(0, n, PAGE)]
+
+    def sink() -> None:
+        s = CsvSink(output=str(tmp / "sink.csv"))
+        s.open(RunInfo("binance", "Binance", ("BTCUSDT",), "1m", rows[0][3], rows[-1][3] + 60_000, columns))
+        done = 0
+        for b in batches:
+            s.write(Batch("binance", "BTCUSDT", "1m", columns, b))
+            done += len(b)
+            if done % 50_000 == 0:
+                s.commit()
+        s.commit()
+        s.close(True)
+
+    def plain() -> None:
+        with open(tmp / "plain.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(columns)
+            for b in batches:
+                w.writerows(b)
+
+    t_sink, t_plain = [], []
+    for _ in range(3):
+        t_plain.append(timed(plain))
+        t_sink.append(timed(sink))
+    sink_s, plain_s = statistics.median(t_sink), statistics.median(t_plain)
+    same = (tmp / "sink.csv").read_bytes() == (tmp / "plain.csv").read_bytes()
+    ratio = plain_s / sink_s
+    return Result("5. CSV sink", f"{n / sink_s:,.0f} rows/s", f"{n / plain_s:,.0f} rows/s csv.writer", ratio,
+                  ">= 0.7", ratio >= 0.7,
+                  f"{n:,} rows in 1000-row batches, median of 3: sink {sink_s:.3f} s (commit/fsync every 50k, "
+                  f"atomic rename) vs csv.writer.writerows {plain_s:.3f} s; identical bytes: {same}",
+                  {"sink_seconds": sink_s, "plain_seconds": plain_s, "identical": same})
+
+
+def timed(fn: Callable[[], object]) -> float:
+    began = time.perf_counter()
+    fn()
+    return time.perf_counter() - began
+
+
+# -- memory and profile ---------------------------------------------------------------------------
+def peak_rss(url: str, start: str, end: str, tmp: Path, idle: bool = False) -> dict[str, Any]:
+    cmd = [sys.executable, str(BENCH / "memory.py")]
+    if idle:
+        cmd.append("--idle")
+    else:
+        cmd += ["--", "run", "-s", "binance", "--archive", "rest", "--base-url", url, "--symbol", "BTCUSDT",
+                "--from", start, "--to", end, "-q", "--output", str(tmp / f"mem-{start}_{end}.csv")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory run failed: {proc.stderr.strip()[-300:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def case_memory(mock: MockProcess, year: tuple[str, str], month: tuple[str, str], tmp: Path) -> Result:
+    idle = peak_rss(mock.url, *month, tmp, idle=True)
+    m = peak_rss(mock.url, *month, tmp)
+    y = peak_rss(mock.url, *year, tmp)
+    growth = y["maxrss_mib"] / m["maxrss_mib"]
+    ok = y["maxrss_mib"] < 200 and growth <= 1.2 and m["exit"] == 0 and y["exit"] == 0
+    return Result("6. Peak RSS, 1 year vs 1 month", f"{y['maxrss_mib']:.0f} MiB (year)",
+                  f"{m['maxrss_mib']:.0f} MiB (month)", growth, "< 200 MiB, year/month <= 1.2", ok,
+                  f"forge run in its own process (ru_maxrss): idle import {idle['maxrss_mib']:.0f} MiB, "
+                  f"month {m['maxrss_mib']:.0f} MiB, year {y['maxrss_mib']:.0f} MiB",
+                  {"idle": idle, "month": m, "year": y})
+
+
+def profile(mock: MockProcess, start: str, end: str, tmp: Path, out: Path) -> dict[str, Any]:
+    """cProfile of the run loop (main thread: clean, transform, write) on a zero-latency mock,
+    plus each hot-path stage timed alone on real pages (the fetch threads are not profiled by
+    cProfile, so parsing is measured separately)."""
+    prof = cProfile.Profile()
+    prof.enable()
+    result = forge_run("binance", {"base_url": mock.url, "archive": "rest"}, ["BTCUSDT"], start, end, 4, tmp)
+    prof.disable()
+    text = io.StringIO()
+    stats = pstats.Stats(prof, stream=text)
+    stats.sort_stats("tottime").print_stats(15)
+    (out / "profile.txt").write_text(text.getvalue())
+    top = []
+    for (file, line, fn), (_cc, nc, tt, ct, _callers) in sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:8]:  # type: ignore[attr-defined]
+        top.append({"function": f"{Path(file).name}:{line}({fn})", "calls": nc, "tottime": tt, "cumtime": ct})
+    stages = stage_costs(mock.url, start)
+    return {"rows": result.total, "seconds": result.elapsed, "top": top, "stages_ms_per_1000": stages}
+
+
+def stage_costs(url: str, start: str) -> dict[str, float]:
+    """Milliseconds per 1000-candle page for each stage of the hot path, timed alone."""
+    from forge_binance.source import BinanceSource
+
+    from forge_core.pipeline import _clean
+    from forge_core.sources import Task
+    from forge_core.timeframes import parse_timeframe
+
+    lo, _ = ms_range(start, start)
+    session = requests.Session()
+    params = {"symbol": "BTCUSDT", "interval": "1m", "startTime": lo, "endTime": lo + PAGE * 60_000 - 1, "limit": PAGE}
+    response = session.get(url + "/api/v3/klines", params=params, timeout=30)
+    body = response.json()
+    tf = parse_timeframe("1m")
+    task = Task("BTCUSDT", tf, lo, lo + PAGE * 60_000)
+
+    def parse() -> list[tuple[Any, ...]]:
+        return [("binance", "BTCUSDT", "1m", int(k[0]), int(k[6]), k[1], k[2], k[3], k[4], k[5], k[7], int(k[8]),
+                 k[9], k[10]) for k in body]
+
+    rows = parse()
+    sink_file = io.StringIO()
+    writer = csv.writer(sink_file)
+    n = 30
+    out = {
+        "http GET (mock, latency 0)": per_call(lambda: session.get(url + "/api/v3/klines", params=params, timeout=30), 10),
+        "json decode": per_call(lambda: response.json(), n),
+        "parse to tuples": per_call(parse, n),
+        "clean (order, dedupe, closed)": per_call(lambda: _clean(rows, task, 1 << 62), n),
+        "csv.writer.writerows": per_call(lambda: writer.writerows(rows), n),
+    }
+    assert BinanceSource  # the parse above is a copy of BinanceSource._klines.parse
+    return out
+
+
+def per_call(fn: Callable[[], object], n: int) -> float:
+    began = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - began) / n * 1000
+
+
+# -- the tools users come from -------------------------------------------------------------------
+def run_driver(python: Path, script: str, url: str, symbol: str, start: str, end: str, tmp: Path) -> dict[str, Any]:
+    proc = subprocess.run([str(python), str(BENCH / script), "--base-url", url, "--symbol", symbol,
+                           "--from", start, "--to", end, "--out", str(tmp)],
+                          capture_output=True, text=True, timeout=900)
+    lines = proc.stdout.strip().splitlines()
+    try:
+        data = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        data = {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+    if proc.returncode != 0 and "error" not in data:
+        data["error"] = f"exit {proc.returncode}"
+    return data
+
+
+def case_tools(mock: MockProcess, args: argparse.Namespace, start: str, end: str, tmp: Path,
+               forge_rest: Result) -> list[Result]:
+    out: list[Result] = []
+    rest_rate = forge_rest.data["candles_per_s"]
+    # streamforge only reads archive zips for history: compare with Forge reading the same zips
+    mock.reset()
+    archive = forge_run("binance", {"base_url": mock.url, "archive": "auto", "archive_url": mock.url},
+                        ["BTCUSDT"], start, end, args.workers, tmp)
+    archive_rate = archive.total / archive.elapsed
+    out.append(Result("7a. Forge, archive zips (auto)", f"{archive_rate:,.0f} candles/s", "", None, "", None,
+                      f"{archive.total:,} candles in {archive.elapsed:.2f} s; {archive.source_stats}",
+                      {"candles_per_s": archive_rate, "rows": archive.total, "seconds": archive.elapsed}))
+    try:
+        python = ensure_venv("streamforge", STREAMFORGE)
+        sf = run_driver(python, "compare_streamforge.py", mock.url, "BTCUSDT", start, end, tmp)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        sf = {"error": f"could not install streamforge: {exc}"}
+    if "error" in sf:
+        out.append(Result("7b. streamforge 0.1.3", "not available", "", None, "", None, sf["error"], sf))
+    else:
+        rate = sf["rows"] / sf["seconds"]
+        out.append(Result("7b. streamforge 0.1.3 (archive zips)", f"{rate:,.0f} candles/s",
+                          f"Forge archive {archive_rate:,.0f} candles/s", archive_rate / rate, "Forge / streamforge",
+                          None, f"{sf['rows']:,} candles from {sf['files']} monthly zips in {sf['seconds']:.1f} s "
+                          f"(+{sf['import_seconds']:.1f} s import); Forge REST is {rest_rate / rate:.1f}x",
+                          {**sf, "candles_per_s": rate}))
+    try:
+        python = ensure_venv("ccxt", CCXT)
+        cc = run_driver(python, "compare_ccxt.py", mock.url, "BTC/USDT", start, end, tmp)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        cc = {"error": f"could not install ccxt: {exc}"}
+    if "error" in cc:
+        out.append(Result("7c. ccxt fetch_ohlcv loop", "not available", "", None, "", None, cc["error"], cc))
+    else:
+        rate = cc["rows"] / cc["seconds"]
+        out.append(Result(f"7c. ccxt {cc['ccxt']} fetch_ohlcv loop (REST)", f"{rate:,.0f} candles/s",
+                          f"Forge REST {rest_rate:,.0f} candles/s", rest_rate / rate, "Forge / ccxt", None,
+                          f"{cc['rows']:,} candles, {cc['requests']} requests in {cc['seconds']:.1f} s, "
+                          "enableRateLimit=True, limit=1000", {**cc, "candles_per_s": rate}))
+    return out
+
+
+# -- output ---------------------------------------------------------------------------------------
+def table(results: list[Result]) -> str:
+    lines = ["| case | measured | bound / baseline | ratio | target | met | details |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        ratio = "" if r.ratio is None else f"{r.ratio:.2f}"
+        met = "" if r.ok is None else ("yes" if r.ok else "**no**")
+        lines.append(f"| {r.case} | {r.measured} | {r.reference} | {ratio} | {r.target} | {met} | {r.details} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[Result], out: Path) -> Path | None:
+    """candles/s of Forge (REST and archive), streamforge and ccxt, drawn by matplotlib in the ccxt venv."""
+    bars = []
+    for r in results:
+        rate = r.data.get("candles_per_s")
+        if rate and (r.case.startswith("1.") or r.case.startswith("7")):
+            label = {"1": "Forge REST", "7a": "Forge archive", "7b": "streamforge 0.1.3", "7c": "ccxt loop"}
+            bars.append((label[r.case.split(".")[0]], rate))
+    if len(bars) < 2:
+        return None
+    python = ensure_venv("ccxt", CCXT)
+    png = out / "benchmarks.png"
+    code = (
+        "import json,sys\nimport matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+        "bars,title,png=json.loads(sys.argv[1]),sys.argv[2],sys.argv[3]\n"
+        "fig,ax=plt.subplots(figsize=(7,3.6),dpi=120)\n"
+        "names=[b[0] for b in bars]; vals=[b[1] for b in bars]\n"
+        "colors=['#1f77b4' if n.startswith('Forge') else '#999999' for n in names]\n"
+        "ax.barh(names,vals,color=colors); ax.invert_yaxis()\n"
+        "[ax.text(v,i,f' {v:,.0f}',va='center',fontsize=9) for i,v in enumerate(vals)]\n"
+        "ax.set_xlabel('candles per second (higher is better)'); ax.set_title(title,fontsize=10)\n"
+        "ax.set_xlim(0,max(vals)*1.25); fig.tight_layout(); fig.savefig(png)\n"
+    )
+    title = "BTCUSDT 1m, one year, same mock exchange (50 ms latency)"
+    subprocess.run([str(python), "-c", code, json.dumps(bars), title, str(png)], check=True)
+    return png
+
+
+def publish(text: str, png: Path | None) -> None:
+    doc = ROOT / "docs" / "benchmarks.md"
+    current = doc.read_text() if doc.exists() else f"# Benchmarks\n\n{MARK_START}\n{MARK_END}\n"
+    head, _, rest = current.partition(MARK_START)
+    _, _, tail = rest.partition(MARK_END)
+    doc.write_text(f"{head}{MARK_START}\n{text}\n{MARK_END}{tail}")
+    if png is not None:
+        shutil.copyfile(png, ROOT / "docs" / "benchmarks.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny ranges, no streamforge/ccxt (smoke test)")
+    parser.add_argument("--latency", type=float, default=0.05, help="mock latency per response, seconds")
+    parser.add_argument("--workers", type=int, default=4, help="Forge workers for cases 1, 3 and 7")
+    parser.add_argument("--out", default=str(BENCH / "out"))
+    parser.add_argument("--no-compare", action="store_true", help="skip streamforge and ccxt")
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--publish", action="store_true", help="write docs/benchmarks.md and .png")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    year, month = bench_year(), bench_month()
+    if args.quick:
+        year = (month[0], month[0][:8] + "03")  # three days
+        month = (month[0], month[0])  # one day
+    weight_symbols = [f"T{i}USDT" for i in range(1, 3 if args.quick else 7)]
+    weight_range = year if args.quick else (bench_year()[0], _months_later(bench_year()[0], 6))
+    results: list[Result] = []
+    began = time.monotonic()
+    extra: dict[str, Any] = {}
+
+    def step(name: str) -> None:
+        print(f"[{time.monotonic() - began:6.1f}s] {name}", file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="forge-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        with MockProcess({"latency": args.latency}) as mock:
+            step(f"1. Binance REST, one symbol, {year[0]}..{year[1]}")
+            single = case_single(mock, args, *year, tmp)
+            results.append(single)
+            step("3. OKX")
+            results.append(case_okx(mock, args, *month, tmp))
+            if not (args.quick or args.no_compare):
+                step("7. Forge archive, streamforge, ccxt")
+                results += case_tools(mock, args, *year, tmp, single)
+        step(f"2. weight-bound, {len(weight_symbols)} symbols {weight_range[0]}..{weight_range[1]}")
+        results.append(case_weight(args, weight_symbols, *weight_range, tmp))
+        step("4. PostgreSQL")
+        results += case_postgres(args)
+        step("5. CSV")
+        results.append(case_csv(args, tmp))
+        with MockProcess({"latency": 0}) as fast:
+            step("6. memory")
+            results.append(case_memory(fast, year, month, tmp))
+            if not args.no_profile:
+                step("profile")
+                extra["profile"] = profile(fast, *year, tmp, out)
+    results.sort(key=lambda r: r.case)
+    info = machine()
+    command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = render(results, info, command.strip(), args, year, extra)
+    print(text)
+    png = None
+    try:
+        png = plot(results, out) if not args.quick else None
+    except (subprocess.CalledProcessError, OSError) as exc:
+        print(f"plot not drawn: {exc}", file=sys.stderr)
+    (out / "results.md").write_text(text + "\n")
+    (out / "results.json").write_text(json.dumps({"machine": info, "command": command, "year": year,
+                                                  "latency": args.latency, "quick": args.quick,
+                                                  "results": [asdict(r) for r in results], **extra},
+                                                 indent=2, default=str))
+    if args.publish:
+        publish(text, png)
+    step("done")
+    return 0
+
+
+def _months_later(day: str, months: int) -> str:
+    """The day before ``day`` + ``months`` months (an inclusive end)."""
+    from datetime import date, timedelta
+
+    d = date.fromisoformat(day)
+    y, m = divmod(d.month - 1 + months, 12)
+    return (date(d.year + y, m + 1, 1) - timedelta(days=1)).isoformat()
+
+
+def render(results: list[Result], info: dict[str, str], command: str, args: argparse.Namespace,
+           year: tuple[str, str], extra: dict[str, Any]) -> str:
+    lines = [f"Measured {info['date']} with `{command}` on {info['nproc']} cores ({info['cpu']}), "
+             f"Python {info['python']}, {info['platform']}; mock latency {args.latency * 1000:.0f} ms; "
+             f"range {year[0]} .. {year[1]}.", "", "```", info["free -g"], "```", "", table(results)]
+    prof = extra.get("profile")
+    if prof:
+        lines += ["", f"Hot path, one year against a zero-latency mock ({prof['rows']:,} candles in "
+                  f"{prof['seconds']:.1f} s under cProfile). Each stage timed alone, ms per 1000-candle page:", "",
+                  "| stage | ms / page |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in prof["stages_ms_per_1000"].items()]
+        lines += ["", "Run loop (main thread) by own time under cProfile:", "", "| function | calls | own s | cum s |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| `{t['function']}` | {t['calls']} | {t['tottime']:.2f} | {t['cumtime']:.2f} |" for t in prof["top"]]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
