@@ -15,10 +15,15 @@ emitter without ``on_conflict`` did: re-runs then duplicate rows, or fail on a p
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import operator
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from operator import itemgetter
 from typing import Any, TypeVar
 
 import psycopg2
@@ -28,6 +33,7 @@ from psycopg2 import sql
 
 from forge_core import Batch, Option, RunInfo, Sink, SinkError, UsageError
 from forge_core.logs import get_logger
+from forge_core.records import Row
 
 from .connection import ConnectionSpec
 from .copytext import encode
@@ -42,6 +48,7 @@ from .target import (
 
 log = get_logger(__name__)
 T = TypeVar("T")
+MAX_PROBES = 64
 PLAIN = ("none", "no", "false", "off", "insert")
 # Python-API keyword arguments of the seed's PostgresEmitter; not CLI options (a password on
 # the command line is visible in the process list: use the URL from the environment, PGPASSWORD,
@@ -90,11 +97,10 @@ class PostgresSink(Sink):
         self.conflict = _conflict_columns(self.settings["on_conflict"])  # None = primary key, () = plain
         self.conn: psycopg2.extensions.connection | None = None
         self.table: TableInfo | None = None
-        self.pending: list[tuple[tuple[str, ...], str]] = []  # (target columns, COPY text)
+        self.pending: dict[tuple[str, ...], _Pending] = {}  # by target columns
         self.pending_rows = 0
-        self._mappings: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[int, ...]]] = {}
+        self._mappings: dict[tuple[str, ...], _Mapping] = {}
         self._stages: dict[tuple[str, ...], sql.Composable] = {}  # per connection
-        self._dedupe = False
         self.sent = 0
         self.changed = 0
         self.retries = 0
@@ -113,6 +119,8 @@ class PostgresSink(Sink):
 
     # -- the sink contract --------------------------------------------------------------------
     def open(self, run: RunInfo) -> None:
+        if self.model is not None:  # before creating its table
+            check_model(self.model, run.columns, f"source {run.source}")
         self.conn = self.spec.connect_or_fail()
         try:
             self.table = self._prepare_table()
@@ -132,8 +140,11 @@ class PostgresSink(Sink):
     def write(self, batch: Batch) -> None:
         if not batch.rows:
             return
-        columns, indexes = self._mapping(batch.columns)
-        self.pending.append((columns, encode(batch.rows, indexes)))
+        mapping = self._mapping(batch.columns)
+        pending = self.pending.get(mapping.columns)
+        if pending is None:
+            pending = self.pending[mapping.columns] = _Pending()
+        pending.add(mapping, batch.rows)
         self.pending_rows += len(batch.rows)
         if self.pending_rows >= self.MAX_PENDING_ROWS:
             self.commit()
@@ -245,7 +256,7 @@ class PostgresSink(Sink):
                 raise SinkError(f"conflict column {unfilled[0]!r} of table {self._label} is not among the "
                                 f"columns of {what}: {', '.join(available)}")
 
-    def _mapping(self, columns: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    def _mapping(self, columns: tuple[str, ...]) -> _Mapping:
         """Target columns a batch with ``columns`` fills, and where each comes from in a row."""
         found = self._mappings.get(columns)
         if found is None:
@@ -253,49 +264,120 @@ class PostgresSink(Sink):
                 raise SinkError("postgres sink: write() before open()")
             self._check(columns, "the batch")
             target = self.table.writable(columns)
-            found = (target, tuple(columns.index(c) for c in target))
+            key = self._key
+            ranged = "open_ts" in key  # then a commit can check cheaply whether any key exists
+            found = _Mapping(target, tuple(columns.index(c) for c in target),
+                             tuple(c for c in key if c != "open_ts") if ranged else (),
+                             tuple(columns.index(c) for c in key if c != "open_ts") if ranged else (),
+                             columns.index("open_ts") if ranged else None)
             self._mappings[columns] = found
         return found
 
     # -- sending ----------------------------------------------------------------------------------
     def _send(self, cur: Any) -> int:
-        """One transaction's statements (the caller commits); returns rows inserted or changed."""
-        groups: dict[tuple[str, ...], list[str]] = {}
-        for columns, text in self.pending:
-            groups.setdefault(columns, []).append(text)
+        """One transaction's statements (the caller commits); returns rows inserted or changed.
+
+        Upserts whose kept rows are known to have unique keys (one series per batch, ascending
+        ``open_ts``, the key includes ``open_ts``) take one of two shortcuts:
+
+        - none of their keys exists yet (a fresh range, one index probe per series): ``COPY``
+          straight into the table, in a savepoint; a unique violation there (a concurrent
+          writer) rolls back to it and takes the staging path;
+        - otherwise, after the staging ``COPY``, rows equal to the stored ones are deleted from
+          the stage by one hash join over the table's key range, so an unchanged re-run neither
+          locks nor rewrites anything; the rest is upserted.
+
+        Anything else is staged and upserted with ``DISTINCT ON`` the key (the last row wins).
+        """
+        assert self.table is not None
         changed = 0
-        for columns, texts in groups.items():
-            data = io.BytesIO("".join(texts).encode("utf-8"))
-            names = sql.SQL(", ").join(map(sql.Identifier, columns))
-            assert self.table is not None
+        for columns, pending in self.pending.items():
+            data = "".join(pending.texts).encode("utf-8")
+            into_table = sql.SQL("COPY {} ({}) FROM STDIN").format(
+                self.table.ident, sql.SQL(", ").join(map(sql.Identifier, columns)))
             if not self._key:
-                cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN").format(self.table.ident, names), data,
-                                size=1 << 20)
-                changed += cur.rowcount if cur.rowcount > 0 else 0
+                changed += self._copy(cur, into_table, data)
                 continue
+            unique = pending.ranges is not None
+            if unique and not self._any_exists(cur, pending):
+                cur.execute("SAVEPOINT forge_copy")
+                try:
+                    changed += self._copy(cur, into_table, data)
+                    cur.execute("RELEASE SAVEPOINT forge_copy")
+                    continue
+                except psycopg2.errors.UniqueViolation:
+                    cur.execute("ROLLBACK TO SAVEPOINT forge_copy")
             stage = self._stage(cur, columns)
-            cur.copy_expert(sql.SQL("COPY {} FROM STDIN").format(stage), data, size=1 << 20)
-            cur.execute(self._upsert_sql(columns, stage))
+            self._copy(cur, sql.SQL("COPY {} FROM STDIN").format(stage), data)
+            if unique and self._drop_unchanged(cur, pending, columns, stage) == pending.rows:
+                continue
+            cur.execute(self._upsert_sql(columns, stage, dedupe=not unique))
             changed += max(cur.rowcount, 0)
         return changed
+
+    @staticmethod
+    def _copy(cur: Any, statement: sql.Composable, data: bytes) -> int:
+        cur.copy_expert(statement, io.BytesIO(data), size=1 << 20)
+        return max(cur.rowcount, 0)
+
+    def _range_filter(self, pending: _Pending, alias: str) -> tuple[sql.Composable, list[Any]]:
+        """``alias.k = %s AND ... AND alias.open_ts BETWEEN %s AND %s``, OR-ed over the series kept."""
+        assert pending.ranges is not None and pending.mapping is not None
+        others = pending.mapping.key_others
+        clauses, params = [], []
+        for values, (lo, hi) in pending.ranges.items():
+            where = [sql.SQL("{}.{} = %s").format(sql.Identifier(alias), sql.Identifier(c)) for c in others]
+            where.append(sql.SQL("{}.{} BETWEEN %s AND %s").format(sql.Identifier(alias),
+                                                                   sql.Identifier("open_ts")))
+            clauses.append(sql.SQL("(") + sql.SQL(" AND ").join(where) + sql.SQL(")"))
+            params += [*values, lo, hi]
+        return sql.SQL("(") + sql.SQL(" OR ").join(clauses) + sql.SQL(")"), params
+
+    def _any_exists(self, cur: Any, pending: _Pending) -> bool:
+        """Whether the table holds any row whose key falls in the open_ts ranges kept."""
+        assert self.table is not None
+        where, params = self._range_filter(pending, "t")
+        cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} AS t WHERE {})").format(self.table.ident, where),
+                    params)
+        return bool(cur.fetchone()[0])
+
+    def _drop_unchanged(self, cur: Any, pending: _Pending, columns: tuple[str, ...],
+                        stage: sql.Composable) -> int:
+        """Delete from the stage the rows the table already holds with equal values; returns how
+        many. A hash join over the key range: one index range scan instead of a probe per row."""
+        assert self.table is not None
+        where, params = self._range_filter(pending, "t")
+        key = self._key
+        rest = [c for c in columns if c not in key]
+        match = [sql.SQL("s.{0} = t.{0}").format(sql.Identifier(c)) for c in key]
+        if rest:
+            match.append(sql.SQL("({}) IS NOT DISTINCT FROM ({})").format(
+                sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in rest),
+                sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in rest)))
+        cur.execute("SET LOCAL enable_nestloop = off")  # the stage has no statistics; ends at commit
+        cur.execute(sql.SQL("DELETE FROM {} AS s USING {} AS t WHERE {} AND {}").format(
+            stage, self.table.ident, where, sql.SQL(" AND ").join(match)), params)
+        return max(cur.rowcount, 0)
 
     def _stage(self, cur: Any, columns: tuple[str, ...]) -> sql.Composable:
         """A temporary table of the target's types for ``columns``, emptied at every commit."""
         stage = self._stages.get(columns)
         if stage is None:
             assert self.table is not None
-            stage = sql.Identifier(f"forge_stage_{len(self._stages)}")
-            cur.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA")
+            digest = hashlib.sha1("\x00".join((self.table.label, *columns)).encode()).hexdigest()[:12]
+            stage = sql.Identifier(f"forge_stage_{digest}")
+            cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS "
+                                "SELECT {} FROM {} WITH NO DATA")
                         .format(stage, sql.SQL(", ").join(map(sql.Identifier, columns)), self.table.ident))
             self._stages[columns] = stage
         return stage
 
-    def _upsert_sql(self, columns: tuple[str, ...], stage: sql.Composable) -> sql.Composable:
+    def _upsert_sql(self, columns: tuple[str, ...], stage: sql.Composable, dedupe: bool) -> sql.Composable:
         assert self.table is not None
         key = self._key
         names = sql.SQL(", ").join(map(sql.Identifier, columns))
         source: sql.Composable = sql.SQL("SELECT {} FROM {}").format(names, stage)
-        if self._dedupe:  # the same key twice in one commit: the last row sent wins
+        if dedupe:  # the same key may come twice in one commit: the last row sent wins
             keys = sql.SQL(", ").join(map(sql.Identifier, key))
             source = sql.SQL("SELECT DISTINCT ON ({}) {} FROM {} ORDER BY {}, ctid DESC").format(
                 keys, names, stage, keys)
@@ -337,11 +419,6 @@ class PostgresSink(Sink):
                             where=self.spec.where, error=reason)
                 time.sleep(delay)
                 delay = min(delay * 2, self.RETRY_MAX)
-            except psycopg2.errors.CardinalityViolation:
-                self._rollback()
-                if self._dedupe:
-                    raise
-                self._dedupe = True  # retry at once, keeping the last of each key
             except psycopg2.Error as exc:
                 self._rollback()
                 raise SinkError(f"PostgreSQL {self.spec.where} table {self._label}: {what} failed: "
@@ -356,6 +433,7 @@ class PostgresSink(Sink):
         return self.conn
 
     def _rollback(self) -> None:
+        self._stages.clear()  # a stage created in the rolled back transaction is gone
         if self.conn is not None and not self.conn.closed:
             try:
                 self.conn.rollback()
@@ -368,6 +446,66 @@ class PostgresSink(Sink):
         if conn is not None and not conn.closed:
             with contextlib.suppress(psycopg2.Error):
                 conn.close()
+
+
+@dataclass(frozen=True)
+class _Mapping:
+    """How rows of one batch column layout fill the target."""
+
+    columns: tuple[str, ...]  # target columns filled, in table order
+    indexes: tuple[int, ...]  # where each comes from in a row
+    key_others: tuple[str, ...]  # conflict key columns other than open_ts
+    key_other_indexes: tuple[int, ...]
+    open_ts_index: int | None  # None: the key has no open_ts, no existence shortcut
+
+
+@dataclass
+class _Pending:
+    """COPY text kept for one target column set until its commit succeeds.
+
+    ``ranges`` maps the values of the key columns other than ``open_ts`` (a series) to the
+    ``open_ts`` range kept for it, while every batch is one series, ascending, after what was
+    kept before: that proves the keys kept are unique. ``None`` once that is not so."""
+
+    texts: list[str] = field(default_factory=list)
+    rows: int = 0
+    mapping: _Mapping | None = None
+    ranges: dict[tuple[Any, ...], tuple[int, int]] | None = field(default_factory=dict)
+
+    def add(self, mapping: _Mapping, rows: list[Row]) -> None:
+        self.texts.append(encode(rows, mapping.indexes))
+        self.rows += len(rows)
+        self.mapping = mapping
+        if self.ranges is not None:
+            self.ranges = self._track(self.ranges, mapping, rows)
+
+    @staticmethod
+    def _track(ranges: dict[tuple[Any, ...], tuple[int, int]], mapping: _Mapping,
+               rows: list[Row]) -> dict[tuple[Any, ...], tuple[int, int]] | None:
+        if mapping.open_ts_index is None:
+            return None
+        stamps = list(map(itemgetter(mapping.open_ts_index), rows))
+        idx = mapping.key_other_indexes
+        try:
+            ascending = all(map(operator.lt, stamps, islice(stamps, 1, None)))
+        except TypeError:  # not comparable
+            return None
+        if not ascending:
+            return None
+        if not idx:
+            series: set[tuple[Any, ...]] = {()}
+        elif len(idx) == 1:
+            series = {(v,) for v in map(itemgetter(idx[0]), rows)}
+        else:
+            series = set(map(itemgetter(*idx), rows))
+        if len(series) != 1:
+            return None
+        (values,) = series
+        old = ranges.get(values)
+        if old is not None and stamps[0] <= old[1]:
+            return None
+        ranges[values] = (stamps[0] if old is None else old[0], stamps[-1])
+        return ranges if len(ranges) <= MAX_PROBES else None
 
 
 def _conflict_columns(value: Sequence[str] | str | None) -> tuple[str, ...] | None:
