@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .errors import UsageError
 from .pipeline import Pipeline, RunResult
 from .plugins import Plugins
 
@@ -57,8 +58,8 @@ class Backfilling:
 
     source_name = ""
 
-    def __init__(self, symbol: str | list[str], timeframe: str, from_date: str, to_date: str = "now",
-                 file_path: str | None = None, **source_options: Any) -> None:
+    def __init__(self, symbol: str | list[str] | None = None, timeframe: str = "1m", from_date: str | None = None,
+                 to_date: str = "now", file_path: str | None = None, **source_options: Any) -> None:
         self.symbol, self.timeframe = symbol, timeframe
         self.from_date, self.to_date = from_date, to_date
         self.file_path = file_path
@@ -79,6 +80,10 @@ class Backfilling:
         return self
 
     def run(self) -> RunResult:
+        if not self.symbol or not self.from_date:
+            missing = "symbol" if not self.symbol else "from_date"
+            raise UsageError(f"{type(self).__name__} needs {missing}=..., e.g. symbol='BTCUSDT', "
+                             "from_date='2024-01-01'")
         sinks: list[Any] = [e.make() if isinstance(e, Emitter) else e for e in self.emitters]
         if not sinks:
             sinks = [("csv", {"output": self.file_path} if self.file_path else {})]
