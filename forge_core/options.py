@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import UsageError
+
 
 @dataclass(frozen=True)
 class Option:
@@ -28,3 +30,12 @@ class Option:
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+
+def settings(kind: str, name: str, declared: tuple[Option, ...], given: dict[str, Any]) -> dict[str, Any]:
+    """The declared options' values, defaults filled in; an undeclared one is a usage error."""
+    unknown = sorted(set(given) - {o.name for o in declared})
+    if unknown:
+        accepted = ", ".join(o.name for o in declared) or "none"
+        raise UsageError(f"{kind} {name!r} has no option {unknown[0]!r}; accepted: {accepted}")
+    return {o.name: given.get(o.name, o.default) for o in declared}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .options import Option
+from .options import Option, settings
 from .records import Batch
 from .times import day_label, inclusive_end_label
 
@@ -46,15 +46,7 @@ class Sink:
     options: ClassVar[tuple[Option, ...]] = ()
 
     def __init__(self, **options: Any) -> None:
-        unknown = set(options) - {o.name for o in self.options}
-        if unknown:
-            from .errors import UsageError
-
-            accepted = ", ".join(o.name for o in self.options) or "none"
-            raise UsageError(
-                f"sink {self.name!r} has no option {sorted(unknown)[0]!r}; accepted: {accepted}"
-            )
-        self.settings = {o.name: options.get(o.name, o.default) for o in self.options}
+        self.settings = settings("sink", self.name, self.options, options)
 
     def open(self, run: RunInfo) -> None:
         """Connect and check the destination is usable."""

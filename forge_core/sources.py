@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .options import Option
+from .options import Option, settings
 from .records import CANDLE_COLUMNS, Row
 from .timeframes import NAMES, Timeframe
 from .times import now_ms
@@ -67,15 +67,7 @@ class Source:
     options: ClassVar[tuple[Option, ...]] = ()
 
     def __init__(self, **options: Any) -> None:
-        unknown = set(options) - {o.name for o in self.options}
-        if unknown:
-            from .errors import UsageError
-
-            accepted = ", ".join(o.name for o in self.options) or "none"
-            raise UsageError(
-                f"source {self.name!r} has no option {sorted(unknown)[0]!r}; accepted: {accepted}"
-            )
-        self.settings = {o.name: options.get(o.name, o.default) for o in self.options}
+        self.settings = settings("source", self.name, self.options, options)
 
     # -- optional hooks with sensible defaults ----------------------------------------------
     def server_time(self) -> int:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from .errors import TransformError
-from .options import Option
+from .options import Option, settings
 from .records import OPEN_TS, Batch
 from .times import iso
 
@@ -23,7 +23,7 @@ class Transform:
     options: ClassVar[tuple[Option, ...]] = ()
 
     def __init__(self, **options: Any) -> None:
-        self.settings = {o.name: options.get(o.name, o.default) for o in self.options}
+        self.settings = settings("transform", self.name, self.options, options)
 
     def start_series(self, symbol: str, start: int, end: int) -> None:
         """A new series begins; its candles open in ``[start, end)``."""
