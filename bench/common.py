@@ -139,4 +139,12 @@ def machine() -> dict[str, str]:
         pass
     return {"nproc": str(os.cpu_count()), "cpu": cpu or platform.processor(), "free -g": free,
             "python": platform.python_version(), "platform": platform.platform(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": load()}
+
+
+def load() -> str:
+    """1/5/15-minute load averages: other work on the machine slows everything measured."""
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"

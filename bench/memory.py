@@ -3,7 +3,7 @@
     python bench/memory.py [--idle] -- run -s binance --symbol BTCUSDT --from ... --to ... -q
 
 Runs the ``forge`` CLI in this process (exactly what the console script does) and prints one
-JSON line with ``ru_maxrss`` of this process in MiB (Linux reports KiB), the exit code and the
+JSON line with the peak RSS of this process in MiB (``VmHWM``, see :func:`vm_hwm_mib`), the exit code and the
 wall time. ``--idle`` only imports Forge and loads its plugins: the floor any run starts from.
 """
 
@@ -13,6 +13,20 @@ import json
 import resource
 import sys
 import time
+
+
+def vm_hwm_mib() -> float:
+    """This process's peak RSS. ``VmHWM`` from /proc, not ``ru_maxrss``: Linux carries the
+    parent's RSS at fork into the child's ``ru_maxrss`` across exec, so a child of a big
+    benchmark process would report the parent's size."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -32,7 +46,7 @@ def main() -> None:
         from forge_core.cli import main as forge
 
         code = forge(argv)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = vm_hwm_mib()
     print(json.dumps({"maxrss_mib": round(peak, 1), "exit": code, "seconds": time.perf_counter() - began}))
 
 
