@@ -79,7 +79,7 @@ class BybitSource(Source):
 
     def prepare(self, symbol: str, timeframe: Timeframe) -> SymbolInfo:
         found = self._get("/v5/market/instruments-info", {"category": self.category, "symbol": symbol})["list"]
-        if not found:  # Bybit answers an unknown symbol with an empty list, not an error
+        if not found:  # an unknown symbol: an empty list (or a retCode error, raised by _check)
             raise SourceError(f"unknown symbol {symbol!r} on Bybit {self.category}; Bybit spells "
                               f"pairs like BTCUSDT (try --category spot, linear or inverse)")
         launch = found[0].get("launchTime")  # derivatives only: lets the run skip empty history

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from forge_core import SourceError, Task
+from forge_core import RetryableError, SourceError, Task
 from forge_core.timeframes import DAY, HOUR, parse_timeframe
 from forge_mock_exchange.expected_okx import okx_rows
 from forge_mock_exchange.market import MAINTENANCE
@@ -224,3 +224,19 @@ def test_mock_plain_bars_open_in_hong_kong_utc_variants_in_utc(mock, bar, offset
     body = get(mock, "/api/v5/market/history-candles", instId="BTC-USDT", bar=bar, after=1704067200000).json()
     period = DAY if bar.startswith("1D") else 6 * HOUR
     assert {int(row[0]) % period for row in body["data"]} == {offset}
+
+
+def test_a_50011_slows_the_endpoint_once_per_window_and_quiet_windows_restore_it():
+    src = OkxSource(base_url="http://127.0.0.1:9")
+    limiter = src.clients["/api/v5/market/history-candles"].limiter
+    refused, fine = requests.Response(), requests.Response()
+    refused.status_code, fine.status_code = 429, 200
+    for _ in range(5):  # one burst of refusals counts once
+        with pytest.raises(RetryableError):
+            src._check(refused, {"msg": "Too Many Requests", "code": "50011"}, limiter)
+    assert limiter.capacity == 15 and src.rate_limited == 5
+    src._check(fine, {"code": "0", "msg": "", "data": []}, limiter)
+    assert limiter.capacity == 15  # not yet: the last change was just now
+    src._changed[limiter.name] -= 2 * limiter.window + 0.1  # two quiet windows later
+    src._check(fine, {"code": "0", "msg": "", "data": []}, limiter)
+    assert limiter.capacity == 16
