@@ -300,3 +300,18 @@ def test_coinm_archive_and_rest_agree(forge, fresh_mock, monkeypatch, tmp_path):
     _, rows = read_csv(tmp_path / "rest.csv")
     assert rows == expected("BTCUSD_PERP", "4h", "2020-08-01", str(NOW), Market.binance_coinm())
     assert int(rows[0][3]) == 1597104000000  # the listing, found through onboardDate
+
+
+def test_an_unreachable_archive_host_falls_back_to_rest_once_not_per_file(forge, mock, monkeypatch, tmp_path):
+    from conftest import read_csv
+
+    set_env(monkeypatch, mock)
+    monkeypatch.setenv("FORGE_BINANCE_ARCHIVE_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("FORGE_HTTP_MAX_ATTEMPTS", "2")
+    result = run(forge, tmp_path / "x.csv", "auto", "BTCUSDT", "1m", *RANGE, "--workers", "1")
+    _, rows = read_csv(tmp_path / "x.csv")
+    assert rows == expected("BTCUSDT", "1m", *RANGE)
+    assert origins(result.out) == {"rest": 4 * 1440}
+    assert stat(result.out, "archive_errors") == 1 and stat(result.out, "archive_fallbacks") == 4
+    assert stat(result.out, "archive_retries") == 1  # two attempts at the first file, then no more
+    assert stat(result.out, "archive_requests") == 0

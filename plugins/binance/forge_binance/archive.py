@@ -51,6 +51,10 @@ class ArchiveFailure(Exception):
     """A file that exists could not be obtained intact (bad zip, hopeless HTTP error)."""
 
 
+class ArchiveUnreachable(ArchiveFailure):
+    """The archive host did not answer at all (connection errors or timeouts until giving up)."""
+
+
 class ChecksumMismatch(ArchiveFailure):
     """The zip never matched its ``.CHECKSUM`` (or the checksum file was unreadable)."""
 
@@ -282,7 +286,8 @@ class ArchiveClient:
             log.info("retry", url=urlsplit(url).path, attempt=attempt, error=last, delay=round(delay, 2))
             if http.cancelled.wait(delay):
                 raise SourceError("cancelled")
-        raise ArchiveFailure(f"{path} still failing after {attempt} attempts: {last}")
+        error = ArchiveFailure if last.startswith("HTTP") else ArchiveUnreachable
+        raise error(f"{path} still failing after {attempt} attempts: {last}")
 
     def verified(self, path: str) -> bytes | None:
         """The zip at ``path`` after its ``.CHECKSUM`` matched, or None if either is missing (404).
@@ -337,6 +342,7 @@ class ArchiveFetcher:
 
     def __init__(self, client: ArchiveClient, market: str, source: str, rest: RestFetch, strict: bool) -> None:
         self.client, self.market, self.source, self.rest, self.strict = client, market, source, rest, strict
+        self.unreachable: str | None = None  # once the host is down, the other files go to REST at once
 
     def fetch(self, symbol: str, tf: Timeframe, f: ArchiveFile, start: int, end: int) -> OriginRows:
         parts: list[tuple[list[Row], str]] = []
@@ -352,12 +358,18 @@ class ArchiveFetcher:
                  parts: list[tuple[list[Row], str]]) -> None:
         name = f.name(symbol, tf)
         count = self.client.count
+        if self.unreachable is not None:
+            return self._instead(symbol, tf, name, start, end, self.unreachable, parts)
         try:
             data = self.client.verified(f.path(self.market, symbol, tf))
             rows = None if data is None else read_rows(data, self.source, symbol, tf, start, end)
         except ChecksumMismatch as exc:
             count("archive_checksum_failures")
             return self._instead(symbol, tf, name, start, end, f"failed verification: {exc}", parts)
+        except ArchiveUnreachable as exc:
+            count("archive_errors")
+            self.unreachable = f"could not be fetched: archive host unreachable ({exc})"
+            return self._instead(symbol, tf, name, start, end, self.unreachable, parts)
         except (ArchiveFailure, ValueError, IndexError, zipfile.BadZipFile) as exc:
             count("archive_errors")
             return self._instead(symbol, tf, name, start, end, f"unusable: {exc}", parts)

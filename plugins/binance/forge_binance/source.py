@@ -70,10 +70,11 @@ class BinanceSource(Source):
                envvar="FORGE_BINANCE_URL / FORGE_BINANCE_FUTURES_URL / FORGE_BINANCE_COINM_URL", metavar="URL"),
         Option("market", "Binance market: spot, usdm (USD-M futures) or coinm (COIN-M futures).",
                default="spot", choices=tuple(MARKETS)),
-        Option("archive", "Where history comes from: auto = checksum-verified data.binance.vision files "
-               "where they save requests, REST for the rest and for any file missing or failing "
-               "verification; archive = every published month and day from the archive, an error "
-               "instead of any REST substitute; rest = REST only.", default="auto", choices=ARCHIVE_MODES),
+        Option("archive", "Where Binance history comes from: auto = checksum-verified data.binance.vision "
+               "files where they save requests, REST for the rest and in place of any file missing or "
+               "failing verification (REST only if --base-url is overridden without --archive-url); "
+               "archive = every published month and day from the archive, an error instead of any REST "
+               "substitute; rest = REST only.", default="auto", choices=ARCHIVE_MODES),
         Option("archive_url", f"Archive host root (paths start /data/...), default {ARCHIVE_URL}.",
                envvar="FORGE_BINANCE_ARCHIVE_URL", metavar="URL"),
     )
@@ -242,9 +243,10 @@ class BinanceSource(Source):
             counts = self.archive.counts
             for key in ("archive_files", "archive_missing", "archive_checksum_failures", "archive_fallbacks"):
                 out[key] = counts[key]
-            for key in ("archive_gap_rows", "archive_errors", "archive_retries"):
-                if counts[key]:
-                    out[key] = counts[key]
+            retries = counts["archive_retries"] + self.archive.http.stats.retries
+            extra = {"archive_gap_rows": counts["archive_gap_rows"], "archive_errors": counts["archive_errors"],
+                     "archive_retries": retries}
+            out.update((k, v) for k, v in extra.items() if v)
             out["archive_requests"] = self.archive.http.stats.requests
         return out
 
