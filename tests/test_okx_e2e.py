@@ -86,6 +86,7 @@ def test_range_ending_now_leaves_out_the_open_bar(forge, exchange_env, in_tmp):
     ("BTC-USDT-SWAP", "1m", "2024-10-01", "2024-10-02"),  # the example
     ("BTC-USDT-SWAP", "4h", "2019-12-01", "2020-06-30"),  # listed 2019-12-10
     ("BTC-USDT-250328", "1h", "2024-12-01", "2025-03-15"),  # dated futures, up to now
+    ("BTC-USDT-240329", "4h", "2023-12-01", "2024-04-30"),  # expired: not in /public/instruments
 ])
 def test_derivatives_report_base_currency_volume(forge, exchange_env, in_tmp, symbol, tf, start, end):
     assert run(forge, "--symbol", symbol, "-t", tf, "--from", start, "--to", end, "--output", "out.csv").code == 0

@@ -35,6 +35,8 @@ SPOT_LISTED = 1515628800000  # 2018-01-11: the oldest BTC-USDT 1m bar OKX serves
 SWAP_LISTED = 1575936000000  # 2019-12-10
 FUTURES_LISTED = 1734076800000  # 2024-12-13 08:00 UTC
 FUTURES_EXPIRY = 1743148800000  # 2025-03-28 08:00 UTC
+EXPIRED_LISTED = 1703232000000  # 2023-12-22 08:00 UTC
+EXPIRED = 1711699200000  # 2024-03-29 08:00 UTC
 HK = 8 * HOUR
 RECENT_BARS = 1440  # what /market/candles keeps
 MAX_LIMIT = 300
@@ -58,6 +60,9 @@ INSTRUMENTS: dict[str, Instrument] = {i.inst_id: i for i in (
     Instrument(Listing("NEW-USDT", NEW_LISTED, (), 150), "SPOT"),  # listed mid-range
     Instrument(Listing("BTC-USDT-SWAP", SWAP_LISTED, (MAINTENANCE,), 4_200_000), "SWAP", "0.01"),
     Instrument(Listing("BTC-USDT-250328", FUTURES_LISTED, (), 4_200_000), "FUTURES", "0.01", FUTURES_EXPIRY),
+    # expired: gone from /public/instruments, its candles still served up to the expiry
+    Instrument(Listing("BTC-USDT-240329", EXPIRED_LISTED, ((EXPIRED, 1 << 62),), 4_200_000), "FUTURES", "0.01",
+               EXPIRED),
 )}
 
 
@@ -214,8 +219,8 @@ def instruments(mock: MockExchange, budget: Budget, req: Request) -> Response:
     if inst_type not in ("SPOT", "MARGIN", "SWAP", "FUTURES", "OPTION"):
         return envelope([], "51000", "Parameter instType error", 400)
     wanted = req.arg("instId")
-    found = [i for i in INSTRUMENTS.values()
-             if i.inst_type == inst_type and (wanted is None or i.inst_id == wanted)]
+    found = [i for i in INSTRUMENTS.values() if i.inst_type == inst_type and (wanted is None or i.inst_id == wanted)
+             and (i.exp_time is None or i.exp_time > mock.now())]  # OKX drops expired instruments
     if wanted is not None and not found:
         return envelope([], "51001", "Instrument ID, Instrument ID code, or Spread ID doesn't exist.")
     return envelope([_describe(i) for i in found])

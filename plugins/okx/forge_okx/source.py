@@ -169,10 +169,16 @@ class OkxSource(Source):
         be OKX's first bar, and skipping history that exists would lose candles."""
         params = {"instType": inst_type(symbol), "instId": symbol}
         try:
-            found = self._get(INSTRUMENTS, params, _data)
+            try:
+                found = self._get(INSTRUMENTS, params, _data)
+            except OkxError as exc:
+                if exc.code != "51001":
+                    raise
+                found = []
             match = [i for i in found if isinstance(i, dict) and i.get("instId") == symbol]
-            if not match:
-                raise OkxError(200, "51001", "not in /api/v5/public/instruments")
+            if not match:  # expired and delisted instruments leave the list but keep their candles
+                self._page(HISTORY, symbol, timeframe, self._now, limit=1)  # 51001 if OKX never had it
+                return SymbolInfo(symbol)
             listed = match[0].get("listTime")
             if not listed:
                 return SymbolInfo(symbol)
