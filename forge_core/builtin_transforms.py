@@ -14,11 +14,12 @@ from typing import Any
 from .errors import UsageError
 from .hookspecs import hookimpl
 from .options import Option
-from .records import Batch, Row
+from .records import CANDLE_COLUMNS, Batch, Row
 from .timeframes import Timeframe, parse_timeframe
 from .transforms import Transform
 
 _SUMMED = ("volume", "quote_volume", "trades", "taker_buy_base_volume", "taker_buy_quote_volume")
+"""Extra columns that add up over a period; others are dropped by ``resample``."""
 
 
 class Resample(Transform):
@@ -48,14 +49,16 @@ class Resample(Transform):
         ) or (self.target.ms is not None and source_tf.ms is None):
             raise UsageError(f"cannot resample {batch.timeframe} candles to {self.target.name}: "
                              "the target must be a coarser multiple")
-        cols = batch.columns
+        # keep the canonical columns and the additive extras; drop extras that cannot be aggregated
+        self._keep = [i for i, c in enumerate(batch.columns) if c in CANDLE_COLUMNS or c in _SUMMED]
+        cols = tuple(batch.columns[i] for i in self._keep)
         self._idx = {c: i for i, c in enumerate(cols)}
         self._folds = []
         for column in _SUMMED:
             if column in self._idx:
                 add = (lambda a, b: a + b) if column == "trades" else (lambda a, b: a + Decimal(b))
                 self._folds.append((self._idx[column], add))
-        self._template = batch
+        self._template = batch.with_rows([], cols)
 
     def apply(self, batch: Batch) -> Batch:
         if self._template is None or self._template.symbol != batch.symbol:
@@ -63,7 +66,10 @@ class Resample(Transform):
         i = self._idx
         h_, l_, c_ = i["high"], i["low"], i["close"]
         out: list[Row] = []
+        keep = self._keep
         for row in batch.rows:
+            if len(keep) != len(row):
+                row = tuple(row[k] for k in keep)
             period = self.target.floor(row[3])
             if period != self._open:
                 if self._acc is not None:
@@ -85,7 +91,7 @@ class Resample(Transform):
             acc[c_] = row[c_]
             for idx, add in self._folds:
                 acc[idx] = add(acc[idx], row[idx])
-        return batch.with_rows(out)
+        return self._template.with_rows(out) if self._template is not None else batch.with_rows(out)
 
     def _finish(self, out: list[Row]) -> None:
         acc, period = self._acc, self._open

@@ -112,3 +112,20 @@ def test_resample_refuses_finer_target():
 
     with pytest.raises(UsageError):
         Resample()
+
+
+def test_resample_drops_extra_columns_it_cannot_aggregate(forge, exchange_env, in_tmp):
+    from conftest import read_csv
+
+    result = forge("run", "-s", "okx", "--symbol", "BTC-USDT", "-t", "1h", "--from", "2024-02-01",
+                   "--to", "2024-02-03", "--transform", "resample", "--resample-to", "1d", "-q")
+    assert result.code == 0, result
+    header, rows = read_csv(in_tmp / "Okx-BTC-USDT-1h-2024-02-01_2024-02-03.csv")
+    assert header == ["source", "symbol", "timeframe", "open_ts", "end_ts", "open", "high", "low", "close",
+                      "volume", "quote_volume"]
+    assert [r[2] for r in rows] == ["1d"] * 3
+
+
+def test_a_failed_run_leaves_no_empty_part_file(forge, exchange_env, in_tmp):
+    assert forge("run", "-s", "binance", "--symbol", "NOSUCHUSDT", "--from", "2024-01-01", "-q").code == 1
+    assert not list(in_tmp.iterdir())

@@ -100,6 +100,8 @@ class CsvSink(Sink):
             f.handle.close()
             if ok:
                 os.replace(f.path + ".part", f.path)
+            elif f.header is None:
+                os.remove(f.path + ".part")  # nothing was ever written: nothing to resume
 
     def describe(self) -> str:
         return ", ".join(os.path.relpath(p) for p in self.files) or "csv"
