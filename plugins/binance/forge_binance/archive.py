@@ -227,6 +227,19 @@ def find_gaps(rows: list[Row], tf: Timeframe, start: int, end: int) -> list[tupl
     """Ranges of ``[start, end)`` where ``rows`` (ascending) skip a candle open."""
     gaps = []
     expect = tf.ceil(start)
+    if tf.ms is not None:  # the common case, without a method call per row
+        ms = tf.ms
+        for row in rows:
+            ts = row[OPEN_TS]
+            if ts != expect:
+                if ts >= end:
+                    break
+                if ts > expect:
+                    gaps.append((expect, ts))
+            expect = ts + ms
+        if expect < end:
+            gaps.append((expect, end))
+        return gaps
     for row in rows:
         ts = row[OPEN_TS]
         if ts >= end:
@@ -347,7 +360,7 @@ class ArchiveFetcher:
     def fetch(self, symbol: str, tf: Timeframe, f: ArchiveFile, start: int, end: int) -> OriginRows:
         parts: list[tuple[list[Row], str]] = []
         self._collect(symbol, tf, f, start, end, parts)
-        out = OriginRows(r for rows, _ in parts for r in rows)
+        out = OriginRows(parts[0][0] if len(parts) == 1 else (r for rows, _ in parts for r in rows))
         if len(parts) > 1:
             out.sort(key=lambda r: r[OPEN_TS])
         origins = sorted({origin for rows, origin in parts if rows})

@@ -209,3 +209,11 @@ def test_gaps():
     assert find_gaps(rows, tf, 0, 600_000) == [(0, 120_000), (240_000, 420_000), (480_000, 600_000)]
     assert find_gaps(rows, tf, 120_000, 240_000) == []
     assert find_gaps([], tf, 0, 120_000) == [(0, 120_000)]
+
+
+def test_gaps_in_calendar_months():
+    tf = parse_timeframe("1M")
+    jan, feb, mar, apr = ms("2024-01-01"), ms("2024-02-01"), ms("2024-03-01"), ms("2024-04-01")
+    rows = [("b", "S", "1M", t, 0) for t in (jan, mar)]
+    assert find_gaps(rows, tf, jan, apr) == [(feb, mar)]
+    assert find_gaps(rows, tf, jan, ms("2024-05-01")) == [(feb, mar), (apr, ms("2024-05-01"))]
