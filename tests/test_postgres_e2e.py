@@ -291,3 +291,43 @@ def test_server_restart_mid_run(restartable, exchange_env):
             assert table_rows(cur, table) == want
     finally:
         conn.close()
+
+
+def test_seed_postgres_emitter_example(exchange_env, secret_role, db):
+    """The seed's ``PostgresEmitter(host=..., password=...).set_model(...).on_conflict([...])``."""
+    from sqlalchemy import BigInteger, Column, Float, String
+    from sqlalchemy.orm import declarative_base
+
+    import forge_core as sf
+
+    url, password = secret_role
+    parts = make_url(url)
+    Base = declarative_base()
+    name = unique("seed")
+
+    class KlineTable(Base):
+        __tablename__ = name
+        source = Column(String, primary_key=True)
+        symbol = Column(String, primary_key=True)
+        timeframe = Column(String, primary_key=True)
+        open_ts = Column(BigInteger, primary_key=True)
+        end_ts = Column(BigInteger)
+        open = Column(Float)
+        high = Column(Float)
+        low = Column(Float)
+        close = Column(Float)
+        volume = Column(Float)
+
+    postgres = (sf.PostgresEmitter(host=parts.host, port=parts.port, dbname=parts.database,
+                                   user=parts.username, password=password)
+                .set_model(KlineTable)
+                .on_conflict(["source", "symbol", "timeframe", "open_ts"]))
+    backfiller = sf.BinanceBackfilling(symbol="BTCUSDT", timeframe="1h", from_date="2024-01-01",
+                                       to_date="2024-01-31")
+    backfiller.register_emitter(postgres)
+    for _ in range(2):
+        result = backfiller.run()
+        assert password not in result.summary()
+    want = expected("BTCUSDT", "2024-01-01", "2024-01-31", "1h")
+    got = table_rows(db, name, "source, symbol, timeframe, open_ts, end_ts, open, high, low, close, volume")
+    assert got == [(*r[:5], *(float(v) for v in r[5:10])) for r in want]

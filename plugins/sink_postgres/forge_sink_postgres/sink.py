@@ -121,6 +121,7 @@ class PostgresSink(Sink):
     def open(self, run: RunInfo) -> None:
         if self.model is not None:  # before creating its table
             check_model(self.model, run.columns, f"source {run.source}")
+        self.sent = self.changed = self.retries = 0
         self.conn = self.spec.connect_or_fail()
         try:
             self.table = self._prepare_table()
