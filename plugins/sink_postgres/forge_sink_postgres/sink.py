@@ -187,7 +187,9 @@ class PostgresSink(Sink):
             self._drop_connection()
 
     def describe(self) -> str:
-        mode = f"upsert on {','.join(self._key)}" if self._key else "plain inserts"
+        key = self._key
+        mode = (f"upsert on {','.join(key)}" if key else "plain inserts" if self.conflict is not None
+                else "upsert on the primary key")
         return (f"{self.spec.safe_url} table {self._label} ({mode}; {self.sent} rows sent, "
                 f"{self.changed} inserted or changed)")
 
