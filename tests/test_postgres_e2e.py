@@ -57,31 +57,43 @@ def run(forge, *args: str):
     return forge("run", "-s", "binance", "--sink", "postgres", "-q", *args)
 
 
-def test_default_table_exact_candles_and_safe_rerun(forge, pg_env, db):
-    db.execute("DROP TABLE IF EXISTS klines")
+@pytest.fixture
+def own_schema(db, pg_url: str, exchange_env, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh schema first on the search_path, so the default table ``klines`` is ours alone
+    (never an existing one in a FORGE_TEST_DATABASE_URL database)."""
+    schema = unique("s")
+    db.execute(f"CREATE SCHEMA {schema}")
+    url = make_url(pg_url).update_query_dict({"options": f"-csearch_path={schema}"})
+    monkeypatch.setenv("FORGE_DATABASE_URL", url.render_as_string(hide_password=False))
+    yield schema
+    db.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_default_table_exact_candles_and_safe_rerun(forge, own_schema, db):
+    klines = f"{own_schema}.klines"
     args = ("--symbol", "BTCUSDT,ETHUSDT", "--from", "2024-01-09", "--to", "2024-01-11")
     first = run(forge, *args)
     assert first.code == 0, first
     want = expected("BTCUSDT", "2024-01-09", "2024-01-11") + expected("ETHUSDT", "2024-01-09", "2024-01-11")
     assert len(want) > 8000  # three days of two symbols, minus the mock's maintenance hole
-    assert table_rows(db, "klines") == want
+    assert table_rows(db, klines) == want
     assert f"{len(want)} rows sent, {len(want)} inserted or changed" in first.out
 
     # damage some rows and delete others; the same command repairs them, and adds no duplicates
-    db.execute("UPDATE klines SET close = 0, volume = 0 WHERE symbol = 'ETHUSDT' AND open_ts % 7 = 0")
+    db.execute(f"UPDATE {klines} SET close = 0, volume = 0 WHERE symbol = 'ETHUSDT' AND open_ts % 7 = 0")
     damaged = db.rowcount
-    db.execute("DELETE FROM klines WHERE symbol = 'BTCUSDT' AND open_ts % 11 = 0")
+    db.execute(f"DELETE FROM {klines} WHERE symbol = 'BTCUSDT' AND open_ts % 11 = 0")
     deleted = db.rowcount
     assert damaged > 100 and deleted > 100
     second = run(forge, *args)
     assert second.code == 0, second
     assert f"{len(want)} rows sent, {damaged + deleted} inserted or changed" in second.out
-    assert table_rows(db, "klines") == want
+    assert table_rows(db, klines) == want
 
     # --from auto continues after the newest candle held
     third = run(forge, "--symbol", "BTCUSDT", "--from", "auto", "--to", "2024-01-12")
     assert third.code == 0, third
-    assert table_rows(db, "klines") == (expected("BTCUSDT", "2024-01-09", "2024-01-12")
+    assert table_rows(db, klines) == (expected("BTCUSDT", "2024-01-09", "2024-01-12")
                                         + expected("ETHUSDT", "2024-01-09", "2024-01-11"))
 
 
