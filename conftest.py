@@ -18,7 +18,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 # The mock exchanges' frozen clock: 2025-03-15 10:20:30.456 UTC. Every "now" in the tests.
 NOW = 1742034030456
-ENV_URLS = ("FORGE_BINANCE_URL", "FORGE_BINANCE_FUTURES_URL", "FORGE_OKX_URL", "FORGE_BINANCE_ARCHIVE_URL")
+ENV_URLS = ("FORGE_BINANCE_URL", "FORGE_BINANCE_FUTURES_URL", "FORGE_BINANCE_COINM_URL", "FORGE_OKX_URL",
+            "FORGE_BINANCE_ARCHIVE_URL")
 
 
 @pytest.fixture(scope="session")

