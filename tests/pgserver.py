@@ -13,6 +13,7 @@ every other role needs its password (``scram-sha-256``), so tests can try wrong 
 
 from __future__ import annotations
 
+import atexit
 import os
 import pwd
 import shutil
@@ -69,6 +70,8 @@ class PgServer:
         self._run("pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "30", "-o", opts, "start")
 
     def stop(self, remove: bool = True) -> None:
+        if not os.path.isdir(self.data):
+            return  # already stopped and removed
         self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop", check=False)
         if remove:
             shutil.rmtree(self.directory, ignore_errors=True)
@@ -110,6 +113,7 @@ def start(durable: bool = False) -> PgServer:
         server.stop()
         raise
     _current = server
+    atexit.register(server.stop)  # also on an interrupted session (idempotent after stop())
     return server
 
 
