@@ -70,9 +70,8 @@ class PgServer:
         self._run("pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "30", "-o", opts, "start")
 
     def stop(self, remove: bool = True) -> None:
-        if not os.path.isdir(self.data):
-            return  # already stopped and removed
-        self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop", check=False)
+        if os.path.isdir(self.data):  # else already stopped and removed, or never initialised
+            self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop", check=False)
         if remove:
             shutil.rmtree(self.directory, ignore_errors=True)
             global _current
