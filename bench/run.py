@@ -433,7 +433,7 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: list[Result], out: Path) -> Path | None:
+def plot(results: list[Result], out: Path, latency: float) -> Path | None:
     """candles/s of Forge (REST and archive), streamforge and ccxt, drawn by matplotlib in the ccxt venv."""
     bars = []
     for r in results:
@@ -456,7 +456,7 @@ def plot(results: list[Result], out: Path) -> Path | None:
         "ax.set_xlabel('candles per second (higher is better)'); ax.set_title(title,fontsize=10)\n"
         "ax.set_xlim(0,max(vals)*1.25); fig.tight_layout(); fig.savefig(png)\n"
     )
-    title = "BTCUSDT 1m, one year, same mock exchange (50 ms latency)"
+    title = f"BTCUSDT 1m, one year, same mock exchange ({latency * 1000:.0f} ms latency)"
     subprocess.run([str(python), "-c", code, json.dumps(bars), title, str(png)], check=True)
     return png
 
@@ -532,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     png = None
     try:
-        png = plot(results, out) if not args.quick else None
+        png = plot(results, out, args.latency) if not args.quick else None
     except (subprocess.CalledProcessError, OSError) as exc:
         print(f"plot not drawn: {exc}", file=sys.stderr)
     (out / "results.md").write_text(text + "\n")
