@@ -157,9 +157,9 @@ class Pipeline:
         auto = str(start).strip().lower() == "auto"
         start_ms, end_ms = parse_range("1970-01-01" if auto else str(start), str(end))
         source = self.source
-        info = RunInfo(source.name, source.label or source.name.title(), tuple(symbols), tf.name,
+        info = RunInfo(source.source_value, source.label or source.name.title(), tuple(symbols), tf.name,
                        start_ms, end_ms, source.columns)
-        result = self.result = RunResult(source.name, tf.name, start_ms, end_ms)
+        result = self.result = RunResult(source.source_value, tf.name, start_ms, end_ms)
         opened: list[Sink] = []
         ok = False
         try:
@@ -194,7 +194,7 @@ class Pipeline:
         """Where each symbol starts: the range start, or after what the sinks already hold
         (``--from auto``), or after what an interrupted run of this range committed."""
         starts = {}
-        name = self.source.name
+        name = self.source.source_value
         for symbol in symbols:
             begin = start
             if auto:
@@ -253,7 +253,7 @@ class Pipeline:
             clean, dropped = _clean(rows, task, now)
             result.duplicates_dropped += dropped
             if clean:
-                batch = Batch(self.source.name, task.symbol, tf.name, self.source.columns, clean, origin)
+                batch = Batch(self.source.source_value, task.symbol, tf.name, self.source.columns, clean, origin)
                 result.origins[origin] = result.origins.get(origin, 0) + len(clean)
                 uncommitted += self._emit(batch, result)
             total_done += tf.count(task.start, task.end)

@@ -69,6 +69,13 @@ class Source:
     def __init__(self, **options: Any) -> None:
         self.settings = settings("source", self.name, self.options, options)
 
+    @property
+    def source_value(self) -> str:
+        """What fills the ``source`` column and keys a sink's series: the plugin name, unless
+        one plugin serves markets whose symbols overlap (Binance spot and USD-M both have
+        ``BTCUSDT``), which then need a value per market, e.g. ``binance-usdm``."""
+        return self.name
+
     # -- optional hooks with sensible defaults ----------------------------------------------
     def server_time(self) -> int:
         """The exchange's clock in epoch ms; used to decide which candles are closed."""

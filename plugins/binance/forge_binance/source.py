@@ -79,12 +79,19 @@ class BinanceSource(Source):
                envvar="FORGE_BINANCE_ARCHIVE_URL", metavar="URL"),
     )
 
+    @property
+    def source_value(self) -> str:
+        return self._source_value
+
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.market = self.settings["market"] or "spot"
         if self.market not in MARKETS:
             raise UsageError(f"market {self.market!r} is not one of: {', '.join(MARKETS)}")
         spec = MARKETS[self.market]
+        # spot and futures share symbol names: futures rows say so in their source column and file name
+        self._source_value = "binance" if self.market == "spot" else f"binance-{self.market}"
+        self.label = "Binance" if self.market == "spot" else f"Binance-{self.market.upper()}"
         self.prefix = spec["prefix"]
         self.timeframes = spec["timeframes"]
         base_url = self.settings["base_url"] or os.environ.get(spec["env"]) or spec["url"]
@@ -102,7 +109,7 @@ class BinanceSource(Source):
             log.info("archive_off", reason="base URL overridden without an archive URL", base_url=base_url)
             self.archive_mode = "rest"
         self.archive = ArchiveClient(archive_url or ARCHIVE_URL)
-        self.archive_fetcher = ArchiveFetcher(self.archive, self.market, self.name, self._fetch_rest,
+        self.archive_fetcher = ArchiveFetcher(self.archive, self.market, self._source_value, self._fetch_rest,
                                               strict=self.archive_mode == "archive")
 
     # -- HTTP plumbing ----------------------------------------------------------------------
@@ -213,7 +220,7 @@ class BinanceSource(Source):
 
     def _klines(self, symbol: str, tf: Timeframe, params: dict[str, Any]) -> list[Row]:
         query = {"symbol": symbol, "interval": tf.name, **params}
-        name, tfname = self.name, tf.name
+        name, tfname = self._source_value, tf.name
 
         def parse(body: Any) -> list[Row]:
             if not isinstance(body, list):

@@ -21,7 +21,7 @@ def binance_rows(symbol: str, timeframe: str, start: int, end: int, now: int,
         if close >= now:
             break
         o, h, lo, c, v, qv, n, tb, tq = candle(listing, tf, ts)
-        rows.append(("binance", symbol, timeframe, ts, close, o, h, lo, c, v, qv, n, tb, tq))
+        rows.append((market.source, symbol, timeframe, ts, close, o, h, lo, c, v, qv, n, tb, tq))
     return rows
 
 

@@ -51,6 +51,7 @@ class Market:
 
     listings: dict[str, Listing] = field(default_factory=dict)
     test_symbols: bool = True
+    source: str = "binance"  # the source column a correct backfill of this market carries
 
     @classmethod
     def binance_spot(cls) -> Market:
@@ -68,12 +69,12 @@ class Market:
         return cls({
             "BTCUSDT": Listing("BTCUSDT", futures, (MAINTENANCE,), 4_200_000),
             "ETHUSDT": Listing("ETHUSDT", 1574812800000, (MAINTENANCE,), 250_000),
-        }, test_symbols=False)
+        }, test_symbols=False, source="binance-usdm")
 
     @classmethod
     def binance_coinm(cls) -> Market:
         return cls({"BTCUSD_PERP": Listing("BTCUSD_PERP", 1597104000000, (MAINTENANCE,), 4_200_000)},
-                   test_symbols=False)
+                   test_symbols=False, source="binance-coinm")
 
     def get(self, symbol: str) -> Listing | None:
         listing = self.listings.get(symbol)
