@@ -44,7 +44,9 @@ class Emitter:
         return setter
 
     def make(self) -> tuple[str, dict[str, Any]]:
-        return self.sink_name, dict(self.options)
+        """The sink's name and options: what was set, over the sink's ``compat_defaults``."""
+        defaults = getattr(Plugins().get("sink", self.sink_name), "compat_defaults", {})
+        return self.sink_name, {**defaults, **self.options}
 
 
 class Backfilling:

@@ -44,6 +44,9 @@ class Sink:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     options: ClassVar[tuple[Option, ...]] = ()
+    # option values the streamforge-style ``sf.<Name>Emitter`` starts from, where its defaults
+    # differ from Forge's (streamforge's PostgresEmitter inserts unless on_conflict() is called)
+    compat_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **options: Any) -> None:
         self.settings = settings("sink", self.name, self.options, options)

@@ -343,3 +343,57 @@ def test_seed_postgres_emitter_example(exchange_env, secret_role, db):
     want = expected("BTCUSDT", "2024-01-01", "2024-01-31", "1h")
     got = table_rows(db, name, "source, symbol, timeframe, open_ts, end_ts, open, high, low, close, volume")
     assert got == [(*r[:5], *(float(v) for v in r[5:10])) for r in want]
+
+
+def test_a_failed_run_resumes_from_forge_progress_and_a_complete_one_refetches(forge, pg_env, db, monkeypatch):
+    from conftest import NOW
+    from forge_mock_exchange import MockConfig, MockExchange
+
+    table = unique("resume")
+    args = ("--symbol", "BTCUSDT", "--from", "2024-01-05", "--to", "2024-01-14", "--table", table, "--archive", "rest",
+            "--workers", "1", "--commit-every", "1000")
+    want = expected("BTCUSDT", "2024-01-05", "2024-01-14")
+    monkeypatch.setenv("FORGE_HTTP_MAX_ATTEMPTS", "2")
+    with MockExchange(MockConfig(now=NOW, faults={"down": 1.0}, extra={"down_after": 8})) as broken:
+        monkeypatch.setenv("FORGE_BINANCE_URL", broken.url)
+        first = run(forge, *args)
+    assert first.code == 1 and "HTTP 503" in first.err
+    kept = table_rows(db, table)
+    assert kept == want[: len(kept)] and len(kept) >= 3000
+    db.execute("SELECT committed_end FROM forge_progress WHERE target = %s", (table,))
+    assert db.fetchall() == [(kept[-1][4],)]
+
+    with MockExchange(MockConfig(now=NOW)) as healthy:
+        monkeypatch.setenv("FORGE_BINANCE_URL", healthy.url)
+        second = run(forge, *args)
+        served = healthy.stats["binance.spot.candles"]
+    assert second.code == 0, second
+    assert "resumed BTCUSDT after" in second.out
+    assert table_rows(db, table) == want
+    assert served == len(want) - len(kept) + 1  # the rest, plus the one-candle listing probe
+    db.execute("SELECT count(*) FROM forge_progress WHERE target = %s", (table,))
+    assert db.fetchone() == (0,)
+
+    with MockExchange(MockConfig(now=NOW)) as again:  # a complete range re-runs in full (safe re-run)
+        monkeypatch.setenv("FORGE_BINANCE_URL", again.url)
+        assert run(forge, *args).code == 0
+        assert again.stats["binance.spot.candles"] == len(want) + 1
+    assert table_rows(db, table) == want
+
+
+def test_seed_emitter_without_on_conflict_inserts_plainly(pg_env, db, in_tmp):
+    import forge_core as sf
+
+    table = unique("plain")
+    emitter = sf.PostgresEmitter(database_url=pg_env, table=table)
+    backfiller = sf.BinanceBackfilling(symbol="BTCUSDT", timeframe="1h", from_date="2024-02-01", to_date="2024-02-02")
+    backfiller.register_emitter(emitter)
+    backfiller.run()
+    assert len(table_rows(db, table)) == 48
+    from forge_core.errors import SinkError
+
+    with pytest.raises(SinkError, match="duplicate key"):  # as documented: a plain re-run hits the key
+        backfiller.run()
+    emitter.on_conflict(["source", "symbol", "timeframe", "open_ts"])
+    backfiller.run()  # with upsert, the safe re-run
+    assert len(table_rows(db, table)) == 48

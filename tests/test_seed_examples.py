@@ -26,6 +26,7 @@ import pytest
 from forge_core.times import parse_range
 from forge_mock_exchange import MockConfig, MockExchange
 from forge_mock_exchange.expected import as_csv_lines, binance_rows
+from forge_mock_exchange.expected_okx import okx_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = next((ROOT.parent / "shared" / "seeds").glob("000_*.txt"))
@@ -167,4 +168,5 @@ def test_postgres_examples_loaded_exact_rows_without_duplicates(guide):
     full_year = len(expected("BTCUSDT", "1h", "2024-01-01", "2024-12-31", guide["started"]))
     assert {s: hourly.get(s) for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT", "ADAUSDT")} == dict.fromkeys(
         ("BTCUSDT", "ETHUSDT", "SOLUSDT", "ADAUSDT"), full_year)
-    assert okx_hours >= 366 * 24
+    lo, hi = parse_range("2024-01-01", "2024-12-31")
+    assert okx_hours == len(okx_rows("BTC-USDT", "1h", lo, hi, guide["started"]))

@@ -54,6 +54,13 @@ PLAIN = ("none", "no", "false", "off", "insert")
 # the command line is visible in the process list: use the URL from the environment, PGPASSWORD,
 # ~/.pgpass or --password-file there).
 CONNECTION_KWARGS = ("host", "port", "dbname", "user", "password")
+PROGRESS_TABLE = "forge_progress"
+# One row per series and run start while a run is incomplete: where its committed rows end.
+PROGRESS_DDL = """CREATE TABLE IF NOT EXISTS {} (
+    target text NOT NULL, source text NOT NULL, symbol text NOT NULL, timeframe text NOT NULL,
+    range_start bigint NOT NULL, committed_end bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (target, source, symbol, timeframe, range_start))"""
 
 
 class PostgresSink(Sink):
@@ -71,6 +78,8 @@ class PostgresSink(Sink):
                "or 'none' for plain inserts (re-runs then duplicate or fail).", metavar="COLUMNS|none"),
         Option("password_file", "File holding the database password (first line).", metavar="PATH"),
     )
+
+    compat_defaults = {"on_conflict": "none"}  # sf.PostgresEmitter inserts unless on_conflict() is called
 
     # Retrying a lost connection: backoff from RETRY_FIRST doubling to RETRY_MAX seconds,
     # giving up RETRY_FOR seconds after the first failure of a commit.
@@ -101,6 +110,9 @@ class PostgresSink(Sink):
         self.pending_rows = 0
         self._mappings: dict[tuple[str, ...], _Mapping] = {}
         self._stages: dict[tuple[str, ...], sql.Composable] = {}  # per connection
+        self.run: RunInfo | None = None
+        self.resumable = False
+        self.progress: dict[tuple[str, str], int] = {}  # (source, symbol) -> last end_ts kept, uncommitted
         self.sent = 0
         self.changed = 0
         self.retries = 0
@@ -122,9 +134,12 @@ class PostgresSink(Sink):
         if self.model is not None:  # before creating its table
             check_model(self.model, run.columns, f"source {run.source}")
         self.sent = self.changed = self.retries = 0
+        self.run = run
+        self.progress.clear()
         self.conn = self.spec.connect_or_fail()
         try:
             self.table = self._prepare_table()
+            self.resumable = self._prepare_progress()
             self._check(run.columns, f"source {run.source}")
             self._mappings.clear()
             self._stages.clear()
@@ -147,17 +162,20 @@ class PostgresSink(Sink):
             pending = self.pending[mapping.columns] = _Pending()
         pending.add(mapping, batch.rows)
         self.pending_rows += len(batch.rows)
+        if "end_ts" in batch.columns:
+            self.progress[(batch.source, batch.symbol)] = batch.rows[-1][batch.columns.index("end_ts")]
         if self.pending_rows >= self.MAX_PENDING_ROWS:
             self.commit()
 
     def commit(self) -> None:
         if not self.pending:
             return
-        changed = self._retrying(self._send, "commit")
+        changed = self._retrying(self._send_with_progress, "commit")
         self.sent += self.pending_rows
         self.changed += changed
         self.pending.clear()
         self.pending_rows = 0
+        self.progress.clear()
 
     def last_open(self, source: str, symbol: str, timeframe: str) -> int | None:
         table = self.table
@@ -177,14 +195,71 @@ class PostgresSink(Sink):
 
         return self._retrying(run, "last_open")
 
+    def resume_after(self, source: str, symbol: str, timeframe: str) -> int | None:
+        """Where an interrupted run with the same start committed up to, from ``forge_progress``."""
+        run_info = self.run
+        if run_info is None or not self.resumable:
+            return None
+        query = sql.SQL("SELECT committed_end FROM {} WHERE target = %s AND source = %s AND symbol = %s "
+                        "AND timeframe = %s AND range_start = %s").format(self._progress_table)
+
+        def run(cur: Any) -> int | None:
+            cur.execute(query, (self._label, source, symbol, timeframe, run_info.start))
+            found = cur.fetchone()
+            return None if found is None else int(found[0])
+
+        return self._retrying(run, "resume_after")
+
     def close(self, ok: bool) -> None:
         try:
             if ok:
                 self.commit()
+                if self.resumable:
+                    self._retrying(self._forget_progress, "close")  # complete: a re-run fetches anew
         finally:
             self.pending.clear()
             self.pending_rows = 0
+            self.progress.clear()
             self._drop_connection()
+
+    # -- progress, committed in the same transaction as the rows ----------------------------------
+    def _prepare_progress(self) -> bool:
+        """Create ``forge_progress`` if missing; without the rights to use it, resuming is off
+        (a re-run then fetches everything again, which upserts make harmless)."""
+        assert self.conn is not None
+        with self.conn.cursor() as cur:
+            cur.execute("SAVEPOINT forge_progress")
+            try:
+                cur.execute(sql.SQL(PROGRESS_DDL).format(self._progress_table))
+                cur.execute(sql.SQL("SELECT committed_end FROM {} WHERE false FOR UPDATE").format(self._progress_table))
+            except psycopg2.errors.InsufficientPrivilege as exc:
+                cur.execute("ROLLBACK TO SAVEPOINT forge_progress")
+                log.warning("postgres_resume_off", where=self.spec.where, reason=self.spec.reason(exc))
+                return False
+            cur.execute("RELEASE SAVEPOINT forge_progress")
+        return True
+
+    @property
+    def _progress_table(self) -> sql.Composable:
+        return sql.Identifier(self.schema, PROGRESS_TABLE) if self.schema else sql.Identifier(PROGRESS_TABLE)
+
+    def _send_with_progress(self, cur: Any) -> int:
+        changed = self._send(cur)
+        if self.run is not None and self.progress and self.resumable:
+            cur.executemany(sql.SQL(
+                "INSERT INTO {} (target, source, symbol, timeframe, range_start, committed_end) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (target, source, symbol, timeframe, range_start) "
+                "DO UPDATE SET committed_end = EXCLUDED.committed_end, updated_at = now()"
+            ).format(self._progress_table), [
+                (self._label, source, symbol, self.run.timeframe, self.run.start, end)
+                for (source, symbol), end in self.progress.items()])
+        return changed
+
+    def _forget_progress(self, cur: Any) -> None:
+        assert self.run is not None
+        cur.execute(sql.SQL("DELETE FROM {} WHERE target = %s AND source = %s AND timeframe = %s "
+                            "AND range_start = %s AND symbol = ANY(%s)").format(self._progress_table),
+                    (self._label, self.run.source, self.run.timeframe, self.run.start, list(self.run.symbols)))
 
     def describe(self) -> str:
         key = self._key
