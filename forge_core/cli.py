@@ -159,6 +159,8 @@ def _load_transform(plugins: Plugins, spec: str) -> Any:
     import importlib
 
     module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:  # a console script does not see the current directory
+        sys.path.append(os.getcwd())
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:

@@ -27,6 +27,21 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     )
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of each record (tests swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def configure(verbosity: int = 0, fmt: str = "console") -> None:
     """Send Forge's logs to stderr: warnings by default, info with ``-v``, debug with ``-vv``."""
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
@@ -35,7 +50,7 @@ def configure(verbosity: int = 0, fmt: str = "console") -> None:
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(processor=renderer))
     logger = logging.getLogger("forge")
     logger.handlers[:] = [handler]

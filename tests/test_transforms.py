@@ -129,3 +129,12 @@ def test_resample_drops_extra_columns_it_cannot_aggregate(forge, exchange_env, i
 def test_a_failed_run_leaves_no_empty_part_file(forge, exchange_env, in_tmp):
     assert forge("run", "-s", "binance", "--symbol", "NOSUCHUSDT", "--from", "2024-01-01", "-q").code == 1
     assert not list(in_tmp.iterdir())
+
+
+def test_console_script_finds_a_transform_module_in_the_current_directory(forge_process, mock, tmp_path):
+    (tmp_path / "local_fn.py").write_text("def tag(c):\n    return {**c, 'tag': 'x'}\n")
+    result = forge_process("run", "-s", "binance", "--symbol", "BTCUSDT", "-t", "1d", "--from", "2024-03-01",
+                           "--to", "2024-03-02", "--transform", "local_fn:tag", "--output", "o.csv",
+                           env={"FORGE_BINANCE_URL": mock.url}, cwd=tmp_path)
+    assert result.code == 0, result
+    assert (tmp_path / "o.csv").read_text().splitlines()[1].endswith(",x")
