@@ -42,6 +42,6 @@ def test_sink_output_is_atomic_and_identical(tmp_path):
     sink.commit()
     assert not (tmp_path / "BTCUSDT.csv").exists() and (tmp_path / "BTCUSDT.csv.part").exists()
     sink.close(True)
-    text = (tmp_path / "BTCUSDT.csv").read_text(newline="")
+    text = (tmp_path / "BTCUSDT.csv").read_bytes().decode()
     assert text == csv_writer_text([COLUMNS, *ROWS, *odd])
     assert list(tmp_path.iterdir()) == [tmp_path / "BTCUSDT.csv"]
