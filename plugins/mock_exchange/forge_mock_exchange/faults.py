@@ -94,7 +94,7 @@ def install(mock: MockExchange) -> None:
         _send(handler, replacement.status, replacement.body, replacement.headers)
         return True
 
-    mock.state["before_send"] = before_send
+    mock.before_send = before_send
 
 
 def _duplicate_rows(response: Response, rng: random.Random) -> None:

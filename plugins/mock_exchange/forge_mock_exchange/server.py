@@ -79,7 +79,8 @@ class MockExchange:
         self.prefixes: list[tuple[str, Handler]] = []
         self.stats: Counter[str] = Counter()
         self.lock = threading.Lock()
-        self.state: dict[str, Any] = {}
+        self.state: dict[str, Any] = {}  # per-route counters and windows; /mock/reset clears it
+        self.before_send: Callable[..., bool] | None = None  # the fault injector, if any
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         for name in ROUTE_MODULES:
@@ -149,7 +150,7 @@ class MockExchange:
                 if mock.config.latency:
                     time.sleep(mock.config.latency)
                 response = mock.dispatch(request)
-                hook = mock.state.get("before_send")
+                hook = mock.before_send
                 if hook is not None and hook(self, request, response):
                     return  # the fault injector wrote (or broke) the response itself
                 self.send_response(response.status)
