@@ -14,6 +14,7 @@ because the guide's "daily update" uses ``datetime.now()``.
 from __future__ import annotations
 
 import csv
+import functools
 import re
 import time
 from datetime import datetime, timezone
@@ -93,6 +94,7 @@ def read(path: Path) -> tuple[list[str], list[list[str]]]:
     return rows[0], rows[1:]
 
 
+@functools.lru_cache(maxsize=8)  # several tests compare against the same year
 def expected(symbol: str, tf: str, start: str, end: str, now: int) -> list[list[str]]:
     lo, hi = parse_range(start, end)
     return as_csv_lines(binance_rows(symbol, tf, lo, hi, now))
