@@ -57,6 +57,12 @@ class BybitSource(Source):
         # more with a 10-minute ban, so stay well under, with a margin for clock jitter.
         self.http = HttpClient(base_url, limiter=RateLimiter(500, 5.5, name="bybit"), check=self._check)
 
+    @property
+    def source_value(self) -> str:
+        """The "source" column: spot and linear both list BTCUSDT, so the category is part of it
+        (else their candles would overwrite each other in one table)."""
+        return "bybit" if self.category == "spot" else f"bybit-{self.category}"
+
     def _check(self, response: requests.Response, body: Any) -> None:
         """Map Bybit's answers to retry (RetryableError) or fail with one clear line (SourceError)."""
         if response.status_code == 403:  # the IP ban: retrying would only extend it
@@ -109,7 +115,7 @@ class BybitSource(Source):
         ``volume`` must be in the base asset: inverse contracts count volume in USD."""
         ts, tf = int(k[0]), task.timeframe
         base, quote = (k[6], k[5]) if self.category == "inverse" else (k[5], k[6])
-        return (self.name, task.symbol, tf.name, ts, tf.end_ts(ts), k[1], k[2], k[3], k[4], base, quote)
+        return (self.source_value, task.symbol, tf.name, ts, tf.end_ts(ts), k[1], k[2], k[3], k[4], base, quote)
 
     def stats(self) -> dict[str, int]:
         return self.http.stats.as_dict()  # requests, retries, 429s: shown in the run summary

@@ -133,3 +133,10 @@ def test_the_mock_answers_like_the_bybit_docs_example(bybit):
         [[type(x) for x in row] for row in real["result"]["list"]]
     opens = [int(row[0]) for row in ours["result"]["list"]]
     assert opens == sorted(opens, reverse=True)  # newest first, like the real one
+
+
+def test_each_category_has_its_own_source_value():
+    from forge_bybit.source import BybitSource
+
+    values = {c: BybitSource(category=c).source_value for c in ("spot", "linear", "inverse")}
+    assert values == {"spot": "bybit", "linear": "bybit-linear", "inverse": "bybit-inverse"}
