@@ -13,10 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from forge_core.timeframes import DAY, parse_timeframe
 from forge_core.times import parse_instant, parse_range
 from forge_mock_exchange import MockConfig, MockExchange
-from forge_mock_exchange.binance import USDM, Flavor, Weights, error, select
 from forge_mock_exchange.expected import as_csv_lines, binance_rows
 from forge_mock_exchange.market import Market
 
@@ -253,38 +251,8 @@ def test_mock_generates_a_month_of_minutes_quickly_and_caches_it(mock):
     print(f"1m month: generated in {cold:.2f}s, cached {warm:.3f}s")  # informative, not asserted
 
 
-# -- COIN-M: archive plus end-anchored REST (routes installed here; the mock has none) ------------
-def install_dapi(mock: MockExchange) -> None:
-    """``/dapi/v1`` as documented: end-anchored windows of at most 200 days, onboardDate."""
-    flavor = Flavor("coinm", "/dapi/v1", Market.binance_coinm(), USDM.intervals, 1500, USDM.params)
-    weights = Weights(mock, flavor)
-
-    def klines(req):
-        refused = weights.charge(2)
-        if refused is not None:
-            return refused
-        listing = flavor.market.get(req.arg("symbol") or "")
-        if listing is None:
-            return error(-1121, "Invalid symbol.")
-        tf = parse_timeframe(req.arg("interval") or "")
-        start, end, limit = int(req.arg("startTime")), int(req.arg("endTime")), int(req.arg("limit") or 500)
-        if end - start > 200 * DAY:
-            return error(-1127, "More than 200 days between startTime and endTime.")
-        rows = select(listing, tf, start, end, 10**9, mock.now())[-limit:]  # the latest `limit`
-        mock.count("dapi.requests")
-        return type(error(0, ""))(200, __import__("json").dumps(rows).encode())
-
-    def info(req):
-        return type(error(0, "")).json({"serverTime": mock.now(), "rateLimits": [], "symbols": [
-            {"symbol": s, "onboardDate": lst.listed} for s, lst in flavor.market.listings.items()]})
-
-    mock.route("/dapi/v1/klines", klines)
-    mock.route("/dapi/v1/exchangeInfo", info)
-    mock.route("/dapi/v1/time", lambda req: type(error(0, "")).json({"serverTime": mock.now()}))
-
-
+# -- COIN-M: archive plus the mock's end-anchored /dapi REST ------------------------------------
 def test_coinm_archive_and_rest_agree(forge, fresh_mock, monkeypatch, tmp_path):
-    install_dapi(fresh_mock)
     set_env(monkeypatch, fresh_mock)
     monkeypatch.setenv("FORGE_BINANCE_COINM_URL", fresh_mock.url)
     args = ("BTCUSD_PERP", "4h", "2020-07-01", "now", "--market", "coinm")

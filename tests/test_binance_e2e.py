@@ -212,3 +212,16 @@ def test_mock_error_bodies_match_the_real_ones(mock):
                                                             "startTime": 2, "endTime": 1})
     assert r.json() == {"code": -1023, "msg": real[-1023]}
     assert any(h.lower() == "x-mbx-used-weight-1m" for h in r.headers)
+
+
+def test_mock_coinm_windows_are_end_anchored_and_at_most_200_days(mock):
+    import requests
+
+    t = 1706745600000  # 2024-02-01
+    url = f"{mock.url}/dapi/v1/klines"
+    rows = requests.get(url, params={"symbol": "BTCUSD_PERP", "interval": "1h", "startTime": t,
+                                     "endTime": t + 10 * 3_600_000, "limit": 3}).json()
+    assert [r[0] for r in rows] == [t + h * 3_600_000 for h in (8, 9, 10)]
+    too_long = requests.get(url, params={"symbol": "BTCUSD_PERP", "interval": "1d", "startTime": t,
+                                         "endTime": t + 201 * 86_400_000})
+    assert too_long.status_code == 400 and too_long.json()["code"] == -1127

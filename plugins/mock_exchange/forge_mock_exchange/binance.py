@@ -1,4 +1,5 @@
-"""Binance spot (``/api/v3``) and USD-M futures (``/fapi/v1``) market-data endpoints.
+"""Binance spot (``/api/v3``), USD-M (``/fapi/v1``) and COIN-M (``/dapi/v1``, end-anchored
+windows of at most 200 days) market-data endpoints.
 
 Formats, errors and limits follow ``exchange-apis.md`` section A: 12-field kline rows with
 ints at 0/6/8; ``startTime <= openTime <= endTime``; 400 bodies ``{"code":-1121,...}``;
@@ -72,6 +73,8 @@ class Flavor:
 
 SPOT = Flavor("spot", "/api/v3", Market.binance_spot(), NAMES, 1000,
               frozenset({"symbol", "interval", "startTime", "endTime", "limit", "timeZone"}))
+COINM = Flavor("coinm", "/dapi/v1", Market.binance_coinm(), tuple(n for n in NAMES if n != "1s"), 1500,
+               frozenset({"symbol", "interval", "startTime", "endTime", "limit"}))
 USDM = Flavor("usdm", "/fapi/v1", Market.binance_usdm(), tuple(n for n in NAMES if n != "1s"), 1500,
               frozenset({"symbol", "interval", "startTime", "endTime", "limit"}))
 
@@ -187,6 +190,8 @@ def klines(mock: MockExchange, flavor: Flavor, weights: Weights, pages: PageCach
         if flavor.key != "spot":
             return error(-1023, "Start time is greater than end time.", **headers)
         return Response.json([], **headers)
+    if flavor.key == "coinm" and start is not None and end is not None and end - start > 200 * 86_400_000:
+        return error(-1127, "More than 200 days between startTime and endTime.", **headers)
     assert listing is not None
     tf = parse_timeframe(interval)
     now = mock.now()
@@ -196,7 +201,11 @@ def klines(mock: MockExchange, flavor: Flavor, weights: Weights, pages: PageCach
     if cached is not None:
         mock.count(f"binance.{flavor.key}.candles", cached[1])
         return Response(200, cached[0], headers)
-    rows = select(listing, tf, start, end, limit, now)
+    if flavor.key == "coinm" and start is not None and end is not None:
+        # COIN-M is end-anchored: the most recent `limit` rows between startTime and endTime
+        rows = [r for r in select(listing, tf, None, end, limit, now) if r[0] >= start]
+    else:
+        rows = select(listing, tf, start, end, limit, now)
     mock.count(f"binance.{flavor.key}.candles", len(rows))
     response = Response.json(rows, **headers)
     if closed:
@@ -258,6 +267,7 @@ def exchange_info(mock: MockExchange, flavor: Flavor, weights: Weights, req: Req
             return error(-1121, "Invalid symbol.", **{weights.header: weights.used()})
         base = name[:-4] if name.endswith("USDT") else name.split("_")[0][:-3]
         symbols.append({"symbol": name, "status": "TRADING", "baseAsset": base, "baseAssetPrecision": 8,
+                        **({"onboardDate": listing.listed} if flavor.key != "spot" else {}),
                         "quoteAsset": "USDT", "quotePrecision": 8, "quoteAssetPrecision": 8,
                         "orderTypes": ["LIMIT", "MARKET"], "isSpotTradingAllowed": flavor.key == "spot",
                         "filters": [], "permissions": ["SPOT"] if flavor.key == "spot" else []})
@@ -278,7 +288,7 @@ def exchange_info(mock: MockExchange, flavor: Flavor, weights: Weights, req: Req
 
 
 def install(mock: MockExchange) -> None:
-    for flavor in (SPOT, USDM):
+    for flavor in (SPOT, USDM, COINM):
         weights = Weights(mock, flavor)
 
         def _time(req: Request, w: Weights = weights) -> Response:
