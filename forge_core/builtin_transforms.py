@@ -15,7 +15,7 @@ from .errors import UsageError
 from .hookspecs import hookimpl
 from .options import Option
 from .records import CANDLE_COLUMNS, Batch, Row
-from .timeframes import Timeframe, parse_timeframe
+from .timeframes import DAY, Timeframe, parse_timeframe
 from .transforms import Transform
 
 _SUMMED = ("volume", "quote_volume", "trades", "taker_buy_base_volume", "taker_buy_quote_volume")
@@ -44,9 +44,10 @@ class Resample(Transform):
 
     def _prepare(self, batch: Batch) -> None:
         source_tf = parse_timeframe(batch.timeframe)
-        if source_tf.ms is not None and self.target.ms is not None and (
-            self.target.ms <= source_tf.ms or self.target.ms % source_tf.ms
-        ) or (self.target.ms is not None and source_tf.ms is None):
+        month_target = self.target.ms is None
+        if source_tf.ms is None or (month_target and DAY % source_tf.ms) or (
+            not month_target and (self.target.ms <= source_tf.ms or self.target.ms % source_tf.ms)
+        ):
             raise UsageError(f"cannot resample {batch.timeframe} candles to {self.target.name}: "
                              "the target must be a coarser multiple")
         # keep the canonical columns and the additive extras; drop extras that cannot be aggregated
@@ -103,7 +104,7 @@ class Resample(Transform):
         acc[2] = self.target.name
         acc[4] = self.target.end_ts(period)
         acc[3] = period
-        out.append(tuple(str(v) if isinstance(v, Decimal) else v for v in acc))
+        out.append(tuple(format(v, "f") if isinstance(v, Decimal) else v for v in acc))
 
     def end_series(self) -> Batch | None:
         if self._acc is None or self._template is None:

@@ -17,6 +17,7 @@ symbol, the sinks commit.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -157,8 +158,11 @@ class Pipeline:
         auto = str(start).strip().lower() == "auto"
         start_ms, end_ms = parse_range("1970-01-01" if auto else str(start), str(end))
         source = self.source
+        if self.result is not None:
+            raise UsageError("a Pipeline runs once; build a new one for the next run")
         info = RunInfo(source.source_value, source.label or source.name.title(), tuple(symbols), tf.name,
-                       start_ms, end_ms, source.columns)
+                       start_ms, end_ms, source.columns,
+                       transforms=";".join(f"{t.label}{sorted(t.settings.items())}" for t in self.transforms))
         result = self.result = RunResult(source.source_value, tf.name, start_ms, end_ms)
         opened: list[Sink] = []
         ok = False
@@ -183,7 +187,7 @@ class Pipeline:
                 except Exception:
                     if ok:
                         raise
-                    log.warning("sink_close_failed", sink=sink.name, exc_info=True)
+                    log.warning("sink_close_failed", sink=sink.name, error=str(sys.exc_info()[1]))
             result.destinations = [s.describe() for s in self.sinks]
             source.close()
         log.info("run_done", summary=result.summary())

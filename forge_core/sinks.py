@@ -22,6 +22,7 @@ class RunInfo:
     end: int
     columns: tuple[str, ...]
     extra: dict[str, Any] = field(default_factory=dict)
+    transforms: str = ""  # the transform chain, names and options: part of a run's identity for resume
 
     @property
     def start_label(self) -> str:

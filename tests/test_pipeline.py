@@ -195,3 +195,10 @@ def test_pipelines_share_nothing():
         Pipeline(FakeSource(), [MemorySink()], plugins=Plugins(entry_points=False))
     assert one.source is not two.source and one.sinks[0] is not two.sinks[0]
     assert one.plugins is not two.plugins
+
+
+def test_a_pipeline_runs_once():
+    pipeline = Pipeline(FakeSource(), [MemorySink()], plugins=Plugins(entry_points=False))
+    pipeline.run("A", "1m", "2024-01-01", "2024-01-01 00:09")
+    with pytest.raises(UsageError, match="a Pipeline runs once; build a new one"):
+        pipeline.run("A", "1m", "2024-01-01", "2024-01-01 00:09")

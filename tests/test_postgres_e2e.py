@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
 import textwrap
 import threading
@@ -397,3 +398,41 @@ def test_seed_emitter_without_on_conflict_inserts_plainly(pg_env, db, in_tmp):
     emitter.on_conflict(["source", "symbol", "timeframe", "open_ts"])
     backfiller.run()  # with upsert, the safe re-run
     assert len(table_rows(db, table)) == 48
+
+
+def _interrupted(forge, monkeypatch, *args):
+    """Run with an exchange that goes down after a few requests; the run fails midway."""
+    from conftest import NOW
+    from forge_mock_exchange import MockConfig, MockExchange
+
+    monkeypatch.setenv("FORGE_HTTP_MAX_ATTEMPTS", "1")
+    with MockExchange(MockConfig(now=NOW, faults={"down": 1.0}, extra={"down_after": 6})) as broken:
+        monkeypatch.setenv("FORGE_BINANCE_URL", broken.url)
+        assert run(forge, *args).code == 1
+    monkeypatch.setenv("FORGE_BINANCE_URL", os.environ["FORGE_BINANCE_ARCHIVE_URL"])  # the healthy shared mock
+
+
+def test_csv_and_postgres_together_resume_without_duplicates(forge, pg_env, db, monkeypatch, in_tmp):
+    from conftest import read_csv
+
+    table = unique("both")
+    args = ("--sink", "csv", "--symbol", "BTCUSDT", "--from", "2024-01-05", "--to", "2024-01-08", "--table", table,
+            "--archive", "rest", "--workers", "1", "--commit-every", "1500", "--output", "both.csv")
+    _interrupted(forge, monkeypatch, *args)
+    again = run(forge, *args)
+    assert again.code == 0, again
+    want = expected("BTCUSDT", "2024-01-05", "2024-01-08")
+    _, rows = read_csv(in_tmp / "both.csv")
+    assert [tuple(r[:3]) + (int(r[3]), int(r[4])) for r in rows] == [w[:5] for w in want]
+    assert [r[:5] for r in table_rows(db, table)] == [w[:5] for w in want]
+
+
+def test_a_resample_run_and_a_plain_run_do_not_share_progress(forge, pg_env, db, monkeypatch):
+    table = unique("tf")
+    base = ("--symbol", "BTCUSDT", "--from", "2024-01-05", "--to", "2024-01-07", "--table", table,
+            "--archive", "rest", "--workers", "1", "--commit-every", "100")
+    _interrupted(forge, monkeypatch, *base, "--transform", "resample", "--resample-to", "1h")
+    plain = run(forge, *base)
+    assert plain.code == 0 and "resumed" not in plain.out
+    db.execute(f"SELECT {CANON} FROM {table} WHERE timeframe = '1m' ORDER BY open_ts")
+    assert db.fetchall() == expected("BTCUSDT", "2024-01-05", "2024-01-07")

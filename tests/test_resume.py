@@ -3,6 +3,7 @@ exactly, without fetching again what was committed."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -93,4 +94,31 @@ def test_a_torn_last_line_is_cut_before_resuming(forge_process, tmp_path):
               "taker_buy_base_volume,taker_buy_quote_volume")
     text = header + "\n" + "\n".join(",".join(r) for r in head) + "\n" + ",".join(expected("BTCUSDT")[1500])[:37]
     (tmp_path / (FILES[0] + ".part")).write_text(text)
+    identity = {"source": "binance", "symbols": ["BTCUSDT"], "timeframe": "1m",
+                "start": parse_range("2024-01-01", "2024-01-20")[0], "end_day": "2024-01-20", "transforms": ""}
+    (tmp_path / (FILES[0] + ".part.meta")).write_text(json.dumps(identity))
     finish_and_check(forge_process, tmp_path)
+
+
+@pytest.mark.parametrize("first,second", [
+    (("2024-01-01 00:00", "2024-01-01 23:00"), ("2024-01-01 05:00", "2024-01-01")),  # later start
+    (("2024-01-01 06:00", "2024-01-01"), ("2024-01-01", "2024-01-01")),  # earlier start
+])
+def test_a_part_file_of_another_run_is_not_resumed(forge, monkeypatch, tmp_path, first, second):
+    from conftest import read_csv
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FORGE_HTTP_MAX_ATTEMPTS", "1")
+    with MockExchange(MockConfig(now=NOW, faults={"down": 1.0}, extra={"down_after": 4})) as broken:
+        monkeypatch.setenv("FORGE_BINANCE_URL", broken.url)
+        assert forge("run", "-s", "binance", "--symbol", "BTCUSDT", "--from", first[0], "--to", first[1],
+                     "--output", "x.csv", "--commit-every", "100", "--workers", "1", "-q").code == 1
+    assert (tmp_path / "x.csv.part").stat().st_size > 0
+    with MockExchange(MockConfig(now=NOW)) as healthy:
+        monkeypatch.setenv("FORGE_BINANCE_URL", healthy.url)
+        result = forge("run", "-s", "binance", "--symbol", "BTCUSDT", "--from", second[0], "--to", second[1],
+                       "--output", "x.csv", "-q")
+    assert result.code == 0 and "resumed" not in result.out
+    _, rows = read_csv(tmp_path / "x.csv")
+    lo, hi = parse_range(*second)
+    assert rows == as_csv_lines(binance_rows("BTCUSDT", "1m", lo, hi, NOW))

@@ -138,3 +138,27 @@ def test_console_script_finds_a_transform_module_in_the_current_directory(forge_
                            env={"FORGE_BINANCE_URL": mock.url}, cwd=tmp_path)
     assert result.code == 0, result
     assert (tmp_path / "o.csv").read_text().splitlines()[1].endswith(",x")
+
+
+def test_resample_writes_plain_decimals_never_exponents():
+    from forge_core import Batch
+    from forge_core.builtin_transforms import Resample
+
+    cols = ("source", "symbol", "timeframe", "open_ts", "end_ts", "open", "high", "low", "close", "volume")
+    rows = [("x", "S", "1m", t * 60_000, t * 60_000 + 59_999, "0.00000012", "0.00000012", "0.00000011",
+             "0.00000012", "0.00000000") for t in range(60)]
+    r = Resample(resample_to="1h")
+    r.start_series("S", 0, 3_600_000)
+    out = r.apply(Batch("x", "S", "1m", cols, rows)).rows + r.end_series().rows
+    assert out == [("x", "S", "1h", 0, 3_599_999, "0.00000012", "0.00000012", "0.00000011", "0.00000012",
+                    "0.00000000")]
+
+
+@pytest.mark.parametrize("source_tf,target", [("1w", "1M"), ("3d", "1M"), ("3d", "1w"), ("1M", "1d")])
+def test_resample_refuses_periods_that_do_not_nest(source_tf, target):
+    from forge_core import Batch
+    from forge_core.builtin_transforms import Resample
+
+    cols = ("source", "symbol", "timeframe", "open_ts", "end_ts", "open", "high", "low", "close", "volume")
+    with pytest.raises(UsageError, match=f"cannot resample {source_tf} candles to {target}"):
+        Resample(resample_to=target).apply(Batch("x", "S", source_tf, cols, [("x", "S", source_tf, 0, 1, "1", "1", "1", "1", "1")]))

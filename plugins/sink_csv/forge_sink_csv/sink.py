@@ -12,6 +12,7 @@ cut off) and appends the rest. ``output`` may name one file (all symbols togethe
 from __future__ import annotations
 
 import csv
+import json
 import os
 from dataclasses import dataclass
 from typing import IO, Any
@@ -60,17 +61,26 @@ class CsvSink(Sink):
 
     def open(self, run: RunInfo) -> None:
         self.run = run
+        self.files.clear()
+        self.by_symbol.clear()
+        paths: dict[str, list[str]] = {}
         for symbol in run.symbols:
-            path = os.path.abspath(self.path_for(run, symbol))
-            if path not in self.files:
-                part = path + ".part"
-                header, resume = _scan_partial(part, run.timeframe)
-                try:
-                    handle = open(part, "a" if header else "w", newline="", encoding="utf-8")  # noqa: SIM115 (closed in close())
-                except OSError as exc:
-                    raise SinkError(f"cannot write CSV {part}: {exc.strerror}") from None
-                self.files[path] = _File(path, handle, csv.writer(handle), header, resume)
-            self.by_symbol[symbol] = self.files[path]
+            paths.setdefault(os.path.abspath(self.path_for(run, symbol)), []).append(symbol)
+        for path, symbols in paths.items():
+            part = path + ".part"
+            identity = _identity(run, symbols)
+            # resume only the .part of this very run (same source, symbols, start, transforms...)
+            same_run = _read_identity(part) == identity
+            header, resume = _scan_partial(part, run.timeframe) if same_run else (None, None)
+            try:
+                handle = open(part, "a" if header else "w", newline="", encoding="utf-8")  # noqa: SIM115 (closed in close())
+                with open(part + ".meta", "w", encoding="utf-8") as meta:
+                    json.dump(identity, meta)
+            except OSError as exc:
+                raise SinkError(f"cannot write CSV {part}: {exc.strerror}") from None
+            f = _File(path, handle, csv.writer(handle), header, resume)
+            for symbol in symbols:
+                self.files[path] = self.by_symbol[symbol] = f
 
     def resume_after(self, source: str, symbol: str, timeframe: str) -> int | None:
         f = self.by_symbol.get(symbol)
@@ -78,6 +88,13 @@ class CsvSink(Sink):
 
     def write(self, batch: Batch) -> None:
         f = self.by_symbol[batch.symbol]
+        done = f.resume.get(batch.symbol) if f.resume else None
+        if done is not None and "end_ts" in batch.columns:  # another sink resumed from further back
+            i = batch.columns.index("end_ts")
+            rows = [r for r in batch.rows if r[i] > done]
+            if not rows:
+                return
+            batch = batch.with_rows(rows)
         if f.header is None:
             f.header = list(batch.columns)
             f.writer.writerow(f.header)
@@ -104,11 +121,27 @@ class CsvSink(Sink):
             f.handle.close()
             if ok:
                 os.replace(f.path + ".part", f.path)
+                os.remove(f.path + ".part.meta")
             elif f.header is None:
                 os.remove(f.path + ".part")  # nothing was ever written: nothing to resume
+                os.remove(f.path + ".part.meta")
 
     def describe(self) -> str:
         return ", ".join(os.path.relpath(p) for p in self.files) or "csv"
+
+
+def _identity(run: RunInfo, symbols: list[str]) -> dict[str, Any]:
+    """What makes a run the same run, for resuming its ``.part`` (the end may move: ``--to now``)."""
+    return {"source": run.source, "symbols": symbols, "timeframe": run.timeframe, "start": run.start,
+            "end_day": run.end_label, "transforms": run.transforms}
+
+
+def _read_identity(part: str) -> dict[str, Any] | None:
+    try:
+        with open(part + ".meta", encoding="utf-8") as meta:
+            return json.load(meta)
+    except (OSError, ValueError):
+        return None
 
 
 def _scan_partial(part: str, timeframe: str) -> tuple[list[str] | None, dict[str, int] | None]:

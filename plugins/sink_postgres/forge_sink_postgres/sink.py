@@ -58,9 +58,9 @@ PROGRESS_TABLE = "forge_progress"
 # One row per series and run start while a run is incomplete: where its committed rows end.
 PROGRESS_DDL = """CREATE TABLE IF NOT EXISTS {} (
     target text NOT NULL, source text NOT NULL, symbol text NOT NULL, timeframe text NOT NULL,
-    range_start bigint NOT NULL, committed_end bigint NOT NULL,
+    range_start bigint NOT NULL, transforms text NOT NULL, committed_end bigint NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (target, source, symbol, timeframe, range_start))"""
+    PRIMARY KEY (target, source, symbol, timeframe, range_start, transforms))"""
 
 
 class PostgresSink(Sink):
@@ -112,6 +112,7 @@ class PostgresSink(Sink):
         self._stages: dict[tuple[str, ...], sql.Composable] = {}  # per connection
         self.run: RunInfo | None = None
         self.resumable = False
+        self.resumed: dict[tuple[str, str], int] = {}  # (source, symbol) -> where this run resumed
         self.progress: dict[tuple[str, str], int] = {}  # (source, symbol) -> last end_ts kept, uncommitted
         self.sent = 0
         self.changed = 0
@@ -136,6 +137,7 @@ class PostgresSink(Sink):
         self.sent = self.changed = self.retries = 0
         self.run = run
         self.progress.clear()
+        self.resumed.clear()
         self.conn = self.spec.connect_or_fail()
         try:
             self.table = self._prepare_table()
@@ -154,6 +156,10 @@ class PostgresSink(Sink):
                  conflict=",".join(self._key) or "none (plain inserts)")
 
     def write(self, batch: Batch) -> None:
+        done = self.resumed.get((batch.source, batch.symbol))
+        if done is not None and "end_ts" in batch.columns:  # another sink resumed from further back
+            i = batch.columns.index("end_ts")
+            batch = batch.with_rows([r for r in batch.rows if r[i] > done])
         if not batch.rows:
             return
         mapping = self._mapping(batch.columns)
@@ -201,14 +207,17 @@ class PostgresSink(Sink):
         if run_info is None or not self.resumable:
             return None
         query = sql.SQL("SELECT committed_end FROM {} WHERE target = %s AND source = %s AND symbol = %s "
-                        "AND timeframe = %s AND range_start = %s").format(self._progress_table)
+                        "AND timeframe = %s AND range_start = %s AND transforms = %s").format(self._progress_table)
 
         def run(cur: Any) -> int | None:
-            cur.execute(query, (self._label, source, symbol, timeframe, run_info.start))
+            cur.execute(query, (self._label, source, symbol, timeframe, run_info.start, run_info.transforms))
             found = cur.fetchone()
             return None if found is None else int(found[0])
 
-        return self._retrying(run, "resume_after")
+        done = self._retrying(run, "resume_after")
+        if done is not None:
+            self.resumed[(source, symbol)] = done
+        return done
 
     def close(self, ok: bool) -> None:
         try:
@@ -247,19 +256,21 @@ class PostgresSink(Sink):
         changed = self._send(cur)
         if self.run is not None and self.progress and self.resumable:
             cur.executemany(sql.SQL(
-                "INSERT INTO {} (target, source, symbol, timeframe, range_start, committed_end) "
-                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (target, source, symbol, timeframe, range_start) "
+                "INSERT INTO {} (target, source, symbol, timeframe, range_start, transforms, committed_end) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (target, source, symbol, timeframe, range_start, transforms) "
                 "DO UPDATE SET committed_end = EXCLUDED.committed_end, updated_at = now()"
             ).format(self._progress_table), [
-                (self._label, source, symbol, self.run.timeframe, self.run.start, end)
+                (self._label, source, symbol, self.run.timeframe, self.run.start, self.run.transforms, end)
                 for (source, symbol), end in self.progress.items()])
         return changed
 
     def _forget_progress(self, cur: Any) -> None:
         assert self.run is not None
         cur.execute(sql.SQL("DELETE FROM {} WHERE target = %s AND source = %s AND timeframe = %s "
-                            "AND range_start = %s AND symbol = ANY(%s)").format(self._progress_table),
-                    (self._label, self.run.source, self.run.timeframe, self.run.start, list(self.run.symbols)))
+                            "AND range_start = %s AND transforms = %s AND symbol = ANY(%s)").format(self._progress_table),
+                    (self._label, self.run.source, self.run.timeframe, self.run.start, self.run.transforms,
+                     list(self.run.symbols)))
 
     def describe(self) -> str:
         key = self._key
