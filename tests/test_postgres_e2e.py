@@ -436,3 +436,36 @@ def test_a_resample_run_and_a_plain_run_do_not_share_progress(forge, pg_env, db,
     assert plain.code == 0 and "resumed" not in plain.out
     db.execute(f"SELECT {CANON} FROM {table} WHERE timeframe = '1m' ORDER BY open_ts")
     assert db.fetchall() == expected("BTCUSDT", "2024-01-05", "2024-01-07")
+
+
+class _LostAck:
+    """A connection whose first COMMIT of candles reaches the server but whose answer is lost."""
+
+    lost = 0
+
+    def __init__(self, conn, sink) -> None:
+        self._conn, self._sink = conn, sink
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+    def commit(self) -> None:
+        self._conn.commit()
+        if _LostAck.lost == 0 and self._sink.pending_rows:
+            _LostAck.lost += 1
+            raise psycopg2.OperationalError("server closed the connection unexpectedly")
+
+
+def test_a_lost_commit_acknowledgement_does_not_duplicate_plain_inserts(pg_env, db, monkeypatch, in_tmp):
+    from forge_sink_postgres.sink import PostgresSink
+
+    real = PostgresSink._connection
+    _LostAck.lost = 0
+    monkeypatch.setattr(PostgresSink, "_connection", lambda self: _LostAck(real(self), self))
+    monkeypatch.setattr(PostgresSink, "RETRY_FIRST", 0.01)
+    table = unique("ack")
+    result = Pipeline("binance", [("postgres", {"table": table, "on_conflict": "none"})]).run(
+        "BTCUSDT", "1h", "2024-02-01", "2024-02-03")
+    assert _LostAck.lost == 1 and result.total == 72
+    db.execute(f"SELECT count(*), count(DISTINCT open_ts) FROM {table}")
+    assert db.fetchone() == (72, 72)

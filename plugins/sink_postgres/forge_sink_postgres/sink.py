@@ -176,7 +176,16 @@ class PostgresSink(Sink):
     def commit(self) -> None:
         if not self.pending:
             return
-        changed = self._retrying(self._send_with_progress, "commit")
+        attempts = 0
+
+        def send(cur: Any) -> int:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and self._committed_already(cur):
+                return 0  # the connection died after the server committed: sending again would duplicate
+            return self._send_with_progress(cur)
+
+        changed = self._retrying(send, "commit")
         self.sent += self.pending_rows
         self.changed += changed
         self.pending.clear()
@@ -264,6 +273,16 @@ class PostgresSink(Sink):
                 (self._label, source, symbol, self.run.timeframe, self.run.start, self.run.transforms, end)
                 for (source, symbol), end in self.progress.items()])
         return changed
+
+    def _committed_already(self, cur: Any) -> bool:
+        """Did the previous attempt of this commit reach the server? Its progress rows tell."""
+        if self.run is None or not self.resumable or not self.progress:
+            return False
+        cur.execute(sql.SQL("SELECT source, symbol, committed_end FROM {} WHERE target = %s AND timeframe = %s "
+                            "AND range_start = %s AND transforms = %s").format(self._progress_table),
+                    (self._label, self.run.timeframe, self.run.start, self.run.transforms))
+        stored = {(source, symbol): end for source, symbol, end in cur.fetchall()}
+        return all(stored.get(key) == end for key, end in self.progress.items())
 
     def _forget_progress(self, cur: Any) -> None:
         assert self.run is not None
