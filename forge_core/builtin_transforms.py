@@ -38,6 +38,9 @@ class Resample(Transform):
         self._template: Batch | None = None
         self._folds: list[tuple[int, Callable[[Any, Any], Any]]] = []
 
+    def output_timeframe(self, timeframe: str) -> str:
+        return self.target.name
+
     def start_series(self, symbol: str, start: int, end: int) -> None:
         self._range = (start, end)
         self._open, self._acc = None, None

@@ -162,7 +162,8 @@ class Pipeline:
             raise UsageError("a Pipeline runs once; build a new one for the next run")
         info = RunInfo(source.source_value, source.label or source.name.title(), tuple(symbols), tf.name,
                        start_ms, end_ms, source.columns,
-                       transforms=";".join(f"{t.label}{sorted(t.settings.items())}" for t in self.transforms))
+                       transforms=";".join(f"{t.label}{sorted(t.settings.items())}" for t in self.transforms),
+                       output_timeframe=_output_timeframe(self.transforms, tf.name))
         result = self.result = RunResult(source.source_value, tf.name, start_ms, end_ms)
         opened: list[Sink] = []
         ok = False
@@ -373,6 +374,12 @@ def _clean(rows: list[Row], task: Task, now: int) -> tuple[list[Row], int]:
         dropped += len(out) - len(unique)
         out = [unique[ts] for ts in sorted(unique)]
     return out, dropped
+
+
+def _output_timeframe(transforms: list[Transform], timeframe: str) -> str:
+    for transform in transforms:
+        timeframe = transform.output_timeframe(timeframe)
+    return timeframe
 
 
 def _symbols(symbols: str | Iterable[str]) -> list[str]:

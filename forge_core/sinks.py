@@ -23,6 +23,7 @@ class RunInfo:
     columns: tuple[str, ...]
     extra: dict[str, Any] = field(default_factory=dict)
     transforms: str = ""  # the transform chain, names and options: part of a run's identity for resume
+    output_timeframe: str = ""  # of the rows sinks receive, after transforms (e.g. resample)
 
     @property
     def start_label(self) -> str:

@@ -25,6 +25,10 @@ class Transform:
     def __init__(self, **options: Any) -> None:
         self.settings = settings("transform", self.name, self.options, options)
 
+    def output_timeframe(self, timeframe: str) -> str:
+        """The timeframe of the candles this transform emits, given the ones it receives."""
+        return timeframe
+
     def start_series(self, symbol: str, start: int, end: int) -> None:
         """A new series begins; its candles open in ``[start, end)``."""
 

@@ -61,7 +61,7 @@ def test_resample_via_cli_and_select_renames(forge, exchange_env, in_tmp):
                    "--to", "2024-02-07", "--transform", "resample", "--resample-to", "1d",
                    "--transform", "select", "--columns", "open_ts,close:price,volume", "-q")
     assert result.code == 0, result
-    header, rows = read_csv(in_tmp / "Binance-ETHUSDT-1h-2024-02-01_2024-02-07.csv")
+    header, rows = read_csv(in_tmp / "Binance-ETHUSDT-1d-2024-02-01_2024-02-07.csv")  # named by what it holds
     assert header == ["open_ts", "price", "volume"]
     lo, hi = parse_range("2024-02-01", "2024-02-07")
     hourly = binance_rows("ETHUSDT", "1h", lo, hi, exchange_env.config.now)
@@ -120,7 +120,7 @@ def test_resample_drops_extra_columns_it_cannot_aggregate(forge, exchange_env, i
     result = forge("run", "-s", "okx", "--symbol", "BTC-USDT", "-t", "1h", "--from", "2024-02-01",
                    "--to", "2024-02-03", "--transform", "resample", "--resample-to", "1d", "-q")
     assert result.code == 0, result
-    header, rows = read_csv(in_tmp / "Okx-BTC-USDT-1h-2024-02-01_2024-02-03.csv")
+    header, rows = read_csv(in_tmp / "Okx-BTC-USDT-1d-2024-02-01_2024-02-03.csv")
     assert header == ["source", "symbol", "timeframe", "open_ts", "end_ts", "open", "high", "low", "close",
                       "volume", "quote_volume"]
     assert [r[2] for r in rows] == ["1d"] * 3

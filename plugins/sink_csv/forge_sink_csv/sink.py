@@ -49,10 +49,11 @@ class CsvSink(Sink):
 
     def path_for(self, run: RunInfo, symbol: str) -> str:
         template = self.settings["output"]
-        values = {"source": run.source_label, "symbol": symbol, "timeframe": run.timeframe,
+        timeframe = run.output_timeframe or run.timeframe  # what the file holds, after a resample
+        values = {"source": run.source_label, "symbol": symbol, "timeframe": timeframe,
                   "start": run.start_label, "end": run.end_label}
         if not template:
-            return default_name(run.source_label, symbol, run.timeframe, run.start_label, run.end_label)
+            return default_name(run.source_label, symbol, timeframe, run.start_label, run.end_label)
         try:
             return str(template).format(**values)
         except (KeyError, IndexError, ValueError) as exc:
