@@ -14,6 +14,7 @@ every other role needs its password (``scram-sha-256``), so tests can try wrong 
 from __future__ import annotations
 
 import atexit
+import glob
 import os
 import pwd
 import shutil
@@ -53,7 +54,7 @@ class PgServer:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{DATABASE}"
 
     def _run(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        cmd = list(args)
+        cmd = [_binary(args[0]), *args[1:]]
         if self.user is not None:  # drop root: postgres refuses to run as root
             cmd = ["runuser", "-u", self.user, "--", *cmd]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.directory,
@@ -147,3 +148,16 @@ def _tail(path: str, lines: int = 5) -> str:
             return " | ".join(f.read().splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def _binary(name: str) -> str:
+    """A PostgreSQL server program: on PATH, else in Debian's /usr/lib/postgresql/<version>/bin."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+                        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    if not candidates:
+        raise RuntimeError(f"{name} not found on PATH or in /usr/lib/postgresql/*/bin: install PostgreSQL "
+                           "(apt-get install postgresql) or set FORGE_TEST_DATABASE_URL")
+    return candidates[-1]
