@@ -115,6 +115,19 @@ class HttpStats:
         return out
 
 
+class GaveUp(SourceError):
+    """A request still failing after its retries. ``status`` is the last HTTP status, or
+    ``None`` when the last attempt could not reach the host at all."""
+
+    def __init__(self, message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Cancelled(SourceError):
+    """The client was closed (the run stopped) while a request was waiting to retry."""
+
+
 def _retry_after(response: requests.Response) -> float | None:
     value = response.headers.get("Retry-After")
     if value is None:
@@ -126,8 +139,8 @@ def _retry_after(response: requests.Response) -> float | None:
 
 
 def default_check(response: requests.Response, body: Any) -> None:
-    """Treat 429 and 5xx as retryable, other non-2xx statuses as final."""
-    if response.status_code == 429 or response.status_code >= 500:
+    """Treat 408, 429 and 5xx as retryable, other non-2xx statuses as final."""
+    if response.status_code in (408, 429) or response.status_code >= 500:
         raise RetryableError(f"HTTP {response.status_code}", _retry_after(response))
     if response.status_code >= 400:
         raise SourceError(f"HTTP {response.status_code} from {urlsplit(response.url).path}: {str(body)[:200]}")
@@ -200,39 +213,61 @@ class HttpClient:
         """GET ``base_url + path`` and return the decoded JSON body (or ``parse(body)``),
         retrying transient faults. ``parse`` raising ``ValueError``, ``TypeError``,
         ``KeyError`` or ``IndexError`` marks the body malformed, which is retried too."""
+
+        def read(response: requests.Response) -> Any:
+            if on_response is not None:
+                on_response(response)
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            self.check(response, body)
+            if body is None and response.status_code < 300:
+                raise RetryableError(f"malformed JSON body (HTTP {response.status_code})")
+            if parse is None:
+                return body
+            try:
+                return parse(body)
+            except (ValueError, TypeError, KeyError, IndexError) as exc:
+                raise RetryableError(f"malformed body: {type(exc).__name__}: {_short(exc)}") from None
+
+        return self._get(path, params, cost, read)
+
+    def get_bytes(self, path: str, params: Mapping[str, Any] | None = None, *, cost: float = 1.0) -> bytes | None:
+        """GET a file: its bytes, or ``None`` for a 404 (no such file), with the same retries."""
+
+        def read(response: requests.Response) -> bytes | None:
+            if response.status_code == 404:
+                return None
+            self.check(response, None)
+            return response.content
+
+        return self._get(path, params, cost, read)
+
+    def _get(self, path: str, params: Mapping[str, Any] | None, cost: float,
+             read: Callable[[requests.Response], Any]) -> Any:
+        """The retry loop: ``read`` turns a response into the result, or raises
+        :class:`RetryableError` (try again) or another :class:`ForgeError` (final)."""
         url = self.base_url + path
         started = time.monotonic()
-        last_error = "no attempt made"
+        last_error, last_status = "no attempt made", None
         for attempt in range(1, self.max_attempts + 1):
             if self.cancelled.is_set():
-                raise SourceError("cancelled")
+                raise Cancelled("cancelled")
             if self.limiter is not None:
                 self.limiter.acquire(cost)
             retry_after: float | None = None
             try:
                 response = self.session.get(url, params=params, timeout=self.timeout)
                 self.stats.count(response.status_code)
-                if on_response is not None:
-                    on_response(response)
-                try:
-                    body = response.json()
-                except ValueError:
-                    body = None
-                self.check(response, body)
-                if body is None and response.status_code < 300:
-                    raise RetryableError(f"malformed JSON body (HTTP {response.status_code})")
-                if parse is None:
-                    return body
-                try:
-                    return parse(body)
-                except (ValueError, TypeError, KeyError, IndexError) as exc:
-                    raise RetryableError(f"malformed body: {type(exc).__name__}: {_short(exc)}") from None
+                last_status = response.status_code
+                return read(response)
             except RetryableError as exc:
                 last_error, retry_after = str(exc), exc.retry_after
             except ForgeError:
                 raise
             except requests.exceptions.RequestException as exc:
-                last_error = f"{type(exc).__name__}: {_short(exc)}"
+                last_error, last_status = f"{type(exc).__name__}: {_short(exc)}", None
             if attempt == self.max_attempts or time.monotonic() - started > self.give_up_after:
                 break
             delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * (0.5 + random.random())
@@ -243,10 +278,11 @@ class HttpClient:
             self.stats.count(retry=True)
             log.info("retry", url=urlsplit(url).path, attempt=attempt, error=last_error, delay=round(delay, 2))
             if self.cancelled.wait(delay):
-                raise SourceError("cancelled")
-        raise SourceError(
+                raise Cancelled("cancelled")
+        raise GaveUp(
             f"{urlsplit(url).netloc}{urlsplit(url).path} still failing after {attempt} attempts "
-            f"over {time.monotonic() - started:.0f}s: {last_error}"
+            f"over {time.monotonic() - started:.0f}s: {last_error}",
+            last_status,
         )
 
     def close(self) -> None:

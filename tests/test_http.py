@@ -125,3 +125,23 @@ def test_parse_errors_count_as_malformed_and_retry(server):
         return body["ok"]
 
     assert client.get_json("/p", parse=parse) == 2
+
+
+def test_get_bytes_retries_like_get_json_and_says_none_for_404(server):
+    handler, calls = _flaky([503])
+    server.route("/file.zip", lambda req: Response(200, b"PK-bytes") if handler(req).status == 200
+                 else Response(503, b"busy"))
+    client = HttpClient(server.url, backoff=0.01)
+    assert client.get_bytes("/file.zip") == b"PK-bytes" and client.stats.retries == 1
+    assert client.get_bytes("/missing.zip") is None  # the mock's 404
+
+
+def test_giving_up_says_whether_the_host_answered(server):
+    from forge_core.http import GaveUp
+
+    server.route("/down", lambda req: Response(503, b""))
+    with pytest.raises(GaveUp) as answered:
+        HttpClient(server.url, backoff=0.01, max_attempts=2).get_bytes("/down")
+    with pytest.raises(GaveUp) as unreachable:
+        HttpClient("http://127.0.0.1:9", backoff=0.01, max_attempts=2).get_bytes("/x")
+    assert answered.value.status == 503 and unreachable.value.status is None

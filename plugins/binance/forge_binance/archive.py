@@ -15,20 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import io
-import random
 import re
 import threading
-import time
 import zipfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from urllib.parse import urlsplit
-
-import requests
 
 from forge_core import HttpClient, SourceError, Timeframe
+from forge_core.http import Cancelled, GaveUp
 from forge_core.logs import get_logger
 from forge_core.records import OPEN_TS, Row
 from forge_core.timeframes import DAY
@@ -254,8 +250,8 @@ def find_gaps(rows: list[Row], tf: Timeframe, start: int, end: int) -> list[tupl
 
 # -- download -----------------------------------------------------------------------------------
 class ArchiveClient:
-    """GETs files from the archive host with the same retry rules as :class:`HttpClient`
-    (backoff with jitter, ``Retry-After``, bounded attempts); 404 means "no such file"."""
+    """Verified files from the archive host, through :meth:`HttpClient.get_bytes` (its
+    retries and backoff; 404 means "no such file")."""
 
     def __init__(self, base_url: str) -> None:
         self.http = HttpClient(base_url, headers={"Accept": "*/*"})
@@ -267,40 +263,16 @@ class ArchiveClient:
             self.counts[key] += n
 
     def get(self, path: str) -> bytes | None:
-        """The body of ``path``, or None for a 404; ArchiveFailure when retrying is hopeless."""
-        http = self.http
-        url = http.base_url + path
-        started = time.monotonic()
-        last = "no attempt made"
-        for attempt in range(1, http.max_attempts + 1):
-            if http.cancelled.is_set():
-                raise SourceError("cancelled")
-            retry_after: float | None = None
-            try:
-                with http.session.get(url, timeout=http.timeout, stream=True) as response:
-                    status = response.status_code
-                    http.stats.count(status)
-                    if status == 404:
-                        return None
-                    if status < 300:
-                        return response.content
-                    last = f"HTTP {status}"
-                    if status not in (408, 429) and status < 500:
-                        raise ArchiveFailure(f"{path}: HTTP {status}")
-                    value = response.headers.get("Retry-After")
-                    retry_after = float(value) if value and value.isdigit() else None
-            except requests.exceptions.RequestException as exc:
-                last = f"{type(exc).__name__}: {str(exc)[:160]}"
-            if attempt == http.max_attempts or time.monotonic() - started > http.give_up_after:
-                break
-            delay = min(http.max_backoff, http.backoff * 2 ** (attempt - 1)) * (0.5 + random.random())
-            delay = max(delay, retry_after or 0.0)
-            http.stats.count(retry=True)
-            log.info("retry", url=urlsplit(url).path, attempt=attempt, error=last, delay=round(delay, 2))
-            if http.cancelled.wait(delay):
-                raise SourceError("cancelled")
-        error = ArchiveFailure if last.startswith("HTTP") else ArchiveUnreachable
-        raise error(f"{path} still failing after {attempt} attempts: {last}")
+        """The body of ``path``, or None for a 404; ArchiveFailure when retrying is hopeless
+        (ArchiveUnreachable when the host itself could not be reached)."""
+        try:
+            return self.http.get_bytes(path)
+        except Cancelled:
+            raise
+        except GaveUp as exc:
+            raise (ArchiveUnreachable if exc.status is None else ArchiveFailure)(f"{path}: {exc}") from None
+        except SourceError as exc:  # a final status, e.g. 403
+            raise ArchiveFailure(f"{path}: {exc}") from None
 
     def verified(self, path: str) -> bytes | None:
         """The zip at ``path`` after its ``.CHECKSUM`` matched, or None if either is missing (404).
@@ -314,7 +286,7 @@ class ArchiveClient:
                 self.count("archive_retries")
                 log.info("archive_retry", file=name, attempt=attempt, problem=problem)
                 if self.http.cancelled.wait(0.2 * attempt):
-                    raise SourceError("cancelled")
+                    raise Cancelled("cancelled")
             text = self.get(path + ".CHECKSUM")
             if text is None:
                 return None
