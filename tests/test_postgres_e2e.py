@@ -24,15 +24,6 @@ CANON = "source, symbol, timeframe, open_ts, end_ts, open::text, high::text, low
 
 
 @pytest.fixture
-def db(pg_url: str) -> Iterator[psycopg2.extensions.cursor]:
-    conn = psycopg2.connect(pg_url)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        yield cur
-    conn.close()
-
-
-@pytest.fixture
 def pg_env(monkeypatch: pytest.MonkeyPatch, pg_url: str, exchange_env) -> str:
     monkeypatch.setenv("FORGE_DATABASE_URL", pg_url)
     return pg_url

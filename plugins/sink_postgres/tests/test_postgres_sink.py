@@ -4,7 +4,6 @@ the suite starts, or ``FORGE_TEST_DATABASE_URL``)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import psycopg2
 import pytest
@@ -40,15 +39,6 @@ def load(sink: PostgresSink, *batches: list[tuple], columns: tuple[str, ...] = C
     sink.commit()
     sink.close(True)
     return sink
-
-
-@pytest.fixture
-def db(pg_url: str) -> Iterator[psycopg2.extensions.cursor]:
-    conn = psycopg2.connect(pg_url)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        yield cur
-    conn.close()
 
 
 @pytest.fixture
