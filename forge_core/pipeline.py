@@ -241,7 +241,7 @@ class Pipeline:
         tasks = (task for _, task_list, _ in plans for task in task_list)
         expected_by_symbol = {symbol: expected for symbol, _, expected in plans}
         # a series covers time up to the close of its last candle
-        ranges = {symbol: (tasks[0].start, tf.ceil(tasks[-1].end)) for symbol, tasks, _ in plans if tasks}
+        ranges = {symbol: (planned[0].start, tf.ceil(planned[-1].end)) for symbol, planned, _ in plans if planned}
         current: str | None = None
         for symbol, _, _ in plans:
             result.rows.setdefault(symbol, 0)
@@ -274,12 +274,13 @@ class Pipeline:
             self._end_series(current, tf, result)
         self._commit()
 
-    def _emit(self, batch: Batch | None, result: RunResult) -> int:
-        for transform in self.transforms:
-            if batch is None or not batch.rows:
+    def _emit(self, batch: Batch, result: RunResult, transforms: list[Transform] | None = None) -> int:
+        """Pass ``batch`` through ``transforms`` (default: all) and write what is left."""
+        for transform in self.transforms if transforms is None else transforms:
+            if not batch.rows:
                 return 0
             batch = _apply(transform, batch)
-        if batch is None or not batch.rows:
+        if not batch.rows:
             return 0
         for sink in self.sinks:
             sink.write(batch)
@@ -292,17 +293,8 @@ class Pipeline:
         written = 0
         for i, transform in enumerate(self.transforms):
             tail = transform.end_series()
-            if tail is None or not tail.rows:
-                continue
-            for later in self.transforms[i + 1:]:
-                tail = _apply(later, tail)
-                if not tail.rows:
-                    break
-            if tail.rows:
-                for sink in self.sinks:
-                    sink.write(tail)
-                result.rows[symbol] = result.rows.get(symbol, 0) + len(tail.rows)
-                written += len(tail.rows)
+            if tail is not None:
+                written += self._emit(tail, result, self.transforms[i + 1:])
         return written
 
     def _commit(self) -> None:
