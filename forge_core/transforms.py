@@ -33,7 +33,8 @@ class Transform:
         """A new series begins; its candles open in ``[start, end)``."""
 
     def apply(self, batch: Batch) -> Batch:
-        raise NotImplementedError
+        """The abstract method every transform overrides."""
+        raise NotImplementedError(f"transform {self.name!r} does not implement apply()")
 
     def end_series(self) -> Batch | None:
         return None
