@@ -107,6 +107,17 @@ def run_command(plugins: Plugins) -> click.Command:
             commit_every=kw["commit_every"],
             on_progress=progress,
         )
+        if kw["follow"]:  # never-ending: forge_core/follow.py
+            from .follow import run_cli
+
+            if kw["to"] != "now":
+                raise UsageError(f"--follow runs until stopped; drop --to {kw['to']}")
+            auto = str(kw["from_"]).strip().lower() == "auto"
+            code = run_cli(pipeline, kw["symbol"], kw["timeframe"], kw["since"] or (None if auto else kw["from_"]),
+                           lag_warning=kw["lag_warning"], quiet=kw["quiet"], echo=click.echo)
+            if code:
+                raise click.exceptions.Exit(code)
+            return
         try:
             result = pipeline.run(kw["symbol"], kw["timeframe"], kw["from_"], kw["to"])
         except KeyboardInterrupt:
@@ -139,6 +150,14 @@ def run_command(plugins: Plugins) -> click.Command:
         click.Option(["--commit-every"], type=click.IntRange(1), default=50_000, show_default=True,
                      help="Commit the sinks at least every N rows (and at the end of each symbol)."),
         click.Option(["--quiet", "-q"], is_flag=True, help="No progress display."),
+        # --follow (docs/follow.md)
+        click.Option(["--follow"], is_flag=True,
+                     help="After the backfill, keep every series current until SIGTERM/Ctrl-C: each candle "
+                          "is committed right after it closes (exchange time). CSV files are appended to."),
+        click.Option(["--since"], metavar="WHEN",
+                     help="With --from auto or --follow: where a series the sinks do not hold yet starts."),
+        click.Option(["--lag-warning"], type=click.FloatRange(0), default=30.0, show_default=True,
+                     metavar="SECONDS", help="--follow: warn when a series falls this far behind."),
     ]
     params += [_click_option(opt) for opt, _ in declared.values()]
     return click.Command(

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ForgeError, SourceError, UsageError
 from .logs import get_logger
@@ -34,6 +34,9 @@ from .sources import Source, Task
 from .timeframes import Timeframe, parse_timeframe
 from .times import iso, parse_range
 from .transforms import RowFunction, Transform
+
+if TYPE_CHECKING:
+    from .follow import Follower
 
 log = get_logger(__name__)
 
@@ -193,6 +196,15 @@ class Pipeline:
             source.close()
         log.info("run_done", summary=result.summary())
         return result
+
+    def follow(self, symbols: str | Sequence[str], timeframe: str, *, since: str | int | None,
+               **options: Any) -> Follower:
+        """A :class:`~forge_core.follow.Follower` that backfills, then keeps the series current
+        until stopped: ``pipeline.follow(["BTCUSDT"], "1m", since="2024-01-01").run()``.
+        Options: see :class:`~forge_core.follow.Follower`."""
+        from .follow import Follower
+
+        return Follower(self, symbols, timeframe, since=since, **options)
 
     def _starts(self, symbols: list[str], tf: Timeframe, start: int, auto: bool,
                 result: RunResult) -> dict[str, int]:

@@ -24,6 +24,9 @@ class RunInfo:
     extra: dict[str, Any] = field(default_factory=dict)
     transforms: str = ""  # the transform chain, names and options: part of a run's identity for resume
     output_timeframe: str = ""  # of the rows sinks receive, after transforms (e.g. resample)
+    # a never-ending run (--follow): every commit must leave the rows readable in their final
+    # place at once (no temporary file renamed at the end); ``end`` means nothing then
+    follow: bool = False
 
     @property
     def start_label(self) -> str:

@@ -27,10 +27,13 @@ ROUTE_MODULES = ("binance", "okx", "binance_archive", "faults")
 class MockConfig:
     """Knobs of the mock. ``now`` freezes the exchanges' clock (epoch ms) for deterministic
     tests; ``None`` follows the real clock. ``weight_window`` shortens Binance's one-minute
-    rate-limit window (benchmarks); the advertised limits scale with it."""
+    rate-limit window (benchmarks); the advertised limits scale with it. ``clock_offset`` (ms,
+    settable while serving) puts the real-time clock ahead (or behind, negative) of this
+    machine's, as a real exchange's may be."""
 
     latency: float = 0.0
     now: int | None = None
+    clock_offset: int = 0
     binance_weight_limit: int = 6000
     binance_futures_weight_limit: int = 2400
     weight_window: int = 60
@@ -108,7 +111,9 @@ class MockExchange:
         self.prefixes.append((prefix, handler))
 
     def now(self) -> int:
-        return self.config.now if self.config.now is not None else time.time_ns() // 1_000_000
+        if self.config.now is not None:
+            return self.config.now
+        return time.time_ns() // 1_000_000 + self.config.clock_offset
 
     def count(self, key: str, n: int = 1) -> None:
         with self.lock:
