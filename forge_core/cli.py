@@ -250,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     # logging must be ready before plugins load (a broken plugin logs a warning)
     configure(*_logging_args(args))
     try:
-        build_cli().main(args=args, prog_name="forge", standalone_mode=False)
-        return 0
+        code = build_cli().main(args=args, prog_name="forge", standalone_mode=False)
+        return code if isinstance(code, int) else 0  # a command's click.exceptions.Exit(code)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort:
