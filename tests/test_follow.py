@@ -1,0 +1,213 @@
+"""``forge run --follow`` end to end: the ``forge`` command in a subprocess against a mock
+exchange on real time (1s candles, so a test takes seconds). Every check compares the files
+with the candles the synthetic market defines, from ``--since`` to the last one written."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from forge_mock_exchange import MockConfig, MockExchange
+from forge_mock_exchange.expected import as_csv_lines, binance_rows
+from forge_mock_exchange.server import Request, Response
+
+SECOND = 1000
+
+
+@pytest.fixture
+def live_mock() -> Iterator[MockExchange]:
+    """A mock on real time whose clock runs 2.5 s behind this machine's: a follower that
+    trusted the local clock would take the candle still open at the exchange for closed."""
+    with MockExchange(MockConfig(now=None, clock_offset=-2500)) as server:
+        yield server
+
+
+class Follow:
+    """One ``forge run --follow`` process writing ``f-{symbol}.csv`` in ``cwd``."""
+
+    def __init__(self, mock: MockExchange, cwd: Path, symbols: str, since: int, *extra: str,
+                 env: dict[str, str] | None = None) -> None:
+        self.cwd = cwd
+        args = ["forge", "-v", "--log-format", "json", "run", "-s", "binance", "--symbol", symbols, "-t", "1s",
+                "--from", "auto", "--since", str(since), "--follow", "--output", "f-{symbol}.csv", *extra]
+        self.proc = subprocess.Popen(args, cwd=cwd, env={**os.environ, "FORGE_BINANCE_URL": mock.url, **(env or {})},
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     stdin=subprocess.DEVNULL)
+        self.err_lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.err_lines.append(line)
+
+    def events(self, name: str) -> list[dict]:
+        out = []
+        for line in list(self.err_lines):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == name:
+                out.append(event)
+        return out
+
+    def wait_rows(self, symbol: str, until_open: int, timeout: float = 20) -> None:
+        """Until the file holds the candle opening at ``until_open`` (exchange time)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = read_rows(self.cwd / f"f-{symbol}.csv")
+            if rows and int(rows[-1][3]) >= until_open:
+                return
+            assert self.proc.poll() is None, (self.proc.returncode, "".join(self.err_lines[-20:]))
+            time.sleep(0.05)
+        raise AssertionError(f"{symbol} did not reach {until_open}: {''.join(self.err_lines[-20:])}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> tuple[int, str]:
+        self.proc.send_signal(sig)
+        out, _ = self.proc.communicate(timeout=timeout)
+        self._reader.join(5)
+        return self.proc.returncode, out
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.communicate(timeout=10)
+        self._reader.join(5)
+
+
+def read_rows(path: Path) -> list[list[str]]:
+    import csv
+
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[1:]
+
+
+def check_exact(path: Path, symbol: str, since: int) -> list[list[str]]:
+    """The file is exactly the market's closed candles from ``since`` to its last row."""
+    with open(path, newline="") as f:
+        lines = f.read().splitlines()
+    assert lines[0].startswith("source,symbol,timeframe,open_ts,end_ts")
+    rows = read_rows(path)
+    assert rows, path
+    last = int(rows[-1][3])
+    expected = as_csv_lines(binance_rows(symbol, "1s", since, last + SECOND, last + SECOND))
+    assert len(rows) == len(expected), (len(rows), len(expected))
+    assert rows == expected
+    return rows
+
+
+def mock_now(mock: MockExchange) -> int:
+    return mock.now()
+
+
+def test_follow_writes_every_closed_candle_once_and_never_an_open_one(live_mock: MockExchange, tmp_path: Path) -> None:
+    since = (mock_now(live_mock) // SECOND - 20) * SECOND
+    run = Follow(live_mock, tmp_path, "BTCUSDT,ETHUSDT", since)
+    target = (mock_now(live_mock) // SECOND + 4) * SECOND
+    run.wait_rows("BTCUSDT", target)
+    run.wait_rows("ETHUSDT", target)
+    stopped_at = mock_now(live_mock)
+    code, out = run.stop()
+    assert code == 0, "".join(run.err_lines[-20:])
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        rows = check_exact(tmp_path / f"f-{symbol}.csv", symbol, since)
+        assert int(rows[-1][4]) < stopped_at  # closed by the exchange's clock when written
+        assert f"{symbol}: last committed candle opens" in out
+    assert "stopped by SIGTERM" in out
+    committed = run.events("candle_committed")
+    assert committed and {e["symbol"] for e in committed} == {"BTCUSDT", "ETHUSDT"}
+    live = committed[2:]  # after the first commit of each series (the backfill): the live tail
+    assert live and max(e["delay"] for e in live) < 1.0, live
+    assert {e["symbol"] for e in run.events("caught_up")} == {"BTCUSDT", "ETHUSDT"}
+    # one kline request per series per closed candle in the tail (plus the clock's)
+    stats = live_mock.stats
+    klines = stats["binance.spot.requests"]
+    assert klines <= 2 * (len(committed) + 4) + 10, (klines, len(committed))
+
+
+def test_follow_kill9_restart_then_sigterm_is_exact(live_mock: MockExchange, tmp_path: Path) -> None:
+    since = (mock_now(live_mock) // SECOND - 10) * SECOND
+    run = Follow(live_mock, tmp_path, "BTCUSDT", since)
+    run.wait_rows("BTCUSDT", (mock_now(live_mock) // SECOND + 1) * SECOND)
+    run.kill()
+    time.sleep(2.5)  # candles close while nothing follows
+    again = Follow(live_mock, tmp_path, "BTCUSDT", since)
+    again.wait_rows("BTCUSDT", (mock_now(live_mock) // SECOND + 2) * SECOND)
+    code, out = again.stop()
+    assert code == 0, "".join(again.err_lines[-20:])
+    check_exact(tmp_path / "f-BTCUSDT.csv", "BTCUSDT", since)
+    start = again.events("follow_start")
+    assert start and start[0]["held"][0] is not None  # continued after what the file held
+
+
+def test_follow_outage_leaves_no_gap(live_mock: MockExchange, tmp_path: Path) -> None:
+    down = threading.Event()
+
+    def outage(handler, request: Request, response: Response) -> bool:
+        if not down.is_set() or request.path.startswith("/mock/"):
+            return False
+        body = b'{"code":-1000,"msg":"Service unavailable."}'
+        handler.send_response(503)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+        return True
+
+    live_mock.before_send = outage
+    since = (mock_now(live_mock) // SECOND - 5) * SECOND
+    run = Follow(live_mock, tmp_path, "BTCUSDT,ETHUSDT", since, "--lag-warning", "2",
+                 env={"FORGE_HTTP_MAX_ATTEMPTS": "2"})
+    run.wait_rows("BTCUSDT", (mock_now(live_mock) // SECOND + 1) * SECOND)
+    down.set()
+    time.sleep(5)  # several candle periods
+    down.clear()
+    back = mock_now(live_mock)
+    run.wait_rows("BTCUSDT", (back // SECOND + 1) * SECOND, timeout=40)
+    run.wait_rows("ETHUSDT", (back // SECOND + 1) * SECOND, timeout=10)
+    code, _ = run.stop()
+    assert code == 0
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        check_exact(tmp_path / f"f-{symbol}.csv", symbol, since)
+    assert run.events("exchange_down")
+    assert run.events("lagging")
+    assert len(run.events("caught_up")) >= 4  # each series: after the backfill and after the outage
+
+
+def test_follow_symbol_added_starts_at_since_and_ctrl_c_exits_130(live_mock: MockExchange, tmp_path: Path) -> None:
+    since = (mock_now(live_mock) // SECOND - 8) * SECOND
+    first = Follow(live_mock, tmp_path, "BTCUSDT", since)
+    first.wait_rows("BTCUSDT", (mock_now(live_mock) // SECOND) * SECOND)
+    code, _ = first.stop()
+    assert code == 0
+    held = int(read_rows(tmp_path / "f-BTCUSDT.csv")[-1][3])
+    second = Follow(live_mock, tmp_path, "BTCUSDT,ETHUSDT", since)
+    target = (mock_now(live_mock) // SECOND + 1) * SECOND
+    second.wait_rows("ETHUSDT", target)
+    second.wait_rows("BTCUSDT", target)
+    code, out = second.stop(signal.SIGINT)
+    assert code == 130, "".join(second.err_lines[-20:])
+    assert "stopped by Ctrl-C" in out
+    btc = check_exact(tmp_path / "f-BTCUSDT.csv", "BTCUSDT", since)
+    eth = check_exact(tmp_path / "f-ETHUSDT.csv", "ETHUSDT", since)
+    assert int(eth[0][3]) == since and int(btc[-1][3]) > held
+
+
+def test_follow_usage_errors(forge_process) -> None:
+    result = forge_process("run", "-s", "binance", "--symbol", "BTCUSDT", "--from", "auto", "--follow")
+    assert result.code == 2 and "--since" in result.err and "Traceback" not in result.err
+    result = forge_process("run", "-s", "binance", "--symbol", "BTCUSDT", "--from", "2024-01-01", "--to",
+                           "2024-02-01", "--follow")
+    assert result.code == 2 and "drop --to" in result.err
