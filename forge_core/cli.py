@@ -16,6 +16,7 @@ import click
 
 from . import __version__
 from .errors import ForgeError, UsageError
+from .integrity.commands import add_commands as add_integrity_commands
 from .logs import configure
 from .options import Option
 from .pipeline import Pipeline
@@ -227,6 +228,7 @@ def build_cli(plugins: Plugins | None = None) -> click.Group:
 
     cli.add_command(plugins_command(plugins))
     cli.add_command(run_command(plugins))
+    add_integrity_commands(cli, plugins)  # forge status / verify / repair (forge_core/integrity)
     plugins.add_commands(cli)
     return cli
 

@@ -178,6 +178,12 @@ class CsvSink(Sink):
     def describe(self) -> str:
         return ", ".join(os.path.relpath(p) for p in self.files) or "csv"
 
+    def integrity(self) -> Any:
+        """Hooks of ``forge status/verify/repair`` on the file ``--output`` names (integrity.py)."""
+        from .integrity import CsvIntegrity
+
+        return CsvIntegrity(self.settings["output"])
+
 
 def _identity(run: RunInfo, symbols: list[str]) -> dict[str, Any]:
     """What makes a run the same run, for resuming its ``.part`` (the end may move: ``--to now``)."""

@@ -240,6 +240,12 @@ class PostgresSink(Sink):
             self.progress.clear()
             self._drop_connection()
 
+    def integrity(self) -> Any:
+        """Hooks of ``forge status/verify/repair`` on this sink's table (integrity.py)."""
+        from .integrity import PostgresIntegrity
+
+        return PostgresIntegrity(self.spec, self.schema, self.table_name)
+
     # -- progress, committed in the same transaction as the rows ----------------------------------
     def _prepare_progress(self) -> bool:
         """Create ``forge_progress`` if missing; without the rights to use it, resuming is off

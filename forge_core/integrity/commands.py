@@ -1,0 +1,244 @@
+"""The ``forge status``, ``forge verify`` and ``forge repair`` commands.
+
+They take the same plugin options as ``forge run`` (``--output``, ``--database-url``,
+``--base-url``, ``--market`` ...), route each to the plugin declaring it, and work on any sink
+whose class has an ``integrity()`` method (see ``docs/plugin-hooks.md``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from ..errors import UsageError
+from ..options import Option
+from ..plugins import Plugins
+from ..times import ACCEPTED, iso, parse_range
+from .engine import Checker, SeriesReport, hole_json
+from .model import REASON_TEXT, IntegrityStore, LedgerEntry
+
+KINDS = ("missing", "extra", "duplicate", "changed")
+
+
+def add_commands(cli: click.Group, plugins: Plugins) -> None:
+    cli.add_command(_command(plugins, "verify"))
+    cli.add_command(_command(plugins, "repair"))
+    cli.add_command(_command(plugins, "status"))
+
+
+def _declared(plugins: Plugins, kinds: tuple[str, ...]) -> dict[str, Option]:
+    found: dict[str, Option] = {}
+    for reg in plugins.all():
+        if reg.kind in kinds:
+            for opt in getattr(reg.cls, "options", ()):
+                found.setdefault(opt.name, opt)
+    return found
+
+
+def _click_option(opt: Option) -> click.Option:
+    kwargs: dict[str, Any] = {"help": opt.help + (f" [env: {opt.envvar}]" if opt.envvar else ""), "default": None}
+    if opt.is_flag:
+        kwargs["is_flag"] = True
+    if opt.choices:
+        kwargs["type"] = click.Choice(opt.choices)
+    if opt.multiple:
+        kwargs.update(multiple=True, default=())
+    if opt.metavar:
+        kwargs["metavar"] = opt.metavar
+    return click.Option([opt.flag, opt.name], **kwargs)
+
+
+def _route(given: dict[str, Any], cls: type) -> dict[str, Any]:
+    names = {o.name for o in getattr(cls, "options", ())}
+    return {k: v for k, v in given.items() if k in names}
+
+
+def open_store(plugins: Plugins, sink_name: str, given: dict[str, Any]) -> IntegrityStore:
+    """The integrity hooks of sink ``sink_name`` built with its options, or a one-line refusal."""
+    cls = plugins.get("sink", sink_name)
+    if not hasattr(cls, "integrity"):
+        able = [n for n in plugins.names("sink") if hasattr(plugins.get("sink", n), "integrity")]
+        raise UsageError(f"sink {sink_name!r} does not support status, verify or repair (it has no integrity "
+                         f"hooks); sinks that do: {', '.join(able) or 'none installed'}")
+    return cls(**_route(given, cls)).integrity()
+
+
+def _command(plugins: Plugins, name: str) -> click.Command:
+    kinds = ("sink",) if name == "status" else ("sink", "source")
+    declared = _declared(plugins, kinds)
+
+    def callback(**kw: Any) -> int:
+        given = {k: v for k, v in kw.items() if k in declared and v not in (None, ())}
+        store = open_store(plugins, kw["sink"], given)
+        try:
+            if name == "status":
+                _status(store, kw)
+                return 0
+            return _check(plugins, store, name, given, kw)
+        finally:
+            store.close()
+
+    params: list[click.Parameter] = [
+        click.Option(["--sink"], default="csv", show_default=True, metavar="NAME",
+                     help="The store to look at: a sink plugin with integrity hooks (csv, postgres)."),
+        click.Option(["--json", "as_json"], is_flag=True, help="A machine-readable report (docs/verify.md)."),
+    ]
+    if name == "status":
+        params += [
+            click.Option(["--source", "-s"], metavar="VALUE", help="Only series of this source column value."),
+            click.Option(["--symbol"], metavar="SYMBOL", help="Only this symbol."),
+            click.Option(["--timeframe", "-t"], metavar="TF", help="Only this timeframe."),
+        ]
+    else:
+        params += [
+            click.Option(["--source", "-s"], required=True, metavar="NAME",
+                         help=f"Source plugin: {', '.join(plugins.names('source')) or 'none installed'}."),
+            click.Option(["--symbol"], multiple=True, required=True, help="Symbols, repeat or comma-separate."),
+            click.Option(["--timeframe", "-t"], default="1m", show_default=True, help="Candle period."),
+            click.Option(["--from", "from_"], required=True, metavar="WHEN", help=f"First open time: {ACCEPTED}."),
+            click.Option(["--to"], default="now", show_default=True, metavar="WHEN",
+                         help="Last open time, inclusive; a bare date includes that whole day."),
+            click.Option(["--workers"], type=click.IntRange(1, 64), default=4, show_default=True,
+                         help="Concurrent requests to the exchange."),
+        ]
+    if name == "repair":
+        params += [
+            click.Option(["--delete-extra"], is_flag=True,
+                         help="Also delete rows the exchange does not have (off grid, before listing, in a hole)."),
+            click.Option(["--recheck"], is_flag=True,
+                         help="Fetch every partition again, even those the ledger says are verified."),
+        ]
+    params += [_click_option(opt) for opt in declared.values() if opt.name not in ("source", "symbol")]
+    helps = {
+        "verify": "Compare the store with the exchange: missing, extra, duplicated and changed candles. "
+                  "Exit 0 identical, 1 differences, 2 bad usage.",
+        "repair": "Make the store identical to the exchange over the range, writing only what differs.",
+        "status": "What the store holds per series: range, candles, holes and when last verified.",
+    }
+    return click.Command(name, callback=callback, params=params, help=helps[name],
+                         context_settings={"max_content_width": 100})
+
+
+def _check(plugins: Plugins, store: IntegrityStore, name: str, given: dict[str, Any], kw: dict[str, Any]) -> int:
+    from ..pipeline import _symbols
+
+    source_cls = plugins.get("source", kw["source"])
+    source_opts = _route(given, source_cls)
+    for opt in given:
+        if opt not in source_opts and opt not in _route(given, plugins.get("sink", kw["sink"])):
+            raise UsageError(f"option --{opt.replace('_', '-')} does not belong to source {kw['source']} "
+                             f"or sink {kw['sink']}")
+    start, end = parse_range(kw["from_"], kw["to"])
+    checker = Checker(store, lambda: source_cls(**source_opts), repair=name == "repair",
+                      delete_extra=bool(kw.get("delete_extra")), recheck=bool(kw.get("recheck")),
+                      workers=kw["workers"])
+    reports: list[SeriesReport] = []
+    for symbol in _symbols(list(kw["symbol"])):
+        report = checker.run(symbol, kw["timeframe"], start, end)
+        reports.append(report)
+        if not kw["as_json"]:
+            for text in _lines(report, name, bool(kw.get("delete_extra"))):
+                click.echo(text)
+    totals = {k: sum(r.count(k) for r in reports) for k in KINDS}
+    failed = sum(1 for r in reports for p in r.partitions if p.status == "failed")
+    different = any(totals.values())
+    code = 1 if failed or (name == "verify" and different) else 0
+    summary = _summary(name, reports, totals, failed, checker.fetches)
+    if kw["as_json"]:
+        click.echo(json.dumps({"command": name, "store": store.describe(), "exit": code,
+                               "series": [r.as_json() for r in reports],
+                               "summary": {**totals, "series": len(reports), "failed_partitions": failed,
+                                           "fetches": checker.fetches,
+                                           "written": sum(r.written for r in reports),
+                                           "deleted": sum(r.deleted for r in reports), "text": summary}},
+                              indent=1))
+    else:
+        click.echo(summary)
+    return code
+
+
+def _fmt(ts: int) -> str:
+    return iso(ts).replace("T", " ").replace(":00Z", "").replace("Z", "")
+
+
+def _range(first: int, last: int) -> str:
+    return _fmt(first) if first == last else f"{_fmt(first)} .. {_fmt(last)}"
+
+
+def _lines(report: SeriesReport, name: str, delete_extra: bool) -> list[str]:
+    head = f"{report.source} {report.symbol} {report.timeframe}"
+    out = []
+    for issue in report.issues:
+        what = {"missing": "missing", "extra": "extra", "duplicate": "duplicate", "changed": "changed"}[issue.kind]
+        detail = ""
+        if issue.reason:
+            detail = f" ({issue.reason.replace('_', ' ')}{', kept' if name == 'repair' and not delete_extra else ''})"
+        if issue.fields:
+            detail = f" ({', '.join(issue.fields)})"
+        out.append(f"{head}: {what} {issue.count}: {_range(issue.first, issue.last)}{detail}")
+    for hole in report.holes:
+        out.append(f"{head}: hole {_range(hole.first, hole.last)}, {hole.slots} slots "
+                   f"({REASON_TEXT.get(hole.reason, hole.reason.replace('_', ' '))})")
+    for part in report.partitions:
+        if part.status == "failed":
+            out.append(f"{head}: {part.partition} not checked: {part.error}")
+    return out
+
+
+def _summary(name: str, reports: list[SeriesReport], totals: dict[str, int], failed: int, fetches: int) -> str:
+    parts = sum(len(r.partitions) for r in reports)
+    by_status: dict[str, int] = {}
+    for r in reports:
+        for p in r.partitions:
+            by_status[p.status] = by_status.get(p.status, 0) + 1
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
+    counts = ", ".join(f"{k} {totals[k]}" for k in KINDS)
+    holes = sum(len(r.holes) for r in reports)
+    tail = ""
+    if name == "repair":
+        tail = (f"; wrote {sum(r.written for r in reports)}, deleted {sum(r.deleted for r in reports)}; "
+                f"{fetches} fetch{'es' if fetches != 1 else ''} from the exchange")
+    verdict = ("identical" if not any(totals.values()) and not failed else
+               f"{failed} partition(s) not checked" if failed else "differences found")
+    if name == "repair" and not failed:
+        verdict = "repaired" if any(totals.values()) else "nothing to repair"
+    return (f"{name}: {len(reports)} series, {parts} partitions ({statuses}); {counts}; {holes} exchange "
+            f"hole(s){tail}: {verdict}")
+
+
+def _status(store: IntegrityStore, kw: dict[str, Any]) -> None:
+    held = store.series(kw.get("source"), kw.get("symbol"), kw.get("timeframe"))
+    if not held:
+        what = " ".join(v for v in (kw.get("source"), kw.get("symbol"), kw.get("timeframe")) if v)
+        raise UsageError(f"{store.describe()} holds no {what + ' ' if what else ''}candles")
+    out = []
+    for s in held:
+        ledger: dict[str, LedgerEntry] = store.ledger(s.source, s.symbol, s.timeframe)
+        states = store.partitions(s.source, s.symbol, s.timeframe, s.first_open, s.last_open + 1)
+        current = [e for k, e in ledger.items() if k in states and states[k].digest == e.store_digest]
+        verified = max((e.verified_at for e in ledger.values()), default=None)
+        holes = [h for e in sorted(ledger.values(), key=lambda e: e.start) for h in e.holes
+                 if h.reason != "before_listing" or s.first_open <= h.last]
+        out.append({"source": s.source, "symbol": s.symbol, "timeframe": s.timeframe, "rows": s.rows,
+                    "first_open": iso(s.first_open), "last_open": iso(s.last_open),
+                    "partitions": len(states), "ledger_partitions": len(ledger),
+                    "ledger_current": len(current),
+                    "exchange_rows": sum(e.rows for e in ledger.values()) if ledger else None,
+                    "last_verified": verified,
+                    "holes": [hole_json(h) for h in holes]})
+    if kw["as_json"]:
+        click.echo(json.dumps({"command": "status", "store": store.describe(), "series": out}, indent=1))
+        return
+    for row in out:
+        known = (f"exchange has {row['exchange_rows']:,} in {row['ledger_partitions']} checked partition(s), "
+                 f"{row['ledger_current']} unchanged since; last verified {row['last_verified']}"
+                 if row["ledger_partitions"] else "never verified")
+        click.echo(f"{row['source']} {row['symbol']} {row['timeframe']}: {row['rows']:,} candles "
+                   f"{row['first_open']} .. "
+                   f"{row['last_open']} in {row['partitions']} partition(s); {known}")
+        for h in row["holes"]:
+            click.echo(f"  hole {h['from']} .. {h['to']}, {h['slots']} slots "
+                       f"({REASON_TEXT.get(h['reason'], h['reason'].replace('_', ' '))})")
+    click.echo(f"status: {len(out)} series in {store.describe()}")

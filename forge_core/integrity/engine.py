@@ -1,0 +1,441 @@
+"""Verify and repair one series of a store against the exchange, partition by partition.
+
+1. The store summarizes its partitions itself (count, first/last open, digest; PostgreSQL in
+   SQL), so an intact store sends a few dozen bytes per month, never its rows.
+2. ``repair`` skips partitions whose store digest still equals the one the ledger recorded
+   right after an earlier check (nothing to fetch); ``verify`` always asks the exchange.
+3. The exchange side is an ordinary :class:`~forge_core.Pipeline` run of the source over the
+   partitions left (archive files where the source uses them), one slot wider on both sides
+   for hole evidence, into an in-memory :class:`Collector` that digests each month as it
+   completes and keeps only the rows of months that differ.
+4. Only a differing partition is read from the store and diffed row by row; ``repair`` then
+   writes the missing and changed candles, deletes duplicate copies (and extra rows with
+   ``delete_extra``) and records the ledger entry, in one store transaction per partition:
+   an interrupted repair resumes at the first partition not yet recorded.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from ..errors import RetryableError, SinkError, SourceError, UsageError
+from ..logs import get_logger
+from ..pipeline import Pipeline
+from ..records import Batch, Row
+from ..sinks import Sink
+from ..sources import Source
+from ..timeframes import Timeframe, parse_timeframe
+from ..times import iso
+from .digest import EMPTY_DIGEST, VALUE_FIELDS, line, normalize, partitions
+from .model import (
+    BEFORE_LISTING,
+    EXCHANGE_EMPTY,
+    NO_LATER_CANDLE,
+    Hole,
+    IntegrityStore,
+    LedgerEntry,
+    PartitionState,
+    StoredRow,
+)
+
+log = get_logger(__name__)
+UNCONFIRMED = "unconfirmed"  # no candle seen before it in the range checked (one slot wider)
+CHECK_FIELDS = ("end_ts", *VALUE_FIELDS)
+
+
+@dataclass
+class Issue:
+    """A run of consecutive grid slots (or one off-grid row) with the same kind of difference."""
+
+    kind: str  # missing | extra | duplicate | changed
+    first: int
+    last: int
+    count: int
+    reason: str = ""  # extra: off_grid | before_listing | in_exchange_hole | not_at_exchange
+    fields: list[str] = field(default_factory=list)  # changed: which fields differ
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "from": iso(self.first), "to": iso(self.last),
+                               "from_ms": self.first, "to_ms": self.last, "count": self.count}
+        if self.reason:
+            out["reason"] = self.reason
+        if self.fields:
+            out["fields"] = self.fields
+        return out
+
+
+@dataclass
+class PartitionResult:
+    partition: str
+    start: int
+    end: int
+    status: str  # identical | differs | repaired | skipped (ledger current) | failed
+    store_rows: int
+    exchange_rows: int | None
+    fetched: bool
+    error: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {"partition": self.partition, "from": iso(self.start), "to": iso(self.end - 1),
+                "status": self.status, "store_rows": self.store_rows, "exchange_rows": self.exchange_rows,
+                "fetched": self.fetched, **({"error": self.error} if self.error else {})}
+
+
+@dataclass
+class SeriesReport:
+    source: str
+    symbol: str
+    timeframe: str
+    start: int
+    end: int
+    partitions: list[PartitionResult] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+    holes: list[Hole] = field(default_factory=list)
+    written: int = 0
+    deleted: int = 0
+
+    def count(self, kind: str) -> int:
+        return sum(i.count for i in self.issues if i.kind == kind)
+
+    @property
+    def differences(self) -> int:
+        return sum(self.count(k) for k in ("missing", "extra", "duplicate", "changed"))
+
+    @property
+    def failed(self) -> bool:
+        return any(p.status == "failed" for p in self.partitions)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source, "symbol": self.symbol, "timeframe": self.timeframe,
+            "from": iso(self.start), "to": iso(self.end - 1), "from_ms": self.start, "to_ms": self.end - 1,
+            "counts": {k: self.count(k) for k in ("missing", "extra", "duplicate", "changed")},
+            "missing": [i.as_json() for i in self.issues if i.kind == "missing"],
+            "extra": [i.as_json() for i in self.issues if i.kind == "extra"],
+            "duplicates": [i.as_json() for i in self.issues if i.kind == "duplicate"],
+            "changed": [i.as_json() for i in self.issues if i.kind == "changed"],
+            "holes": [hole_json(h) for h in self.holes],
+            "partitions": [p.as_json() for p in self.partitions],
+            "written": self.written, "deleted": self.deleted,
+        }
+
+
+def hole_json(h: Hole) -> dict[str, Any]:
+    return {"from": iso(h.first), "to": iso(h.last), "from_ms": h.first, "to_ms": h.last, "slots": h.slots,
+            "reason": h.reason, "evidence": h.evidence}
+
+
+@dataclass
+class _Fetched:
+    """The exchange's candles of one partition: ascending ``(open_ts, end_ts, values)`` and raw rows."""
+
+    canon: list[tuple[int, int, tuple[str, ...]]] = field(default_factory=list)
+    raw: list[Row] = field(default_factory=list)
+    origins: set[str] = field(default_factory=set)
+
+
+class Collector(Sink):
+    """An in-memory sink: hands each completed partition of one series to ``done``."""
+
+    name = "integrity-collector"
+
+    def __init__(self, parts: list[tuple[str, int, int]],
+                 done: Callable[[tuple[str, int, int], _Fetched, int | None, int | None], None],
+                 prev: int | None = None) -> None:
+        super().__init__()
+        self.parts = list(parts)
+        self.done = done
+        self.prev = prev  # last exchange candle before the current partition
+        self.current = _Fetched()
+        self.columns: tuple[str, ...] = ()
+        self.next_after: int | None = None
+
+    def write(self, batch: Batch) -> None:
+        cols = batch.columns
+        self.columns = cols
+        i_open, i_end = cols.index("open_ts"), cols.index("end_ts")
+        i_vals = [cols.index(c) for c in VALUE_FIELDS]
+        for row in batch.rows:
+            ts = row[i_open]
+            while self.parts and ts >= self.parts[0][2]:
+                self._finish(ts)
+            if not self.parts:
+                if self.next_after is None:
+                    self.next_after = ts
+                continue
+            if ts < self.parts[0][1]:  # the slot before the range: evidence only
+                self.prev = ts
+                continue
+            self.current.canon.append((ts, row[i_end], tuple(normalize(row[i]) for i in i_vals)))
+            self.current.raw.append(row)
+            self.current.origins.add(batch.origin)
+
+    def _finish(self, next_ts: int | None) -> None:
+        part = self.parts.pop(0)
+        fetched, self.current = self.current, _Fetched()
+        self.done(part, fetched, self.prev, next_ts)
+        if fetched.canon:
+            self.prev = fetched.canon[-1][0]
+
+    def close(self, ok: bool) -> None:
+        if ok:
+            while self.parts:
+                self._finish(None)
+
+
+class Checker:
+    """Verify (or repair) series of ``store`` against the source ``make_source()`` builds."""
+
+    def __init__(self, store: IntegrityStore, make_source: Callable[[], Source], *, repair: bool = False,
+                 delete_extra: bool = False, recheck: bool = False, workers: int = 4) -> None:
+        self.store = store
+        self.make_source = make_source
+        self.repair = repair
+        self.delete_extra = delete_extra
+        self.recheck = recheck
+        self.workers = workers
+        self.fetches = 0  # pipeline runs against the exchange
+
+    def run(self, symbol: str, timeframe: str, start: int, end: int) -> SeriesReport:
+        source = self.make_source()
+        try:
+            tf = parse_timeframe(timeframe, source.timeframes)
+            sv = source.source_value
+            limit = min(end, tf.floor(source.server_time()))
+            if start >= limit:
+                raise UsageError(f"the range from {iso(start)} holds no closed {tf.name} candle yet")
+            info = source.prepare(symbol, tf)
+        except BaseException:
+            source.close()
+            raise
+        listing = None if info.first_open is None else tf.floor(info.first_open)
+        report = SeriesReport(sv, symbol, tf.name, start, limit)
+        parts = partitions(start, limit)
+        held = self.store.partitions(sv, symbol, tf.name, start, limit)
+        ledger = self.store.ledger(sv, symbol, tf.name)
+        if not held and not any(key in ledger for key, _, _ in parts):
+            source.close()
+            raise UsageError(f"{self.store.describe()} holds no {sv} {symbol} {tf.name} candles from "
+                             f"{iso(start)} to {iso(limit - 1)}; 'forge status' lists what it holds")
+        need: list[tuple[str, int, int]] = []
+        for part in parts:
+            key, a, b = part
+            entry, state = ledger.get(key), held.get(key)
+            current = state.digest if state else EMPTY_DIGEST
+            if (self.repair and not self.recheck and entry is not None and (entry.start, entry.end) == (a, b)
+                    and entry.store_digest == current and entry.status in ("identical", "repaired")
+                    and not (self.delete_extra and entry.extras_kept)):
+                report.partitions.append(PartitionResult(key, a, b, "skipped", state.rows if state else 0,
+                                                         entry.rows, False))
+                report.holes += entry.holes
+            else:
+                need.append(part)
+        entries: list[LedgerEntry] = []
+        state_box: dict[str, Any] = {"report": report, "held": held, "tf": tf, "listing": listing,
+                                     "entries": entries, "symbol": symbol, "first_open": info.first_open}
+        first = True
+        for group in _contiguous(need):
+            src = source if first else self.make_source()
+            first = False
+            self._fetch_group(src, group, tf, listing, state_box)
+        if first:
+            source.close()
+        if entries:
+            self.store.save_ledger(entries)
+        report.partitions.sort(key=lambda p: p.start)
+        report.holes.sort(key=lambda h: h.first)
+        report.issues.sort(key=lambda i: (i.first, i.kind))
+        return report
+
+    # -- the exchange side ------------------------------------------------------------------
+    def _fetch_group(self, source: Source, group: list[tuple[str, int, int]], tf: Timeframe,
+                     listing: int | None, box: dict[str, Any]) -> None:
+        g_start, g_end = group[0][1], group[-1][2]
+        report: SeriesReport = box["report"]
+
+        def done(part: tuple[str, int, int], fetched: _Fetched, prev: int | None, nxt: int | None) -> None:
+            self._partition(part, fetched, prev, nxt, collector.columns, box)
+
+        collector = Collector(group, done)
+        if listing is not None and listing >= g_end:  # all before listing: nothing to ask for
+            source.close()
+            collector.close(True)
+            return
+        fetch_from = max(tf.floor(g_start - 1), listing or 0)
+        self.fetches += 1
+        try:
+            Pipeline(source, sinks=[collector], workers=self.workers).run(
+                [box["symbol"]], tf.name, str(max(fetch_from, 10**11)), str(g_end))
+        except (SourceError, RetryableError) as exc:  # the exchange failed: what was done is kept, the rest is reported
+            for key, a, b in collector.parts:
+                state = box["held"].get(key)
+                report.partitions.append(PartitionResult(key, a, b, "failed", state.rows if state else 0,
+                                                         None, True, str(exc)))
+
+    # -- one partition ----------------------------------------------------------------------
+    def _partition(self, part: tuple[str, int, int], fetched: _Fetched, prev: int | None, nxt: int | None,
+                   columns: tuple[str, ...], box: dict[str, Any]) -> None:
+        key, a, b = part
+        tf: Timeframe = box["tf"]
+        report: SeriesReport = box["report"]
+        state: PartitionState | None = box["held"].get(key)
+        holes = find_holes(tf, a, b, [c[0] for c in fetched.canon], prev, nxt, box["listing"], box["first_open"])
+        report.holes += holes
+        h = _sha()
+        for ts, end_ts, values in fetched.canon:
+            h.update(line(ts, end_ts, values).encode())
+        exch_digest = h.hexdigest()
+        store_digest = state.digest if state else EMPTY_DIGEST
+        entry = LedgerEntry(report.source, report.symbol, tf.name, key, a, b, len(fetched.canon),
+                            fetched.canon[0][0] if fetched.canon else None,
+                            fetched.canon[-1][0] if fetched.canon else None, exch_digest, store_digest,
+                            "+".join(sorted(fetched.origins)) or "none", _now_iso(), "identical", holes)
+        store_rows = state.rows if state else 0
+        if exch_digest == store_digest:
+            report.partitions.append(PartitionResult(key, a, b, "identical", store_rows, len(fetched.canon), True))
+            if self.repair:
+                self.store.save_ledger([entry])
+            else:
+                box["entries"].append(entry)
+            return
+        stored = self.store.rows(report.source, report.symbol, tf.name, a, b)
+        issues, upserts, deletes, kept = diff(tf, fetched, stored, holes, box["listing"], self.delete_extra)
+        report.issues += issues
+        if not self.repair:
+            entry.status = "differs"
+            report.partitions.append(PartitionResult(key, a, b, "differs", store_rows, len(fetched.canon), True))
+            box["entries"].append(entry)
+            return
+        entry.status = "repaired"
+        entry.extras_kept = kept
+        new_digest = self.store.apply(report.source, report.symbol, tf.name, columns, upserts, deletes, entry)
+        if kept == 0 and new_digest != exch_digest:
+            raise SinkError(f"{self.store.describe()}: {report.symbol} {key} still differs from the exchange after "
+                            "repair (does the table round or reformat values?)")
+        report.written += len(upserts)
+        report.deleted += len(deletes)
+        report.partitions.append(PartitionResult(key, a, b, "repaired", store_rows, len(fetched.canon), True))
+
+
+def find_holes(tf: Timeframe, a: int, b: int, opens: list[int], prev: int | None, nxt: int | None,
+               listing: int | None, first_open: int | None) -> list[Hole]:
+    """The grid slots of ``[a, b)`` without an exchange candle, as holes with reason and evidence."""
+    holes: list[Hole] = []
+
+    def add(lo: int, hi: int, before: int | None, after: int | None) -> None:
+        if listing is not None and lo < listing:
+            cut = min(hi, listing)
+            holes.append(Hole(lo, tf.floor(cut - 1), tf.count(lo, cut), BEFORE_LISTING,
+                              {"listing": iso(first_open or listing)}))
+            lo = cut
+        if lo >= hi:
+            return
+        if before is not None and after is not None:
+            reason, evidence = EXCHANGE_EMPTY, {"candle_before": iso(before), "candle_after": iso(after)}
+        elif after is None:
+            reason, evidence = NO_LATER_CANDLE, {"candle_before": iso(before) if before is not None else None}
+        else:
+            reason, evidence = UNCONFIRMED, {"candle_after": iso(after)}
+        holes.append(Hole(lo, tf.floor(hi - 1), tf.count(lo, hi), reason, evidence))
+
+    cursor, before = tf.ceil(a), prev
+    for ts in [*opens, *([nxt] if nxt is not None else [])]:
+        stop = min(ts, b)
+        if cursor < stop:
+            add(cursor, stop, before, ts)
+        if ts >= b:
+            break
+        before, cursor = ts, tf.next_open(ts)
+    else:
+        if cursor < b:
+            add(cursor, b, before, None)
+    return holes
+
+
+def diff(tf: Timeframe, fetched: _Fetched, stored: list[StoredRow], holes: list[Hole], listing: int | None,
+         delete_extra: bool) -> tuple[list[Issue], list[Row], list[Any], int]:
+    """Differences of one partition, and what repairs them: ``(issues, upserts, deletes, extras kept)``."""
+    exch = {ts: (i, end_ts, values) for i, (ts, end_ts, values) in enumerate(fetched.canon)}
+    by_ts: dict[int, list[StoredRow]] = defaultdict(list)
+    for row in stored:
+        by_ts[row.open_ts].append(row)
+    missing = sorted(ts for ts in exch if ts not in by_ts)
+    upserts = [fetched.raw[exch[ts][0]] for ts in missing]
+    deletes: list[Any] = []
+    dups: list[tuple[int, int]] = []
+    changed: list[tuple[int, list[str]]] = []
+    extras: dict[str, list[int]] = defaultdict(list)
+    kept = 0
+    affirmed = [(h.first, h.last) for h in holes if h.reason == EXCHANGE_EMPTY]
+    for ts in sorted(by_ts):
+        copies = by_ts[ts]
+        if len(copies) > 1:
+            dups.append((ts, len(copies) - 1))
+            deletes += [c.ref for c in copies[1:]]
+        if ts in exch:
+            _, end_ts, values = exch[ts]
+            keep = copies[0]
+            fields = ([] if keep.end_ts == end_ts else ["end_ts"]) + [
+                f for f, x, y in zip(VALUE_FIELDS, keep.values, values, strict=True) if x != y]
+            if fields:
+                changed.append((ts, fields))
+                upserts.append(fetched.raw[exch[ts][0]])
+            continue
+        if tf.floor(ts) != ts:
+            reason = "off_grid"
+        elif listing is not None and ts < listing:
+            reason = "before_listing"
+        elif any(lo <= ts <= hi for lo, hi in affirmed):
+            reason = "in_exchange_hole"
+        else:
+            reason = "not_at_exchange"
+        extras[reason].append(ts)
+        if delete_extra:
+            deletes.append(copies[0].ref)
+        else:
+            kept += 1
+    upserts.sort(key=lambda r: r[3] if len(r) > 3 else 0)
+    issues = [*_runs(tf, "missing", [(t, 1, []) for t in missing]),
+              *_runs(tf, "duplicate", [(t, n, []) for t, n in dups]),
+              *_runs(tf, "changed", [(t, 1, f) for t, f in changed])]
+    for reason, stamps in extras.items():
+        issues += _runs(tf, "extra", [(t, 1, []) for t in stamps], reason)
+    return issues, upserts, deletes, kept
+
+
+def _runs(tf: Timeframe, kind: str, items: list[tuple[int, int, list[str]]], reason: str = "") -> list[Issue]:
+    """Merge items on consecutive grid slots into one issue each."""
+    out: list[Issue] = []
+    for ts, n, fields in sorted(items, key=lambda x: x[0]):
+        last = out[-1] if out else None
+        on_grid = tf.floor(ts) == ts
+        if last is not None and on_grid and tf.floor(last.last) == last.last and tf.next_open(last.last) == ts:
+            last.last, last.count = ts, last.count + n
+            last.fields = sorted(set(last.fields) | set(fields), key=CHECK_FIELDS.index)
+        else:
+            out.append(Issue(kind, ts, ts, n, reason, list(fields)))
+    return out
+
+
+def _contiguous(parts: list[tuple[str, int, int]]) -> list[list[tuple[str, int, int]]]:
+    groups: list[list[tuple[str, int, int]]] = []
+    for part in parts:
+        if groups and groups[-1][-1][2] == part[1]:
+            groups[-1].append(part)
+        else:
+            groups.append([part])
+    return groups
+
+
+def _sha() -> Any:
+    import hashlib
+
+    return hashlib.sha256()
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")

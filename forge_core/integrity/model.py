@@ -1,0 +1,129 @@
+"""What the integrity commands exchange with a store: the ledger and the store hooks.
+
+A sink supports ``forge status/verify/repair`` when it has a method ``integrity()`` returning
+an object with the methods of :class:`IntegrityStore` (see ``docs/plugin-hooks.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from ..records import Row
+
+# hole reasons
+BEFORE_LISTING = "before_listing"
+EXCHANGE_EMPTY = "exchange_affirmed_empty"
+NO_LATER_CANDLE = "no_later_candle"  # nothing after it yet: not yet published, or the end of data
+FETCH_FAILED = "fetch_failed"
+REASON_TEXT = {
+    BEFORE_LISTING: "before listing",
+    EXCHANGE_EMPTY: "exchange affirmed empty",
+    NO_LATER_CANDLE: "no later candle at the exchange yet",
+    FETCH_FAILED: "fetch failed, to retry",
+}
+
+
+@dataclass
+class Hole:
+    """Grid slots ``first..last`` (open times, inclusive) for which the exchange has no candle."""
+
+    first: int
+    last: int
+    slots: int
+    reason: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LedgerEntry:
+    """What is known about one partition, as of ``verified_at``.
+
+    ``rows``/``first_open``/``last_open``/``digest`` describe the exchange's candles in
+    ``[start, end)``; ``store_digest`` is the store's digest right after that check (equal
+    to ``digest`` unless differences were kept, e.g. extra rows without ``--delete-extra``).
+    """
+
+    source: str
+    symbol: str
+    timeframe: str
+    partition: str
+    start: int
+    end: int
+    rows: int
+    first_open: int | None
+    last_open: int | None
+    digest: str
+    store_digest: str
+    origin: str
+    verified_at: str
+    status: str  # "identical", "differs" (verify found differences), "repaired"
+    holes: list[Hole] = field(default_factory=list)
+    extras_kept: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LedgerEntry:
+        data = dict(data)
+        data["holes"] = [Hole(**h) for h in data.get("holes") or []]
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    """A store's own summary of one partition: computed by the store, not from fetched rows."""
+
+    partition: str
+    rows: int
+    first_open: int | None
+    last_open: int | None
+    digest: str
+
+
+@dataclass(frozen=True)
+class StoredRow:
+    """One row as the store holds it: times, the five normalized values, and a reference the
+    store understands for deleting exactly this row (a line number, a ``ctid``)."""
+
+    open_ts: int
+    end_ts: int
+    values: tuple[str, ...]
+    ref: Any
+
+
+@dataclass(frozen=True)
+class SeriesHeld:
+    source: str
+    symbol: str
+    timeframe: str
+    rows: int
+    first_open: int
+    last_open: int
+
+
+class IntegrityStore(Protocol):
+    def describe(self) -> str: ...
+
+    def series(self, source: str | None, symbol: str | None, timeframe: str | None) -> list[SeriesHeld]: ...
+
+    def partitions(self, source: str, symbol: str, timeframe: str, start: int, end: int) -> dict[str, PartitionState]:
+        """Per calendar month in ``[start, end)``: count, first/last open and digest of the rows
+        held. Months without rows may be left out."""
+
+    def rows(self, source: str, symbol: str, timeframe: str, start: int, end: int) -> list[StoredRow]: ...
+
+    def ledger(self, source: str, symbol: str, timeframe: str) -> dict[str, LedgerEntry]: ...
+
+    def save_ledger(self, entries: Sequence[LedgerEntry]) -> None: ...
+
+    def apply(self, source: str, symbol: str, timeframe: str, columns: tuple[str, ...], upserts: list[Row],
+              deletes: list[Any], entry: LedgerEntry) -> str:
+        """In one transaction where the store allows it: delete the rows ``deletes`` refer to,
+        insert or replace (by series and ``open_ts``) ``upserts``, compute the partition's new
+        digest over ``[entry.start, entry.end)``, set it as ``entry.store_digest`` and save
+        ``entry``. Returns that digest."""
+
+    def close(self) -> None: ...

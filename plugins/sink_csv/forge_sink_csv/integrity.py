@@ -1,0 +1,186 @@
+"""``forge status/verify/repair --sink csv --output FILE``: the CSV sink's integrity hooks.
+
+The file is read once (columns found by name in its header). A repair rewrites it to
+``FILE.repair`` and renames that into place (the file is complete before or after, never in
+between); the ledger is the sidecar ``FILE.ledger.json``, written (atomically too) right
+after the file, so an interruption between the two leaves a ledger that no longer matches the
+file's digests, which the next run notices and checks again.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from forge_core import SinkError, UsageError
+from forge_core.integrity import (
+    VALUE_FIELDS,
+    LedgerEntry,
+    PartitionState,
+    SeriesHeld,
+    StoredRow,
+    digest,
+    line,
+    normalize,
+    partition_key,
+)
+from forge_core.records import Row
+
+LEDGER_SUFFIX = ".ledger.json"
+NEEDED = ("source", "symbol", "timeframe", "open_ts", "end_ts", *VALUE_FIELDS)
+
+
+class CsvIntegrity:
+    def __init__(self, output: str | None) -> None:
+        if not output:
+            raise UsageError("--output FILE is required with --sink csv: the CSV file to check, e.g. --output btc.csv")
+        if "{" in output:
+            raise UsageError(f"--output {output!r} is a template; name one CSV file here")
+        self.label = output
+        self.path = os.path.abspath(output)
+        if not os.path.isfile(self.path):
+            raise UsageError(f"CSV file {output} does not exist")
+        self.ledger_path = self.path + LEDGER_SUFFIX
+        self._load()
+
+    def describe(self) -> str:
+        return f"CSV file {self.label}"
+
+    # -- reading ----------------------------------------------------------------------------
+    def _load(self) -> None:
+        try:
+            with open(self.path, newline="", encoding="utf-8") as f:
+                reader = csv.reader(f)
+                self.header = next(reader, None) or []
+                self.lines = [row for row in reader if row]
+        except OSError as exc:
+            raise SinkError(f"cannot read CSV {self.label}: {exc.strerror}") from None
+        absent = [c for c in NEEDED if c not in self.header]
+        if absent:
+            raise UsageError(f"CSV file {self.label} has no column {absent[0]!r}; verify needs the columns "
+                             f"{', '.join(NEEDED)}")
+        self.col = {c: self.header.index(c) for c in NEEDED}
+        self.index: dict[tuple[str, str, str], list[int]] = {}
+        self.stamps: list[int] = []
+        c = self.col
+        for n, row in enumerate(self.lines):
+            try:
+                ts = int(row[c["open_ts"]])
+            except (ValueError, IndexError):
+                raise SinkError(f"CSV file {self.label} line {n + 2}: open_ts {row[c['open_ts']]!r} is not "
+                                "epoch milliseconds") from None
+            self.stamps.append(ts)
+            self.index.setdefault((row[c["source"]], row[c["symbol"]], row[c["timeframe"]]), []).append(n)
+
+    def _in_range(self, source: str, symbol: str, timeframe: str, start: int, end: int) -> list[int]:
+        return [n for n in self.index.get((source, symbol, timeframe), []) if start <= self.stamps[n] < end]
+
+    def _stored(self, n: int) -> StoredRow:
+        row, c = self.lines[n], self.col
+        try:
+            end_ts = int(row[c["end_ts"]])
+        except ValueError:
+            end_ts = -1
+        return StoredRow(self.stamps[n], end_ts, tuple(normalize(row[c[f]]) for f in VALUE_FIELDS), n)
+
+    def series(self, source: str | None, symbol: str | None, timeframe: str | None) -> list[SeriesHeld]:
+        out = []
+        for (src, sym, tf), lines in self.index.items():
+            if (source or src) == src and (symbol or sym) == sym and (timeframe or tf) == tf:
+                stamps = [self.stamps[n] for n in lines]
+                out.append(SeriesHeld(src, sym, tf, len(lines), min(stamps), max(stamps)))
+        return sorted(out, key=lambda s: (s.source, s.symbol, s.timeframe))
+
+    def partitions(self, source: str, symbol: str, timeframe: str, start: int, end: int) -> dict[str, PartitionState]:
+        groups: dict[str, list[StoredRow]] = {}
+        for n in self._in_range(source, symbol, timeframe, start, end):
+            groups.setdefault(partition_key(self.stamps[n]), []).append(self._stored(n))
+        out = {}
+        for key, rows in groups.items():
+            out[key] = PartitionState(key, len(rows), min(r.open_ts for r in rows), max(r.open_ts for r in rows),
+                                      digest(line(r.open_ts, r.end_ts, r.values) for r in rows))
+        return out
+
+    def rows(self, source: str, symbol: str, timeframe: str, start: int, end: int) -> list[StoredRow]:
+        return [self._stored(n) for n in self._in_range(source, symbol, timeframe, start, end)]
+
+    # -- the ledger sidecar -----------------------------------------------------------------
+    def _read_ledger(self) -> list[LedgerEntry]:
+        try:
+            with open(self.ledger_path, encoding="utf-8") as f:
+                data = json.load(f)
+            return [LedgerEntry.from_json(e) for e in data.get("partitions", [])]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            raise SinkError(f"ledger {self.label}{LEDGER_SUFFIX} is unreadable ({exc}); delete it to start "
+                            "a new one") from None
+
+    def ledger(self, source: str, symbol: str, timeframe: str) -> dict[str, LedgerEntry]:
+        return {e.partition: e for e in self._read_ledger()
+                if (e.source, e.symbol, e.timeframe) == (source, symbol, timeframe)}
+
+    def save_ledger(self, entries: Sequence[LedgerEntry]) -> None:
+        merged = {(e.source, e.symbol, e.timeframe, e.partition): e for e in self._read_ledger()}
+        merged.update({(e.source, e.symbol, e.timeframe, e.partition): e for e in entries})
+        data = {"format": "forge-ledger", "version": 1, "file": os.path.basename(self.path),
+                "partitions": [merged[k].as_json() for k in sorted(merged)]}
+        _atomic_write(self.ledger_path, json.dumps(data, indent=1) + "\n", newline="\n")
+
+    # -- repairing --------------------------------------------------------------------------
+    def apply(self, source: str, symbol: str, timeframe: str, columns: tuple[str, ...], upserts: list[Row],
+              deletes: list[Any], entry: LedgerEntry) -> str:
+        gone = set(deletes)
+        if upserts:
+            missing = [c for c in self.header if c not in columns]
+            if missing:
+                raise SinkError(f"CSV file {self.label} has a column {missing[0]!r} the source does not give; "
+                                "cannot write repaired rows into it")
+            picks = [columns.index(c) for c in self.header]
+            replaced = {row[columns.index("open_ts")] for row in upserts}
+            gone |= {n for n in self.index.get((source, symbol, timeframe), []) if self.stamps[n] in replaced}
+        keep = [(n, self.lines[n]) for n in range(len(self.lines)) if n not in gone]
+        new = [["" if row[i] is None else str(row[i]) for i in picks] for row in upserts] if upserts else []
+        order = {s: i for i, s in enumerate(self.index)}
+        c = self.col
+        rows = [row for _, row in keep] + new
+
+        def key(row: list[str]) -> tuple[int, int]:
+            series = (row[c["source"]], row[c["symbol"]], row[c["timeframe"]])
+            return order.get(series, len(order)), int(row[c["open_ts"]])
+
+        rows.sort(key=key)
+        tmp = self.path + ".repair"
+        try:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                writer.writerow(self.header)
+                writer.writerows(rows)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise SinkError(f"cannot rewrite CSV {self.label}: {exc.strerror}") from None
+        self._load()
+        state = self.partitions(source, symbol, timeframe, entry.start, entry.end).get(entry.partition)
+        entry.store_digest = state.digest if state else digest([])
+        self.save_ledger([entry])
+        return entry.store_digest
+
+    def close(self) -> None:
+        pass
+
+
+def _atomic_write(path: str, text: str, newline: str | None = None) -> None:
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8", newline=newline) as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise SinkError(f"cannot write {path}: {exc.strerror}") from None

@@ -1,0 +1,283 @@
+"""``forge status / verify / repair`` end to end: the mock exchange, a CSV file and a real
+PostgreSQL. Each test loads BTCUSDT 5m for January and February 2024 (two partitions; the
+mock's 150-minute maintenance hole is 2024-01-10 03:00-05:30, 30 slots), damages the store in
+known ways and checks the report to the candle."""
+
+from __future__ import annotations
+
+import csv
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from forge_core.integrity import digest, line, normalize
+from forge_mock_exchange.market import MAINTENANCE
+
+RANGE = ("--symbol", "BTCUSDT", "-t", "5m", "--from", "2024-01-01", "--to", "2024-02-29")
+M5 = 300_000
+JAN3 = 1704240000000  # 2024-01-03 00:00 UTC
+FEB5 = 1707091200000  # 2024-02-05 00:00 UTC
+IN_HOLE = MAINTENANCE[0] + 12 * M5  # 2024-01-10 04:00, inside the exchange's hole
+SLOTS = (31 + 29) * 288
+HOLE_SLOTS = (MAINTENANCE[1] - MAINTENANCE[0]) // M5
+
+
+def test_digest_definition_is_what_docs_say():
+    assert [normalize(v) for v in ("42000.50000000", "0.00000000", "100", "1E+2", ".5", "-0.0", None)] == \
+        ["42000.5", "0", "100", "100", "0.5", "0", ""]
+    lines = [line(60000, 119999, ("2", "3", "1", "2.5", "0")), line(0, 59999, ("1", "2", "0.5", "2", "10.1"))]
+    import hashlib
+
+    want = hashlib.sha256(b"0,59999,1,2,0.5,2,10.1\n60000,119999,2,3,1,2.5,0\n").hexdigest()
+    assert digest(lines) == want
+
+
+def verify(forge, *args: str) -> tuple[int, dict]:
+    result = forge("verify", "-s", "binance", *RANGE, "--json", *args)
+    assert result.code in (0, 1), result
+    return result.code, json.loads(result.out)
+
+
+def counts(report: dict) -> dict:
+    return report["series"][0]["counts"]
+
+
+def ranges(report: dict, kind: str) -> list[tuple]:
+    return [(i["from"], i["to"], i["count"], i.get("reason", ""), tuple(i.get("fields", ())))
+            for i in report["series"][0][kind]]
+
+
+def assert_hole_is_the_exchanges(report: dict) -> None:
+    holes = report["series"][0]["holes"]
+    assert [(h["from_ms"], h["to_ms"], h["slots"], h["reason"]) for h in holes] == [
+        (MAINTENANCE[0], MAINTENANCE[1] - M5, HOLE_SLOTS, "exchange_affirmed_empty")]
+    assert holes[0]["evidence"] == {"candle_before": "2024-01-10T02:55:00Z", "candle_after": "2024-01-10T05:30:00Z"}
+    for issue in report["series"][0]["missing"]:
+        assert not (MAINTENANCE[0] <= issue["to_ms"] and issue["from_ms"] < MAINTENANCE[1])
+
+
+# -- CSV ----------------------------------------------------------------------------------------
+@pytest.fixture
+def loaded_csv(forge, exchange_env, in_tmp: Path) -> Path:
+    result = forge("run", "-s", "binance", *RANGE, "--output", "btc.csv", "-q")
+    assert result.code == 0, result
+    return in_tmp / "btc.csv"
+
+
+def damage_csv(path: Path) -> None:
+    with open(path, newline="") as f:
+        header, *rows = list(csv.reader(f))
+    i = {c: header.index(c) for c in header}
+    by_ts = {int(r[i["open_ts"]]): r for r in rows}
+    drop = {JAN3, JAN3 + M5, JAN3 + 2 * M5, FEB5}
+    by_ts[JAN3 + 10 * M5][i["close"]] = "1.23"
+    by_ts[FEB5 + 7 * M5][i["volume"]] = "999"
+    by_ts[FEB5 + 7 * M5][i["high"]] = "1"
+    off_grid = list(by_ts[JAN3 + 20 * M5])
+    off_grid[i["open_ts"]] = str(JAN3 + 20 * M5 + 60_000)
+    in_hole = list(by_ts[JAN3])
+    in_hole[i["open_ts"]], in_hole[i["end_ts"]] = str(IN_HOLE), str(IN_HOLE + M5 - 1)
+    out = []
+    for r in rows:
+        ts = int(r[i["open_ts"]])
+        if ts in drop:
+            continue
+        out.append(r)
+        if ts == JAN3 + 20 * M5:
+            out.append(off_grid)
+        if ts == JAN3 + 30 * M5:
+            out.append(list(r))  # a duplicated line
+        if ts == MAINTENANCE[0] - M5:
+            out.append(in_hole)
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([header, *out])
+
+
+def test_csv_verify_reports_exactly_then_repair_makes_it_whole(forge, loaded_csv):
+    code, report = verify(forge, "--output", "btc.csv")
+    assert code == 0 and counts(report) == {"missing": 0, "extra": 0, "duplicate": 0, "changed": 0}
+    assert_hole_is_the_exchanges(report)
+
+    damage_csv(loaded_csv)
+    code, report = verify(forge, "--output", "btc.csv")
+    assert code == 1
+    assert counts(report) == {"missing": 4, "extra": 2, "duplicate": 1, "changed": 2}
+    assert ranges(report, "missing") == [("2024-01-03T00:00:00Z", "2024-01-03T00:10:00Z", 3, "", ()),
+                                         ("2024-02-05T00:00:00Z", "2024-02-05T00:00:00Z", 1, "", ())]
+    assert ranges(report, "changed") == [("2024-01-03T00:50:00Z", "2024-01-03T00:50:00Z", 1, "", ("close",)),
+                                         ("2024-02-05T00:35:00Z", "2024-02-05T00:35:00Z", 1, "", ("high", "volume"))]
+    assert ranges(report, "duplicates") == [("2024-01-03T02:30:00Z", "2024-01-03T02:30:00Z", 1, "", ())]
+    assert sorted(ranges(report, "extra")) == [("2024-01-03T01:41:00Z", "2024-01-03T01:41:00Z", 1, "off_grid", ()),
+                                               ("2024-01-10T04:00:00Z", "2024-01-10T04:00:00Z", 1, "in_exchange_hole", ())]
+    assert_hole_is_the_exchanges(report)
+    text = forge("verify", "-s", "binance", *RANGE, "--output", "btc.csv")
+    assert text.code == 1
+    assert text.out.splitlines()[-1].startswith("verify: 1 series, 2 partitions (2 differs)")
+    assert "missing 4, extra 2, duplicate 1, changed 2" in text.out.splitlines()[-1]
+
+    repaired = forge("repair", "-s", "binance", *RANGE, "--output", "btc.csv", "--json")
+    assert repaired.code == 0, repaired
+    summary = json.loads(repaired.out)["summary"]
+    assert (summary["written"], summary["deleted"]) == (6, 1)  # extras are kept without --delete-extra
+    code, report = verify(forge, "--output", "btc.csv")
+    assert code == 1 and counts(report) == {"missing": 0, "extra": 2, "duplicate": 0, "changed": 0}
+
+    assert forge("repair", "-s", "binance", *RANGE, "--output", "btc.csv", "--delete-extra").code == 0
+    code, report = verify(forge, "--output", "btc.csv")
+    assert code == 0 and counts(report) == {"missing": 0, "extra": 0, "duplicate": 0, "changed": 0}
+    with open(loaded_csv, newline="") as f:
+        assert len(list(csv.reader(f))) - 1 == SLOTS - HOLE_SLOTS
+
+    again = forge("repair", "-s", "binance", *RANGE, "--output", "btc.csv", "--json")
+    summary = json.loads(again.out)["summary"]
+    assert again.code == 0 and summary["fetches"] == 0 and summary["written"] == 0
+    ledger = json.loads((loaded_csv.parent / "btc.csv.ledger.json").read_text())
+    jan = next(e for e in ledger["partitions"] if e["partition"] == "2024-01")
+    assert jan["rows"] == 31 * 288 - HOLE_SLOTS and jan["digest"] == jan["store_digest"]
+    assert [h["reason"] for h in jan["holes"]] == ["exchange_affirmed_empty"]
+
+    status = forge("status", "--output", "btc.csv")
+    assert status.code == 0
+    assert "17,250 candles" in status.out and "exchange affirmed empty" in status.out
+
+
+def test_csv_bad_input(forge, loaded_csv):
+    res = forge("verify", "-s", "binance", "--symbol", "ETHUSDT", "--from", "2024-01-01", "--to", "2024-01-31",
+                "-t", "5m", "--output", "btc.csv")
+    assert res.code == 2 and len(res.err.strip().splitlines()) == 1
+    assert "holds no binance ETHUSDT 5m candles" in res.err
+    res = forge("verify", "-s", "binance", *RANGE, "--output", "nope.csv")
+    assert res.code == 2 and "CSV file nope.csv does not exist" in res.err
+    res = forge("verify", "-s", "binance", *RANGE)
+    assert res.code == 2 and "--output FILE is required" in res.err
+
+
+def test_sink_without_hooks_is_refused(forge, exchange_env, monkeypatch):
+    import forge_core.cli
+    from forge_core import Sink, hookimpl
+    from forge_core.plugins import Plugins
+
+    class Plain(Sink):
+        name = "plain"
+
+        def write(self, batch):  # pragma: no cover
+            pass
+
+    class Plugin:
+        @hookimpl
+        def forge_register_sinks(self, register):
+            register(Plain)
+
+    def plugins() -> Plugins:
+        p = Plugins()
+        p.register(Plugin(), name="plain")
+        return p
+
+    monkeypatch.setattr(forge_core.cli, "Plugins", plugins)
+    res = forge("verify", "-s", "binance", *RANGE, "--sink", "plain")
+    assert res.code == 2 and len(res.err.strip().splitlines()) == 1
+    assert "sink 'plain' does not support status, verify or repair" in res.err and "csv, postgres" in res.err
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+@pytest.fixture
+def pg_loaded(forge, db, pg_url: str, exchange_env, monkeypatch: pytest.MonkeyPatch) -> str:
+    schema = f"v_{uuid.uuid4().hex[:10]}"
+    db.execute(f"CREATE SCHEMA {schema}")
+    url = make_url(pg_url).update_query_dict({"options": f"-csearch_path={schema}"})
+    monkeypatch.setenv("FORGE_DATABASE_URL", url.render_as_string(hide_password=False))
+    result = forge("run", "-s", "binance", *RANGE, "--sink", "postgres", "-q")
+    assert result.code == 0, result
+    yield schema
+    db.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def damage_pg(db, schema: str) -> None:
+    t = f"{schema}.klines"
+    db.execute(f"DELETE FROM {t} WHERE open_ts IN (%s, %s, %s, %s)", (JAN3, JAN3 + M5, JAN3 + 2 * M5, FEB5))
+    db.execute(f"UPDATE {t} SET close = 1.23 WHERE open_ts = %s", (JAN3 + 10 * M5,))
+    db.execute(f"UPDATE {t} SET volume = 999, high = 1 WHERE open_ts = %s", (FEB5 + 7 * M5,))
+    db.execute(f"INSERT INTO {t} SELECT source, symbol, timeframe, open_ts + 60000, end_ts + 60000, open, high, low, "
+               f"close, volume FROM {t} WHERE open_ts = %s", (JAN3 + 20 * M5,))
+    db.execute(f"INSERT INTO {t} SELECT source, symbol, timeframe, %s, %s, open, high, low, close, volume "
+               f"FROM {t} WHERE open_ts = %s", (IN_HOLE, IN_HOLE + M5 - 1, JAN3 + 5 * M5))
+
+
+def test_postgres_verify_reports_exactly_then_repair_makes_it_whole(forge, pg_loaded, db):
+    code, report = verify(forge, "--sink", "postgres")
+    assert code == 0, report
+    assert_hole_is_the_exchanges(report)
+    damage_pg(db, pg_loaded)
+    code, report = verify(forge, "--sink", "postgres")
+    assert code == 1
+    assert counts(report) == {"missing": 4, "extra": 2, "duplicate": 0, "changed": 2}
+    assert ranges(report, "missing") == [("2024-01-03T00:00:00Z", "2024-01-03T00:10:00Z", 3, "", ()),
+                                         ("2024-02-05T00:00:00Z", "2024-02-05T00:00:00Z", 1, "", ())]
+    assert ranges(report, "changed") == [("2024-01-03T00:50:00Z", "2024-01-03T00:50:00Z", 1, "", ("close",)),
+                                         ("2024-02-05T00:35:00Z", "2024-02-05T00:35:00Z", 1, "", ("high", "volume"))]
+    assert sorted(ranges(report, "extra")) == [("2024-01-03T01:41:00Z", "2024-01-03T01:41:00Z", 1, "off_grid", ()),
+                                               ("2024-01-10T04:00:00Z", "2024-01-10T04:00:00Z", 1, "in_exchange_hole", ())]
+    assert_hole_is_the_exchanges(report)
+
+    repaired = forge("repair", "-s", "binance", *RANGE, "--sink", "postgres", "--delete-extra", "--json")
+    assert repaired.code == 0, repaired
+    summary = json.loads(repaired.out)["summary"]
+    assert (summary["written"], summary["deleted"]) == (6, 2)
+    code, report = verify(forge, "--sink", "postgres")
+    assert code == 0 and counts(report) == {"missing": 0, "extra": 0, "duplicate": 0, "changed": 0}
+    db.execute(f"SELECT count(*) FROM {pg_loaded}.klines")
+    assert db.fetchone()[0] == SLOTS - HOLE_SLOTS
+    db.execute(f"SELECT partition, entry->>'status', entry->'holes'->0->>'reason' FROM {pg_loaded}.forge_ledger "
+               "ORDER BY partition")
+    assert db.fetchall() == [("2024-01", "identical", "exchange_affirmed_empty"), ("2024-02", "identical", None)]
+
+    again = forge("repair", "-s", "binance", *RANGE, "--sink", "postgres", "--json")
+    assert again.code == 0 and json.loads(again.out)["summary"]["fetches"] == 0
+    status = forge("status", "--sink", "postgres", "--json")
+    series = json.loads(status.out)["series"]
+    assert [(s["symbol"], s["rows"], s["exchange_rows"], s["ledger_current"]) for s in series] == [
+        ("BTCUSDT", SLOTS - HOLE_SLOTS, SLOTS - HOLE_SLOTS, 2)]
+
+
+def test_postgres_interrupted_repair_resumes(forge, pg_loaded, db, monkeypatch):
+    import forge_sink_postgres.integrity as pgi
+
+    damage_pg(db, pg_loaded)
+    original = pgi.PostgresIntegrity.apply
+    calls = []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pgi.PostgresIntegrity, "apply", interrupted)
+    first = forge("repair", "-s", "binance", *RANGE, "--sink", "postgres")
+    assert first.code == 130, first
+    monkeypatch.setattr(pgi.PostgresIntegrity, "apply", original)
+    db.execute(f"SELECT partition, entry->>'status' FROM {pg_loaded}.forge_ledger")
+    assert db.fetchall() == [("2024-01", "repaired")]  # committed with January's rows; February not yet
+
+    second = forge("repair", "-s", "binance", *RANGE, "--sink", "postgres", "--json")
+    assert second.code == 0, second
+    statuses = [p["status"] for p in json.loads(second.out)["series"][0]["partitions"]]
+    assert statuses == ["skipped", "repaired"]  # January is not fetched again
+    code, report = verify(forge, "--sink", "postgres")
+    assert counts(report) == {"missing": 0, "extra": 2, "duplicate": 0, "changed": 0}
+
+
+def test_postgres_bad_input(forge, pg_loaded, monkeypatch):
+    res = forge("verify", "-s", "binance", "--symbol", "SOLUSDT", "-t", "5m", "--from", "2024-01-01",
+                "--to", "2024-01-31", "--sink", "postgres")
+    assert res.code == 2 and "holds no binance SOLUSDT 5m candles" in res.err
+    assert len(res.err.strip().splitlines()) == 1
+    res = forge("status", "--sink", "postgres", "--table", "nothere")
+    assert res.code == 2 and "has no table nothere" in res.err
+    monkeypatch.setenv("FORGE_DATABASE_URL", "postgresql://forge:s3cret-pw@127.0.0.1:1/none")
+    res = forge("verify", "-s", "binance", *RANGE, "--sink", "postgres")
+    assert res.code == 1 and len(res.err.strip().splitlines()) == 1
+    assert "cannot connect to PostgreSQL at 127.0.0.1:1/none" in res.err and "s3cret" not in res.err
