@@ -1,0 +1,368 @@
+"""Write candles to a Hive-partitioned Parquet dataset, one file per series and month:
+``<root>/source=binance/symbol=BTCUSDT/timeframe=1m/year=2024/month=1/part-0.parquet``.
+
+One partition (a month of one series) is buffered at a time, as Arrow arrays. It is written on
+``commit()`` and when the rows move on to the next month or series: merged with what the file
+already holds (an upsert by ``open_ts``: a row of this run replaces the stored row with the same
+open time, stored rows of other times are kept), sorted, written to a temporary file beside the
+root, fsynced and renamed over the old file. A reader sees the previous file or the new one,
+never a half-written one, and a crash leaves the previous version.
+
+Resume: after each commit, a small state file (``runs/<id>.json`` in the bookkeeping directory,
+written atomically) records the ``end_ts`` of the last committed row of each series of the run;
+``resume_after`` reports it to the core when the same run (source, output timeframe, start,
+transforms; not the end) is started again, and a run that finishes deletes it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from forge_core import Batch, Option, RunInfo, Sink, SinkError, UsageError, parse_timeframe
+
+from . import layout
+from .convert import HIVE_KEYS, forge_metadata, read_forge_metadata, to_table
+
+
+@dataclass
+class _Partition:
+    """The month being buffered: ``base`` is what its file holds after our last write of it."""
+
+    key: tuple[str, str, str, int, int]
+    path: str
+    pending: list[pa.Table] = field(default_factory=list)
+    base: pa.Table | None = None
+    loaded: bool = False
+
+
+class ParquetSink(Sink):
+    name = "parquet"
+    description = "a Hive-partitioned Parquet dataset (pyarrow, polars, DuckDB), one file per month"
+    options = (
+        Option("root", "Directory of the Parquet dataset (created if missing).", metavar="DIR"),
+        Option("parquet_float", "Store prices and volumes as float64 instead of exact decimal128.",
+               default=False, is_flag=True),
+    )
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.root = ""
+        self.float64 = bool(self.settings["parquet_float"])
+        self.run: RunInfo | None = None
+        self.schema: pa.Schema | None = None  # the dataset's file schema, once known
+        self.current: _Partition | None = None
+        self.committed: dict[str, int] = {}  # symbol -> end_ts of its last committed row, this run
+        self.appended: dict[str, int] = {}  # symbol -> end_ts of its last row handed to write()
+        self.resume: dict[str, int] = {}  # symbol -> end_ts, from an interrupted run of the same identity
+        self.files_written = 0
+        self._lock: IO[str] | None = None
+        self._state_path = ""
+        self._tmp = ""
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def open(self, run: RunInfo) -> None:
+        root = self.settings["root"]
+        if not root:
+            raise UsageError("the parquet sink needs --root DIR, the directory of the dataset")
+        self.run = run
+        self.root = os.path.abspath(str(root))
+        self.current, self.committed, self.appended, self.files_written = None, {}, {}, 0
+        layout.check_value("source", run.source)
+        for symbol in run.symbols:
+            layout.check_value("symbol", symbol)
+        layout.check_value("timeframe", self._timeframe(run))
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise SinkError(f"parquet root {self.root} is a file, not a directory")
+        state = layout.state_dir(self.root)
+        self._tmp = os.path.join(state, "tmp")
+        try:
+            layout.makedirs_durable(self.root)
+            layout.makedirs_durable(self._tmp)
+            layout.makedirs_durable(os.path.join(state, "runs"))
+            if not os.access(self.root, os.W_OK):
+                raise PermissionError(13, "Permission denied")
+            self._lock = open(os.path.join(state, "lock"), "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        except OSError as exc:
+            raise SinkError(f"cannot write the parquet dataset at {self.root}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._release()
+            raise SinkError(f"another forge run is writing the parquet dataset at {self.root}; "
+                            "wait for it to finish or use another --root") from None
+        try:
+            if os.stat(self.root).st_dev != os.stat(self._tmp).st_dev:
+                raise SinkError(f"parquet root {self.root} is on another filesystem than {state}, so files "
+                                "cannot be renamed into it atomically; use a --root that is not a mount point")
+            for name in os.listdir(self._tmp):  # left by a killed run; we hold the lock
+                os.remove(os.path.join(self._tmp, name))
+            self.schema = self._dataset_schema()
+            self._check_run_columns(run)
+            self._state_path = os.path.join(state, "runs", _run_id(run, self._timeframe(run)) + ".json")
+            self.resume = self._read_state()
+        except BaseException:
+            self._release()
+            raise
+
+    def _dataset_schema(self) -> pa.Schema | None:
+        """The schema of the files already in the root (all have the same), checked to be Forge's
+        and of the number type asked for."""
+        first = next(layout.dataset_files(self.root), None)
+        for _ in layout.dataset_files(self.root):
+            pass  # the whole tree is checked for foreign files before anything is written
+        if first is None:
+            return None
+        try:
+            schema = pq.read_schema(first)
+        except (OSError, pa.ArrowException) as exc:
+            raise SinkError(f"cannot read {first}: {exc}; it is not a Parquet file Forge wrote") from None
+        meta = read_forge_metadata(schema)
+        if meta is None:
+            raise SinkError(f"parquet root {self.root} holds {os.path.relpath(first, self.root)!r}, "
+                            "which Forge did not write; give --root an empty or new directory")
+        stored = meta.get("numbers")
+        if stored == "float64" and not self.float64:
+            raise SinkError(f"the parquet dataset at {self.root} stores prices and volumes as float64; "
+                            "add --parquet-float to add to it, or use a new --root for exact decimals")
+        if stored == "decimal" and self.float64:
+            raise SinkError(f"the parquet dataset at {self.root} stores prices and volumes as exact decimals; "
+                            "drop --parquet-float to add to it, or use a new --root for float64")
+        return schema.remove_metadata()
+
+    def _check_run_columns(self, run: RunInfo) -> None:
+        """Without transforms the rows have the source's columns: check them against the
+        dataset now, before any exchange request (with transforms, at the first batch)."""
+        if self.schema is None or run.transforms:
+            return
+        names = [c for c in run.columns if c not in HIVE_KEYS]
+        if "open_ts" in names:
+            names.insert(names.index("open_ts") + 1, "open_time")
+        if set(names) != set(self.schema.names):
+            raise SinkError(f"{run.source} rows have columns {','.join(names)} but the parquet dataset at "
+                            f"{self.root} holds {','.join(self.schema.names)}; use a new --root "
+                            "(one root holds one schema)")
+
+    def resume_after(self, source: str, symbol: str, timeframe: str) -> int | None:
+        run = self.run
+        if run is None or source != run.source or timeframe not in (self._timeframe(run), run.timeframe):
+            return None
+        return self.resume.get(symbol)
+
+    def last_open(self, source: str, symbol: str, timeframe: str) -> int | None:
+        """From the newest partition's footer statistics: no row is read."""
+        path = layout.newest_partition(self.root, source, symbol, timeframe)
+        if path is None:
+            return None
+        meta = pq.ParquetFile(path).metadata
+        col = meta.schema.names.index("open_ts")
+        best: int | None = None
+        for i in range(meta.num_row_groups):
+            stats = meta.row_group(i).column(col).statistics
+            if stats is None or not stats.has_min_max:
+                best = None
+                break
+            best = stats.max if best is None else max(best, stats.max)
+        if best is None:  # no statistics: read the one column
+            best = pc.max(pq.read_table(path, columns=["open_ts"])["open_ts"]).as_py()
+        return int(best) if best is not None else None
+
+    def write(self, batch: Batch) -> None:
+        if not batch.rows:
+            return
+        i_open = batch.columns.index("open_ts") if "open_ts" in batch.columns else -1
+        if i_open < 0:
+            raise SinkError(f"{batch.symbol}: the parquet sink needs the open_ts column (partitions and upserts use it)")
+        rows, start = batch.rows, 0
+        while start < len(rows):
+            year, month = layout.month_of(rows[start][i_open])
+            boundary = layout.next_month_start(year, month)
+            stop = bisect.bisect_left(rows, boundary, lo=start, key=lambda r: r[i_open])
+            self._append(batch, rows[start:stop], year, month)
+            start = stop
+
+    def _append(self, batch: Batch, rows: list[tuple[Any, ...]], year: int, month: int) -> None:
+        # the run's output timeframe, not batch.timeframe: resample hands on its input's Batch.timeframe
+        assert self.run is not None
+        timeframe = self._timeframe(self.run)
+        key = (batch.source, batch.symbol, timeframe, year, month)
+        if self.current is None or self.current.key != key:
+            self._flush(finished=True)
+            path = layout.partition_path(self.root, *key)
+            self.current = _Partition(key, path)
+        where = f"{batch.symbol} {timeframe} {year}-{month:02d}"
+        table = to_table(batch.columns, rows, self.schema, self.float64, where)
+        if self.schema is None:
+            self.schema = table.schema
+        self.current.pending.append(table)
+        self.appended[batch.symbol] = self._end_ts(batch, rows)
+
+    def commit(self) -> None:
+        """Write the buffered month (earlier months were written when the rows left them), then
+        record every series' last row as committed."""
+        self._flush(finished=False)
+        if self.appended != self.committed:
+            self.committed = dict(self.appended)
+            self._write_state()
+
+    def close(self, ok: bool) -> None:
+        try:
+            if ok:
+                self.commit()
+                self._clear_state()
+            self.current = None  # not ok: what was not committed is dropped
+        finally:
+            self._release()
+
+    def describe(self) -> str:
+        where = os.path.relpath(self.root) if self.root else "parquet"
+        return f"{where} ({self.files_written} parquet files written)"
+
+    # -- partitions -------------------------------------------------------------------------
+    def _flush(self, finished: bool) -> None:
+        """Write the buffered partition, if it has new rows; drop it from memory if ``finished``."""
+        part = self.current
+        if part is None:
+            return
+        if part.pending:
+            new = _unique_by_open(pa.concat_tables(part.pending) if len(part.pending) > 1 else part.pending[0])
+            if not part.loaded:
+                part.base = self._read_partition(part.path)
+                part.loaded = True
+            merged = _upsert(part.base, new)
+            self._write_file(merged, part.path)
+            part.base, part.pending = merged, []
+        if finished:
+            self.current = None
+
+    def _read_partition(self, path: str) -> pa.Table | None:
+        try:
+            table = pq.read_table(path)
+        except FileNotFoundError:
+            return None
+        except (OSError, pa.ArrowException) as exc:
+            raise SinkError(f"cannot read {path}: {exc}; move it away to let Forge rewrite the month") from None
+        if read_forge_metadata(table.schema) is None:
+            raise SinkError(f"{path} was not written by Forge; it is left as it is")
+        assert self.schema is not None
+        table = table.replace_schema_metadata(None)
+        if set(table.column_names) != set(self.schema.names) or any(
+                table.schema.field(f.name).type != f.type for f in self.schema):
+            raise SinkError(f"{path} has another schema than the rest of the dataset; move it away to let "
+                            "Forge rewrite the month")
+        return table.select(self.schema.names)
+
+    def _write_file(self, table: pa.Table, path: str) -> None:
+        table = table.replace_schema_metadata(forge_metadata(self.float64))
+        try:
+            layout.makedirs_durable(os.path.dirname(path))
+            fd, tmp = tempfile.mkstemp(dir=self._tmp, suffix=".tmp")
+        except OSError as exc:
+            raise SinkError(f"cannot write {path}: {exc.strerror or exc}") from None
+        try:
+            with os.fdopen(fd, "wb") as f:
+                pq.write_table(table, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            _remove(tmp)
+            raise SinkError(f"cannot write {path}: {exc.strerror or exc}") from None
+        except BaseException:
+            _remove(tmp)
+            raise
+        layout.fsync_dir(os.path.dirname(path))
+        self.files_written += 1
+
+    # -- resume state -----------------------------------------------------------------------
+    def _end_ts(self, batch: Batch, rows: list[tuple[Any, ...]]) -> int:
+        if "end_ts" in batch.columns:
+            return int(rows[-1][batch.columns.index("end_ts")])
+        assert self.run is not None
+        return parse_timeframe(self._timeframe(self.run)).end_ts(rows[-1][batch.columns.index("open_ts")])
+
+    def _read_state(self) -> dict[str, int]:
+        try:
+            with open(self._state_path, encoding="utf-8") as f:
+                state = json.load(f)
+            return {str(k): int(v) for k, v in state["committed"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}
+
+    def _write_state(self) -> None:
+        assert self.run is not None
+        state = {"identity": _identity(self.run, self._timeframe(self.run)),
+                 "committed": {**self.resume, **self.committed}}
+        fd, tmp = tempfile.mkstemp(dir=self._tmp, suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._state_path)
+        layout.fsync_dir(os.path.dirname(self._state_path))
+
+    def _clear_state(self) -> None:
+        """The run finished: its series need no resume (other symbols' entries stay)."""
+        assert self.run is not None
+        left = {s: t for s, t in self._read_state().items() if s not in self.run.symbols}
+        if left:
+            self.resume, self.committed = left, {}
+            self._write_state()
+        else:
+            _remove(self._state_path)
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # also releases the flock
+            self._lock = None
+
+    @staticmethod
+    def _timeframe(run: RunInfo) -> str:
+        return run.output_timeframe or run.timeframe
+
+
+def _identity(run: RunInfo, timeframe: str) -> dict[str, Any]:
+    """What makes a run the same run for resume; not its end, which may move (``--to now``)."""
+    return {"source": run.source, "timeframe": timeframe, "start": run.start, "transforms": run.transforms}
+
+
+def _run_id(run: RunInfo, timeframe: str) -> str:
+    return hashlib.sha256(json.dumps(_identity(run, timeframe), sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _unique_by_open(table: pa.Table) -> pa.Table:
+    """Rows strictly ascending by ``open_ts`` (the core's order); a later duplicate wins."""
+    ts = table["open_ts"].combine_chunks()
+    if len(ts) < 2 or pc.all(pc.greater(ts.slice(1), ts.slice(0, len(ts) - 1))).as_py():
+        return table
+    values = ts.to_pylist()
+    last = {v: i for i, v in enumerate(values)}
+    keep = sorted(last.values(), key=lambda i: values[i])
+    return table.take(pa.array(keep, pa.int64()))
+
+
+def _upsert(old: pa.Table | None, new: pa.Table) -> pa.Table:
+    if old is None or old.num_rows == 0:
+        return new
+    keep = pc.invert(pc.is_in(old["open_ts"], value_set=new["open_ts"].combine_chunks()))
+    old = old.filter(keep)
+    if old.num_rows == 0:
+        return new
+    merged = pa.concat_tables([old, new])
+    return merged.take(pc.sort_indices(merged["open_ts"]))
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)

@@ -1,0 +1,357 @@
+"""The parquet sink end to end against the mock exchange, read back with pyarrow, polars and
+DuckDB and compared with the rows the mock's market defines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from forge_sink_parquet import ParquetSink
+
+from forge_core import Batch, RunInfo, SinkError, UsageError
+from forge_core.times import parse_range
+from forge_mock_exchange import MockConfig, MockExchange
+from forge_mock_exchange.expected import binance_rows
+
+NOW = 1742034030456
+COLUMNS = ("source", "symbol", "timeframe", "open_ts", "end_ts", "open", "high", "low", "close", "volume",
+           "quote_volume", "trades", "taker_buy_base_volume", "taker_buy_quote_volume")
+DECIMALS = ("open", "high", "low", "close", "volume", "quote_volume", "taker_buy_base_volume",
+            "taker_buy_quote_volume")
+
+
+def expected(symbol: str, start: str, end: str, timeframe: str = "1m") -> list[dict]:
+    lo, hi = parse_range(start, end)
+    return [dict(zip(COLUMNS, r, strict=True)) for r in binance_rows(symbol, timeframe, lo, hi, NOW)]
+
+
+def canonical(row: dict) -> dict:
+    """A row read back, in the mock's terms: decimals as their 8-place strings, ints as ints."""
+    out = {k: (f"{v:f}" if isinstance(v, Decimal) else v) for k, v in row.items() if k not in ("year", "month")}
+    assert out.pop("open_time") == datetime.fromtimestamp(out["open_ts"] / 1000, timezone.utc)
+    return out
+
+
+def by_pyarrow(root: Path, **where) -> list[dict]:
+    dataset = ds.dataset(root, partitioning="hive")
+    expr = None
+    for key, value in where.items():
+        e = ds.field(key) == value
+        expr = e if expr is None else expr & e
+    rows = dataset.to_table(filter=expr).sort_by([("symbol", "ascending"), ("open_ts", "ascending")]).to_pylist()
+    return [canonical(r) for r in rows]
+
+
+def by_polars(root: Path, **where) -> list[dict]:
+    lf = pl.scan_parquet(root)
+    for key, value in where.items():
+        lf = lf.filter(pl.col(key) == value)
+    return [canonical(r) for r in lf.sort("symbol", "open_ts").collect().to_dicts()]
+
+
+def by_duckdb(root: Path, **where) -> list[dict]:
+    cond = " and ".join(f"{k} = {v!r}" for k, v in where.items()) or "true"
+    rel = duckdb.sql(f"select * from '{root}/**/*.parquet' where {cond} order by symbol, open_ts")
+    return [canonical(dict(zip(rel.columns, r, strict=True))) for r in rel.fetchall()]
+
+
+READERS = (by_pyarrow, by_polars, by_duckdb)
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def run(forge, root: Path, *args: str):
+    return forge("run", "-s", "binance", "--sink", "parquet", "--root", str(root), "-q", *args)
+
+
+def test_rows_read_back_exactly_by_pyarrow_polars_and_duckdb(forge, exchange_env, tmp_path):
+    root = tmp_path / "data"
+    result = run(forge, root, "--symbol", "BTCUSDT,ETHUSDT", "--from", "2024-01-30 12:00", "--to", "2024-02-02")
+    assert result.code == 0, result
+    want = expected("BTCUSDT", "2024-01-30 12:00", "2024-02-02") + expected("ETHUSDT", "2024-01-30 12:00", "2024-02-02")
+    for read in READERS:
+        assert read(root) == want, read.__name__
+    assert sorted(files(root)) == [f"source=binance/symbol={s}/timeframe=1m/year=2024/month={m}/part-0.parquet"
+                                   for s in ("BTCUSDT", "ETHUSDT") for m in (1, 2)]
+    schema = pq.read_schema(root / "source=binance/symbol=BTCUSDT/timeframe=1m/year=2024/month=2/part-0.parquet")
+    assert schema.field("open_time").type == pa.timestamp("ms", tz="UTC")
+    assert schema.field("open_ts").type == pa.int64() and schema.field("trades").type == pa.int64()
+    assert all(schema.field(c).type == pa.decimal128(38, 8) for c in DECIMALS)
+    assert "symbol" not in schema.names  # a Hive key, not a column: no reader sees it twice
+
+
+def test_partition_pruning_reads_only_the_partitions_asked_for(forge, exchange_env, tmp_path):
+    root = tmp_path / "data"
+    assert run(forge, root, "--symbol", "BTCUSDT,ETHUSDT", "--from", "2024-01-31", "--to", "2024-02-01").code == 0
+    dataset = ds.dataset(root, partitioning="hive")
+    only = (ds.field("symbol") == "ETHUSDT") & (ds.field("month") == 2)
+    assert [f.path for f in dataset.get_fragments(filter=only)] == [
+        str(root / "source=binance/symbol=ETHUSDT/timeframe=1m/year=2024/month=2/part-0.parquet")]
+    plan = pl.scan_parquet(root).filter(pl.col("symbol") == "ETHUSDT", pl.col("month") == 2).explain()
+    assert "symbol=ETHUSDT/timeframe=1m/year=2024/month=2/part-0.parquet" in plan
+    assert plan.count("part-0.parquet") == 1 and "sources" not in plan, plan
+    analyzed = duckdb.sql(f"explain analyze select * from '{root}/**/*.parquet' "
+                          "where symbol = 'ETHUSDT' and month = 2").fetchall()[0][1]
+    assert "Total Files Read: 1" in analyzed and "Scanning Files: 1/4" in analyzed, analyzed
+    want = expected("ETHUSDT", "2024-02-01", "2024-02-01")
+    for read in READERS:
+        assert read(root, symbol="ETHUSDT", month=2) == want, read.__name__
+
+
+def test_a_rerun_gives_an_identical_dataset(forge, exchange_env, tmp_path):
+    root = tmp_path / "data"
+    args = ("--symbol", "BTCUSDT", "--from", "2024-01-31 20:00", "--to", "2024-02-01 03:00")
+    assert run(forge, root, *args).code == 0
+    first = files(root)
+    assert run(forge, root, *args).code == 0
+    assert files(root) == first
+    assert not os.listdir(tmp_path / ".data.forge" / "tmp")
+    assert not os.listdir(tmp_path / ".data.forge" / "runs")  # finished runs leave no resume state
+
+
+def test_a_partial_month_merges_with_the_months_file(forge, exchange_env, tmp_path):
+    root = tmp_path / "data"
+    for start, end in [("2024-01-01", "2024-01-03"), ("2024-01-20", "2024-02-01 05:00"),
+                       ("2024-01-02 12:00", "2024-01-21 06:00"), ("2024-01-10", "2024-01-10")]:
+        assert run(forge, root, "--symbol", "BTCUSDT", "--from", start, "--to", end).code == 0
+    want = expected("BTCUSDT", "2024-01-01", "2024-02-01 05:00")
+    for read in READERS:
+        assert read(root) == want, read.__name__
+    assert len(list(root.rglob("*.parquet"))) == 2
+
+
+def test_from_auto_continues_after_the_newest_candle(forge, exchange_env, tmp_path):
+    root = tmp_path / "data"
+    assert run(forge, root, "--symbol", "BTCUSDT", "--from", "2024-01-31 22:00", "--to", "2024-01-31").code == 0
+    result = run(forge, root, "--symbol", "BTCUSDT", "--from", "auto", "--to", "2024-02-01 02:00")
+    assert result.code == 0, result
+    assert "121 1m candles" in result.out  # 2024-02-01 00:00 .. 02:00, nothing fetched again
+    assert by_pyarrow(root) == expected("BTCUSDT", "2024-01-31 22:00", "2024-02-01 02:00")
+
+
+def test_float64_option(forge, exchange_env, tmp_path):
+    root = tmp_path / "data"
+    assert run(forge, root, "--parquet-float", "--symbol", "BTCUSDT", "--from", "2024-02-01 10:00",
+               "--to", "2024-02-01 11:00").code == 0
+    table = ds.dataset(root, partitioning="hive").to_table().sort_by("open_ts")
+    want = expected("BTCUSDT", "2024-02-01 10:00", "2024-02-01 11:00")
+    for c in DECIMALS:
+        assert table.schema.field(c).type == pa.float64()
+        assert table[c].to_pylist() == [float(r[c]) for r in want]
+
+
+def test_transform_columns_are_kept_and_resample_partitions_by_its_timeframe(forge, exchange_env, tmp_path,
+                                                                           monkeypatch):
+    (tmp_path / "my_cols.py").write_text(
+        "def flag(c):\n    return {**c, 'bullish': c['close'] > c['open'], 'note': 'x' + c['symbol']}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    root = tmp_path / "data"
+    result = run(forge, root, "--symbol", "ETHUSDT", "--from", "2024-01-31", "--to", "2024-02-01",
+                 "--transform", "resample", "--resample-to", "1h", "--transform", "my_cols:flag")
+    assert result.code == 0, result
+    table = pq.read_table(root).sort_by("open_ts")
+    assert set(table["timeframe"].to_pylist()) == {"1h"} and table.num_rows == 48
+    assert table.schema.field("bullish").type == pa.bool_()
+    assert table["note"].to_pylist() == ["xETHUSDT"] * 48
+    # a row function sees (and so returns) prices as floats: the dataset stores what it returned
+    assert table.schema.field("close").type == pa.float64()
+    hours = expected("ETHUSDT", "2024-01-31", "2024-02-01", "1h")
+    assert table["close"].to_pylist() == [float(h["close"]) for h in hours]
+    assert table["bullish"].to_pylist() == [float(h["close"]) > float(h["open"]) for h in hours]
+
+
+# -- kill -9 and resume ---------------------------------------------------------------------
+ARGS = ["run", "-s", "binance", "--sink", "parquet", "--root", "data", "--symbol", "BTCUSDT,ETHUSDT",
+        "--from", "2024-01-31 12:00", "--to", "2024-02-01 06:00", "--workers", "1", "--commit-every", "300", "-q"]
+
+
+def committed(tmp_path: Path) -> dict[str, int]:
+    runs = list((tmp_path / ".data.forge" / "runs").glob("*.json"))
+    return json.loads(runs[0].read_text())["committed"] if runs else {}
+
+
+def test_kill_9_then_the_same_command_resumes_to_the_identical_dataset(forge_process, tmp_path):
+    with MockExchange(MockConfig(now=NOW, latency=0.03)) as slow:
+        proc = subprocess.Popen(["forge", *ARGS], cwd=tmp_path, env={**os.environ, "FORGE_BINANCE_URL": slow.url},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not committed(tmp_path).get("BTCUSDT", 0) > parse_range("2024-02-01", "2024-02-01")[0]:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    kept = committed(tmp_path)
+    with MockExchange(MockConfig(now=NOW)) as mock:
+        result = forge_process(*ARGS, env={"FORGE_BINANCE_URL": mock.url}, cwd=tmp_path)
+        served = mock.stats["binance.spot.candles"]
+    assert result.code == 0, result
+    assert "resumed BTCUSDT after" in result.out
+    root = tmp_path / "data"
+    want = expected("BTCUSDT", "2024-01-31 12:00", "2024-02-01 06:00") + \
+        expected("ETHUSDT", "2024-01-31 12:00", "2024-02-01 06:00")
+    for read in READERS:
+        assert read(root) == want, read.__name__
+    assert served < len(want) - (kept["BTCUSDT"] - parse_range("2024-01-31 12:00", "2024-01-31")[0]) // 60_000 + 10
+    # and the dataset is byte for byte what an uninterrupted run writes
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    with MockExchange(MockConfig(now=NOW)) as mock:
+        assert forge_process(*ARGS, env={"FORGE_BINANCE_URL": mock.url}, cwd=fresh).code == 0
+    assert files(fresh / "data") == files(root)
+
+
+# -- safe writes ----------------------------------------------------------------------------
+def _run_info(symbols=("BTCUSDT",), columns=COLUMNS) -> RunInfo:
+    return RunInfo("binance", "Binance", tuple(symbols), "1m", 0, NOW, columns, output_timeframe="1m")
+
+
+def _batch(start: str, end: str, symbol: str = "BTCUSDT") -> Batch:
+    lo, hi = parse_range(start, end)
+    return Batch("binance", symbol, "1m", COLUMNS, binance_rows(symbol, "1m", lo, hi, NOW))
+
+
+def test_a_crash_while_writing_keeps_the_previous_file_and_the_root_clean(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    sink = ParquetSink(root=str(root))
+    sink.open(_run_info())
+    sink.write(_batch("2024-01-01", "2024-01-01"))
+    sink.close(True)
+    before = files(root)
+
+    def torn(table, where, **kwargs):
+        where.write(b"PAR1 half a file")
+        raise OSError(28, "No space left on device")
+
+    sink = ParquetSink(root=str(root))
+    sink.open(_run_info())
+    sink.write(_batch("2024-01-02", "2024-01-02"))
+    monkeypatch.setattr(pq, "write_table", torn)
+    with pytest.raises(SinkError, match="No space left on device"):
+        sink.commit()
+    sink.close(False)
+    assert files(root) == before
+    assert not os.listdir(tmp_path / ".data.forge" / "tmp")
+
+
+def test_one_partition_is_buffered_at_a_time(tmp_path):
+    sink = ParquetSink(root=str(tmp_path / "data"))
+    sink.open(_run_info(("BTCUSDT", "ETHUSDT")))
+    sink.write(_batch("2024-01-31 23:00", "2024-02-01 01:00"))  # crosses a month: January is written
+    assert len(list((tmp_path / "data").rglob("*.parquet"))) == 1
+    assert sink.current is not None and sink.current.key[3:] == (2024, 2)
+    sink.write(_batch("2024-02-01", "2024-02-01", "ETHUSDT"))  # next series: February of BTC written
+    assert len(list((tmp_path / "data").rglob("*.parquet"))) == 2
+    sink.close(True)
+    assert len(list((tmp_path / "data").rglob("*.parquet"))) == 3
+
+
+def test_a_value_needing_more_decimal_places_than_the_dataset_is_refused(tmp_path):
+    sink = ParquetSink(root=str(tmp_path / "data"))
+    sink.open(_run_info())
+    sink.write(_batch("2024-01-01", "2024-01-01"))
+    sink.commit()
+    row = list(_batch("2024-01-02", "2024-01-02").rows[0])
+    row[COLUMNS.index("close")] = "0.123456789"
+    with pytest.raises(SinkError, match=r"close value 0.123456789 needs 9 decimal places.*decimal128\(38, 8\)"):
+        sink.write(Batch("binance", "BTCUSDT", "1m", COLUMNS, [tuple(row)]))
+    sink.close(False)
+
+
+def test_a_new_dataset_takes_the_scale_its_strings_need():
+    from forge_sink_parquet.convert import to_table
+
+    table = to_table(("open_ts", "close", "note"), [(0, "1.5", "a"), (60_000, "0.0000000123", "b")], None,
+                     False, "test")
+    assert table.schema.field("close").type == pa.decimal128(38, 10)
+    assert table["close"].to_pylist() == [Decimal("1.5"), Decimal("0.0000000123")]
+    assert table.schema.field("note").type == pa.string()
+
+
+# -- bad input ------------------------------------------------------------------------------
+def one_line(result) -> str:
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.err, result
+    return lines[0]
+
+
+def test_bad_roots_fail_before_any_exchange_request(forge, fresh_mock, tmp_path, monkeypatch):
+    monkeypatch.setenv("FORGE_BINANCE_URL", fresh_mock.url)
+    args = ("--symbol", "BTCUSDT", "--from", "2024-01-01", "--to", "2024-01-01")
+    (tmp_path / "afile").write_text("x")
+    result = run(forge, tmp_path / "afile" / "data", *args)
+    assert result.code == 1 and "cannot write the parquet dataset" in one_line(result)
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.csv").write_text("keep me")
+    result = run(forge, foreign, *args)
+    assert result.code == 1 and "holds 'notes.csv', which Forge did not write" in one_line(result)
+    assert (foreign / "notes.csv").read_text() == "keep me"
+
+    # a Parquet file in the layout's place, not written by Forge
+    part = tmp_path / "other" / "source=binance/symbol=BTCUSDT/timeframe=1m/year=2024/month=1/part-0.parquet"
+    part.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"open_ts": [1]}), part)
+    before = part.read_bytes()
+    result = run(forge, tmp_path / "other", *args)
+    assert result.code == 1 and "which Forge did not write" in one_line(result)
+    assert part.read_bytes() == before
+
+    result = forge("run", "-s", "binance", "--sink", "parquet", "-q", *args)
+    assert result.code == 2 and "needs --root DIR" in one_line(result)
+    assert fresh_mock.stats.get("binance.spot.candles", 0) == 0
+
+
+def test_number_type_conflicts_with_the_dataset_are_refused(forge, exchange_env, tmp_path):
+    args = ("--symbol", "BTCUSDT", "--from", "2024-01-01 00:00", "--to", "2024-01-01 01:00")
+    floats, decimals = tmp_path / "floats", tmp_path / "decimals"
+    assert run(forge, floats, "--parquet-float", *args).code == 0
+    assert run(forge, decimals, *args).code == 0
+    before = files(floats), files(decimals)
+    result = run(forge, floats, *args)
+    assert result.code == 1 and "stores prices and volumes as float64; add --parquet-float" in one_line(result)
+    result = run(forge, decimals, "--parquet-float", *args)
+    assert result.code == 1 and "as exact decimals; drop --parquet-float" in one_line(result)
+    assert (files(floats), files(decimals)) == before
+
+
+def test_other_columns_than_the_dataset_are_refused(forge, exchange_env, tmp_path):
+    root = tmp_path / "data"
+    args = ("--symbol", "BTCUSDT", "--from", "2024-01-01 00:00", "--to", "2024-01-01 01:00")
+    assert run(forge, root, *args).code == 0
+    before = files(root)
+    result = run(forge, root, *args, "--transform", "select", "--columns",
+                 "source,symbol,timeframe,open_ts,end_ts,close")
+    assert result.code == 1, result
+    assert "but the dataset's files have" in one_line(result)
+    assert files(root) == before
+
+
+def test_a_second_writer_of_the_same_root_is_refused(tmp_path):
+    first = ParquetSink(root=str(tmp_path / "data"))
+    first.open(_run_info())
+    with pytest.raises(SinkError, match="another forge run is writing"):
+        ParquetSink(root=str(tmp_path / "data")).open(_run_info())
+    first.close(True)
+    ParquetSink(root=str(tmp_path / "data")).open(_run_info())
+
+
+def test_symbols_that_are_not_safe_directory_names_are_refused(tmp_path):
+    with pytest.raises(SinkError, match="cannot use symbol 'BTC/USDT'"):
+        ParquetSink(root=str(tmp_path / "data")).open(_run_info(("BTC/USDT",)))
+    with pytest.raises(UsageError):
+        ParquetSink(root=str(tmp_path / "data"), bogus=1)
