@@ -35,6 +35,10 @@ from forge_core import Batch, Option, RunInfo, Sink, SinkError, UsageError, pars
 from . import layout
 from .convert import HIVE_KEYS, forge_metadata, read_forge_metadata, to_table
 
+# Candle columns are nearly all distinct values: dictionary pages only cost time and memory
+# (5x slower, +20 MB per month written); zstd halves the files against snappy for little time.
+WRITE_OPTIONS: dict[str, Any] = {"use_dictionary": False, "compression": "zstd"}
+
 
 @dataclass
 class _Partition:
@@ -245,6 +249,7 @@ class ParquetSink(Sink):
             part.base, part.pending = merged, []
         if finished:
             self.current = None
+            pa.default_memory_pool().release_unused()  # keeps the peak flat from a month to a year
 
     def _read_partition(self, path: str) -> pa.Table | None:
         try:
@@ -272,7 +277,7 @@ class ParquetSink(Sink):
             raise SinkError(f"cannot write {path}: {exc.strerror or exc}") from None
         try:
             with os.fdopen(fd, "wb") as f:
-                pq.write_table(table, f)
+                pq.write_table(table, f, **WRITE_OPTIONS)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
