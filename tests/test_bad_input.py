@@ -39,7 +39,7 @@ def with_user(parts, user: str, password: str, db: str | None = None, port: int 
 CLI_CASES = [
     # (id, args, exit code, text that must be in the one line)
     ("unknown source", ["-s", "kraken", "--symbol", "X", *DATES], 2, "unknown source 'kraken'; installed sources: binance"),
-    ("unknown sink", [*B, *DATES, "--sink", "parquet"], 2, "unknown sink 'parquet'; installed sinks: csv, postgres"),
+    ("unknown sink", [*B, *DATES, "--sink", "s3"], 2, "unknown sink 's3'; installed sinks: csv, parquet, postgres"),
     ("unknown transform", [*B, *DATES, "--transform", "ema"], 2, "unknown transform 'ema'; installed transforms: resample, select"),
     ("transform module missing", [*B, *DATES, "--transform", "nomodule:fn"], 2, "cannot load transform 'nomodule:fn'"),
     ("binance unknown symbol", ["-s", "binance", "--symbol", "FOOBAR", *DATES], 1, "unknown symbol 'FOOBAR' on Binance spot"),
@@ -150,7 +150,7 @@ API_CASES = [
     ("unknown symbol", lambda: sf.BinanceBackfilling("NOPEUSDT", "1m", "2024-01-01", "2024-01-02").run(), SourceError, "unknown symbol 'NOPEUSDT'"),
     ("no sinks", lambda: Pipeline("binance", sinks=[]), UsageError, "at least one sink"),
     ("zero workers", lambda: Pipeline("binance", workers=0), UsageError, "workers must be at least 1"),
-    ("unknown sink by name", lambda: Pipeline("binance", sinks=["parquet"]), UsageError, "unknown sink 'parquet'"),
+    ("unknown sink by name", lambda: Pipeline("binance", sinks=["s3"]), UsageError, "unknown sink 's3'"),
 ]
 
 

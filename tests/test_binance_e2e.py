@@ -116,7 +116,7 @@ def test_output_template_and_combined_file(forge, exchange_env, in_tmp):
     (["--symbol", "BTCUSDT", "--from", "2024-03-01", "--to", "2024-02-01"], 2,
      "from date '2024-03-01' is after to date '2024-02-01'"),
     (["--symbol", "BTCUSDT", "--from", "2030-01-01", "--to", "2030-02-01"], 2, "is in the future"),
-    (["--symbol", "BTCUSDT", "--sink", "parquet"], 2, "unknown sink 'parquet'; installed sinks: csv"),
+    (["--symbol", "BTCUSDT", "--sink", "s3"], 2, "unknown sink 's3'; installed sinks: csv"),
     (["--symbol", "BTCUSDT", "--table", "x"], 2, "option --table belongs to sink postgres"),
 ])
 def test_bad_input_is_one_clear_line(forge, exchange_env, in_tmp, args, code, message):
