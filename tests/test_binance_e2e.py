@@ -11,9 +11,7 @@ from forge_core.times import parse_range
 from forge_mock_exchange.expected import as_csv_lines, binance_rows
 from forge_mock_exchange.market import MAINTENANCE, NEW_LISTED, Market
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
-if not FIXTURES.exists():
-    FIXTURES = Path("/work/shared/fixtures/real")
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "real"  # real responses; see PROVENANCE.md
 HEADER = ["source", "symbol", "timeframe", "open_ts", "end_ts", "open", "high", "low", "close", "volume",
           "quote_volume", "trades", "taker_buy_base_volume", "taker_buy_quote_volume"]
 

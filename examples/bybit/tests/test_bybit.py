@@ -23,9 +23,8 @@ from forge_mock_exchange.server import MockConfig, MockExchange, Request, Respon
 NOW = 1742034030456  # the mock's frozen clock: 2025-03-15 10:20:30.456 UTC
 LISTINGS = {"BTCUSDT": Listing("BTCUSDT", 1625443200000, (MAINTENANCE,), 4_200_000)}  # 2021-07-05
 TIMEFRAMES = {"1": "1m", "5": "5m", "60": "60m", "D": "1d", "W": "1w"}  # the intervals tested here
-DOCS_EXAMPLE = Path(__file__).resolve().parents[4] / "shared/fixtures/real/bybit_v5_market_kline_docs_example_coincise.json"
-if not DOCS_EXAMPLE.exists():
-    DOCS_EXAMPLE = Path("/work/shared/fixtures/real/bybit_v5_market_kline_docs_example_coincise.json")
+# Bybit's own documentation example response; see fixtures/PROVENANCE.md
+DOCS_EXAMPLE = Path(__file__).resolve().parent / "fixtures" / "bybit_v5_market_kline_docs_example_coincise.json"
 
 
 def ok(result: dict) -> Response:

@@ -1,5 +1,5 @@
 """The archive client's pure parts: planning, checksum lines, CSV quirks, gaps; against the real
-samples in ``shared/fixtures/real`` where there are any."""
+samples in ``fixtures/`` (copied from Binance's own repositories, see PROVENANCE.md)."""
 
 from __future__ import annotations
 
@@ -25,11 +25,7 @@ from forge_binance.archive import (
 from forge_core.timeframes import parse_timeframe
 from forge_core.times import parse_instant
 
-FIXTURES = Path("/work/shared/fixtures/real")
-for parent in Path(__file__).resolve().parents:
-    if (parent / "shared" / "fixtures" / "real").exists():
-        FIXTURES = parent / "shared" / "fixtures" / "real"
-        break
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # real archive samples; see PROVENANCE.md
 
 
 def ms(text: str) -> int:

@@ -15,9 +15,7 @@ from forge_mock_exchange.market import MAINTENANCE
 from forge_mock_exchange.server import Response
 from forge_okx.source import BARS, OkxSource, inst_type, suggest
 
-FIXTURES = Path(__file__).resolve().parents[4] / "shared" / "fixtures" / "real"
-if not FIXTURES.exists():
-    FIXTURES = Path("/work/shared/fixtures/real")
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # real OKX responses; see PROVENANCE.md
 NOW = 1742034030456  # the mock's frozen clock (conftest.NOW)
 
 
