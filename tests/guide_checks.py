@@ -1,8 +1,9 @@
 """Run the streamforge backfilling guide's examples on Forge and check what they produced.
 
-Shared by ``test_guide_examples.py`` (the in-repo copy of the examples, ``guide_examples.py``,
-always run) and ``test_seed_examples.py`` (the guide itself, when it is present). A module that
-does ``from guide_checks import *`` defines a ``guide_blocks`` fixture: ``[(heading, code), ...]``.
+Used by ``test_guide_examples.py`` on the repository's verbatim copy of the examples
+(``guide_examples.py``; ``test_seed_examples.py`` checks the copy against the guide when the
+guide is present). A module that does ``from guide_checks import *`` defines a ``guide_blocks``
+fixture: ``[(heading, code), ...]``.
 
 The blocks run in document order in one namespace, as a reader pasting them into one session
 would, with one change, ``import forge_core as sf`` for ``import streamforge as sf``. They reach
