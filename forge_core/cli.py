@@ -119,6 +119,8 @@ def run_command(plugins: Plugins) -> click.Command:
             if code:
                 raise click.exceptions.Exit(code)
             return
+        if kw["since"]:
+            raise UsageError("--since is used with --follow (where a series the sinks do not hold starts)")
         try:
             result = pipeline.run(kw["symbol"], kw["timeframe"], kw["from_"], kw["to"])
         except KeyboardInterrupt:

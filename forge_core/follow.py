@@ -193,11 +193,11 @@ class Follower:
         if since is None:
             raise UsageError("--follow needs --since (or --from DATE): where a series the sinks do not hold "
                              "yet starts, e.g. --since 2024-01-01")
-        self.since = parse_instant(str(since), what="since date")[0]
+        self.since = since if isinstance(since, int) else parse_instant(str(since), what="since date")[0]
         self.lag_warning = lag_warning
         self.poll_delay = poll_delay
         self.settle_ms = int(max(settle * 1000, 2 * (self.tf.ms or 86_400_000)))
-        self.workers = workers or max(pipeline.workers, min(16, len(self.symbols)))
+        self.workers = workers or max(pipeline.workers, min(32, len(self.symbols)))
         self.commit_every = pipeline.commit_every
         self.on_commit = on_commit
         self.on_tick = on_tick

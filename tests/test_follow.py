@@ -37,7 +37,9 @@ class Follow:
                  env: dict[str, str] | None = None) -> None:
         self.cwd = cwd
         args = ["forge", "-v", "--log-format", "json", "run", "-s", "binance", "--symbol", symbols, "-t", "1s",
-                "--from", "auto", "--since", str(since), "--follow", "--output", "f-{symbol}.csv", *extra]
+                "--from", "auto", "--since", str(since), "--follow", *extra]
+        if "--sink" not in extra:
+            args += ["--output", "f-{symbol}.csv"]
         self.proc = subprocess.Popen(args, cwd=cwd, env={**os.environ, "FORGE_BINANCE_URL": mock.url, **(env or {})},
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      stdin=subprocess.DEVNULL)
@@ -211,3 +213,48 @@ def test_follow_usage_errors(forge_process) -> None:
     result = forge_process("run", "-s", "binance", "--symbol", "BTCUSDT", "--from", "2024-01-01", "--to",
                            "2024-02-01", "--follow")
     assert result.code == 2 and "drop --to" in result.err
+
+
+def test_follow_into_postgres_commits_each_boundary_and_restarts_exactly(live_mock: MockExchange, tmp_path: Path,
+                                                                         pg_url: str, db) -> None:
+    import uuid
+
+    table = f"follow_{uuid.uuid4().hex[:10]}"
+    since = (mock_now(live_mock) // SECOND - 6) * SECOND
+    extra = ("--sink", "postgres", "--table", table)
+    env = {"FORGE_DATABASE_URL": pg_url}
+
+    def rows() -> list[tuple]:
+        db.execute(f"SELECT source, symbol, timeframe, open_ts, end_ts, open::text, high::text, low::text, "
+                   f"close::text, volume::text FROM {table} ORDER BY symbol, open_ts")
+        return db.fetchall()
+
+    def wait_table(until_open: int, proc: Follow) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            db.execute(f"SELECT max(open_ts) FROM {table}")
+            newest = db.fetchone()[0]
+            if newest is not None and newest >= until_open:
+                return
+            assert proc.proc.poll() is None, "".join(proc.err_lines[-20:])
+            time.sleep(0.05)
+        raise AssertionError("".join(proc.err_lines[-20:]))
+
+    first = Follow(live_mock, tmp_path, "BTCUSDT", since, *extra, env=env)
+    wait_deadline = time.monotonic() + 20
+    while time.monotonic() < wait_deadline and not first.events("caught_up"):
+        assert first.proc.poll() is None, "".join(first.err_lines[-20:])
+        time.sleep(0.05)
+    wait_table((mock_now(live_mock) // SECOND + 2) * SECOND, first)
+    first.kill()
+    again = Follow(live_mock, tmp_path, "BTCUSDT", since, *extra, env=env)
+    wait_table((mock_now(live_mock) // SECOND + 2) * SECOND, again)
+    code, _ = again.stop()
+    assert code == 0, "".join(again.err_lines[-20:])
+    got = rows()
+    last = got[-1][3]
+    want = [r[:10] for r in binance_rows("BTCUSDT", "1s", since, last + SECOND, last + SECOND)]
+    assert got == want
+    # one transaction per boundary in the tail: a commit event per candle
+    tail = again.events("candle_committed")[1:]
+    assert tail and all(b["written"] - a["written"] == 1 for a, b in zip(tail, tail[1:], strict=False))

@@ -1,0 +1,110 @@
+"""The follow loop's pieces without an exchange: whole output periods only reach the
+transforms, the exchange clock is a lower bound, the status line fits the terminal."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from forge_core import Batch, Pipeline, Sink, Source
+from forge_core.follow import ExchangeClock, SeriesState, StatusLine
+from forge_core.timeframes import HOUR, MINUTE
+
+
+class ListSink(Sink):
+    name = "list"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.rows: list[tuple] = []
+
+    def write(self, batch: Batch) -> None:
+        self.rows += batch.rows
+
+
+class StillSource(Source):
+    name = "still"
+
+    def __init__(self, clock: list[int] | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        self.clock = clock or [0]
+
+    def server_time(self) -> int:
+        return self.clock[0]
+
+
+def minute(ts: int) -> tuple:
+    return ("still", "X", "1m", ts, ts + MINUTE - 1, "1.0", "2.0", "0.5", "1.5", "3")
+
+
+def resampling_follower() -> tuple[Any, ListSink]:
+    sink = ListSink()
+    pipeline = Pipeline(StillSource(), [sink], [("resample", {"resample_to": "1h"})])
+    follower = pipeline.follow(["X"], "1m", since=0)
+    follower.sink_points = [{}]
+    return follower, sink
+
+
+def test_an_hour_reaches_resample_only_when_its_last_minute_came() -> None:
+    follower, sink = resampling_follower()
+    s = follower.series["X"] = SeriesState("X", 0)
+    follower.now = 2 * HOUR + 1000  # the 01:00 hour has closed; its minutes from 01:31 are not served yet
+    rows = [minute(ts) for ts in range(0, HOUR + 31 * MINUTE, MINUTE)]
+    follower._take(s, rows[:70], 2 * HOUR)
+    follower._take(s, rows[70:], 2 * HOUR)
+    follower._finish(s, 2 * HOUR)
+    assert [r[3] for r in sink.rows] == [0]  # 00:00 complete; 01:00 held back, not resampled half
+    assert sink.rows[0][4] == HOUR - 1 and sink.rows[0][5:9] == ("1.0", "2.0", "0.5", "1.5")
+    assert s.next_start == HOUR  # asked again, whole, next time
+
+    s.step_start, s.started = s.next_start, False
+    follower._take(s, [minute(ts) for ts in range(HOUR, 2 * HOUR, MINUTE)], 2 * HOUR)
+    follower._finish(s, 2 * HOUR)
+    assert [r[3] for r in sink.rows] == [0, HOUR]
+    assert sink.rows[1][9] == str(3 * 60)  # sixty minutes' volume: the whole hour
+    assert s.next_start == 2 * HOUR
+
+
+def test_a_period_missing_long_after_its_close_is_a_real_hole() -> None:
+    follower, sink = resampling_follower()
+    s = follower.series["X"] = SeriesState("X", 0)
+    follower.now = 5 * HOUR  # hours ago: what is missing will never come
+    follower._take(s, [minute(ts) for ts in range(0, 30 * MINUTE, MINUTE)], 5 * HOUR)
+    follower._finish(s, 5 * HOUR)
+    assert [r[3] for r in sink.rows] == [0]
+    assert s.next_start == 4 * HOUR  # 01:00-03:59 are holes; 04:00 just closed: asked again
+
+
+def test_the_exchange_clock_is_a_lower_bound_and_follows_the_server() -> None:
+    local = [100.0]
+    server = [1_000_000]
+    clock = ExchangeClock(StillSource(server), local=lambda: local[0])
+    clock.sync()
+    assert clock.now() <= 1_000_000
+    local[0] += 2.0  # two seconds later by the local clock
+    assert 1_001_990 <= clock.now() <= 1_002_000
+    assert clock.local_at(clock.now()) <= local[0] + 0.01
+    assert clock.local_at(1_005_000) >= local[0] + 3.0  # the exchange reaches it no sooner
+    server[0] = 900_000  # the exchange's clock jumped back: follow it
+    local[0] += 60
+    assert clock.due()
+    clock.sync()
+    assert clock.now() <= 900_000
+
+
+def test_status_line_fits_the_terminal(monkeypatch) -> None:
+    follower, _ = resampling_follower()
+    follower.clock.sync()
+    for i in range(40):
+        follower.series[f"S{i}USDT"] = SeriesState(f"S{i}USDT", 0, last_open=0)
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Tty()
+    monkeypatch.setenv("COLUMNS", "40")
+    line = StatusLine(stream)
+    line(follower)
+    drawn = stream.getvalue().split("\r")[-1]
+    assert 0 < len(drawn) <= 40 and "40 series" in drawn
