@@ -258,3 +258,20 @@ def test_follow_into_postgres_commits_each_boundary_and_restarts_exactly(live_mo
     # one transaction per boundary in the tail: a commit event per candle
     tail = again.events("candle_committed")[1:]
     assert tail and all(b["written"] - a["written"] == 1 for a, b in zip(tail, tail[1:], strict=False))
+
+
+def test_follow_paused_process_catches_up_exactly(live_mock: MockExchange, tmp_path: Path) -> None:
+    """SIGSTOP/SIGCONT: what a suspended laptop looks like to the process (its timers overshoot,
+    candles closed meanwhile must be fetched before the tail goes on)."""
+    since = (mock_now(live_mock) // SECOND - 3) * SECOND
+    run = Follow(live_mock, tmp_path, "BTCUSDT", since)
+    run.wait_rows("BTCUSDT", (mock_now(live_mock) // SECOND) * SECOND)
+    run.proc.send_signal(signal.SIGSTOP)
+    time.sleep(4)
+    run.proc.send_signal(signal.SIGCONT)
+    resumed = mock_now(live_mock)
+    run.wait_rows("BTCUSDT", (resumed // SECOND) * SECOND, timeout=10)
+    code, _ = run.stop()
+    assert code == 0
+    check_exact(tmp_path / "f-BTCUSDT.csv", "BTCUSDT", since)
+    assert run.events("woke_late")
