@@ -190,6 +190,10 @@ class Follower:
         self.out_tf = parse_timeframe(_output_timeframe(self.transforms, self.tf.name))
         if self.out_tf.ms is not None and self.tf.ms is not None and self.out_tf.ms % self.tf.ms:
             raise UsageError(f"cannot follow {self.tf.name} candles into {self.out_tf.name} periods")
+        unable = [sink.name for sink in self.sinks if not getattr(sink, "supports_follow", False)]
+        if unable:
+            raise UsageError(f"sink {unable[0]!r} cannot follow (it publishes its output only at the end of "
+                             "a run); --follow works with sinks that commit in place, e.g. csv, postgres")
         if since is None:
             raise UsageError("--follow needs --since (or --from DATE): where a series the sinks do not hold "
                              "yet starts, e.g. --since 2024-01-01")
@@ -238,8 +242,12 @@ class Follower:
             for sink in self.sinks:
                 sink.open(info)
                 opened.append(sink)
-            self._setup()
-            self._loop()
+            try:
+                self._setup()
+                self._loop()
+            except Cancelled:
+                if not self.stopping.is_set():
+                    raise
             ok = True
         finally:
             self.result.elapsed = time.monotonic() - began

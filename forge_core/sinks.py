@@ -52,6 +52,9 @@ class Sink:
     # option values the streamforge-style ``sf.<Name>Emitter`` starts from, where its defaults
     # differ from Forge's (streamforge's PostgresEmitter inserts unless on_conflict() is called)
     compat_defaults: ClassVar[dict[str, Any]] = {}
+    # can take part in a never-ending run (``--follow``, ``RunInfo.follow``): each commit leaves
+    # the rows readable in their final place
+    supports_follow: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.settings = settings("sink", self.name, self.options, options)

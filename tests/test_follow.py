@@ -275,3 +275,29 @@ def test_follow_paused_process_catches_up_exactly(live_mock: MockExchange, tmp_p
     assert code == 0
     check_exact(tmp_path / "f-BTCUSDT.csv", "BTCUSDT", since)
     assert run.events("woke_late")
+
+
+def test_follow_okx_1s(live_mock: MockExchange, tmp_path: Path) -> None:
+    """Another source through the same core loop: OKX's 1s bars, its own clock and limits."""
+    from forge_mock_exchange.expected_okx import okx_rows
+
+    since = (mock_now(live_mock) // SECOND - 5) * SECOND
+    args = ["forge", "run", "-s", "okx", "--symbol", "BTC-USDT", "-t", "1s", "--from", "auto", "--since",
+            str(since), "--follow", "--output", "okx.csv"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env={**os.environ, "FORGE_OKX_URL": live_mock.url},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    target = (mock_now(live_mock) // SECOND + 3) * SECOND
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        rows = read_rows(tmp_path / "okx.csv")
+        if rows and int(rows[-1][3]) >= target:
+            break
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    rows = read_rows(tmp_path / "okx.csv")
+    last = int(rows[-1][3])
+    assert last >= target
+    assert rows == as_csv_lines(okx_rows("BTC-USDT", "1s", since, last + SECOND, last + SECOND))

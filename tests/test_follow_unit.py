@@ -13,6 +13,7 @@ from forge_core.timeframes import HOUR, MINUTE
 
 class ListSink(Sink):
     name = "list"
+    supports_follow = True
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -108,3 +109,16 @@ def test_status_line_fits_the_terminal(monkeypatch) -> None:
     line(follower)
     drawn = stream.getvalue().split("\r")[-1]
     assert 0 < len(drawn) <= 40 and "40 series" in drawn
+
+
+def test_a_sink_that_publishes_only_at_the_end_cannot_follow() -> None:
+    import pytest
+
+    from forge_core import UsageError
+
+    class AtTheEnd(ListSink):
+        name = "atend"
+        supports_follow = False
+
+    with pytest.raises(UsageError, match="sink 'atend' cannot follow"):
+        Pipeline(StillSource(), [AtTheEnd()]).follow(["X"], "1m", since=0)

@@ -40,6 +40,7 @@ class _File:
 class CsvSink(Sink):
     name = "csv"
     description = "CSV files, complete or absent (atomic rename); the default sink"
+    supports_follow = True  # appends complete lines to the final file (see _open_follow)
     options = (
         Option("output", "CSV path or template ({source} {symbol} {timeframe} {start} {end}); "
                "default Label-SYMBOL-TF-FROM_TO.csv per symbol.", metavar="PATH"),

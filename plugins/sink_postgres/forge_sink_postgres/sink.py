@@ -79,6 +79,7 @@ class PostgresSink(Sink):
         Option("password_file", "File holding the database password (first line).", metavar="PATH"),
     )
 
+    supports_follow = True  # every commit is a transaction in the target table
     compat_defaults = {"on_conflict": "none"}  # sf.PostgresEmitter inserts unless on_conflict() is called
 
     # Retrying a lost connection: backoff from RETRY_FIRST doubling to RETRY_MAX seconds,
