@@ -15,6 +15,7 @@ from .options import Option
 from .pipeline import Pipeline, Progress, RunResult
 from .plugins import Plugins
 from .records import CANDLE_COLUMNS, EXTRA_COLUMNS, Batch
+from .redact import redact, redact_url
 from .sinks import RunInfo, Sink
 from .sources import Source, SymbolInfo, Task
 from .timeframes import Timeframe, parse_timeframe
@@ -58,4 +59,6 @@ __all__ = [
     "__version__",
     "hookimpl",
     "parse_timeframe",
+    "redact",
+    "redact_url",
 ]

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 
 class ForgeError(Exception):
-    """A failure the user can act on. ``str(error)`` is the one line shown to them."""
+    """A failure the user can act on. ``str(error)`` is the one line shown to them, with any
+    URL credentials and secret query values redacted (:func:`forge_core.redact`)."""
 
     exit_code = 1
+
+    def __init__(self, *args: object) -> None:
+        from .redact import redact
+
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
+
+    def __str__(self) -> str:
+        from .redact import redact
+
+        return redact(super().__str__())
 
 
 class UsageError(ForgeError):

@@ -7,6 +7,7 @@ exchange's published limits and a ``check`` function that maps the exchange's er
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -15,14 +16,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import urllib3.exceptions
 
 from . import __version__
 from .errors import ForgeError, RetryableError, SourceError, UsageError
 from .logs import get_logger
+from .redact import redact, redact_host, redact_url
 
 log = get_logger(__name__)
 USER_AGENT = f"forge-etl/{__version__} (+https://github.com/forge-etl)"
@@ -33,14 +37,19 @@ class RateLimiter:
     """At most ``capacity`` units in any sliding window of ``window`` seconds, for all threads.
 
     A sliding window never exceeds a fixed-window server limit either. :meth:`pause` stops
-    every caller until a time (after a 429's ``Retry-After``); :meth:`observe` takes the
-    server's own count of used weight into account (other processes on the same IP).
+    every caller until a time (after a 429's ``Retry-After``): those waiting in :meth:`acquire`
+    and, through :meth:`hold`, those that acquired but have not sent yet. :meth:`observe` takes
+    the server's own count of used weight into account (other processes on the same IP).
+
+    ``initial`` is a conservative capacity used until the exchange's real limit is known
+    (:meth:`reconfigure`): start-up requests (exchange info, server time, probes) draw from it.
     """
 
-    def __init__(self, capacity: float, window: float, *, name: str = "") -> None:
-        self.capacity = capacity
+    def __init__(self, capacity: float, window: float, *, name: str = "", initial: float | None = None) -> None:
+        self.capacity = capacity if initial is None else min(capacity, initial)
         self.window = window
         self.name = name
+        self.known = initial is None
         self._lock = threading.Lock()
         self._log: deque[tuple[float, float]] = deque()
         self._used = 0.0
@@ -48,15 +57,18 @@ class RateLimiter:
         self.waited = 0.0
 
     def reconfigure(self, capacity: float, window: float) -> None:
+        """The exchange's real limit (what was spent in the window still counts)."""
         with self._lock:
             self.capacity, self.window = capacity, window
+            self.known = True
 
     def _expire(self, now: float) -> None:
         horizon = now - self.window
         while self._log and self._log[0][0] <= horizon:
             self._used -= self._log.popleft()[1]
 
-    def acquire(self, cost: float = 1.0) -> None:
+    def acquire(self, cost: float = 1.0, cancel: threading.Event | None = None) -> bool:
+        """Take ``cost`` units, waiting as long as needed; False if ``cancel`` was set meanwhile."""
         cost = min(cost, self.capacity)
         while True:
             with self._lock:
@@ -67,7 +79,7 @@ class RateLimiter:
                 elif self._used + cost <= self.capacity:
                     self._log.append((now, cost))
                     self._used += cost
-                    return
+                    return True
                 else:
                     # wait until enough of the oldest entries have left the window
                     need, freed, wait = self._used + cost - self.capacity, 0.0, 0.0
@@ -77,7 +89,22 @@ class RateLimiter:
                         if freed >= need:
                             break
                 self.waited += max(wait, 0.0)
-            time.sleep(max(wait, 0.001))
+            if cancel is None:
+                time.sleep(max(wait, 0.001))
+            elif cancel.wait(max(wait, 0.001)):
+                return False
+
+    def paused_for(self) -> float:
+        """Seconds left of the current pause (0 when not paused). Lock-free: one float read."""
+        left = self._paused_until - time.monotonic()
+        return left if left > 0 else 0.0
+
+    def hold(self, cost: float = 1.0, cancel: threading.Event | None = None) -> bool:
+        """Called just before a request is sent: if a pause began after :meth:`acquire`
+        returned, wait for it to end and acquire again (the first unit stays spent: safe)."""
+        if self.paused_for() > 0:
+            return self.acquire(cost, cancel)
+        return True
 
     def pause(self, seconds: float) -> None:
         with self._lock:
@@ -124,26 +151,90 @@ class GaveUp(SourceError):
         self.status = status
 
 
+class Unreachable(GaveUp):
+    """The host's name does not resolve, or it refused the connection and has never answered in
+    this process: not retried (a wrong or unset base URL, no network), ``status`` is ``None``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, None)
+
+
 class Cancelled(SourceError):
     """The client was closed (the run stopped) while a request was waiting to retry."""
 
 
-def _retry_after(response: requests.Response) -> float | None:
+def retry_after(response: requests.Response) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date), or None."""
     value = response.headers.get("Retry-After")
     if value is None:
         return None
+    value = value.strip()
     try:
         return max(float(value), 0.0)
     except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
         return None
+    if when.tzinfo is None:
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+_retry_after = retry_after  # the old private name
 
 
 def default_check(response: requests.Response, body: Any) -> None:
     """Treat 408, 429 and 5xx as retryable, other non-2xx statuses as final."""
     if response.status_code in (408, 429) or response.status_code >= 500:
-        raise RetryableError(f"HTTP {response.status_code}", _retry_after(response))
+        raise RetryableError(f"HTTP {response.status_code}", retry_after(response))
     if response.status_code >= 400:
         raise SourceError(f"HTTP {response.status_code} from {urlsplit(response.url).path}: {str(body)[:200]}")
+
+
+# hosts (scheme://host:port) that have answered an HTTP request in this process: a refused
+# connection to one of them is a restart (retried), to any other a wrong host (not retried)
+_answered: set[str] = set()
+# a response arriving at less than this rate is cut at the timeout; faster ones may take longer
+MIN_RATE = 100_000  # bytes per second
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port}"
+
+
+def _exact_float(text: str) -> str:
+    return text
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not an exact number")
+
+
+def decode_json(content: bytes, *, exact: bool = False) -> Any:
+    """JSON from bytes; with ``exact``, numbers with a fraction or exponent are kept as the
+    exchange's exact text (``0.1`` -> ``"0.1"``), integers are ``int`` and NaN/Infinity are refused."""
+    if exact:
+        return json.loads(content, parse_float=_exact_float, parse_constant=_no_constant)
+    return json.loads(content)
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """One thread's connection pool; checks the limiter's pause right before a request goes
+    on the wire (a 429 seen by another worker after this one passed ``acquire``)."""
+
+    def __init__(self, limiter: RateLimiter | None, cancel: threading.Event) -> None:
+        super().__init__(pool_connections=1, pool_maxsize=2, max_retries=0)
+        self.limiter = limiter
+        self.cancel = cancel
+        self.cost = 1.0  # of the request being sent (one adapter per thread)
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        if self.limiter is not None and not self.limiter.hold(self.cost, self.cancel):
+            raise Cancelled("cancelled")
+        return super().send(request, *args, **kwargs)
 
 
 class HttpClient:
@@ -152,8 +243,14 @@ class HttpClient:
 
     ``max_attempts`` and ``give_up_after`` bound how long a persistent fault is retried before
     the run fails with the last error (defaults 10 attempts, 300 s; environment
-    ``FORGE_HTTP_MAX_ATTEMPTS``, ``FORGE_HTTP_GIVE_UP_AFTER``, ``FORGE_HTTP_TIMEOUT`` for the
-    read timeout, 30 s).
+    ``FORGE_HTTP_MAX_ATTEMPTS``, ``FORGE_HTTP_GIVE_UP_AFTER``). ``FORGE_HTTP_TIMEOUT`` (30 s)
+    bounds each whole response, not each read: a body trickling in is cut and retried.
+
+    A host whose name does not resolve, or that refuses connections and has not answered in
+    this process, fails at once (:class:`Unreachable`); ``envvar`` names the environment
+    variable that sets this host and ``hint`` adds advice to that message. URLs in messages
+    and logs are redacted (:func:`forge_core.redact_url`). Proxies come from the usual
+    environment variables (read once); ``~/.netrc`` is not read.
     """
 
     def __init__(
@@ -168,11 +265,23 @@ class HttpClient:
         backoff: float = 0.25,
         max_backoff: float = 30.0,
         headers: Mapping[str, str] | None = None,
+        envvar: str | None = None,
+        hint: str | None = None,
     ) -> None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise UsageError(f"bad base URL {base_url!r}: give the host root, e.g. https://api.binance.com")
+        try:
+            parts = urlsplit(base_url)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError:
+            ok = False
+        if not ok:
+            where = f" (from {envvar})" if envvar else ""
+            raise UsageError(f"bad base URL {redact_url(base_url)!r}{where}: give the host root, "
+                             "e.g. https://api.binance.com")
         self.base_url = base_url.rstrip("/")
+        self.host = redact_host(self.base_url)
+        self.envvar = envvar
+        self.hint = hint
         self.limiter = limiter
         self.check = check
         self.timeout = timeout or (5.0, _env_float("FORGE_HTTP_TIMEOUT", 30.0))
@@ -183,6 +292,11 @@ class HttpClient:
         self.max_backoff = max_backoff
         self.headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})}
         self.stats = HttpStats()
+        self._origin = _origin(self.base_url)
+        # requests' trust_env re-reads the environment and stats ~/.netrc on every request;
+        # do the proxy and CA-bundle part once, here, for this one host
+        self._proxies = requests.utils.get_environ_proxies(self.base_url)
+        self._verify: bool | str = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._sessions_lock = threading.Lock()
@@ -192,11 +306,14 @@ class HttpClient:
         session = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
+            session.trust_env = False
+            session.proxies.update(self._proxies)
+            session.verify = self._verify
             session.headers.update(self.headers)
-            adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=2, max_retries=0)
+            adapter = _Adapter(self.limiter, self.cancelled)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
-            self._local.session = session
+            self._local.session, self._local.adapter = session, adapter
             with self._sessions_lock:
                 self._sessions.append(session)
         return session
@@ -209,16 +326,22 @@ class HttpClient:
         cost: float = 1.0,
         on_response: Callable[[requests.Response], None] | None = None,
         parse: Callable[[Any], Any] | None = None,
+        exact: bool = False,
     ) -> Any:
         """GET ``base_url + path`` and return the decoded JSON body (or ``parse(body)``),
         retrying transient faults. ``parse`` raising ``ValueError``, ``TypeError``,
-        ``KeyError`` or ``IndexError`` marks the body malformed, which is retried too."""
+        ``KeyError`` or ``IndexError`` marks the body malformed, which is retried too.
+
+        ``exact=True`` keeps JSON numbers exact, for exchanges that send prices as numbers:
+        a number with a fraction or exponent arrives as its text (``0.1`` -> ``"0.1"``,
+        exactly what the exchange sent, ready for a row or ``Decimal``), an integer as
+        ``int``; without it they are ``float`` and ``0.1`` may print as ``0.1000000000000000055``."""
 
         def read(response: requests.Response) -> Any:
             if on_response is not None:
                 on_response(response)
             try:
-                body = response.json()
+                body = decode_json(response.content, exact=exact)
             except ValueError:
                 body = None
             self.check(response, body)
@@ -244,44 +367,127 @@ class HttpClient:
 
         return self._get(path, params, cost, read)
 
+    def _send(self, url: str, params: Mapping[str, Any] | None, cost: float, budget: float) -> requests.Response:
+        """One request whose whole response must arrive within ``budget`` seconds, plus the
+        time a body arriving at :data:`MIN_RATE` or faster needs. Headers are bounded by the
+        read timeout per socket read; the body by the budget as a whole (one byte at a time
+        does not keep a request alive)."""
+        connect, read = self.timeout
+        began = time.monotonic()
+        deadline = began + budget
+        left = max(budget, 0.001)
+        session = self.session
+        self._local.adapter.cost = cost
+        response = session.get(url, params=params, timeout=(min(connect, left), min(read, left)), stream=True)
+        raw = response.raw
+        chunks: list[bytes] = []
+        received = 0
+        try:
+            sock = getattr(getattr(raw, "connection", None), "sock", None)
+            while True:
+                left = deadline + received / MIN_RATE - time.monotonic()
+                if left <= 0:
+                    raise RetryableError(f"no complete response within {budget:.3g}s "
+                                         f"({received} bytes of the body had arrived)")
+                if sock is not None:
+                    sock.settimeout(min(read, left))
+                chunk = raw.read1(65536, decode_content=True)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                received += len(chunk)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            response.close()  # never reuse a connection with a half-read body
+            if isinstance(exc, (urllib3.exceptions.ReadTimeoutError, TimeoutError)):
+                raise RetryableError(f"no complete response within {budget:.3g}s "
+                                     f"({received} bytes of the body had arrived)") from None
+            raise RetryableError(f"body cut short after {received} bytes: {type(exc).__name__}: "
+                                 f"{_short(exc)}") from None
+        except BaseException:
+            response.close()
+            raise
+        response._content = b"".join(chunks)
+        response._content_consumed = True
+        raw.release_conn()
+        return response
+
+    def _unreachable(self, exc: requests.exceptions.RequestException, url: str) -> Unreachable | None:
+        """An :class:`Unreachable` if retrying ``exc`` is pointless: the name does not resolve,
+        or the host refused and has never answered in this process. ``None`` otherwise."""
+        if not isinstance(exc, requests.exceptions.ConnectionError) or isinstance(exc, requests.exceptions.ProxyError):
+            return None
+        if self._origin in _answered:
+            return None  # it answered before: a restart or a blip, retried
+        reason = exc.args[0] if exc.args else None
+        reason = getattr(reason, "reason", reason)
+        if isinstance(reason, urllib3.exceptions.NameResolutionError):
+            what = "the host name does not resolve"
+        elif isinstance(reason, urllib3.exceptions.NewConnectionError) and (
+                isinstance(reason.__cause__ or reason.__context__, ConnectionRefusedError)
+                or "Connection refused" in str(reason)):
+            what = "connection refused by a host that has not answered in this run"
+        else:
+            return None
+        advice = f"is the host right? {self.envvar} sets it" if self.envvar else "is the base URL right?"
+        if self.hint:
+            advice += f"; {self.hint}"
+        return Unreachable(f"{self.host}{urlsplit(url).path}: {what} ({_short(exc)}); not retried ({advice})")
+
     def _get(self, path: str, params: Mapping[str, Any] | None, cost: float,
              read: Callable[[requests.Response], Any]) -> Any:
         """The retry loop: ``read`` turns a response into the result, or raises
-        :class:`RetryableError` (try again) or another :class:`ForgeError` (final)."""
+        :class:`RetryableError` (try again) or another :class:`ForgeError` (final).
+        Each attempt has ``timeout`` for its whole response; all attempts ``give_up_after``."""
         url = self.base_url + path
         started = time.monotonic()
+        give_up_at = started + self.give_up_after
         last_error, last_status = "no attempt made", None
+        attempt = 0
         for attempt in range(1, self.max_attempts + 1):
             if self.cancelled.is_set():
                 raise Cancelled("cancelled")
-            if self.limiter is not None:
-                self.limiter.acquire(cost)
+            if self.limiter is not None and not self.limiter.acquire(cost, self.cancelled):
+                raise Cancelled("cancelled")
             retry_after: float | None = None
             try:
-                response = self.session.get(url, params=params, timeout=self.timeout)
+                budget = min(self.timeout[1], give_up_at - time.monotonic())
+                response = self._send(url, params, cost, budget)
+                _answered.add(self._origin)
                 self.stats.count(response.status_code)
                 last_status = response.status_code
+                if response.status_code in (429, 418) and self.limiter is not None:
+                    # stop every worker now, before the check decides anything
+                    wait = retry_after_or(response, 1.0 if response.status_code == 429 else 60.0)
+                    self.limiter.pause(wait)
                 return read(response)
             except RetryableError as exc:
                 last_error, retry_after = str(exc), exc.retry_after
             except ForgeError:
                 raise
             except requests.exceptions.RequestException as exc:
+                unreachable = self._unreachable(exc, url)
+                if unreachable is not None:
+                    raise unreachable from None
                 last_error, last_status = f"{type(exc).__name__}: {_short(exc)}", None
-            if attempt == self.max_attempts or time.monotonic() - started > self.give_up_after:
+            now = time.monotonic()
+            if attempt == self.max_attempts or now >= give_up_at:
                 break
             delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * (0.5 + random.random())
             if retry_after is not None:
                 delay = max(delay, retry_after)
                 if self.limiter is not None:
                     self.limiter.pause(retry_after)
+            if now + delay > give_up_at:
+                last_error += f" (the next attempt would be after FORGE_HTTP_GIVE_UP_AFTER={self.give_up_after:g}s)"
+                break
             self.stats.count(retry=True)
-            log.info("retry", url=urlsplit(url).path, attempt=attempt, error=last_error, delay=round(delay, 2))
+            log.info("retry", url=urlsplit(url).path, attempt=attempt, error=redact(last_error),
+                     delay=round(delay, 2))
             if self.cancelled.wait(delay):
                 raise Cancelled("cancelled")
         raise GaveUp(
-            f"{urlsplit(url).netloc}{urlsplit(url).path} still failing after {attempt} attempts "
-            f"over {time.monotonic() - started:.0f}s: {last_error}",
+            f"{self.host}{urlsplit(url).path} still failing after {attempt} attempts "
+            f"over {time.monotonic() - started:.0f}s: {redact(last_error)}",
             last_status,
         )
 
@@ -292,6 +498,11 @@ class HttpClient:
             for session in self._sessions:
                 session.close()
             self._sessions.clear()
+
+
+def retry_after_or(response: requests.Response, default: float) -> float:
+    value = retry_after(response)
+    return default if value is None else value
 
 
 def _env_float(name: str, default: float) -> float:
@@ -305,7 +516,7 @@ def _env_float(name: str, default: float) -> float:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc)
+    text = redact(exc)
     errno = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
     if errno:  # requests nests the useful part deep inside its message
         return errno.group(0)

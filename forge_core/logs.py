@@ -11,8 +11,20 @@ import sys
 
 import structlog
 
+from .redact import redact
+
+
+def _redact(logger: object, method: str, event: dict[str, object]) -> dict[str, object]:
+    """No URL credentials or secret query values in any log line, whoever logs it."""
+    for key, value in event.items():
+        if isinstance(value, str) and ("@" in value or "=" in value):
+            event[key] = redact(value)
+    return event
+
+
 _PROCESSORS = [
     structlog.stdlib.filter_by_level,
+    _redact,
     structlog.stdlib.add_logger_name,
     structlog.stdlib.add_log_level,
     structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -1,5 +1,6 @@
 """The shared HTTP client and rate limiter, against a real local server."""
 
+import re
 import threading
 import time
 
@@ -94,8 +95,15 @@ def test_gives_up_with_the_last_error_after_bounded_attempts(server):
 
 
 def test_connection_refused_is_retried_then_reported():
-    client = HttpClient("http://127.0.0.1:9", backoff=0.01, max_attempts=2)
-    with pytest.raises(SourceError, match=r"127.0.0.1:9/x still failing after 2 attempts over \d+s: ConnectionError: \[Errno 111\] Connection refused$"):
+    # a host that answered earlier in this run and now refuses (a restart) is retried;
+    # one that never answered fails at once (test_a_host_that_never_answered_fails_fast)
+    with MockExchange() as gone:
+        gone.route("/x", lambda req: Response.json({}))
+        url = gone.url
+        HttpClient(url).get_json("/x")
+    host = url.split("//")[1]
+    client = HttpClient(url, backoff=0.01, max_attempts=2)
+    with pytest.raises(SourceError, match=rf"{host}/x still failing after 2 attempts over \d+s: ConnectionError: \[Errno 111\] Connection refused$"):
         client.get_json("/x")
 
 
@@ -145,3 +153,307 @@ def test_giving_up_says_whether_the_host_answered(server):
     with pytest.raises(GaveUp) as unreachable:
         HttpClient("http://127.0.0.1:9", backoff=0.01, max_attempts=2).get_bytes("/x")
     assert answered.value.status == 503 and unreachable.value.status is None
+
+
+# -- a whole-response deadline (issue 17.9) ------------------------------------------------------
+class Trickle:
+    """A raw TCP server that answers every request with headers at once, then its body one
+    byte every ``gap`` seconds, forever (until the test ends)."""
+
+    def __init__(self, gap: float = 0.1) -> None:
+        import socket
+
+        self.gap = gap
+        self.stop = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.requests = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                self.requests += 1
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n[")
+                while not self.stop.wait(self.gap):
+                    conn.sendall(b"1")
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def trickle():
+    server = Trickle()
+    yield server
+    server.close()
+
+
+def _in_thread(fn, limit: float):
+    """Run ``fn`` in a thread; (elapsed, result or exception), or fail if still running after ``limit``."""
+    out: dict = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out["value"] = exc
+
+    started = time.monotonic()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(limit)
+    assert not thread.is_alive(), f"still waiting after {limit}s"
+    return time.monotonic() - started, out["value"]
+
+
+def test_a_trickled_body_is_cut_at_the_timeout_and_the_give_up_deadline_holds(trickle, monkeypatch):
+    from forge_core.http import GaveUp
+
+    monkeypatch.setenv("FORGE_HTTP_TIMEOUT", "1")
+    monkeypatch.setenv("FORGE_HTTP_GIVE_UP_AFTER", "3")
+    client = HttpClient(trickle.url, backoff=0.01)
+    elapsed, error = _in_thread(lambda: client.get_json("/x"), 20)
+    assert isinstance(error, GaveUp), error
+    assert elapsed < 5, elapsed
+    # the last attempt may have been cut short by the give-up deadline
+    assert re.search(r"still failing after \d attempts over [34]s: no complete response within (1|0\.\d+)s",
+                     str(error)), error
+    assert "\n" not in str(error)
+    assert 2 <= trickle.requests <= 4  # each attempt was cut after about a second, then retried
+
+
+# -- redaction (issue 17.10) ---------------------------------------------------------------------
+@pytest.mark.parametrize("url, shown", [
+    ("http://user:s3cret@host:8000/p?symbol=X&signature=abc&apiKey=k1",
+     "http://***@host:8000/p?symbol=X&signature=***&apiKey=***"),
+    ("https://s3cret@host/p", "https://***@host/p"),
+    ("https://user:pa/s3cret@host/p", "https://***@host/p"),  # an unencoded / in the password
+    ("postgresql://me:s3@cret@db:5432/x", "postgresql://***@db:5432/x"),
+    ("http://host/p?token=s3cret&limit=5&X-Amz-Signature=s3cret", "http://host/p?token=***&limit=5&X-Amz-Signature=***"),
+    ("https://api.binance.com/api/v3/klines?symbol=BTCUSDT&limit=1000",
+     "https://api.binance.com/api/v3/klines?symbol=BTCUSDT&limit=1000"),
+])
+def test_redact_url(url, shown):
+    from forge_core import redact, redact_url
+
+    assert redact_url(url) == shown
+    assert redact(f"failed: {url} (twice)") == f"failed: {shown} (twice)"
+
+
+def test_redact_masks_query_strings_quoted_without_their_url():
+    from forge_core import redact
+
+    text = "Max retries exceeded with url: /v1/x?password=s3cret&passphrase=s3cret&interval=1m (Caused by X)"
+    assert redact(text) == "Max retries exceeded with url: /v1/x?password=***&passphrase=***&interval=1m (Caused by X)"
+
+
+def test_no_secret_in_errors_or_logs_of_a_failing_signed_request(server, caplog):
+    """A plugin that signs requests and quotes the URL in its own error still leaks nothing."""
+    import logging
+
+    from forge_core.errors import RetryableError
+
+    server.route("/signed", lambda req: Response(503, b"busy"))
+
+    def check(response, body):
+        raise RetryableError(f"HTTP {response.status_code} from {response.url}")
+
+    host = server.url.split("//")[1]
+    client = HttpClient(f"http://user:s3cretpw@{host}", check=check, backoff=0.01, max_attempts=2)
+    with caplog.at_level(logging.DEBUG, logger="forge"), pytest.raises(SourceError) as error:
+        client.get_json("/signed", {"symbol": "BTCUSDT", "signature": "s3cretsig"})
+    text = f"{error.value} {error.value!r} {caplog.text}"
+    assert "s3cretpw" not in text and "s3cretsig" not in text and "user" not in text
+    assert f"{host}/signed still failing after 2 attempts" in str(error.value)
+    assert "signature=***" in str(error.value)
+
+
+def test_a_bad_base_url_error_shows_no_credentials():
+    from forge_core.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"bad base URL 'ftp://\*\*\*@host'") as error:
+        HttpClient("ftp://user:s3cret@host")
+    assert "s3cret" not in f"{error.value} {error.value!r}"
+
+
+# -- rate limit: one 429 stops every worker until Retry-After has passed (issue 17.12) -------------
+def _hammer(server, retry_after: str | None, *, threads: int = 6, per_thread: int = 8):
+    """Several workers share one client and limiter; the 6th request gets a 429. Returns the
+    arrival times of all requests and the time the 429 was sent (server side, monotonic)."""
+    lock = threading.Lock()
+    arrivals: list[float] = []
+    sent_429: list[float] = []
+
+    def handler(req):
+        with lock:
+            arrivals.append(time.monotonic())
+            n = len(arrivals)
+        if n == 6:
+            headers = {} if retry_after is None else {"Retry-After": retry_after()}
+            sent_429.append(time.monotonic())
+            return Response.json({"code": -1003}, 429, **headers)
+        time.sleep(0.02)
+        return Response.json({"n": n})
+
+    server.route("/w", handler)
+    client = HttpClient(server.url, backoff=0.01, limiter=RateLimiter(10_000, 60))
+
+    def worker():
+        for _ in range(per_thread):
+            client.get_json("/w")
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(30)
+    assert len(arrivals) == threads * per_thread + 1 and len(sent_429) == 1
+    return arrivals, sent_429[0]
+
+
+def test_a_429_with_an_http_date_retry_after_stops_every_worker_until_then(server):
+    from email.utils import formatdate
+
+    # HTTP dates have whole seconds: three seconds from now is at least two from now
+    arrivals, t429 = _hammer(server, lambda: formatdate(time.time() + 3, usegmt=True))
+    # requests already on the wire when the 429 left the server may still arrive just after it
+    during = [t for t in arrivals if t429 + 0.15 < t < t429 + 1.9]
+    assert during == []
+    assert max(arrivals) > t429 + 1.9  # and the work went on after the pause
+
+
+def test_a_429_without_retry_after_still_pauses_every_worker(server):
+    arrivals, t429 = _hammer(server, None)
+    assert [t for t in arrivals if t429 + 0.15 < t < t429 + 0.9] == []
+
+
+def test_a_pause_holds_a_request_that_already_passed_acquire():
+    limiter = RateLimiter(100, 60)
+    assert limiter.acquire(1)
+    limiter.pause(0.3)  # another worker saw a 429 just now
+    started = time.monotonic()
+    assert limiter.hold(1)  # what the client calls right before sending
+    assert time.monotonic() - started >= 0.25
+
+
+def test_a_pause_ends_at_once_when_the_run_is_cancelled():
+    limiter = RateLimiter(100, 60)
+    limiter.pause(3600)  # a 418 ban's Retry-After
+    cancel = threading.Event()
+    threading.Timer(0.2, cancel.set).start()
+    started = time.monotonic()
+    assert limiter.acquire(1, cancel) is False
+    assert time.monotonic() - started < 2
+
+
+def test_a_conservative_initial_budget_until_the_real_limit_is_known():
+    limiter = RateLimiter(6000, 60, initial=30)
+    assert limiter.capacity == 30 and not limiter.known
+    for _ in range(30):
+        limiter.acquire(1)
+    assert limiter.paused_for() == 0 and limiter._used == 30
+    limiter.reconfigure(6000, 60)  # from exchangeInfo: what start-up spent still counts
+    assert limiter.known and limiter.capacity == 6000 and limiter._used == 30
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    from email.utils import formatdate
+
+    from forge_core.http import retry_after
+
+    class R:
+        def __init__(self, value):
+            self.headers = {"Retry-After": value}
+
+    assert retry_after(R("7")) == 7
+    assert 8 < retry_after(R(formatdate(time.time() + 10, usegmt=True))) <= 10
+    assert retry_after(R(formatdate(time.time() - 10, usegmt=True))) == 0
+    assert retry_after(R("soon")) is None
+
+
+# -- DNS failures and never-answering hosts fail fast (issue 16) ----------------------------------
+def test_a_host_name_that_does_not_resolve_fails_fast_naming_the_variable():
+    from forge_core.http import Unreachable
+
+    client = HttpClient("http://user:s3cret@forge-test-host.invalid:8000", envvar="FORGE_X_URL", backoff=1)
+    started = time.monotonic()
+    with pytest.raises(Unreachable) as error:
+        client.get_json("/api/time")
+    assert time.monotonic() - started < 5
+    message = str(error.value)
+    assert message.startswith("forge-test-host.invalid:8000/api/time: the host name does not resolve")
+    assert "FORGE_X_URL" in message and "s3cret" not in message and "\n" not in message
+    assert error.value.status is None
+
+
+def test_a_host_that_never_answered_fails_fast():
+    from forge_core.http import Unreachable
+
+    client = HttpClient("http://127.0.0.1:9", backoff=1, hint="start it with forge mock-exchange")
+    started = time.monotonic()
+    with pytest.raises(Unreachable, match=r"^127.0.0.1:9/x: connection refused .*start it with forge mock-exchange"):
+        client.get_json("/x")
+    assert time.monotonic() - started < 2 and client.stats.retries == 0
+
+
+def test_a_host_that_answered_before_is_retried_through_a_restart():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    first = MockExchange(port=port).start()
+    first.route("/x", lambda req: Response.json({"up": 1}))
+    url = first.url
+    assert HttpClient(url).get_json("/x") == {"up": 1}
+    first.stop()  # its open keep-alive connections would still answer: a new client, same host
+    client = HttpClient(url, backoff=0.3)
+    second = MockExchange(port=port)
+    second.route("/x", lambda req: Response.json({"up": 2}))
+    threading.Timer(0.5, second.start).start()
+    try:
+        assert client.get_json("/x") == {"up": 2}
+    finally:
+        second.stop()
+    assert client.stats.retries >= 1
+
+
+# -- no per-request filesystem lookups (issue 18.5) ------------------------------------------------
+def test_no_netrc_lookup_per_request_and_proxies_still_honoured(server, monkeypatch):
+    import requests
+
+    looked = []
+    real = requests.utils.get_netrc_auth
+    monkeypatch.setattr(requests.sessions, "get_netrc_auth", lambda *a, **k: looked.append(a) or real(*a, **k))
+    server.route("/x", lambda req: Response.json({"via": "proxy"}))
+    monkeypatch.setenv("HTTP_PROXY", server.url)  # the "proxy" answers for any host
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    client = HttpClient("http://forge-test-host.invalid")
+    for _ in range(5):
+        assert client.get_json("/x") == {"via": "proxy"}
+    assert looked == []
+
+
+# -- exact numbers (issue 11) ------------------------------------------------------------------------
+def test_get_json_exact_keeps_numbers_exact(server):
+    body = b'{"p": 0.1, "q": 12345678901234567890.123456789, "n": 12345678901234567890, "e": 1e-7, "l": [2.50]}'
+    server.route("/n", lambda req: Response(200, body))
+    client = HttpClient(server.url)
+    assert client.get_json("/n", exact=True) == {
+        "p": "0.1", "q": "12345678901234567890.123456789", "n": 12345678901234567890, "e": "1e-7", "l": ["2.50"]}
+    assert client.get_json("/n")["p"] == 0.1  # the default is unchanged: floats

@@ -55,7 +55,8 @@ class BybitSource(Source):
         base_url = self.settings["base_url"] or os.environ.get("FORGE_BYBIT_URL") or "https://api.bybit.com"
         # One limiter for all worker threads. Bybit allows 600 requests per 5 s per IP and answers
         # more with a 10-minute ban, so stay well under, with a margin for clock jitter.
-        self.http = HttpClient(base_url, limiter=RateLimiter(500, 5.5, name="bybit"), check=self._check)
+        self.http = HttpClient(base_url, limiter=RateLimiter(500, 5.5, name="bybit"), check=self._check,
+                               envvar="FORGE_BYBIT_URL")
 
     @property
     def source_value(self) -> str:

@@ -254,7 +254,7 @@ class ArchiveClient:
     retries and backoff; 404 means "no such file")."""
 
     def __init__(self, base_url: str) -> None:
-        self.http = HttpClient(base_url, headers={"Accept": "*/*"})
+        self.http = HttpClient(base_url, headers={"Accept": "*/*"}, envvar="FORGE_BINANCE_ARCHIVE_URL")
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
 

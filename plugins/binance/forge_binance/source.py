@@ -33,6 +33,7 @@ from forge_core import (
     Timeframe,
     UsageError,
 )
+from forge_core.http import retry_after as parse_retry_after
 from forge_core.logs import get_logger
 from forge_core.records import CANDLE_COLUMNS, Row
 from forge_core.timeframes import DAY, NAMES
@@ -95,8 +96,10 @@ class BinanceSource(Source):
         self.prefix = spec["prefix"]
         self.timeframes = spec["timeframes"]
         base_url = self.settings["base_url"] or os.environ.get(spec["env"]) or spec["url"]
-        self.limiter = RateLimiter(spec["weight_limit"] * 0.95, 61.0, name=f"binance-{self.market}")
-        self.http = HttpClient(base_url, limiter=self.limiter, check=self._check)
+        # a tenth of the published weight until exchangeInfo tells this IP's real limit
+        self.limiter = RateLimiter(spec["weight_limit"] * 0.95, 61.0, name=f"binance-{self.market}",
+                                   initial=spec["weight_limit"] * 0.1)
+        self.http = HttpClient(base_url, limiter=self.limiter, check=self._check, envvar=spec["env"])
         self._limits_known = False
         self._onboard: dict[str, int | None] = {}  # COIN-M listing times from exchangeInfo
         self._now: int | None = None
@@ -125,7 +128,7 @@ class BinanceSource(Source):
             return
         code = body.get("code") if isinstance(body, dict) else None
         msg = body.get("msg", "") if isinstance(body, dict) else response.text[:200]
-        retry_after = _float(response.headers.get("Retry-After"))
+        retry_after = parse_retry_after(response)  # seconds or an HTTP date
         if status == 418:
             raise SourceError(f"Binance has banned this IP ({msg}); not retrying, a retry would extend "
                               f"the ban; wait {retry_after or 'a while'}s")

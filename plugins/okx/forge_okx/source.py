@@ -114,7 +114,7 @@ class OkxSource(Source):
     def _client(self, base_url: str, per_window: int, name: str) -> HttpClient:
         limiter = RateLimiter(per_window, WINDOW + SLACK, name=f"okx-{name}")
         self._nominal[limiter.name] = per_window
-        return HttpClient(base_url, limiter=limiter,
+        return HttpClient(base_url, limiter=limiter, envvar="FORGE_OKX_URL",
                           check=lambda response, body: self._check(response, body, limiter))
 
     # -- HTTP plumbing ----------------------------------------------------------------------
