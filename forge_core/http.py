@@ -275,7 +275,7 @@ class HttpClient:
         except ValueError:
             ok = False
         if not ok:
-            where = f" (from {envvar})" if envvar else ""
+            where = f" (the base URL option or {envvar})" if envvar else ""
             raise UsageError(f"bad base URL {redact_url(base_url)!r}{where}: give the host root, "
                              "e.g. https://api.binance.com")
         self.base_url = base_url.rstrip("/")

@@ -8,6 +8,7 @@ import pytest
 from forge_core.times import parse_range
 from forge_mock_exchange import MockConfig, MockExchange
 from forge_mock_exchange.expected import as_csv_lines, binance_rows
+from forge_mock_exchange.server import Response
 
 NOW = 1742034030456
 RANGE = ("2024-01-05", "2024-01-24")  # 20 days of 1m: 20 pages, the maintenance hole included
@@ -90,3 +91,85 @@ def test_a_fault_that_never_clears_fails_cleanly_and_the_next_run_resumes(forge,
 def test_unknown_fault_kind_is_refused():
     with pytest.raises(ValueError, match="unknown fault kind"):
         MockExchange(MockConfig(faults={"meteor": 1.0}))
+
+
+# -- hangs, secrets and unreachable hosts, through the CLI (issues 16, 17.9, 17.10) ---------------
+def test_a_trickling_exchange_is_given_up_on_within_the_deadline(forge_process, in_tmp):
+    """Headers at once, then the body one byte every 0.1 s, forever: each attempt is cut after
+    FORGE_HTTP_TIMEOUT and the run fails after FORGE_HTTP_GIVE_UP_AFTER, with one line."""
+    import time
+
+    from test_http import Trickle
+
+    server = Trickle()
+    try:
+        started = time.monotonic()
+        result = forge_process("run", "-s", "binance", "--symbol", "BTCUSDT", "--from", RANGE[0], "--to", RANGE[1],
+                               "-q", cwd=in_tmp, timeout=60,
+                               env={"FORGE_BINANCE_URL": server.url, "FORGE_HTTP_TIMEOUT": "1",
+                                    "FORGE_HTTP_GIVE_UP_AFTER": "3"})
+        elapsed = time.monotonic() - started
+    finally:
+        server.close()
+    assert result.code == 1, result
+    assert elapsed < 15, elapsed  # start-up included
+    assert len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err
+    assert "still failing after" in result.err and "no complete response within" in result.err
+
+
+def _down() -> MockExchange:
+    """A host that answers 503 to everything."""
+    mock = MockExchange(MockConfig(now=NOW))
+    mock.routes.clear()
+    mock.prefixes[:] = [("/", lambda req: Response(503, b"busy"))]
+    return mock
+
+
+def test_no_url_credentials_in_errors_warnings_or_debug_logs(forge, monkeypatch, in_tmp):
+    monkeypatch.setenv("FORGE_HTTP_MAX_ATTEMPTS", "2")
+    with _down() as down:
+        host = down.url.split("//")[1]
+        monkeypatch.setenv("FORGE_BINANCE_URL", f"http://user:s3cretpw@{host}")
+        failed = forge("-vv", "run", "-s", "binance", "--symbol", "BTCUSDT", "--from", RANGE[0], "--to", RANGE[1])
+    assert failed.code == 1, failed
+    assert "s3cretpw" not in failed.err + failed.out and "user:" not in failed.err
+    assert f"{host}/api/v3/time still failing after 2 attempts" in failed.err
+    assert "archive_off" in failed.err  # the -v log line that shows the base URL, redacted
+    assert f"http://***@{host}" in failed.err
+
+
+def test_no_archive_url_credentials_in_fallback_warnings(forge, monkeypatch, in_tmp):
+    monkeypatch.setenv("FORGE_HTTP_MAX_ATTEMPTS", "2")
+    with MockExchange(MockConfig(now=NOW)) as mock, _down() as archive:
+        rest, files = mock.url.split("//")[1], archive.url.split("//")[1]
+        monkeypatch.setenv("FORGE_BINANCE_URL", f"http://user:s3cretpw@{rest}")
+        monkeypatch.setenv("FORGE_BINANCE_ARCHIVE_URL", f"http://user:s3cretpw2@{files}")
+        result = forge("-vv", "run", "-s", "binance", "--symbol", "BTCUSDT", "--from", "2024-01-05",
+                       "--to", "2024-01-07", "--archive", "auto", "-t", "1m")
+    assert result.code == 0, result
+    assert "archive_fallback" in result.err and files in result.err
+    assert "s3cretpw" not in result.err + result.out
+
+
+def test_a_bad_base_url_shows_no_credentials(forge, in_tmp):
+    result = forge("run", "-s", "binance", "--symbol", "BTCUSDT", "--from", RANGE[0], "--to", RANGE[1],
+                   "--base-url", "ftp://user:s3cretpw@example.com")
+    assert result.code == 2, result
+    assert "bad base URL 'ftp://***@example.com'" in result.err and "s3cretpw" not in result.err
+
+
+def test_a_host_name_that_does_not_resolve_fails_fast_naming_the_variable(forge, monkeypatch, in_tmp):
+    """Futures with only FORGE_BINANCE_URL set went to fapi.binance.com and retried a DNS
+    failure for 71 s; now one line, at once, naming the variable that sets the host."""
+    import time
+
+    monkeypatch.setenv("FORGE_BINANCE_FUTURES_URL", "http://user:s3cretpw@forge-test-host.invalid")
+    started = time.monotonic()
+    result = forge("run", "-s", "binance", "--market", "usdm", "--symbol", "BTCUSDT", "--from", RANGE[0],
+                   "--to", RANGE[1], "-q")
+    assert result.code == 1, result
+    assert time.monotonic() - started < 10
+    assert len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err
+    line = result.err
+    assert "forge-test-host.invalid" in line and "does not resolve" in line and "FORGE_BINANCE_FUTURES_URL" in line
+    assert "s3cretpw" not in line
