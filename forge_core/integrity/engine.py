@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -190,6 +191,8 @@ class Collector(Sink):
 class Checker:
     """Verify (or repair) series of ``store`` against the source ``make_source()`` builds."""
 
+    GUIDED_MAX_WINDOWS = 16  # more windows of missing slots than this: fetch the partition whole
+
     def __init__(self, store: IntegrityStore, make_source: Callable[[], Source], *, repair: bool = False,
                  delete_extra: bool = False, recheck: bool = False, workers: int = 4) -> None:
         self.store = store
@@ -198,7 +201,7 @@ class Checker:
         self.delete_extra = delete_extra
         self.recheck = recheck
         self.workers = workers
-        self.fetches = 0  # pipeline runs against the exchange
+        self.fetches = 0  # pipeline runs (or guided fetches) against the exchange
 
     def run(self, symbol: str, timeframe: str, start: int, end: int) -> SeriesReport:
         source = self.make_source()
@@ -237,6 +240,10 @@ class Checker:
         entries: list[LedgerEntry] = []
         state_box: dict[str, Any] = {"report": report, "held": held, "tf": tf, "listing": listing,
                                      "entries": entries, "symbol": symbol, "first_open": info.first_open}
+        if self.repair and not self.recheck:
+            now = source.server_time()
+            need = [part for part in need
+                    if not self._guided(source, now, part, ledger.get(part[0]), held, tf, symbol, report)]
         first = True
         for group in _contiguous(need):
             src = source if first else self.make_source()
@@ -250,6 +257,62 @@ class Checker:
         report.holes.sort(key=lambda h: h.first)
         report.issues.sort(key=lambda i: (i.first, i.kind))
         return report
+
+    # -- repair guided by the ledger: fetch only the candles that went missing --------------
+    def _guided(self, source: Source, now: int, part: tuple[str, int, int], entry: LedgerEntry | None,
+                held: dict[str, PartitionState], tf: Timeframe, symbol: str, report: SeriesReport) -> bool:
+        """Repair a partition the ledger knows (exchange digest and holes, same range) whose store
+        lost rows: fetch just those slots (a few REST pages), write them, and accept the result
+        only if the store's digest then equals the exchange digest the ledger recorded. Returns
+        whether that worked; otherwise the partition takes the full path (fetch and diff)."""
+        key, a, b = part
+        if entry is None or (entry.start, entry.end) != (a, b) or entry.status not in ("identical", "repaired"):
+            return False
+        state = held.get(key)
+        if state is None or state.rows >= entry.rows:
+            return False
+        stored = self.store.rows(report.source, symbol, tf.name, a, b)
+        have = {r.open_ts for r in stored}
+        if len(have) != len(stored) or any(tf.floor(t) != t for t in have):
+            return False  # duplicates or off-grid rows: the full path reports and handles them
+        holes = [(h.first, h.last) for h in entry.holes]
+        missing: list[int] = []
+        ts = tf.ceil(a)
+        while ts < b:
+            if ts not in have and not any(lo <= ts <= hi for lo, hi in holes):
+                missing.append(ts)
+            ts = tf.next_open(ts)
+        if not missing or len(missing) + len(have) != entry.rows:
+            return False  # changed or extra rows: only the full comparison can tell which
+        try:
+            windows = _windows(tf, missing, source.page_size(tf))
+            if len(windows) > self.GUIDED_MAX_WINDOWS:
+                return False  # scattered: one archive month or a full page run is cheaper
+            self.fetches += 1
+            want = set(missing)
+            rows: list[Row] = []
+            i_open, i_end = source.columns.index("open_ts"), source.columns.index("end_ts")
+            tasks = [t for lo, hi in windows for t in source.plan(symbol, tf, lo, hi)]
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                for got in pool.map(lambda t: list(source.fetch(t)), tasks):
+                    rows += [r for r in got if r[i_open] in want and r[i_end] < now]
+        except (SourceError, RetryableError) as exc:
+            log.warning("guided_repair_fetch_failed", partition=key, error=str(exc))
+            return False
+        unique = {r[i_open]: r for r in rows}
+        if set(unique) != want:
+            return False  # the exchange no longer returns every candle it had: compare in full
+        trial = replace(entry, status="differs", verified_at=_now_iso())
+        digest_now = self.store.apply(report.source, symbol, tf.name, source.columns,
+                                      [unique[t] for t in sorted(unique)], [], trial)
+        report.issues += _runs(tf, "missing", [(t, 1, []) for t in missing])
+        report.written += len(missing)
+        if digest_now != entry.digest:
+            return False  # written, yet something else differs too: the full comparison finds it
+        self.store.save_ledger([replace(trial, status="repaired", store_digest=digest_now, origin="rest")])
+        report.holes += entry.holes
+        report.partitions.append(PartitionResult(key, a, b, "repaired", state.rows, entry.rows, True))
+        return True
 
     # -- the exchange side ------------------------------------------------------------------
     def _fetch_group(self, source: Source, group: list[tuple[str, int, int]], tf: Timeframe,
@@ -364,7 +427,7 @@ def diff(tf: Timeframe, fetched: _Fetched, stored: list[StoredRow], holes: list[
     for row in stored:
         by_ts[row.open_ts].append(row)
     missing = sorted(ts for ts in exch if ts not in by_ts)
-    upserts = [fetched.raw[exch[ts][0]] for ts in missing]
+    picked = [exch[ts][0] for ts in missing]  # indexes into fetched.raw, kept ascending below
     deletes: list[Any] = []
     dups: list[tuple[int, int]] = []
     changed: list[tuple[int, list[str]]] = []
@@ -383,7 +446,7 @@ def diff(tf: Timeframe, fetched: _Fetched, stored: list[StoredRow], holes: list[
                 f for f, x, y in zip(VALUE_FIELDS, keep.values, values, strict=True) if x != y]
             if fields:
                 changed.append((ts, fields))
-                upserts.append(fetched.raw[exch[ts][0]])
+                picked.append(exch[ts][0])
             continue
         if tf.floor(ts) != ts:
             reason = "off_grid"
@@ -398,7 +461,7 @@ def diff(tf: Timeframe, fetched: _Fetched, stored: list[StoredRow], holes: list[
             deletes.append(copies[0].ref)
         else:
             kept += 1
-    upserts.sort(key=lambda r: r[3] if len(r) > 3 else 0)
+    upserts = [fetched.raw[i] for i in sorted(picked)]
     issues = [*_runs(tf, "missing", [(t, 1, []) for t in missing]),
               *_runs(tf, "duplicate", [(t, n, []) for t, n in dups]),
               *_runs(tf, "changed", [(t, 1, f) for t, f in changed])]
@@ -418,6 +481,17 @@ def _runs(tf: Timeframe, kind: str, items: list[tuple[int, int, list[str]]], rea
             last.fields = sorted(set(last.fields) | set(fields), key=CHECK_FIELDS.index)
         else:
             out.append(Issue(kind, ts, ts, n, reason, list(fields)))
+    return out
+
+
+def _windows(tf: Timeframe, missing: list[int], page: int) -> list[tuple[int, int]]:
+    """Half-open ranges of at most ``page`` slots covering the ``missing`` open times (ascending)."""
+    out: list[tuple[int, int]] = []
+    for ts in missing:
+        if out and ts < tf.next_open(out[-1][0], page):
+            out[-1] = (out[-1][0], tf.next_open(ts))
+        else:
+            out.append((ts, tf.next_open(ts)))
     return out
 
 
