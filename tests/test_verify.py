@@ -304,3 +304,28 @@ def test_postgres_repair_of_a_verified_store_fetches_only_what_went_missing(forg
     report = json.loads(repaired.out)  # the digest does not match after the missing row: compared in full
     assert repaired.code == 0 and counts(report) == {"missing": 1, "extra": 0, "duplicate": 0, "changed": 1}
     assert verify(forge, "--sink", "postgres")[0] == 0
+
+
+def test_before_listing_is_a_hole_and_a_row_there_is_extra(forge, exchange_env, in_tmp):
+    from forge_mock_exchange.market import NEW_LISTED
+
+    args = ("--symbol", "NEWUSDT", "-t", "1h", "--from", "2024-01-01", "--to", "2024-01-31", "--output", "new.csv")
+    assert forge("run", "-s", "binance", *args, "-q").code == 0
+    res = forge("verify", "-s", "binance", *args, "--json")
+    assert res.code == 0, res
+    holes = json.loads(res.out)["series"][0]["holes"]
+    assert [(h["from"], h["to_ms"], h["reason"]) for h in holes] == [
+        ("2024-01-01T00:00:00Z", NEW_LISTED - 3_600_000, "before_listing")]
+    with open("new.csv", newline="") as f:
+        header, first, *rest = list(csv.reader(f))
+    early = list(first)
+    early[header.index("open_ts")] = str(NEW_LISTED - 2 * 3_600_000)
+    early[header.index("end_ts")] = str(NEW_LISTED - 3_600_000 - 1)
+    with open("new.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, early, first, *rest])
+    res = forge("verify", "-s", "binance", *args, "--json")
+    assert res.code == 1
+    assert ranges(json.loads(res.out), "extra") == [("2024-01-15T06:00:00Z", "2024-01-15T06:00:00Z", 1,
+                                                     "before_listing", ())]
+    res = forge("repair", "-s", "binance", *args)
+    assert res.code == 0 and "(before listing, kept)" in res.out  # never deleted without --delete-extra

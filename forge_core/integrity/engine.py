@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from operator import itemgetter
 from typing import Any
 
 from ..errors import RetryableError, SinkError, SourceError, UsageError
@@ -139,6 +140,21 @@ class _Fetched:
     origins: set[str] = field(default_factory=set)
 
 
+class _Held:
+    """The store's partition summaries, now or (a future) once the store has computed them."""
+
+    def __init__(self, value: Any) -> None:
+        self._value = value
+
+    def result(self) -> dict[str, PartitionState]:
+        if isinstance(self._value, Future):
+            self._value = self._value.result()
+        return self._value
+
+    def get(self, key: str) -> PartitionState | None:
+        return self.result().get(key)
+
+
 class Collector(Sink):
     """An in-memory sink: hands each completed partition of one series to ``done``."""
 
@@ -159,7 +175,8 @@ class Collector(Sink):
         cols = batch.columns
         self.columns = cols
         i_open, i_end = cols.index("open_ts"), cols.index("end_ts")
-        i_vals = [cols.index(c) for c in VALUE_FIELDS]
+        values = itemgetter(*(cols.index(c) for c in VALUE_FIELDS))
+        norm = normalize
         for row in batch.rows:
             ts = row[i_open]
             while self.parts and ts >= self.parts[0][2]:
@@ -171,7 +188,7 @@ class Collector(Sink):
             if ts < self.parts[0][1]:  # the slot before the range: evidence only
                 self.prev = ts
                 continue
-            self.current.canon.append((ts, row[i_end], tuple(normalize(row[i]) for i in i_vals)))
+            self.current.canon.append((ts, row[i_end], tuple(map(norm, values(row)))))
             self.current.raw.append(row)
             self.current.origins.add(batch.origin)
 
@@ -218,9 +235,17 @@ class Checker:
         listing = None if info.first_open is None else tf.floor(info.first_open)
         report = SeriesReport(sv, symbol, tf.name, start, limit)
         parts = partitions(start, limit)
-        held = self.store.partitions(sv, symbol, tf.name, start, limit)
         ledger = self.store.ledger(sv, symbol, tf.name)
-        if not held and not any(key in ledger for key, _, _ in parts):
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forge-digest")
+        if self.repair:
+            held: _Held = _Held(self.store.partitions(sv, symbol, tf.name, start, limit))
+            found = bool(held.result())
+        else:  # the store digests its partitions while the exchange side downloads
+            found = any(s.first_open < limit and s.last_open >= start
+                        for s in self.store.series(sv, symbol, tf.name))
+            held = _Held(pool.submit(self.store.partitions, sv, symbol, tf.name, start, limit) if found else {})
+        pool.shutdown(wait=False)
+        if not found and not any(key in ledger for key, _, _ in parts):
             source.close()
             raise UsageError(f"{self.store.describe()} holds no {sv} {symbol} {tf.name} candles from "
                              f"{iso(start)} to {iso(limit - 1)}; 'forge status' lists what it holds")
@@ -251,6 +276,7 @@ class Checker:
             self._fetch_group(src, group, tf, listing, state_box)
         if first:
             source.close()
+        held.result()  # never leave the store's connection busy in the digest thread
         if entries:
             self.store.save_ledger(entries)
         report.partitions.sort(key=lambda p: p.start)
@@ -260,7 +286,7 @@ class Checker:
 
     # -- repair guided by the ledger: fetch only the candles that went missing --------------
     def _guided(self, source: Source, now: int, part: tuple[str, int, int], entry: LedgerEntry | None,
-                held: dict[str, PartitionState], tf: Timeframe, symbol: str, report: SeriesReport) -> bool:
+                held: _Held, tf: Timeframe, symbol: str, report: SeriesReport) -> bool:
         """Repair a partition the ledger knows (exchange digest and holes, same range) whose store
         lost rows: fetch just those slots (a few REST pages), write them, and accept the result
         only if the store's digest then equals the exchange digest the ledger recorded. Returns
@@ -271,17 +297,20 @@ class Checker:
         state = held.get(key)
         if state is None or state.rows >= entry.rows:
             return False
-        stored = self.store.rows(report.source, symbol, tf.name, a, b)
-        have = {r.open_ts for r in stored}
-        if len(have) != len(stored) or any(tf.floor(t) != t for t in have):
+        opens = getattr(self.store, "opens", None)  # optional hook: open times only
+        stamps = (opens(report.source, symbol, tf.name, a, b) if opens is not None else
+                  [r.open_ts for r in self.store.rows(report.source, symbol, tf.name, a, b)])
+        have = set(stamps)
+        if len(have) != len(stamps) or any(tf.floor(t) != t for t in have):
             return False  # duplicates or off-grid rows: the full path reports and handles them
-        holes = [(h.first, h.last) for h in entry.holes]
         missing: list[int] = []
         ts = tf.ceil(a)
         while ts < b:
-            if ts not in have and not any(lo <= ts <= hi for lo, hi in holes):
+            if ts not in have:
                 missing.append(ts)
             ts = tf.next_open(ts)
+        holes = [(h.first, h.last) for h in entry.holes]
+        missing = [t for t in missing if not any(lo <= t <= hi for lo, hi in holes)]
         if not missing or len(missing) + len(have) != entry.rows:
             return False  # changed or extra rows: only the full comparison can tell which
         try:

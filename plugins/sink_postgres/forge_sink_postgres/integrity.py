@@ -147,6 +147,18 @@ class PostgresIntegrity:
 
         return self._run("read", work)
 
+    def opens(self, source: str, symbol: str, timeframe: str, start: int, end: int) -> list[int]:
+        """Just the open times held (optional hook): an index-only scan, 8 bytes a row."""
+        query = sql.SQL("SELECT open_ts FROM {} WHERE {} ORDER BY open_ts").format(self.table.ident, self._where())
+
+        def work(cur: Any) -> list[int]:
+            cur.execute(query, (source, symbol, timeframe, start, end))
+            rows = cur.fetchall()
+            self.bytes_received += 8 * len(rows)
+            return [int(r[0]) for r in rows]
+
+        return self._run("read", work)
+
     # -- the ledger -------------------------------------------------------------------------
     def _ensure_ledger(self, cur: Any) -> None:
         cur.execute(sql.SQL(LEDGER_DDL).format(self.ledger_ident))
