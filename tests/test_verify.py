@@ -33,6 +33,14 @@ def test_digest_definition_is_what_docs_say():
 
     want = hashlib.sha256(b"0,59999,1,2,0.5,2,10.1\n60000,119999,2,3,1,2.5,0\n").hexdigest()
     assert digest(lines) == want
+    from forge_core.integrity.digest import digest_rows
+
+    usual = [(0, 59999, "42000.50000000", "42001.00000000", "41999.10", "42000", "0.00000000"),
+             (60000, 119999, "10.0", "100", "5.", "0.5", "12.34500")]
+    odd = [*usual, (120000, 179999, "-0.0", ".5", "007", "1E+2", None)]
+    for rows in (usual, odd):
+        assert digest_rows(rows) == digest(line(t, e, map(normalize, v)) for t, e, *v in rows)
+    assert digest_rows(usual[:1]) == hashlib.sha256(b"0,59999,42000.5,42001,41999.1,42000,0\n").hexdigest()
 
 
 def verify(forge, *args: str) -> tuple[int, dict]:

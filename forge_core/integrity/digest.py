@@ -18,7 +18,8 @@ An empty partition has the digest of the empty string.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -60,6 +61,35 @@ def digest(lines: Iterable[str]) -> str:
     h = hashlib.sha256()
     for text in ordered:
         h.update(text.encode())
+    return h.hexdigest()
+
+
+_LEADING_ZERO = re.compile(r",0\d")
+_NOT_NUMERIC = str.maketrans("", "", "0123456789.,")
+
+
+def digest_rows(rows: Sequence[tuple[Any, ...]]) -> str:
+    """The digest of ``(open_ts, end_ts, open, high, low, close, volume)`` tuples, ascending and
+    unique by ``open_ts``, with the values as the exchange gave them. Equal to :func:`digest` of
+    their canonical lines; fast for the usual decimal strings (a point in every value: strip
+    the zeros and point on the right, then check the whole text once), per value otherwise."""
+    flat = [v for row in rows for v in row[2:]]
+    try:
+        points = ",".join(flat).count(".")
+    except TypeError:  # not all strings
+        points = -1
+    if points == len(flat):
+        stripped = [v.rstrip("0").rstrip(".") for v in flat]
+        joined = "," + ",".join(stripped) + ","
+        if (",," not in joined and ",." not in joined and _LEADING_ZERO.search(joined) is None
+                and not joined.translate(_NOT_NUMERIC)):
+            it = iter(stripped)
+            text = "".join([f"{row[0]},{row[1]},{o},{h},{lo},{c},{v}\n"
+                            for row, o, h, lo, c, v in zip(rows, it, it, it, it, it, strict=False)])
+            return hashlib.sha256(text.encode()).hexdigest()
+    h = hashlib.sha256()
+    for t, e, *values in rows:
+        h.update(line(t, e, map(normalize, values)).encode())
     return h.hexdigest()
 
 

@@ -32,7 +32,7 @@ from ..sinks import Sink
 from ..sources import Source
 from ..timeframes import Timeframe, parse_timeframe
 from ..times import iso
-from .digest import EMPTY_DIGEST, VALUE_FIELDS, line, normalize, partitions
+from .digest import EMPTY_DIGEST, VALUE_FIELDS, digest_rows, normalize, partitions
 from .model import (
     BEFORE_LISTING,
     EXCHANGE_EMPTY,
@@ -133,11 +133,19 @@ def hole_json(h: Hole) -> dict[str, Any]:
 
 @dataclass
 class _Fetched:
-    """The exchange's candles of one partition: ascending ``(open_ts, end_ts, values)`` and raw rows."""
+    """The exchange's candles of one partition, ascending: raw rows and their digest fields."""
 
-    canon: list[tuple[int, int, tuple[str, ...]]] = field(default_factory=list)
     raw: list[Row] = field(default_factory=list)
+    fields: list[tuple[Any, ...]] = field(default_factory=list)  # (open_ts, end_ts, open .. volume) as given
     origins: set[str] = field(default_factory=set)
+
+    @property
+    def opens(self) -> list[int]:
+        return [f[0] for f in self.fields]
+
+    def canon(self) -> list[tuple[int, int, tuple[str, ...]]]:
+        """``(open_ts, end_ts, normalized values)`` per candle (only for partitions that differ)."""
+        return [(f[0], f[1], tuple(map(normalize, f[2:]))) for f in self.fields]
 
 
 class _Held:
@@ -175,9 +183,16 @@ class Collector(Sink):
         cols = batch.columns
         self.columns = cols
         i_open, i_end = cols.index("open_ts"), cols.index("end_ts")
-        values = itemgetter(*(cols.index(c) for c in VALUE_FIELDS))
-        norm = normalize
-        for row in batch.rows:
+        pick = itemgetter(i_open, i_end, *(cols.index(c) for c in VALUE_FIELDS))
+        rows = batch.rows
+        while rows and self.parts and rows[0][i_open] >= self.parts[0][2]:
+            self._finish(rows[0][i_open])
+        if rows and self.parts and self.parts[0][1] <= rows[0][i_open] and rows[-1][i_open] < self.parts[0][2]:
+            self.current.fields += map(pick, rows)  # the whole batch is in the current partition
+            self.current.raw += rows
+            self.current.origins.add(batch.origin)
+            return
+        for row in rows:
             ts = row[i_open]
             while self.parts and ts >= self.parts[0][2]:
                 self._finish(ts)
@@ -188,7 +203,7 @@ class Collector(Sink):
             if ts < self.parts[0][1]:  # the slot before the range: evidence only
                 self.prev = ts
                 continue
-            self.current.canon.append((ts, row[i_end], tuple(map(norm, values(row)))))
+            self.current.fields.append(pick(row))
             self.current.raw.append(row)
             self.current.origins.add(batch.origin)
 
@@ -196,8 +211,8 @@ class Collector(Sink):
         part = self.parts.pop(0)
         fetched, self.current = self.current, _Fetched()
         self.done(part, fetched, self.prev, next_ts)
-        if fetched.canon:
-            self.prev = fetched.canon[-1][0]
+        if fetched.fields:
+            self.prev = fetched.fields[-1][0]
 
     def close(self, ok: bool) -> None:
         if ok:
@@ -375,20 +390,17 @@ class Checker:
         tf: Timeframe = box["tf"]
         report: SeriesReport = box["report"]
         state: PartitionState | None = box["held"].get(key)
-        holes = find_holes(tf, a, b, [c[0] for c in fetched.canon], prev, nxt, box["listing"], box["first_open"])
+        opens = fetched.opens
+        holes = find_holes(tf, a, b, opens, prev, nxt, box["listing"], box["first_open"])
         report.holes += holes
-        h = _sha()
-        for ts, end_ts, values in fetched.canon:
-            h.update(line(ts, end_ts, values).encode())
-        exch_digest = h.hexdigest()
+        exch_digest = digest_rows(fetched.fields)
         store_digest = state.digest if state else EMPTY_DIGEST
-        entry = LedgerEntry(report.source, report.symbol, tf.name, key, a, b, len(fetched.canon),
-                            fetched.canon[0][0] if fetched.canon else None,
-                            fetched.canon[-1][0] if fetched.canon else None, exch_digest, store_digest,
+        entry = LedgerEntry(report.source, report.symbol, tf.name, key, a, b, len(opens),
+                            opens[0] if opens else None, opens[-1] if opens else None, exch_digest, store_digest,
                             "+".join(sorted(fetched.origins)) or "none", _now_iso(), "identical", holes)
         store_rows = state.rows if state else 0
         if exch_digest == store_digest:
-            report.partitions.append(PartitionResult(key, a, b, "identical", store_rows, len(fetched.canon), True))
+            report.partitions.append(PartitionResult(key, a, b, "identical", store_rows, len(opens), True))
             if self.repair:
                 self.store.save_ledger([entry])
             else:
@@ -399,7 +411,7 @@ class Checker:
         report.issues += issues
         if not self.repair:
             entry.status = "differs"
-            report.partitions.append(PartitionResult(key, a, b, "differs", store_rows, len(fetched.canon), True))
+            report.partitions.append(PartitionResult(key, a, b, "differs", store_rows, len(opens), True))
             box["entries"].append(entry)
             return
         entry.status = "repaired"
@@ -410,7 +422,7 @@ class Checker:
                             "repair (does the table round or reformat values?)")
         report.written += len(upserts)
         report.deleted += len(deletes)
-        report.partitions.append(PartitionResult(key, a, b, "repaired", store_rows, len(fetched.canon), True))
+        report.partitions.append(PartitionResult(key, a, b, "repaired", store_rows, len(opens), True))
 
 
 def find_holes(tf: Timeframe, a: int, b: int, opens: list[int], prev: int | None, nxt: int | None,
@@ -451,7 +463,7 @@ def find_holes(tf: Timeframe, a: int, b: int, opens: list[int], prev: int | None
 def diff(tf: Timeframe, fetched: _Fetched, stored: list[StoredRow], holes: list[Hole], listing: int | None,
          delete_extra: bool) -> tuple[list[Issue], list[Row], list[Any], int]:
     """Differences of one partition, and what repairs them: ``(issues, upserts, deletes, extras kept)``."""
-    exch = {ts: (i, end_ts, values) for i, (ts, end_ts, values) in enumerate(fetched.canon)}
+    exch = {ts: (i, end_ts, values) for i, (ts, end_ts, values) in enumerate(fetched.canon())}
     by_ts: dict[int, list[StoredRow]] = defaultdict(list)
     for row in stored:
         by_ts[row.open_ts].append(row)
@@ -532,12 +544,6 @@ def _contiguous(parts: list[tuple[str, int, int]]) -> list[list[tuple[str, int, 
         else:
             groups.append([part])
     return groups
-
-
-def _sha() -> Any:
-    import hashlib
-
-    return hashlib.sha256()
 
 
 def _now_iso() -> str:
