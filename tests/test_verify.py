@@ -337,3 +337,19 @@ def test_before_listing_is_a_hole_and_a_row_there_is_extra(forge, exchange_env, 
                                                      "before_listing", ())]
     res = forge("repair", "-s", "binance", *args)
     assert res.code == 0 and "(before listing, kept)" in res.out  # never deleted without --delete-extra
+
+
+def test_postgres_table_without_a_key_duplicates_found_and_removed(forge, pg_loaded, db):
+    t = f"{pg_loaded}.plain"
+    db.execute(f"CREATE TABLE {t} AS SELECT * FROM {pg_loaded}.klines")  # no primary key
+    db.execute(f"INSERT INTO {t} SELECT * FROM {t} WHERE open_ts IN (%s, %s)", (JAN3, FEB5))
+    db.execute(f"UPDATE {t} SET close = 7 WHERE ctid = (SELECT max(ctid) FROM {t} WHERE open_ts = %s)", (FEB5,))
+    code, report = verify(forge, "--sink", "postgres", "--table", "plain")
+    # the first copy (in physical order) is the one kept: here the original, so nothing is "changed"
+    assert code == 1 and counts(report) == {"missing": 0, "extra": 0, "duplicate": 2, "changed": 0}
+    assert [d["from"] for d in report["series"][0]["duplicates"]] == ["2024-01-03T00:00:00Z", "2024-02-05T00:00:00Z"]
+    assert forge("repair", "-s", "binance", *RANGE, "--sink", "postgres", "--table", "plain").code == 0
+    code, report = verify(forge, "--sink", "postgres", "--table", "plain")
+    assert code == 0, report["series"][0]["counts"]
+    db.execute(f"SELECT count(*), count(DISTINCT open_ts) FROM {t}")
+    assert db.fetchone() == (SLOTS - HOLE_SLOTS, SLOTS - HOLE_SLOTS)

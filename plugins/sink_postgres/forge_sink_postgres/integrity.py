@@ -137,7 +137,7 @@ class PostgresIntegrity:
         return self._run("digest", work)
 
     def rows(self, source: str, symbol: str, timeframe: str, start: int, end: int) -> list[StoredRow]:
-        query = sql.SQL("SELECT ctid::text, {} FROM {} WHERE {} ORDER BY open_ts").format(
+        query = sql.SQL("SELECT ctid::text, {} FROM {} WHERE {} ORDER BY open_ts, ctid").format(
             self._canon(), self.table.ident, self._where())
 
         def work(cur: Any) -> list[StoredRow]:
