@@ -22,6 +22,7 @@ import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
+from itertools import repeat
 from typing import Any
 
 VALUE_FIELDS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
@@ -71,26 +72,33 @@ _NOT_NUMERIC = str.maketrans("", "", "0123456789.,")
 def digest_rows(rows: Sequence[tuple[Any, ...]]) -> str:
     """The digest of ``(open_ts, end_ts, open, high, low, close, volume)`` tuples, ascending and
     unique by ``open_ts``, with the values as the exchange gave them. Equal to :func:`digest` of
-    their canonical lines; fast for the usual decimal strings (a point in every value: strip
-    the zeros and point on the right, then check the whole text once), per value otherwise."""
-    flat = [v for row in rows for v in row[2:]]
-    try:
-        points = ",".join(flat).count(".")
-    except TypeError:  # not all strings
-        points = -1
-    if points == len(flat):
-        stripped = [v.rstrip("0").rstrip(".") for v in flat]
-        joined = "," + ",".join(stripped) + ","
-        if (",," not in joined and ",." not in joined and _LEADING_ZERO.search(joined) is None
-                and not joined.translate(_NOT_NUMERIC)):
-            it = iter(stripped)
-            text = "".join([f"{row[0]},{row[1]},{o},{h},{lo},{c},{v}\n"
-                            for row, o, h, lo, c, v in zip(rows, it, it, it, it, it, strict=False)])
-            return hashlib.sha256(text.encode()).hexdigest()
+    their canonical lines; fast for the usual decimal strings (a point in every value: column by
+    column, strip zeros and the point on the right, check the result once), per value otherwise."""
+    if not rows:
+        return EMPTY_DIGEST
+    cols = list(zip(*rows, strict=True))
+    if len(cols) == 7:
+        try:
+            usual = all(",".join(c).count(".") == len(c) for c in cols[2:])
+        except TypeError:  # not all strings
+            usual = False
+        if usual:
+            values = [list(map(str.rstrip, map(str.rstrip, c, repeat("0")), repeat("."))) for c in cols[2:]]
+            if all(_canonical(v) for v in values):
+                text = "\n".join(map(",".join, zip(map(str, cols[0]), map(str, cols[1]), *values, strict=True))) + "\n"
+                return hashlib.sha256(text.encode()).hexdigest()
     h = hashlib.sha256()
-    for t, e, *values in rows:
-        h.update(line(t, e, map(normalize, values)).encode())
+    for t, e, *rest in rows:
+        h.update(line(t, e, map(normalize, rest)).encode())
     return h.hexdigest()
+
+
+def _canonical(values: list[str]) -> bool:
+    """Whether right-stripped values are all canonical: digits with at most one point inside,
+    no leading zero, nothing empty."""
+    joined = "," + ",".join(values) + ","
+    return (",," not in joined and ",." not in joined and _LEADING_ZERO.search(joined) is None
+            and not joined.translate(_NOT_NUMERIC))
 
 
 def partition_key(ts: int) -> str:

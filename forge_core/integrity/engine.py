@@ -447,7 +447,11 @@ def find_holes(tf: Timeframe, a: int, b: int, opens: list[int], prev: int | None
         holes.append(Hole(lo, tf.floor(hi - 1), tf.count(lo, hi), reason, evidence))
 
     cursor, before = tf.ceil(a), prev
+    step = tf.ms
     for ts in [*opens, *([nxt] if nxt is not None else [])]:
+        if ts == cursor and step is not None:  # the usual case: the next slot is there
+            before, cursor = ts, ts + step
+            continue
         stop = min(ts, b)
         if cursor < stop:
             add(cursor, stop, before, ts)
