@@ -353,3 +353,23 @@ def test_postgres_table_without_a_key_duplicates_found_and_removed(forge, pg_loa
     assert code == 0, report["series"][0]["counts"]
     db.execute(f"SELECT count(*), count(DISTINCT open_ts) FROM {t}")
     assert db.fetchone() == (SLOTS - HOLE_SLOTS, SLOTS - HOLE_SLOTS)
+
+
+def test_postgres_repair_of_only_missing_rows_never_reads_the_rows(forge, pg_loaded, db, monkeypatch):
+    import forge_sink_postgres.integrity as pgi
+
+    db.execute(f"DELETE FROM {pg_loaded}.klines WHERE (open_ts / {M5}) % 97 = 5")  # scattered, both months
+    db.execute(f"SELECT count(*) FROM {pg_loaded}.klines")
+    deleted = SLOTS - HOLE_SLOTS - db.fetchone()[0]
+
+    def no_rows(*args, **kwargs):
+        raise AssertionError("rows() read although only rows were missing")
+
+    monkeypatch.setattr(pgi.PostgresIntegrity, "rows", no_rows)
+    res = forge("repair", "-s", "binance", *RANGE, "--sink", "postgres", "--json")
+    assert res.code == 0, res
+    report = json.loads(res.out)
+    assert counts(report) == {"missing": deleted, "extra": 0, "duplicate": 0, "changed": 0}
+    assert report["summary"]["written"] == deleted
+    monkeypatch.undo()
+    assert verify(forge, "--sink", "postgres")[0] == 0

@@ -77,20 +77,23 @@ def digest_rows(rows: Sequence[tuple[Any, ...]]) -> str:
     if not rows:
         return EMPTY_DIGEST
     cols = list(zip(*rows, strict=True))
-    if len(cols) == 7:
-        try:
-            usual = all(",".join(c).count(".") == len(c) for c in cols[2:])
-        except TypeError:  # not all strings
-            usual = False
-        if usual:
-            values = [list(map(str.rstrip, map(str.rstrip, c, repeat("0")), repeat("."))) for c in cols[2:]]
-            if all(_canonical(v) for v in values):
-                text = "\n".join(map(",".join, zip(map(str, cols[0]), map(str, cols[1]), *values, strict=True))) + "\n"
-                return hashlib.sha256(text.encode()).hexdigest()
-    h = hashlib.sha256()
-    for t, e, *rest in rows:
-        h.update(line(t, e, map(normalize, rest)).encode())
-    return h.hexdigest()
+    values = normalized_columns(cols[2:])
+    text = "\n".join(map(",".join, zip(map(str, cols[0]), map(str, cols[1]), *values, strict=True))) + "\n"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def normalized_columns(columns: Sequence[Sequence[Any]]) -> list[list[str]]:
+    """Each column of values normalized (:func:`normalize`), in bulk when every value is a
+    decimal string with a point (the exchanges' usual form), else value by value."""
+    try:
+        usual = all(",".join(c).count(".") == len(c) for c in columns)
+    except TypeError:  # not all strings
+        usual = False
+    if usual:
+        values = [list(map(str.rstrip, map(str.rstrip, c, repeat("0")), repeat("."))) for c in columns]
+        if all(_canonical(v) for v in values):
+            return values
+    return [list(map(normalize, c)) for c in columns]
 
 
 def _canonical(values: list[str]) -> bool:

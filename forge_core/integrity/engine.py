@@ -32,7 +32,7 @@ from ..sinks import Sink
 from ..sources import Source
 from ..timeframes import Timeframe, parse_timeframe
 from ..times import iso
-from .digest import EMPTY_DIGEST, VALUE_FIELDS, digest_rows, normalize, partitions
+from .digest import EMPTY_DIGEST, VALUE_FIELDS, digest_rows, normalized_columns, partitions
 from .model import (
     BEFORE_LISTING,
     EXCHANGE_EMPTY,
@@ -145,7 +145,10 @@ class _Fetched:
 
     def canon(self) -> list[tuple[int, int, tuple[str, ...]]]:
         """``(open_ts, end_ts, normalized values)`` per candle (only for partitions that differ)."""
-        return [(f[0], f[1], tuple(map(normalize, f[2:]))) for f in self.fields]
+        if not self.fields:
+            return []
+        cols = list(zip(*self.fields, strict=True))
+        return list(zip(cols[0], cols[1], zip(*normalized_columns(cols[2:]), strict=True), strict=True))
 
 
 class _Held:
@@ -406,6 +409,8 @@ class Checker:
             else:
                 box["entries"].append(entry)
             return
+        if self.repair and self._only_missing(part, fetched, opens, entry, store_rows, columns, report):
+            return
         stored = self.store.rows(report.source, report.symbol, tf.name, a, b)
         issues, upserts, deletes, kept = diff(tf, fetched, stored, holes, box["listing"], self.delete_extra)
         report.issues += issues
@@ -423,6 +428,33 @@ class Checker:
         report.written += len(upserts)
         report.deleted += len(deletes)
         report.partitions.append(PartitionResult(key, a, b, "repaired", store_rows, len(opens), True))
+
+
+    def _only_missing(self, part: tuple[str, int, int], fetched: _Fetched, opens: list[int], entry: LedgerEntry,
+                      store_rows: int, columns: tuple[str, ...], report: SeriesReport) -> bool:
+        """Repair shortcut when the store's open times (``opens`` hook) are a duplicate-free subset
+        of the exchange's: write the missing candles and accept if the store's digest is then the
+        exchange's, without reading the stored rows. Otherwise the caller diffs the rest."""
+        hook = getattr(self.store, "opens", None)
+        if hook is None:
+            return False
+        key, a, b = part
+        stamps = hook(report.source, report.symbol, entry.timeframe, a, b)
+        have = set(stamps)
+        if len(have) != len(stamps) or not have <= set(opens) or len(have) == len(opens):
+            return False
+        tf = parse_timeframe(entry.timeframe)
+        missing = [i for i, t in enumerate(opens) if t not in have]
+        trial = replace(entry, status="differs")
+        digest_now = self.store.apply(report.source, report.symbol, entry.timeframe, columns,
+                                      [fetched.raw[i] for i in missing], [], trial)
+        report.issues += _runs(tf, "missing", [(opens[i], 1, []) for i in missing])
+        report.written += len(missing)
+        if digest_now != entry.digest:
+            return False  # changed values too: the caller reads the rows and diffs
+        self.store.save_ledger([replace(trial, status="repaired", store_digest=digest_now)])
+        report.partitions.append(PartitionResult(key, a, b, "repaired", store_rows, len(opens), True))
+        return True
 
 
 def find_holes(tf: Timeframe, a: int, b: int, opens: list[int], prev: int | None, nxt: int | None,
@@ -484,9 +516,12 @@ def diff(tf: Timeframe, fetched: _Fetched, stored: list[StoredRow], holes: list[
         if len(copies) > 1:
             dups.append((ts, len(copies) - 1))
             deletes += [c.ref for c in copies[1:]]
-        if ts in exch:
-            _, end_ts, values = exch[ts]
+        found = exch.get(ts)
+        if found is not None:
+            _, end_ts, values = found
             keep = copies[0]
+            if keep.values == values and keep.end_ts == end_ts:
+                continue
             fields = ([] if keep.end_ts == end_ts else ["end_ts"]) + [
                 f for f, x, y in zip(VALUE_FIELDS, keep.values, values, strict=True) if x != y]
             if fields:

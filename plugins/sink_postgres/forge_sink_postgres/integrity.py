@@ -81,8 +81,10 @@ class PostgresIntegrity:
                             f"{self.spec.reason(exc)}") from None
 
     def _fetch(self, cur: Any) -> list[tuple[Any, ...]]:
+        """All rows of ``cur``, counting their text size (roughly what came over the wire)."""
         rows = cur.fetchall()
-        self.bytes_received += sum(len(str(v)) for row in rows for v in row)
+        if rows:
+            self.bytes_received += len(rows) * sum(len(str(v)) for v in rows[0])
         return rows
 
     @staticmethod
