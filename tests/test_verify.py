@@ -365,11 +365,12 @@ def test_postgres_repair_of_only_missing_rows_never_reads_the_rows(forge, pg_loa
     def no_rows(*args, **kwargs):
         raise AssertionError("rows() read although only rows were missing")
 
+    original = pgi.PostgresIntegrity.rows
     monkeypatch.setattr(pgi.PostgresIntegrity, "rows", no_rows)
     res = forge("repair", "-s", "binance", *RANGE, "--sink", "postgres", "--json")
     assert res.code == 0, res
     report = json.loads(res.out)
     assert counts(report) == {"missing": deleted, "extra": 0, "duplicate": 0, "changed": 0}
     assert report["summary"]["written"] == deleted
-    monkeypatch.undo()
+    monkeypatch.setattr(pgi.PostgresIntegrity, "rows", original)
     assert verify(forge, "--sink", "postgres")[0] == 0
