@@ -27,9 +27,9 @@ def expected(symbol):
     return as_csv_lines(binance_rows(symbol, "1m", lo, hi, NOW))
 
 
-def start_forge(mock: MockExchange, cwd: Path) -> subprocess.Popen:
+def start_forge(mock: MockExchange, cwd: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "FORGE_BINANCE_URL": mock.url}
-    return subprocess.Popen(["forge", *ARGS], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    return subprocess.Popen(["forge", *ARGS, *extra], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, stdin=subprocess.DEVNULL)
 
 
@@ -86,6 +86,22 @@ def test_interrupted_run_resumes_to_the_exact_result(forge_process, tmp_path, ho
         assert proc.returncode == -signal.SIGKILL
     out = finish_and_check(forge_process, tmp_path)
     assert "resumed BTCUSDT after" in out
+
+
+def test_ctrl_c_reports_exactly_what_the_part_keeps(tmp_path):
+    """The count Ctrl-C prints is the count the resume will use (rows written after the last
+    commit are not kept)."""
+    import re
+
+    with MockExchange(MockConfig(now=NOW, latency=0.03)) as mock:
+        proc = start_forge(mock, tmp_path, "--commit-every", "7000")
+        wait_for_rows(tmp_path / (FILES[0] + ".part"), 9000, proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    said = re.search(r"interrupted: (\d+) candles committed", err)
+    assert said, err
+    assert int(said.group(1)) == complete_rows(tmp_path) >= 7000
 
 
 def test_a_torn_last_line_is_cut_before_resuming(forge_process, tmp_path):
