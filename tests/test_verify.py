@@ -187,7 +187,7 @@ def test_sink_without_hooks_is_refused(forge, exchange_env, monkeypatch):
     monkeypatch.setattr(forge_core.cli, "Plugins", plugins)
     res = forge("verify", "-s", "binance", *RANGE, "--sink", "plain")
     assert res.code == 2 and len(res.err.strip().splitlines()) == 1
-    assert "sink 'plain' does not support status, verify or repair" in res.err and "csv, postgres" in res.err
+    assert "sink 'plain' does not support status, verify or repair" in res.err and "csv, parquet, postgres" in res.err
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------

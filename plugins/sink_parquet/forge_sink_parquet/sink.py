@@ -17,7 +17,6 @@ transforms; not the end) is started again, and a run that finishes deletes it.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -33,11 +32,8 @@ import pyarrow.parquet as pq
 from forge_core import Batch, Option, RunInfo, Sink, SinkError, UsageError, parse_timeframe
 
 from . import layout
-from .convert import HIVE_KEYS, forge_metadata, read_forge_metadata, to_table
-
-# Candle columns are nearly all distinct values: dictionary pages only cost time and memory
-# (5x slower, +20 MB per month written); zstd halves the files against snappy for little time.
-WRITE_OPTIONS: dict[str, Any] = {"use_dictionary": False, "compression": "zstd"}
+from .convert import HIVE_KEYS, to_table
+from .files import dataset_schema, read_partition, remove, upsert, write_partition
 
 
 @dataclass
@@ -123,27 +119,17 @@ class ParquetSink(Sink):
     def _dataset_schema(self) -> pa.Schema | None:
         """The schema of the files already in the root (all have the same), checked to be Forge's
         and of the number type asked for."""
-        first = next(layout.dataset_files(self.root), None)
-        for _ in layout.dataset_files(self.root):
-            pass  # the whole tree is checked for foreign files before anything is written
-        if first is None:
+        found = dataset_schema(self.root)  # also checks the whole tree for foreign files
+        if found is None:
             return None
-        try:
-            schema = pq.read_schema(first)
-        except (OSError, pa.ArrowException) as exc:
-            raise SinkError(f"cannot read {first}: {exc}; it is not a Parquet file Forge wrote") from None
-        meta = read_forge_metadata(schema)
-        if meta is None:
-            raise SinkError(f"parquet root {self.root} holds {os.path.relpath(first, self.root)!r}, "
-                            "which Forge did not write; give --root an empty or new directory")
-        stored = meta.get("numbers")
+        schema, stored = found
         if stored == "float64" and not self.float64:
             raise SinkError(f"the parquet dataset at {self.root} stores prices and volumes as float64; "
                             "add --parquet-float to add to it, or use a new --root for exact decimals")
         if stored == "decimal" and self.float64:
             raise SinkError(f"the parquet dataset at {self.root} stores prices and volumes as exact decimals; "
                             "drop --parquet-float to add to it, or use a new --root for float64")
-        return schema.remove_metadata()
+        return schema
 
     def _check_run_columns(self, run: RunInfo) -> None:
         """Without transforms the rows have the source's columns: check them against the
@@ -233,6 +219,12 @@ class ParquetSink(Sink):
         where = os.path.relpath(self.root) if self.root else "parquet"
         return f"{where} ({self.files_written} parquet files written)"
 
+    def integrity(self) -> Any:
+        """Hooks of ``forge status/verify/repair`` on the dataset at ``--root`` (integrity.py)."""
+        from .integrity import ParquetIntegrity
+
+        return ParquetIntegrity(self.settings["root"])
+
     # -- partitions -------------------------------------------------------------------------
     def _flush(self, finished: bool) -> None:
         """Write the buffered partition, if it has new rows; drop it from memory if ``finished``."""
@@ -244,7 +236,7 @@ class ParquetSink(Sink):
             if not part.loaded:
                 part.base = self._read_partition(part.path)
                 part.loaded = True
-            merged = _upsert(part.base, new)
+            merged = upsert(part.base, new)
             self._write_file(merged, part.path)
             part.base, part.pending = merged, []
         if finished:
@@ -252,42 +244,11 @@ class ParquetSink(Sink):
             pa.default_memory_pool().release_unused()  # keeps the peak flat from a month to a year
 
     def _read_partition(self, path: str) -> pa.Table | None:
-        try:
-            table = pq.read_table(path)
-        except FileNotFoundError:
-            return None
-        except (OSError, pa.ArrowException) as exc:
-            raise SinkError(f"cannot read {path}: {exc}; move it away to let Forge rewrite the month") from None
-        if read_forge_metadata(table.schema) is None:
-            raise SinkError(f"{path} was not written by Forge; it is left as it is")
         assert self.schema is not None
-        table = table.replace_schema_metadata(None)
-        if set(table.column_names) != set(self.schema.names) or any(
-                table.schema.field(f.name).type != f.type for f in self.schema):
-            raise SinkError(f"{path} has another schema than the rest of the dataset; move it away to let "
-                            "Forge rewrite the month")
-        return table.select(self.schema.names)
+        return read_partition(path, self.schema)
 
     def _write_file(self, table: pa.Table, path: str) -> None:
-        table = table.replace_schema_metadata(forge_metadata(self.float64))
-        try:
-            layout.makedirs_durable(os.path.dirname(path))
-            fd, tmp = tempfile.mkstemp(dir=self._tmp, suffix=".tmp")
-        except OSError as exc:
-            raise SinkError(f"cannot write {path}: {exc.strerror or exc}") from None
-        try:
-            with os.fdopen(fd, "wb") as f:
-                pq.write_table(table, f, **WRITE_OPTIONS)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as exc:
-            _remove(tmp)
-            raise SinkError(f"cannot write {path}: {exc.strerror or exc}") from None
-        except BaseException:
-            _remove(tmp)
-            raise
-        layout.fsync_dir(os.path.dirname(path))
+        write_partition(table, path, self._tmp, self.float64)
         self.files_written += 1
 
     # -- resume state -----------------------------------------------------------------------
@@ -325,7 +286,7 @@ class ParquetSink(Sink):
             self.resume, self.committed = left, {}
             self._write_state()
         else:
-            _remove(self._state_path)
+            remove(self._state_path)
 
     def _release(self) -> None:
         if self._lock is not None:
@@ -355,19 +316,3 @@ def _unique_by_open(table: pa.Table) -> pa.Table:
     last = {v: i for i, v in enumerate(values)}
     keep = sorted(last.values(), key=lambda i: values[i])
     return table.take(pa.array(keep, pa.int64()))
-
-
-def _upsert(old: pa.Table | None, new: pa.Table) -> pa.Table:
-    if old is None or old.num_rows == 0:
-        return new
-    keep = pc.invert(pc.is_in(old["open_ts"], value_set=new["open_ts"].combine_chunks()))
-    old = old.filter(keep)
-    if old.num_rows == 0:
-        return new
-    merged = pa.concat_tables([old, new])
-    return merged.take(pc.sort_indices(merged["open_ts"]))
-
-
-def _remove(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(path)

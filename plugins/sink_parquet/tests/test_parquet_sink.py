@@ -355,3 +355,64 @@ def test_symbols_that_are_not_safe_directory_names_are_refused(tmp_path):
         ParquetSink(root=str(tmp_path / "data")).open(_run_info(("BTC/USDT",)))
     with pytest.raises(UsageError):
         ParquetSink(root=str(tmp_path / "data"), bogus=1)
+
+
+# -- forge status / verify / repair ---------------------------------------------------------
+VRANGE = ("--symbol", "BTCUSDT", "-t", "5m", "--from", "2024-01-01", "--to", "2024-02-29")
+M5 = 300_000
+JAN3 = 1704240000000  # 2024-01-03 00:00 UTC
+FEB5 = 1707091200000
+
+
+def damage(path: Path, drop: set[int], change: dict[int, dict], add: list[dict]) -> None:
+    """Rewrite a partition file as someone else might have: rows dropped, changed, added
+    (duplicates and off-grid rows included), Forge's footer kept."""
+    table = pq.read_table(path)
+    rows = [r for r in table.to_pylist() if r["open_ts"] not in drop]
+    for r in rows:
+        r.update(change.get(r["open_ts"], {}))
+    rows = sorted(rows + add, key=lambda r: r["open_ts"])
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+
+
+def verify(forge, root: Path, *args: str) -> tuple[int, dict]:
+    result = forge("verify", "-s", "binance", *VRANGE, "--sink", "parquet", "--root", str(root), "--json", *args)
+    assert result.code in (0, 1), result
+    return result.code, json.loads(result.out)
+
+
+def test_verify_and_repair_a_parquet_dataset(forge, exchange_env, tmp_path):
+    root = tmp_path / "data"
+    assert run(forge, root, *VRANGE).code == 0
+    code, report = verify(forge, root)
+    assert code == 0 and report["series"][0]["counts"] == {"missing": 0, "extra": 0, "duplicate": 0, "changed": 0}
+    pristine = files(root)
+
+    jan = root / "source=binance/symbol=BTCUSDT/timeframe=5m/year=2024/month=1/part-0.parquet"
+    feb = root / "source=binance/symbol=BTCUSDT/timeframe=5m/year=2024/month=2/part-0.parquet"
+    row = pq.read_table(jan).filter(ds.field("open_ts") == JAN3 + 20 * M5).to_pylist()[0]
+    damage(jan, drop={JAN3, JAN3 + M5}, change={JAN3 + 10 * M5: {"close": Decimal("1.23")}},
+           add=[{**row, "open_ts": JAN3 + 20 * M5 + 60_000}, dict(row)])
+    damage(feb, drop={FEB5}, change={}, add=[])
+    code, report = verify(forge, root)
+    assert code == 1
+    assert report["series"][0]["counts"] == {"missing": 3, "extra": 1, "duplicate": 1, "changed": 1}
+    changed = report["series"][0]["changed"]
+    assert [(c["from"], c["fields"]) for c in changed] == [("2024-01-03T00:50:00Z", ["close"])]
+
+    result = forge("repair", "-s", "binance", *VRANGE, "--sink", "parquet", "--root", str(root), "--delete-extra")
+    assert result.code == 0, result
+    code, report = verify(forge, root)
+    assert code == 0, report
+    for read in (by_pyarrow, by_duckdb):
+        assert read(root) == expected("BTCUSDT", "2024-01-01", "2024-02-29", "5m"), read.__name__
+    assert files(root) == pristine  # exactly the bytes a run writes
+    ledger = json.loads((tmp_path / ".data.forge" / "ledger.json").read_text())
+    assert {e["partition"]: e["digest"] == e["store_digest"] for e in ledger["partitions"]} == \
+        {"2024-01": True, "2024-02": True}
+
+    status = forge("status", "--sink", "parquet", "--root", str(root))
+    assert status.code == 0, status
+    assert "17,250 candles" in status.out
+    res = forge("verify", "-s", "binance", *VRANGE, "--sink", "parquet", "--root", str(tmp_path / "nope"))
+    assert res.code == 2 and "parquet root" in one_line(res) and "does not exist" in res.err
