@@ -185,7 +185,7 @@ def committed(tmp_path: Path) -> dict[str, int]:
 
 
 def test_kill_9_then_the_same_command_resumes_to_the_identical_dataset(forge_process, tmp_path):
-    with MockExchange(MockConfig(now=NOW, latency=0.03)) as slow:
+    with MockExchange(MockConfig(now=NOW, latency=0.2)) as slow:  # slow enough to kill mid-run
         proc = subprocess.Popen(["forge", *ARGS], cwd=tmp_path, env={**os.environ, "FORGE_BINANCE_URL": slow.url},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
