@@ -448,15 +448,16 @@ class _LostAck:
 
 
 def test_a_lost_commit_acknowledgement_does_not_duplicate_plain_inserts(pg_env, db, monkeypatch, in_tmp):
+    from forge_sink_postgres.connection import Session
     from forge_sink_postgres.sink import PostgresSink
 
-    real = PostgresSink._connection
-    _LostAck.lost = 0
-    monkeypatch.setattr(PostgresSink, "_connection", lambda self: _LostAck(real(self), self))
-    monkeypatch.setattr(PostgresSink, "RETRY_FIRST", 0.01)
     table = unique("ack")
-    result = Pipeline("binance", [("postgres", {"table": table, "on_conflict": "none"})]).run(
-        "BTCUSDT", "1h", "2024-02-01", "2024-02-03")
+    sink = PostgresSink(table=table, on_conflict="none")
+    real = Session.connection
+    _LostAck.lost = 0
+    monkeypatch.setattr(Session, "connection", lambda self: _LostAck(real(self), sink))
+    monkeypatch.setattr(PostgresSink, "RETRY_FIRST", 0.01)
+    result = Pipeline("binance", [sink]).run("BTCUSDT", "1h", "2024-02-01", "2024-02-03")
     assert _LostAck.lost == 1 and result.total == 72
     db.execute(f"SELECT count(*), count(DISTINCT open_ts) FROM {table}")
     assert db.fetchone() == (72, 72)

@@ -1,69 +1,51 @@
-"""Write candles to PostgreSQL: ``forge run --sink postgres``.
+"""Write candles to PostgreSQL: ``forge run --sink postgres``. This module is the sink contract;
+the parts live beside it:
+
+- ``connection``: where the database is, the password kept out of sight, and the session that
+  retries dropped connections, bounds every transaction with a deadline and knows the fate of
+  a COMMIT whose answer was lost;
+- ``target``: the table (the default one or a model), its catalog description and new columns' types;
+- ``pending`` and ``copytext``: the ``COPY`` text kept until a commit;
+- ``load`` and ``sql``: one commit's statements;
+- ``progress``: ``forge_progress``, where an interrupted run resumes;
+- ``compat``: what streamforge's ``PostgresEmitter`` adds.
 
 ``write`` encodes each batch to ``COPY`` text and keeps it; ``commit`` sends everything kept as
-one transaction: ``COPY`` into a session-local staging table (temporary, so no WAL and no
-index), then one ``INSERT ... SELECT ... ON CONFLICT (key) DO UPDATE`` into the target, then
-``COMMIT``. Rows whose stored values already equal the new ones are not rewritten. The kept
-text is dropped only after the commit succeeded, so a dropped connection or a server restart
-is retried (reconnect, backoff) by sending the whole transaction again; upserts make a
-repeated send harmless.
-
-Plain inserts (``on_conflict="none"``) ``COPY`` straight into the target, as the seed's
-emitter without ``on_conflict`` did: re-runs then duplicate rows, or fail on a primary key.
+one transaction (see ``load``). The kept text is dropped only after the commit succeeded.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
-import operator
 import os
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from itertools import islice
-from operator import itemgetter
-from typing import Any, TypeVar
-
-import psycopg2
-import psycopg2.errors
-import psycopg2.extensions
-from psycopg2 import sql
+from typing import Any
 
 from forge_core import Batch, Option, RunInfo, Sink, SinkError, UsageError
 from forge_core.logs import get_logger
 from forge_core.records import Row
 
-from .connection import ConnectionSpec
-from .copytext import encode
+from . import load
+from . import sql as q
+from .compat import EmitterMethods, conflict_columns, connection_kwargs
+from .connection import ConnectionSpec, Retry, Session
+from .pending import Mapping, Pending
+from .progress import Progress, Series
 from .target import (
+    KNOWN_TYPES,
     TableInfo,
     check_model,
+    column_type,
     default_table_ddl,
     inspect,
     load_model,
+    missing_columns_error,
+    planned,
     split_name,
 )
 
 log = get_logger(__name__)
-T = TypeVar("T")
-MAX_PROBES = 64
-PLAIN = ("none", "no", "false", "off", "insert")
-# Python-API keyword arguments of the seed's PostgresEmitter; not CLI options (a password on
-# the command line is visible in the process list: use the URL from the environment, PGPASSWORD,
-# ~/.pgpass or --password-file there).
-CONNECTION_KWARGS = ("host", "port", "dbname", "user", "password")
-PROGRESS_TABLE = "forge_progress"
-# One row per series and run start while a run is incomplete: where its committed rows end.
-PROGRESS_DDL = """CREATE TABLE IF NOT EXISTS {} (
-    target text NOT NULL, source text NOT NULL, symbol text NOT NULL, timeframe text NOT NULL,
-    range_start bigint NOT NULL, transforms text NOT NULL, committed_end bigint NOT NULL,
-    updated_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (target, source, symbol, timeframe, range_start, transforms))"""
 
 
-class PostgresSink(Sink):
+class PostgresSink(EmitterMethods, Sink):
     name = "postgres"
     description = "PostgreSQL table, idempotent upserts (COPY + INSERT ... ON CONFLICT)"
     options = (
@@ -80,18 +62,21 @@ class PostgresSink(Sink):
     )
 
     supports_follow = True  # every commit is a transaction in the target table
-    compat_defaults = {"on_conflict": "none"}  # sf.PostgresEmitter inserts unless on_conflict() is called
 
     # Retrying a lost connection: backoff from RETRY_FIRST doubling to RETRY_MAX seconds,
     # giving up RETRY_FOR seconds after the first failure of a commit.
     RETRY_FIRST = 0.25
     RETRY_MAX = 5.0
     RETRY_FOR = 120.0
+    # Seconds a transaction may take before the server is taken for silent (client deadline and
+    # statement_timeout), plus one second per MIN_RATE bytes a commit sends.
+    TIMEOUT = 60.0
+    MIN_RATE = 256 * 1024
     # Commit early when this many rows are kept (bounds memory whatever --commit-every says).
     MAX_PENDING_ROWS = 250_000
 
     def __init__(self, **options: Any) -> None:
-        kwargs = {k: options.pop(k) for k in CONNECTION_KWARGS if k in options}
+        kwargs = connection_kwargs(options)
         super().__init__(**options)
         url = self.settings["database_url"] or os.environ.get("FORGE_DATABASE_URL") or None
         self.spec = ConnectionSpec.build(url, password_file=self.settings["password_file"], **kwargs)
@@ -104,89 +89,85 @@ class PostgresSink(Sink):
                 raise UsageError(f"give either a table ({options['table']!r}) or a model "
                                  f"({self.model.name!r} has its own table), not both")
             self.schema, self.table_name = self.model.schema, self.model.name
-        self.conflict = _conflict_columns(self.settings["on_conflict"])  # None = primary key, () = plain
-        self.conn: psycopg2.extensions.connection | None = None
-        self.table: TableInfo | None = None
-        self.pending: dict[tuple[str, ...], _Pending] = {}  # by target columns
+        self.conflict = conflict_columns(self.settings["on_conflict"])  # None = primary key, () = plain
+        self.session: Session | None = None
+        self.table: TableInfo | None = None  # None until the default table is created (first batch)
+        self.planned: TableInfo | None = None  # the default table as it will be created
+        self.pending: dict[tuple[str, ...], Pending] = {}  # by target columns
         self.pending_rows = 0
-        self._mappings: dict[tuple[str, ...], _Mapping] = {}
-        self._stages: dict[tuple[str, ...], sql.Composable] = {}  # per connection
+        self._mappings: dict[tuple[str, ...], Mapping] = {}
         self.run: RunInfo | None = None
         self.resumable = False
-        self.resumed: dict[tuple[str, str], int] = {}  # (source, symbol) -> where this run resumed
-        self.progress: dict[tuple[str, str], int] = {}  # (source, symbol) -> last end_ts kept, uncommitted
+        self.progress: dict[Series, int] = {}  # last end_ts kept per series, not yet committed
+        self.timeframes: set[str] = set()  # of the rows written, for forgetting progress at the end
+        self.not_stored: dict[str, None] = {}  # batch columns the (user's) table has no column for
         self.sent = 0
         self.changed = 0
-        self.retries = 0
 
-    # -- API for the streamforge-style emitter ------------------------------------------------
-    def set_model(self, model: Any) -> PostgresSink:
-        """Write into ``model``'s table (a declarative class, ``Table`` or ``module:Class``)."""
-        self.model = load_model(model)
-        self.schema, self.table_name = self.model.schema, self.model.name
-        return self
-
-    def on_conflict(self, columns: Sequence[str] | str | None) -> PostgresSink:
-        """Upsert on ``columns``; ``None`` = the primary key; ``[]`` or ``"none"`` = plain inserts."""
-        self.conflict = _conflict_columns(columns)
-        return self
+    @property
+    def retries(self) -> int:
+        return self.session.retries if self.session is not None else 0
 
     # -- the sink contract --------------------------------------------------------------------
     def open(self, run: RunInfo) -> None:
         if self.model is not None:  # before creating its table
             check_model(self.model, run.columns, f"source {run.source}")
-        self.sent = self.changed = self.retries = 0
+        self.sent = self.changed = 0
         self.run = run
         self.progress.clear()
-        self.resumed.clear()
-        self.conn = self.spec.connect_or_fail()
+        self.timeframes.clear()
+        self.not_stored.clear()
+        self._mappings.clear()
+        self.table = self.planned = None
+        self.session = Session(self.spec, self._label,
+                               Retry(self.RETRY_FIRST, self.RETRY_MAX, self.RETRY_FOR, self.TIMEOUT))
+        self.session.open()
         try:
-            self.table = self._prepare_table()
-            self.resumable = self._prepare_progress()
+            self.table = self._prepare_table(run)
+            ledger = self._ledger
+            self.resumable = self.session.run(lambda cur: ledger.prepare(cur, self.spec.where, self.spec.reason),
+                                              "open", retry=False)
             self._check(run.columns, f"source {run.source}")
-            self._mappings.clear()
-            self._stages.clear()
-            self.conn.commit()
-        except psycopg2.Error as exc:
-            self._drop_connection()
-            raise SinkError(f"PostgreSQL {self.spec.where} table {self._label}: {self.spec.reason(exc)}") from None
         except BaseException:
-            self._drop_connection()
+            self.session.drop()
             raise
         log.info("postgres_open", where=self.spec.safe_url, table=self._label,
                  conflict=",".join(self._key) or "none (plain inserts)")
 
     def write(self, batch: Batch) -> None:
-        done = self.resumed.get((batch.source, batch.symbol))
-        if done is not None and "end_ts" in batch.columns:  # another sink resumed from further back
-            i = batch.columns.index("end_ts")
-            batch = batch.with_rows([r for r in batch.rows if r[i] > done])
         if not batch.rows:
             return
-        mapping = self._mapping(batch.columns)
+        mapping = self._mapping(batch.columns, batch.rows)
         pending = self.pending.get(mapping.columns)
         if pending is None:
-            pending = self.pending[mapping.columns] = _Pending()
+            pending = self.pending[mapping.columns] = Pending()
         pending.add(mapping, batch.rows)
         self.pending_rows += len(batch.rows)
+        self.timeframes.add(batch.timeframe)
         if "end_ts" in batch.columns:
-            self.progress[(batch.source, batch.symbol)] = batch.rows[-1][batch.columns.index("end_ts")]
+            self.progress[(batch.source, batch.symbol, batch.timeframe)] = batch.rows[-1][batch.columns.index("end_ts")]
         if self.pending_rows >= self.MAX_PENDING_ROWS:
             self.commit()
 
     def commit(self) -> None:
         if not self.pending:
             return
-        attempts = 0
+        table, key, run, ledger = self.table, self._key, self.run, self._ledger
+        assert table is not None and run is not None
+        kept = list(self.pending.items())
+        progress = dict(self.progress) if self.resumable else {}
 
         def send(cur: Any) -> int:
-            nonlocal attempts
-            attempts += 1
-            if attempts > 1 and self._committed_already(cur):
-                return 0  # the connection died after the server committed: sending again would duplicate
-            return self._send_with_progress(cur)
+            changed = load.send(cur, table, key, kept)
+            if progress:
+                ledger.record(cur, run, progress)
+            return changed
 
-        changed = self._retrying(send, "commit")
+        size = sum(p.size for p in self.pending.values())
+        # a lost COMMIT acknowledgement is settled by asking the server; should it not know,
+        # upserts are sent again (harmless), plain inserts are not (they would duplicate)
+        changed = self._session.run(send, "commit", writes=True, resend_unknown=bool(key),
+                                    timeout=self.TIMEOUT + size / self.MIN_RATE)
         self.sent += self.pending_rows
         self.changed += changed
         self.pending.clear()
@@ -197,49 +178,39 @@ class PostgresSink(Sink):
         table = self.table
         if table is None or "open_ts" not in table.columns:
             return None
-        where = [(c, v) for c, v in (("source", source), ("symbol", symbol), ("timeframe", timeframe))
-                 if c in table.columns]
-        query = sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier("open_ts"), table.ident)
-        if where:
-            query += sql.SQL(" WHERE ") + sql.SQL(" AND ").join(
-                sql.SQL("{} = %s").format(sql.Identifier(c)) for c, _ in where)
+        query, params = q.last_open(table, source, symbol, timeframe)
 
         def run(cur: Any) -> int | None:
-            cur.execute(query, [v for _, v in where])
+            cur.execute(query, params)
             value = cur.fetchone()[0]
             return None if value is None else int(value)
 
-        return self._retrying(run, "last_open")
+        return self._session.run(run, "last_open")
 
     def resume_after(self, source: str, symbol: str, timeframe: str) -> int | None:
-        """Where an interrupted run with the same start committed up to, from ``forge_progress``."""
-        run_info = self.run
-        if run_info is None or not self.resumable:
+        """Where an interrupted run of the same identity committed ``timeframe`` rows (the output
+        timeframe) up to, from ``forge_progress``, if the table still holds that row. The
+        pipeline hands this sink only the rows after it."""
+        run_info, ledger, table = self.run, self._ledger, self.table
+        if run_info is None or not self.resumable or table is None:
             return None
-        query = sql.SQL("SELECT committed_end FROM {} WHERE target = %s AND source = %s AND symbol = %s "
-                        "AND timeframe = %s AND range_start = %s AND transforms = %s").format(self._progress_table)
-
-        def run(cur: Any) -> int | None:
-            cur.execute(query, (self._label, source, symbol, timeframe, run_info.start, run_info.transforms))
-            found = cur.fetchone()
-            return None if found is None else int(found[0])
-
-        done = self._retrying(run, "resume_after")
-        if done is not None:
-            self.resumed[(source, symbol)] = done
-        return done
+        return self._session.run(lambda cur: ledger.lookup(cur, run_info, (source, symbol, timeframe), table),
+                                 "resume_after")
 
     def close(self, ok: bool) -> None:
         try:
             if ok:
                 self.commit()
-                if self.resumable:
-                    self._retrying(self._forget_progress, "close")  # complete: a re-run fetches anew
+                run, ledger = self.run, self._ledger
+                if self.resumable and run is not None:  # complete: a re-run fetches anew
+                    timeframes = self.timeframes | {run.output_timeframe or run.timeframe}
+                    self._session.run(lambda cur: ledger.forget(cur, run, timeframes), "close")
         finally:
             self.pending.clear()
             self.pending_rows = 0
             self.progress.clear()
-            self._drop_connection()
+            if self.session is not None:
+                self.session.drop()
 
     def integrity(self) -> Any:
         """Hooks of ``forge status/verify/repair`` on this sink's table (integrity.py)."""
@@ -247,123 +218,125 @@ class PostgresSink(Sink):
 
         return PostgresIntegrity(self.spec, self.schema, self.table_name)
 
-    # -- progress, committed in the same transaction as the rows ----------------------------------
-    def _prepare_progress(self) -> bool:
-        """Create ``forge_progress`` if missing; without the rights to use it, resuming is off
-        (a re-run then fetches everything again, which upserts make harmless)."""
-        assert self.conn is not None
-        with self.conn.cursor() as cur:
-            cur.execute("SAVEPOINT forge_progress")
-            try:
-                cur.execute(sql.SQL(PROGRESS_DDL).format(self._progress_table))
-                cur.execute(sql.SQL("SELECT committed_end FROM {} WHERE false FOR UPDATE").format(self._progress_table))
-            except psycopg2.errors.InsufficientPrivilege as exc:
-                cur.execute("ROLLBACK TO SAVEPOINT forge_progress")
-                log.warning("postgres_resume_off", where=self.spec.where, reason=self.spec.reason(exc))
-                return False
-            cur.execute("RELEASE SAVEPOINT forge_progress")
-        return True
-
-    @property
-    def _progress_table(self) -> sql.Composable:
-        return sql.Identifier(self.schema, PROGRESS_TABLE) if self.schema else sql.Identifier(PROGRESS_TABLE)
-
-    def _send_with_progress(self, cur: Any) -> int:
-        changed = self._send(cur)
-        if self.run is not None and self.progress and self.resumable:
-            cur.executemany(sql.SQL(
-                "INSERT INTO {} (target, source, symbol, timeframe, range_start, transforms, committed_end) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (target, source, symbol, timeframe, range_start, transforms) "
-                "DO UPDATE SET committed_end = EXCLUDED.committed_end, updated_at = now()"
-            ).format(self._progress_table), [
-                (self._label, source, symbol, self.run.timeframe, self.run.start, self.run.transforms, end)
-                for (source, symbol), end in self.progress.items()])
-        return changed
-
-    def _committed_already(self, cur: Any) -> bool:
-        """Did the previous attempt of this commit reach the server? Its progress rows tell."""
-        if self.run is None or not self.resumable or not self.progress:
-            return False
-        cur.execute(sql.SQL("SELECT source, symbol, committed_end FROM {} WHERE target = %s AND timeframe = %s "
-                            "AND range_start = %s AND transforms = %s").format(self._progress_table),
-                    (self._label, self.run.timeframe, self.run.start, self.run.transforms))
-        stored = {(source, symbol): end for source, symbol, end in cur.fetchall()}
-        return all(stored.get(key) == end for key, end in self.progress.items())
-
-    def _forget_progress(self, cur: Any) -> None:
-        assert self.run is not None
-        cur.execute(sql.SQL("DELETE FROM {} WHERE target = %s AND source = %s AND timeframe = %s "
-                            "AND range_start = %s AND transforms = %s AND symbol = ANY(%s)").format(self._progress_table),
-                    (self._label, self.run.source, self.run.timeframe, self.run.start, self.run.transforms,
-                     list(self.run.symbols)))
-
     def describe(self) -> str:
         key = self._key
         mode = (f"upsert on {','.join(key)}" if key else "plain inserts" if self.conflict is not None
                 else "upsert on the primary key")
+        skipped = f"; not stored, the table has no such columns: {', '.join(self.not_stored)}" if self.not_stored else ""
         return (f"{self.spec.safe_url} table {self._label} ({mode}; {self.sent} rows sent, "
-                f"{self.changed} inserted or changed)")
+                f"{self.changed} inserted or changed{skipped})")
 
-    # -- setup ----------------------------------------------------------------------------------
+    # -- the table ------------------------------------------------------------------------------
+    @property
+    def _session(self) -> Session:
+        if self.session is None:
+            raise SinkError("postgres sink: used before open()")
+        return self.session
+
     @property
     def _label(self) -> str:
         return f"{self.schema}.{self.table_name}" if self.schema else self.table_name
 
     @property
+    def _ledger(self) -> Progress:
+        return Progress(self.schema, self._label)
+
+    @property
+    def _info(self) -> TableInfo | None:
+        return self.table or self.planned
+
+    @property
     def _key(self) -> tuple[str, ...]:
         if self.conflict is not None:
             return self.conflict
-        return self.table.primary_key if self.table is not None else ()
+        info = self._info
+        return info.primary_key if info is not None else ()
 
-    def _prepare_table(self) -> TableInfo:
-        assert self.conn is not None
-        with self.conn.cursor() as cur:
-            table = inspect(cur, self.schema, self.table_name)
+    def _prepare_table(self, run: RunInfo) -> TableInfo | None:
+        """The existing table, the model's (created if missing), or ``None``: the default table
+        is created at the first batch, with every column the run produces (transforms may add
+        some); here only whether it can be created is checked."""
+        session = self._session
+        table = session.run(lambda cur: inspect(cur, self.schema, self.table_name), "open", retry=False)
+        if table is None and self.model is not None:
+            self._create_model_table()
+            table = session.run(lambda cur: inspect(cur, self.schema, self.table_name), "open", retry=False)
             if table is None:
-                if self.model is not None:
-                    self._create_model_table()
-                else:
-                    cur.execute(default_table_ddl(self.schema, self.table_name))
-                table = inspect(cur, self.schema, self.table_name)
-                if table is None:
-                    raise SinkError(f"table {self._label} does not exist after creating it "
-                                    f"in {self.spec.where}; check the search_path")
+                raise SinkError(f"table {self._label} does not exist after creating it "
+                                f"in {self.spec.where}; check the search_path")
+        if table is None:
+            types = {c: KNOWN_TYPES.get(c, "numeric") for c in run.columns}
+            session.run(lambda cur: self._try_create(cur, types), "open", retry=False)
+            self.planned = planned(self.schema, self.table_name, run.columns)
+            return None
         if self.model is not None:
             missing = [c.name for c in self.model.columns if c.name not in table.columns]
             if missing:
                 raise SinkError(f"table {table.label} in {self.spec.where} has no column {missing[0]!r} "
                                 "that the model declares; migrate the table or fix the model")
+        elif table.keeps_every_column:
+            lacking = {c: KNOWN_TYPES.get(c, "numeric") for c in run.columns if c not in table.columns}
+            if lacking:
+                raise missing_columns_error(table, lacking, f"source {run.source}")
+        return table
+
+    def _try_create(self, cur: Any, types: dict[str, str]) -> None:
+        """Create the default table in a savepoint and roll it back: fails now, before any
+        exchange request, without the rights to create it or with a search_path it cannot take."""
+        cur.execute("SAVEPOINT forge_try_create")
+        for statement in default_table_ddl(self.schema, self.table_name, types):
+            cur.execute(statement)
+        found = inspect(cur, self.schema, self.table_name)
+        cur.execute("ROLLBACK TO SAVEPOINT forge_try_create")
+        if found is None:
+            raise SinkError(f"table {self._label} does not exist after creating it "
+                            f"in {self.spec.where}; check the search_path")
+
+    def _create_default(self, columns: tuple[str, ...], rows: list[Row]) -> TableInfo:
+        """The default table, with a column for each of the first batch's columns; types of
+        columns Forge does not know come from that batch's values."""
+        types = {c: column_type(c, (r[i] for r in rows)) for i, c in enumerate(columns)}
+
+        def create(cur: Any) -> TableInfo | None:
+            for statement in default_table_ddl(self.schema, self.table_name, types):
+                cur.execute(statement)
+            return inspect(cur, self.schema, self.table_name)
+
+        table = self._session.run(create, "create table")
+        if table is None:
+            raise SinkError(f"table {self._label} does not exist after creating it "
+                            f"in {self.spec.where}; check the search_path")
+        log.info("postgres_table_created", table=self._label, columns=",".join(types))
         return table
 
     def _create_model_table(self) -> None:
         from sqlalchemy import create_engine
         from sqlalchemy.pool import StaticPool
 
-        assert self.conn is not None and self.model is not None
-        self.conn.commit()
+        assert self.model is not None
         engine = create_engine("postgresql+psycopg2://", creator=self.spec.connect, poolclass=StaticPool)
         try:
             self.model.create(engine, checkfirst=True)
         finally:
             engine.dispose()
 
-    def _check(self, available: Sequence[str], what: str) -> None:
+    def _check(self, available: tuple[str, ...], what: str) -> None:
         """Refuse a column set that cannot fill the table or the conflict key."""
-        assert self.table is not None
+        table = self._info
+        assert table is not None
         if self.model is not None:
             check_model(self.model, available, what)
-        self.table.check_fillable(available, what)
+        table.check_fillable(available, what)
         key = self._key
         if self.conflict is None and not key:
             raise SinkError(f"table {self._label} has no primary key to upsert on; pass --on-conflict "
                             "COLUMNS naming a unique index, or --on-conflict none for plain inserts")
         if key:
-            unknown = [c for c in key if c not in self.table.columns]
+            unknown = [c for c in key if c not in table.columns]
             if unknown:
                 raise UsageError(f"--on-conflict column {unknown[0]!r} is not in table {self._label}; "
-                                 f"it has: {', '.join(self.table.columns)}")
-            if frozenset(key) not in self.table.unique:
+                                 f"it has: {', '.join(table.columns)}")
+            if frozenset(key) not in table.unique:
                 raise SinkError(f"--on-conflict {','.join(key)}: table {self._label} has no unique index or "
                                 "primary key on exactly these columns")
             unfilled = [c for c in key if c not in available]
@@ -371,274 +344,20 @@ class PostgresSink(Sink):
                 raise SinkError(f"conflict column {unfilled[0]!r} of table {self._label} is not among the "
                                 f"columns of {what}: {', '.join(available)}")
 
-    def _mapping(self, columns: tuple[str, ...]) -> _Mapping:
+    def _mapping(self, columns: tuple[str, ...], rows: list[Row]) -> Mapping:
         """Target columns a batch with ``columns`` fills, and where each comes from in a row."""
         found = self._mappings.get(columns)
         if found is None:
-            if self.table is None:
+            if self.run is None or self.session is None:
                 raise SinkError("postgres sink: write() before open()")
+            if self.table is None:
+                self.table = self._create_default(columns, rows)
+            table = self.table
             self._check(columns, "the batch")
-            target = self.table.writable(columns)
-            key = self._key
-            ranged = "open_ts" in key  # then a commit can check cheaply whether any key exists
-            found = _Mapping(target, tuple(columns.index(c) for c in target),
-                             tuple(c for c in key if c != "open_ts") if ranged else (),
-                             tuple(columns.index(c) for c in key if c != "open_ts") if ranged else (),
-                             columns.index("open_ts") if ranged else None)
-            self._mappings[columns] = found
+            lacking = tuple(c for c in columns if c not in table.columns)
+            if lacking and self.model is None and table.keeps_every_column:
+                raise missing_columns_error(table, {c: column_type(c, (r[columns.index(c)] for r in rows))
+                                                    for c in lacking}, "the run")
+            self.not_stored.update(dict.fromkeys(lacking))
+            found = self._mappings[columns] = Mapping.build(columns, table.writable(columns), self._key, lacking)
         return found
-
-    # -- sending ----------------------------------------------------------------------------------
-    def _send(self, cur: Any) -> int:
-        """One transaction's statements (the caller commits); returns rows inserted or changed.
-
-        Upserts whose kept rows are known to have unique keys (one series per batch, ascending
-        ``open_ts``, the key includes ``open_ts``) take one of two shortcuts:
-
-        - none of their keys exists yet (a fresh range, one index probe per series): ``COPY``
-          straight into the table, in a savepoint; a unique violation there (a concurrent
-          writer) rolls back to it and takes the staging path;
-        - otherwise, after the staging ``COPY``, rows equal to the stored ones are deleted from
-          the stage by one hash join over the table's key range, so an unchanged re-run neither
-          locks nor rewrites anything; the rest is upserted.
-
-        Anything else is staged and upserted with ``DISTINCT ON`` the key (the last row wins).
-        """
-        assert self.table is not None
-        changed = 0
-        for columns, pending in self.pending.items():
-            data = "".join(pending.texts).encode("utf-8")
-            into_table = sql.SQL("COPY {} ({}) FROM STDIN").format(
-                self.table.ident, sql.SQL(", ").join(map(sql.Identifier, columns)))
-            if not self._key:
-                changed += self._copy(cur, into_table, data)
-                continue
-            unique = pending.ranges is not None
-            if unique and not self._any_exists(cur, pending):
-                cur.execute("SAVEPOINT forge_copy")
-                try:
-                    changed += self._copy(cur, into_table, data)
-                    cur.execute("RELEASE SAVEPOINT forge_copy")
-                    continue
-                except psycopg2.errors.UniqueViolation:
-                    cur.execute("ROLLBACK TO SAVEPOINT forge_copy")
-            stage = self._stage(cur, columns)
-            self._copy(cur, sql.SQL("COPY {} FROM STDIN").format(stage), data)
-            if unique and self._drop_unchanged(cur, pending, columns, stage) == pending.rows:
-                continue
-            cur.execute(self._upsert_sql(columns, stage, dedupe=not unique))
-            changed += max(cur.rowcount, 0)
-        return changed
-
-    @staticmethod
-    def _copy(cur: Any, statement: sql.Composable, data: bytes) -> int:
-        cur.copy_expert(statement, io.BytesIO(data), size=1 << 20)
-        return max(cur.rowcount, 0)
-
-    def _range_filter(self, pending: _Pending, alias: str) -> tuple[sql.Composable, list[Any]]:
-        """``alias.k = %s AND ... AND alias.open_ts BETWEEN %s AND %s``, OR-ed over the series kept."""
-        assert pending.ranges is not None and pending.mapping is not None
-        others = pending.mapping.key_others
-        clauses, params = [], []
-        for values, (lo, hi) in pending.ranges.items():
-            where = [sql.SQL("{}.{} = %s").format(sql.Identifier(alias), sql.Identifier(c)) for c in others]
-            where.append(sql.SQL("{}.{} BETWEEN %s AND %s").format(sql.Identifier(alias),
-                                                                   sql.Identifier("open_ts")))
-            clauses.append(sql.SQL("(") + sql.SQL(" AND ").join(where) + sql.SQL(")"))
-            params += [*values, lo, hi]
-        return sql.SQL("(") + sql.SQL(" OR ").join(clauses) + sql.SQL(")"), params
-
-    def _any_exists(self, cur: Any, pending: _Pending) -> bool:
-        """Whether the table holds any row whose key falls in the open_ts ranges kept."""
-        assert self.table is not None
-        where, params = self._range_filter(pending, "t")
-        cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} AS t WHERE {})").format(self.table.ident, where),
-                    params)
-        return bool(cur.fetchone()[0])
-
-    def _drop_unchanged(self, cur: Any, pending: _Pending, columns: tuple[str, ...],
-                        stage: sql.Composable) -> int:
-        """Delete from the stage the rows the table already holds with equal values; returns how
-        many. A hash join over the key range: one index range scan instead of a probe per row."""
-        assert self.table is not None
-        where, params = self._range_filter(pending, "t")
-        key = self._key
-        rest = [c for c in columns if c not in key]
-        match = [sql.SQL("s.{0} = t.{0}").format(sql.Identifier(c)) for c in key]
-        if rest:
-            match.append(sql.SQL("({}) IS NOT DISTINCT FROM ({})").format(
-                sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in rest),
-                sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in rest)))
-        cur.execute("SET LOCAL enable_nestloop = off")  # the stage has no statistics; ends at commit
-        cur.execute(sql.SQL("DELETE FROM {} AS s USING {} AS t WHERE {} AND {}").format(
-            stage, self.table.ident, where, sql.SQL(" AND ").join(match)), params)
-        return max(cur.rowcount, 0)
-
-    def _stage(self, cur: Any, columns: tuple[str, ...]) -> sql.Composable:
-        """A temporary table of the target's types for ``columns``, emptied at every commit."""
-        stage = self._stages.get(columns)
-        if stage is None:
-            assert self.table is not None
-            digest = hashlib.sha1("\x00".join((self.table.label, *columns)).encode()).hexdigest()[:12]
-            stage = sql.Identifier(f"forge_stage_{digest}")
-            cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS "
-                                "SELECT {} FROM {} WITH NO DATA")
-                        .format(stage, sql.SQL(", ").join(map(sql.Identifier, columns)), self.table.ident))
-            self._stages[columns] = stage
-        return stage
-
-    def _upsert_sql(self, columns: tuple[str, ...], stage: sql.Composable, dedupe: bool) -> sql.Composable:
-        assert self.table is not None
-        key = self._key
-        names = sql.SQL(", ").join(map(sql.Identifier, columns))
-        source: sql.Composable = sql.SQL("SELECT {} FROM {}").format(names, stage)
-        if dedupe:  # the same key may come twice in one commit: the last row sent wins
-            keys = sql.SQL(", ").join(map(sql.Identifier, key))
-            source = sql.SQL("SELECT DISTINCT ON ({}) {} FROM {} ORDER BY {}, ctid DESC").format(
-                keys, names, stage, keys)
-        query = sql.SQL("INSERT INTO {} AS t ({}) {} ON CONFLICT ({}) ").format(
-            self.table.ident, names, source, sql.SQL(", ").join(map(sql.Identifier, key)))
-        rest = [c for c in columns if c not in key]
-        if not rest:
-            return query + sql.SQL("DO NOTHING")
-        return query + sql.SQL("DO UPDATE SET {} WHERE ({}) IS DISTINCT FROM ({})").format(
-            sql.SQL(", ").join(sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
-                               for c in rest),
-            sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in rest),
-            sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in rest))
-
-    def _retrying(self, work: Callable[[Any], T], what: str) -> T:
-        """Run ``work`` in one transaction and commit; on a lost connection (or a serialization
-        failure) reconnect and run it again, with backoff, for up to RETRY_FOR seconds."""
-        delay = self.RETRY_FIRST
-        deadline: float | None = None
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                conn = self._connection()
-                with conn.cursor() as cur:
-                    result = work(cur)
-                conn.commit()
-                return result
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                self._drop_connection()
-                now = time.monotonic()
-                deadline = deadline or now + self.RETRY_FOR
-                reason = self.spec.reason(exc)
-                if now + delay > deadline:
-                    raise SinkError(f"PostgreSQL {self.spec.where} table {self._label}: {what} failed "
-                                    f"{attempt} times over {self.RETRY_FOR:.0f}s, giving up: {reason}") from None
-                self.retries += 1
-                log.warning("postgres_retry", what=what, attempt=attempt, wait=round(delay, 2),
-                            where=self.spec.where, error=reason)
-                time.sleep(delay)
-                delay = min(delay * 2, self.RETRY_MAX)
-            except psycopg2.Error as exc:
-                self._rollback()
-                raise SinkError(f"PostgreSQL {self.spec.where} table {self._label}: {what} failed: "
-                                f"{self.spec.reason(exc)}") from None
-
-    def _connection(self) -> psycopg2.extensions.connection:
-        if self.conn is None or self.conn.closed:
-            self._drop_connection()
-            self.conn = self.spec.connect()
-            self._stages.clear()  # temporary tables died with the old session
-            log.info("postgres_connected", where=self.spec.where)
-        return self.conn
-
-    def _rollback(self) -> None:
-        self._stages.clear()  # a stage created in the rolled back transaction is gone
-        if self.conn is not None and not self.conn.closed:
-            try:
-                self.conn.rollback()
-            except psycopg2.Error:
-                self._drop_connection()
-
-    def _drop_connection(self) -> None:
-        conn, self.conn = self.conn, None
-        self._stages.clear()
-        if conn is not None and not conn.closed:
-            with contextlib.suppress(psycopg2.Error):
-                conn.close()
-
-
-@dataclass(frozen=True)
-class _Mapping:
-    """How rows of one batch column layout fill the target."""
-
-    columns: tuple[str, ...]  # target columns filled, in table order
-    indexes: tuple[int, ...]  # where each comes from in a row
-    key_others: tuple[str, ...]  # conflict key columns other than open_ts
-    key_other_indexes: tuple[int, ...]
-    open_ts_index: int | None  # None: the key has no open_ts, no existence shortcut
-
-
-@dataclass
-class _Pending:
-    """COPY text kept for one target column set until its commit succeeds.
-
-    ``ranges`` maps the values of the key columns other than ``open_ts`` (a series) to the
-    ``open_ts`` range kept for it, while every batch is one series, ascending, after what was
-    kept before: that proves the keys kept are unique. ``None`` once that is not so."""
-
-    texts: list[str] = field(default_factory=list)
-    rows: int = 0
-    mapping: _Mapping | None = None
-    ranges: dict[tuple[Any, ...], tuple[int, int]] | None = field(default_factory=dict)
-
-    def add(self, mapping: _Mapping, rows: list[Row]) -> None:
-        self.texts.append(encode(rows, mapping.indexes))
-        self.rows += len(rows)
-        self.mapping = mapping
-        if self.ranges is not None:
-            self.ranges = self._track(self.ranges, mapping, rows)
-
-    @staticmethod
-    def _track(ranges: dict[tuple[Any, ...], tuple[int, int]], mapping: _Mapping,
-               rows: list[Row]) -> dict[tuple[Any, ...], tuple[int, int]] | None:
-        if mapping.open_ts_index is None:
-            return None
-        stamps = list(map(itemgetter(mapping.open_ts_index), rows))
-        idx = mapping.key_other_indexes
-        try:
-            ascending = all(map(operator.lt, stamps, islice(stamps, 1, None)))
-        except TypeError:  # not comparable
-            return None
-        if not ascending:
-            return None
-        if not idx:
-            series: set[tuple[Any, ...]] = {()}
-        elif len(idx) == 1:
-            series = {(v,) for v in map(itemgetter(idx[0]), rows)}
-        else:
-            series = set(map(itemgetter(*idx), rows))
-        if len(series) != 1:
-            return None
-        (values,) = series
-        old = ranges.get(values)
-        if old is not None and stamps[0] <= old[1]:
-            return None
-        ranges[values] = (stamps[0] if old is None else old[0], stamps[-1])
-        return ranges if len(ranges) <= MAX_PROBES else None
-
-
-def _conflict_columns(value: Sequence[str] | str | None) -> tuple[str, ...] | None:
-    """``None`` (primary key), ``()`` (plain inserts) or the named columns."""
-    if value is None or value is True:
-        return None
-    if value is False:
-        return ()
-    if isinstance(value, str):
-        text = value.strip()
-        if text.lower() in PLAIN:
-            return ()
-        if text.lower() in ("", "pk", "primary", "primary_key", "primary-key"):
-            return None
-        parts = [p.strip() for p in text.split(",")]
-    else:
-        parts = [str(p).strip() for p in value]
-    if any(not p for p in parts):
-        raise UsageError(f"bad --on-conflict {value!r}; expected comma-separated column names such as "
-                         "source,symbol,timeframe,open_ts, or 'none' for plain inserts")
-    return tuple(dict.fromkeys(parts))

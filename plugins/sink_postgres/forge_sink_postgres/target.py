@@ -8,19 +8,29 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from psycopg2 import sql
 
 from forge_core import CANDLE_COLUMNS, SinkError, UsageError
 
+DEFAULT_TABLE = "klines"
 PRIMARY_KEY = ("source", "symbol", "timeframe", "open_ts")
 DEFAULT_TYPES = {"source": "text", "symbol": "text", "timeframe": "text", "open_ts": "bigint",
                  "end_ts": "bigint", "open": "numeric", "high": "numeric", "low": "numeric",
                  "close": "numeric", "volume": "numeric"}
+# Columns sources commonly add (Binance); others take their type from the values of the first batch.
+KNOWN_TYPES = {**DEFAULT_TYPES, "quote_volume": "numeric", "trades": "bigint",
+               "taker_buy_base_volume": "numeric", "taker_buy_quote_volume": "numeric"}
+# The comment on tables the sink creates: such a table keeps every column a run produces.
+MARKER = "forge: candles; every column a run produces is stored"
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_INT64 = 2**63
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,13 @@ class TableInfo:
     columns: dict[str, ColumnInfo]
     primary_key: tuple[str, ...]
     unique: tuple[frozenset[str], ...]  # column sets of plain unique indexes (incl. the primary key)
+    comment: str | None = None
+
+    @property
+    def keeps_every_column(self) -> bool:
+        """Created by this sink (or the default table by name): a column a run produces that
+        the table lacks is an error, never a silent drop."""
+        return self.comment == MARKER or self.name == DEFAULT_TABLE
 
     @property
     def ident(self) -> sql.Composable:
@@ -78,11 +95,64 @@ def qualified(schema: str | None, name: str) -> sql.Composable:
     return sql.Identifier(schema, name) if schema else sql.Identifier(name)
 
 
-def default_table_ddl(schema: str | None, name: str) -> sql.Composable:
-    cols = [sql.SQL("{} {} NOT NULL").format(sql.Identifier(c), sql.SQL(DEFAULT_TYPES[c]))
-            for c in CANDLE_COLUMNS]
-    return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))").format(
-        qualified(schema, name), sql.SQL(", ").join(cols), sql.SQL(", ").join(map(sql.Identifier, PRIMARY_KEY)))
+def column_type(name: str, values: Iterable[Any] = ()) -> str:
+    """The type of a new column: known by name, else from its values: ``bigint`` for ints,
+    ``numeric`` for decimal strings and decimals, ``double precision`` for floats, ``boolean``,
+    ``text`` for anything else (or when nothing but NULLs was seen)."""
+    known = KNOWN_TYPES.get(name)
+    if known is not None:
+        return known
+    seen = [v for v in values if v is not None]
+    if not seen:
+        return "text"
+    if all(isinstance(v, bool) for v in seen):
+        return "boolean"
+    if any(isinstance(v, bool) for v in seen):
+        return "text"
+    if all(isinstance(v, int) for v in seen):
+        return "bigint" if all(-_INT64 <= v < _INT64 for v in seen) else "numeric"
+    if all(isinstance(v, (int, float)) for v in seen):
+        return "double precision"
+    if all(isinstance(v, (int, Decimal)) or (isinstance(v, str) and _DECIMAL.fullmatch(v)) for v in seen):
+        return "numeric"
+    return "text"
+
+
+def default_table_ddl(schema: str | None, name: str, types: dict[str, str]) -> list[sql.Composable]:
+    """``CREATE TABLE`` with a column per entry of ``types`` (in order; the canonical ones NOT
+    NULL), the primary key ``source, symbol, timeframe, open_ts`` when the run has those
+    columns, and the comment that marks the table as the sink's own."""
+    cols = [sql.SQL("{} {}{}").format(sql.Identifier(c), sql.SQL(t), sql.SQL(" NOT NULL" if c in CANDLE_COLUMNS else ""))
+            for c, t in types.items()]
+    if all(c in types for c in PRIMARY_KEY):
+        cols.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, PRIMARY_KEY))))
+    table = qualified(schema, name)
+    return [sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(table, sql.SQL(", ").join(cols)),
+            sql.SQL("COMMENT ON TABLE {} IS {}").format(table, sql.Literal(MARKER))]
+
+
+def planned(schema: str | None, name: str, columns: Sequence[str]) -> TableInfo:
+    """The default table as :func:`default_table_ddl` will create it for ``columns``."""
+    infos = {c: ColumnInfo(c, column_type(c), c in CANDLE_COLUMNS, False) for c in columns}
+    key = PRIMARY_KEY if all(c in infos for c in PRIMARY_KEY) else ()
+    return TableInfo(schema, name, infos, key, (frozenset(key),) if key else (), MARKER)
+
+
+def missing_columns_error(table: TableInfo, missing: dict[str, str], what: str) -> SinkError:
+    """One line: what the table lacks, and the statement that adds it."""
+    adds = ", ".join(f"ADD COLUMN {_quote(c)} {t}" for c, t in missing.items())
+    names = ", ".join(repr(c) for c in missing)
+    return SinkError(f"table {table.label} has no column {names} that {what} produces; add "
+                     f"{'it' if len(missing) == 1 else 'them'} (ALTER TABLE {_quote_label(table)} {adds}) "
+                     "or leave it out with --transform select")
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _quote_label(table: TableInfo) -> str:
+    return f"{_quote(table.schema)}.{_quote(table.name)}" if table.schema else _quote(table.name)
 
 
 # -- models -------------------------------------------------------------------------------------
@@ -166,6 +236,8 @@ def inspect(cur: Any, schema: str | None, name: str) -> TableInfo | None:
     oid = regclass(cur, schema, name)
     if oid is None:
         return None
+    cur.execute("SELECT obj_description(%s, 'pg_class')", (oid,))
+    comment = cur.fetchone()[0]
     cur.execute(
         "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull AND NOT a.atthasdef "
         "AND a.attidentity = '' AND a.attgenerated = '', a.attgenerated <> '' "
@@ -183,4 +255,4 @@ def inspect(cur: Any, schema: str | None, name: str) -> TableInfo | None:
         unique.append(frozenset(cols))
         if is_primary:
             primary = tuple(cols)
-    return TableInfo(schema, name, columns, primary, tuple(unique))
+    return TableInfo(schema, name, columns, primary, tuple(unique), comment)

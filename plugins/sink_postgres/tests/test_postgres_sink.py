@@ -56,10 +56,12 @@ def test_creates_default_table_and_upserts(pg_url, db, table):
     sink = load(PostgresSink(database_url=pg_url, table=table), rows(50), rows(30, 50))
     db.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s "
                "ORDER BY ordinal_position", (table,))
+    # every column the run produces (issue 16: the source's extra columns were dropped before)
     assert db.fetchall() == [("source", "text"), ("symbol", "text"), ("timeframe", "text"),
                              ("open_ts", "bigint"), ("end_ts", "bigint"), ("open", "numeric"),
                              ("high", "numeric"), ("low", "numeric"), ("close", "numeric"),
-                             ("volume", "numeric")]
+                             ("volume", "numeric"), ("quote_volume", "numeric"), ("trades", "bigint"),
+                             ("taker_buy_base_volume", "numeric"), ("taker_buy_quote_volume", "numeric")]
     assert fetch(db, table) == [("BTCUSDT", r[3], r[8]) for r in rows(80)]
     assert sink.sent == 80 and sink.changed == 80
     # again, half of them with another close price: only those are rewritten
@@ -87,12 +89,14 @@ def test_duplicate_keys_in_one_commit_keep_the_last(pg_url, db, table):
     assert fetch(db, table) == [("BTCUSDT", r[3], "1.5") for r in rows(10)]
 
 
-def test_shortcut_falls_back_when_keys_appear_concurrently(pg_url, db, table):
+def test_shortcut_falls_back_when_keys_appear_concurrently(pg_url, db, table, monkeypatch):
     """The fresh-range shortcut COPYs straight into the table; if another writer inserted one
     of the keys meanwhile, the savepoint catches it and the rows are upserted."""
+    from forge_sink_postgres import load as loading
+
     load(PostgresSink(database_url=pg_url, table=table), rows(5))
     sink = PostgresSink(database_url=pg_url, table=table)
-    sink._any_exists = lambda cur, pending: False  # as if the check ran before the other writer
+    monkeypatch.setattr(loading, "exists", lambda cur, table, pending: False)  # as if checked before the other writer
     load(sink, rows(10, close="2.5"))
     assert fetch(db, table) == [("BTCUSDT", r[3], "2.5") for r in rows(10)]
 
