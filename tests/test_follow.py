@@ -301,3 +301,56 @@ def test_follow_okx_1s(live_mock: MockExchange, tmp_path: Path) -> None:
     last = int(rows[-1][3])
     assert last >= target
     assert rows == as_csv_lines(okx_rows("BTC-USDT", "1s", since, last + SECOND, last + SECOND))
+
+
+def test_follow_outlives_a_database_restart(live_mock: MockExchange, tmp_path: Path, pg_url: str) -> None:
+    """The PostgreSQL server restarts mid-follow (every connection terminated, down for 3 s):
+    the commit is retried, the candles that closed meanwhile are caught up, nothing is lost."""
+    import uuid
+
+    import pgserver
+    import psycopg2
+
+    server = pgserver.current()
+    if server is None:
+        pytest.skip("needs the throwaway PostgreSQL this session started (not FORGE_TEST_DATABASE_URL)")
+    table = f"follow_{uuid.uuid4().hex[:10]}"
+    since = (mock_now(live_mock) // SECOND - 4) * SECOND
+
+    def query(sql: str) -> list[tuple]:
+        conn = psycopg2.connect(pg_url)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                return cur.fetchall()
+        finally:
+            conn.close()
+
+    def newest() -> int | None:
+        try:
+            return query(f"SELECT max(open_ts) FROM {table}")[0][0]
+        except psycopg2.Error:
+            return None
+
+    def wait_table(until_open: int, run: Follow, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = newest()
+            if got is not None and got >= until_open:
+                return
+            assert run.proc.poll() is None, "".join(run.err_lines[-20:])
+            time.sleep(0.1)
+        raise AssertionError("".join(run.err_lines[-20:]))
+
+    run = Follow(live_mock, tmp_path, "BTCUSDT", since, "--sink", "postgres", "--table", table,
+                 env={"FORGE_DATABASE_URL": pg_url})
+    wait_table((mock_now(live_mock) // SECOND + 1) * SECOND, run)
+    server.restart(down_for=3)
+    wait_table((mock_now(live_mock) // SECOND + 2) * SECOND, run)
+    code, _ = run.stop()
+    assert code == 0, "".join(run.err_lines[-20:])
+    got = query(f"SELECT source, symbol, timeframe, open_ts, end_ts, open::text, high::text, low::text, "
+                f"close::text, volume::text FROM {table} ORDER BY open_ts")
+    last = got[-1][3]
+    assert got == [r[:10] for r in binance_rows("BTCUSDT", "1s", since, last + SECOND, last + SECOND)]
+    assert any("postgres_retry" in line for line in run.err_lines)
