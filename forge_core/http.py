@@ -13,6 +13,7 @@ import random
 import re
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -230,11 +231,35 @@ class _Adapter(requests.adapters.HTTPAdapter):
         self.limiter = limiter
         self.cancel = cancel
         self.cost = 1.0  # of the request being sent (one adapter per thread)
+        self._pool_key: tuple[str, Any, Any, dict[str, Any], dict[str, Any]] | None = None
+        self._verified: weakref.WeakKeyDictionary[Any, tuple[Any, Any]] = weakref.WeakKeyDictionary()
 
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
         if self.limiter is not None and not self.limiter.hold(self.cost, self.cancel):
             raise Cancelled("cancelled")
         return super().send(request, *args, **kwargs)
+
+    # requests stats the CA bundle (and client certificate) on every request: once is enough
+    # for this adapter's one host, so both answers are kept
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: Any, cert: Any = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        url = request.url or ""
+        cached = self._pool_key
+        if cached is not None and cached[1] == verify and cached[2] == cert and url.startswith(cached[0]):
+            return dict(cached[3]), dict(cached[4])
+        host, kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+        prefix = f"{host['scheme']}://{urlsplit(url).netloc}/"
+        self._pool_key = (prefix, verify, cert, dict(host), dict(kwargs))
+        return host, kwargs
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        key = (verify, cert)
+        if self._verified.get(conn) == key:
+            return
+        super().cert_verify(conn, url, verify, cert)
+        self._verified[conn] = key
 
 
 class HttpClient:

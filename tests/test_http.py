@@ -449,6 +449,43 @@ def test_no_netrc_lookup_per_request_and_proxies_still_honoured(server, monkeypa
     assert looked == []
 
 
+def test_no_per_request_stat_of_the_ca_bundle(server, monkeypatch, tmp_path):
+    import os
+
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    server.route("/x", lambda req: Response.json({}))
+    client = HttpClient(server.url)
+    client.get_json("/x")
+    stats = []
+    for name in ("isdir", "exists", "isfile"):
+        real = getattr(os.path, name)
+        monkeypatch.setattr(os.path, name, lambda p, real=real: stats.append(p) or real(p))
+    for _ in range(5):
+        client.get_json("/x")
+    assert stats == []
+
+
+def test_tls_settings_are_checked_once_per_connection_pool(monkeypatch):
+    """requests' cert_verify stats the CA bundle; the adapter calls it once per pool."""
+    import os
+
+    from forge_core.http import _Adapter
+
+    class Pool:
+        pass
+
+    calls = []
+    monkeypatch.setattr(os.path, "exists", lambda p: calls.append(p) or True)
+    adapter, pool = _Adapter(None, threading.Event()), Pool()
+    for _ in range(3):
+        adapter.cert_verify(pool, "https://api.example.com/x", True, None)
+    assert len(calls) == 1 and pool.cert_reqs == "CERT_REQUIRED"
+    adapter.cert_verify(pool, "https://api.example.com/x", "/other/bundle.pem", None)
+    assert len(calls) == 2 and pool.ca_certs == "/other/bundle.pem"
+
+
 # -- exact numbers (issue 11) ------------------------------------------------------------------------
 def test_get_json_exact_keeps_numbers_exact(server):
     body = b'{"p": 0.1, "q": 12345678901234567890.123456789, "n": 12345678901234567890, "e": 1e-7, "l": [2.50]}'
