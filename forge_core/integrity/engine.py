@@ -296,7 +296,10 @@ class Checker:
             source.close()
         held.result()  # never leave the store's connection busy in the digest thread
         if entries:
-            self.store.save_ledger(entries)
+            try:
+                self.store.save_ledger(entries)
+            except SinkError as exc:  # e.g. a read-only role: the report stands without the ledger
+                log.warning("ledger_not_saved", store=self.store.describe(), error=str(exc))
         report.partitions.sort(key=lambda p: p.start)
         report.holes.sort(key=lambda h: h.first)
         report.issues.sort(key=lambda i: (i.first, i.kind))
