@@ -8,7 +8,6 @@ rest (threads, order, dropping duplicates and the still-open candle, writing, co
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -50,9 +49,9 @@ class BybitSource(Source):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)  # validates the options into self.settings
-        self.category = self.settings["category"]
-        # Option first, then the environment (how tests and mocks redirect us), then production.
-        base_url = self.settings["base_url"] or os.environ.get("FORGE_BYBIT_URL") or "https://api.bybit.com"
+        self.category = self.settings["category"]  # the core checked it is one of the choices
+        # The core resolved the option, else its envvar (how tests and mocks redirect us); else production.
+        base_url = self.settings["base_url"] or "https://api.bybit.com"
         # One limiter for all worker threads. Bybit allows 600 requests per 5 s per IP and answers
         # more with a 10-minute ban, so stay well under, with a margin for clock jitter.
         self.http = HttpClient(base_url, limiter=RateLimiter(500, 5.5, name="bybit"), check=self._check,

@@ -14,7 +14,6 @@ for the rest; ``rest`` is REST only.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -31,7 +30,6 @@ from forge_core import (
     SymbolInfo,
     Task,
     Timeframe,
-    UsageError,
 )
 from forge_core.http import retry_after as parse_retry_after
 from forge_core.logs import get_logger
@@ -68,7 +66,7 @@ class BinanceSource(Source):
     columns = CANDLE_COLUMNS + EXTRA_COLUMNS
     options = (
         Option("base_url", "Exchange host root, e.g. https://api.binance.com (paths are the plugin's).",
-               envvar="FORGE_BINANCE_URL / FORGE_BINANCE_FUTURES_URL / FORGE_BINANCE_COINM_URL", metavar="URL"),
+               envvar={m: spec["env"] for m, spec in MARKETS.items()}, envvar_by="market", metavar="URL"),
         Option("market", "Binance market: spot, usdm (USD-M futures) or coinm (COIN-M futures).",
                default="spot", choices=tuple(MARKETS)),
         Option("archive", "Where Binance history comes from: auto = checksum-verified data.binance.vision "
@@ -86,16 +84,14 @@ class BinanceSource(Source):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.market = self.settings["market"] or "spot"
-        if self.market not in MARKETS:
-            raise UsageError(f"market {self.market!r} is not one of: {', '.join(MARKETS)}")
+        self.market = self.settings["market"]  # the core checked it is one of MARKETS
         spec = MARKETS[self.market]
         # spot and futures share symbol names: futures rows say so in their source column and file name
         self._source_value = "binance" if self.market == "spot" else f"binance-{self.market}"
         self.label = "Binance" if self.market == "spot" else f"Binance-{self.market.upper()}"
         self.prefix = spec["prefix"]
         self.timeframes = spec["timeframes"]
-        base_url = self.settings["base_url"] or os.environ.get(spec["env"]) or spec["url"]
+        base_url = self.settings["base_url"] or spec["url"]  # the core read the market's variable
         # a tenth of the published weight until exchangeInfo tells this IP's real limit
         self.limiter = RateLimiter(spec["weight_limit"] * 0.95, 61.0, name=f"binance-{self.market}",
                                    initial=spec["weight_limit"] * 0.1)
@@ -103,10 +99,8 @@ class BinanceSource(Source):
         self._limits_known = False
         self._onboard: dict[str, int | None] = {}  # COIN-M listing times from exchangeInfo
         self._now: int | None = None
-        self.archive_mode = self.settings["archive"] or "auto"
-        if self.archive_mode not in ARCHIVE_MODES:
-            raise UsageError(f"archive mode {self.archive_mode!r} is not one of: {', '.join(ARCHIVE_MODES)}")
-        archive_url = self.settings["archive_url"] or os.environ.get("FORGE_BINANCE_ARCHIVE_URL")
+        self.archive_mode = self.settings["archive"]
+        archive_url = self.settings["archive_url"]
         if archive_url is None and self.archive_mode == "auto" and base_url != spec["url"]:
             # REST goes to a mock, proxy or other host: the real archive may not describe it
             log.info("archive_off", reason="base URL overridden without an archive URL", base_url=base_url)

@@ -15,7 +15,6 @@ UTC day as everywhere in Forge; ``confirm == "0"`` marks a bar that is still ope
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterable
@@ -98,7 +97,7 @@ class OkxSource(Source):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        base_url = self.settings["base_url"] or os.environ.get("FORGE_OKX_URL") or "https://www.okx.com"
+        base_url = self.settings["base_url"] or "https://www.okx.com"
         self._nominal: dict[str, int] = {}
         self.clients = {  # one limiter per OKX rate-limit rule, shared by all worker threads
             HISTORY: self._client(base_url, 20, "history"),
