@@ -8,6 +8,7 @@ not defined here: ``<Name>Backfilling`` resolves to the installed source plugin 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,20 @@ from .pipeline import Pipeline, RunResult
 from .plugins import Plugins
 
 _cache: dict[str, type] = {}
+_plugins: Plugins | None = None
+_lock = threading.Lock()
+
+
+def plugins() -> Plugins:
+    """The one plugin set of the streamforge layer, built on first use and kept for the
+    process: a script naming ``sf.BinanceBackfilling``, ``sf.PostgresEmitter`` and running
+    them loads the entry points once (a :class:`Pipeline` still builds its own plugins and
+    instances each run)."""
+    global _plugins
+    with _lock:
+        if _plugins is None:
+            _plugins = Plugins()
+        return _plugins
 
 
 class Emitter:
@@ -45,7 +60,7 @@ class Emitter:
 
     def make(self) -> tuple[str, dict[str, Any]]:
         """The sink's name and options: what was set, over the sink's ``compat_defaults``."""
-        defaults = getattr(Plugins().get("sink", self.sink_name), "compat_defaults", {})
+        defaults = getattr(plugins().get("sink", self.sink_name), "compat_defaults", {})
         return self.sink_name, {**defaults, **self.options}
 
 
@@ -90,12 +105,12 @@ class Backfilling:
         if not sinks:
             sinks = [("csv", {"output": self.file_path} if self.file_path else {})]
         pipeline = Pipeline((self.source_name, dict(self.source_options)), sinks, list(self.transformers),
-                            workers=self.workers, on_progress=self.on_progress)
+                            plugins=plugins(), workers=self.workers, on_progress=self.on_progress)
         return pipeline.run(self.symbol, self.timeframe, self.from_date, self.to_date)
 
 
 def _option_names(kind: str, name: str) -> set[str]:
-    return {o.name for o in getattr(Plugins().get(kind, name), "options", ())}
+    return {o.name for o in getattr(plugins().get(kind, name), "options", ())}
 
 
 def resolve(attr: str) -> type:
@@ -105,8 +120,9 @@ def resolve(attr: str) -> type:
     for suffix, kind, base in (("Backfilling", "source", Backfilling), ("Emitter", "sink", Emitter)):
         if attr.endswith(suffix) and len(attr) > len(suffix):
             wanted = attr[: -len(suffix)].lower()
-            plugins = Plugins()
-            for name in plugins.names(kind):
+            found = plugins().find(kind, wanted)  # imports only that entry point when names match
+            candidates = [found.name] if found is not None else plugins().names(kind)
+            for name in candidates:
                 if name.replace("_", "").replace("-", "").lower() == wanted:
                     attrs = {"source_name" if kind == "source" else "sink_name": name,
                              "__doc__": (base.__doc__ or "") + f"\n\nBound to the {kind} plugin {name!r}."}
@@ -114,14 +130,14 @@ def resolve(attr: str) -> type:
                     _cache[attr] = cls
                     return cls
             raise AttributeError(f"module 'forge_core' has no attribute {attr!r}: no {kind} plugin named "
-                                 f"{wanted!r} is installed; available: {', '.join(available(plugins))}")
+                                 f"{wanted!r} is installed; available: {', '.join(available())}")
     raise AttributeError(f"module 'forge_core' has no attribute {attr!r}")
 
 
-def available(plugins: Plugins | None = None) -> list[str]:
-    plugins = plugins or Plugins()
-    return ([_camel(n) + "Backfilling" for n in plugins.names("source")]
-            + [_camel(n) + "Emitter" for n in plugins.names("sink")])
+def available(using: Plugins | None = None) -> list[str]:
+    using = using or plugins()
+    return ([_camel(n) + "Backfilling" for n in using.names("source")]
+            + [_camel(n) + "Emitter" for n in using.names("sink")])
 
 
 def _camel(name: str) -> str:
