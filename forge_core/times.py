@@ -60,7 +60,17 @@ def day_label(ts: int) -> str:
 
 
 def iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts / 1000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    """ISO 8601 in UTC: ``2024-01-15T08:00:00Z``; milliseconds only when there are any
+    (``2023-09-18T09:59:59.999Z``), never microseconds."""
+    dt = datetime.fromtimestamp(ts // 1000, tz=timezone.utc)
+    ms = ts % 1000
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + (f".{ms:03d}" if ms else "") + "Z"
+
+
+def display(ts: int) -> str:
+    """A time the way users type it, for messages: ``2023-09-18 09:59:59 UTC`` (to the second;
+    a candle's end ``09:59:59.999`` shows as ``09:59:59``)."""
+    return datetime.fromtimestamp(ts // 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def inclusive_end_label(end_ms: int) -> str:
@@ -68,4 +78,4 @@ def inclusive_end_label(end_ms: int) -> str:
     return day_label(end_ms - 1)
 
 
-__all__ = ["ACCEPTED", "day_label", "inclusive_end_label", "iso", "now_ms", "parse_instant", "parse_range"]
+__all__ = ["ACCEPTED", "day_label", "display", "inclusive_end_label", "iso", "now_ms", "parse_instant", "parse_range"]
