@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -16,14 +17,15 @@ import click
 
 from . import __version__
 from .errors import ForgeError, UsageError
+from .http import GaveUp
 from .integrity.commands import add_commands as add_integrity_commands
 from .logs import configure
 from .options import Option
-from .pipeline import Pipeline
-from .plugins import Plugins
+from .pipeline import Pipeline, RunResult
+from .plugins import Plugins, Registration
 from .progress import ProgressLine
 from .timeframes import NAMES
-from .times import ACCEPTED
+from .times import ACCEPTED, display
 
 RUN_EPILOG = """\b
 Examples:
@@ -42,66 +44,160 @@ UTC. Only closed candles are written; with --to now the still-open candle is lef
 """
 
 
-def _click_option(opt: Option) -> click.Option:
-    kwargs: dict[str, Any] = {"help": opt.help + (f" [env: {opt.envvar}]" if opt.envvar else ""),
-                              "default": None, "show_default": False}
+def _click_option(opt: Option, also: list[Option]) -> click.Option:
+    """The one ``--flag`` of an option name; several chosen plugins may share it.
+
+    Values stay text: the core converts and validates them for each plugin that declares the
+    name, exactly as it does for the Python API."""
+    kwargs: dict[str, Any] = {"help": opt.help, "default": None, "show_default": False}
     if opt.is_flag:
         kwargs.update(is_flag=True, default=None)
-    if opt.choices:
-        kwargs["type"] = click.Choice(opt.choices)
     if opt.multiple:
         kwargs["multiple"] = True
         kwargs["default"] = ()
+    choices = {tuple(o.choices) for o in [opt, *also] if o.choices}
     if opt.metavar:
         kwargs["metavar"] = opt.metavar
+    elif len(choices) == 1 and not opt.is_flag:
+        kwargs["metavar"] = "[" + "|".join(next(iter(choices))) + "]"
     return click.Option([opt.flag, opt.name], **kwargs)
 
 
-def _plugin_options(plugins: Plugins) -> dict[str, tuple[Option, list[str]]]:
-    """Every plugin option by name, with the plugins that declare it."""
-    found: dict[str, tuple[Option, list[str]]] = {}
-    for reg in plugins.all():
-        for opt in getattr(reg.cls, "options", ()):
-            if opt.name in found:
-                found[opt.name][1].append(f"{reg.kind} {reg.name}")
+def _opt_help(opt: Option) -> tuple[str, str]:
+    """One row of ``forge run --help``: the flag and its help, choices, default and variable."""
+    metavar = "" if opt.is_flag else " " + (opt.metavar or ("[" + "|".join(opt.choices) + "]" if opt.choices else "TEXT"))
+    extra = []
+    if opt.default not in (None, "", ()) and not opt.secret:
+        extra.append(f"default: {opt.default}")
+    if opt.envvar:
+        extra.append(f"env: {opt.env_help()}")
+    if opt.required:
+        extra.append("required")
+    return opt.flag + metavar, opt.help + (f"  [{'; '.join(extra)}]" if extra else "")
+
+
+def plugin_args(args: list[str]) -> tuple[str | None, list[str], list[str]]:
+    """The source, sinks and registered transforms named on a ``forge run`` command line,
+    read before Click parses it: the options it accepts depend on them."""
+    source: str | None = None
+    sinks: list[str] = []
+    transforms: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            break
+        value: str | None = None
+        for flags, short in ((("--source",), "-s"), (("--sink",), None), (("--transform",), None)):
+            if a in flags or a == short:
+                value = args[i + 1] if i + 1 < len(args) else None
+                i += 1
+            elif any(a.startswith(f + "=") for f in flags):
+                value = a.split("=", 1)[1]
+            elif short and a.startswith(short) and len(a) > 2 and not a.startswith("--"):
+                value = a[2:]
             else:
-                found[opt.name] = (opt, [f"{reg.kind} {reg.name}"])
-    return found
+                continue
+            if value is not None:
+                if flags[0] == "--source":
+                    source = value
+                elif flags[0] == "--sink":
+                    sinks.append(value)
+                elif ":" not in value:
+                    transforms.append(value)
+            break
+        i += 1
+    return source, sinks, transforms
 
 
-def _route(given: dict[str, Any], cls: type) -> dict[str, Any]:
-    names = {o.name for o in getattr(cls, "options", ())}
-    return {k: v for k, v in given.items() if k in names}
+class _Chosen:
+    """The plugins of one ``forge run``, and the options they declare, by option name."""
+
+    def __init__(self, plugins: Plugins, source: str | None, sinks: list[str], transforms: list[str]) -> None:
+        self.regs: list[Registration] = []
+        if source is None:  # forge run --help (or a run missing --source): every plugin, by section
+            self.regs = plugins.all()
+            self.everything = True
+        else:
+            self.everything = False
+            for kind, names in (("source", [source]), ("sink", sinks or ["csv"]), ("transform", transforms)):
+                for name in names:
+                    reg = plugins.find(kind, name)
+                    if reg is not None and reg not in self.regs:
+                        self.regs.append(reg)
+        self.options: dict[str, list[tuple[Registration, Option]]] = {}
+        for reg in self.regs:
+            for opt in getattr(reg.cls, "options", ()):
+                self.options.setdefault(opt.name, []).append((reg, opt))
+
+    def params(self) -> list[click.Option]:
+        return [_click_option(owners[0][1], [o for _, o in owners[1:]]) for owners in self.options.values()]
+
+    def route(self, given: dict[str, Any], cls: type) -> dict[str, Any]:
+        names = {o.name for o in getattr(cls, "options", ())}
+        return {k: v for k, v in given.items() if k in names}
 
 
-def run_command(plugins: Plugins) -> click.Command:
-    declared = _plugin_options(plugins)
+class RunCommand(click.Command):
+    """``forge run``: its ``--help`` lists the plugins' options in one section per plugin."""
+
+    chosen: _Chosen
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        plugin_names = set(self.chosen.options)
+        core = [p.get_help_record(ctx) for p in self.get_params(ctx) if p.name not in plugin_names]
+        with formatter.section("Options"):
+            formatter.write_dl([r for r in core if r is not None])
+        for reg in self.chosen.regs:
+            options = getattr(reg.cls, "options", ())
+            if not options:
+                continue
+            with formatter.section(f"{reg.kind.capitalize()} {reg.name} ({reg.distribution})"):
+                formatter.write_dl([_opt_help(o) for o in options])
+        if not self.chosen.everything:
+            formatter.write_paragraph()
+            formatter.write_text("Options of the plugins not chosen here: forge run --help (without --source).")
+
+
+def run_command(plugins: Plugins, args: list[str] | None = None) -> click.Command:
+    """``forge run``, with the options of the plugins ``args`` (the words after ``run``) name."""
+    args = args or []
+    source_name, sink_names, transform_names = plugin_args(args)
+    chosen = _Chosen(plugins, source_name, sink_names, transform_names)
+    declared = chosen.options
+    asks_help = any(a in ("-h", "--help") for a in args)
 
     def run(**kw: Any) -> None:
+        ctx = click.get_current_context()
+        parent = ctx.parent.params if ctx.parent is not None else {}
+        if kw["verbose"] or kw["log_format"]:  # given after ``run``: as if given before it
+            configure(parent.get("verbose", 0) + kw["verbose"], kw["log_format"] or parent.get("log_format", "console"))
+        log_format = kw["log_format"] or parent.get("log_format") or "console"
         given = {k: v for k, v in kw.items() if k in declared and v not in (None, ())}
         source_cls = plugins.get("source", kw["source"])
         sink_classes = [plugins.get("sink", name) for name in (kw["sink"] or ("csv",))]
         transform_specs: list[Any] = []
         for name in kw["transform"]:
             transform_specs.append(_load_transform(plugins, name))
-        used = set(_route(given, source_cls))
+        used = set(chosen.route(given, source_cls))
         for cls in sink_classes:
-            used |= set(_route(given, cls))
+            used |= set(chosen.route(given, cls))
         for spec in transform_specs:
             if isinstance(spec, tuple):
-                used |= set(_route(given, plugins.get("transform", spec[0])))
+                used |= set(chosen.route(given, plugins.get("transform", spec[0])))
         for name in given:
             if name not in used:
-                owners = ", ".join(declared[name][1])
-                raise UsageError(f"option {declared[name][0].flag} belongs to {owners}, not to this run's source or sinks")
+                owners = ", ".join(f"{r.kind} {r.name}" for r, _ in declared[name])
+                raise UsageError(f"option --{name.replace('_', '-')} belongs to {owners}, "
+                                 "not to this run's source or sinks")
         transforms = [
-            (spec[0], _route(given, plugins.get("transform", spec[0]))) if isinstance(spec, tuple) else spec
+            (spec[0], chosen.route(given, plugins.get("transform", spec[0]))) if isinstance(spec, tuple) else spec
             for spec in transform_specs
         ]
         progress = None if kw["quiet"] else ProgressLine()
         pipeline = Pipeline(
-            (kw["source"], _route(given, source_cls)),
-            [(cls.name, _route(given, cls)) for cls in sink_classes],
+            (kw["source"], chosen.route(given, source_cls)),
+            [(cls.name, chosen.route(given, cls)) for cls in sink_classes],
             transforms,
             plugins=plugins,
             workers=kw["workers"],
@@ -121,22 +217,40 @@ def run_command(plugins: Plugins) -> click.Command:
             return
         if kw["since"]:
             raise UsageError("--since is used with --follow (where a series the sinks do not hold starts)")
+        status, error = "failed", None
         try:
             result = pipeline.run(kw["symbol"], kw["timeframe"], kw["from_"], kw["to"])
+            status = "ok"
         except KeyboardInterrupt:
-            done = pipeline.result.committed if pipeline.result else 0
-            raise Interrupted(f"interrupted: {done} candles committed and kept; run the same command "
-                              "again to resume") from None
+            status = "interrupted"
+            raise Interrupted(f"interrupted: {_kept(pipeline)}; run the same command again to resume") from None
+        except GaveUp as exc:
+            error = str(exc)
+            raise GaveUp(f"{exc}; gave up: {_kept(pipeline)}; run the same command again to resume "
+                         "after them", exc.status) from None
+        except ForgeError as exc:
+            error = str(exc)
+            raise
         finally:
             if progress is not None:
                 progress.finish()
-        click.echo(result.summary())
+            if kw["summary_json"] and pipeline.result is not None:
+                _write_json(kw["summary_json"], {**run_result_dict(pipeline.result), "status": status,
+                                                 "error": error})
+        if log_format == "json":
+            click.echo(json.dumps({"event": "run_summary", "status": status, **run_result_dict(result)}))
+        else:
+            click.echo(result.summary())
+
+    def names(kind: str) -> str:
+        # listing every installed plugin imports them all: only for --help
+        return ", ".join(plugins.names(kind)) or "none installed" if asks_help else "see 'forge plugins'"
 
     params: list[click.Parameter] = [
         click.Option(["--source", "-s"], required=True, metavar="NAME",
-                     help=f"Source plugin: {', '.join(plugins.names('source')) or 'none installed'}."),
+                     help=f"Source plugin: {names('source')}."),
         click.Option(["--sink"], multiple=True, metavar="NAME",
-                     help=f"Sink plugin, repeatable (default csv): {', '.join(plugins.names('sink')) or 'none installed'}."),
+                     help=f"Sink plugin, repeatable (default csv): {names('sink')}."),
         click.Option(["--symbol"], multiple=True, required=True,
                      help="Symbol as the exchange spells it (BTCUSDT, BTC-USDT); repeat or comma-separate."),
         click.Option(["--timeframe", "-t"], default="1m", show_default=True,
@@ -161,13 +275,50 @@ def run_command(plugins: Plugins) -> click.Command:
                      help="With --from auto or --follow: where a series the sinks do not hold yet starts."),
         click.Option(["--lag-warning"], type=click.FloatRange(0), default=30.0, show_default=True,
                      metavar="SECONDS", help="--follow: warn when a series falls this far behind."),
+        click.Option(["--summary-json"], metavar="FILE", type=click.Path(dir_okay=False),
+                     help="Also write the run's summary as JSON to FILE (even when the run fails), for scripts."),
+        click.Option(["-v", "--verbose"], count=True, help="More logs (-v info, -vv debug); tracebacks on errors."),
+        click.Option(["--log-format"], type=click.Choice(["console", "json"]), default=None,
+                     help="Log line format (logs go to stderr); json also prints the summary as one JSON object."),
     ]
-    params += [_click_option(opt) for opt, _ in declared.values()]
-    return click.Command(
+    params += chosen.params()
+    command = RunCommand(
         "run", callback=run, params=params, epilog=RUN_EPILOG,
         help="Backfill the closed candles of SYMBOL(s) from a source into sinks.",
         context_settings={"max_content_width": 100},
     )
+    command.chosen = chosen
+    return command
+
+
+def run_result_dict(result: RunResult) -> dict[str, Any]:
+    """A :class:`~forge_core.RunResult` as plain JSON-ready fields, for ``--summary-json`` and
+    ``--log-format json``: every field of the result, the total, and the range as text."""
+    fields = dataclasses.asdict(result)
+    fields["total"] = result.total
+    fields["start_time"] = display(result.start)
+    fields["end_time"] = display(result.end - 1) if result.end else None
+    fields["resumed_after"] = {s: display(t) for s, t in result.resumed.items()}
+    fields["elapsed"] = round(result.elapsed, 3)
+    return fields
+
+
+def _kept(pipeline: Pipeline) -> str:
+    result = pipeline.result
+    done = result.committed if result is not None else 0
+    resumed = f" (after what earlier runs kept for {', '.join(result.resumed)})" if result and result.resumed else ""
+    return f"{done} candles committed and kept{resumed}"
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ForgeError(f"cannot write --summary-json {path}: {exc.strerror or exc}") from None
 
 
 class Interrupted(ForgeError):
@@ -207,8 +358,8 @@ def plugins_command(plugins: Plugins) -> click.Command:
         width = max((len(r["name"]) for r in rows), default=4)
         for r in rows:
             click.echo(f"{r['kind']:<9} {r['name']:<{width}}  {r['distribution']} {r['version']}  {r['description']}")
-        for name, error in plugins.broken:
-            click.echo(f"broken    {name:<{width}}  {error}")
+        for b in plugins.broken_plugins():
+            click.echo(f"broken    {b.plugin:<{width}}  {b.distribution}  {b.error}")
 
     return click.Command(
         "plugins", callback=list_plugins, help="List installed sources, transforms and sinks.",
@@ -216,8 +367,32 @@ def plugins_command(plugins: Plugins) -> click.Command:
     )
 
 
-def build_cli(plugins: Plugins | None = None) -> click.Group:
+GROUP_FLAGS = ("-v", "-vv", "-vvv", "--verbose", "--version", "-h", "--help")
+
+
+def command_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """The subcommand of a ``forge`` command line and the words after it."""
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--log-format":
+            i += 2
+            continue
+        if a in GROUP_FLAGS or a.startswith("--log-format="):
+            i += 1
+            continue
+        return (None, []) if a.startswith("-") else (a, args[i + 1:])
+    return None, []
+
+
+def build_cli(plugins: Plugins | None = None, args: list[str] | None = None) -> click.Group:
+    """The ``forge`` group. With ``args`` (the whole command line) a ``forge run`` loads only
+    the plugins it names; anything else (``forge --help``, ``forge plugins``, a plugin's own
+    command) loads every installed plugin."""
     plugins = plugins or Plugins()
+    command, rest = command_args(list(args or []))
+    if command != "run":
+        plugins.load()
 
     @click.group(context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(__version__, prog_name="forge")
@@ -229,14 +404,16 @@ def build_cli(plugins: Plugins | None = None) -> click.Group:
         configure(verbose, log_format)
 
     cli.add_command(plugins_command(plugins))
-    cli.add_command(run_command(plugins))
-    add_integrity_commands(cli, plugins)  # forge status / verify / repair (forge_core/integrity)
+    cli.add_command(run_command(plugins, rest if command == "run" else []))
+    if command != "run":  # their options come from every plugin: building them imports all
+        add_integrity_commands(cli, plugins)  # forge status / verify / repair (forge_core/integrity)
     plugins.add_commands(cli)
     return cli
 
 
 def _logging_args(args: list[str]) -> tuple[int, str]:
-    """``-v``/``-vv``/``--verbose`` and ``--log-format`` read ahead of Click's parsing."""
+    """``-v``/``-vv``/``--verbose`` and ``--log-format``, before or after ``run``, read ahead of
+    Click's parsing: logging must be ready before plugins load (a broken plugin logs a warning)."""
     verbosity = sum(len(a) - 1 for a in args if a.startswith("-v") and set(a[1:]) == {"v"})
     verbosity += args.count("--verbose")
     fmt = "console"
@@ -248,13 +425,21 @@ def _logging_args(args: list[str]) -> tuple[int, str]:
     return verbosity, fmt if fmt in ("console", "json") else "console"
 
 
-def main(argv: list[str] | None = None) -> int:
+def _owner_of(plugins: Plugins, flag: str) -> str | None:
+    """``sink postgres`` for ``--table``: which installed plugins declare an option."""
+    owners = [f"{r.kind} {r.name}" for r in plugins.all()
+              for o in getattr(r.cls, "options", ()) if o.flag == flag]
+    return ", ".join(owners) or None
+
+
+def main(argv: list[str] | None = None, plugins: Plugins | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     verbose = any(a in ("-v", "-vv", "--verbose") for a in args) or bool(os.environ.get("FORGE_DEBUG"))
     # logging must be ready before plugins load (a broken plugin logs a warning)
     configure(*_logging_args(args))
+    plugins = plugins or Plugins()
     try:
-        code = build_cli().main(args=args, prog_name="forge", standalone_mode=False)
+        code = build_cli(plugins, args).main(args=args, prog_name="forge", standalone_mode=False)
         return code if isinstance(code, int) else 0  # a command's click.exceptions.Exit(code)
     except click.exceptions.Exit as exc:
         return exc.exit_code
@@ -263,7 +448,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except click.UsageError as exc:  # one line, like every other error
         where = f"forge {exc.ctx.info_name}" if exc.ctx is not None and exc.ctx.info_name != "forge" else "forge"
-        click.echo(f"forge: error: {exc.format_message()} (see '{where} --help')", err=True)
+        message = exc.format_message()
+        if isinstance(exc, click.NoSuchOption) and where == "forge run":
+            owner = _owner_of(plugins, exc.option_name)
+            if owner is not None:
+                message = (f"option {exc.option_name} belongs to {owner}, not to this run's source or sinks "
+                           f"(choose that plugin, e.g. --{owner.split()[0]} {owner.split()[1].rstrip(',')})")
+        click.echo(f"forge: error: {message} (see '{where} --help')", err=True)
         return exc.exit_code
     except click.ClickException as exc:
         exc.show()
