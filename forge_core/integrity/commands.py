@@ -38,7 +38,7 @@ def _declared(plugins: Plugins, kinds: tuple[str, ...]) -> dict[str, Option]:
 
 
 def _click_option(opt: Option) -> click.Option:
-    kwargs: dict[str, Any] = {"help": opt.help + (f" [env: {opt.envvar}]" if opt.envvar else ""), "default": None}
+    kwargs: dict[str, Any] = {"help": opt.help + (f" [env: {opt.env_help()}]" if opt.envvar else ""), "default": None}
     if opt.is_flag:
         kwargs["is_flag"] = True
     if opt.choices:
