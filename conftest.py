@@ -1,4 +1,9 @@
-"""Fixtures shared by every test in the repository (core, plugins, end-to-end)."""
+"""Fixtures shared by every test in the repository (core, plugins, end-to-end).
+
+The mock exchange and PostgreSQL fixtures come from Forge's testing kit (``forge_core.testing``,
+registered with pytest through the ``pytest11`` entry point, as for any plugin's tests):
+``mock_exchange``, ``mock_exchange_factory``, ``mock_env``, ``pg_url``, ``pg_server``. The names
+below are this repository's older spellings of them."""
 
 from __future__ import annotations
 
@@ -12,35 +17,33 @@ from typing import Any
 
 import pytest
 
-from forge_mock_exchange import MockConfig, MockExchange
+from forge_core.testing import FROZEN_NOW, MockExchange
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 # The mock exchanges' frozen clock: 2025-03-15 10:20:30.456 UTC. Every "now" in the tests.
-NOW = 1742034030456
+NOW = FROZEN_NOW
 ENV_URLS = ("FORGE_BINANCE_URL", "FORGE_BINANCE_FUTURES_URL", "FORGE_BINANCE_COINM_URL", "FORGE_OKX_URL",
             "FORGE_BINANCE_ARCHIVE_URL")
 
 
 @pytest.fixture(scope="session")
-def mock() -> Iterator[MockExchange]:
+def mock(mock_exchange: MockExchange) -> MockExchange:
     """One shared mock (no latency, frozen clock). Don't reconfigure it: use ``fresh_mock``."""
-    with MockExchange(MockConfig(now=NOW)) as server:
-        yield server
+    return mock_exchange
 
 
 @pytest.fixture
-def fresh_mock() -> Iterator[MockExchange]:
+def fresh_mock(mock_exchange_factory: Any) -> MockExchange:
     """A mock of this test's own, free to take faults or latency in its config."""
-    with MockExchange(MockConfig(now=NOW)) as server:
-        yield server
+    return mock_exchange_factory()
 
 
 @pytest.fixture
 def exchange_env(monkeypatch: pytest.MonkeyPatch, mock: MockExchange) -> MockExchange:
     """Point every source at the shared mock through the environment variables."""
-    for name in ENV_URLS:
+    for name in (*ENV_URLS, *mock.environment):
         monkeypatch.setenv(name, mock.url)
     return mock
 
@@ -90,23 +93,6 @@ def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     return rows[0], rows[1:]
-
-
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A real PostgreSQL: ``FORGE_TEST_DATABASE_URL`` if set, else a throwaway server started
-    for this test session (as an unprivileged user when running as root)."""
-    url = os.environ.get("FORGE_TEST_DATABASE_URL")
-    if url:
-        yield url
-        return
-    import pgserver  # tests/pgserver.py
-
-    server = pgserver.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
 """The example plugin end to end: installed from its folder, found by its entry point, run with
-``forge run --source bybit`` against a small mock of Bybit's endpoints on 127.0.0.1.
+``forge run --source bybit`` against Forge's mock exchange on 127.0.0.1.
 
-The mock reuses Forge's mock exchange server (a real HTTP server) and its deterministic
-synthetic market, so every expected candle is known exactly.
+The server is the testing kit's (``forge_core.testing``, fixture ``mock_exchange_factory``); the
+Bybit routes it serves are this plugin's own (``forge_bybit/mock.py``, entry point group
+``forge_etl_mock``), over the kit's deterministic synthetic market, so every expected candle is
+known exactly. The contract suite is in ``test_contract.py``.
 """
 
 from __future__ import annotations
@@ -13,57 +15,20 @@ from pathlib import Path
 
 import pytest
 
+from forge_bybit.mock import bybit_rows
 from forge_core import Plugins
 from forge_core.cli import main
-from forge_core.timeframes import parse_timeframe
+from forge_core.testing import FROZEN_NOW as NOW
+from forge_core.testing import MockExchange
 from forge_core.times import parse_range
-from forge_mock_exchange.market import MAINTENANCE, Listing, candle, has_candle, open_times
-from forge_mock_exchange.server import MockConfig, MockExchange, Request, Response
 
-NOW = 1742034030456  # the mock's frozen clock: 2025-03-15 10:20:30.456 UTC
-LISTINGS = {"BTCUSDT": Listing("BTCUSDT", 1625443200000, (MAINTENANCE,), 4_200_000)}  # 2021-07-05
-TIMEFRAMES = {"1": "1m", "5": "5m", "60": "60m", "D": "1d", "W": "1w"}  # the intervals tested here
 # Bybit's own documentation example response; see fixtures/PROVENANCE.md
 DOCS_EXAMPLE = Path(__file__).resolve().parent / "fixtures" / "bybit_v5_market_kline_docs_example_coincise.json"
 
 
-def ok(result: dict) -> Response:
-    return Response.json({"retCode": 0, "retMsg": "OK", "result": result, "retExtInfo": {}, "time": NOW})
-
-
-def kline(req: Request) -> Response:
-    """``/v5/market/kline``: the newest ``limit`` candles with ``start <= open <= end``, newest
-    first, the still-open one included (Bybit sends it too); unknown symbols get an empty list."""
-    listing = LISTINGS.get(req.arg("symbol") or "")
-    tf = parse_timeframe(TIMEFRAMES[req.arg("interval") or ""].replace("60m", "1h"))
-    start, end, limit = int(req.arg("start") or 0), int(req.arg("end") or NOW), int(req.arg("limit") or 200)
-    rows = []
-    ts = tf.floor(min(end, NOW))
-    while listing and ts >= start and len(rows) < limit:
-        if has_candle(listing, tf, ts):
-            o, h, lo, c, volume, turnover, *_ = candle(listing, tf, ts)
-            rows.append([str(ts), o, h, lo, c, volume, turnover])
-        ts = tf.floor(ts - 1)
-    return ok({"symbol": req.arg("symbol"), "category": req.arg("category"), "list": rows})
-
-
-def instruments(req: Request) -> Response:
-    found = [{"symbol": s, "status": "Trading"} for s in LISTINGS if s == req.arg("symbol")]
-    return ok({"category": req.arg("category"), "list": found})
-
-
-@pytest.fixture(scope="module")
-def server():
-    with MockExchange(MockConfig(now=NOW)) as mock:
-        mock.route("/v5/market/kline", kline)
-        mock.route("/v5/market/instruments-info", instruments)
-        mock.route("/v5/market/time", lambda req: ok({"timeSecond": str(NOW // 1000),
-                                                      "timeNano": str(NOW * 1_000_000)}))
-        yield mock
-
-
 @pytest.fixture
-def bybit(server: MockExchange, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MockExchange:
+def bybit(mock_exchange_factory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MockExchange:
+    server = mock_exchange_factory(routes=["bybit"])  # only this plugin's routes
     monkeypatch.setenv("FORGE_BYBIT_URL", server.url)  # the plugin's base-URL override
     monkeypatch.chdir(tmp_path)
     return server
@@ -71,13 +36,7 @@ def bybit(server: MockExchange, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 
 def expected(symbol: str, timeframe: str, start: str, end: str) -> list[list[str]]:
     """What a correct backfill writes, from the synthetic market alone."""
-    listing, tf = LISTINGS[symbol], parse_timeframe(timeframe)
-    rows = []
-    for ts in open_times(listing, tf, *parse_range(start, end)):
-        if tf.end_ts(ts) < NOW:  # closed candles only
-            o, h, lo, c, volume, turnover, *_ = candle(listing, tf, ts)
-            rows.append(["bybit", symbol, timeframe, str(ts), str(tf.end_ts(ts)), o, h, lo, c, volume, turnover])
-    return rows
+    return [[str(x) for x in row] for row in bybit_rows(symbol, timeframe, *parse_range(start, end), NOW)]
 
 
 def read(path: str) -> list[list[str]]:

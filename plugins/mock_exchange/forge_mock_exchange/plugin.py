@@ -11,6 +11,25 @@ from forge_core import hookimpl
 from forge_core.times import parse_instant
 
 
+def parse_faults(items: tuple[str, ...]) -> dict[str, float]:
+    """``("http500=0.02", "reset")`` -> ``{"http500": 0.02, "reset": 1.0}``; a bad item is a
+    usage error (one line naming it and the known kinds)."""
+    from forge_core.testing.faults import check_faults
+
+    rates: dict[str, float] = {}
+    for item in items:
+        kind, _, rate = item.partition("=")
+        try:
+            rates[kind.strip()] = float(rate or "1")
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: use KIND=RATE, e.g. http500=0.02", param_hint="--fault") from None
+    try:
+        check_faults(rates)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--fault") from None
+    return rates
+
+
 @hookimpl
 def forge_register_commands(cli: Any) -> None:
     @cli.command(name="mock-exchange")
@@ -20,25 +39,23 @@ def forge_register_commands(cli: Any) -> None:
     @click.option("--weight-window", type=int, default=60, show_default=True,
                   help="Binance rate-limit window in seconds (60 = the real one-minute window).")
     @click.option("--fault", "faults", multiple=True, metavar="KIND=RATE",
-                  help="Inject faults, e.g. --fault http500=0.02 (see docs/mock-exchange.md).")
+                  help="Inject faults, e.g. --fault http500=0.02 --fault empty=0.01 (kinds: docs/mock-exchange.md).")
     @click.option("--fault-seed", type=int, default=0, show_default=True, help="Seed for fault injection.")
     def mock_exchange(port: int, latency: float, now: str | None, weight_window: int,
                       faults: tuple[str, ...], fault_seed: int) -> None:
-        """Serve Binance/OKX-style market data with deterministic candles on 127.0.0.1."""
-        from .server import MockConfig, MockExchange
+        """Serve market data with deterministic candles on 127.0.0.1, for every exchange whose
+        installed plugin ships mock routes (entry point group forge_etl_mock). Prints the
+        environment variables that point each source at it."""
+        from forge_core.testing.server import MockConfig, MockExchange
 
-        rates: dict[str, float] = {}
-        for item in faults:
-            kind, _, rate = item.partition("=")
-            try:
-                rates[kind] = float(rate or "1")
-            except ValueError:
-                raise click.BadParameter(f"{item!r}: use KIND=RATE, e.g. http500=0.02", param_hint="--fault") from None
+        rates = parse_faults(faults)
         config = MockConfig(latency=latency, now=parse_instant(now)[0] if now else None,
                             weight_window=weight_window, faults=rates, fault_seed=fault_seed)
         with MockExchange(config, port=port) as mock:
-            click.echo(f"mock exchange on {mock.url}  (FORGE_BINANCE_URL={mock.url} FORGE_OKX_URL={mock.url} "
-                       f"FORGE_BINANCE_ARCHIVE_URL={mock.url}); Ctrl-C to stop", err=True)
+            served = ", ".join(mock.modules) or "no exchanges (no installed plugin ships mock routes)"
+            click.echo(f"mock exchange on {mock.url} serving {served}; Ctrl-C to stop", err=True)
+            for name, value in mock.environment.items():
+                click.echo(f"export {name}={value}")
             try:
                 while True:
                     time.sleep(3600)

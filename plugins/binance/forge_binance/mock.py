@@ -14,10 +14,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from forge_core.testing.market import Listing, Market, candle, has_candle, open_times
+from forge_core.testing.server import MockExchange, Request, Response
 from forge_core.timeframes import NAMES, parse_timeframe
 
-from .market import Listing, Market, candle, has_candle
-from .server import MockExchange, Request, Response
+ENVIRONMENT = ("FORGE_BINANCE_URL", "FORGE_BINANCE_FUTURES_URL", "FORGE_BINANCE_COINM_URL")
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9\-_.]{1,20}$")
 DIGITS_RE = re.compile(r"^[0-9]{1,20}$")
@@ -304,3 +305,22 @@ def install(mock: MockExchange) -> None:
         mock.route(f"{flavor.prefix}/exchangeInfo", lambda req, f=flavor, w=weights: exchange_info(mock, f, w, req))
         mock.route(f"{flavor.prefix}/time", _time)
         mock.route(f"{flavor.prefix}/ping", _ping)
+
+
+def binance_rows(symbol: str, timeframe: str, start: int, end: int, now: int,
+                 market: Market | None = None) -> list[tuple]:
+    """The exact rows a correct backfill of this mock produces, from the synthetic market alone
+    (not from the source plugin): closed candles opening in ``[start, end)`` as canonical tuples
+    with Binance's four extra columns."""
+    market = market or Market.binance_spot()
+    listing = market.get(symbol)
+    assert listing is not None, symbol
+    tf = parse_timeframe(timeframe)
+    rows = []
+    for ts in open_times(listing, tf, start, end):
+        close = tf.end_ts(ts)
+        if close >= now:
+            break
+        o, h, lo, c, v, qv, n, tb, tq = candle(listing, tf, ts)
+        rows.append((market.source, symbol, timeframe, ts, close, o, h, lo, c, v, qv, n, tb, tq))
+    return rows

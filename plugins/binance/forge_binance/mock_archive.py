@@ -6,7 +6,7 @@ Paths as on the real host (``exchange-apis.md`` section B)::
 
 ``iv`` is ``1mo`` for a month (``1M`` is a 404, as on the real host); daily files exist for
 ``1s``..``1d`` only; futures have no ``1s``. The candles are those of the REST routes
-(``binance.SPOT``/``binance.USDM`` markets, ``Market.binance_coinm()`` for ``futures/cm``).
+(``forge_binance.mock.SPOT``/``USDM`` markets, ``Market.binance_coinm()`` for ``futures/cm``).
 
 Publication, relative to ``mock.now()``: a daily file from 00:00 UTC the next day; a monthly
 file from 00:00 UTC on the first Monday of the next month (Binance's stated schedule), and
@@ -37,11 +37,13 @@ import zipfile
 from collections import OrderedDict
 from datetime import datetime, timedelta, timezone
 
+from forge_core.testing.market import Listing, Market, candle, open_times
+from forge_core.testing.server import MockExchange, Request, Response
 from forge_core.timeframes import NAMES, Timeframe, parse_timeframe
 
-from .binance import SPOT, USDM
-from .market import Listing, Market, candle, open_times
-from .server import MockExchange, Request, Response
+from .mock import SPOT, USDM
+
+ENVIRONMENT = ("FORGE_BINANCE_ARCHIVE_URL",)  # what `forge mock-exchange` tells users to export
 
 PATH_RE = re.compile(
     r"^/data/(spot|futures/um|futures/cm)/(monthly|daily)/klines/([A-Z0-9_.\-]{1,30})/([0-9a-z]{2,3})/"

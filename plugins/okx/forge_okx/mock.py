@@ -26,10 +26,18 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from forge_core.testing.market import (
+    MAINTENANCE,
+    NEW_LISTED,
+    Listing,
+    candle,
+    has_candle,
+    open_times,
+)
+from forge_core.testing.server import MockExchange, Request, Response
 from forge_core.timeframes import HOUR, Timeframe, parse_timeframe
 
-from .market import MAINTENANCE, NEW_LISTED, Listing, candle, has_candle
-from .server import MockExchange, Request, Response
+ENVIRONMENT = ("FORGE_OKX_URL",)  # what `forge mock-exchange` tells users to export
 
 SPOT_LISTED = 1515628800000  # 2018-01-11: the oldest BTC-USDT 1m bar OKX serves
 SWAP_LISTED = 1575936000000  # 2019-12-10
@@ -267,3 +275,21 @@ def install(mock: MockExchange) -> None:
     mock.route("/api/v5/public/instruments", lambda req: instruments(mock, listing, req))
     mock.route("/api/v5/public/time", _time)
     mock.route_prefix("/api/v5/", not_found)
+
+
+def okx_rows(inst_id: str, timeframe: str, start: int, end: int, now: int) -> list[tuple]:
+    """The exact rows a correct OKX backfill of this mock produces, from the synthetic market
+    alone (not from the source plugin): Forge's UTC-aligned timeframes, closed bars only, the
+    ten canonical columns (``volume`` in the base currency whatever the instrument type), then
+    ``quote_volume`` (volCcyQuote), ``vol``, ``vol_ccy``."""
+    inst = INSTRUMENTS[inst_id]
+    tf = parse_timeframe(timeframe)
+    rows = []
+    for ts in open_times(inst.listing, tf, start, end):
+        close = tf.end_ts(ts)
+        if close >= now:
+            break
+        base = plain(candle(inst.listing, tf, ts)[4])
+        _, o, h, lo, c, vol, vol_ccy, quote, _ = okx_row(inst, tf, ts, now)
+        rows.append(("okx", inst_id, timeframe, ts, close, o, h, lo, c, base, quote, vol, vol_ccy))
+    return rows

@@ -1,0 +1,140 @@
+"""The synthetic market: which symbols exist since when, where the holes are, and the candles.
+
+Every candle is a pure function of ``(symbol, timeframe, open_ts)``, so the mock needs no
+storage and tests can compute exactly what an exchange would have served. Consecutive candles
+chain (a candle's close is the next one's open), roughly one in 500 has no trades.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from forge_core.timeframes import Timeframe
+
+M64 = (1 << 64) - 1
+SPOT_LISTED = 1502928000000  # 2017-08-17, Binance's first klines
+NEW_LISTED = 1705305600000  # 2024-01-15 08:00 UTC: a symbol listed mid-range
+MAINTENANCE = (1704855600000, 1704864600000)  # 2024-01-10 03:00 to 05:30 UTC: no candles
+_TEST_SYMBOL = re.compile(r"^T\d{1,4}USDT$")
+__all__ = ["MAINTENANCE", "NEW_LISTED", "SPOT_LISTED", "Listing", "Market", "candle", "has_candle", "mix",
+           "open_times"]
+
+
+def mix(x: int) -> int:
+    """splitmix64: a fast, well-spread 64-bit hash."""
+    x = (x + 0x9E3779B97F4A7C15) & M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & M64
+    return x ^ (x >> 31)
+
+
+@lru_cache(maxsize=4096)
+def _seed(text: str) -> int:
+    h = 1469598103934665603
+    for ch in text.encode():
+        h = ((h ^ ch) * 1099511628211) & M64
+    return h
+
+
+@dataclass(frozen=True)
+class Listing:
+    symbol: str
+    listed: int
+    holes: tuple[tuple[int, int], ...] = ()
+    base_price: int = 3_000_000  # cents
+
+
+@dataclass
+class Market:
+    """Symbols by name. ``T<n>USDT`` (e.g. ``T17USDT``) are extra spot symbols for load tests."""
+
+    listings: dict[str, Listing] = field(default_factory=dict)
+    test_symbols: bool = True
+    source: str = "binance"  # the source column a correct backfill of this market carries
+
+    @classmethod
+    def binance_spot(cls) -> Market:
+        return cls({
+            "BTCUSDT": Listing("BTCUSDT", SPOT_LISTED, (MAINTENANCE,), 4_200_000),
+            "ETHUSDT": Listing("ETHUSDT", SPOT_LISTED, (MAINTENANCE,), 250_000),
+            "SOLUSDT": Listing("SOLUSDT", 1597125600000, (MAINTENANCE,), 10_000),
+            "ADAUSDT": Listing("ADAUSDT", 1523937600000, (MAINTENANCE,), 45),
+            "NEWUSDT": Listing("NEWUSDT", NEW_LISTED, (), 150),
+        })
+
+    @classmethod
+    def binance_usdm(cls) -> Market:
+        futures = 1568102400000  # 2019-09-10
+        return cls({
+            "BTCUSDT": Listing("BTCUSDT", futures, (MAINTENANCE,), 4_200_000),
+            "ETHUSDT": Listing("ETHUSDT", 1574812800000, (MAINTENANCE,), 250_000),
+        }, test_symbols=False, source="binance-usdm")
+
+    @classmethod
+    def binance_coinm(cls) -> Market:
+        return cls({"BTCUSD_PERP": Listing("BTCUSD_PERP", 1597104000000, (MAINTENANCE,), 4_200_000)},
+                   test_symbols=False, source="binance-coinm")
+
+    def get(self, symbol: str) -> Listing | None:
+        listing = self.listings.get(symbol)
+        if listing is None and self.test_symbols and _TEST_SYMBOL.match(symbol):
+            listing = Listing(symbol, SPOT_LISTED, (MAINTENANCE,), 100_000 + int(symbol[1:-4]) * 100)
+        return listing
+
+
+def has_candle(listing: Listing, tf: Timeframe, open_ts: int) -> bool:
+    """A candle exists if its period ends after the listing and is not wholly inside a hole."""
+    close = tf.next_open(open_ts)
+    if close <= listing.listed:
+        return False
+    return not any(a <= open_ts and close <= b for a, b in listing.holes)
+
+
+def _price(listing: Listing, ts: int) -> int:
+    """The synthetic price in cents at instant ``ts`` (a candle boundary)."""
+    wave = 1.0 + 0.25 * math.sin(ts / 86_400_000 / 30.0) + 0.05 * math.sin(ts / 3_600_000 / 7.0)
+    noise = (mix(_seed(listing.symbol) ^ ts) % 2001) - 1000  # +-0.1 %
+    return max(1, int(listing.base_price * wave * (1 + noise / 1_000_000)))
+
+
+def _money(cents: int) -> str:
+    return f"{cents // 100}.{cents % 100:02d}000000"
+
+
+def _qty(units: int) -> str:
+    """A quantity with 8 decimals from an integer number of 1e-8 units."""
+    whole, frac = divmod(units, 100_000_000)
+    return f"{whole}.{frac:08d}"
+
+
+def candle(listing: Listing, tf: Timeframe, open_ts: int) -> tuple[str, str, str, str, str, str, int, str, str]:
+    """``(open, high, low, close, volume, quote_volume, trades, taker_base, taker_quote)``."""
+    close_ts = tf.next_open(open_ts)
+    h = mix(_seed(listing.symbol + tf.name) ^ open_ts)
+    o = _price(listing, open_ts)
+    c = _price(listing, close_ts)
+    if h % 500 == 0:  # no trades in this period: flat candle at the previous close
+        p = _money(o)
+        return p, p, p, p, "0.00000000", "0.00000000", 0, "0.00000000", "0.00000000"
+    spread = max(1, max(o, c) * ((h >> 8) % 300) // 100_000)
+    hi = max(o, c) + spread
+    lo = max(1, min(o, c) - spread * ((h >> 20) % 3) // 2)
+    volume = (h >> 24) % 5_000_000_000 + 1_000_000  # 0.01 .. 50 units
+    quote = volume * c // 100
+    taker = volume * ((h >> 40) % 100) // 100
+    return (_money(o), _money(hi), _money(lo), _money(c), _qty(volume), _qty(quote),
+            (h >> 48) % 2000 + 1, _qty(taker), _qty(taker * c // 100))
+
+
+def open_times(listing: Listing, tf: Timeframe, start: int, end: int) -> list[int]:
+    """Open times of the candles that exist in ``[start, end)``."""
+    out = []
+    ts = tf.ceil(max(start, 0))
+    while ts < end:
+        if has_candle(listing, tf, ts):
+            out.append(ts)
+        ts = tf.next_open(ts)
+    return out

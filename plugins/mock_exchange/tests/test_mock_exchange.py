@@ -1,0 +1,172 @@
+"""The shared mock exchange: routes found through entry points, the faults added for issue 17
+(``empty``, ``trickle``) and for the contract suites (``short``), and ``forge mock-exchange``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from forge_core.testing import FROZEN_NOW, MockConfig, MockExchange, route_modules
+from forge_core.testing import server as server_module
+
+ROOT = Path(__file__).resolve().parents[3]
+JAN_9 = 1704758400000  # 2024-01-09 00:00 UTC: a day with candles on every exchange mocked here
+BINANCE = {"symbol": "BTCUSDT", "interval": "1m", "startTime": JAN_9, "limit": 1000}
+OKX = {"instId": "BTC-USDT", "bar": "1m", "after": JAN_9 + 300 * 60_000, "limit": 300}
+BYBIT = {"category": "spot", "symbol": "BTCUSDT", "interval": "1", "start": JAN_9, "end": JAN_9 + 999 * 60_000,
+         "limit": 1000}
+
+
+def page(mock: MockExchange, path: str, params: dict) -> requests.Response:
+    return requests.get(f"{mock.url}{path}", params=params, timeout=10)
+
+
+def rows_of(body) -> list:
+    return body if isinstance(body, list) else body["data"] if "data" in body else body["result"]["list"]
+
+
+# -- route modules next to their plugins --------------------------------------------------------
+def test_every_installed_plugin_brings_its_routes():
+    modules = route_modules()
+    assert {name: m.__name__ for name, m in modules.items()} == {
+        "binance": "forge_binance.mock", "binance_archive": "forge_binance.mock_archive",
+        "bybit": "forge_bybit.mock", "okx": "forge_okx.mock"}
+    with MockExchange(MockConfig(now=FROZEN_NOW)) as mock:
+        for path, params in (("/api/v3/klines", BINANCE), ("/api/v5/market/history-candles", OKX),
+                             ("/v5/market/kline", BYBIT)):
+            r = page(mock, path, params)
+            assert r.status_code == 200 and len(rows_of(r.json())) > 100, path
+        assert set(mock.environment) == {"FORGE_BINANCE_URL", "FORGE_BINANCE_FUTURES_URL", "FORGE_BINANCE_COINM_URL",
+                                         "FORGE_BINANCE_ARCHIVE_URL", "FORGE_OKX_URL", "FORGE_BYBIT_URL"}
+        assert set(mock.environment.values()) == {mock.url}
+
+
+def test_a_mock_can_serve_only_some_routes():
+    with MockExchange(MockConfig(now=FROZEN_NOW), routes=["bybit"]) as mock:
+        assert page(mock, "/v5/market/kline", BYBIT).status_code == 200
+        assert page(mock, "/api/v3/klines", BINANCE).status_code == 404
+        assert mock.environment == {"FORGE_BYBIT_URL": mock.url}
+    with pytest.raises(ValueError, match=r"no mock routes named nope \(installed: binance, binance_archive, bybit, okx\)"):
+        MockExchange(routes=["nope"])
+
+
+def test_a_broken_route_module_is_left_out_with_a_warning(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    real = server_module.entry_points
+
+    def with_a_broken_one(group):
+        return [*real(group=group), EntryPoint("zzbroken", "no_such_module_anywhere", group)]
+
+    monkeypatch.setattr(server_module, "entry_points", with_a_broken_one)
+    with pytest.warns(UserWarning, match="mock routes 'zzbroken'.*failed to load"):
+        modules = route_modules()
+    assert "zzbroken" not in modules and "binance" in modules
+
+
+def test_the_old_import_paths_still_work():
+    from forge_mock_exchange import MockConfig as OldConfig
+    from forge_mock_exchange import MockExchange as OldExchange
+    from forge_mock_exchange.expected import binance_rows
+    from forge_mock_exchange.market import MAINTENANCE, Market
+    from forge_mock_exchange.server import Response
+
+    assert (OldConfig, OldExchange) == (MockConfig, MockExchange)
+    assert Response.json({}).status == 200 and MAINTENANCE[0] < MAINTENANCE[1]
+    assert binance_rows("BTCUSDT", "1h", JAN_9, JAN_9 + 86_400_000, FROZEN_NOW, Market.binance_spot())
+
+
+# -- the faults -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("path,params", [("/api/v3/klines", BINANCE), ("/api/v5/market/history-candles", OKX),
+                                         ("/v5/market/kline", BYBIT)])
+def test_empty_fault_serves_a_page_without_candles_for_a_range_that_has_some(path, params):
+    with MockExchange(MockConfig(now=FROZEN_NOW)) as healthy:
+        full = page(healthy, path, params).json()
+    with MockExchange(MockConfig(now=FROZEN_NOW, faults={"empty": 1.0})) as mock:
+        r = page(mock, path, params)
+        body = r.json()
+        assert r.status_code == 200 and rows_of(body) == [] and rows_of(full)
+        if isinstance(body, dict):  # the envelope says success: only the rows are gone
+            assert {k: v for k, v in body.items() if k not in ("data", "result", "time")} == \
+                {k: v for k, v in full.items() if k not in ("data", "result", "time")}
+        assert mock.stats["fault.empty"] == 1
+
+
+def test_empty_fault_leaves_pages_that_are_not_candles_alone():
+    with MockExchange(MockConfig(now=FROZEN_NOW, faults={"empty": 1.0})) as mock:
+        info = page(mock, "/api/v3/exchangeInfo", {}).json()
+        instruments = page(mock, "/api/v5/public/instruments", {"instType": "SPOT"}).json()
+        assert info["symbols"] and instruments["data"] and mock.stats["fault.empty"] == 0
+
+
+def test_short_fault_serves_the_first_half_of_the_page():
+    with MockExchange(MockConfig(now=FROZEN_NOW)) as healthy:
+        full = page(healthy, "/api/v5/market/history-candles", OKX).json()["data"]
+    with MockExchange(MockConfig(now=FROZEN_NOW, faults={"short": 1.0})) as mock:
+        short = page(mock, "/api/v5/market/history-candles", OKX).json()["data"]
+        assert short == full[: len(full) // 2] and mock.stats["fault.short"] == 1
+
+
+def test_trickle_fault_sends_the_body_one_byte_at_a_time():
+    config = MockConfig(now=FROZEN_NOW, faults={"trickle": 1.0}, extra={"trickle_seconds": 0.02})
+    with MockExchange(MockConfig(now=FROZEN_NOW)) as healthy:
+        want = page(healthy, "/api/v3/time", {}).content
+    with MockExchange(config) as mock:
+        began = time.monotonic()
+        r = requests.get(f"{mock.url}/api/v3/time", timeout=(2, 0.5))  # no single read waits 0.5 s
+        took = time.monotonic() - began
+        assert r.content == want and took >= len(want) * 0.02
+        assert mock.stats["fault.trickle"] == 1
+
+
+def test_fault_config_is_checked():
+    for faults, message in (({"meteor": 1.0}, "unknown fault kind 'meteor'; known: http500, "),
+                            ({"http500": 1.5}, "fault rate http500=1.5 is not a probability"),
+                            ({"http500": 0.6, "reset": 0.6}, "fault rates add up to 1.2")):
+        with pytest.raises(ValueError, match=message):
+            MockExchange(MockConfig(faults=faults))
+
+
+# -- forge mock-exchange ---------------------------------------------------------------------------
+@pytest.mark.parametrize("fault,named", [("bogus=1", "unknown fault kind 'bogus'"), ("http500=x", "'http500=x'"),
+                                         ("reset=7", "fault rate reset=7")])
+def test_a_bad_fault_is_a_one_line_usage_error(forge, fault, named):
+    result = forge("mock-exchange", "--port", "0", "--fault", fault)
+    assert result.code == 2, result
+    [line] = result.err.strip().splitlines()
+    assert named in line and "--fault" in line and "unexpected" not in line
+
+
+def test_help_points_to_a_doc_that_exists(forge):
+    result = forge("mock-exchange", "--help")
+    assert result.code == 0 and "docs/mock-exchange.md" in result.out
+    doc = (ROOT / "docs" / "mock-exchange.md").read_text()
+    from forge_core.testing.faults import ALL_KINDS
+
+    for kind in ALL_KINDS:  # every fault kind is documented
+        assert f"| `{kind}` |" in doc, kind
+
+
+def test_forge_mock_exchange_prints_every_variable_to_export():
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "forge_core.cli", "mock-exchange", "--port", "0", "--latency", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        status = proc.stderr.readline()
+        lines = [proc.stdout.readline().strip() for _ in range(6)]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+    url = status.split(" on ", 1)[1].split()[0]
+    assert url.startswith("http://127.0.0.1:")
+    assert "binance, binance_archive, bybit, okx" in status
+    assert sorted(lines) == sorted(f"export {name}={url}" for name in (
+        "FORGE_BINANCE_URL", "FORGE_BINANCE_FUTURES_URL", "FORGE_BINANCE_COINM_URL", "FORGE_BINANCE_ARCHIVE_URL",
+        "FORGE_BYBIT_URL", "FORGE_OKX_URL"))
