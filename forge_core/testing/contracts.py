@@ -10,7 +10,8 @@ examples: ``docs/testing-plugins.md``.
 
 from __future__ import annotations
 
-import gc
+import json
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -479,6 +480,31 @@ class SinkContract:
             "the interrupted run must have committed some rows and written more"
         return rec
 
+    def killed_after_commits(self, options: dict[str, Any]) -> tuple[Rows, Rows]:
+        """The interrupted run in a forked child process that then dies without ``close()``
+        (``os._exit``: no cleanup, its files and connections dropped by the kernel, as after
+        ``kill -9``). Returns the rows it committed and the rows it wrote."""
+        if not hasattr(os, "fork"):
+            pytest.skip("needs os.fork to kill a run")
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: run, report, die
+            try:
+                os.close(read_end)
+                rec = self.interrupted(options, abandon=True)
+                payload = {"committed": rec.committed, "written": rec.written}
+            except BaseException as exc:  # noqa: BLE001 (reported to the parent)
+                payload = {"error": f"{type(exc).__name__}: {exc}"}
+            with os.fdopen(write_end, "w") as out:
+                json.dump(payload, out, default=str)
+            os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end) as got:
+            payload = json.load(got)
+        os.waitpid(pid, 0)
+        assert "error" not in payload, f"the run to be killed failed otherwise: {payload.get('error')}"
+        return payload["committed"], payload["written"]
+
     def resume_point(self, options: dict[str, Any], run: RunInfo) -> int | None:
         """What a new sink on the same destination reports for the run, as the pipeline asks."""
         sink = self.make_sink(options)
@@ -515,10 +541,7 @@ class SinkContract:
                 f"(rows written after the last commit end at {rec.written[-1]['end_ts']})")
 
     def test_commit_is_durable_without_close(self, sink_options: dict[str, Any]) -> None:
-        rec = self.interrupted(sink_options, abandon=True)
-        committed, written = rec.committed, rec.written
-        del rec  # the process "died": the sink is dropped without close()
-        gc.collect()
+        committed, written = self.killed_after_commits(sink_options)
         source = SyntheticSource()
         Pipeline(source, sinks=[self.make_sink(sink_options)], workers=1).run(
             [self.symbol], self.timeframe, self.start, self.end)

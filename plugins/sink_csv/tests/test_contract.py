@@ -30,13 +30,3 @@ class TestCsvSinkContract(SinkContract):
         with open(path, newline="") as f:
             return list(csv.DictReader(f))
 
-    # Known deviations from the contract in the BRIEF (issue 11), left for the CSV sink's owner:
-    @pytest.mark.xfail(strict=True, reason="close(ok=False) flushes rows written after the last commit into "
-                       "the .part, and the next run resumes after them: more than was committed")
-    def test_failed_run_keeps_only_what_was_committed(self, sink_options):
-        super().test_failed_run_keeps_only_what_was_committed(sink_options)
-
-    @pytest.mark.xfail(strict=True, reason="issue 11: a later --to throws the interrupted run's .part away "
-                       "(the run identity includes the end)")
-    def test_resume_after_the_end_moved_later(self, sink_options):
-        super().test_resume_after_the_end_moved_later(sink_options)
