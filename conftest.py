@@ -28,6 +28,19 @@ ENV_URLS = ("FORGE_BINANCE_URL", "FORGE_BINANCE_FUTURES_URL", "FORGE_BINANCE_COI
             "FORGE_BINANCE_ARCHIVE_URL")
 
 
+@pytest.fixture(autouse=True)
+def _no_hosts_answered_yet() -> Iterator[None]:
+    """Each test starts like a fresh process: no host has answered yet. The HTTP client keeps
+    the hosts that answered (``forge_core.http._answered``) for the process, and retries a
+    failure of those instead of failing fast; one test reaching ``forge-test-host.invalid``
+    through a proxy made another test's DNS failure of that name retry for 100 s."""
+    from forge_core import http
+
+    http._answered.clear()
+    yield
+    http._answered.clear()
+
+
 @pytest.fixture(scope="session")
 def mock(mock_exchange: MockExchange) -> MockExchange:
     """One shared mock (no latency, frozen clock). Don't reconfigure it: use ``fresh_mock``."""
