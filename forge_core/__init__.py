@@ -12,9 +12,10 @@ from .errors import ForgeError, RetryableError, SinkError, SourceError, Transfor
 from .hookspecs import hookimpl
 from .http import HttpClient, RateLimiter
 from .options import Option
+from .paging import Hole, backward_pages, forward_pages
 from .pipeline import Pipeline, Progress, RunResult
 from .plugins import Plugins
-from .records import CANDLE_COLUMNS, EXTRA_COLUMNS, Batch
+from .records import CANDLE_COLUMNS, EXTRA_COLUMNS, Batch, Fetched, Row, RowMaker, row_maker
 from .redact import redact, redact_url
 from .sinks import RunInfo, Sink
 from .sources import Source, SymbolInfo, Task
@@ -35,6 +36,8 @@ __all__ = [
     "CANDLE_COLUMNS",
     "EXTRA_COLUMNS",
     "Batch",
+    "Fetched",
+    "Hole",
     "ForgeError",
     "HttpClient",
     "Option",
@@ -43,7 +46,9 @@ __all__ = [
     "Progress",
     "RateLimiter",
     "RetryableError",
+    "Row",
     "RowFunction",
+    "RowMaker",
     "RunInfo",
     "RunResult",
     "Sink",
@@ -57,8 +62,11 @@ __all__ = [
     "TransformError",
     "UsageError",
     "__version__",
+    "backward_pages",
+    "forward_pages",
     "hookimpl",
     "parse_timeframe",
+    "row_maker",
     "redact",
     "redact_url",
 ]

@@ -54,6 +54,10 @@ class Resample(Transform):
             raise UsageError(f"cannot resample {batch.timeframe} candles to {self.target.name}: "
                              "the target must be a coarser multiple")
         # keep the canonical columns and the additive extras; drop extras that cannot be aggregated
+        needed = [c for c in ("open_ts", "end_ts", "timeframe", "open", "high", "low", "close") if c not in batch.columns]
+        if needed:
+            raise UsageError(f"resample needs the columns {', '.join(needed)}, which the rows lack "
+                             f"(columns: {', '.join(batch.columns)}); put resample before select")
         self._keep = [i for i, c in enumerate(batch.columns) if c in CANDLE_COLUMNS or c in _SUMMED]
         cols = tuple(batch.columns[i] for i in self._keep)
         self._idx = {c: i for i, c in enumerate(cols)}
@@ -68,13 +72,13 @@ class Resample(Transform):
         if self._template is None or self._template.symbol != batch.symbol:
             self._prepare(batch)
         i = self._idx
-        h_, l_, c_ = i["high"], i["low"], i["close"]
+        h_, l_, c_, o_ = i["high"], i["low"], i["close"], i["open_ts"]
         out: list[Row] = []
         keep = self._keep
         for row in batch.rows:
             if len(keep) != len(row):
                 row = tuple(row[k] for k in keep)
-            period = self.target.floor(row[3])
+            period = self.target.floor(row[o_])
             if period != self._open:
                 if self._acc is not None:
                     self._finish(out)
@@ -104,9 +108,10 @@ class Resample(Transform):
         start, end = self._range or (period, self.target.next_open(period))
         if period < start or self.target.next_open(period) > end:
             return  # the range covers only part of this period
-        acc[2] = self.target.name
-        acc[4] = self.target.end_ts(period)
-        acc[3] = period
+        i = self._idx
+        acc[i["timeframe"]] = self.target.name
+        acc[i["end_ts"]] = self.target.end_ts(period)
+        acc[i["open_ts"]] = period
         out.append(tuple(format(v, "f") if isinstance(v, Decimal) else v for v in acc))
 
     def end_series(self) -> Batch | None:

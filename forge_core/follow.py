@@ -44,8 +44,8 @@ import requests
 from .errors import RetryableError, UsageError
 from .http import Cancelled, GaveUp
 from .logs import get_logger
-from .pipeline import RunResult, _apply, _clean, _output_timeframe, _symbols
-from .records import OPEN_TS, Batch, Row
+from .pipeline import RunResult, _apply, _clean, _output_timeframe, _symbols, fetch_checked
+from .records import Batch, Row
 from .sinks import RunInfo, Sink
 from .sources import Source, Task
 from .timeframes import parse_timeframe
@@ -183,6 +183,7 @@ class Follower:
                  on_tick: Callable[[Follower], None] | None = None) -> None:
         self.pipeline = pipeline
         self.source: Source = pipeline.source
+        self._open, self._end = self.source.columns.index("open_ts"), self.source.columns.index("end_ts")
         self.sinks: list[Sink] = pipeline.sinks
         self.transforms = pipeline.transforms
         self.symbols = _symbols(symbols)
@@ -373,7 +374,7 @@ class Follower:
                         self._finish(current, limit)
                         done.add(current.symbol)
                     current = s
-                clean, _ = _clean(rows, task, self.now)
+                clean, _ = _clean(rows, task, self.now, self._open, self._end)
                 self._take(s, clean, limit)
                 if self._uncommitted >= self.commit_every:
                     self._commit()
@@ -407,7 +408,7 @@ class Follower:
                 task = next(todo, None)
                 if task is None:
                     return
-                pending.append((task, self._pool.submit(lambda t=task: list(source.fetch(t)))))  # type: ignore[union-attr]
+                pending.append((task, self._pool.submit(lambda t=task: fetch_checked(source, t)[0])))  # type: ignore[union-attr]
 
         fill()
         while pending:
@@ -431,32 +432,32 @@ class Follower:
             return
         if self._same_tf:
             self._emit(s, rows, limit)
-            s.next_start = self.tf.next_open(rows[-1][OPEN_TS])
+            s.next_start = self.tf.next_open(rows[-1][self._open])
             return
         rows = s.held + rows
         out, tf = self.out_tf, self.tf
-        period = out.floor(rows[-1][OPEN_TS])
-        if rows[-1][OPEN_TS] == tf.floor(out.next_open(period) - 1):
+        period = out.floor(rows[-1][self._open])
+        if rows[-1][self._open] == tf.floor(out.next_open(period) - 1):
             ready, s.held = rows, []
         else:
-            cut = bisect.bisect_left(rows, period, key=lambda r: r[OPEN_TS])
+            cut = bisect.bisect_left(rows, period, key=lambda r: r[self._open])
             ready, s.held = rows[:cut], rows[cut:]
         if ready:
             self._emit(s, ready, limit)
-            s.next_start = out.next_open(out.floor(ready[-1][OPEN_TS]))
+            s.next_start = out.next_open(out.floor(ready[-1][self._open]))
 
     def _finish(self, s: SeriesState, limit: int, interrupted: bool = False) -> None:
         """End of a series' part of a pass: what closed ``settle`` ago and is still missing is a
         hole the exchange really has, so the series moves past it."""
         settled = (self.tf if self._same_tf else self.out_tf).floor(self.now - self.settle_ms)
         if not interrupted:
-            if s.held and self.out_tf.next_open(self.out_tf.floor(s.held[0][OPEN_TS])) <= settled:
+            if s.held and self.out_tf.next_open(self.out_tf.floor(s.held[0][self._open])) <= settled:
                 rows, s.held = s.held, []
                 self._emit(s, rows, limit)
             if not s.held:
                 s.next_start = max(s.next_start, min(settled, limit))
         if s.held:
-            s.next_start = max(s.next_start, self.out_tf.floor(s.held[0][OPEN_TS]))
+            s.next_start = max(s.next_start, self.out_tf.floor(s.held[0][self._open]))
             s.held = []
         if s.started:
             self._end_transforms(s)

@@ -17,18 +17,21 @@ symbol, the sinks commit.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import ForgeError, SourceError, UsageError
+from .errors import ForgeError, SinkError, SourceError, TransformError, UsageError
 from .logs import get_logger
 from .plugins import Plugins
-from .records import END_TS, OPEN_TS, Batch, Row
+from .records import Batch, Fetched, Row, check_rows
 from .sinks import RunInfo, Sink
 from .sources import Source, Task
 from .timeframes import Timeframe, parse_timeframe
@@ -118,7 +121,7 @@ class Pipeline:
         commit_every: int = 50_000,
         on_progress: Callable[[Progress], None] | None = None,
     ) -> None:
-        self.plugins = plugins or Plugins()
+        self._plugins = plugins  # built on first use: a pipeline of instances loads no entry points
         self.source: Source = self._make("source", source)
         self.sinks: list[Sink] = [self._make("sink", s) for s in sinks]
         if not self.sinks:
@@ -134,6 +137,12 @@ class Pipeline:
         self.on_progress = on_progress
         self.result: RunResult | None = None  # of the current or last run, even an interrupted one
 
+    @property
+    def plugins(self) -> Plugins:
+        if self._plugins is None:
+            self._plugins = Plugins()
+        return self._plugins
+
     def _make(self, kind: str, spec: PluginSpec) -> Any:
         base = {"source": Source, "sink": Sink, "transform": Transform}[kind]
         if isinstance(spec, base):
@@ -148,40 +157,49 @@ class Pipeline:
         timeframe: str,
         start: str | int,
         end: str | int = "now",
+        *,
+        since: str | int | None = None,
     ) -> RunResult:
         """Fetch the closed candles of ``symbols`` opening from ``start`` to ``end`` (inclusive,
         see :func:`forge_core.times.parse_range`) and write them to every sink.
 
-        ``start="auto"`` starts each symbol after the newest candle the sinks hold. If a sink
-        holds the committed part of an interrupted run of the same range, the run resumes
-        after it."""
+        ``start="auto"`` starts each symbol after the newest candle the sinks hold; a symbol
+        they do not hold yet starts at ``since`` (an error without it). If a sink holds the
+        committed part of an interrupted run of the same range, the run resumes after it, and
+        each sink receives only the rows it lacks."""
         began = time.monotonic()
         symbols = _symbols(symbols)
         tf = parse_timeframe(str(timeframe), self.source.timeframes)
         auto = str(start).strip().lower() == "auto"
-        start_ms, end_ms = parse_range("1970-01-01" if auto else str(start), str(end))
+        if since is not None and not auto:
+            raise UsageError("--since applies only with --from auto (it is where a series the sinks "
+                             "do not hold yet starts)")
+        first = since if auto and since is not None else "1970-01-01" if auto else start
+        start_ms, end_ms = parse_range(str(first), str(end))
         source = self.source
         if self.result is not None:
             raise UsageError("a Pipeline runs once; build a new one for the next run")
+        out_tf = _output_timeframe(self.transforms, tf.name)
         info = RunInfo(source.source_value, source.label or source.name.title(), tuple(symbols), tf.name,
                        start_ms, end_ms, source.columns,
                        transforms=";".join(f"{t.label}{sorted(t.settings.items())}" for t in self.transforms),
-                       output_timeframe=_output_timeframe(self.transforms, tf.name))
-        result = self.result = RunResult(source.source_value, tf.name, start_ms, end_ms)
+                       output_timeframe=out_tf)
+        result = self.result = RunResult(source.source_value, out_tf, start_ms, end_ms)
         opened: list[Sink] = []
         ok = False
         try:
-            for sink in self.sinks:  # before any exchange request: a bad destination fails fast
-                sink.open(info)
-                opened.append(sink)
-            starts = self._starts(symbols, tf, start_ms, auto, result)
-            now = source.server_time()
-            if not auto and start_ms > now:
-                raise UsageError(f"from date {iso(start_ms)} is in the future (exchange time {iso(now)})")
-            limit = min(end_ms, tf.floor(now))  # the candle open at `now` is never requested
-            plans = self._plan(symbols, tf, starts, limit)
-            self._execute(plans, tf, now, result)
-            ok = True
+            with _stop_signals():
+                for sink in self.sinks:  # before any exchange request: a bad destination fails fast
+                    _call_plugin("sink", sink.name, sink.open, info)
+                    opened.append(sink)
+                starts = self._starts(symbols, tf, out_tf, start_ms, auto, since is not None, result)
+                now = source.server_time()
+                if not auto and start_ms > now:
+                    raise UsageError(f"from date {iso(start_ms)} is in the future (exchange time {iso(now)})")
+                limit = min(end_ms, tf.floor(now))  # the candle open at `now` is never requested
+                plans = self._plan(symbols, tf, starts, limit)
+                self._execute(plans, tf, now, result)
+                ok = True
         finally:
             result.elapsed = time.monotonic() - began
             result.source_stats = source.stats()
@@ -206,26 +224,32 @@ class Pipeline:
 
         return Follower(self, symbols, timeframe, since=since, **options)
 
-    def _starts(self, symbols: list[str], tf: Timeframe, start: int, auto: bool,
-                result: RunResult) -> dict[str, int]:
+    def _starts(self, symbols: list[str], tf: Timeframe, out_tf: str, start: int, auto: bool,
+                has_since: bool, result: RunResult) -> dict[str, int]:
         """Where each symbol starts: the range start, or after what the sinks already hold
-        (``--from auto``), or after what an interrupted run of this range committed."""
+        (``--from auto``), or after what an interrupted run of this range committed. Also
+        records, per sink and symbol, the ``end_ts`` after which that sink needs rows."""
         starts = {}
         name = self.source.source_value
+        self._needs = {}
         for symbol in symbols:
             begin = start
             if auto:
-                held = [sink.last_open(name, symbol, tf.name) for sink in self.sinks]
+                held = [_call_plugin("sink", s.name, s.last_open, name, symbol, out_tf) for s in self.sinks]
                 if any(h is None for h in held):
-                    empty = next(s for s, h in zip(self.sinks, held, strict=True) if h is None)
-                    raise UsageError(f"--from auto: {empty.describe()} holds no {name} {symbol} {tf.name} "
-                                     "candles yet; give a start date for the first run")
-                begin = tf.next_open(min(h for h in held if h is not None))
-            done = [sink.resume_after(name, symbol, tf.name) for sink in self.sinks]
-            if done and all(d is not None for d in done):
-                resume = min(d for d in done if d is not None)
+                    if not has_since:
+                        empty = next(s for s, h in zip(self.sinks, held, strict=True) if h is None)
+                        raise UsageError(f"--from auto: {empty.describe()} holds no {name} {symbol} {out_tf} "
+                                         "candles yet; give --since DATE for series the sink does not hold")
+                else:
+                    begin = max(start, tf.next_open(tf.floor(min(h for h in held if h is not None))))
+            points = [_call_plugin("sink", s.name, s.resume_after, name, symbol, out_tf) for s in self.sinks]
+            for sink, point in zip(self.sinks, points, strict=True):
+                self._needs[(id(sink), symbol)] = point
+            if points and all(p is not None for p in points):
+                resume = min(p for p in points if p is not None)
                 if resume + 1 > begin:
-                    begin = resume + 1
+                    begin = tf.ceil(resume + 1)
                     result.resumed[symbol] = resume
                     log.info("resuming", symbol=symbol, after=iso(resume))
             starts[symbol] = begin
@@ -233,14 +257,15 @@ class Pipeline:
 
     def _plan(self, symbols: list[str], tf: Timeframe, starts: dict[str, int], end: int) -> list[tuple[str, list[Task], int]]:
         plans = []
+        name = self.source.name
         for symbol in symbols:
-            info = self.source.prepare(symbol, tf)
+            info = _call_plugin("source", name, self.source.prepare, symbol, tf)
             start = starts[symbol]
             if info.first_open is not None and info.first_open >= end and start < end:
                 raise SourceError(f"{self.source.name} has no {symbol} candles before {iso(info.first_open)} "
                                   f"(its first); the range ends {iso(end)}: choose --to after the listing")
             first = start if info.first_open is None else max(start, tf.floor(info.first_open))
-            tasks = list(self.source.plan(symbol, tf, first, end)) if first < end else []
+            tasks = list(_call_plugin("source", name, self.source.plan, symbol, tf, first, end)) if first < end else []
             plans.append((symbol, tasks, tf.count(first, end) if first < end else 0))
         return plans
 
@@ -254,6 +279,8 @@ class Pipeline:
         expected_by_symbol = {symbol: expected for symbol, _, expected in plans}
         # a series covers time up to the close of its last candle
         ranges = {symbol: (planned[0].start, tf.ceil(planned[-1].end)) for symbol, planned, _ in plans if planned}
+        columns = self.source.columns
+        i_open, i_end = columns.index("open_ts"), columns.index("end_ts")
         current: str | None = None
         for symbol, _, _ in plans:
             result.rows.setdefault(symbol, 0)
@@ -267,10 +294,10 @@ class Pipeline:
                 for transform in self.transforms:
                     transform.start_series(current, *ranges[current])
             result.tasks += 1
-            clean, dropped = _clean(rows, task, now)
+            clean, dropped = _clean(rows, task, now, i_open, i_end)
             result.duplicates_dropped += dropped
             if clean:
-                batch = Batch(self.source.source_value, task.symbol, tf.name, self.source.columns, clean, origin)
+                batch = Batch(self.source.source_value, task.symbol, tf.name, columns, clean, origin)
                 result.origins[origin] = result.origins.get(origin, 0) + len(clean)
                 uncommitted += self._emit(batch, result)
             total_done += tf.count(task.start, task.end)
@@ -287,7 +314,8 @@ class Pipeline:
         self._commit()
 
     def _emit(self, batch: Batch, result: RunResult, transforms: list[Transform] | None = None) -> int:
-        """Pass ``batch`` through ``transforms`` (default: all) and write what is left."""
+        """Pass ``batch`` through ``transforms`` (default: all) and hand each sink the rows it
+        lacks (after its own resume point)."""
         for transform in self.transforms if transforms is None else transforms:
             if not batch.rows:
                 return 0
@@ -295,7 +323,9 @@ class Pipeline:
         if not batch.rows:
             return 0
         for sink in self.sinks:
-            sink.write(batch)
+            part = _after(batch, self._needs.get((id(sink), batch.symbol)))
+            if part.rows:
+                _call_plugin("sink", sink.name, sink.write, part)
         result.rows[batch.symbol] = result.rows.get(batch.symbol, 0) + len(batch.rows)
         return len(batch.rows)
 
@@ -304,40 +334,128 @@ class Pipeline:
         the transforms after the one that produced it."""
         written = 0
         for i, transform in enumerate(self.transforms):
-            tail = transform.end_series()
+            tail = _call_plugin("transform", transform.label, transform.end_series)
             if tail is not None:
                 written += self._emit(tail, result, self.transforms[i + 1:])
         return written
 
     def _commit(self) -> None:
         for sink in self.sinks:
-            sink.commit()
+            _call_plugin("sink", sink.name, sink.commit)
         if self.result is not None:
             self.result.committed = self.result.total
 
 
-def _apply(transform: Transform, batch: Batch) -> Batch:
-    from .errors import TransformError
+def _after(batch: Batch, point: int | None) -> Batch:
+    """The rows of ``batch`` a sink that durably holds everything up to ``end_ts == point``
+    still lacks."""
+    if point is None:
+        return batch
+    if "end_ts" in batch.columns:
+        i = batch.columns.index("end_ts")
+        if batch.rows[0][i] > point:
+            return batch
+        return batch.with_rows([r for r in batch.rows if r[i] > point])
+    i = batch.columns.index("open_ts")  # a sink reports a point only for rows it can place in time
+    return batch.with_rows([r for r in batch.rows if r[i] > point])
 
+
+def _call_plugin(kind: str, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Call plugin code; a ``SystemExit`` (or a ``KeyboardInterrupt`` no signal caused) raised
+    inside it is that plugin's failure, never a silent end of the run."""
     try:
-        return transform.apply(batch)
+        return fn(*args)
+    except SystemExit as exc:
+        raise _plugin_exit(kind, name, exc) from None
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, StopRequested) or _signalled.is_set():
+            raise
+        raise _plugin_exit(kind, name, exc) from None
+
+
+def _plugin_exit(kind: str, name: str, exc: BaseException) -> ForgeError:
+    what = f"sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else type(exc).__name__
+    error = {"source": SourceError, "sink": SinkError, "transform": TransformError}[kind]
+    return error(f"{kind} {name!r} raised {what}; a plugin must raise an exception, not end the process")
+
+
+class StopRequested(KeyboardInterrupt):
+    """SIGTERM or SIGHUP asked the run to stop: handled like Ctrl-C (the batch in flight is
+    committed or rolled back, and the same command resumes)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_signalled = threading.Event()
+
+
+@contextmanager
+def _stop_signals() -> Iterator[None]:
+    """While a run is in the main thread, SIGINT, SIGTERM and SIGHUP stop it the way Ctrl-C
+    does, and a ``KeyboardInterrupt`` that no signal caused is known to be a plugin's."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(signum: int, frame: Any) -> None:
+        _signalled.set()
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise StopRequested(signum)
+
+    names = ("SIGINT", "SIGTERM", "SIGHUP")
+    previous = {}
+    for n in names:
+        if hasattr(signal, n):
+            sig = getattr(signal, n)
+            if n == "SIGINT" and signal.getsignal(sig) is not signal.default_int_handler:
+                continue  # the embedding app handles Ctrl-C itself
+            if n != "SIGINT" and signal.getsignal(sig) not in (signal.SIG_DFL, None):
+                continue
+            previous[sig] = signal.signal(sig, on_signal)
+    _signalled.clear()
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _apply(transform: Transform, batch: Batch) -> Batch:
+    try:
+        return _call_plugin("transform", transform.label, transform.apply, batch)
     except ForgeError:
         raise
     except Exception as exc:
-        first = iso(batch.rows[0][OPEN_TS]) if batch.rows and isinstance(batch.rows[0][OPEN_TS], int) else "?"
+        i = batch.columns.index("open_ts") if "open_ts" in batch.columns else None
+        ts = batch.rows[0][i] if batch.rows and i is not None else None
+        first = iso(ts) if isinstance(ts, int) else "?"
         raise TransformError(
             f"transform {transform.label} failed on {batch.symbol} batch starting {first}: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
 
 
-def _run_ahead(source: Source, tasks: Iterator[Task], workers: int) -> Iterator[tuple[Task, list[Row], str]]:
-    """Fetch tasks concurrently, yielding results in task order, at most ``2 * workers`` ahead."""
+def fetch_checked(source: Source, task: Task) -> tuple[list[Row], str]:
+    """``source.fetch(task)`` as rows and their origin, every row checked against the row
+    contract; plugin code cannot end the process."""
+    got = _call_plugin("source", source.name, source.fetch, task)
+    rows, origin = (got.rows, got.origin) if isinstance(got, Fetched) else (list(got), task.kind)
+    try:
+        check_rows(rows, source.columns, task.timeframe, source.name, source=source.source_value,
+                   symbol=task.symbol)
+    except ValueError as exc:
+        raise SourceError(f"{exc} (task {task.symbol} {task.timeframe.name} from {iso(task.start)})") from None
+    return rows, origin
 
+
+def _run_ahead(source: Source, tasks: Iterator[Task], workers: int) -> Iterator[tuple[Task, list[Row], str]]:
+    """Fetch tasks concurrently, yielding results in task order, at most ``2 * workers`` ahead.
+    Every row is checked against the row contract in the worker thread."""
     def fetch(task: Task) -> tuple[list[Row], str]:
-        rows = source.fetch(task)
-        origin = getattr(rows, "origin", task.kind)
-        return list(rows), origin
+        return fetch_checked(source, task)
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-fetch")
     pending: deque[tuple[Task, Future[tuple[list[Row], str]]]] = deque()
@@ -354,7 +472,7 @@ def _run_ahead(source: Source, tasks: Iterator[Task], workers: int) -> Iterator[
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _clean(rows: list[Row], task: Task, now: int) -> tuple[list[Row], int]:
+def _clean(rows: list[Row], task: Task, now: int, i_open: int, i_end: int) -> tuple[list[Row], int]:
     """Keep rows opening in the task's range that have closed by ``now``, ascending and unique.
     Returns the rows and how many duplicates were dropped."""
     start, end = task.start, task.end
@@ -363,8 +481,8 @@ def _clean(rows: list[Row], task: Task, now: int) -> tuple[list[Row], int]:
     dropped = 0
     ordered = True
     for row in rows:
-        ts = row[OPEN_TS]
-        if ts < start or ts >= end or row[END_TS] >= now:
+        ts = row[i_open]
+        if ts < start or ts >= end or row[i_end] >= now:
             continue
         if ts <= last:
             if ts == last:
@@ -374,7 +492,7 @@ def _clean(rows: list[Row], task: Task, now: int) -> tuple[list[Row], int]:
         out.append(row)
         last = ts
     if not ordered:
-        unique = {row[OPEN_TS]: row for row in out}
+        unique = {row[i_open]: row for row in out}
         dropped += len(out) - len(unique)
         out = [unique[ts] for ts in sorted(unique)]
     return out, dropped

@@ -3,10 +3,13 @@
 The run loop asks a source to :meth:`~Source.prepare` each symbol (validate it, find its
 listing), to :meth:`~Source.plan` the range into :class:`Task` s, and then calls
 :meth:`~Source.fetch` for many tasks concurrently from a small thread pool. A task's rows come
-back as canonical tuples (see :mod:`forge_core.records`), ascending, each opening inside the
-task's half-open range. The run loop drops duplicates, rows outside the task and candles that
-have not closed yet, so a source need not be paranoid about those; but it must not stop early:
-a page shorter than asked for is not the end of data unless the exchange says so.
+back as rows in the order of the source's ``columns``, built by name with :meth:`Source.row`
+or :meth:`Source.row_maker` (which fill ``source``, ``symbol``, ``timeframe`` and ``end_ts``).
+The run loop checks every row against that contract and refuses, naming the plugin, a row of
+another series, off the timeframe's grid or with a wrong ``end_ts``. It drops duplicates, rows
+outside the task and candles that have not closed yet, so a source need not be paranoid about
+those; but it must not stop early: a page shorter than asked for is not the end of data unless
+the exchange says so (:mod:`forge_core.paging` walks pages the safe way).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .options import Option, settings
-from .records import CANDLE_COLUMNS, Row
+from .records import CANDLE_COLUMNS, Fetched, Row, RowMaker, row_maker
 from .timeframes import NAMES, Timeframe
 from .times import now_ms
 
@@ -76,6 +79,25 @@ class Source:
         ``BTCUSDT``), which then need a value per market, e.g. ``binance-usdm``."""
         return self.name
 
+    # -- building rows by name ----------------------------------------------------------------
+    def row_maker(self, task: Task) -> RowMaker:
+        """A fast ``make(open_ts=..., open=..., high=..., low=..., close=..., volume=...,
+        **extras)`` for the rows of ``task``'s series, in this source's ``columns`` order:
+        ``source`` is :attr:`source_value`, ``symbol`` and ``timeframe`` the task's, and
+        ``end_ts`` the period's last millisecond unless the exchange's own is passed (then the
+        run loop checks it). Every extra column of ``columns`` is a required keyword."""
+        key = (task.symbol, task.timeframe)
+        makers = self.__dict__.setdefault("_row_makers", {})
+        make = makers.get(key)
+        if make is None:
+            make = makers[key] = row_maker(self.columns, task.timeframe, source=self.source_value,
+                                           symbol=task.symbol)
+        return make
+
+    def row(self, task: Task, **fields: Any) -> Row:
+        """One row of ``task``'s series from its fields by name; see :meth:`row_maker`."""
+        return self.row_maker(task)(**fields)
+
     # -- optional hooks with sensible defaults ----------------------------------------------
     def server_time(self) -> int:
         """The exchange's clock in epoch ms; used to decide which candles are closed."""
@@ -99,8 +121,9 @@ class Source:
             yield Task(symbol, timeframe, ts, nxt)
             ts = nxt
 
-    def fetch(self, task: Task) -> Iterable[Row]:
-        """Return the candles opening in ``[task.start, task.end)`` as canonical tuples."""
+    def fetch(self, task: Task) -> Iterable[Row] | Fetched:
+        """Return the candles opening in ``[task.start, task.end)``, built with :meth:`row`;
+        or a :class:`~forge_core.records.Fetched` to say where they came from."""
         raise NotImplementedError(f"source {self.name!r} does not implement fetch()")
 
     def stats(self) -> dict[str, int]:

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from .errors import TransformError
 from .options import Option, settings
-from .records import OPEN_TS, Batch
+from .records import NUMERIC_COLUMNS, Batch
 from .times import iso
 
 
@@ -45,8 +45,15 @@ class Transform:
 
 
 class RowFunction(Transform):
-    """Wraps ``fn(dict) -> dict``: the seed's ``set_transformer``. Numbers are given to ``fn`` as
-    floats; the columns of the result follow the keys of the first row it returns."""
+    """Wraps ``fn(dict) -> dict``: the seed's ``set_transformer``.
+
+    ``fn`` receives one candle as a dict by column name: prices and volumes as ``float`` (so
+    ``data["close"] > data["open"]`` and ``data["close"] * 1.01`` work, as in streamforge),
+    ``open_ts``/``end_ts``/``trades`` as ``int``, the rest as ``str``. It returns a dict; the
+    columns of the result follow the keys of the first row it returns. A value ``fn`` passes
+    through unchanged keeps the exchange's exact decimal string (``2145.58000000`` stays so);
+    a value it computes is written as what it returned (round it if you want fewer digits).
+    """
 
     name = "function"
 
@@ -60,11 +67,11 @@ class RowFunction(Transform):
         return self._label
 
     def apply(self, batch: Batch) -> Batch:
-        from .records import NUMERIC_COLUMNS
-
         cols = batch.columns
         numeric = [i for i, c in enumerate(cols) if c in NUMERIC_COLUMNS]
+        i_open = cols.index("open_ts") if "open_ts" in cols else None
         out_cols: tuple[str, ...] | None = None
+        exact: list[int | None] = []  # per output column: the input column it may pass through
         rows = []
         for row in batch.rows:
             values = list(row)
@@ -75,15 +82,27 @@ class RowFunction(Transform):
                 result = self.fn(dict(zip(cols, values, strict=True)))
             except Exception as exc:
                 raise TransformError(
-                    f"transform {self.label} failed on {batch.symbol} candle {iso(row[OPEN_TS])}: "
+                    f"transform {self.label} failed on {batch.symbol} candle {_when(row, i_open)}: "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
             if not isinstance(result, dict):
                 raise TransformError(
                     f"transform {self.label} returned {type(result).__name__}, expected a dict "
-                    f"(candle {iso(row[OPEN_TS])})"
+                    f"(candle {_when(row, i_open)})"
                 )
             if out_cols is None:
                 out_cols = tuple(result)
-            rows.append(tuple(result.get(c) for c in out_cols))
+                exact = [cols.index(c) if c in cols and cols.index(c) in numeric else None for c in out_cols]
+            out = []
+            for c, src in zip(out_cols, exact, strict=True):
+                value = result.get(c)
+                if src is not None and value is values[src]:
+                    value = row[src]  # passed through untouched: the exchange's exact string
+                out.append(value)
+            rows.append(tuple(out))
         return batch.with_rows(rows, out_cols or cols)
+
+
+def _when(row: tuple[Any, ...], i_open: int | None) -> str:
+    ts = row[i_open] if i_open is not None else None
+    return iso(ts) if isinstance(ts, int) else "?"

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from forge_core import (
+    CANDLE_COLUMNS,
     Batch,
     Pipeline,
     Plugins,
@@ -174,7 +175,25 @@ def test_transforms_apply_in_order_and_row_functions_see_floats():
     Pipeline(FakeSource(), [sink], [Doubler(), lambda d: {**d, "up": d["close"] > d["open"]}],
              plugins=Plugins(entry_points=False)).run("A", "1m", "2024-01-01", "2024-01-01 00:09")
     assert len(sink.rows) == len(plain) == 10
-    assert sink.rows[0][9] == 20.0 and sink.rows[0][-1] is True
+    # issue 16: a column the function passes through keeps its exact text (it was 20.0, a float)
+    assert sink.rows[0][9] == "20.0" and sink.rows[0][-1] is True
+
+
+def test_a_row_function_keeps_untouched_prices_exact_and_writes_what_it_computes():
+    plain, computed = MemorySink(), MemorySink()
+    run(FakeSource(), plain, symbols="A", timeframe="1m", start="2024-01-01", end="2024-01-01 00:00")
+
+    def fn(d):
+        return {**d, "close": d["close"] * 2, "mid": (d["high"] + d["low"]) / 2}
+
+    Pipeline(FakeSource(), [computed], [fn], plugins=Plugins(entry_points=False)).run(
+        "A", "1m", "2024-01-01", "2024-01-01 00:00")
+    (raw,), (row,) = plain.rows, computed.rows
+    cols = (*CANDLE_COLUMNS, "mid")
+    for name in ("open", "high", "low", "volume"):
+        assert row[cols.index(name)] == raw[cols.index(name)]  # the exact string, not a float
+    assert row[cols.index("close")] == float(raw[cols.index("close")]) * 2
+    assert row[cols.index("mid")] == (float(raw[cols.index("high")]) + float(raw[cols.index("low")])) / 2
 
 
 def test_a_raising_row_function_names_itself_and_the_candle():

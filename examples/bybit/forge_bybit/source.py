@@ -23,6 +23,7 @@ from forge_core import (
     SymbolInfo,
     Task,
     Timeframe,
+    backward_pages,
 )
 from forge_core.http import default_check
 from forge_core.records import CANDLE_COLUMNS, Row
@@ -95,27 +96,21 @@ class BybitSource(Source):
         return PAGE  # the default plan() makes one task per PAGE candles
 
     def fetch(self, task: Task) -> Iterable[Row]:
-        rows: list[Row] = []
-        end = task.end - 1  # Bybit's start and end are both inclusive
-        while end >= task.start:
+        make = self.row_maker(task)  # fills source, symbol, timeframe and end_ts; columns by name
+        base, quote = (6, 5) if self.category == "inverse" else (5, 6)  # volume must be base asset
+
+        def request(before: int) -> list[Row]:
+            # [startTime, open, high, low, close, volume, turnover], newest first; both ends inclusive
             page = self._get("/v5/market/kline", {
                 "category": self.category, "symbol": task.symbol, "interval": INTERVALS[task.timeframe.name],
-                "start": task.start, "end": end, "limit": PAGE,
+                "start": task.start, "end": before - 1, "limit": PAGE,
             })["list"]
-            if not page:
-                break  # nothing (more) in [start, end]: a hole, or before the listing
-            rows.extend(self._row(task, k) for k in page)
-            # Rows come newest first. A task holds at most PAGE candles, so one page normally covers
-            # it; if the exchange sent fewer, continue below the oldest row instead of stopping.
-            end = min(int(k[0]) for k in page) - 1
-        return rows  # any order; the run loop sorts, drops duplicates and the still-open candle
+            return [make(open_ts=int(k[0]), open=k[1], high=k[2], low=k[3], close=k[4], volume=k[base],
+                         quote_volume=k[quote]) for k in page]
 
-    def _row(self, task: Task, k: list[str]) -> Row:
-        """``[startTime, open, high, low, close, volume, turnover]`` -> canonical tuple.
-        ``volume`` must be in the base asset: inverse contracts count volume in USD."""
-        ts, tf = int(k[0]), task.timeframe
-        base, quote = (k[6], k[5]) if self.category == "inverse" else (k[5], k[6])
-        return (self.source_value, task.symbol, tf.name, ts, tf.end_ts(ts), k[1], k[2], k[3], k[4], base, quote)
+        # the core's backward walk: continues below a short page, re-asks an empty one
+        return backward_pages(request, task.timeframe, task.start, task.end,
+                              open_index=self.columns.index("open_ts"), bounded=True)
 
     def stats(self) -> dict[str, int]:
         return self.http.stats.as_dict()  # requests, retries, 429s: shown in the run summary

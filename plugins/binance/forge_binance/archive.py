@@ -26,7 +26,7 @@ from datetime import datetime, timedelta, timezone
 from forge_core import HttpClient, SourceError, Timeframe
 from forge_core.http import Cancelled, GaveUp
 from forge_core.logs import get_logger
-from forge_core.records import OPEN_TS, Row
+from forge_core.records import CANDLE_COLUMNS, EXTRA_COLUMNS, Fetched, Row, RowMaker, row_maker
 from forge_core.timeframes import DAY
 from forge_core.times import iso
 
@@ -169,7 +169,13 @@ def parse_checksum(text: str, name: str) -> str:
     raise ValueError("empty checksum file")
 
 
-def read_rows(data: bytes, source: str, symbol: str, tf: Timeframe, start: int, end: int) -> list[Row]:
+COLUMNS = CANDLE_COLUMNS + EXTRA_COLUMNS
+"""The rows this module builds: the Binance source's columns."""
+OPEN_INDEX = COLUMNS.index("open_ts")
+
+
+def read_rows(data: bytes, source: str, symbol: str, tf: Timeframe, start: int, end: int,
+              make: RowMaker | None = None) -> list[Row]:
     """Canonical rows opening in ``[start, end)`` from a verified zip, streamed from its CSV in
     1 MiB pieces (the archive's CSV has no quoting: fields are split on commas).
 
@@ -180,6 +186,7 @@ def read_rows(data: bytes, source: str, symbol: str, tf: Timeframe, start: int, 
         if len(members) != 1:
             raise ValueError(f"expected one CSV in the zip, found {zf.namelist()}")
         out: list[Row] = []
+        make = make or row_maker(COLUMNS, tf, source=source, symbol=symbol)
         with zf.open(members[0]) as raw:
             rest, first = b"", True
             while True:
@@ -193,17 +200,18 @@ def read_rows(data: bytes, source: str, symbol: str, tf: Timeframe, start: int, 
                     first = False
                     if not lines[0][:1].isdigit():
                         lines = lines[1:]  # header row (newer futures files)
-                _rows(lines, out, source, symbol, tf, start, end)
+                _rows(lines, out, make, tf, start, end)
             if rest.strip():
                 lines = rest.decode("utf-8").splitlines()
                 if first and not lines[0][:1].isdigit():
                     lines = lines[1:]
-                _rows(lines, out, source, symbol, tf, start, end)
+                _rows(lines, out, make, tf, start, end)
         return out
 
 
-def _rows(lines: list[str], out: list[Row], source: str, symbol: str, tf: Timeframe, start: int,
-          end: int) -> None:
+def _rows(lines: list[str], out: list[Row], make: RowMaker, tf: Timeframe, start: int, end: int) -> None:
+    """Archive lines (Binance's kline fields: open time, open, high, low, close, volume, close
+    time, quote volume, trades, taker buy base, taker buy quote, ignore) into rows by name."""
     name, ms = tf.name, tf.ms
     append = out.append
     for line in lines:
@@ -216,17 +224,20 @@ def _rows(lines: list[str], out: list[Row], source: str, symbol: str, tf: Timefr
         if ms is not None and close != ts + ms - 1:
             raise ValueError(f"row opening {ts} closes at {close}, not a {name} candle")
         if start <= ts < end:
-            append((source, symbol, name, ts, close, r[1], r[2], r[3], r[4], r[5], r[7], int(r[8]), r[9], r[10]))
+            append(make(open_ts=ts, end_ts=close, open=r[1], high=r[2], low=r[3], close=r[4], volume=r[5],
+                        quote_volume=r[7], trades=int(r[8]), taker_buy_base_volume=r[9],
+                        taker_buy_quote_volume=r[10]))
 
 
-def find_gaps(rows: list[Row], tf: Timeframe, start: int, end: int) -> list[tuple[int, int]]:
+def find_gaps(rows: list[Row], tf: Timeframe, start: int, end: int,
+              open_index: int = OPEN_INDEX) -> list[tuple[int, int]]:
     """Ranges of ``[start, end)`` where ``rows`` (ascending) skip a candle open."""
     gaps = []
     expect = tf.ceil(start)
     if tf.ms is not None:  # the common case, without a method call per row
         ms = tf.ms
         for row in rows:
-            ts = row[OPEN_TS]
+            ts = row[open_index]
             if ts != expect:
                 if ts >= end:
                     break
@@ -237,7 +248,7 @@ def find_gaps(rows: list[Row], tf: Timeframe, start: int, end: int) -> list[tupl
             gaps.append((expect, end))
         return gaps
     for row in rows:
-        ts = row[OPEN_TS]
+        ts = row[open_index]
         if ts >= end:
             break
         if ts > expect:
@@ -309,13 +320,6 @@ class ArchiveClient:
 
 
 # -- a task's rows, with fallbacks --------------------------------------------------------------
-class OriginRows(list):  # type: ignore[type-arg]
-    """Rows plus where they came from (``archive``, ``rest`` or ``archive+rest``), which the
-    pipeline reads for its per-origin counts."""
-
-    origin: str = "archive"
-
-
 RestFetch = Callable[[str, Timeframe, int, int], list[Row]]
 
 
@@ -325,19 +329,20 @@ class ArchiveFetcher:
     its range (``strict``: a SourceError instead); candles missing inside a file are asked
     from REST, so a short file cannot leave a hole the exchange does not have."""
 
-    def __init__(self, client: ArchiveClient, market: str, source: str, rest: RestFetch, strict: bool) -> None:
+    def __init__(self, client: ArchiveClient, market: str, source: str, rest: RestFetch, strict: bool,
+                 maker: Callable[[str, Timeframe], RowMaker] | None = None) -> None:
         self.client, self.market, self.source, self.rest, self.strict = client, market, source, rest, strict
+        self.maker = maker or (lambda symbol, tf: row_maker(COLUMNS, tf, source=source, symbol=symbol))
         self.unreachable: str | None = None  # once the host is down, the other files go to REST at once
 
-    def fetch(self, symbol: str, tf: Timeframe, f: ArchiveFile, start: int, end: int) -> OriginRows:
+    def fetch(self, symbol: str, tf: Timeframe, f: ArchiveFile, start: int, end: int) -> Fetched:
         parts: list[tuple[list[Row], str]] = []
         self._collect(symbol, tf, f, start, end, parts)
-        out = OriginRows(parts[0][0] if len(parts) == 1 else (r for rows, _ in parts for r in rows))
+        out = parts[0][0] if len(parts) == 1 else [r for rows, _ in parts for r in rows]
         if len(parts) > 1:
-            out.sort(key=lambda r: r[OPEN_TS])
+            out.sort(key=lambda r: r[OPEN_INDEX])
         origins = sorted({origin for rows, origin in parts if rows})
-        out.origin = "+".join(origins) or "archive"
-        return out
+        return Fetched(out, "+".join(origins) or "archive")
 
     def _collect(self, symbol: str, tf: Timeframe, f: ArchiveFile, start: int, end: int,
                  parts: list[tuple[list[Row], str]]) -> None:
@@ -347,7 +352,8 @@ class ArchiveFetcher:
             return self._instead(symbol, tf, name, start, end, self.unreachable, parts)
         try:
             data = self.client.verified(f.path(self.market, symbol, tf))
-            rows = None if data is None else read_rows(data, self.source, symbol, tf, start, end)
+            rows = None if data is None else read_rows(data, self.source, symbol, tf, start, end,
+                                                      self.maker(symbol, tf))
         except ChecksumMismatch as exc:
             count("archive_checksum_failures")
             return self._instead(symbol, tf, name, start, end, f"failed verification: {exc}", parts)
@@ -373,7 +379,7 @@ class ArchiveFetcher:
         parts.append((rows, "archive"))
         extra = [r for a, b in find_gaps(rows, tf, start, end) for r in self.rest(symbol, tf, a, b)]
         if extra:
-            where = f"{iso(extra[0][OPEN_TS])}..{iso(extra[-1][OPEN_TS])}"
+            where = f"{iso(extra[0][OPEN_INDEX])}..{iso(extra[-1][OPEN_INDEX])}"
             if self.strict:
                 raise SourceError(f"archive file {name} lacks {len(extra)} {tf.name} candles the exchange "
                                   f"serves ({where}); --archive auto fills them from REST")

@@ -21,6 +21,7 @@ import requests
 
 from forge_core import (
     EXTRA_COLUMNS,
+    Fetched,
     HttpClient,
     Option,
     RateLimiter,
@@ -33,9 +34,9 @@ from forge_core import (
 )
 from forge_core.http import retry_after as parse_retry_after
 from forge_core.logs import get_logger
+from forge_core.paging import forward_pages
 from forge_core.records import CANDLE_COLUMNS, Row
 from forge_core.timeframes import DAY, NAMES
-from forge_core.times import iso
 
 from .archive import ARCHIVE_URL, ArchiveClient, ArchiveFetcher, plan_segments
 
@@ -78,6 +79,8 @@ class BinanceSource(Source):
                envvar="FORGE_BINANCE_ARCHIVE_URL", metavar="URL"),
     )
 
+    _open_index = columns.index("open_ts")
+
     @property
     def source_value(self) -> str:
         return self._source_value
@@ -107,7 +110,8 @@ class BinanceSource(Source):
             self.archive_mode = "rest"
         self.archive = ArchiveClient(archive_url or ARCHIVE_URL)
         self.archive_fetcher = ArchiveFetcher(self.archive, self.market, self._source_value, self._fetch_rest,
-                                              strict=self.archive_mode == "archive")
+                                              strict=self.archive_mode == "archive",
+                                              maker=lambda symbol, tf: self.row_maker(Task(symbol, tf, 0, 0)))
 
     # -- HTTP plumbing ----------------------------------------------------------------------
     def _check(self, response: requests.Response, body: Any) -> None:
@@ -164,7 +168,7 @@ class BinanceSource(Source):
             first = self._klines(symbol, timeframe, {"startTime": 0, "limit": 1})
         except BinanceError as exc:
             raise self._explain(exc, symbol, timeframe) from None
-        return SymbolInfo(symbol, first[0][3] if first else None)
+        return SymbolInfo(symbol, first[0][self._open_index] if first else None)
 
     def page_size(self, timeframe: Timeframe) -> int:
         return MARKETS[self.market]["page"]
@@ -183,7 +187,7 @@ class BinanceSource(Source):
             else:
                 yield Task(symbol, timeframe, seg.start, seg.end, "archive", seg.file)
 
-    def fetch(self, task: Task) -> Iterable[Row]:
+    def fetch(self, task: Task) -> Iterable[Row] | Fetched:
         if task.kind == "archive":
             return self.archive_fetcher.fetch(task.symbol, task.timeframe, task.detail, task.start, task.end)
         return self._fetch_rest(task.symbol, task.timeframe, task.start, task.end)
@@ -191,39 +195,30 @@ class BinanceSource(Source):
     def _fetch_rest(self, symbol: str, tf: Timeframe, start: int, end: int) -> list[Row]:
         """Candles opening in ``[start, end)`` from REST pages."""
         limit = self.page_size(tf)
-        window = MARKETS[self.market].get("window")
-        rows: list[Row] = []
-        cursor = tf.ceil(start)
-        while cursor < end:
-            stop = end
-            if window is not None:  # end-anchored API: a window never holds more than a page
-                stop = min(end, tf.next_open(cursor, limit), cursor + window)
+        make = self.row_maker(Task(symbol, tf, start, end))
+
+        def request(cursor: int, stop: int | None) -> list[Row]:
+            params = {"startTime": cursor, "limit": 1} if stop is None else {
+                "startTime": cursor, "endTime": stop - 1, "limit": limit}
             try:
-                page = self._klines(symbol, tf, {"startTime": cursor, "endTime": stop - 1, "limit": limit})
+                return self._klines(symbol, tf, params, make)
             except BinanceError as exc:
                 raise self._explain(exc, symbol, tf) from None
-            if not page:
-                if stop < end:
-                    cursor = tf.ceil(stop)
-                    continue
-                break  # the exchange has nothing in [cursor, end]: a real hole or the end of data
-            rows.extend(page)
-            last = page[-1][3]
-            if last < cursor:
-                raise SourceError(f"Binance returned {symbol} candles before startTime {iso(cursor)}")
-            cursor = tf.next_open(last)
-            # a page shorter than the window is not the end: ask again from after its last row
-        return rows
 
-    def _klines(self, symbol: str, tf: Timeframe, params: dict[str, Any]) -> list[Row]:
+        window = MARKETS[self.market].get("window")  # end-anchored API: a window never holds more than a page
+        return forward_pages(request, tf, start, end, open_index=self._open_index,
+                             window=None if window is None else min(window, limit * (tf.ms or DAY * 31)))
+
+    def _klines(self, symbol: str, tf: Timeframe, params: dict[str, Any], make: Any = None) -> list[Row]:
         query = {"symbol": symbol, "interval": tf.name, **params}
-        name, tfname = self._source_value, tf.name
+        make = make or self.row_maker(Task(symbol, tf, 0, 0))
 
         def parse(body: Any) -> list[Row]:
             if not isinstance(body, list):
                 raise TypeError(f"expected a list of klines, got {type(body).__name__}")
-            return [(name, symbol, tfname, int(k[0]), int(k[6]), k[1], k[2], k[3], k[4], k[5],
-                     k[7], int(k[8]), k[9], k[10]) for k in body]
+            return [make(open_ts=int(k[0]), end_ts=int(k[6]), open=k[1], high=k[2], low=k[3], close=k[4],
+                         volume=k[5], quote_volume=k[7], trades=int(k[8]), taker_buy_base_volume=k[9],
+                         taker_buy_quote_volume=k[10]) for k in body]
 
         return self._get("/klines", query, kline_weight(self.market, int(query.get("limit", 500))), parse)
 

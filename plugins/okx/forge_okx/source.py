@@ -34,8 +34,9 @@ from forge_core import (
     Timeframe,
 )
 from forge_core.logs import get_logger
-from forge_core.records import CANDLE_COLUMNS, Row
-from forge_core.times import iso, now_ms
+from forge_core.paging import backward_pages
+from forge_core.records import CANDLE_COLUMNS, Row, RowMaker
+from forge_core.times import now_ms
 
 # Forge timeframe -> OKX bar. No 8h (OKX has none) and no 3d (OKX's 3Dutc anchor is undocumented,
 # so it could not be promised to match Forge's epoch-aligned 3d; resample 1d instead).
@@ -90,6 +91,7 @@ class OkxSource(Source):
     # quote_volume = volCcyQuote; vol and vol_ccy are OKX's fields verbatim (spot: base and
     # quote currency; derivatives: contracts and base currency). volume is always base currency.
     columns = CANDLE_COLUMNS + ("quote_volume", "vol", "vol_ccy")
+    _open_index = columns.index("open_ts")
     options = (
         Option("base_url", "Exchange host root, e.g. https://www.okx.com (paths are the plugin's).",
                envvar="FORGE_OKX_URL", metavar="URL"),
@@ -109,6 +111,7 @@ class OkxSource(Source):
         self._lock = threading.Lock()
         self._changed: dict[str, float] = {}  # limiter name -> when its rate last changed
         self.rate_limited = 0
+        self._known: dict[tuple[str, str], int] = {}  # (symbol, timeframe) -> a bar OKX has
 
     def _client(self, base_url: str, per_window: int, name: str) -> HttpClient:
         limiter = RateLimiter(per_window, WINDOW + SLACK, name=f"okx-{name}")
@@ -185,6 +188,8 @@ class OkxSource(Source):
             older, _ = self._page(HISTORY, symbol, timeframe, first, limit=1)
         except OkxError as exc:
             raise self._explain(exc, symbol, timeframe) from None
+        # a bar known to exist: an empty answer for bars before a later time is never believed
+        self._known[(symbol, timeframe.name)] = older[0][self._open_index] if older else first
         return SymbolInfo(symbol, None if older else first)
 
     def page_size(self, timeframe: Timeframe) -> int:
@@ -194,27 +199,23 @@ class OkxSource(Source):
         tf = task.timeframe
         recent = tf.name != "1s" and tf.count(task.start, self._now) <= RECENT_BARS
         path = RECENT if recent else HISTORY
-        rows: list[Row] = []
-        after = task.end  # exclusive: the first page is the task's newest bars
-        while True:
+        make = self.row_maker(task)
+
+        def request(before: int) -> list[Row]:
             try:
-                page, oldest = self._page(path, task.symbol, tf, after)
+                return self._page(path, task.symbol, tf, before, make=make)[0]
             except OkxError as exc:
                 raise self._explain(exc, task.symbol, tf) from None
-            rows.extend(row for row in page if row[3] >= task.start)  # the last page reaches back
-            if oldest is None or oldest <= task.start:
-                break  # covered, or the exchange has nothing older (listing, or end of data)
-            if oldest >= after:
-                raise SourceError(f"OKX returned {task.symbol} bars not older than after={iso(after)}")
-            after = oldest  # a short page is not the end: continue from its oldest row
-        rows.reverse()
-        return rows
 
-    def _page(self, path: str, symbol: str, tf: Timeframe, after: int,
-              limit: int = PAGE) -> tuple[list[Row], int | None]:
+        # after= is exclusive and unbounded below: a walk from the task's end back to its start
+        return backward_pages(request, tf, task.start, task.end, open_index=self._open_index,
+                              known_first=self._known.get((task.symbol, tf.name)))
+
+    def _page(self, path: str, symbol: str, tf: Timeframe, after: int, limit: int = PAGE,
+              make: RowMaker | None = None) -> tuple[list[Row], int | None]:
         """Closed bars older than ``after`` (newest first) and the oldest ``ts`` served."""
         params = {"instId": symbol, "bar": BARS[tf.name], "after": after, "limit": limit}
-        name, tfname = self.name, tf.name
+        make = make or self.row_maker(Task(symbol, tf, 0, 0))
         volume = 5 if inst_type(symbol) == "SPOT" else 6  # vol (spot) or volCcy: base currency
 
         def parse(body: Any) -> tuple[list[Row], int | None]:
@@ -223,8 +224,8 @@ class OkxSource(Source):
                 ts = int(k[0])
                 oldest = ts if oldest is None else min(oldest, ts)
                 if k[8] != "0":  # "0": the bar is still open
-                    rows.append((name, symbol, tfname, ts, tf.end_ts(ts), k[1], k[2], k[3], k[4],
-                                 k[volume], k[7], k[5], k[6]))
+                    rows.append(make(open_ts=ts, open=k[1], high=k[2], low=k[3], close=k[4],
+                                     volume=k[volume], quote_volume=k[7], vol=k[5], vol_ccy=k[6]))
             return rows, oldest
 
         return self._get(path, params, parse)
