@@ -335,6 +335,9 @@ def stage_costs(url: str, start: str) -> dict[str, float]:
     """Milliseconds per 1000-candle page for each stage of the hot path, timed alone."""
     from forge_binance.source import BinanceSource
     from forge_core.pipeline import _clean
+    from forge_core.records import check_rows
+
+    cols = BinanceSource.columns
     from forge_core.sources import Task
     from forge_core.timeframes import parse_timeframe
 
@@ -346,9 +349,12 @@ def stage_costs(url: str, start: str) -> dict[str, float]:
     tf = parse_timeframe("1m")
     task = Task("BTCUSDT", tf, lo, lo + PAGE * 60_000)
 
+    make = BinanceSource(market="spot").row_maker(task)
+
     def parse() -> list[tuple[Any, ...]]:
-        return [("binance", "BTCUSDT", "1m", int(k[0]), int(k[6]), k[1], k[2], k[3], k[4], k[5], k[7], int(k[8]),
-                 k[9], k[10]) for k in body]
+        return [make(open_ts=int(k[0]), end_ts=int(k[6]), open=k[1], high=k[2], low=k[3], close=k[4], volume=k[5],
+                     quote_volume=k[7], trades=int(k[8]), taker_buy_base_volume=k[9],
+                     taker_buy_quote_volume=k[10]) for k in body]
 
     rows = parse()
     sink_file = io.StringIO()
@@ -358,10 +364,12 @@ def stage_costs(url: str, start: str) -> dict[str, float]:
         "http GET (mock, latency 0)": per_call(lambda: session.get(url + "/api/v3/klines", params=params, timeout=30), 10),
         "json decode": per_call(lambda: response.json(), n),
         "parse to tuples": per_call(parse, n),
-        "clean (order, dedupe, closed)": per_call(lambda: _clean(rows, task, 1 << 62), n),
+        "check rows (row contract)": per_call(lambda: check_rows(rows, BinanceSource.columns, tf, "binance",
+                                                                source="binance", symbol="BTCUSDT"), n),
+        "clean (order, dedupe, closed)": per_call(lambda: _clean(rows, task, 1 << 62, cols.index("open_ts"), cols.index("end_ts")), n),
         "csv.writer.writerows": per_call(lambda: writer.writerows(rows), n),
     }
-    assert BinanceSource  # the parse above is a copy of BinanceSource._klines.parse
+    # the parse above is a copy of BinanceSource._klines.parse
     return out
 
 

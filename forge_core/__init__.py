@@ -10,7 +10,8 @@ __version__ = "0.1.0"
 
 from .errors import ForgeError, RetryableError, SinkError, SourceError, TransformError, UsageError
 from .hookspecs import hookimpl
-from .http import HttpClient, RateLimiter
+from .http import Cancelled, GaveUp, HttpClient, RateLimiter, default_check
+from .logs import get_logger
 from .options import Option
 from .paging import Hole, backward_pages, forward_pages
 from .pipeline import Pipeline, Progress, RunResult
@@ -19,7 +20,8 @@ from .records import CANDLE_COLUMNS, EXTRA_COLUMNS, Batch, Fetched, Row, RowMake
 from .redact import redact, redact_url
 from .sinks import RunInfo, Sink
 from .sources import Source, SymbolInfo, Task
-from .timeframes import Timeframe, parse_timeframe
+from .timeframes import DAY, HOUR, MINUTE, NAMES, SECOND, Timeframe, parse_timeframe
+from .times import iso, now_ms, parse_range
 from .transforms import RowFunction, Transform
 
 
@@ -34,12 +36,18 @@ def __getattr__(name: str) -> type:
 
 __all__ = [
     "CANDLE_COLUMNS",
+    "DAY",
     "EXTRA_COLUMNS",
     "Batch",
+    "Cancelled",
     "Fetched",
     "Hole",
     "ForgeError",
+    "GaveUp",
+    "HOUR",
     "HttpClient",
+    "MINUTE",
+    "NAMES",
     "Option",
     "Pipeline",
     "Plugins",
@@ -51,6 +59,7 @@ __all__ = [
     "RowMaker",
     "RunInfo",
     "RunResult",
+    "SECOND",
     "Sink",
     "SinkError",
     "Source",
@@ -63,8 +72,13 @@ __all__ = [
     "UsageError",
     "__version__",
     "backward_pages",
+    "default_check",
     "forward_pages",
+    "get_logger",
     "hookimpl",
+    "iso",
+    "now_ms",
+    "parse_range",
     "parse_timeframe",
     "row_maker",
     "redact",

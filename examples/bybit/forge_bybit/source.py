@@ -14,19 +14,20 @@ from typing import Any
 import requests
 
 from forge_core import (
+    CANDLE_COLUMNS,
     HttpClient,
     Option,
     RateLimiter,
     RetryableError,
+    Row,
     Source,
     SourceError,
     SymbolInfo,
     Task,
     Timeframe,
     backward_pages,
+    default_check,
 )
-from forge_core.http import default_check
-from forge_core.records import CANDLE_COLUMNS, Row
 
 # Forge timeframe -> Bybit interval. Forge's 1w opens Monday 00:00 UTC and 1M on the 1st, as
 # Bybit's W and M do; timeframes Bybit lacks (1s, 8h, 3d) are left out, so Forge rejects them.

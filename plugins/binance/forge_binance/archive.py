@@ -23,12 +23,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from forge_core import HttpClient, SourceError, Timeframe
-from forge_core.http import Cancelled, GaveUp
-from forge_core.logs import get_logger
-from forge_core.records import CANDLE_COLUMNS, EXTRA_COLUMNS, Fetched, Row, RowMaker, row_maker
-from forge_core.timeframes import DAY
-from forge_core.times import iso
+from forge_core import (
+    CANDLE_COLUMNS,
+    DAY,
+    EXTRA_COLUMNS,
+    Cancelled,
+    Fetched,
+    GaveUp,
+    HttpClient,
+    Row,
+    RowMaker,
+    SourceError,
+    Timeframe,
+    get_logger,
+    iso,
+    row_maker,
+)
 
 log = get_logger(__name__)
 

@@ -20,23 +20,25 @@ from typing import Any
 import requests
 
 from forge_core import (
+    CANDLE_COLUMNS,
+    DAY,
     EXTRA_COLUMNS,
+    NAMES,
     Fetched,
     HttpClient,
     Option,
     RateLimiter,
     RetryableError,
+    Row,
     Source,
     SourceError,
     SymbolInfo,
     Task,
     Timeframe,
+    forward_pages,
+    get_logger,
 )
 from forge_core.http import retry_after as parse_retry_after
-from forge_core.logs import get_logger
-from forge_core.paging import forward_pages
-from forge_core.records import CANDLE_COLUMNS, Row
-from forge_core.timeframes import DAY, NAMES
 
 from .archive import ARCHIVE_URL, ArchiveClient, ArchiveFetcher, plan_segments
 

@@ -23,20 +23,22 @@ from typing import Any
 import requests
 
 from forge_core import (
+    CANDLE_COLUMNS,
     HttpClient,
     Option,
     RateLimiter,
     RetryableError,
+    Row,
+    RowMaker,
     Source,
     SourceError,
     SymbolInfo,
     Task,
     Timeframe,
+    backward_pages,
+    get_logger,
+    now_ms,
 )
-from forge_core.logs import get_logger
-from forge_core.paging import backward_pages
-from forge_core.records import CANDLE_COLUMNS, Row, RowMaker
-from forge_core.times import now_ms
 
 # Forge timeframe -> OKX bar. No 8h (OKX has none) and no 3d (OKX's 3Dutc anchor is undocumented,
 # so it could not be promised to match Forge's epoch-aligned 3d; resample 1d instead).
