@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -259,8 +262,9 @@ def test_postgres_interrupted_repair_resumes(forge, pg_loaded, db, monkeypatch):
 
     def interrupted(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
+        if len(calls) == 2:  # Ctrl-C, delivered as the terminal would: a SIGINT to the process
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the signal handler raises KeyboardInterrupt here
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(pgi.PostgresIntegrity, "apply", interrupted)
