@@ -451,20 +451,35 @@ def fetch_checked(source: Source, task: Task) -> tuple[list[Row], str]:
     return rows, origin
 
 
-def _run_ahead(source: Source, tasks: Iterator[Task], workers: int) -> Iterator[tuple[Task, list[Row], str]]:
-    """Fetch tasks concurrently, yielding results in task order, at most ``2 * workers`` ahead.
-    Every row is checked against the row contract in the worker thread."""
+ROWS_AHEAD = 100_000
+"""At most about this many candles fetched ahead of the writer (a page is 1,000, an archive
+month of 1m 44,640): memory stays flat whatever the range and ``workers``."""
+
+
+def _run_ahead(source: Source, tasks: Iterator[Task], workers: int,
+               rows_ahead: int = ROWS_AHEAD) -> Iterator[tuple[Task, list[Row], str]]:
+    """Fetch tasks concurrently, yielding results in task order: at most ``2 * workers`` tasks
+    and about ``rows_ahead`` candles ahead (always at least one task). Every row is checked
+    against the row contract in the worker thread."""
+
     def fetch(task: Task) -> tuple[list[Row], str]:
         return fetch_checked(source, task)
 
+    def size(task: Task) -> int:
+        return task.timeframe.count(task.start, task.end)
+
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-fetch")
     pending: deque[tuple[Task, Future[tuple[list[Row], str]]]] = deque()
+    ahead = 0
     try:
         for task in tasks:
-            pending.append((task, pool.submit(fetch, task)))
-            if len(pending) >= 2 * workers:
+            n = size(task)
+            while pending and (len(pending) >= 2 * workers or ahead + n > rows_ahead):
                 head, future = pending.popleft()
+                ahead -= size(head)
                 yield head, *future.result()
+            pending.append((task, pool.submit(fetch, task)))
+            ahead += n
         while pending:
             head, future = pending.popleft()
             yield head, *future.result()
