@@ -273,3 +273,9 @@ def test_backward_walk_stops_at_the_listing_without_extra_requests():
     rows = backward_pages(ex.backward, M1, T0, T0 + 30 * MINUTE, open_index=OPEN)
     assert [r[OPEN] for r in rows] == minutes(20, 30)
     assert ex.requests == 2  # the page, then "nothing older"
+
+
+def test_the_summary_counts_candles_in_the_output_timeframe():
+    result = Pipeline(GridSource(), [ListSink()], [Resample(resample_to="1h")]).run(
+        "X", "1m", "2024-01-01", "2024-01-01 05:59")
+    assert result.timeframe == "1h" and result.summary().startswith("6 1h candles from grid")
