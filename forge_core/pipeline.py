@@ -85,10 +85,31 @@ class RunResult:
     destinations: list[str] = field(default_factory=list)
     committed: int = 0
     resumed: dict[str, int] = field(default_factory=dict)
+    # per symbol, in the fetched timeframe: the candle slots of the range from the listing on,
+    # the candles the exchange served, and the holes between served candles ([start, end) ms),
+    # which the exchange affirmed by serving candles on both sides
+    slots: dict[str, int] = field(default_factory=dict)
+    served: dict[str, int] = field(default_factory=dict)
+    holes: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
         return sum(self.rows.values())
+
+    def holes_text(self) -> str:
+        """``BTCUSDT 44490 of 44640 slots, hole 2024-01-10 03:00..05:29 UTC`` per symbol with
+        holes; empty when the exchange served every slot."""
+        parts = []
+        for symbol, holes in self.holes.items():
+            if not holes:
+                continue
+            shown = ", ".join(_span(a, b) for a, b in holes[:3])
+            more = f" and {len(holes) - 3} more" if len(holes) > 3 else ""
+            parts.append(f"{symbol} {self.served.get(symbol, 0)} of {self.slots.get(symbol, 0)} slots, "
+                         f"{'hole' if len(holes) == 1 else 'holes'} {shown}{more} UTC")
+        if not parts:
+            return ""
+        return "; ".join(parts) + " (exchange affirmed empty: candles on both sides)"
 
     def summary(self) -> str:
         origins = ", ".join(f"{n} from {o}" for o, n in sorted(self.origins.items())) or "none"
@@ -99,7 +120,18 @@ class RunResult:
             f"{self.total} {self.timeframe} candles from {self.source} "
             f"({', '.join(f'{s} {n}' for s, n in self.rows.items())}) in {self.elapsed:.1f}s; "
             f"{origins}; {stats}; -> {', '.join(self.destinations)}"
+            + (f"; {holes}" if (holes := self.holes_text()) else "")
         )
+
+
+def _span(a: int, b: int) -> str:
+    """``[a, b)`` the way users type times: ``2024-01-10 03:00..05:29:59``."""
+    def text(ts: int) -> str:
+        t = iso(ts).replace("T", " ").rstrip("Z").split(".")[0]
+        return t[:-3] if t.endswith(":00") else t
+
+    first, last = text(a), text(b - 1)
+    return f"{first}..{last[11:] if last[:10] == first[:10] else last}"
 
 
 class Pipeline:
@@ -282,8 +314,11 @@ class Pipeline:
         columns = self.source.columns
         i_open, i_end = columns.index("open_ts"), columns.index("end_ts")
         current: str | None = None
-        for symbol, _, _ in plans:
+        for symbol, _, expected in plans:
             result.rows.setdefault(symbol, 0)
+            result.slots[symbol] = expected
+            result.served.setdefault(symbol, 0)
+        last_seen: dict[str, int] = {}
         for task, rows, origin in _run_ahead(self.source, tasks, self.workers):
             if task.symbol != current:
                 if current is not None:
@@ -296,6 +331,12 @@ class Pipeline:
             result.tasks += 1
             clean, dropped = _clean(rows, task, now, i_open, i_end)
             result.duplicates_dropped += dropped
+            if clean:
+                result.served[task.symbol] += len(clean)
+                gaps = _gaps(clean, i_open, tf, last_seen.get(task.symbol, tf.ceil(ranges[task.symbol][0])))
+                if gaps:
+                    result.holes.setdefault(task.symbol, []).extend(gaps)
+                last_seen[task.symbol] = tf.next_open(clean[-1][i_open])
             if clean:
                 batch = Batch(self.source.source_value, task.symbol, tf.name, columns, clean, origin)
                 result.origins[origin] = result.origins.get(origin, 0) + len(clean)
@@ -511,6 +552,21 @@ def _clean(rows: list[Row], task: Task, now: int, i_open: int, i_end: int) -> tu
         dropped += len(out) - len(unique)
         out = [unique[ts] for ts in sorted(unique)]
     return out, dropped
+
+
+def _gaps(rows: list[Row], i_open: int, tf: Timeframe, expect: int) -> list[tuple[int, int]]:
+    """The ``[start, end)`` ranges without a candle between ``expect`` (the next open after
+    the previous batch) and the last of ``rows`` (ascending, unique)."""
+    first, last = rows[0][i_open], rows[-1][i_open]
+    if first == expect and tf.ms is not None and (last - first) // tf.ms + 1 == len(rows):
+        return []  # the usual case, without a loop
+    gaps = []
+    for row in rows:
+        ts = row[i_open]
+        if ts > expect:
+            gaps.append((expect, ts))
+        expect = tf.next_open(ts)
+    return gaps
 
 
 def _output_timeframe(transforms: list[Transform], timeframe: str) -> str:

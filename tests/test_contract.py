@@ -279,3 +279,17 @@ def test_the_summary_counts_candles_in_the_output_timeframe():
     result = Pipeline(GridSource(), [ListSink()], [Resample(resample_to="1h")]).run(
         "X", "1m", "2024-01-01", "2024-01-01 05:59")
     assert result.timeframe == "1h" and result.summary().startswith("6 1h candles from grid")
+
+
+def test_the_summary_names_the_holes_the_exchange_affirmed(exchange_env):
+    """The mock's maintenance hole (2024-01-10 03:00-05:30) is served as candles on both sides."""
+    from forge_core import Plugins
+
+    sink = ListSink()
+    result = Pipeline("binance", [sink], plugins=Plugins()).run("BTCUSDT", "1m", "2024-01-10", "2024-01-10")
+    start = 1704844800000  # 2024-01-10 00:00
+    assert result.holes == {"BTCUSDT": [(start + 3 * HOUR, start + 5 * HOUR + 30 * MINUTE)]}
+    assert result.slots == {"BTCUSDT": 1440} and result.served == {"BTCUSDT": 1290}
+    assert "BTCUSDT 1290 of 1440 slots, hole 2024-01-10 03:00..05:29:59 UTC (exchange affirmed empty" in result.summary()
+    clean = Pipeline("binance", [ListSink()], plugins=Plugins()).run("BTCUSDT", "1m", "2024-01-11", "2024-01-11 12:00:30")
+    assert clean.holes == {} and "slots" not in clean.summary()
