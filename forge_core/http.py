@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import requests
 import urllib3.exceptions
 
-from . import __version__
+from . import __version__, budget
 from .errors import ForgeError, RetryableError, SourceError, UsageError
 from .logs import get_logger
 from .redact import redact, redact_host, redact_url
@@ -80,7 +80,10 @@ class RateLimiter:
                 elif self._used + cost <= self.capacity:
                     self._log.append((now, cost))
                     self._used += cost
-                    return True
+                    shared = budget.current()
+                    if shared is None:
+                        return True
+                    break
                 else:
                     # wait until enough of the oldest entries have left the window
                     need, freed, wait = self._used + cost - self.capacity, 0.0, 0.0
@@ -94,6 +97,9 @@ class RateLimiter:
                 time.sleep(max(wait, 0.001))
             elif cancel.wait(max(wait, 0.001)):
                 return False
+        # this process's window allows it; now the budget every process behind the IP shares
+        shared.acquire(self.name, cost, self.capacity, self.window)
+        return True
 
     def paused_for(self) -> float:
         """Seconds left of the current pause (0 when not paused). Lock-free: one float read."""
@@ -110,6 +116,9 @@ class RateLimiter:
     def pause(self, seconds: float) -> None:
         with self._lock:
             self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+        shared = budget.current()
+        if shared is not None:
+            shared.pause(self.name, seconds)
 
     def observe(self, used: float) -> None:
         """The server says ``used`` units are spent in its current window."""
@@ -119,6 +128,9 @@ class RateLimiter:
             if used > self._used:
                 self._log.append((now, used - self._used))
                 self._used = used
+        shared = budget.current()
+        if shared is not None:
+            shared.observe(self.name, used, self.capacity, self.window)
 
 
 @dataclass

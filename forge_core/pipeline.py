@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import budget
 from .errors import ForgeError, SinkError, SourceError, TransformError, UsageError
 from .logs import get_logger
 from .plugins import Plugins
@@ -152,6 +153,7 @@ class Pipeline:
         workers: int = 4,
         commit_every: int = 50_000,
         on_progress: Callable[[Progress], None] | None = None,
+        rate_budget: str | None = None,
     ) -> None:
         self._plugins = plugins  # built on first use: a pipeline of instances loads no entry points
         self.source: Source = self._make("source", source)
@@ -167,6 +169,7 @@ class Pipeline:
         self.workers = workers
         self.commit_every = commit_every
         self.on_progress = on_progress
+        self.rate_budget = rate_budget  # a shared store (sqlite:///..., postgresql://...), see forge_core.budget
         self.result: RunResult | None = None  # of the current or last run, even an interrupted one
 
     @property
@@ -219,6 +222,10 @@ class Pipeline:
         result = self.result = RunResult(source.source_value, out_tf, start_ms, end_ms)
         opened: list[Sink] = []
         ok = False
+        if self.rate_budget:
+            budget.use(self.rate_budget)  # an unreachable store fails here, before any request
+        else:
+            budget.current()  # FORGE_RATE_BUDGET, likewise checked now
         try:
             with _stop_signals():
                 for sink in self.sinks:  # before any exchange request: a bad destination fails fast
