@@ -18,7 +18,7 @@ limiters size ``capacity`` at 95% of the exchange's limit: the exchange never se
 its limit in any window, however the participants interleave. One atomic statement per acquire. Exchange feedback is
 shared too: :func:`pause` (a 429's ``Retry-After``, a 418's ban) stops every participant until
 then, and :func:`observe` (Binance's ``X-MBX-USED-WEIGHT-1M``) moves ``tat`` forward to what
-the server counted. An unreachable store is a clear error before any request.
+the server counted since its (fixed, epoch-aligned) window began. An unreachable store is a clear error before any request.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class SqliteStore:
         conn.execute("BEGIN IMMEDIATE")
         now = time.time()
         tat, paused = self._row(conn, key)
-        self._put(conn, key, max(tat, now + used * window / capacity), paused)
+        self._put(conn, key, max(tat, now // window * window + used * window / capacity), paused)
         conn.execute("COMMIT")
 
     def close(self) -> None:
@@ -141,10 +141,10 @@ class PostgresStore:
         self._local = threading.local()
         try:
             conn = self._conn()
-            with conn.cursor() as cur:
-                cur.execute("CREATE TABLE IF NOT EXISTS forge_rate_budget "
-                            "(key text PRIMARY KEY, tat double precision NOT NULL, "
-                            "paused_until double precision NOT NULL)")
+            with conn.cursor() as cur:  # many participants start at once: create under a lock
+                cur.execute("BEGIN; SELECT pg_advisory_xact_lock(7146835); CREATE TABLE IF NOT EXISTS "
+                            "forge_rate_budget (key text PRIMARY KEY, tat double precision NOT NULL, "
+                            "paused_until double precision NOT NULL); COMMIT")
         except psycopg2.Error as exc:
             where = urlsplit(url)
             raise UsageError(f"rate budget at {where.hostname or 'localhost'}:{where.port or 5432} is not "
@@ -178,10 +178,10 @@ class PostgresStore:
     def observe(self, key: str, used: float, capacity: float, window: float) -> None:
         with self._conn().cursor() as cur:
             cur.execute("INSERT INTO forge_rate_budget AS b (key, tat, paused_until) "
-                        "VALUES (%(key)s, extract(epoch FROM clock_timestamp()) + %(inc)s, 0) "
+                        "VALUES (%(key)s, floor(extract(epoch FROM clock_timestamp()) / %(w)s) * %(w)s + %(inc)s, 0) "
                         "ON CONFLICT (key) DO UPDATE SET tat = greatest(b.tat, "
-                        "extract(epoch FROM clock_timestamp()) + %(inc)s)",
-                        {"key": key, "inc": used * window / capacity})
+                        "floor(extract(epoch FROM clock_timestamp()) / %(w)s) * %(w)s + %(inc)s)",
+                        {"key": key, "inc": used * window / capacity, "w": window})
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

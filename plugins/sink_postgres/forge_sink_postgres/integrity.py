@@ -25,6 +25,7 @@ from forge_core.integrity.digest import EMPTY_DIGEST
 from forge_core.records import Row
 
 from .connection import ConnectionSpec
+from .sql import DDL_LOCK
 from .target import TableInfo, inspect, qualified
 
 LEDGER_TABLE = "forge_ledger"
@@ -166,6 +167,7 @@ class PostgresIntegrity:
 
     # -- the ledger -------------------------------------------------------------------------
     def _ensure_ledger(self, cur: Any) -> None:
+        cur.execute(DDL_LOCK)
         cur.execute(sql.SQL(LEDGER_DDL).format(self.ledger_ident))
 
     def ledger(self, source: str, symbol: str, timeframe: str) -> dict[str, LedgerEntry]:

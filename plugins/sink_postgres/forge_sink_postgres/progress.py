@@ -19,6 +19,7 @@ from psycopg2 import sql
 from forge_core import RunInfo, UsageError, parse_timeframe
 from forge_core.logs import get_logger
 
+from .sql import DDL_LOCK
 from .target import TableInfo
 
 log = get_logger(__name__)
@@ -44,6 +45,7 @@ class Progress:
         to use it: a re-run then fetches everything again."""
         cur.execute("SAVEPOINT forge_progress")
         try:
+            cur.execute(DDL_LOCK)
             cur.execute(sql.SQL(DDL).format(self.ident))
             cur.execute(sql.SQL("SELECT committed_end FROM {} WHERE false FOR UPDATE").format(self.ident))
         except psycopg2.errors.InsufficientPrivilege as exc:

@@ -284,6 +284,7 @@ class PostgresSink(EmitterMethods, Sink):
         """Create the default table in a savepoint and roll it back: fails now, before any
         exchange request, without the rights to create it or with a search_path it cannot take."""
         cur.execute("SAVEPOINT forge_try_create")
+        cur.execute(q.DDL_LOCK)
         for statement in default_table_ddl(self.schema, self.table_name, types):
             cur.execute(statement)
         found = inspect(cur, self.schema, self.table_name)
@@ -298,6 +299,7 @@ class PostgresSink(EmitterMethods, Sink):
         types = {c: column_type(c, (r[i] for r in rows)) for i, c in enumerate(columns)}
 
         def create(cur: Any) -> TableInfo | None:
+            cur.execute(q.DDL_LOCK)
             for statement in default_table_ddl(self.schema, self.table_name, types):
                 cur.execute(statement)
             return inspect(cur, self.schema, self.table_name)
@@ -316,7 +318,9 @@ class PostgresSink(EmitterMethods, Sink):
         assert self.model is not None
         engine = create_engine("postgresql+psycopg2://", creator=self.spec.connect, poolclass=StaticPool)
         try:
-            self.model.create(engine, checkfirst=True)
+            with engine.begin() as conn:
+                conn.exec_driver_sql(q.DDL_LOCK)
+                self.model.create(conn, checkfirst=True)
         finally:
             engine.dispose()
 

@@ -96,3 +96,9 @@ def last_open(table: TableInfo, source: str, symbol: str, timeframe: str) -> tup
         query += sql.SQL(" WHERE ") + sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(c))
                                                             for c, _ in where)
     return query, [v for _, v in where]
+
+
+DDL_LOCK = "SELECT pg_advisory_xact_lock(7146836)"
+"""Taken before any ``CREATE TABLE IF NOT EXISTS``: runs starting together (partitions in many
+processes) would otherwise race in PostgreSQL's catalog (``duplicate key ... pg_type``). Held
+to the end of the transaction."""

@@ -1,0 +1,93 @@
+"""``forge plan``: the partitions of a request and their state in the store (see
+:mod:`forge_core.partitions`), as text or ``--json`` for orchestrators (Airflow's dynamic task
+mapping, a Dagster sensor, a shell loop over ``forge run --partition``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from . import partitions as parts
+from .errors import UsageError
+from .integrity.commands import _click_option, _declared, _route, open_store
+from .plugins import Plugins
+from .times import ACCEPTED, parse_range
+
+
+def market_of(settings: dict[str, Any]) -> str:
+    return str(settings.get("market") or "-")
+
+
+def plan_command(plugins: Plugins) -> click.Command:
+    declared = _declared(plugins, ("source", "sink"))
+
+    def callback(**kw: Any) -> None:
+        from .pipeline import _symbols
+
+        given = {k: v for k, v in kw.items() if k in declared and v not in (None, ())}
+        source_cls = plugins.get("source", kw["source"])
+        source = source_cls(**_route(given, source_cls))
+        try:
+            tf = kw["timeframe"]
+            if tf not in source.timeframes:
+                raise UsageError(f"unsupported timeframe {tf!r} for {source.name}; choose one of: "
+                                 f"{' '.join(source.timeframes)}")
+            start, end = parse_range(kw["from_"], kw["to"])
+            planned = parts.plan(source.name, market_of(source.settings), _symbols(list(kw["symbol"])), tf,
+                                 start, end)
+            states = _states(plugins, kw["sink"], given, source.source_value, planned) if kw["sink"] else {}
+        finally:
+            source.close()
+        rows = [{**p.as_json(), "state": states.get(p.key, "unknown"), "slots": p.slots} for p in planned]
+        if kw["needs_work"]:
+            rows = [r for r in rows if r["state"] not in ("verified", "complete")]
+        if kw["as_json"]:
+            click.echo(json.dumps({"partitions": rows}, indent=1))
+            return
+        for r in rows:
+            click.echo(f"{r['key']}  {r['state']}")
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["state"]] = counts.get(r["state"], 0) + 1
+        click.echo(f"{len(rows)} partitions: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+
+    params: list[click.Parameter] = [
+        click.Option(["--source", "-s"], required=True, metavar="NAME",
+                     help=f"Source plugin: {', '.join(plugins.names('source')) or 'none installed'}."),
+        click.Option(["--sink"], metavar="NAME", help="Read each partition's state from this store (csv, postgres, ...)."),
+        click.Option(["--symbol"], multiple=True, required=True, help="Symbols, repeat or comma-separate."),
+        click.Option(["--timeframe", "-t"], default="1m", show_default=True, help="Candle period."),
+        click.Option(["--from", "from_"], required=True, metavar="WHEN", help=f"First open time: {ACCEPTED}."),
+        click.Option(["--to"], default="now", show_default=True, metavar="WHEN", help="Last open time, inclusive."),
+        click.Option(["--needs-work"], is_flag=True, help="Only partitions not verified or complete."),
+        click.Option(["--json", "as_json"], is_flag=True, help="One JSON document: {\"partitions\": [...]}."),
+    ]
+    params += [_click_option(o) for o in declared.values() if o.name not in ("source", "symbol", "timeframe")]
+    return click.Command("plan", callback=callback, params=params, context_settings={"max_content_width": 100},
+                         help="List the partitions (series x month) of a request and their state in the store; "
+                              "run them with forge run --partition KEY.")
+
+
+def _states(plugins: Plugins, sink: str, given: dict[str, Any], source_value: str,
+            planned: list[parts.Partition]) -> dict[str, str]:
+    store = open_store(plugins, sink, given)
+    try:
+        out = {}
+        for (_, _, symbol, tf), group in _by_series(planned).items():
+            start, end = group[0].start, group[-1].end
+            held = store.partitions(source_value, symbol, tf, start, end)
+            ledger = store.ledger(source_value, symbol, tf)
+            for p in group:
+                out[p.key] = parts.state(p, held.get(p.month), ledger.get(p.month))
+        return out
+    finally:
+        store.close()
+
+
+def _by_series(planned: list[parts.Partition]) -> dict[tuple[str, str, str, str], list[parts.Partition]]:
+    out: dict[tuple[str, str, str, str], list[parts.Partition]] = {}
+    for p in planned:
+        out.setdefault((p.source, p.market, p.symbol, p.timeframe), []).append(p)
+    return out
