@@ -1,0 +1,25 @@
+"""A runnable Dagster code location: ``dagster dev -f definitions_example.py`` (or
+``dagster asset materialize -f definitions_example.py --select binance_klines
+--partition '2024-01|BTCUSDT'``). Set FORGE_DATABASE_URL for the PostgreSQL sink and
+FORGE_RATE_BUDGET (or edit the resource) so every run worker shares one budget."""
+
+import os
+
+from dagster import Definitions
+
+from forge_dagster import ForgeBudget, forge_asset
+
+binance_klines = forge_asset(
+    "binance_klines",
+    source="binance",
+    market="spot",
+    sinks=[os.environ.get("FORGE_DAGSTER_SINK", "postgres")],
+    symbols=["BTCUSDT", "ETHUSDT", "SOLUSDT"],
+    timeframe="1m",
+    start="2024-01",
+)
+
+defs = Definitions(
+    assets=[binance_klines],
+    resources={"forge_budget": ForgeBudget(url=os.environ.get("FORGE_RATE_BUDGET", ""))},
+)
