@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -66,7 +67,7 @@ class Resample(Transform):
             if column in self._idx:
                 add = (lambda a, b: a + b) if column == "trades" else (lambda a, b: a + Decimal(b))
                 self._folds.append((self._idx[column], add))
-        self._template = batch.with_rows([], cols)
+        self._template = replace(batch.with_rows([], cols), timeframe=self.target.name)
 
     def apply(self, batch: Batch) -> Batch:
         if self._template is None or self._template.symbol != batch.symbol:

@@ -293,3 +293,9 @@ def test_the_summary_names_the_holes_the_exchange_affirmed(exchange_env):
     assert "BTCUSDT 1290 of 1440 slots, hole 2024-01-10 03:00..05:29:59 UTC (exchange affirmed empty" in result.summary()
     clean = Pipeline("binance", [ListSink()], plugins=Plugins()).run("BTCUSDT", "1m", "2024-01-11", "2024-01-11 12:00:30")
     assert clean.holes == {} and "slots" not in clean.summary()
+
+
+def test_resampled_batches_say_their_own_timeframe():
+    sink = ListSink()
+    Pipeline(GridSource(), [sink], [Resample(resample_to="1h")]).run("X", "1m", "2024-01-01", "2024-01-01 02:59")
+    assert {b.timeframe for b in sink.batches} == {"1h"}

@@ -7,9 +7,9 @@ import csv
 
 import pytest
 from dagster import DagsterInstance, MultiPartitionKey, materialize
-from forge_dagster import ForgeBudget, forge_asset
 
 from forge_core.times import parse_range
+from forge_dagster import ForgeBudget, forge_asset
 from forge_mock_exchange.expected import as_csv_lines, binance_rows
 
 
