@@ -163,6 +163,12 @@ def run_command(plugins: Plugins, args: list[str] | None = None) -> click.Comman
     """``forge run``, with the options of the plugins ``args`` (the words after ``run``) name."""
     args = args or []
     source_name, sink_names, transform_names = plugin_args(args)
+    by_partition = any(a == "--partition" or a.startswith("--partition=") for a in args)
+    if by_partition and source_name is None:  # the keys name the source: binance:spot:BTCUSDT:1m:2024-03
+        keys = [args[i + 1] if a == "--partition" else a.split("=", 1)[1]
+                for i, a in enumerate(args) if (a == "--partition" and i + 1 < len(args)) or a.startswith("--partition=")]
+        first = next((k for k in keys if not k.startswith("@") and ":" in k), None)
+        source_name = first.split(":", 1)[0] if first else None
     chosen = _Chosen(plugins, source_name, sink_names, transform_names)
     declared = chosen.options
     asks_help = any(a in ("-h", "--help") for a in args)
@@ -174,6 +180,8 @@ def run_command(plugins: Plugins, args: list[str] | None = None) -> click.Comman
             configure(parent.get("verbose", 0) + kw["verbose"], kw["log_format"] or parent.get("log_format", "console"))
         log_format = kw["log_format"] or parent.get("log_format") or "console"
         given = {k: v for k, v in kw.items() if k in declared and v not in (None, ())}
+        if kw["partition"] and not kw["source"]:
+            kw["source"] = source_name  # as the first key names it
         source_cls = plugins.get("source", kw["source"])
         sink_classes = [plugins.get("sink", name) for name in (kw["sink"] or ("csv",))]
         transform_specs: list[Any] = []
@@ -194,6 +202,12 @@ def run_command(plugins: Plugins, args: list[str] | None = None) -> click.Comman
             (spec[0], chosen.route(given, plugins.get("transform", spec[0]))) if isinstance(spec, tuple) else spec
             for spec in transform_specs
         ]
+        if kw["partition"]:  # forge run --partition KEY: exactly those partitions (docs/scale-out.md)
+            return _run_partitions(plugins, kw, chosen.route(given, source_cls),
+                                   [(cls.name, chosen.route(given, cls)) for cls in sink_classes], transforms)
+        for name in ("source", "symbol", "from_"):
+            if not kw[name]:
+                raise click.UsageError(f"Missing option '--{name.rstrip('_')}'.", ctx)
         progress = None if kw["quiet"] else ProgressLine()
         pipeline = Pipeline(
             (kw["source"], chosen.route(given, source_cls)),
@@ -203,6 +217,7 @@ def run_command(plugins: Plugins, args: list[str] | None = None) -> click.Comman
             workers=kw["workers"],
             commit_every=kw["commit_every"],
             on_progress=progress,
+            rate_budget=kw["rate_budget"],
         )
         if kw["follow"]:  # never-ending: forge_core/follow.py
             from .follow import run_cli
@@ -215,11 +230,9 @@ def run_command(plugins: Plugins, args: list[str] | None = None) -> click.Comman
             if code:
                 raise click.exceptions.Exit(code)
             return
-        if kw["since"]:
-            raise UsageError("--since is used with --follow (where a series the sinks do not hold starts)")
         status, error = "failed", None
         try:
-            result = pipeline.run(kw["symbol"], kw["timeframe"], kw["from_"], kw["to"])
+            result = pipeline.run(kw["symbol"], kw["timeframe"], kw["from_"], kw["to"], since=kw["since"])
             status = "ok"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -247,15 +260,15 @@ def run_command(plugins: Plugins, args: list[str] | None = None) -> click.Comman
         return ", ".join(plugins.names(kind)) or "none installed" if asks_help else "see 'forge plugins'"
 
     params: list[click.Parameter] = [
-        click.Option(["--source", "-s"], required=True, metavar="NAME",
+        click.Option(["--source", "-s"], required=not by_partition, metavar="NAME",
                      help=f"Source plugin: {names('source')}."),
         click.Option(["--sink"], multiple=True, metavar="NAME",
                      help=f"Sink plugin, repeatable (default csv): {names('sink')}."),
-        click.Option(["--symbol"], multiple=True, required=True,
+        click.Option(["--symbol"], multiple=True, required=not by_partition,
                      help="Symbol as the exchange spells it (BTCUSDT, BTC-USDT); repeat or comma-separate."),
         click.Option(["--timeframe", "-t"], default="1m", show_default=True,
                      help=f"Candle period: {' '.join(NAMES)} (1M = month)."),
-        click.Option(["--from", "from_"], required=True, metavar="WHEN",
+        click.Option(["--from", "from_"], required=not by_partition, metavar="WHEN",
                      help=f"First candle's open time, inclusive: {ACCEPTED}; or 'auto' to continue "
                           "each symbol after the newest candle the sink holds."),
         click.Option(["--to"], default="now", show_default=True, metavar="WHEN",
@@ -267,6 +280,13 @@ def run_command(plugins: Plugins, args: list[str] | None = None) -> click.Comman
         click.Option(["--commit-every"], type=click.IntRange(1), default=50_000, show_default=True,
                      help="Commit the sinks at least every N rows (and at the end of each symbol)."),
         click.Option(["--quiet", "-q"], is_flag=True, help="No progress display."),
+        # beyond one machine (docs/scale-out.md)
+        click.Option(["--partition"], multiple=True, metavar="KEY|@FILE",
+                     help="Run exactly these partitions (source:market:symbol:tf:YYYY-MM, see forge plan) "
+                          "instead of --source/--symbol/--from/--to; repeatable, or @FILE with one a line."),
+        click.Option(["--rate-budget"], metavar="URL", envvar="FORGE_RATE_BUDGET",
+                     help="Share the exchange's rate budget with every process using this store: "
+                          "sqlite:///FILE (one host) or postgresql://... (many hosts) [env: FORGE_RATE_BUDGET]."),
         # --follow (docs/follow.md)
         click.Option(["--follow"], is_flag=True,
                      help="After the backfill, keep every series current until SIGTERM/Ctrl-C: each candle "
@@ -319,6 +339,27 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         raise ForgeError(f"cannot write --summary-json {path}: {exc.strerror or exc}") from None
+
+
+def _run_partitions(plugins: Plugins, kw: dict[str, Any], source_options: dict[str, Any],
+                    sinks: list[Any], transforms: list[Any]) -> None:
+    from . import partitions
+
+    keys = partitions.read_keys(kw["partition"])
+    for other in ("symbol", "from_"):
+        if kw[other]:
+            raise UsageError(f"--partition names the symbols and months itself; drop --{other.rstrip('_')}")
+    if kw["to"] != "now":
+        raise UsageError("--partition names the symbols and months itself; drop --to")
+    sources = {k.source for k in keys}
+    if kw["source"] and sources != {kw["source"]} or len(sources) > 1:
+        raise UsageError(f"all partitions of one run must have one source; got {', '.join(sorted(sources))}")
+    source_options = {k: v for k, v in source_options.items() if k != "market"}  # the keys name the market
+    results = partitions.run(keys, sinks, plugins=plugins, transforms=transforms, source_options=source_options,
+                             rate_budget=kw["rate_budget"], workers=kw["workers"], commit_every=kw["commit_every"])
+    for result in results:
+        click.echo(result.summary())
+    click.echo(f"{len(keys)} partitions done in {len(results)} runs")
 
 
 class Interrupted(ForgeError):
@@ -407,6 +448,9 @@ def build_cli(plugins: Plugins | None = None, args: list[str] | None = None) -> 
     cli.add_command(run_command(plugins, rest if command == "run" else []))
     if command != "run":  # their options come from every plugin: building them imports all
         add_integrity_commands(cli, plugins)  # forge status / verify / repair (forge_core/integrity)
+        from .plan_command import plan_command
+
+        cli.add_command(plan_command(plugins))  # forge plan (forge_core/partitions)
     plugins.add_commands(cli)
     return cli
 

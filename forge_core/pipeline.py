@@ -36,7 +36,7 @@ from .records import Batch, Fetched, Row, check_rows
 from .sinks import RunInfo, Sink
 from .sources import Source, Task
 from .timeframes import Timeframe, parse_timeframe
-from .times import iso, parse_range
+from .times import display, iso, parse_range
 from .transforms import RowFunction, Transform
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ class RunResult:
         origins = ", ".join(f"{n} from {o}" for o, n in sorted(self.origins.items())) or "none"
         stats = ", ".join(f"{k} {v}" for k, v in self.source_stats.items())
         if self.resumed:
-            origins += "; resumed " + ", ".join(f"{s} after {iso(t)}" for s, t in self.resumed.items())
+            origins += "; resumed " + ", ".join(f"{s} after {display(t)}" for s, t in self.resumed.items())
         return (
             f"{self.total} {self.timeframe} candles from {self.source} "
             f"({', '.join(f'{s} {n}' for s, n in self.rows.items())}) in {self.elapsed:.1f}s; "

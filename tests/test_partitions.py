@@ -78,3 +78,38 @@ def test_consecutive_months_of_the_same_symbols_run_as_one_range():
     got = [(g[3], g[4], g[5]) for g in groups(keys)]
     jan, feb, mar, apr, may = (parse_key(f"x:-:A:1h:2024-{m:02d}").start for m in (1, 2, 3, 4, 5))
     assert got == [(["A"], jan, feb), (["A", "B"], feb, mar), (["A"], apr, may)]
+
+
+def test_forge_plan_and_forge_run_partition_through_the_cli(forge, exchange_env, in_tmp):
+    import json as jsonlib
+
+    from conftest import read_csv
+    from forge_mock_exchange.expected import as_csv_lines
+
+    out = forge("plan", "-s", "binance", "--symbol", "BTCUSDT", "-t", "1h", "--from", "2024-01-15",
+                "--to", "2024-02-10", "--json")
+    assert out.code == 0, out
+    planned = jsonlib.loads(out.out)["partitions"]
+    assert [(p["key"], p["state"], p["slots"]) for p in planned] == [
+        ("binance:spot:BTCUSDT:1h:2024-01", "unknown", 744), ("binance:spot:BTCUSDT:1h:2024-02", "unknown", 696)]
+    run = forge("run", "--partition", planned[0]["key"], "--output", "jan.csv", "-q")
+    assert run.code == 0, run
+    lo, hi = parse_range("2024-01-01", "2024-01-31")
+    assert read_csv(in_tmp / "jan.csv")[1] == as_csv_lines(binance_rows("BTCUSDT", "1h", lo, hi, NOW))
+    bad = forge("run", "--partition", "binance:spot:BTCUSDT:1h:2024-1", "-q")
+    assert bad.code == 2 and "bad partition key" in bad.err and len(bad.err.strip().splitlines()) == 1
+    mixed = forge("run", "--partition", planned[0]["key"], "--symbol", "ETHUSDT", "-q")
+    assert mixed.code == 2 and "drop --symbol" in mixed.err
+
+
+def test_since_gives_series_the_store_lacks_a_start_in_a_daily_auto_run(forge, exchange_env, in_tmp):
+    from conftest import read_csv
+
+    first = forge("run", "-s", "binance", "--symbol", "BTCUSDT", "-t", "1h", "--from", "2024-01-01",
+                  "--to", "2024-01-02", "--output", "{symbol}.csv", "-q")
+    assert first.code == 0, first
+    again = forge("run", "-s", "binance", "--symbol", "BTCUSDT,ETHUSDT", "-t", "1h", "--from", "auto",
+                  "--since", "2024-01-02", "--to", "2024-01-03", "--output", "{symbol}.csv", "-q")
+    assert again.code == 0, again
+    _, eth = read_csv(in_tmp / "ETHUSDT.csv")
+    assert eth[0][3] == str(parse_range("2024-01-02", "2024-01-02")[0]) and len(eth) == 48
