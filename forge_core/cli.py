@@ -373,12 +373,17 @@ def _load_transform(plugins: Plugins, spec: str) -> Any:
     import importlib
 
     module_name, _, attr = spec.partition(":")
+    if not module_name.strip() or not attr.strip():
+        raise UsageError(f"bad transform {spec!r}: use a registered name or module:function, e.g. my_indicators:add_rsi")
     if os.getcwd() not in sys.path:  # a console script does not see the current directory
         sys.path.append(os.getcwd())
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise UsageError(f"cannot load transform {spec!r}: {exc}") from None
+    except Exception as exc:  # the module raises on import
+        raise UsageError(f"cannot load transform {spec!r}: importing {module_name} raised "
+                         f"{type(exc).__name__}: {exc}") from None
     if not callable(fn):
         raise UsageError(f"transform {spec!r} is not callable")
     return fn

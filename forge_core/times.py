@@ -26,11 +26,17 @@ def parse_instant(text: str, *, what: str = "date", now: int | None = None) -> t
     value = str(text).strip()
     if value.lower() == "now":
         return (now_ms() if now is None else now), False
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
+        if len(value) == 8 and value.startswith(("19", "20")) and 1 <= int(value[4:6]) <= 12:
+            raise UsageError(f"{what} {text!r} looks like a date without dashes; "
+                             f"write {value[:4]}-{value[4:6]}-{value[6:]}")
         if len(value) < 11:
             raise UsageError(
                 f"{what} {text!r} looks like epoch seconds; give epoch milliseconds ({value}000)"
             )
+        if len(value) >= 16:
+            raise UsageError(f"{what} {text!r} looks like epoch microseconds or nanoseconds; give epoch "
+                             f"milliseconds (13 digits, e.g. {value[:13]})")
         return int(value), False
     try:
         if _DATE.match(value):

@@ -54,6 +54,10 @@ CLI_CASES = [
     ("malformed from", [*B, "--from", "2024-02-30", "--to", "2024-03-01"], 2, "bad from date '2024-02-30': use YYYY-MM-DD"),
     ("malformed to", [*B, "--from", "2024-01-01", "--to", "tomorrow"], 2, "bad to date 'tomorrow'"),
     ("epoch seconds", [*B, "--from", "1704067200", "--to", "2024-01-02"], 2, "looks like epoch seconds; give epoch milliseconds"),
+    ("date without dashes", [*B, "--from", "20240101", "--to", "2024-01-02"], 2, "looks like a date without dashes; write 2024-01-01"),
+    ("epoch microseconds", [*B, "--from", "1704067200000000", "--to", "2024-01-02"], 2, "looks like epoch microseconds"),
+    ("superscript digits", [*B, "--from", "2024-01-01", "--to", "2024-01-0²"], 2, "bad to date '2024-01-0²'"),
+    ("transform without module", [*B, *DATES, "--transform", ":tx"], 2, "bad transform ':tx'"),
     ("from after to", [*B, "--from", "2024-03-01", "--to", "2024-02-01"], 2, "from date '2024-03-01' is after to date '2024-02-01'"),
     ("future range", [*B, "--from", "2030-01-01", "--to", "2030-02-01"], 2, "is in the future"),
     ("before listing", ["-s", "binance", "--symbol", "NEWUSDT", "--from", "2023-01-01", "--to", "2023-12-31"], 1,
@@ -166,3 +170,15 @@ def test_api_bad_input(exchange_env, in_tmp, call, error, text):
 
 def test_the_table_is_large_enough():
     assert len(CLI_CASES) + len(API_CASES) + 7 >= 30
+
+
+def test_a_transform_or_model_module_that_raises_on_import_is_one_line(forge, exchange_env, in_tmp):
+    (in_tmp / "boom.py").write_text("raise RuntimeError('boom at import')\n")
+    t = forge("run", "-s", "binance", "--symbol", "BTCUSDT", "--from", "2024-01-01", "--to", "2024-01-02",
+              "--transform", "boom:fn", "-q")
+    assert t.code == 2 and "importing boom raised RuntimeError: boom at import" in t.err, t
+    m = forge("run", "-s", "binance", "--sink", "postgres", "--database-url", "postgresql://x@127.0.0.1:1/db",
+              "--model", "boom:Model", "--symbol", "BTCUSDT", "--from", "2024-01-01", "--to", "2024-01-02", "-q")
+    assert m.code == 2 and "cannot import model 'boom:Model': RuntimeError: boom at import" in m.err, m
+    for r in (t, m):
+        assert len(r.err.strip().splitlines()) == 1 and "unexpected" not in r.err

@@ -184,8 +184,8 @@ def _import_attr(spec: str, module_name: str, attr: str) -> Any:
         sys.path.append(os.getcwd())
         try:
             module = importlib.import_module(module_name)
-        except ImportError as again:
-            raise UsageError(f"cannot import model {spec!r}: {again}") from None
+        except Exception as again:  # found in the current directory, but it raises on import
+            raise UsageError(f"cannot import model {spec!r}: {type(again).__name__}: {again}") from None
     except Exception as exc:
         raise UsageError(f"cannot import model {spec!r}: {type(exc).__name__}: {exc}") from None
     try:
