@@ -41,6 +41,18 @@ def _no_hosts_answered_yet() -> Iterator[None]:
     http._answered.clear()
 
 
+@pytest.fixture(autouse=True)
+def _no_shared_rate_budget_left() -> Iterator[None]:
+    """A test that ran a Pipeline with ``rate_budget`` (or ``FORGE_RATE_BUDGET``) leaves that
+    store installed for the process (``forge_core.budget.use``): every later in-process test's
+    limiter would draw from a SQLite file in that test's tmp_path. Stop it after each test."""
+    yield
+    from forge_core import budget
+
+    if budget._current is not None:
+        budget.use(None)
+
+
 @pytest.fixture(scope="session")
 def mock(mock_exchange: MockExchange) -> MockExchange:
     """One shared mock (no latency, frozen clock). Don't reconfigure it: use ``fresh_mock``."""
