@@ -27,6 +27,8 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -242,6 +244,22 @@ def use(url: str | None, egress: str | None = None) -> SharedBudget | None:
         _current = None if not url else SharedBudget(
             open_store(url), egress or os.environ.get("FORGE_EGRESS") or "default")
         return _current
+
+
+@contextmanager
+def scoped(url: str) -> Iterator[SharedBudget]:
+    """Use the store at ``url`` for the duration of a run, then put back what was in use (a
+    later run in the same process without a budget must not inherit this one)."""
+    global _current
+    shared = SharedBudget(open_store(url), os.environ.get("FORGE_EGRESS") or "default")
+    with _lock:
+        previous, _current = _current, shared
+    try:
+        yield shared
+    finally:
+        with _lock:
+            _current = previous
+        shared.store.close()
 
 
 def current() -> SharedBudget | None:

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -222,12 +222,11 @@ class Pipeline:
         result = self.result = RunResult(source.source_value, out_tf, start_ms, end_ms)
         opened: list[Sink] = []
         ok = False
-        if self.rate_budget:
-            budget.use(self.rate_budget)  # an unreachable store fails here, before any request
-        else:
-            budget.current()  # FORGE_RATE_BUDGET, likewise checked now
+        # an unreachable budget store fails here, before any request; Pipeline(rate_budget=...)
+        # holds only for this run, FORGE_RATE_BUDGET for the process
+        shared = budget.scoped(self.rate_budget) if self.rate_budget else nullcontext(budget.current())
         try:
-            with _stop_signals():
+            with shared, _stop_signals():
                 for sink in self.sinks:  # before any exchange request: a bad destination fails fast
                     _call_plugin("sink", sink.name, sink.open, info)
                     opened.append(sink)

@@ -115,3 +115,13 @@ def test_a_sqlite_budget_in_an_unwritable_place_is_a_clear_error(tmp_path):
     with pytest.raises(UsageError, match="is not usable"):
         budget.use(f"sqlite:///{tmp_path / 'missing' / 'dir' / 'budget.db'}")
     assert not Path(tmp_path / "missing").exists()
+
+
+def test_a_pipelines_budget_holds_only_for_its_run(tmp_path, exchange_env):
+    from forge_core import Pipeline
+    from forge_core.testing import MemorySink
+
+    assert budget.current() is None
+    Pipeline("binance", [MemorySink()], rate_budget=f"sqlite:///{tmp_path / 'b.db'}").run(
+        "BTCUSDT", "1h", "2024-01-01", "2024-01-01")
+    assert budget.current() is None  # the next run in this process does not inherit it

@@ -299,3 +299,24 @@ def test_resampled_batches_say_their_own_timeframe():
     sink = ListSink()
     Pipeline(GridSource(), [sink], [Resample(resample_to="1h")]).run("X", "1m", "2024-01-01", "2024-01-01 02:59")
     assert {b.timeframe for b in sink.batches} == {"1h"}
+
+
+@pytest.mark.parametrize("source, symbol", [("binance", "BTCUSDT"), ("okx", "BTC-USDT")])
+def test_transient_empty_pages_from_the_exchange_lose_no_candle(source, symbol, monkeypatch):
+    """Issue 17.1 end to end: the mock answers 15% of requests with an empty page."""
+    from forge_core import Plugins
+    from forge_mock_exchange import MockConfig, MockExchange
+    from forge_mock_exchange.expected import binance_rows
+    from forge_mock_exchange.expected_okx import okx_rows
+
+    now = 1742034030456
+    with MockExchange(MockConfig(now=now, faults={"empty": 0.15}, fault_seed=7)) as mock:
+        for name in ("FORGE_BINANCE_URL", "FORGE_OKX_URL"):
+            monkeypatch.setenv(name, mock.url)
+        sink = ListSink()
+        Pipeline(source, [sink], plugins=Plugins()).run(symbol, "1m", "2024-01-09", "2024-01-11")
+        empties = mock.stats["fault.empty"]
+    lo, hi = 1704758400000, 1705017600000
+    want = (binance_rows if source == "binance" else okx_rows)(symbol, "1m", lo, hi, now)
+    got = [tuple(d[c] for c in CANDLE_COLUMNS) for d in sink.dicts()]
+    assert empties > 0 and got == [w[:10] for w in want]
