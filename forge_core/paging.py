@@ -25,6 +25,10 @@ EMPTY_RETRIES = 3
 """How many times an empty page is re-asked before it is believed."""
 EMPTY_BACKOFF = (0.0, 0.25, 1.0)
 """Seconds to wait before each re-ask (the first is immediate: most faults are one-offs)."""
+AFFIRM_BACKOFF = (0.0, 0.25, 1.0, 2.0, 4.0)
+"""A forward walk's re-asks of an empty page: the end of the data is believed only after all
+of them answered empty (about 7 s, once per series: see ``end_of_data``); a candle seen inside
+the range makes the walk fail loudly after them instead."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ def forward_pages(
     window: int | None = None,
     on_hole: Callable[[Hole], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    end_of_data: dict[str, int] | None = None,
 ) -> list[Row]:
     """Rows opening in ``[start, end)``, ascending, from an API that pages forward.
 
@@ -53,9 +58,13 @@ def forward_pages(
     ``[cursor, stop)``; with ``stop=None`` it is a probe: rows from ``cursor`` on, unbounded (one
     row is enough). ``window`` caps one request's span (COIN-M's 200 days).
     ``open_index`` is the position of ``open_ts`` in the rows (``columns.index("open_ts")``).
+    ``end_of_data`` (one dict per series, shared by its tasks) remembers where the exchange
+    affirmed its data ends, so later tasks of a delisted symbol cost no request.
     """
     rows: list[Row] = []
     cursor = tf.ceil(start)
+    if end_of_data is not None and end_of_data.get("at", _FAR) <= cursor:
+        return rows
     while cursor < end:
         stop = end if window is None else min(end, cursor + window)
         page = list(request(cursor, stop))
@@ -66,6 +75,8 @@ def forward_pages(
                     evidence = ("the exchange's next candle opens at " + iso(hole_end)
                                 if hole_end < _FAR else "no candle after it (end of data)")
                     on_hole(Hole(cursor, min(stop, hole_end), evidence))
+                if hole_end is not None and hole_end >= _FAR and end_of_data is not None:
+                    end_of_data["at"] = min(end_of_data.get("at", _FAR), cursor)
                 if stop < end and (hole_end is None or hole_end < _FAR):
                     cursor = tf.ceil(min(max(stop, hole_end or stop), end))
                     continue
@@ -85,8 +96,11 @@ def _affirm_forward(request: Callable[[int, int | None], Sequence[Row]], cursor:
                     open_index: int, sleep: Callable[[float], None]) -> tuple[list[Row], int | None]:
     """After an empty page for ``[cursor, stop)``: the rows after all (a transient empty
     answer), or ``([], next_open)`` where the exchange's first candle at or after ``cursor``
-    opens at ``next_open >= stop`` (``_FAR``: none at all, the end of its data)."""
-    for wait in EMPTY_BACKOFF[:EMPTY_RETRIES]:
+    opens at ``next_open >= stop`` (``_FAR``: none at all, the end of its data). A probe that
+    shows a candle inside while the page stays empty is never taken for a hole: after the
+    retries that is a loud failure, not a silent loss."""
+    inside: int | None = None
+    for wait in AFFIRM_BACKOFF:
         if wait:
             sleep(wait)
         probe = list(request(cursor, None))
@@ -94,10 +108,14 @@ def _affirm_forward(request: Callable[[int, int | None], Sequence[Row]], cursor:
             first = probe[0][open_index]
             if first >= stop:
                 return [], first  # affirmed: the exchange has candles after the hole, none inside
+            inside = first
             page = list(request(cursor, stop))  # the empty answer was wrong: ask again
             if page:
                 return page, None
-    return [], _FAR  # asked again and again: nothing from cursor on
+    if inside is not None:
+        raise SourceError(f"the exchange keeps answering empty pages from {iso(cursor)} though it has a "
+                          f"candle at {iso(inside)}; try again later")
+    return [], _FAR
 
 
 def backward_pages(

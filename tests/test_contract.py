@@ -303,14 +303,14 @@ def test_resampled_batches_say_their_own_timeframe():
 
 @pytest.mark.parametrize("source, symbol", [("binance", "BTCUSDT"), ("okx", "BTC-USDT")])
 def test_transient_empty_pages_from_the_exchange_lose_no_candle(source, symbol, monkeypatch):
-    """Issue 17.1 end to end: the mock answers 15% of requests with an empty page."""
+    """Issue 17.1 end to end: the mock answers 25% of requests with an empty page."""
     from forge_core import Plugins
     from forge_mock_exchange import MockConfig, MockExchange
     from forge_mock_exchange.expected import binance_rows
     from forge_mock_exchange.expected_okx import okx_rows
 
     now = 1742034030456
-    with MockExchange(MockConfig(now=now, faults={"empty": 0.15}, fault_seed=7)) as mock:
+    with MockExchange(MockConfig(now=now, faults={"empty": 0.25}, fault_seed=7)) as mock:
         for name in ("FORGE_BINANCE_URL", "FORGE_OKX_URL"):
             monkeypatch.setenv(name, mock.url)
         sink = ListSink()

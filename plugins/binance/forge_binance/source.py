@@ -102,6 +102,7 @@ class BinanceSource(Source):
                                    initial=spec["weight_limit"] * 0.1)
         self.http = HttpClient(base_url, limiter=self.limiter, check=self._check, envvar=spec["env"])
         self._limits_known = False
+        self._ends: dict[tuple[str, str], dict[str, int]] = {}
         self._onboard: dict[str, int | None] = {}  # COIN-M listing times from exchangeInfo
         self._now: int | None = None
         self.archive_mode = self.settings["archive"]
@@ -208,7 +209,8 @@ class BinanceSource(Source):
                 raise self._explain(exc, symbol, tf) from None
 
         window = MARKETS[self.market].get("window")  # end-anchored API: a window never holds more than a page
-        return forward_pages(request, tf, start, end, open_index=self._open_index,
+        ends = self._ends.setdefault((symbol, tf.name), {})  # where this series' data ends, if affirmed
+        return forward_pages(request, tf, start, end, open_index=self._open_index, end_of_data=ends,
                              window=None if window is None else min(window, limit * (tf.ms or DAY * 31)))
 
     def _klines(self, symbol: str, tf: Timeframe, params: dict[str, Any], make: Any = None) -> list[Row]:
