@@ -52,7 +52,9 @@ def test_a_broken_source_fails_the_contract_on_the_rule_it_breaks(tmp_path):
                 page = self._get("/v5/market/kline", {
                     "category": self.category, "symbol": task.symbol, "interval": INTERVALS[task.timeframe.name],
                     "start": task.start, "end": task.end - 1, "limit": 1000})["list"]
-                return [self._row(task, k) for k in page]
+                make = self.row_maker(task)
+                return [make(open_ts=int(k[0]), open=k[1], high=k[2], low=k[3], close=k[4], volume=k[5],
+                             quote_volume=k[6]) for k in page]
 
 
         class TestBroken(SourceContract):

@@ -167,10 +167,11 @@ def test_transform_columns_are_kept_and_resample_partitions_by_its_timeframe(for
     assert set(table["timeframe"].to_pylist()) == {"1h"} and table.num_rows == 48
     assert table.schema.field("bullish").type == pa.bool_()
     assert table["note"].to_pylist() == ["xETHUSDT"] * 48
-    # a row function sees (and so returns) prices as floats: the dataset stores what it returned
-    assert table.schema.field("close").type == pa.float64()
+    # a row function sees prices as floats, but a value it passes through untouched keeps the
+    # exchange's exact decimal (issue 16), so the dataset stores decimals
+    assert pa.types.is_decimal(table.schema.field("close").type)
     hours = expected("ETHUSDT", "2024-01-31", "2024-02-01", "1h")
-    assert table["close"].to_pylist() == [float(h["close"]) for h in hours]
+    assert [float(v) for v in table["close"].to_pylist()] == [float(h["close"]) for h in hours]
     assert table["bullish"].to_pylist() == [float(h["close"]) > float(h["open"]) for h in hours]
 
 
