@@ -499,14 +499,6 @@ class CsvSink(Sink):
     def write(self, batch: Batch) -> None:
         t = self.by_symbol[batch.symbol]
         self._prepare(t)
-        done = t.resume.get(batch.symbol)
-        # TODO(issue 11): remove once the core hands each sink only the rows it lacks
-        if done is not None and "end_ts" in batch.columns:
-            i = batch.columns.index("end_ts")
-            rows = [r for r in batch.rows if r[i] > done]
-            if not rows:
-                return
-            batch = batch.with_rows(rows)
         try:
             if t.header is None:
                 t.header = list(batch.columns)
