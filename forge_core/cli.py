@@ -224,6 +224,8 @@ def run_command(plugins: Plugins, args: list[str] | None = None) -> click.Comman
 
             if kw["to"] != "now":
                 raise UsageError(f"--follow runs until stopped; drop --to {kw['to']}")
+            if progress is not None:
+                progress.finish()  # follow's own status line owns the terminal: no retry redraws
             auto = str(kw["from_"]).strip().lower() == "auto"
             code = run_cli(pipeline, kw["symbol"], kw["timeframe"], kw["since"] or (None if auto else kw["from_"]),
                            lag_warning=kw["lag_warning"], quiet=kw["quiet"], echo=click.echo)

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import requests
 import urllib3.exceptions
 
-from . import __version__, budget
+from . import __version__, budget, retrying
 from .errors import ForgeError, RetryableError, SourceError, UsageError
 from .logs import get_logger
 from .redact import redact, redact_host, redact_url
@@ -486,6 +486,7 @@ class HttpClient:
             if self.limiter is not None and not self.limiter.acquire(cost, self.cancelled):
                 raise Cancelled("cancelled")
             retry_after: float | None = None
+            kind = "error"
             try:
                 budget = min(self.timeout[1], give_up_at - time.monotonic())
                 response = self._send(url, params, cost, budget)
@@ -499,6 +500,7 @@ class HttpClient:
                 return read(response)
             except RetryableError as exc:
                 last_error, retry_after = str(exc), exc.retry_after
+                kind = _kind(exc, last_status)
             except ForgeError:
                 raise
             except requests.exceptions.RequestException as exc:
@@ -506,6 +508,7 @@ class HttpClient:
                 if unreachable is not None:
                     raise unreachable from None
                 last_error, last_status = f"{type(exc).__name__}: {_short(exc)}", None
+                kind = _kind(exc, None)
             now = time.monotonic()
             if attempt == self.max_attempts or now >= give_up_at:
                 break
@@ -518,10 +521,19 @@ class HttpClient:
                 last_error += f" (the next attempt would be after FORGE_HTTP_GIVE_UP_AFTER={self.give_up_after:g}s)"
                 break
             self.stats.count(retry=True)
-            log.info("retry", url=urlsplit(url).path, attempt=attempt, error=redact(last_error),
-                     delay=round(delay, 2))
-            if self.cancelled.wait(delay):
-                raise Cancelled("cancelled")
+            wall = time.time()
+            state = retrying.Retrying(self.host, urlsplit(url).path, retrying.current_symbol(params), kind,
+                                      attempt + 1, self.max_attempts, wall + delay, wall + give_up_at - now,
+                                      retry_after)
+            log.info("retrying", host=state.host, path=state.path, symbol=state.symbol, error=kind,
+                     detail=redact(last_error), attempt=state.attempt, attempts=state.attempts,
+                     delay=round(delay, 2), next_at=_utc(state.until), gives_up_at=_utc(state.give_up_at))
+            retrying.begin(state)
+            try:
+                if self.cancelled.wait(delay):
+                    raise Cancelled("cancelled")
+            finally:
+                retrying.end()
         raise GaveUp(
             f"{self.host}{urlsplit(url).path} still failing after {attempt} attempts "
             f"over {time.monotonic() - started:.0f}s: {redact(last_error)}",
@@ -535,6 +547,32 @@ class HttpClient:
             for session in self._sessions:
                 session.close()
             self._sessions.clear()
+
+
+def _kind(exc: BaseException, status: int | None) -> str:
+    """The kind of a retried failure, short, for the progress line: ``HTTP 429``, ``timeout``,
+    ``connection reset``, ``malformed body``, ..."""
+    text = str(exc)
+    if isinstance(exc, RetryableError):
+        if text.startswith("no complete response"):
+            return "timeout"
+        if text.startswith("body cut short"):
+            return "connection reset"
+        if text.startswith("malformed"):
+            return "malformed body"
+        if status is not None and status >= 300:
+            return f"HTTP {status}"
+        return text[:40]
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "timeout"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        lowered = text.lower()
+        return "connection reset" if "reset" in lowered or "aborted" in lowered else "connection error"
+    return type(exc).__name__
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def retry_after_or(response: requests.Response, default: float) -> float:

@@ -28,7 +28,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import budget
+from . import budget, retrying
 from .errors import ForgeError, SinkError, SourceError, TransformError, UsageError
 from .logs import get_logger
 from .plugins import Plugins
@@ -510,7 +510,8 @@ def _run_ahead(source: Source, tasks: Iterator[Task], workers: int,
     against the row contract in the worker thread."""
 
     def fetch(task: Task) -> tuple[list[Row], str]:
-        return fetch_checked(source, task)
+        with retrying.symbol_context(task.symbol):  # a retry's display names the symbol
+            return fetch_checked(source, task)
 
     def size(task: Task) -> int:
         return task.timeframe.count(task.start, task.end)

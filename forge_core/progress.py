@@ -1,22 +1,27 @@
 """A one-line progress display on a terminal: the current symbol's candles and the run's total,
 rate and ETA, always within the terminal's width (a longer line would wrap, and every redraw
-would then add a line)."""
+would then add a line). While a request waits to be retried, the line says so first: what, why,
+attempt n of N, when the next attempt starts and when it gives up (``forge_core.retrying``)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import sys
+import threading
 import time
 from typing import TextIO
 
+from . import retrying
 from .pipeline import Progress
 
 
 class ProgressLine:
     """Redraws one stderr line at most a few times a second; silent when not a TTY.
 
-    ``width`` fixes the terminal width (default: asked at every redraw, so resizing works)."""
+    ``width`` fixes the terminal width (default: asked at every redraw, so resizing works).
+    A retry beginning or ending redraws at once, from the retrying thread; :meth:`finish`
+    clears the line and stops watching retries."""
 
     def __init__(self, stream: TextIO | None = None, interval: float = 0.2, width: int | None = None) -> None:
         self.stream = stream or sys.stderr
@@ -28,6 +33,10 @@ class ProgressLine:
         self._symbol: str | None = None
         self._base = 0  # the run's total when the current symbol began
         self._seen = 0
+        self._progress: Progress | None = None
+        self._retrying: list[retrying.Retrying] = []
+        self._lock = threading.Lock()  # retries are announced from the worker threads
+        self._unwatch = retrying.watch(self._on_retry) if self.enabled else None
 
     def _columns(self) -> int:
         if self.width is not None:
@@ -41,14 +50,31 @@ class ProgressLine:
 
     def __call__(self, p: Progress) -> None:
         now = time.monotonic()
-        if p.symbol != self._symbol:
-            self._symbol, self._base = p.symbol, self._seen
-        self._seen = p.total_done
-        if not self.enabled or (now - self._last < self.interval and p.total_done < p.total_expected):
+        with self._lock:
+            if p.symbol != self._symbol:
+                self._symbol, self._base = p.symbol, self._seen
+            self._seen = p.total_done
+            self._progress = p
+            if not self.enabled or (now - self._last < self.interval and p.total_done < p.total_expected):
+                return
+            self._last = now
+            self._draw()
+
+    def _on_retry(self, active: list[retrying.Retrying]) -> None:
+        with self._lock:
+            self._retrying = active
+            if self.enabled:
+                self._draw()
+
+    def _draw(self) -> None:
+        p = self._progress
+        parts = retry_parts(self._retrying)
+        if p is not None:
+            parts += render_parts(p, min(p.total_done - self._base, p.expected))
+        if not parts:
             return
-        self._last = now
         room = max(self._columns() - 1, 1)  # never the last column: some terminals wrap there
-        line = fit(render_parts(p, min(p.total_done - self._base, p.expected)), room)
+        line = fit(parts, room)
         self.stream.write("\r" + line + " " * max(self._drawn - len(line), 0))
         if self._drawn > len(line):
             self.stream.write("\r" + line)
@@ -56,10 +82,29 @@ class ProgressLine:
         self._drawn = len(line)
 
     def finish(self) -> None:
-        if self._drawn:
-            self.stream.write("\r" + " " * self._drawn + "\r")
-            self.stream.flush()
-            self._drawn = 0
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+        with self._lock:
+            if self._drawn:
+                self.stream.write("\r" + " " * self._drawn + "\r")
+                self.stream.flush()
+                self._drawn = 0
+
+
+def retry_parts(active: list[retrying.Retrying]) -> list[str]:
+    """The line's first pieces while requests wait to be retried: the soonest one's symbol,
+    error and next attempt (``retrying BTCUSDT HTTP 429: attempt 2/10 at 14:03:21 UTC``), its
+    endpoint, when it gives up, and how many more wait."""
+    if not active:
+        return []
+    r = active[0]
+    who = f"{r.symbol} " if r.symbol else ""
+    parts = [f"retrying {who}{r.error}: attempt {r.attempt}/{r.attempts} at {retrying.clock(r.until)} UTC",
+             f"{r.host}{r.path}", f"gives up at {retrying.clock(r.give_up_at)}"]
+    if len(active) > 1:
+        parts.append(f"{len(active) - 1} more retrying")
+    return parts
 
 
 def render_parts(p: Progress, done: int) -> list[str]:

@@ -1,0 +1,119 @@
+"""Requests waiting to be tried again, for displays: the HTTP client announces each retry here
+(what, why, attempt n of N, until when), and the progress line shows it instead of freezing.
+
+Kept free of heavy imports (no ``requests``): the progress display imports it at start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# the query parameters exchanges name the symbol by (Binance, OKX, Bybit), when no context says it
+_SYMBOL_PARAMS = ("symbol", "instId", "pair")
+
+
+@dataclass(frozen=True)
+class Retrying:
+    """One request waiting for its next attempt. Times are epoch seconds (``time.time()``)."""
+
+    host: str  # redacted host, e.g. ``api.binance.com``
+    path: str  # ``/api/v3/klines``
+    symbol: str | None
+    error: str  # the kind of failure: ``HTTP 429``, ``timeout``, ``connection reset``, ...
+    attempt: int  # the attempt that comes next
+    attempts: int  # the most there will be (``FORGE_HTTP_MAX_ATTEMPTS``)
+    until: float  # when the next attempt starts (after the backoff or the Retry-After pause)
+    give_up_at: float  # when the request gives up (``FORGE_HTTP_GIVE_UP_AFTER`` after its first try)
+    retry_after: float | None = None  # the server's Retry-After, seconds
+
+    @property
+    def what(self) -> str:
+        return f"{self.host}{self.path}" + (f" {self.symbol}" if self.symbol else "")
+
+
+Watcher = Callable[[list[Retrying]], None]
+_lock = threading.Lock()
+_active: dict[int, Retrying] = {}
+_watchers: list[Watcher] = []
+_context = threading.local()
+
+
+def watch(callback: Watcher) -> Callable[[], None]:
+    """Call ``callback(active)`` (from the retrying thread) whenever a retry begins or ends;
+    ``active`` lists every request waiting now, soonest next attempt first. Returns the function
+    that stops watching."""
+    with _lock:
+        _watchers.append(callback)
+
+    def stop() -> None:
+        with _lock:
+            if callback in _watchers:
+                _watchers.remove(callback)
+
+    return stop
+
+
+def active() -> list[Retrying]:
+    with _lock:
+        return sorted(_active.values(), key=lambda r: r.until)
+
+
+def begin(state: Retrying) -> None:
+    """This thread's request waits for ``state.until``."""
+    with _lock:
+        _active[threading.get_ident()] = state
+    _notify()
+
+
+def end() -> None:
+    """This thread's request is being tried again (or gave up, or was cancelled)."""
+    with _lock:
+        if _active.pop(threading.get_ident(), None) is None:
+            return
+    _notify()
+
+
+def _notify() -> None:
+    with _lock:
+        watchers = list(_watchers)
+    if not watchers:
+        return
+    now = active()
+    for callback in watchers:
+        with contextlib.suppress(Exception):  # a display never breaks a request
+            callback(now)
+
+
+@contextlib.contextmanager
+def symbol_context(symbol: str | None) -> Iterator[None]:
+    """Requests this thread makes inside are for ``symbol`` (the run loop sets it per task)."""
+    previous = getattr(_context, "symbol", None)
+    _context.symbol = symbol
+    try:
+        yield
+    finally:
+        _context.symbol = previous
+
+
+def current_symbol(params: Mapping[str, Any] | None = None) -> str | None:
+    """The symbol of this thread's task, else the one the request's parameters name."""
+    symbol = getattr(_context, "symbol", None)
+    if symbol is None and params:
+        for name in _SYMBOL_PARAMS:
+            if name in params:
+                return str(params[name])
+    return symbol
+
+
+def clock(ts: float) -> str:
+    """``14:03:21`` (UTC), or ``2024-03-01 14:03:21`` when not today."""
+    now = time.gmtime()
+    t = time.gmtime(ts)
+    if t[:3] == now[:3]:
+        return time.strftime("%H:%M:%S", t)
+    return time.strftime("%Y-%m-%d %H:%M:%S", t)
