@@ -18,7 +18,6 @@ import click
 from . import __version__
 from .errors import ForgeError, UsageError
 from .http import GaveUp
-from .integrity.commands import add_commands as add_integrity_commands
 from .logs import configure
 from .options import Option
 from .pipeline import Pipeline, RunResult
@@ -454,6 +453,8 @@ def build_cli(plugins: Plugins | None = None, args: list[str] | None = None) -> 
     cli.add_command(plugins_command(plugins))
     cli.add_command(run_command(plugins, rest if command == "run" else []))
     if command != "run":  # their options come from every plugin: building them imports all
+        from .integrity.commands import add_commands as add_integrity_commands
+
         add_integrity_commands(cli, plugins)  # forge status / verify / repair (forge_core/integrity)
         from .plan_command import plan_command
 

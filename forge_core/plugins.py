@@ -66,6 +66,7 @@ class Plugins:
         self._use_entry_points = entry_points
         self._all_loaded = not entry_points
         self._tried: set[str] = set()  # entry-point names already loaded (or failed)
+        self._eps: list[Any] | None = None  # the group's entry points, read once (a scan of every distribution)
         self.entry_point_loads = 0  # how many entry points were imported: for tests and start-up checks
         from . import builtin_transforms
 
@@ -87,8 +88,9 @@ class Plugins:
     def _entry_points(self) -> list[Any]:
         allow = os.environ.get("FORGE_LOAD_PLUGINS")
         allowed = None if allow is None else {n.strip() for n in allow.split(",") if n.strip()}
-        eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
-        return [ep for ep in eps if allowed is None or ep.name in allowed]
+        if self._eps is None:
+            self._eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+        return [ep for ep in self._eps if allowed is None or ep.name in allowed]
 
     def load(self, names: set[str] | None = None) -> None:
         """Import the entry points called ``names`` (all of them when ``None``)."""

@@ -221,6 +221,28 @@ def test_forge_run_imports_only_the_plugins_it_names():
     assert proc.stdout.strip() == "[]" and "bad from date '2024-02-30'" in proc.stderr
 
 
+def test_a_csv_run_imports_no_database_columnar_or_logging_library(mock, tmp_path):
+    """Start-up (issue 18): a whole ``forge run -s binance --sink csv`` against the mock imports
+    neither the PostgreSQL nor the Parquet stack, nor structlog (nothing was logged), nor the
+    integrity commands or the testing kit."""
+    import subprocess
+    import sys
+
+    heavy = ("sqlalchemy", "psycopg2", "pyarrow", "polars", "structlog", "rich", "forge_sink_postgres",
+             "forge_sink_parquet", "forge_core.integrity", "forge_core.testing")
+    code = ("import sys; from forge_core.cli import main;"
+            f"code = main(['run', '-q', '-s', 'binance', '--sink', 'csv', '--symbol', 'BTCUSDT', '--from', "
+            f"'2024-01-01', '--to', '2024-01-01 01:00', '--archive', 'rest', '--base-url', {mock.url!r}, "
+            f"'--output', {str(tmp_path / 'out.csv')!r}]);"
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r} or m.startswith({heavy!r})));"
+            "sys.exit(code)")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("FORGE_")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout
+    assert len((tmp_path / "out.csv").read_text().splitlines()) == 1 + 61  # header + 00:00..01:00
+
+
 def test_the_streamforge_layer_builds_its_plugins_once(monkeypatch):
     import forge_core as sf
     from forge_core import compat
