@@ -19,8 +19,9 @@ seconds logs ``lagging``; ``caught_up`` when it is current again; ``candle_commi
 every commit, per series, with the delay from the candle's close (exchange time) to the commit.
 
 Only complete output periods reach the transforms and sinks: with ``resample`` a period waits
-until its last input candle came (or a later one did, or it closed long enough ago that what
-is missing is a real hole).
+until its last input candle came or a later one did. A candle missing at the newest end is
+never taken for a hole, however long ago it closed: only a later candle served by the exchange
+affirms it.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ class Follower:
 
     def __init__(self, pipeline: Any, symbols: Sequence[str], timeframe: str, *, since: str | int | None,
                  lag_warning: float = 30.0, poll_delay: float = 0.05, resync: float = 60.0,
-                 settle: float = 10.0, workers: int | None = None,
+                 workers: int | None = None,
                  on_commit: Callable[[str, int, float], None] | None = None,
                  on_tick: Callable[[Follower], None] | None = None) -> None:
         self.pipeline = pipeline
@@ -201,7 +202,6 @@ class Follower:
         self.since = since if isinstance(since, int) else parse_instant(str(since), what="since date")[0]
         self.lag_warning = lag_warning
         self.poll_delay = poll_delay
-        self.settle_ms = int(max(settle * 1000, 2 * (self.tf.ms or 86_400_000)))
         self.workers = workers or max(pipeline.workers, min(32, len(self.symbols)))
         self.commit_every = pipeline.commit_every
         self.on_commit = on_commit
@@ -382,7 +382,7 @@ class Follower:
                     break
         finally:
             if current is not None and current.symbol not in done:
-                self._finish(current, limit, interrupted=self.stopping.is_set() or sys.exc_info()[0] is not None)
+                self._finish(current, limit)
         if not self.stopping.is_set():
             for s in due:
                 if s.next_start >= limit:
@@ -446,16 +446,11 @@ class Follower:
             self._emit(s, ready, limit)
             s.next_start = out.next_open(out.floor(ready[-1][self._open]))
 
-    def _finish(self, s: SeriesState, limit: int, interrupted: bool = False) -> None:
-        """End of a series' part of a pass: what closed ``settle`` ago and is still missing is a
-        hole the exchange really has, so the series moves past it."""
-        settled = (self.tf if self._same_tf else self.out_tf).floor(self.now - self.settle_ms)
-        if not interrupted:
-            if s.held and self.out_tf.next_open(self.out_tf.floor(s.held[0][self._open])) <= settled:
-                rows, s.held = s.held, []
-                self._emit(s, rows, limit)
-            if not s.held:
-                s.next_start = max(s.next_start, min(settled, limit))
+    def _finish(self, s: SeriesState, limit: int) -> None:
+        """End of a series' part of a pass. Candles missing before a candle the exchange served
+        are its holes (affirmed: candles on both sides) and were passed already. What is missing
+        at the newest end is not affirmed, however long ago it closed: the series asks again
+        from there, and a partly served output period waits for a later candle."""
         if s.held:
             s.next_start = max(s.next_start, self.out_tf.floor(s.held[0][self._open]))
             s.held = []

@@ -249,6 +249,9 @@ def test_follow_into_postgres_commits_each_boundary_and_restarts_exactly(live_mo
     first.kill()
     again = Follow(live_mock, tmp_path, "BTCUSDT", since, *extra, env=env)
     wait_table((mock_now(live_mock) // SECOND + 2) * SECOND, again)
+    deadline = time.monotonic() + 20  # the catch-up is one commit; then one per boundary
+    while time.monotonic() < deadline and len(again.events("candle_committed")) < 3:
+        time.sleep(0.05)
     code, _ = again.stop()
     assert code == 0, "".join(again.err_lines[-20:])
     got = rows()

@@ -4,10 +4,12 @@ transforms, the exchange clock is a lower bound, the status line fits the termin
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from forge_core import Batch, Pipeline, Sink, Source
 from forge_core.follow import ExchangeClock, SeriesState, StatusLine
+from forge_core.pipeline import RunResult
 from forge_core.timeframes import HOUR, MINUTE
 
 
@@ -66,14 +68,43 @@ def test_an_hour_reaches_resample_only_when_its_last_minute_came() -> None:
     assert s.next_start == 2 * HOUR
 
 
-def test_a_period_missing_long_after_its_close_is_a_real_hole() -> None:
+def test_a_candle_missing_at_the_newest_end_is_never_a_hole_until_a_later_one_comes() -> None:
     follower, sink = resampling_follower()
     s = follower.series["X"] = SeriesState("X", 0)
-    follower.now = 5 * HOUR  # hours ago: what is missing will never come
+    follower.now = 5 * HOUR  # hours after 00:30, and still nothing newer: not affirmed
     follower._take(s, [minute(ts) for ts in range(0, 30 * MINUTE, MINUTE)], 5 * HOUR)
     follower._finish(s, 5 * HOUR)
-    assert [r[3] for r in sink.rows] == [0]
-    assert s.next_start == 4 * HOUR  # 01:00-03:59 are holes; 04:00 just closed: asked again
+    assert sink.rows == []  # the 00:00 hour is not resampled from half of it
+    assert s.next_start == 0  # asked again from the hour's start
+
+    s.step_start, s.started = s.next_start, False  # the exchange serves again from 04:00
+    rows = [minute(ts) for ts in range(0, 30 * MINUTE, MINUTE)]
+    rows += [minute(ts) for ts in range(4 * HOUR, 5 * HOUR, MINUTE)]
+    follower._take(s, rows, 5 * HOUR)
+    follower._finish(s, 5 * HOUR)
+    assert [r[3] for r in sink.rows] == [0, 4 * HOUR]  # 01:00-03:59 affirmed empty by 04:00
+    assert sink.rows[0][9] == str(3 * 30)  # the 00:00 hour holds the thirty minutes it has
+    assert s.next_start == 5 * HOUR
+
+
+def test_follow_never_skips_a_missing_newest_candle() -> None:
+    sink = ListSink()
+    clock = [3 * HOUR]
+
+    class Stalled(StillSource):
+        def fetch(self, task):  # serves 00:00-00:09 only, whatever is asked
+            return [minute(ts) for ts in range(0, 10 * MINUTE, MINUTE) if task.start <= ts < task.end]
+
+    pipeline = Pipeline(Stalled(clock), [sink])
+    follower = pipeline.follow(["X"], "1m", since=0)
+    follower.sink_points = [{}]
+    s = follower.series["X"] = SeriesState("X", 0)
+    follower.now = clock[0]
+    pipeline.result = RunResult("still", "1m", 0, 0)
+    with ThreadPoolExecutor(1) as follower._pool:
+        follower._pass([s], 3 * HOUR)
+    assert [r[3] for r in sink.rows] == [ts for ts in range(0, 10 * MINUTE, MINUTE)]
+    assert s.next_start == 10 * MINUTE  # 00:10 is asked again next pass, not skipped
 
 
 def test_the_exchange_clock_is_a_lower_bound_and_follows_the_server() -> None:
