@@ -45,7 +45,15 @@ import requests
 from .errors import RetryableError, UsageError
 from .http import Cancelled, GaveUp
 from .logs import get_logger
-from .pipeline import RunResult, _apply, _clean, _output_timeframe, _symbols, fetch_checked
+from .pipeline import (
+    RunResult,
+    _apply,
+    _call_plugin,
+    _clean,
+    _output_timeframe,
+    _symbols,
+    fetch_checked,
+)
 from .records import Batch, Row
 from .sinks import RunInfo, Sink
 from .sources import Source, Task
@@ -241,7 +249,7 @@ class Follower:
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="forge-follow")
         try:
             for sink in self.sinks:
-                sink.open(info)
+                _call_plugin("sink", sink.name, sink.open, info)
                 opened.append(sink)
             try:
                 self._setup()
@@ -274,12 +282,12 @@ class Follower:
         self.sink_points = [{} for _ in self.sinks]
         self._retrying(self.clock.sync)
         for symbol in self.symbols:
-            held = [sink.last_open(name, symbol, out.name) for sink in self.sinks]
+            held = [_call_plugin("sink", sink.name, sink.last_open, name, symbol, out.name) for sink in self.sinks]
             for points, h in zip(self.sink_points, held, strict=True):
                 points[symbol] = h
             starts = [out.next_open(h) if h is not None else out.ceil(self.since) for h in held]
             start = min(starts)
-            info = self._retrying(lambda s=symbol: self.source.prepare(s, self.tf))
+            info = self._retrying(lambda s=symbol: _call_plugin("source", name, self.source.prepare, s, self.tf))
             if info.first_open is not None:
                 start = max(start, self.tf.floor(info.first_open))
             known = [h for h in held if h is not None]
@@ -362,7 +370,7 @@ class Follower:
         tasks: list[Task] = []
         for s in due:
             s.step_start, s.started, s.held = s.next_start, False, []
-            tasks += list(self.source.plan(s.symbol, self.tf, s.next_start, limit))
+            tasks += list(_call_plugin("source", self.source.name, self.source.plan, s.symbol, self.tf, s.next_start, limit))
         by_symbol = {s.symbol: s for s in due}
         current: SeriesState | None = None
         done: set[str] = set()
@@ -464,13 +472,13 @@ class Follower:
         if not s.started:
             s.started = True
             for transform in self.transforms:
-                transform.start_series(s.symbol, s.step_start, limit)
+                _call_plugin("transform", transform.label, transform.start_series, s.symbol, s.step_start, limit)
         batch = Batch(self.source.source_value, s.symbol, self.tf.name, self.source.columns, rows, "rest")
         self._write(s, batch, self.transforms)
 
     def _end_transforms(self, s: SeriesState) -> None:
         for i, transform in enumerate(self.transforms):
-            tail = transform.end_series()
+            tail = _call_plugin("transform", transform.label, transform.end_series)
             if tail is not None:
                 self._write(s, tail, self.transforms[i + 1:])
 
@@ -490,7 +498,7 @@ class Follower:
                     continue
                 part = batch.with_rows([r for r in batch.rows if r[at] > held])
                 points[s.symbol] = None  # past it: every later row is new to this sink
-            sink.write(part)
+            _call_plugin("sink", sink.name, sink.write, part)
         s.written += len(batch.rows)
         self._uncommitted += len(batch.rows)
         # the newest output candle written; without an open_ts column, the period of the input
@@ -501,7 +509,7 @@ class Follower:
         if not changed:
             return
         for sink in self.sinks:
-            sink.commit()
+            _call_plugin("sink", sink.name, sink.commit)
         self._uncommitted = 0
         now = self.clock.now() if self.clock.offset_ms is not None else 0
         for s in changed:

@@ -7,7 +7,10 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
+
 from forge_core import Batch, Pipeline, Sink, Source
+from forge_core.errors import SinkError
 from forge_core.follow import ExchangeClock, SeriesState, StatusLine
 from forge_core.pipeline import RunResult
 from forge_core.timeframes import HOUR, MINUTE
@@ -153,3 +156,24 @@ def test_a_sink_that_publishes_only_at_the_end_cannot_follow() -> None:
 
     with pytest.raises(UsageError, match="sink 'atend' cannot follow"):
         Pipeline(StillSource(), [AtTheEnd()]).follow(["X"], "1m", since=0)
+
+
+def test_a_sink_that_calls_sys_exit_while_following_is_a_failure_naming_it() -> None:
+    class Exiting(ListSink):
+        name = "exiting"
+
+        def write(self, batch: Batch) -> None:
+            raise SystemExit(0)
+
+    class Serving(StillSource):
+        def fetch(self, task):
+            return [minute(ts) for ts in range(task.start, task.end, MINUTE)]
+
+    pipeline = Pipeline(Serving([HOUR]), [Exiting()])
+    follower = pipeline.follow(["X"], "1m", since=0)
+    follower.sink_points = [{}]
+    s = follower.series["X"] = SeriesState("X", 0)
+    follower.now = HOUR
+    pipeline.result = RunResult("still", "1m", 0, 0)
+    with ThreadPoolExecutor(1) as follower._pool, pytest.raises(SinkError, match="sink 'exiting' raised sys.exit"):
+        follower._pass([s], HOUR)
