@@ -85,3 +85,10 @@ class Sink:
     def describe(self) -> str:
         """Where the rows went, for the run summary; never include secrets."""
         return self.name
+
+    def rows_changed(self) -> int | None:
+        """Rows this run inserted into the destination or changed there (stored with other
+        values than before), asked after :meth:`close`: ``0`` for a re-run that found every
+        row already stored as it is. ``None`` (the default) when the sink cannot tell: the
+        summary then says it was not counted, never a made-up ``0``."""
+        return None

@@ -30,6 +30,7 @@ from typing import IO, Any
 from forge_core import Batch, Option, RunInfo, Sink, SinkError, UsageError, parse_timeframe
 from forge_core.logs import get_logger
 
+from .changes import changed_records
 from .lock import Lock, acquire
 from .scan import complete_prefix, read_header, records_backward
 
@@ -126,6 +127,7 @@ class _Target:
     base: str | None = None  # --from auto: the complete file this run extends
     prepared: bool = False
     buffer: io.BytesIO | None = None  # follow: what was written since the last commit
+    changed: int | None = None  # records the finished file holds that the one it replaced did not
 
     @property
     def part(self) -> str:
@@ -578,6 +580,7 @@ class CsvSink(Sink):
                 return
             if os.path.lexists(t.real) and not stat.S_ISREG(os.lstat(t.real).st_mode):
                 raise SinkError(f"{t.path} is no longer a regular file; the rows are kept in {t.part}")
+            t.changed = changed_records(t.part, t.base or (t.real if os.path.isfile(t.real) else None), t.gzip)
             os.replace(t.part, t.real)
             _fsync_dir(os.path.dirname(t.real))
             os.remove(t.part + ".meta")
@@ -616,6 +619,13 @@ class CsvSink(Sink):
 
     def describe(self) -> str:
         return ", ".join("stdout" if t.kind == "stdout" else os.path.relpath(t.path) for t in self.targets) or "csv"
+
+    def rows_changed(self) -> int | None:
+        """Records of the finished files that the files they replaced (or, for ``--from auto``,
+        extended) did not hold exactly; ``None`` for stdout, devices and follow runs, or
+        when a file was not finished."""
+        counts = [t.changed for t in self.targets]
+        return None if not counts or None in counts else sum(c for c in counts if c is not None)
 
     def integrity(self) -> Any:
         """Hooks of ``forge status/verify/repair`` on the file ``--output`` names (integrity.py)."""

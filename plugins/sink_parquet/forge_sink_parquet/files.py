@@ -98,6 +98,31 @@ def upsert(old: pa.Table | None, new: pa.Table) -> pa.Table:
     return merged.take(pc.sort_indices(merged["open_ts"]))
 
 
+def changed_rows(old: pa.Table | None, new: pa.Table) -> int:
+    """Rows of ``new`` (unique ``open_ts``) that ``old`` does not hold with equal values: new open
+    times, and those whose stored row differs in any column (nulls equal only to nulls)."""
+    if old is None or old.num_rows == 0:
+        return new.num_rows
+    if set(old.column_names) != set(new.column_names):
+        return new.num_rows
+    held = old.filter(pc.is_in(old["open_ts"], value_set=new["open_ts"].combine_chunks()))
+    if held.num_rows == 0:
+        return new.num_rows
+    ours = new.filter(pc.is_in(new["open_ts"], value_set=held["open_ts"].combine_chunks()))
+    held = held.take(pc.sort_indices(held["open_ts"])).select(new.column_names)
+    ours = ours.take(pc.sort_indices(ours["open_ts"]))
+    inserted = new.num_rows - ours.num_rows
+    differs = None
+    for name in new.column_names:
+        a, b = ours[name], held[name]
+        if a.type != b.type:
+            return new.num_rows
+        same = pc.or_kleene(pc.fill_null(pc.equal(a, b), False), pc.and_(pc.is_null(a), pc.is_null(b)))
+        differs = pc.invert(same) if differs is None else pc.or_(differs, pc.invert(same))
+    changed = pc.sum(differs).as_py() if differs is not None else 0
+    return inserted + (changed or 0)
+
+
 def remove(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.remove(path)

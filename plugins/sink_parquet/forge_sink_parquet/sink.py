@@ -33,7 +33,7 @@ from forge_core import Batch, Option, RunInfo, Sink, SinkError, UsageError, pars
 
 from . import layout
 from .convert import HIVE_KEYS, to_table
-from .files import dataset_schema, read_partition, remove, upsert, write_partition
+from .files import changed_rows, dataset_schema, read_partition, remove, upsert, write_partition
 
 
 @dataclass
@@ -67,6 +67,7 @@ class ParquetSink(Sink):
         self.appended: dict[str, int] = {}  # symbol -> end_ts of its last row handed to write()
         self.resume: dict[str, int] = {}  # symbol -> end_ts, from an interrupted run of the same identity
         self.files_written = 0
+        self.changed = 0  # rows inserted or stored with other values, this run
         self._lock: IO[str] | None = None
         self._state_path = ""
         self._tmp = ""
@@ -79,6 +80,7 @@ class ParquetSink(Sink):
         self.run = run
         self.root = os.path.abspath(str(root))
         self.current, self.committed, self.appended, self.files_written = None, {}, {}, 0
+        self.changed = 0
         layout.check_value("source", run.source)
         for symbol in run.symbols:
             layout.check_value("symbol", symbol)
@@ -219,6 +221,10 @@ class ParquetSink(Sink):
         where = os.path.relpath(self.root) if self.root else "parquet"
         return f"{where} ({self.files_written} parquet files written)"
 
+    def rows_changed(self) -> int | None:
+        """Rows written that the month files did not hold with equal values (by ``open_ts``)."""
+        return self.changed
+
     def integrity(self) -> Any:
         """Hooks of ``forge status/verify/repair`` on the dataset at ``--root`` (integrity.py)."""
         from .integrity import ParquetIntegrity
@@ -238,6 +244,7 @@ class ParquetSink(Sink):
                 part.loaded = True
             merged = upsert(part.base, new)
             self._write_file(merged, part.path)
+            self.changed += changed_rows(part.base, new)
             part.base, part.pending = merged, []
         if finished:
             self.current = None

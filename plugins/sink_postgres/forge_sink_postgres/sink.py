@@ -212,6 +212,12 @@ class PostgresSink(EmitterMethods, Sink):
             if self.session is not None:
                 self.session.drop()
 
+    def rows_changed(self) -> int | None:
+        """Rows inserted or updated to other values, as the committed statements counted them:
+        rows equal to the stored ones are dropped from the stage before the upsert, and the
+        upsert rewrites only rows whose values differ (plain inserts count every row)."""
+        return self.changed
+
     def integrity(self) -> Any:
         """Hooks of ``forge status/verify/repair`` on this sink's table (integrity.py)."""
         from .integrity import PostgresIntegrity
