@@ -49,6 +49,7 @@ WEIGHT_WINDOW = 10  # case 2: the mock's Binance weight window, seconds (real: 6
 WEIGHT_WORKERS = 8  # case 2: enough concurrency for the weight limit, not latency, to bind
 STREAMFORGE = ["streamforge==0.1.3", "pyarrow", "greenlet"]  # the last two: imported, not declared
 CCXT = ["ccxt", "matplotlib"]  # matplotlib draws the plot from this venv too
+FREQTRADE = ["freqtrade==2026.9"]  # the best peer of issue 18
 MARK_START, MARK_END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
 
 
@@ -193,35 +194,49 @@ def case_okx(mock: MockProcess, args: argparse.Namespace, start: str, end: str, 
 
 # -- sinks ----------------------------------------------------------------------------------------
 def case_postgres(args: argparse.Namespace) -> list[Result]:
+    """bench/bench_postgres.py in its own process (its own throwaway durable server): each
+    target is the median of ratios taken pair by pair within a round."""
     script = BENCH / "bench_postgres.py"
-    target = "fresh >= 0.7, re-run >= 0.4"
-    if not script.exists():
-        return [Result("4. PostgreSQL sink", "not available", "", None, target, None, "bench/bench_postgres.py missing")]
-    rows = "5000" if args.quick else "300000"
-    proc = subprocess.run([sys.executable, str(script), "--rows", rows, "--repeat", "1"], capture_output=True,
-                          text=True, timeout=900, cwd=ROOT)
-    phases: dict[str, tuple[float, float]] = {}
-    for line in proc.stdout.splitlines():
-        parts = line.rsplit(None, 3)
-        if len(parts) == 4:
-            try:
-                phases[parts[0].strip()] = (float(parts[1]), float(parts[3]))
-            except ValueError:
-                continue
-    if proc.returncode != 0 or "raw COPY" not in phases:
+    target = "fresh >= 0.8x raw COPY, re-run >= 0.7x stage+join"
+    rows, repeat = ("5000", "1") if args.quick else (str(args.pg_rows), str(args.pg_rounds))
+    proc = subprocess.run([sys.executable, str(script), "--rows", rows, "--repeat", repeat, "--json"],
+                          capture_output=True, text=True, timeout=1800, cwd=ROOT)
+    try:
+        data = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        data = None
+    if proc.returncode != 0 or data is None:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return [Result("4. PostgreSQL sink", "not available", "", None, target, None,
                        f"bench_postgres.py exit {proc.returncode}: {tail[:200]}")]
+    n, sec = data["rows"], data["seconds"]
     out = []
-    raw = phases["raw COPY"][0]
-    for phase, minimum in (("sink fresh", 0.7), ("sink re-run", 0.4), ("sink re-run, changed", 0.4)):
-        if phase in phases:
-            seconds, ratio = phases[phase]
-            out.append(Result(f"4. PostgreSQL {phase}", f"{int(rows) / seconds:,.0f} rows/s",
-                              f"{int(rows) / raw:,.0f} rows/s raw COPY", ratio, f">= {minimum}", ratio >= minimum,
-                              f"{rows} rows: {seconds:.2f} s vs raw COPY {raw:.2f} s (bench/bench_postgres.py)",
-                              {"seconds": seconds, "raw_seconds": raw}))
+    for phase, base, minimum in (("sink fresh", "raw COPY", 0.8), ("sink re-run", "stage+join floor", 0.7)):
+        ratio = data["ratio"][phase]
+        spread = ", ".join(f"{x:.2f}" for x in data["pair_ratios"][phase])
+        out.append(Result(f"4. PostgreSQL {phase}", f"{n / sec[phase]:,.0f} rows/s",
+                          f"{n / sec[base]:,.0f} rows/s {base}", ratio, f">= {minimum}", ratio >= minimum,
+                          f"{n:,} rows, download excluded: {sec[phase]:.2f} s vs {base} {sec[base]:.2f} s (medians "
+                          f"of {data['repeat']}); pair ratios {spread}", {**data, "phase": phase}))
+    changed = data["ratio_changed"]
+    out.append(Result("4. PostgreSQL sink re-run, changed", f"{n / sec['sink re-run, changed']:,.0f} rows/s",
+                      f"{n / sec['raw COPY']:,.0f} rows/s raw COPY", changed, "", None,
+                      f"every close price differs, every row rewritten: {sec['sink re-run, changed']:.2f} s",
+                      {"seconds": sec["sink re-run, changed"]}))
     return out
+
+
+def case_startup(args: argparse.Namespace) -> Result:
+    """bench/bench_startup.py: process start to the mock's first request, one-day CSV run."""
+    import bench_startup
+
+    runs = 1 if args.quick else 21
+    r = bench_startup.measure(runs)
+    heavy = ", ".join(sorted(r["heavy_imports"])) or "none"
+    return Result("0. Start-up: forge run -s binance --sink csv, to the first request",
+                  f"{r['first_request_median']:.3f} s", "", None, f"<= {bench_startup.TARGET} s", r["met"],
+                  f"median of {runs} runs (min {r['first_request_min']:.3f}, max {r['first_request_max']:.3f}); "
+                  f"whole one-day run {r['wall_median']:.3f} s; heavy modules imported: {heavy}", r)
 
 
 def synthetic_rows(n: int) -> list[tuple[Any, ...]]:
@@ -381,9 +396,10 @@ def per_call(fn: Callable[[], object], n: int) -> float:
 
 
 # -- the tools users come from -------------------------------------------------------------------
-def run_driver(python: Path, script: str, url: str, symbol: str, start: str, end: str, tmp: Path) -> dict[str, Any]:
+def run_driver(python: Path, script: str, url: str, symbol: str, start: str, end: str, tmp: Path,
+               extra: list[str] | None = None) -> dict[str, Any]:
     proc = subprocess.run([str(python), str(BENCH / script), "--base-url", url, "--symbol", symbol,
-                           "--from", start, "--to", end, "--out", str(tmp)],
+                           "--from", start, "--to", end, "--out", str(tmp), *(extra or [])],
                           capture_output=True, text=True, timeout=900)
     lines = proc.stdout.strip().splitlines()
     try:
@@ -395,46 +411,143 @@ def run_driver(python: Path, script: str, url: str, symbol: str, start: str, end
     return data
 
 
+def expected_candles(start: str, end: str) -> list[tuple[Any, ...]]:
+    """The mock's BTCUSDT 1m candles opening in the range, computed from its synthetic market
+    (not by any client): what every tool's output is checked against."""
+    from forge_binance.mock import binance_rows
+
+    lo, hi = ms_range(start, end)
+    return binance_rows("BTCUSDT", "1m", lo, hi, int(time.time() * 1000))
+
+
+def check_forge_csv(path: Path, expected: list[tuple[Any, ...]]) -> str | None:
+    """``None`` when the CSV holds exactly ``expected`` (every column, as the CSV sink writes
+    it), else the first difference."""
+    columns = CANDLE_COLUMNS + EXTRA_COLUMNS
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        n = 0
+        for n, (got, want) in enumerate(zip(reader, expected), 1):  # noqa: B905 - lengths checked below
+            for i, name in enumerate(columns):
+                if got[name] != str(want[i]):
+                    return f"row {n} ({want[3]}): {name} {got[name]!r}, expected {str(want[i])!r}"
+        rest = sum(1 for _ in reader)
+    if n + rest != len(expected):
+        return f"{n + rest} rows, expected {len(expected)}"
+    return None
+
+
+def check_peer_csv(path: Path, expected: list[tuple[Any, ...]], ts: str, names: tuple[str, ...]) -> str | None:
+    """The same for a peer's OHLCV file (floats): ``ts`` is its open-time column (ms), ``names``
+    its open, high, low, close and volume columns; values compare as floats, since every peer
+    here stores floats."""
+    index = {"open": 5, "high": 6, "low": 7, "close": 8, "volume": 9}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        n = 0
+        for n, (got, want) in enumerate(zip(reader, expected), 1):  # noqa: B905
+            if int(float(got[ts])) != want[3]:
+                return f"row {n}: open time {got[ts]}, expected {want[3]}"
+            for field_name, name in zip(("open", "high", "low", "close", "volume"), names, strict=True):
+                if float(got[name]) != float(want[index[field_name]]):
+                    return f"row {n} ({want[3]}): {field_name} {got[name]}, expected {want[index[field_name]]}"
+        rest = sum(1 for _ in reader)
+    if n + rest != len(expected):
+        return f"{n + rest} rows, expected {len(expected)}"
+    return None
+
+
+def forge_cli(url: str, start: str, end: str, workers: int, out: Path, archive: bool) -> dict[str, Any]:
+    """``forge run`` in its own process, timed from outside (start-up included, as for every peer)."""
+    path = out / f"forge-{'archive' if archive else 'rest'}.csv"
+    path.unlink(missing_ok=True)
+    cmd = [str(Path(sys.executable).parent / "forge"), "run", "-s", "binance", "--base-url", url, "--symbol", "BTCUSDT",
+           "--from", start, "--to", end, "--workers", str(workers), "-q", "--output", str(path)]
+    cmd += ["--archive", "auto", "--archive-url", url] if archive else ["--archive", "rest"]
+    began = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    seconds = time.perf_counter() - began
+    if proc.returncode != 0:
+        return {"error": f"forge run exit {proc.returncode}: {proc.stderr.strip()[-300:]}"}
+    return {"seconds": seconds, "csv": str(path), "summary": proc.stdout.strip().splitlines()[-1]}
+
+
+def _peer(name: str, venv: str, packages: list[str], script: str, mock: MockProcess, symbol: str, start: str,
+          end: str, tmp: Path, extra: list[str] | None = None) -> dict[str, Any]:
+    try:
+        python = ensure_venv(venv, packages)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        return {"error": f"could not install {name} from PyPI into bench/.venvs/{venv}: {exc}"}
+    mock.reset()
+    began = time.perf_counter()
+    data = run_driver(python, script, mock.url, symbol, start, end, tmp, extra)
+    data["process_seconds"] = time.perf_counter() - began
+    return data
+
+
 def case_tools(mock: MockProcess, args: argparse.Namespace, start: str, end: str, tmp: Path,
                forge_rest: Result) -> list[Result]:
+    """Forge (``forge run``, whole process) and the tools users come from, REST and archive,
+    on the same symbol-year; every output checked candle by candle against the mock's market."""
     out: list[Result] = []
-    rest_rate = forge_rest.data["candles_per_s"]
-    # streamforge only reads archive zips for history: compare with Forge reading the same zips
-    mock.reset()
-    archive = forge_run("binance", {"base_url": mock.url, "archive": "auto", "archive_url": mock.url},
-                        ["BTCUSDT"], start, end, args.workers, tmp)
-    archive_rate = archive.total / archive.elapsed
-    out.append(Result("7a. Forge, archive zips (auto)", f"{archive_rate:,.0f} candles/s", "", None, "", None,
-                      f"{archive.total:,} candles in {archive.elapsed:.2f} s; {archive.source_stats}",
-                      {"candles_per_s": archive_rate, "rows": archive.total, "seconds": archive.elapsed}))
-    try:
-        python = ensure_venv("streamforge", STREAMFORGE)
-        sf = run_driver(python, "compare_streamforge.py", mock.url, "BTCUSDT", start, end, tmp)
-    except (subprocess.CalledProcessError, OSError) as exc:
-        sf = {"error": f"could not install streamforge: {exc}"}
-    if "error" in sf:
-        out.append(Result("7b. streamforge 0.1.3", "not available", "", None, "", None, sf["error"], sf))
-    else:
-        rate = sf["rows"] / sf["seconds"]
-        out.append(Result("7b. streamforge 0.1.3 (archive zips)", f"{rate:,.0f} candles/s",
-                          f"Forge archive {archive_rate:,.0f} candles/s", archive_rate / rate, "Forge / streamforge",
-                          None, f"{sf['rows']:,} candles from {sf['files']} monthly zips in {sf['seconds']:.1f} s "
-                          f"(+{sf['import_seconds']:.1f} s import); Forge REST is {rest_rate / rate:.1f}x",
-                          {**sf, "candles_per_s": rate}))
-    try:
-        python = ensure_venv("ccxt", CCXT)
-        cc = run_driver(python, "compare_ccxt.py", mock.url, "BTC/USDT", start, end, tmp)
-    except (subprocess.CalledProcessError, OSError) as exc:
-        cc = {"error": f"could not install ccxt: {exc}"}
-    if "error" in cc:
-        out.append(Result("7c. ccxt fetch_ohlcv loop", "not available", "", None, "", None, cc["error"], cc))
-    else:
-        rate = cc["rows"] / cc["seconds"]
-        out.append(Result(f"7c. ccxt {cc['ccxt']} fetch_ohlcv loop (REST)", f"{rate:,.0f} candles/s",
-                          f"Forge REST {rest_rate:,.0f} candles/s", rest_rate / rate, "Forge / ccxt", None,
-                          f"{cc['rows']:,} candles, {cc['requests']} requests in {cc['seconds']:.1f} s, "
-                          "enableRateLimit=True, limit=1000", {**cc, "candles_per_s": rate}))
+    expected = expected_candles(start, end)
+    forge: dict[str, dict[str, Any]] = {}
+    for path in ("rest", "archive"):
+        mock.reset()
+        run = forge_cli(mock.url, start, end, args.workers, tmp, archive=path == "archive")
+        if "error" not in run:
+            run["exact"] = check_forge_csv(Path(run["csv"]), expected)
+            run["candles_per_s"] = len(expected) / run["seconds"]
+        forge[path] = run
+        label = f"7{'a' if path == 'rest' else 'b'}. Forge forge run, {path}"
+        if "error" in run:
+            out.append(Result(label, "not available", "", None, "", None, run["error"], run))
+            continue
+        exact = "exact" if run["exact"] is None else f"**not exact: {run['exact']}**"
+        out.append(Result(label, f"{run['candles_per_s']:,.0f} candles/s", "", None, "output exact",
+                          run["exact"] is None, f"{len(expected):,} candles in {run['seconds']:.2f} s (whole process, "
+                          f"{args.workers} workers), {exact}; {run['summary'][:160]}",
+                          {**run, "plot": f"Forge {path}"}))
+
+    peers = [
+        ("freqtrade", "freqtrade", FREQTRADE, "compare_freqtrade.py", "BTC/USDT", ["--path", "rest"], "rest",
+         "7c. freqtrade download-data, rest"),
+        ("freqtrade", "freqtrade", FREQTRADE, "compare_freqtrade.py", "BTC/USDT", ["--path", "archive"], "archive",
+         "7d. freqtrade download-data, archive (daily zips)"),
+        ("ccxt", "ccxt", CCXT, "compare_ccxt.py", "BTC/USDT", [], "rest", "7e. ccxt fetch_ohlcv loop, rest"),
+        ("streamforge", "streamforge", STREAMFORGE, "compare_streamforge.py", "BTCUSDT", [], "archive",
+         "7f. streamforge 0.1.3, archive (monthly zips)"),
+    ]
+    for name, venv, packages, script, symbol, extra, path, label in peers:
+        data = _peer(name, venv, packages, script, mock, symbol, start, end, tmp, extra)
+        if "error" in data:
+            out.append(Result(label, "not available", "", None, "", None, data["error"], data))
+            continue
+        seconds = data["seconds"] + data.get("import_seconds", 0.0)
+        columns = PEER_COLUMNS[name]
+        data["exact"] = check_peer_csv(Path(data["csv"]), expected, columns[0], columns[1:])
+        rate = len(expected) / seconds
+        base = forge.get(path, {})
+        ratio = base["seconds"] and seconds / base["seconds"] if "seconds" in base else None
+        target = ">= 3 (issue 18)" if name == "freqtrade" else ""
+        exact = "exact" if data["exact"] is None else f"**not exact: {data['exact']}**"
+        out.append(Result(
+            label, f"{rate:,.0f} candles/s", f"Forge {path} {len(expected) / base['seconds']:,.0f} candles/s"
+            if "seconds" in base else "", ratio, f"Forge / {name} {target}".strip(),
+            (ratio >= 3 if ratio is not None else None) if name == "freqtrade" else None,
+            f"{data['rows']:,} candles in {seconds:.2f} s (import {data.get('import_seconds', 0):.2f} s + work "
+            f"{data['seconds']:.2f} s), {exact}" + (f"; it stored {data['stored']:,} rows (a page past the range)"
+                                                     if data.get("stored", data["rows"]) != data["rows"] else ""),
+            {**data, "candles_per_s": rate, "plot": PLOT_LABELS[label[:3]], "whole_seconds": seconds}))
     return out
+
+
+PEER_COLUMNS = {  # open time (ms), open, high, low, close, volume
+    "freqtrade": ("open_ts", "open", "high", "low", "close", "volume"),
+    "ccxt": ("timestamp", "open", "high", "low", "close", "volume"),
+    "streamforge": ("open_ts", "open", "high", "low", "close", "volume"),
+}
+PLOT_LABELS = {"7c.": "freqtrade rest", "7d.": "freqtrade archive", "7e.": "ccxt loop", "7f.": "streamforge 0.1.3"}
 
 
 # -- output ---------------------------------------------------------------------------------------
@@ -453,9 +566,8 @@ def plot(results: list[Result], out: Path, latency: float) -> Path | None:
     bars = []
     for r in results:
         rate = r.data.get("candles_per_s")
-        if rate and (r.case.startswith("1.") or r.case.startswith("7")):
-            label = {"1": "Forge REST", "7a": "Forge archive", "7b": "streamforge 0.1.3", "7c": "ccxt loop"}
-            bars.append((label[r.case.split(".")[0]], rate))
+        if rate and r.data.get("plot"):
+            bars.append((r.data["plot"], rate))
     if len(bars) < 2:
         return None
     python = ensure_venv("ccxt", CCXT)
@@ -471,7 +583,7 @@ def plot(results: list[Result], out: Path, latency: float) -> Path | None:
         "ax.set_xlabel('candles per second (higher is better)'); ax.set_title(title,fontsize=10)\n"
         "ax.set_xlim(0,max(vals)*1.25); fig.tight_layout(); fig.savefig(png)\n"
     )
-    title = f"BTCUSDT 1m, one year, same mock exchange ({latency * 1000:.0f} ms latency)"
+    title = f"BTCUSDT 1m, one year, whole process, same mock exchange ({latency * 1000:.0f} ms latency)"
     subprocess.run([str(python), "-c", code, json.dumps(bars), title, str(png)], check=True)
     return png
 
@@ -494,6 +606,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(BENCH / "out"))
     parser.add_argument("--no-compare", action="store_true", help="skip streamforge and ccxt")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--pg-rows", type=int, default=500_000, help="rows of the PostgreSQL case")
+    parser.add_argument("--pg-rounds", type=int, default=3, help="rounds of the PostgreSQL case (pairs per target)")
     parser.add_argument("--publish", action="store_true", help="write docs/benchmarks.md and .png")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -523,13 +637,15 @@ def main(argv: list[str] | None = None) -> int:
             step("3. OKX")
             results.append(case_okx(mock, args, *month, tmp))
             if not (args.quick or args.no_compare):
-                step("7. Forge archive, streamforge, ccxt")
+                step("7. forge run and freqtrade, ccxt, streamforge, REST and archive, outputs checked")
                 results += case_tools(mock, args, *year, tmp, single)
         step(f"2. weight-bound, {len(weight_symbols)} symbols {weight_range[0]}..{weight_range[1]}")
         results.append(case_weight(args, weight_symbols, *weight_range, tmp))
         if not args.quick:  # the same code path as case 2
             step(f"2b. weight-bound at 1200/min, {len(slow_symbols)} symbols {slow_range[0]}..{slow_range[1]}")
             results.append(case_weight(args, slow_symbols, *slow_range, tmp, per_minute=1200, label="2b."))
+        step("0. start-up")
+        results.append(case_startup(args))
         step("4. PostgreSQL")
         results += case_postgres(args)
         step("5. CSV")

@@ -16,7 +16,6 @@ inserts (no key) ``COPY`` straight into the table.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,7 +31,7 @@ def send(cur: Any, table: TableInfo, key: tuple[str, ...], kept: Iterable[tuple[
     """Send every kept column set (the caller commits); returns rows inserted or changed."""
     changed = 0
     for columns, pending in kept:
-        data = pending.data()
+        data = pending.texts
         if not key:
             changed += copy(cur, q.copy_into(table, columns), data)
             continue
@@ -64,6 +63,20 @@ def exists(cur: Any, table: TableInfo, pending: Pending) -> bool:
     return bool(cur.fetchone()[0])
 
 
-def copy(cur: Any, statement: sql.Composable, data: bytes) -> int:
-    cur.copy_expert(statement, io.BytesIO(data), size=1 << 20)
+class _Texts:
+    """The kept texts as the file ``copy_expert`` reads: one batch's bytes per ``read`` (psycopg2
+    sends whatever a read returns), so a commit never joins its rows into one more copy."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self._texts = iter(texts)
+
+    def read(self, size: int = -1) -> bytes:
+        for text in self._texts:
+            if text:
+                return text.encode("utf-8")
+        return b""
+
+
+def copy(cur: Any, statement: sql.Composable, texts: list[str]) -> int:
+    cur.copy_expert(statement, _Texts(texts))
     return max(cur.rowcount, 0)
