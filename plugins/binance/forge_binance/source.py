@@ -201,8 +201,11 @@ class BinanceSource(Source):
         make = self.row_maker(Task(symbol, tf, start, end))
 
         def request(cursor: int, stop: int | None) -> list[Row]:
+            # futures weight grows with `limit`: ask for no more candles than the window holds
+            # (a follow step of a few candles costs 1, not 2)
+            fits = limit if stop is None or not tf.ms else max(1, min(limit, -(-(stop - cursor) // tf.ms)))
             params = {"startTime": cursor, "limit": 1} if stop is None else {
-                "startTime": cursor, "endTime": stop - 1, "limit": limit}
+                "startTime": cursor, "endTime": stop - 1, "limit": fits}
             try:
                 return self._klines(symbol, tf, params, make)
             except BinanceError as exc:
