@@ -130,3 +130,19 @@ def db(pg_url: str) -> Iterator[Any]:
     with conn.cursor() as cur:
         yield cur
     conn.close()
+
+
+# The files that take longest start first, so that with several workers (-n, --dist loadfile)
+# none of them is left to run alone at the end; the rest keep their order.
+SLOW_FIRST = ("tests/test_guide_examples.py", "tests/test_verify.py", "tests/test_follow.py",
+              "tests/test_archive_e2e.py", "tests/test_resume.py", "plugins/sink_parquet/tests/test_parquet_sink.py",
+              "tests/test_signals.py", "tests/test_faults.py", "tests/test_partitions.py",
+              "tests/test_postgres_e2e.py", "tests/test_bench_smoke.py", "plugins/dagster/tests/test_dagster.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::")[0]  # relative to the repository root
+        return SLOW_FIRST.index(path) if path in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)  # stable: tests keep their order inside a file
