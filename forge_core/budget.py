@@ -18,7 +18,8 @@ limiters size ``capacity`` at 95% of the exchange's limit: the exchange never se
 its limit in any window, however the participants interleave. One atomic statement per acquire. Exchange feedback is
 shared too: :func:`pause` (a 429's ``Retry-After``, a 418's ban) stops every participant until
 then, and :func:`observe` (Binance's ``X-MBX-USED-WEIGHT-1M``) moves ``tat`` forward to what
-the server counted since its (fixed, epoch-aligned) window began. An unreachable store is a clear error before any request.
+the server counted since its (fixed, epoch-aligned: the exchange's window, not the limiter's
+slackened one) window began. An unreachable store is a clear error before any request.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ class Store(Protocol):
 
     def pause(self, key: str, seconds: float) -> None: ...
 
-    def observe(self, key: str, used: float, capacity: float, window: float) -> None: ...
+    def observe(self, key: str, used: float, capacity: float, window: float, align: float) -> None:
+        """The server counted ``used`` since its current window began (windows of ``align``
+        seconds from the epoch): ``tat`` is at least that window's start plus ``used``."""
 
     def close(self) -> None: ...
 
@@ -105,12 +108,12 @@ class SqliteStore:
         self._put(conn, key, tat, max(paused, time.time() + seconds))
         conn.execute("COMMIT")
 
-    def observe(self, key: str, used: float, capacity: float, window: float) -> None:
+    def observe(self, key: str, used: float, capacity: float, window: float, align: float) -> None:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         now = time.time()
         tat, paused = self._row(conn, key)
-        self._put(conn, key, max(tat, now // window * window + used * window / capacity), paused)
+        self._put(conn, key, max(tat, now // align * align + used * window / capacity), paused)
         conn.execute("COMMIT")
 
     def close(self) -> None:
@@ -177,13 +180,13 @@ class PostgresStore:
                         "ON CONFLICT (key) DO UPDATE SET paused_until = greatest(b.paused_until, "
                         "extract(epoch FROM clock_timestamp()) + %(s)s)", {"key": key, "s": seconds})
 
-    def observe(self, key: str, used: float, capacity: float, window: float) -> None:
+    def observe(self, key: str, used: float, capacity: float, window: float, align: float) -> None:
         with self._conn().cursor() as cur:
             cur.execute("INSERT INTO forge_rate_budget AS b (key, tat, paused_until) "
                         "VALUES (%(key)s, floor(extract(epoch FROM clock_timestamp()) / %(w)s) * %(w)s + %(inc)s, 0) "
                         "ON CONFLICT (key) DO UPDATE SET tat = greatest(b.tat, "
                         "floor(extract(epoch FROM clock_timestamp()) / %(w)s) * %(w)s + %(inc)s)",
-                        {"key": key, "inc": used * window / capacity, "w": window})
+                        {"key": key, "inc": used * window / capacity, "w": align})
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -213,8 +216,10 @@ class SharedBudget:
     def pause(self, name: str, seconds: float) -> None:
         self.store.pause(self.key(name), seconds)
 
-    def observe(self, name: str, used: float, capacity: float, window: float) -> None:
-        self.store.observe(self.key(name), used, capacity, window)
+    def observe(self, name: str, used: float, capacity: float, window: float, align: float | None = None) -> None:
+        """``align``: the exchange's own fixed window (the limiter's ``window`` may add a slack
+        to it); the server's count is placed at the start of that window."""
+        self.store.observe(self.key(name), used, capacity, window, align or window)
 
 
 _current: SharedBudget | None = None

@@ -44,11 +44,19 @@ class RateLimiter:
 
     ``initial`` is a conservative capacity used until the exchange's real limit is known
     (:meth:`reconfigure`): start-up requests (exchange info, server time, probes) draw from it.
+    It caps this process only: a shared budget (:mod:`forge_core.budget`) is charged at the
+    full ``capacity`` (at the initial one, every new source's start-up would cost the
+    participants ten times its weight).
+
+    ``counting_window`` is the exchange's own fixed, epoch-aligned window (Binance: 60 s) when
+    ``window`` adds a slack to it: :meth:`observe` aligns the server's count on it.
     """
 
     def __init__(self, capacity: float, window: float, *, name: str = "", initial: float | None = None) -> None:
         self.capacity = capacity if initial is None else min(capacity, initial)
+        self.limit = capacity  # what a shared budget is charged against
         self.window = window
+        self.counting_window: float | None = None
         self.name = name
         self.known = initial is None
         self._lock = threading.Lock()
@@ -57,10 +65,11 @@ class RateLimiter:
         self._paused_until = 0.0
         self.waited = 0.0
 
-    def reconfigure(self, capacity: float, window: float) -> None:
+    def reconfigure(self, capacity: float, window: float, counting_window: float | None = None) -> None:
         """The exchange's real limit (what was spent in the window still counts)."""
         with self._lock:
-            self.capacity, self.window = capacity, window
+            self.capacity, self.limit, self.window = capacity, capacity, window
+            self.counting_window = counting_window
             self.known = True
 
     def _expire(self, now: float) -> None:
@@ -98,7 +107,7 @@ class RateLimiter:
             elif cancel.wait(max(wait, 0.001)):
                 return False
         # this process's window allows it; now the budget every process behind the IP shares
-        shared.acquire(self.name, cost, self.capacity, self.window)
+        shared.acquire(self.name, cost, self.limit, self.window)
         return True
 
     def paused_for(self) -> float:
@@ -130,7 +139,7 @@ class RateLimiter:
                 self._used = used
         shared = budget.current()
         if shared is not None:
-            shared.observe(self.name, used, self.capacity, self.window)
+            shared.observe(self.name, used, self.limit, self.window, self.counting_window or self.window)
 
 
 @dataclass

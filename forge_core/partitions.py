@@ -141,6 +141,15 @@ def state(p: Partition, held: Any | None, entry: Any | None) -> str:
     return "partial" if rows else "missing"
 
 
+_run_cache: dict[Any, Any] | None = None
+
+
+def run_cache() -> dict[Any, Any] | None:
+    """A dict the pipelines of one :func:`run` share (``None`` outside one): sources keep in it
+    what every partition group would fetch again, e.g. Binance's exchangeInfo (weight 20)."""
+    return _run_cache
+
+
 def run(partitions: Sequence[Partition], sinks: Sequence[Any], *, plugins: Any = None,
         transforms: Sequence[Any] = (), source_options: dict[str, Any] | None = None,
         rate_budget: str | None = None, **pipeline: Any) -> list[Any]:
@@ -148,11 +157,24 @@ def run(partitions: Sequence[Partition], sinks: Sequence[Any], *, plugins: Any =
     same symbols run as one range); ``sinks`` and ``transforms`` are specs as :class:`~forge_core.Pipeline` takes
     them (names or ``(name, options)``: each run gets fresh instances). Returns the runs'
     :class:`~forge_core.RunResult` s."""
-    from .pipeline import Pipeline
     from .plugins import Plugins
 
+    global _run_cache
     plugins = plugins or Plugins()
-    results = []
+    results: list[Any] = []
+    outer, _run_cache = _run_cache, {} if _run_cache is None else _run_cache
+    try:
+        _run_groups(partitions, sinks, plugins, transforms, source_options, rate_budget, pipeline, results)
+    finally:
+        _run_cache = outer
+    return results
+
+
+def _run_groups(partitions: Sequence[Partition], sinks: Sequence[Any], plugins: Any, transforms: Sequence[Any],
+                source_options: dict[str, Any] | None, rate_budget: str | None, pipeline: dict[str, Any],
+                results: list[Any]) -> None:
+    from .pipeline import Pipeline
+
     for source, market, timeframe, symbols, start, end in groups(partitions):
         options = dict(source_options or {})
         declared = {o.name for o in getattr(plugins.get("source", source), "options", ())}
@@ -163,4 +185,3 @@ def run(partitions: Sequence[Partition], sinks: Sequence[Any], *, plugins: Any =
         results.append(Pipeline((source, options), list(sinks), list(transforms), plugins=plugins,
                                 rate_budget=rate_budget, **pipeline)
                        .run(symbols, timeframe, start, end - 1))
-    return results

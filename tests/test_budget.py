@@ -125,3 +125,65 @@ def test_a_pipelines_budget_holds_only_for_its_run(tmp_path, exchange_env):
     Pipeline("binance", [MemorySink()], rate_budget=f"sqlite:///{tmp_path / 'b.db'}").run(
         "BTCUSDT", "1h", "2024-01-01", "2024-01-01")
     assert budget.current() is None  # the next run in this process does not inherit it
+
+
+def test_the_mock_counts_weight_as_binance_does():
+    """The mock's Binance limit is the real one: 6000 weight per minute window (epoch-aligned),
+    the count in X-MBX-USED-WEIGHT-1M, then 429s with Retry-After to the window's end, and a
+    418 ban once a client sends more than five requests past its 429."""
+    import math
+
+    from forge_mock_exchange import MockConfig, MockExchange
+    from forge_mock_exchange.server import Request
+
+    for _ in range(2):  # once more if the minute turned over meanwhile
+        minute = time.time() // 60
+        mock = MockExchange(MockConfig(now=1742034030456), routes=["binance"])  # dispatch only, no socket
+        info = Request("GET", "/api/v3/exchangeInfo", {"symbol": ["BTCUSDT"]}, {}, "symbol=BTCUSDT")
+        answers = [mock.dispatch(info) for _ in range(300 + 6 + 1)]  # 300 x 20 = 6000: the whole minute
+        if time.time() // 60 == minute:
+            break
+    ok, refused, banned = answers[:300], answers[300:305], answers[305:]
+    assert all(a.status == 200 for a in ok) and ok[-1].headers["X-MBX-USED-WEIGHT-1M"] == "6000"
+    assert json.loads(ok[0].body)["rateLimits"][0] == {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE",
+                                                       "intervalNum": 1, "limit": 6000}
+    assert [a.status for a in refused] == [429] * 5
+    assert 0 < int(refused[0].headers["Retry-After"]) <= math.ceil((minute + 1) * 60 - time.time()) + 1
+    assert "current limit is 6000 request weight per 1 MINUTE" in json.loads(refused[0].body)["msg"]
+    assert [a.status for a in banned] == [418, 418] and int(banned[0].headers["Retry-After"]) >= 120
+    assert "IP banned until" in json.loads(banned[0].body)["msg"]
+    assert mock.stats["binance.429"] == 5 and mock.stats["binance.418"] == 2
+
+
+def test_the_server_count_is_placed_in_the_exchanges_window_not_the_limiters(tmp_path):
+    """Binance counts per epoch-aligned minute; the limiter's window is 61.2 s (a slack for
+    jitter). Aligned on 61.2 s the count lands up to a minute off, stalling every participant
+    for up to a minute (or letting them overrun) each time the phases drift apart."""
+    url = f"sqlite:///{tmp_path / 'budget.db'}"
+    try:
+        shared = budget.use(url)
+        limiter = RateLimiter(5700, 61.2, name="test-limit")
+        limiter.reconfigure(5700, 61.2, counting_window=60)
+        limiter.observe(570)  # a tenth of the window's weight spent since the minute began
+        now = time.time()
+        store = shared.store  # type: ignore[union-attr]
+        tat, _ = store._row(store._conn(), shared.key("test-limit"))  # type: ignore[union-attr,attr-defined]
+        assert tat == pytest.approx(now // 60 * 60 + 570 * 61.2 / 5700, abs=0.01)
+    finally:
+        budget.use(None)
+
+
+def test_start_up_requests_cost_the_shared_budget_their_weight_not_ten_times_it(tmp_path):
+    """A new source's limiter caps itself at 10% of the published limit until exchangeInfo
+    answers; the participants' shared budget is charged at the published rate all the same."""
+    url = f"sqlite:///{tmp_path / 'budget.db'}"
+    try:
+        shared = budget.use(url)
+        limiter = RateLimiter(5700, 61.2, name="test-limit", initial=600)
+        before = time.time()
+        limiter.acquire(20)  # exchangeInfo
+        store = shared.store  # type: ignore[union-attr]
+        tat, _ = store._row(store._conn(), shared.key("test-limit"))  # type: ignore[union-attr,attr-defined]
+        assert tat - before == pytest.approx(20 * 61.2 / 5700, abs=0.05)  # 0.21 s of the budget, not 2.0 s
+    finally:
+        budget.use(None)

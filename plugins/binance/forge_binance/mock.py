@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +115,7 @@ class Weights:
                              "Please use WebSocket Streams for live updates to avoid bans.", 418,
                              **{"Retry-After": str(math.ceil(until - now))})
             st["used"] += weight
+            self.log().append((now, weight))
             self.mock.stats[f"binance.{self.flavor.key}.requests"] += 1
             self.mock.stats["binance.weight_max"] = max(self.mock.stats["binance.weight_max"], st["used"])
             if st["used"] > self.limit:
@@ -131,6 +133,10 @@ class Weights:
                              f"per {unit}. Please use WebSocket Streams for live updates to avoid polling the API.",
                              429, **{"Retry-After": str(retry), self.header: str(st["used"])})
             return None
+
+    def log(self) -> deque[tuple[float, int]]:
+        """``(time, weight)`` of the latest charged requests (the limit's rate is checked on it)."""
+        return self.mock.state.setdefault(f"weights.{self.flavor.key}.log", deque(maxlen=200_000))
 
     def used(self) -> str:
         with self.mock.lock:
@@ -246,6 +252,7 @@ def select(listing: Listing, tf: Any, start: int | None, end: int | None, limit:
 
 def exchange_info(mock: MockExchange, flavor: Flavor, weights: Weights, req: Request) -> Response:
     refused = weights.charge(20 if flavor.key == "spot" else 1)
+    mock.count(f"binance.{flavor.key}.exchangeInfo")
     if refused is not None:
         return refused
     wanted: list[str] | None = None

@@ -39,6 +39,7 @@ from forge_core import (
     get_logger,
 )
 from forge_core.http import retry_after as parse_retry_after
+from forge_core.partitions import run_cache
 
 from .archive import ARCHIVE_URL, ArchiveClient, ArchiveFetcher, plan_segments
 
@@ -102,6 +103,7 @@ class BinanceSource(Source):
                                    initial=spec["weight_limit"] * 0.1)
         self.http = HttpClient(base_url, limiter=self.limiter, check=self._check, envvar=spec["env"])
         self._limits_known = False
+        self._info_key = ("binance.exchangeInfo", base_url, self.market)
         self._ends: dict[tuple[str, str], dict[str, int]] = {}
         self._onboard: dict[str, int | None] = {}  # COIN-M listing times from exchangeInfo
         self._now: int | None = None
@@ -141,16 +143,24 @@ class BinanceSource(Source):
         return self.http.get_json(self.prefix + path, params, cost=cost, parse=parse)
 
     def _learn_limits(self, symbol: str) -> None:
-        """Size the limiter from ``exchangeInfo.rateLimits`` (the live values change)."""
+        """Size the limiter from ``exchangeInfo.rateLimits`` (the live values change). Within
+        one :func:`forge_core.partitions.run` the answer is kept for every later partition
+        group of the same host and market: N groups cost one exchangeInfo (weight 20), not N."""
         if self._limits_known:
             return
-        params = {"symbol": symbol} if self.market == "spot" else {}
-        info = self._get("/exchangeInfo", params, 20 if self.market == "spot" else 1)
+        cache = run_cache()
+        info = cache.get(self._info_key) if cache is not None else None
+        if info is None or (self.market == "coinm" and symbol not in {s.get("symbol") for s in info.get("symbols", [])}):
+            params = {"symbol": symbol} if self.market == "spot" else {}
+            info = self._get("/exchangeInfo", params, 20 if self.market == "spot" else 1)
+            if cache is not None:  # spot asks about one symbol: only its rateLimits stand for others
+                cache[self._info_key] = info if self.market == "coinm" else {"rateLimits": info.get("rateLimits", [])}
         for limit in info.get("rateLimits", []):
             if limit.get("rateLimitType") == "REQUEST_WEIGHT":
                 window = _WINDOW_SECONDS.get(limit.get("interval"), 60) * int(limit.get("intervalNum", 1))
                 slack = max(0.25, window * 0.02)  # network jitter between our clock and theirs
-                self.limiter.reconfigure(float(limit["limit"]) * 0.95, window + slack)
+                # the server counts in fixed windows of `window` from the epoch: observe aligns on them
+                self.limiter.reconfigure(float(limit["limit"]) * 0.95, window + slack, counting_window=window)
         if self.market == "coinm":
             self._onboard = {s["symbol"]: s.get("onboardDate") for s in info.get("symbols", []) if "symbol" in s}
         self._limits_known = True
