@@ -11,6 +11,11 @@
 Each materialisation is ``forge run --partition`` of that one partition (idempotent: re-running
 replaces it exactly), drawing from the shared rate budget of :mod:`forge_core.budget`, so any
 number of run workers on any number of machines stay inside the exchange's limit together.
+
+``forge_verify_check(klines)`` adds an asset check that runs ``forge verify`` on a partition:
+it compares the store with the exchange and fails with the missing, extra, duplicated and
+changed counts as metadata (the ledger records a clean partition as verified, so
+``forge plan`` shows it so).
 """
 
 
@@ -18,6 +23,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
     AssetExecutionContext,
     AssetsDefinition,
     BackfillPolicy,
@@ -29,12 +38,15 @@ from dagster import (
     MultiPartitionsDefinition,
     StaticPartitionsDefinition,
     asset,
+    asset_check,
 )
 
 from forge_core.partitions import Partition
 from forge_core.partitions import run as run_partitions
 
-__all__ = ["ForgeBudget", "forge_asset", "forge_partition"]
+__all__ = ["ForgeBudget", "forge_asset", "forge_partition", "forge_verify_check"]
+
+_FORGE: dict[str, dict[str, Any]] = {}  # what each forge_asset runs, by asset name (never in metadata: secrets)
 
 
 class ForgeBudget(ConfigurableResource):  # type: ignore[misc]
@@ -44,9 +56,13 @@ class ForgeBudget(ConfigurableResource):  # type: ignore[misc]
     url: str = ""
 
 
-def forge_partition(context: AssetExecutionContext, source: str, market: str, timeframe: str) -> Partition:
+def forge_partition(context: AssetExecutionContext | AssetCheckExecutionContext, source: str, market: str, timeframe: str) -> Partition:
     """The Forge partition of the run's (symbol, month) Dagster partition key."""
-    keys = context.partition_key.keys_by_dimension  # type: ignore[attr-defined]
+    key = context.partition_key
+    keys = getattr(key, "keys_by_dimension", None)
+    if keys is None:  # the run's partition tag as text: dimensions in name order, "2024-01|BTCUSDT"
+        month, symbol = str(key).split("|", 1)
+        keys = {"month": month, "symbol": symbol}
     return Partition(source, market, keys["symbol"], timeframe, keys["month"][:7])
 
 
@@ -61,6 +77,8 @@ def forge_asset(name: str, *, source: str, sinks: Sequence[Any], symbols: Sequen
     runs ``max_partitions_per_run`` partitions per run (default 1: Dagster's multi-partition
     ranges are not contiguous in both dimensions, see dagster#28861).
     """
+    _FORGE[name] = {"source": source, "market": market, "timeframe": timeframe, "sinks": list(sinks),
+                    "source_options": dict(source_options or {}), "workers": workers}
     symbol_dim = (StaticPartitionsDefinition(list(symbols)) if symbols is not None
                   else DynamicPartitionsDefinition(name=f"{name}_symbols"))
     # end_offset=1: the current month is a partition too (its closed candles so far)
@@ -87,3 +105,84 @@ def forge_asset(name: str, *, source: str, sinks: Sequence[Any], symbols: Sequen
         })
 
     return _asset
+
+
+def _sink_spec(spec: Any) -> tuple[str, dict[str, Any]]:
+    return (spec, {}) if isinstance(spec, str) else (spec[0], dict(spec[1]))
+
+
+def verify_partition(partition: Partition, sink: Any, *, source_options: dict[str, Any] | None = None,
+                     workers: int = 4) -> Any:
+    """``forge verify`` of one partition against one sink (a name or ``(name, options)``):
+    the :class:`~forge_core.integrity.engine.SeriesReport`."""
+    from forge_core.integrity.commands import open_store
+    from forge_core.integrity.engine import Checker
+    from forge_core.plugins import Plugins
+
+    plugins = Plugins()
+    name, options = _sink_spec(sink)
+    source_cls = plugins.get("source", partition.source)
+    source_opts = dict(source_options or {})
+    if partition.market != "-":
+        source_opts["market"] = partition.market
+    sink_cls = plugins.get("sink", name)
+    if hasattr(sink_cls, "path_for"):  # a file per run (CSV): the one this partition's run wrote
+        from forge_core.sinks import RunInfo
+
+        src = source_cls(**source_opts)
+        try:
+            info = RunInfo(src.source_value, src.label or src.name.title(), (partition.symbol,),
+                           partition.timeframe, partition.start, partition.end, src.columns)
+        finally:
+            src.close()
+        options["output"] = sink_cls(**options).path_for(info, partition.symbol)
+    store = open_store(plugins, name, options)
+    try:
+        checker = Checker(store, lambda: source_cls(**source_opts), workers=workers)
+        return checker.run(partition.symbol, partition.timeframe, partition.start, partition.end)
+    finally:
+        store.close()
+
+
+def forge_verify_check(asset_def: AssetsDefinition, *, sink: Any = None, name: str = "forge_verify",
+                       blocking: bool = False) -> AssetChecksDefinition:
+    """An asset check of a :func:`forge_asset` that runs ``forge verify`` on the checked
+    partition: passes when the store holds exactly the exchange's candles (holes the exchange
+    has are not missing), fails (severity ERROR) with the counts otherwise. ``sink``: the store
+    to verify, default the asset's first sink that has integrity hooks (csv, postgres)."""
+    asset_name = asset_def.key.path[-1]
+    forge = _FORGE.get(asset_name)
+    if forge is None:
+        raise ValueError(f"asset {asset_name!r} was not made by forge_asset")
+    sinks = [sink] if sink is not None else forge["sinks"]
+
+    @asset_check(asset=asset_def, name=name, blocking=blocking, partitions_def=asset_def.partitions_def,
+                 description="forge verify on the partition: the store against the exchange")
+    def _check(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        from forge_core.errors import ForgeError
+        from forge_core.plugins import Plugins
+
+        partition = forge_partition(context, forge["source"], forge["market"], forge["timeframe"])
+        plugins = Plugins()
+        able = [s for s in sinks if hasattr(plugins.get("sink", _sink_spec(s)[0]), "integrity")]
+        if not able:
+            raise ValueError(f"no sink of {asset_name!r} can be verified (csv and postgres can)")
+        meta: dict[str, Any] = {"forge_partition": partition.key}
+        try:
+            report = verify_partition(partition, able[0], source_options=forge["source_options"],
+                                      workers=forge["workers"])
+        except ForgeError as exc:  # e.g. the store holds nothing of the partition yet
+            return AssetCheckResult(passed=False, severity=AssetCheckSeverity.ERROR,
+                                    metadata={**meta, "error": str(exc)})
+        counts = {k: report.count(k) for k in ("missing", "extra", "duplicate", "changed")}
+        failed = [p.partition for p in report.partitions if p.status == "failed"]
+        meta.update(counts, holes=len(report.holes),
+                    store_rows=sum(p.store_rows for p in report.partitions),
+                    exchange_rows=sum(p.exchange_rows or 0 for p in report.partitions),
+                    issues=MetadataValue.json([i.as_json() for i in report.issues][:50]))
+        if failed:
+            meta["failed"] = MetadataValue.json(failed)
+        return AssetCheckResult(passed=not failed and not report.differences, severity=AssetCheckSeverity.ERROR,
+                                metadata=meta)
+
+    return _check

@@ -4,6 +4,8 @@ re-materialising is idempotent, and the run's metadata reports rows and holes.""
 from __future__ import annotations
 
 import csv
+import os
+from typing import Any
 
 import pytest
 from dagster import DagsterInstance, MultiPartitionKey, materialize
@@ -49,6 +51,7 @@ def test_the_partition_space_is_symbols_by_month(asset):
     assert "2024-02|ETHUSDT" in keys and len(keys) == 2 * 3
 
 
+@pytest.mark.slow
 def test_the_example_code_location_materialises_through_the_dagster_cli(exchange_env, tmp_path):
     """``dagster asset materialize`` in a process of its own, on a persistent instance (so
     Dagster's multiprocess executor runs the step in yet another process)."""
@@ -60,13 +63,56 @@ def test_the_example_code_location_materialises_through_the_dagster_cli(exchange
     import forge_dagster
 
     example = Path(forge_dagster.__file__).with_name("definitions_example.py")
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "FORGE_DAGSTER_SINK": "csv",
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "FORGE_DAGSTER_SINK": "csv", "FORGE_DAGSTER_TIMEFRAME": "1h",
            "FORGE_RATE_BUDGET": f"sqlite:///{tmp_path / 'budget.db'}"}
     (tmp_path / "home").mkdir()
     proc = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-f", str(example),
                            "--select", "binance_klines", "--partition", "2024-02|ETHUSDT"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the example's asset check ran forge verify on the partition just written
+    assert "Asset check 'forge_verify' on 'binance_klines' passed." in proc.stderr
     lo, hi = parse_range("2024-02-01", "2024-02-29")
-    want = as_csv_lines(binance_rows("ETHUSDT", "1m", lo, hi, exchange_env.config.now))
-    assert rows(tmp_path / "Binance-ETHUSDT-1m-2024-02-01_2024-02-29.csv") == want
+    want = as_csv_lines(binance_rows("ETHUSDT", "1h", lo, hi, exchange_env.config.now))
+    assert rows(tmp_path / "Binance-ETHUSDT-1h-2024-02-01_2024-02-29.csv") == want
+
+
+def test_the_verify_check_passes_a_clean_partition_and_fails_one_missing_a_row(exchange_env, pg_url, db, tmp_path):
+    """The asset check runs ``forge verify`` on the partition: clean after materialising; a row
+    deleted from the table fails it with ``missing`` = 1 in its metadata."""
+    from dagster import AssetSelection, Definitions, define_asset_job
+
+    from forge_dagster import forge_verify_check
+
+    table = f"dagster_check_{os.getpid()}"
+    db.execute(f'DROP TABLE IF EXISTS "{table}"')
+    klines = forge_asset("checked_klines", source="binance", market="spot",
+                         sinks=[("postgres", {"database_url": pg_url, "table": table})],
+                         symbols=["BTCUSDT"], timeframe="1h", start="2024-01", end="2024-03")
+    check = forge_verify_check(klines)
+    key = MultiPartitionKey({"symbol": "BTCUSDT", "month": "2024-02"})
+    resources = {"forge_budget": ForgeBudget(url="")}
+    instance = DagsterInstance.ephemeral()
+    assert materialize([klines], partition_key=key, instance=instance, resources=resources).success
+
+    # a run of the check alone on the partition (as the UI launches it: the partition as the run's tag)
+    job = define_asset_job("verify_checked_klines", selection=AssetSelection.checks(check))
+    defs = Definitions(assets=[klines], asset_checks=[check], jobs=[job], resources=resources)
+
+    def verify() -> Any:
+        result = defs.resolve_job_def("verify_checked_klines").execute_in_process(
+            instance=instance, tags={"dagster/partition": str(key)}, raise_on_error=False)
+        (evaluation,) = result.get_asset_check_evaluations()
+        return evaluation
+
+    clean = verify()
+    assert clean.passed and clean.metadata["missing"].value == 0
+    assert clean.metadata["store_rows"].value == 29 * 24 and clean.metadata["forge_partition"].value == (
+        "binance:spot:BTCUSDT:1h:2024-02")
+    gone = parse_range("2024-02-10 07:00:00", "2024-02-10 07:00:00")[0]
+    db.execute(f'DELETE FROM "{table}" WHERE symbol = %s AND open_ts = %s', ("BTCUSDT", gone))
+    broken = verify()
+    assert not broken.passed and broken.severity.value == "ERROR"
+    assert broken.metadata["missing"].value == 1 and broken.metadata["store_rows"].value == 29 * 24 - 1
+    assert broken.metadata["issues"].value[0]["from_ms"] == gone
+    db.execute(f'DROP TABLE IF EXISTS "{table}"')
