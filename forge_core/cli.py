@@ -166,15 +166,12 @@ def run_command(plugins: Plugins, args: list[str] | None = None) -> click.Comman
     if by_partition and source_name is None:  # the keys name the source: binance:spot:BTCUSDT:1m:2024-03
         keys = [args[i + 1] if a == "--partition" else a.split("=", 1)[1]
                 for i, a in enumerate(args) if (a == "--partition" and i + 1 < len(args)) or a.startswith("--partition=")]
-        from contextlib import suppress
-
         from .partitions import read_keys
 
         first = next((k for k in keys if not k.startswith("@") and ":" in k), None)
         source_name = first.split(":", 1)[0] if first else None
-        if source_name is None and keys:
-            with suppress(UsageError):  # only @FILEs: their keys (a bad one gets its line when the run reads it)
-                source_name = read_keys(keys)[0].source
+        if source_name is None and keys and not any(a in ("-h", "--help") for a in args):
+            source_name = read_keys(keys)[0].source  # only @FILEs: a bad file or key is its one line here
     chosen = _Chosen(plugins, source_name, sink_names, transform_names)
     declared = chosen.options
     asks_help = any(a in ("-h", "--help") for a in args)
