@@ -143,10 +143,12 @@ class PostgresStore:
 
         self._psycopg2 = psycopg2
         self.url = url
-        self._local = threading.local()
+        # one connection per process, not per worker thread: 16 hosts x 4 processes x 5 threads
+        # would be 320 connections; a statement takes ~1 ms, so the workers barely queue
+        self._lock = threading.Lock()
+        self._connection: Any = None
         try:
-            conn = self._conn()
-            with conn.cursor() as cur:  # many participants start at once: create under a lock
+            with self._lock, self._conn().cursor() as cur:  # many participants start at once: create under a lock
                 cur.execute("BEGIN; SELECT pg_advisory_xact_lock(7146835); CREATE TABLE IF NOT EXISTS "
                             "forge_rate_budget (key text PRIMARY KEY, tat double precision NOT NULL, "
                             "paused_until double precision NOT NULL); COMMIT")
@@ -156,16 +158,16 @@ class PostgresStore:
                              f"reachable: {str(exc).strip().splitlines()[0]}") from None
 
     def _conn(self) -> Any:
-        conn = getattr(self._local, "conn", None)
+        conn = self._connection
         if conn is None or conn.closed:
             conn = self._psycopg2.connect(self.url, connect_timeout=10, application_name="forge-rate-budget")
             conn.autocommit = True
-            self._local.conn = conn
+            self._connection = conn
         return conn
 
     def reserve(self, key: str, cost: float, capacity: float, window: float) -> float:
         args = {"key": key, "inc": cost * window / capacity, "burst": BURST * window}
-        with self._conn().cursor() as cur:
+        with self._lock, self._conn().cursor() as cur:
             cur.execute(self.RESERVE, args)
             if cur.fetchone() is not None:
                 return 0.0
@@ -174,14 +176,14 @@ class PostgresStore:
             return float(row[0]) if row else 0.001
 
     def pause(self, key: str, seconds: float) -> None:
-        with self._conn().cursor() as cur:
+        with self._lock, self._conn().cursor() as cur:
             cur.execute("INSERT INTO forge_rate_budget AS b (key, tat, paused_until) "
                         "VALUES (%(key)s, 0, extract(epoch FROM clock_timestamp()) + %(s)s) "
                         "ON CONFLICT (key) DO UPDATE SET paused_until = greatest(b.paused_until, "
                         "extract(epoch FROM clock_timestamp()) + %(s)s)", {"key": key, "s": seconds})
 
     def observe(self, key: str, used: float, capacity: float, window: float, align: float) -> None:
-        with self._conn().cursor() as cur:
+        with self._lock, self._conn().cursor() as cur:
             cur.execute("INSERT INTO forge_rate_budget AS b (key, tat, paused_until) "
                         "VALUES (%(key)s, floor(extract(epoch FROM clock_timestamp()) / %(w)s) * %(w)s + %(inc)s, 0) "
                         "ON CONFLICT (key) DO UPDATE SET tat = greatest(b.tat, "
@@ -189,9 +191,10 @@ class PostgresStore:
                         {"key": key, "inc": used * window / capacity, "w": align})
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
 
 
 class SharedBudget:

@@ -187,3 +187,32 @@ def test_start_up_requests_cost_the_shared_budget_their_weight_not_ten_times_it(
         assert tat - before == pytest.approx(20 * 61.2 / 5700, abs=0.05)  # 0.21 s of the budget, not 2.0 s
     finally:
         budget.use(None)
+
+
+def test_the_postgres_budget_takes_one_connection_per_process_not_per_worker(pg_url, db):
+    """16 hosts x 4 processes x 5 worker threads would otherwise be 320 connections."""
+    import threading
+
+    try:
+        budget.use(pg_url, egress=f"one-connection-{time.time_ns()}")
+        limiter = RateLimiter(1e6, 1.0, name="test-limit")
+        acquired, counted = threading.Barrier(6), threading.Event()
+
+        def work() -> None:
+            for _ in range(20):
+                limiter.acquire(1)
+            acquired.wait()
+            counted.wait(10)  # still alive (a thread's connection would close with it)
+
+        workers = [threading.Thread(target=work) for _ in range(5)]
+        for w in workers:
+            w.start()
+        acquired.wait()
+        db.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'forge-rate-budget'")
+        connections = db.fetchone()[0]
+        counted.set()
+        for w in workers:
+            w.join()
+        assert connections == 1
+    finally:
+        budget.use(None)
