@@ -11,8 +11,9 @@ Reports, per case: aggregate candles/s and weight/s against the weight bound (60
 Spot klines weigh 2 whatever their ``limit``, so the runs ask pages of ``--page`` candles
 (default 24): many cheap requests make the weight bound the bottleneck, not this machine's CPU
 (``--page 1000`` measures full pages). The same partitions without the shared budget show the
-429s and 418s it prevents. Then the acquire latency of the SQLite and PostgreSQL budgets across
-8 processes that never wait (median, p95). Ratios, not timings, are what carries over.
+429s and 418s it prevents. Then the acquire latency of the SQLite and PostgreSQL budgets (median,
+p95): 1 and 8 processes reserving back to back (never refused), and 8 processes at 200
+reservations per second together (twice Binance's request rate at weight 1). Ratios, not timings, are what carries over.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ sys.exit(main(sys.argv[2:]))
 ACQUIRE = """
 import json, sys, time
 from forge_core import budget
-url, n, start_at = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+url, n, start_at, gap = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 store = budget.open_store(url)
 store.reserve("bench:warm", 1, 1e12, 60)  # connect and create before the clock starts
 while time.time() < start_at:
@@ -72,6 +73,8 @@ for _ in range(n):
     began = time.perf_counter()
     store.reserve("bench:latency", 1, 1e12, 60)
     times.append(time.perf_counter() - began)
+    if gap:
+        time.sleep(gap)
 store.close()
 print(json.dumps(times))
 """
@@ -190,10 +193,13 @@ def run_case(args: argparse.Namespace, pg_url: str, processes: int, shared: bool
     return out
 
 
-def latency(url: str, processes: int, n: int) -> dict[str, Any]:
+def latency(url: str, processes: int, n: int, rate: float = 0.0) -> dict[str, Any]:
+    """``processes`` participants reserving ``n`` times each, back to back (``rate`` 0: the
+    worst contention) or at ``rate`` reservations per second together."""
     start_at = time.time() + 3.0  # every participant connected and warm by then
-    procs = [subprocess.Popen([sys.executable, "-c", ACQUIRE, url, str(n), str(start_at)], stdout=subprocess.PIPE,
-                              text=True) for _ in range(processes)]
+    gap = processes / rate if rate else 0.0
+    procs = [subprocess.Popen([sys.executable, "-c", ACQUIRE, url, str(n), str(start_at), str(gap)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(processes)]
     times: list[float] = []
     for proc in procs:
         out, _ = proc.communicate(timeout=600)
@@ -220,6 +226,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--latency", type=float, default=0.05, help="mock latency per response, s")
     parser.add_argument("--acquires", type=int, default=2000, help="per process, latency measurement")
+    parser.add_argument("--latency-processes", default="1,8", help="participants of the latency measurement")
     parser.add_argument("--database-url", default=os.environ.get("FORGE_DATABASE_URL"))
     parser.add_argument("--quick", action="store_true", help="2 symbols x 3 months, 1 and 4 processes")
     parser.add_argument("--out", help="also write the results as JSON to this file")
@@ -261,11 +268,13 @@ def main() -> None:
                       + (f"; {r['errors'][0][:100]}" if r["errors"] else ""))
         if not args.no_latency:
             for name in ("sqlite", "postgresql"):
-                url = f"sqlite:///{tempfile.mkdtemp()}/budget.db" if name == "sqlite" else pg_url
-                lat = latency(url, 8, args.acquires)
-                results["latency"][name] = lat
-                print(f"{name:>10} budget, 8 processes, {lat['acquires']} acquires: median {lat['median_ms']:.3f} ms, "
-                      f"p95 {lat['p95_ms']:.3f} ms, max {lat['max_ms']:.1f} ms")
+                for n, rate in [(int(p), 0.0) for p in args.latency_processes.split(",") if p] + [(8, 2 * RATE)]:
+                    url = f"sqlite:///{tempfile.mkdtemp()}/budget.db" if name == "sqlite" else pg_url
+                    lat = latency(url, n, args.acquires if not rate else min(args.acquires, 250), rate)
+                    how = f"{n} process{'es' if n > 1 else ''}" + (f" at {rate:.0f}/s" if rate else ", back to back")
+                    results["latency"][f"{name}, {how}"] = lat
+                    print(f"{name:>10} budget, {how}, {lat['acquires']} acquires: median {lat['median_ms']:.3f} ms, "
+                          f"p95 {lat['p95_ms']:.3f} ms, max {lat['max_ms']:.1f} ms")
     finally:
         if server is not None:
             server.stop()
