@@ -150,11 +150,25 @@ def one_line(exc: BaseException) -> str:
 
 
 def _read_password_file(path: str) -> str:
+    """The password: the file's one line, its line end (LF or CRLF) and a UTF-8 BOM removed,
+    nothing else (spaces are part of it). Empty lines after it are ignored; a second line
+    with text, or none at all, is an error that never shows the file's content."""
     try:
-        with open(os.path.expanduser(path), encoding="utf-8") as f:
-            return f.read().rstrip("\r\n")
+        with open(os.path.expanduser(path), encoding="utf-8-sig", newline="") as f:
+            text = f.read()
     except OSError as exc:
         raise UsageError(f"cannot read password file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"password file {path} is not UTF-8 text; it must hold the password on one line") from None
+    lines = re.split(r"\r\n|\r|\n", text)
+    while lines and lines[-1] == "":
+        lines.pop()
+    if not lines:
+        raise UsageError(f"password file {path} is empty; it must hold the password on one line")
+    if len(lines) > 1:
+        raise UsageError(f"password file {path} has {len(lines)} lines; it must hold only the password, on one "
+                         "line (a ~/.pgpass-style host:port:db:user:password file goes in PGPASSFILE instead)")
+    return lines[0]
 
 
 # -- the session: transactions that survive dropped, restarted and silent servers -------------------

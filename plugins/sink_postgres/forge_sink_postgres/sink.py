@@ -58,7 +58,8 @@ class PostgresSink(EmitterMethods, Sink):
                "its table is created if missing.", metavar="MODULE:CLASS"),
         Option("on_conflict", "Upsert key columns, comma-separated (default: the table's primary key), "
                "or 'none' for plain inserts (re-runs then duplicate or fail).", metavar="COLUMNS|none"),
-        Option("password_file", "File holding the database password (first line).", metavar="PATH"),
+        Option("password_file", "File holding the database password on one line (the line end is not part of it).",
+               metavar="PATH"),
     )
 
     supports_follow = True  # every commit is a transaction in the target table
