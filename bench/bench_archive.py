@@ -1,128 +1,336 @@
-"""A symbol-year of 1m candles from the Binance archive path against the REST path, same run.
+"""The Binance archive path against its floor, its memory, and missing archive files, one run.
 
-The mock runs in a separate process (50 ms latency per response, clock frozen at
-2025-03-15 10:20 UTC); Forge runs here. For each path two timings:
+Everything runs against one warm mock in its own process (``--latency`` per response, 50 ms by
+default, clock frozen at 2025-03-15 10:20 UTC); every contender is a process of its own, timed
+from outside (wall, and user+system CPU from ``wait4``), in interleaved rounds, medians kept.
 
-- ``fetch``: plan + download (+ verify + parse) of every task with ``--workers`` threads, rows
-  counted and dropped: what the source costs;
-- ``pipeline``: the whole pipeline through the ``Pipeline`` API into a sink that only counts
-  rows (what Forge costs before any sink);
-- ``forge run``: the same into the CSV sink (writing 527k rows with ``csv.writer`` is a cost
-  both paths share).
+1. **Speed, a symbol-year of 1m into CSV** (issue 18: at most 1.5x the floor):
 
-The mock builds each zip on first request and caches it (a real archive serves static files),
-so the archive is timed warm after a first, cold pass whose time is printed too. The REST
-path cannot be warmed: the mock renders every page as it would on the exchange.
+   - ``floor``: polars, in a process of its own: download the 12 monthly zips and their
+     ``.CHECKSUM`` with ``--workers`` threads, check the sha256, and turn each zip into the
+     CSV ``forge run`` writes (byte-identical; checked), writing it to one file;
+   - ``floor, local``: the same from zips already on disk (no download): polars alone;
+   - ``forge``: ``forge run -s binance --archive archive`` into CSV (start-up included);
+   - ``forge, before``: the same from another source tree (``--baseline DIR``, e.g. an
+     unpacked ``git archive`` of an older commit), for before/after in the same run.
 
-    python bench/bench_archive.py                  # BTCUSDT 2024, 4 workers
-    python bench/bench_archive.py --symbols 3 --workers 8
+2. **Peak RSS** (VmHWM, ``bench/memory.py``) of ``forge run`` on the archive path for a
+   month, a year and three years at ``--rss-workers`` (default 1, 4, 8, 16), into CSV, Parquet
+   and PostgreSQL (a throwaway server; skipped when none can start). Target: under 120 MiB.
+
+3. **Missing archive files**: a mock whose archive 404s every file of the year; ``forge run
+   --archive auto`` against ``--archive rest`` for the same range: REST requests, archive
+   requests and wall (targets: at most 1.01x the requests and 1.1x the wall), and how many
+   warnings reach stderr.
+
+    python bench/bench_archive.py                        # all three, BTCUSDT 2024, 4 workers
+    python bench/bench_archive.py --only speed --repeat 5 --baseline /tmp/forge-before
+    python bench/bench_archive.py --only rss --rss-workers 1,16 --sinks csv
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import MockProcess, get_json, load  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+NOW = 1742034030456  # 2025-03-15 10:20:30.456 UTC, as in the tests
+COLUMNS = ("source,symbol,timeframe,open_ts,end_ts,open,high,low,close,volume,quote_volume,trades,"
+           "taker_buy_base_volume,taker_buy_quote_volume")
+
+# The floor: polars turns each verified monthly zip into the rows forge writes.
+FLOOR = r'''
+import hashlib, io, sys, zipfile
+from concurrent.futures import ThreadPoolExecutor
+import polars as pl
 import requests
 
-from forge_binance import BinanceSource
-from forge_core import Batch, Pipeline, Sink, parse_timeframe
-from forge_core.times import parse_range
+url, symbol, year, workers, out, local = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
+names = ["open_ts", "open", "high", "low", "close", "volume", "end_ts", "quote_volume", "trades",
+         "taker_buy_base_volume", "taker_buy_quote_volume", "ignore"]
+order = ["open_ts", "end_ts", "open", "high", "low", "close", "volume", "quote_volume", "trades",
+         "taker_buy_base_volume", "taker_buy_quote_volume"]
+session = requests.Session()
+session.trust_env = False
 
-NOW = 1742034030456  # 2025-03-15 10:20:30.456 UTC, as in the tests
-SERVE = """
-import sys, time
-from forge_mock_exchange import MockConfig, MockExchange
-mock = MockExchange(MockConfig(latency=float(sys.argv[1]), now=int(sys.argv[2]))).start()
-print(mock.url, flush=True)
-time.sleep(3600)
-"""
+def get(month):
+    name = f"{symbol}-1m-{year}-{month:02d}.zip"
+    if local != "-":
+        with open(f"{local}/{name}", "rb") as f:
+            return f.read()
+    path = f"{url}/data/spot/monthly/klines/{symbol}/1m/{name}"
+    want = session.get(path + ".CHECKSUM", timeout=60).text.split()[0]
+    data = session.get(path, timeout=60).content
+    assert hashlib.sha256(data).hexdigest() == want, name
+    return data
 
+def csv(data):
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        raw = zf.read(zf.namelist()[0])
+    df = pl.read_csv(raw, has_header=False, new_columns=names, schema_overrides={n: pl.Utf8 for n in names})
+    df = df.select(pl.lit("binance").alias("source"), pl.lit(symbol).alias("symbol"),
+                   pl.lit("1m").alias("timeframe"), *order)
+    buf = io.BytesIO()
+    df.write_csv(buf, include_header=False, line_terminator="\r\n")
+    return buf.getvalue()
 
-def options(url: str, mode: str) -> dict[str, str]:
-    return {"base_url": url, "archive_url": url, "archive": mode}
-
-
-def fetch_only(url: str, mode: str, symbols: list[str], year: int, workers: int) -> tuple[float, int, dict]:
-    source = BinanceSource(**options(url, mode))
-    tf = parse_timeframe("1m")
-    start, end = parse_range(f"{year}-01-01", f"{year}-12-31")
-    began = time.monotonic()
-    now = source.server_time()
-    tasks = []
-    for symbol in symbols:
-        info = source.prepare(symbol, tf)
-        tasks += list(source.plan(symbol, tf, max(start, tf.floor(info.first_open or start)), min(end, now)))
-    with ThreadPoolExecutor(workers) as pool:
-        rows = sum(len(list(r)) for r in pool.map(source.fetch, tasks))
-    elapsed = time.monotonic() - began
-    stats = source.stats()
-    source.close()
-    return elapsed, rows, stats
-
-
-class CountingSink(Sink):
-    name = "count"
-
-    def write(self, batch: Batch) -> None:
-        pass
+with open(out, "wb") as f, ThreadPoolExecutor(workers) as pool:
+    f.write((",".join(["source", "symbol", "timeframe"] + order) + "\r\n").encode())
+    for data in pool.map(get, range(1, 13)):
+        f.write(csv(data))
+'''
 
 
-def forge_run(url: str, mode: str, symbols: list[str], year: int, workers: int,
-              csv: bool = True) -> tuple[float, int, str]:
-    with tempfile.TemporaryDirectory() as tmp:
-        sink = ("csv", {"output": f"{tmp}/{{symbol}}.csv"}) if csv else CountingSink()
-        began = time.monotonic()
-        result = Pipeline(("binance", options(url, mode)), [sink],
-                          workers=workers).run(symbols, "1m", f"{year}-01-01", f"{year}-12-31")
-        return time.monotonic() - began, result.total, result.summary()
+def run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 1200) -> dict[str, Any]:
+    """``cmd`` in a process of its own: wall seconds, CPU seconds, exit code, output."""
+    began = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    wall = time.perf_counter() - began
+    # the child's own rusage: waited for by communicate(); read the totals of finished children
+    usage = _children_cpu()
+    return {"wall": wall, "cpu": usage, "code": proc.returncode, "out": out, "err": err}
+
+
+_cpu_seen = 0.0
+
+
+def _children_cpu() -> float:
+    """CPU seconds of the children reaped since the previous call."""
+    global _cpu_seen
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = r.ru_utime + r.ru_stime
+    delta, _cpu_seen = total - _cpu_seen, total
+    return delta
+
+
+def forge_cmd(args: list[str]) -> list[str]:
+    """``forge ARGS`` through bench/memory.py (prints its peak RSS as a JSON last line)."""
+    return [sys.executable, str(BENCH / "memory.py"), "--", *args]
+
+
+def peak(result: dict[str, Any]) -> float:
+    for line in reversed(result["out"].strip().splitlines()):
+        if line.startswith("{"):
+            return float(json.loads(line)["maxrss_mib"])
+    return float("nan")
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "missing"
+
+
+def pythonpath(tree: str) -> str:
+    """PYTHONPATH that makes another source tree's packages win over the installed ones."""
+    root = Path(tree)
+    return os.pathsep.join(str(p) for p in [root, *sorted((root / "plugins").iterdir())] if p.is_dir())
+
+
+def env_for(url: str) -> dict[str, str]:
+    return {"FORGE_BINANCE_URL": url, "FORGE_BINANCE_ARCHIVE_URL": url, "FORGE_BINANCE_FUTURES_URL": url}
+
+
+def year_args(symbol: str, year: int, workers: int, out: Path, mode: str = "archive",
+              start: str | None = None, end: str | None = None) -> list[str]:
+    return ["run", "-s", "binance", "--symbol", symbol, "-t", "1m", "--from", start or f"{year}-01-01",
+            "--to", end or f"{year}-12-31", "--archive", mode, "--workers", str(workers), "--output", str(out), "-q"]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# -- 1. speed ------------------------------------------------------------------------------------
+def speed(args: argparse.Namespace, tmp: Path) -> None:
+    with MockProcess({"latency": args.latency, "now": NOW}) as mock:
+        env = env_for(mock.url)
+        local = tmp / "zips"
+        local.mkdir()
+        for month in range(1, 13):  # warm the mock's zip cache, and keep the zips for the local floor
+            name = f"{args.symbol}-1m-{args.year}-{month:02d}.zip"
+            with open(local / name, "wb") as f:
+                import urllib.request
+
+                with urllib.request.urlopen(f"{mock.url}/data/spot/monthly/klines/{args.symbol}/1m/{name}",
+                                            timeout=300) as r:
+                    f.write(r.read())
+        contenders: dict[str, tuple[list[str], dict[str, str]]] = {
+            "floor": ([sys.executable, "-c", FLOOR, mock.url, args.symbol, str(args.year), str(args.workers),
+                       str(tmp / "floor.csv"), "-"], {}),
+            "floor, local": ([sys.executable, "-c", FLOOR, mock.url, args.symbol, str(args.year), str(args.workers),
+                              str(tmp / "floor-local.csv"), str(local)], {}),
+            "forge": (forge_cmd(year_args(args.symbol, args.year, args.workers, tmp / "forge.csv")), env),
+        }
+        if args.baseline:
+            contenders["forge, before"] = (forge_cmd(year_args(args.symbol, args.year, args.workers,
+                                                               tmp / "before.csv")),
+                                           {**env, "PYTHONPATH": pythonpath(args.baseline)})
+        times: dict[str, list[dict[str, Any]]] = {k: [] for k in contenders}
+        run(contenders["forge"][0], contenders["forge"][1])  # a warm-up: page cache, the mock's REST routes
+        _children_cpu()
+        for _ in range(args.repeat):
+            for name, (cmd, extra) in contenders.items():
+                result = run(cmd, extra)
+                if result["code"] != 0:
+                    raise SystemExit(f"{name} failed ({result['code']}): {result['err'][-2000:]}")
+                times[name].append(result)
+    outputs = {name: sha(tmp / f) for name, f in (("floor", "floor.csv"), ("floor, local", "floor-local.csv"),
+                                                  ("forge", "forge.csv"), ("forge, before", "before.csv"))
+               if name in times}
+    same = len(set(outputs.values())) == 1
+    floor = median([r["wall"] for r in times["floor"]])
+    floor_local = median([r["wall"] for r in times["floor, local"]])
+    print(f"\n## 1. {args.symbol} {args.year}, 1m, archive into CSV: {args.workers} workers, mock latency "
+          f"{args.latency * 1000:.0f} ms, median of {args.repeat} interleaved rounds; load {load()}")
+    print(f"{'contender':<16} {'wall s':>8} {'cpu s':>7} {'peak MiB':>9} {'x floor':>8} {'x floor,local':>14}")
+    for name, results in times.items():
+        wall = median([r["wall"] for r in results])
+        cpu = median([r["cpu"] for r in results])
+        rss = median([peak(r) for r in results]) if name.startswith("forge") else float("nan")
+        print(f"{name:<16} {wall:>8.2f} {cpu:>7.2f} {rss:>9.0f} {wall / floor:>8.2f} {wall / floor_local:>14.2f}")
+    if "forge, before" in times:
+        print(f"forge before/after (wall): {median([r['wall'] for r in times['forge, before']]) / median([r['wall'] for r in times['forge']]):.2f}x")
+    print(f"outputs byte-identical: {same} ({', '.join(f'{k} {v[:12]}' for k, v in outputs.items())})")
+    print("target: forge <= 1.5x floor: " + ("met" if median([r['wall'] for r in times['forge']]) <= 1.5 * floor
+                                            else "MISSED"))
+
+
+# -- 2. memory -----------------------------------------------------------------------------------
+RANGES = {"month": ("2024-03-01", "2024-03-31"), "year": ("2024-01-01", "2024-12-31"),
+          "3 years": ("2022-01-01", "2024-12-31")}
+
+
+def rss(args: argparse.Namespace, tmp: Path) -> None:
+    workers = [int(w) for w in args.rss_workers.split(",")]
+    sinks = args.sinks.split(",")
+    server = None
+    rows: list[tuple[str, str, int, float, float, int]] = []
+    with MockProcess({"latency": args.latency, "now": NOW}) as mock:
+        env = env_for(mock.url)
+        if "postgres" in sinks:
+            try:
+                from forge_core.testing import pgserver
+
+                server = pgserver.start()
+            except Exception as exc:  # noqa: BLE001 - a benchmark without PostgreSQL still runs
+                print(f"(PostgreSQL skipped: {exc})")
+                sinks.remove("postgres")
+        try:
+            for label, (start, end) in RANGES.items():
+                if label not in args.ranges.split(","):
+                    continue
+                for sink in sinks:
+                    for w in workers:
+                        out = tmp / f"rss-{sink}-{w}"
+                        cmd = year_args(args.symbol, 0, w, out / "x.csv", start=start, end=end)
+                        cmd = cmd[: cmd.index("--output")] + ["-q"]
+                        extra = dict(env)
+                        if sink == "csv":
+                            cmd += ["--output", str(out / "x.csv")]
+                        elif sink == "parquet":
+                            cmd += ["--sink", "parquet", "--root", str(out / "pq")]
+                        else:
+                            assert server is not None
+                            cmd += ["--sink", "postgres", "--table", f"rss_{label[0]}_{w}"]
+                            extra["FORGE_DATABASE_URL"] = server.url
+                        result = run(forge_cmd(cmd), extra)
+                        rows.append((label, sink, w, peak(result), result["wall"], result["code"]))
+                        if result["code"] != 0:
+                            print(f"  {label} {sink} {w}: exit {result['code']}: {result['err'][-500:]}")
+        finally:
+            if server is not None:
+                server.stop()
+    print(f"\n## 2. Peak RSS of forge run, archive path ({args.symbol} 1m); load {load()}")
+    print(f"{'range':<8} {'sink':<9} {'workers':>7} {'peak MiB':>9} {'wall s':>7}")
+    for label, sink, w, mib, wall, code in rows:
+        print(f"{label:<8} {sink:<9} {w:>7} {mib:>9.0f} {wall:>7.1f}" + ("" if code == 0 else f"  exit {code}"))
+    worst = max((r[3] for r in rows), default=float("nan"))
+    print(f"worst {worst:.0f} MiB; target < 120 MiB: " + ("met" if worst < 120 else "MISSED"))
+
+
+# -- 3. missing archive files ----------------------------------------------------------------------
+def missing(args: argparse.Namespace, tmp: Path) -> None:
+    names = [f"{args.symbol}-1m-{args.year}-{m:02d}.zip" for m in range(1, 13)]
+    from datetime import date, timedelta
+
+    day = date(args.year, 1, 1)
+    while day.year == args.year:
+        names.append(f"{args.symbol}-1m-{day.isoformat()}.zip")
+        day += timedelta(days=1)
+    results: dict[str, list[dict[str, Any]]] = {"auto, files missing": [], "rest": []}
+    stats: dict[str, dict[str, int]] = {}
+    with MockProcess({"latency": args.latency, "now": NOW, "extra": {"archive_missing": names}}) as mock:
+        env = env_for(mock.url)
+        for _ in range(args.repeat):
+            for name, mode in (("auto, files missing", "auto"), ("rest", "rest")):
+                mock.reset()
+                result = run(forge_cmd(year_args(args.symbol, args.year, args.workers, tmp / f"m-{mode}.csv",
+                                                 mode=mode)), env)
+                if result["code"] != 0:
+                    raise SystemExit(f"{name} failed: {result['err'][-2000:]}")
+                results[name].append(result)
+                got = get_json(mock.url + "/mock/stats")
+                stats[name] = {"rest": int(got.get("binance.spot.requests", 0)),
+                               "archive": int(got.get("archive.404", 0)) + int(got.get("archive.zip", 0))
+                               + int(got.get("archive.checksum", 0)),
+                               "warnings": result["err"].count("[warning"),
+                               "lines": len(result["err"].strip().splitlines())}
+    same = sha(tmp / "m-auto.csv") == sha(tmp / "m-rest.csv")
+    rest_wall = median([r["wall"] for r in results["rest"]])
+    print(f"\n## 3. Missing archive files: every {args.year} file of {args.symbol} 1m 404s; "
+          f"{args.workers} workers, median of {args.repeat}; load {load()}")
+    print(f"{'run':<20} {'wall s':>7} {'REST req':>9} {'archive req':>12} {'stderr lines':>13}")
+    for name, rs in results.items():
+        s = stats[name]
+        print(f"{name:<20} {median([r['wall'] for r in rs]):>7.2f} {s['rest']:>9} {s['archive']:>12} {s['lines']:>13}")
+    auto, rest = stats["auto, files missing"], stats["rest"]
+    req = auto["rest"] / rest["rest"]
+    total = (auto["rest"] + auto["archive"]) / rest["rest"]
+    wall = median([r["wall"] for r in results["auto, files missing"]]) / rest_wall
+    print(f"REST requests {req:.3f}x, all requests (archive 404s too) {total:.3f}x, wall {wall:.2f}x of --archive rest; "
+          f"outputs byte-identical: {same}")
+    print("targets: requests <= 1.01x " + ("met" if req <= 1.01 else "MISSED") + ", wall <= 1.1x "
+          + ("met" if wall <= 1.1 else "MISSED"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--symbols", type=int, default=1, help="how many symbols (BTCUSDT, ETHUSDT, T1USDT, ...)")
+    parser.add_argument("--symbol", default="BTCUSDT")
     parser.add_argument("--year", type=int, default=2024)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--latency", type=float, default=0.05, help="mock seconds per response")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", choices=("speed", "rss", "missing"), action="append")
+    parser.add_argument("--baseline", help="another source tree to time as 'forge, before'")
+    parser.add_argument("--rss-workers", default="1,4,8,16")
+    parser.add_argument("--ranges", default="month,year,3 years")
+    parser.add_argument("--sinks", default="csv,parquet,postgres")
     args = parser.parse_args()
-    symbols = (["BTCUSDT", "ETHUSDT"] + [f"T{i}USDT" for i in range(1, args.symbols)])[: args.symbols]
-
-    server = subprocess.Popen([sys.executable, "-c", SERVE, str(args.latency), str(NOW)],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        url = server.stdout.readline().strip()  # type: ignore[union-attr]
-        cold, _, _ = fetch_only(url, "archive", symbols, args.year, args.workers)
-        results = {}
-        for mode in ("archive", "rest"):
-            results[mode] = (fetch_only(url, mode, symbols, args.year, args.workers),
-                             forge_run(url, mode, symbols, args.year, args.workers, csv=False),
-                             forge_run(url, mode, symbols, args.year, args.workers))
-        mock_stats = requests.get(f"{url}/mock/stats", timeout=5).json()
-    finally:
-        server.terminate()
-        server.wait()
-
-    n = len(symbols)
-    print(f"\n{n} symbol-year(s) of 1m candles ({args.year}), {args.workers} workers, mock latency "
-          f"{args.latency * 1000:.0f} ms, mock in its own process")
-    print(f"{'path':<10} {'stage':<10} {'candles':>9} {'seconds':>8} {'s/symbol-year':>14} {'candles/s':>10}")
-    stages = ("fetch", "pipeline", "forge run")
-    for mode, timings in results.items():
-        for stage, (secs, rows, *_) in zip(stages, timings, strict=True):
-            print(f"{mode:<10} {stage:<10} {rows:>9} {secs:>8.2f} {secs / n:>14.2f} {rows / secs:>10.0f}")
-    print(f"archive cold fetch (mock building the zips): {cold:.2f}s")
-    print("REST / archive: " + ", ".join(
-        f"{stage} {results['rest'][i][0] / results['archive'][i][0]:.1f}x" for i, stage in enumerate(stages)))
-    print(f"archive: {results['archive'][0][2]}")
-    print(f"rest:    requests {results['rest'][0][2]['requests']}; "
-          f"mock served {mock_stats.get('archive.zip', 0)} zips, {mock_stats.get('binance.spot.requests', 0)} REST requests")
-    print(f"\narchive run: {results['archive'][2][2]}\nrest run:    {results['rest'][2][2]}")
-    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    parts = args.only or ["speed", "rss", "missing"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for part in parts:
+            {"speed": speed, "rss": rss, "missing": missing}[part](args, Path(tmp))
+    print(f"\nload average at the end: {load()} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

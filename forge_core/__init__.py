@@ -16,7 +16,16 @@ from .options import Option
 from .paging import Hole, backward_pages, forward_pages
 from .pipeline import Pipeline, Progress, RunResult
 from .plugins import Plugins
-from .records import CANDLE_COLUMNS, EXTRA_COLUMNS, Batch, Fetched, Row, RowMaker, row_maker
+from .records import (
+    CANDLE_COLUMNS,
+    EXTRA_COLUMNS,
+    Batch,
+    Fetched,
+    Row,
+    RowMaker,
+    TextRows,
+    row_maker,
+)
 from .redact import redact, redact_url
 from .sinks import RunInfo, Sink
 from .sources import Source, SymbolInfo, Task
@@ -66,6 +75,7 @@ __all__ = [
     "SourceError",
     "SymbolInfo",
     "Task",
+    "TextRows",
     "Timeframe",
     "Transform",
     "TransformError",

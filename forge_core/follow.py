@@ -383,7 +383,7 @@ class Follower:
                         done.add(current.symbol)
                     current = s
                 clean, _ = _clean(rows, task, self.now, self._open, self._end)
-                self._take(s, clean, limit)
+                self._take(s, list(clean), limit)
                 if self._uncommitted >= self.commit_every:
                     self._commit()
                 if self.stopping.is_set():

@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,7 +33,7 @@ from . import budget, retrying
 from .errors import ForgeError, SinkError, SourceError, TransformError, UsageError
 from .logs import get_logger
 from .plugins import Plugins
-from .records import Batch, Fetched, Row, check_rows
+from .records import Batch, Fetched, Row, TextRows, after_point, ascending, check_rows
 from .sinks import RunInfo, Sink
 from .sources import Source, Task
 from .timeframes import Timeframe, parse_timeframe
@@ -352,17 +353,22 @@ class Pipeline:
                     transform.start_series(current, *ranges[current])
             result.tasks += 1
             clean, dropped = _clean(rows, task, now, i_open, i_end)
+            del rows
             result.duplicates_dropped += dropped
             if clean:
                 result.served[task.symbol] += len(clean)
                 gaps = _gaps(clean, i_open, tf, last_seen.get(task.symbol, tf.ceil(ranges[task.symbol][0])))
                 if gaps:
                     result.holes.setdefault(task.symbol, []).extend(gaps)
-                last_seen[task.symbol] = tf.next_open(clean[-1][i_open])
-            if clean:
-                batch = Batch(self.source.source_value, task.symbol, tf.name, columns, clean, origin)
+                last_seen[task.symbol] = tf.next_open(_last_open(clean, i_open))
                 result.origins[origin] = result.origins.get(origin, 0) + len(clean)
-                uncommitted += self._emit(batch, result)
+                # rows read as text go on in the pieces they were read in: bounded batches
+                for part in clean.chunks() if isinstance(clean, TextRows) else (clean,):
+                    batch = Batch(self.source.source_value, task.symbol, tf.name, columns, part, origin)
+                    uncommitted += self._emit(batch, result)
+                    if uncommitted >= self.commit_every:
+                        self._commit()
+                        uncommitted = 0
             total_done += tf.count(task.start, task.end)
             if uncommitted >= self.commit_every:
                 self._commit()
@@ -429,6 +435,9 @@ def _after(batch: Batch, point: int | None) -> Batch:
     still lacks."""
     if point is None:
         return batch
+    rows = batch.rows
+    if isinstance(rows, TextRows) and rows.columns == batch.columns:
+        return batch.with_rows(rows[after_point(rows.end_ts, point):])  # type: ignore[arg-type]
     if "end_ts" in batch.columns:
         i = batch.columns.index("end_ts")
         if batch.rows[0][i] > point:
@@ -516,11 +525,13 @@ def _apply(transform: Transform, batch: Batch) -> Batch:
         ) from exc
 
 
-def fetch_checked(source: Source, task: Task) -> tuple[list[Row], str]:
-    """``source.fetch(task)`` as rows and their origin, every row checked against the row
-    contract; plugin code cannot end the process."""
+def fetch_checked(source: Source, task: Task) -> tuple[Sequence[Row], str]:
+    """``source.fetch(task)`` as rows (a list, or :class:`TextRows`) and their origin, every
+    row checked against the row contract; plugin code cannot end the process."""
     got = _call_plugin("source", source.name, source.fetch, task)
-    rows, origin = (got.rows, got.origin) if isinstance(got, Fetched) else (list(got), task.kind)
+    rows, origin = (got.rows, got.origin) if isinstance(got, Fetched) else (got, task.kind)
+    if not isinstance(rows, (list, TextRows)):
+        rows = list(rows)
     try:
         check_rows(rows, source.columns, task.timeframe, source.name, source=source.source_value,
                    symbol=task.symbol)
@@ -535,12 +546,12 @@ month of 1m 44,640): memory stays flat whatever the range and ``workers``."""
 
 
 def _run_ahead(source: Source, tasks: Iterator[Task], workers: int,
-               rows_ahead: int = ROWS_AHEAD) -> Iterator[tuple[Task, list[Row], str]]:
+               rows_ahead: int = ROWS_AHEAD) -> Iterator[tuple[Task, Sequence[Row], str]]:
     """Fetch tasks concurrently, yielding results in task order: at most ``2 * workers`` tasks
     and about ``rows_ahead`` candles ahead (always at least one task). Every row is checked
     against the row contract in the worker thread."""
 
-    def fetch(task: Task) -> tuple[list[Row], str]:
+    def fetch(task: Task) -> tuple[Sequence[Row], str]:
         with retrying.symbol_context(task.symbol):  # a retry's display names the symbol
             return fetch_checked(source, task)
 
@@ -548,7 +559,7 @@ def _run_ahead(source: Source, tasks: Iterator[Task], workers: int,
         return task.timeframe.count(task.start, task.end)
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-fetch")
-    pending: deque[tuple[Task, Future[tuple[list[Row], str]]]] = deque()
+    pending: deque[tuple[Task, Future[tuple[Sequence[Row], str]]]] = deque()
     ahead = 0
     try:
         for task in tasks:
@@ -566,10 +577,18 @@ def _run_ahead(source: Source, tasks: Iterator[Task], workers: int,
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _clean(rows: list[Row], task: Task, now: int, i_open: int, i_end: int) -> tuple[list[Row], int]:
+def _clean(rows: Sequence[Row], task: Task, now: int, i_open: int, i_end: int) -> tuple[Any, int]:
     """Keep rows opening in the task's range that have closed by ``now``, ascending and unique.
-    Returns the rows and how many duplicates were dropped."""
+    Returns the rows (a list, or :class:`TextRows` for TextRows already in order) and how many
+    duplicates were dropped."""
     start, end = task.start, task.end
+    if isinstance(rows, TextRows):
+        opens = rows.open_ts
+        if rows.step is not None or ascending(opens):
+            lo, hi = bisect_left(opens, start), bisect_left(opens, end)
+            hi = min(hi, max(lo, bisect_left(rows.end_ts, now)))  # end_ts rises with open_ts
+            return rows[lo:hi], 0
+        rows = list(rows)
     out: list[Row] = []
     last = -1
     dropped = 0
@@ -592,15 +611,19 @@ def _clean(rows: list[Row], task: Task, now: int, i_open: int, i_end: int) -> tu
     return out, dropped
 
 
-def _gaps(rows: list[Row], i_open: int, tf: Timeframe, expect: int) -> list[tuple[int, int]]:
+def _last_open(rows: Sequence[Row], i_open: int) -> int:
+    return rows.open_ts[-1] if isinstance(rows, TextRows) else rows[-1][i_open]  # type: ignore[no-any-return]
+
+
+def _gaps(rows: Sequence[Row], i_open: int, tf: Timeframe, expect: int) -> list[tuple[int, int]]:
     """The ``[start, end)`` ranges without a candle between ``expect`` (the next open after
     the previous batch) and the last of ``rows`` (ascending, unique)."""
-    first, last = rows[0][i_open], rows[-1][i_open]
+    text = isinstance(rows, TextRows)
+    first, last = (rows.open_ts[0], rows.open_ts[-1]) if text else (rows[0][i_open], rows[-1][i_open])
     if first == expect and tf.ms is not None and (last - first) // tf.ms + 1 == len(rows):
         return []  # the usual case, without a loop
     gaps = []
-    for row in rows:
-        ts = row[i_open]
+    for ts in rows.open_ts if text else (row[i_open] for row in rows):
         if ts > expect:
             gaps.append((expect, ts))
         expect = tf.next_open(ts)

@@ -33,9 +33,13 @@ returns against that contract (:func:`check_rows`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import operator
+from array import array
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from itertools import islice, repeat
+from typing import TYPE_CHECKING, Any, overload
 
 if TYPE_CHECKING:
     from .timeframes import Timeframe
@@ -110,14 +114,247 @@ class Batch:
         for row in self.rows:
             yield dict(zip(cols, row, strict=True))
 
+    def csv_text(self) -> str | None:
+        """The rows as CSV records in ``columns`` order (``\\r\\n`` after each, no field
+        quoted), exactly what ``csv.writer`` writes for them, when the batch holds them as
+        :class:`TextRows`; else ``None`` (build the text from the rows)."""
+        rows = self.rows
+        if isinstance(rows, TextRows) and rows.columns == self.columns:
+            return rows.text()
+        return None
+
+
+class TextRows(Sequence[Row]):
+    """Rows of one series kept as CSV text instead of a tuple per row: what a source that reads
+    CSV (Binance's archive) hands on when the exchange's strings already are the fields.
+
+    It is an ordinary sequence of rows: iterating, indexing or slicing gives the same tuples
+    :func:`row_maker` would build (ints where the columns are ints, the exchange's strings
+    elsewhere), built chunk by chunk on demand. ``open_ts`` and ``end_ts`` are kept as arrays,
+    so the run loop checks, trims and orders the rows without building them, and a CSV sink
+    writes :meth:`text` as it is (:meth:`Batch.csv_text`). Build one with :meth:`build`."""
+
+    __slots__ = ("columns", "texts", "sizes", "open_ts", "end_ts", "ints", "fixed", "step", "_cache")
+
+    def __init__(self, columns: tuple[str, ...], texts: list[str], sizes: list[int], open_ts: array,
+                 end_ts: array, ints: tuple[int, ...], fixed: dict[str, str]) -> None:
+        self.columns, self.texts, self.sizes = columns, texts, sizes
+        self.open_ts, self.end_ts, self.ints, self.fixed = open_ts, end_ts, ints, fixed
+        self.step: int | None = None  # set by check_rows: opens are every `step` ms, no gap
+        self._cache: tuple[int, list[Row]] | None = None
+
+    @classmethod
+    def build(cls, columns: Sequence[str], fields: Mapping[str, Sequence[str]], *,
+              fixed: Mapping[str, str], ints: Sequence[str] = (), plain: bool = False) -> TextRows | None:
+        """Rows from one list of strings per column (``fields``) and one value per constant
+        column (``fixed``: ``source``, ``symbol``, ``timeframe``). ``open_ts``, ``end_ts`` and
+        the ``ints`` columns are ints in the rows: their strings must be canonical decimal
+        integers. ``None`` when any field would need CSV quoting or an int is not canonical
+        (the caller builds tuples then); :func:`check_rows` checks the rest as for any row.
+        ``plain=True`` says the caller has made sure no value holds a comma, quote, CR or LF
+        (e.g. it checked the bytes they came from), which saves scanning the text for them."""
+        columns = tuple(columns)
+        if set(columns) != set(fields) | set(fixed) or set(fields) & set(fixed):
+            raise TypeError(f"give every column ({', '.join(columns)}) once, in fields or fixed")
+        int_names = ("open_ts", "end_ts", *ints)
+        arrays = {}
+        for name in ("open_ts", "end_ts"):
+            arr = _ints(fields[name])
+            if arr is None:
+                return None
+            arrays[name] = arr
+        if not all(_canonical(fields[name]) for name in ints):
+            return None
+        n = len(arrays["open_ts"])
+        if any(len(v) != n for v in fields.values()):
+            raise ValueError("every column needs the same number of values")
+        if not n:
+            return cls(columns, [], [], array("q"), array("q"), (), dict(fixed))
+        parts = [repeat(fixed[c], n) if c in fixed else fields[c] for c in columns]
+        text = "\r\n".join(map(",".join, zip(*parts, strict=True))) + "\r\n"
+        width = len(columns)
+        if not plain and ('"' in text or text.count(",") != n * (width - 1) or text.count("\n") != n
+                          or text.count("\r") != n):
+            return None
+        return cls(columns, [text], [n], arrays["open_ts"], arrays["end_ts"],
+                   tuple(columns.index(c) for c in int_names), dict(fixed))
+
+    @classmethod
+    def from_text(cls, columns: Sequence[str], text: str, open_ts: array, end_ts: array, *,
+                  fixed: Mapping[str, str], ints: Sequence[str] = ()) -> TextRows | None:
+        """Rows from CSV records a CSV writer made (``\\r\\n`` after each, nothing quoted, the
+        ``fixed`` values in their columns) with their ``open_ts`` and ``end_ts`` as int64
+        arrays parsed from the same values. Checked cheaply: as many records as opens, and
+        the first and last records agree with the arrays and ``fixed``; ``None`` if not."""
+        columns = tuple(columns)
+        n = len(open_ts)
+        if len(end_ts) != n or text.count("\n") != n or (n and not text.endswith("\r\n")):
+            return None
+        int_names = ("open_ts", "end_ts", *ints)
+        out = cls(columns, [text] if n else [], [n] if n else [], open_ts, end_ts,
+                  tuple(columns.index(c) for c in int_names), dict(fixed))
+        if n:
+            cut = text.find("\r\n")
+            first = text[:cut].split(",")
+            last = text[text.rfind("\n", 0, len(text) - 2) + 1:-2].split(",")
+            i_open, i_end = columns.index("open_ts"), columns.index("end_ts")
+            for row, at in ((first, 0), (last, n - 1)):
+                if (len(row) != len(columns) or row[i_open] != str(open_ts[at]) or row[i_end] != str(end_ts[at])
+                        or any(row[columns.index(c)] != v for c, v in fixed.items())):
+                    return None
+        return out
+
+    @classmethod
+    def join(cls, parts: Sequence[TextRows]) -> TextRows:
+        """One sequence of the rows of ``parts`` (same columns), in the order given."""
+        first = parts[0]
+        texts: list[str] = []
+        sizes: list[int] = []
+        opens, ends = array("q"), array("q")
+        step = first.step
+        for p in parts:
+            if step is not None and (p.step != step or (opens and p and p.open_ts[0] != opens[-1] + step)):
+                step = None
+            texts += p.texts
+            sizes += p.sizes
+            opens += p.open_ts
+            ends += p.end_ts
+        out = cls(first.columns, texts, sizes, opens, ends, first.ints, first.fixed)
+        out.step = step
+        return out
+
+    def __len__(self) -> int:
+        return len(self.open_ts)
+
+    def __bool__(self) -> bool:
+        return len(self.open_ts) > 0
+
+    def text(self) -> str:
+        """The rows as CSV records (``\\r\\n`` after each), in ``columns`` order, no header."""
+        return "".join(self.texts)
+
+    def chunks(self) -> Iterator[TextRows]:
+        """The rows in pieces as they were read (bounded batches, a few thousand rows each)."""
+        if len(self.texts) == 1:
+            yield self
+            return
+        at = 0
+        for text, size in zip(self.texts, self.sizes, strict=True):
+            part = TextRows(self.columns, [text], [size], self.open_ts[at:at + size],
+                            self.end_ts[at:at + size], self.ints, self.fixed)
+            part.step = self.step
+            at += size
+            yield part
+
+    def _rows_of(self, k: int) -> list[Row]:
+        cached = self._cache
+        if cached is not None and cached[0] == k:
+            return cached[1]
+        rows = _parse(self.texts[k], self.sizes[k], len(self.columns), self.ints)
+        self._cache = (k, rows)
+        return rows
+
+    def __iter__(self) -> Iterator[Row]:
+        width, ints = len(self.columns), self.ints
+        for text, size in zip(self.texts, self.sizes, strict=True):
+            yield from _parse(text, size, width, ints)
+
+    @overload
+    def __getitem__(self, i: int) -> Row: ...
+    @overload
+    def __getitem__(self, i: slice) -> TextRows: ...
+
+    def __getitem__(self, i: int | slice) -> Row | TextRows:
+        n = len(self.open_ts)
+        if isinstance(i, slice):
+            start, stop, step = i.indices(n)
+            if step != 1:
+                raise ValueError("TextRows slices take no step")
+            return self._slice(start, max(start, stop))
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("TextRows index out of range")
+        at = 0
+        for k, size in enumerate(self.sizes):
+            if i < at + size:
+                return self._rows_of(k)[i - at]
+            at += size
+        raise IndexError("TextRows index out of range")  # pragma: no cover
+
+    def _slice(self, start: int, stop: int) -> TextRows:
+        if start == 0 and stop == len(self.open_ts):
+            return self
+        texts, sizes, at = [], [], 0
+        for text, size in zip(self.texts, self.sizes, strict=True):
+            lo, hi = max(start - at, 0), min(stop - at, size)
+            if lo < hi:
+                if lo == 0 and hi == size:
+                    texts.append(text)
+                else:
+                    lines = text.split("\r\n")
+                    texts.append("\r\n".join(lines[lo:hi]) + "\r\n")
+                sizes.append(hi - lo)
+            at += size
+        out = TextRows(self.columns, texts, sizes, self.open_ts[start:stop], self.end_ts[start:stop],
+                       self.ints, self.fixed)
+        out.step = self.step
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, TextRows):
+            return self.columns == other.columns and self.text() == other.text()
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"TextRows({len(self)} rows of {', '.join(self.columns)})"
+
+
+def _ints(values: Sequence[str]) -> array | None:
+    """``values`` as int64s if each is a canonical decimal integer (what ``str(int(v))`` gives
+    back), else None."""
+    if not _canonical(values):
+        return None
+    try:
+        return array("q", list(map(int, values)))
+    except OverflowError:
+        return None
+
+
+def _canonical(values: Sequence[str]) -> bool:
+    """Whether every value is a decimal integer as ``str(int(v))`` writes it."""
+    if not values:
+        return True
+    joined = "".join(values)
+    if joined.isascii() and joined.isdigit():  # only the digits 0-9: no sign, space or "_"
+        # a value starting with "0" must be "0" itself (no leading zeros)
+        return ("," + ",".join(values)).count(",0") == values.count("0")
+    try:
+        return list(map(str, map(int, values))) == list(values)
+    except (ValueError, TypeError):
+        return False
+
+
+def _parse(text: str, size: int, width: int, ints: tuple[int, ...]) -> list[Row]:
+    """The tuples of ``size`` CSV records of ``width`` plain fields."""
+    flat = text[:-2].replace("\r\n", ",").split(",")
+    cols: list[Iterable[Any]] = [flat[i::width] for i in range(width)]
+    for i in ints:
+        cols[i] = map(int, cols[i])
+    return list(zip(*cols, strict=True))
+
 
 @dataclass(frozen=True)
 class Fetched:
     """What :meth:`forge_core.Source.fetch` may return instead of bare rows, to say where they
     came from (``origin``: ``"rest"``, ``"archive"``, ``"archive+rest"``...). Bare rows count as
-    the task's ``kind``."""
+    the task's ``kind``. ``rows`` may be :class:`TextRows`."""
 
-    rows: list[Row]
+    rows: Sequence[Row]
     origin: str
 
 
@@ -162,6 +399,8 @@ def check_rows(rows: Iterable[Row], columns: Sequence[str], timeframe: Timeframe
     """Raise ``ValueError`` naming the first row that breaks the row contract: wrong width,
     another series' ``source``/``symbol``/``timeframe``, an ``open_ts`` off the timeframe's grid
     or an ``end_ts`` that is not the period's last millisecond."""
+    if isinstance(rows, TextRows):
+        return _check_text_rows(rows, tuple(columns), timeframe, plugin, source=source, symbol=symbol)
     width = len(columns)
     i_src, i_sym, i_tf = columns.index("source"), columns.index("symbol"), columns.index("timeframe")
     i_open, i_end = columns.index("open_ts"), columns.index("end_ts")
@@ -187,3 +426,51 @@ def check_rows(rows: Iterable[Row], columns: Sequence[str], timeframe: Timeframe
                 problem = f"opening {ts} (end_ts {end}) is not a {tfname} candle"
         if problem is not None:
             raise ValueError(f"source {plugin!r} broke the row contract: row {n} {problem}")
+
+
+def _check_text_rows(rows: TextRows, columns: tuple[str, ...], timeframe: Timeframe, plugin: str, *,
+                     source: str, symbol: str) -> None:
+    """:func:`check_rows` for :class:`TextRows`: its width and constant columns hold by
+    construction; ``open_ts`` and ``end_ts`` are checked as whole arrays when the opens are
+    one unbroken run of the grid (the usual case), row by row otherwise."""
+    def fail(n: int, problem: str) -> None:
+        raise ValueError(f"source {plugin!r} broke the row contract: row {n} {problem}")
+
+    if rows.columns != columns:
+        fail(0, f"has columns ({', '.join(rows.columns)}) for ({', '.join(columns)})")
+    if not {"source", "symbol", "timeframe"} <= rows.fixed.keys():
+        return check_rows(list(rows), columns, timeframe, plugin, source=source, symbol=symbol)
+    got = (rows.fixed["source"], rows.fixed["symbol"], rows.fixed["timeframe"])
+    if got != (source, symbol, timeframe.name):
+        fail(0, f"says source={got[0]!r} symbol={got[1]!r} timeframe={got[2]!r}, "
+                f"expected {source!r} {symbol!r} {timeframe.name!r}")
+    n = len(rows)
+    if not n:
+        return
+    opens, ends, ms, tfname = rows.open_ts, rows.end_ts, timeframe.ms, timeframe.name
+    if ms is not None:
+        first = opens[0]
+        offset = timeframe.floor(0)
+        if (not (first - offset) % ms and opens == array("q", range(first, first + n * ms, ms))
+                and ends == array("q", range(first + ms - 1, first + n * ms, ms))):
+            rows.step = ms
+            return
+        for k, (ts, end) in enumerate(zip(opens, ends, strict=True)):
+            if (ts - offset) % ms:
+                fail(k, f"opens at {ts}, not on the {tfname} grid")
+            if end != ts + ms - 1:
+                fail(k, f"opening {ts} has end_ts {end}, expected {ts + ms - 1}")
+        return
+    for k, (ts, end) in enumerate(zip(opens, ends, strict=True)):
+        if timeframe.floor(ts) != ts or end != timeframe.end_ts(ts):
+            fail(k, f"opening {ts} (end_ts {end}) is not a {tfname} candle")
+
+
+def ascending(opens: Sequence[int]) -> bool:
+    """Whether ``opens`` rise strictly."""
+    return all(map(operator.lt, opens, islice(opens, 1, None)))
+
+
+def after_point(ends: Sequence[int], point: int) -> int:
+    """Index of the first row whose (ascending) ``end_ts`` is after ``point``."""
+    return bisect_right(ends, point)

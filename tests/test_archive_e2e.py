@@ -142,7 +142,8 @@ def test_missing_files_fall_back_monthly_to_daily_to_rest(forge, monkeypatch, tm
     assert rows == expected("BTCUSDT", "5m", "2024-02-01", "2024-02-29")
     assert stat(result.out, "archive_missing") == 2 and stat(result.out, "archive_fallbacks") == 1
     assert stat(result.out, "archive_files") == 28  # the other days' daily files
-    assert origins(result.out) == {"archive+rest": 29 * 288}
+    # the missing day is planned as REST pages of its own (issue 18), not fetched inside the month's task
+    assert origins(result.out) == {"archive": 28 * 288, "rest": 288}
 
 
 def test_a_short_file_is_completed_from_rest(forge, monkeypatch, tmp_path):
@@ -284,3 +285,24 @@ def test_an_unreachable_archive_host_falls_back_to_rest_once_not_per_file(forge,
     # nothing ever answered there: one attempt at the first file, not retried (issue 16), no more
     assert stat(result.out, "archive_retries") == 0
     assert stat(result.out, "archive_requests") == 0
+
+
+def test_missing_archive_files_cost_what_the_rest_path_costs_with_one_warning(forge, monkeypatch, tmp_path):
+    """Issue 18: a month and ten days whose files 404 are planned as the REST path's own full pages
+    (spread over the workers), found with a handful of probes, and summed up in one warning."""
+    names = {"BTCUSDT-1m-2024-01.zip"} | {f"BTCUSDT-1m-2024-02-{d:02d}.zip" for d in range(1, 11)}
+    runs = {}
+    with corrupt_mock(archive_missing=names) as mock:
+        set_env(monkeypatch, mock)
+        for mode in ("auto", "rest"):
+            mock.stats.clear()
+            result = run(forge, tmp_path / f"{mode}.csv", mode, "BTCUSDT", "1m", "2024-01-01", "2024-02-10")
+            runs[mode] = (result, mock.stats.get("binance.spot.requests", 0), mock.stats.get("archive.404", 0))
+    (auto, auto_rest, auto_404), (_, rest_rest, _) = runs["auto"], runs["rest"]
+    assert (tmp_path / "auto.csv").read_bytes() == (tmp_path / "rest.csv").read_bytes()
+    assert auto_rest == rest_rest  # the same pages: 41 days in 60 full requests, not 2 per day
+    assert auto_404 <= 5  # galloping over the 11 missing files: 1, 2, 4, 8 on, then the last
+    assert origins(auto.out) == {"rest": 41 * 1440 - 150}  # the mock's maintenance hole on 2024-01-10
+    assert stat(auto.out, "archive_fallbacks") == 11 and stat(auto.out, "archive_missing") == auto_404
+    assert auto.err.count("archive_files_missing") == 1 and "archive_fallback " not in auto.err
+    assert "2024-01-01T00:00:00Z..2024-02-10T23:59:59.999Z" in auto.err

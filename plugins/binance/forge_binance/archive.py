@@ -18,10 +18,15 @@ import io
 import re
 import threading
 import zipfile
+from array import array
+from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from operator import itemgetter
+from typing import Any
 
 from forge_core import (
     CANDLE_COLUMNS,
@@ -34,11 +39,13 @@ from forge_core import (
     Row,
     RowMaker,
     SourceError,
+    TextRows,
     Timeframe,
     get_logger,
     iso,
     row_maker,
 )
+from forge_core.records import ascending
 
 log = get_logger(__name__)
 
@@ -49,6 +56,7 @@ DAILY_TIMEFRAMES = frozenset({"1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", 
 DAILY_LAG = DAY  # day D's file from D+2 00:00 UTC ("the next day", with a day of slack)
 MONTHLY_LAG = DAY  # month M's file from the day after the first Monday of M+1
 CHECKSUM_ATTEMPTS = 3  # downloads of a zip whose checksum does not match, before giving up on it
+PROBES = 8  # .CHECKSUM requests at a time while planning
 _MICROS = 10**13  # open times above this are microseconds (ms stay below until the year 2286)
 _CHECKSUM_LINE = re.compile(r"^\s*([0-9a-fA-F]{64})\s+\*?(\S+)\s*$")
 
@@ -185,18 +193,36 @@ OPEN_INDEX = COLUMNS.index("open_ts")
 
 
 def read_rows(data: bytes, source: str, symbol: str, tf: Timeframe, start: int, end: int,
-              make: RowMaker | None = None) -> list[Row]:
+              make: RowMaker | None = None, columns: tuple[str, ...] = COLUMNS) -> Sequence[Row]:
     """Canonical rows opening in ``[start, end)`` from a verified zip, streamed from its CSV in
     1 MiB pieces (the archive's CSV has no quoting: fields are split on commas).
 
-    A first line not starting with a digit is a header; timestamps above 1e13 are microseconds.
-    ValueError (or IndexError) for anything that is not a kline CSV."""
+    Rows in this module's :data:`COLUMNS` come as :class:`~forge_core.TextRows` (the exchange's
+    strings reordered into CSV records, no tuple per row) when every piece is plain kline CSV;
+    otherwise, or for other ``columns``, as tuples from ``make``. A first line not starting
+    with a digit is a header; timestamps above 1e13 are microseconds. ValueError (or
+    IndexError) for anything that is not a kline CSV."""
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         members = [n for n in zf.namelist() if n.lower().endswith(".csv")]
         if len(members) != 1:
             raise ValueError(f"expected one CSV in the zip, found {zf.namelist()}")
-        out: list[Row] = []
-        make = make or row_maker(COLUMNS, tf, source=source, symbol=symbol)
+        fixed = {"source": source, "symbol": symbol, "timeframe": tf.name}
+        fast = columns == COLUMNS and tf.ms is not None
+        parts: list[TextRows | list[Row]] = []
+
+        def take(piece: bytes) -> None:
+            nonlocal fast
+            if fast:
+                rows = _text_rows(piece, tf, fixed)
+                if rows is not None:
+                    parts.append(rows)
+                    return
+                fast = False
+            out: list[Row] = []
+            _rows(piece.decode("utf-8").splitlines(), out, make or row_maker(columns, tf, source=source,
+                                                                              symbol=symbol), tf, start, end)
+            parts.append(out)
+
         with zf.open(members[0]) as raw:
             rest, first = b"", True
             while True:
@@ -204,19 +230,167 @@ def read_rows(data: bytes, source: str, symbol: str, tf: Timeframe, start: int, 
                 if not chunk:
                     break
                 cut = chunk.rfind(b"\n") + 1
-                lines = (rest + chunk[:cut]).decode("utf-8").splitlines()
-                rest = chunk[cut:] if cut else rest + chunk
-                if first and lines:
+                if not cut:
+                    rest += chunk
+                    continue
+                piece, rest = rest + chunk[:cut], chunk[cut:]
+                if first:
                     first = False
-                    if not lines[0][:1].isdigit():
-                        lines = lines[1:]  # header row (newer futures files)
-                _rows(lines, out, make, tf, start, end)
+                    if not piece[:1].isdigit():
+                        piece = piece[piece.find(b"\n") + 1:]  # header row (newer futures files)
+                take(piece)
             if rest.strip():
-                lines = rest.decode("utf-8").splitlines()
-                if first and not lines[0][:1].isdigit():
-                    lines = lines[1:]
-                _rows(lines, out, make, tf, start, end)
-        return out
+                if first and not rest[:1].isdigit():
+                    rest = rest[rest.find(b"\n") + 1:] if b"\n" in rest else b""
+                take(rest if rest.endswith(b"\n") else rest + b"\n")
+    if not parts:
+        return []
+    if all(isinstance(p, TextRows) for p in parts):
+        rows = TextRows.join(parts)  # type: ignore[arg-type]
+        opens = rows.open_ts
+        if ascending(opens):
+            lo, hi = bisect_left(opens, start), bisect_left(opens, end)
+            return rows[lo:hi]
+        parts = [list(rows)]
+    out: list[Row] = []
+    i = columns.index("open_ts")
+    for p in parts:
+        out += p if isinstance(p, list) else [r for r in p if start <= r[i] < end]
+    return out
+
+
+_PLAIN = b"0123456789.,\n"  # all a kline CSV piece holds (no sign, space, quote, letter, CR)
+_MS_DIGITS = 13  # epoch ms have at most 13 digits until the year 2286, microseconds 14 or more
+_CUT = itemgetter(slice(None, -3))  # microseconds to milliseconds, as strings
+
+
+def _text_rows(piece: bytes, tf: Timeframe, fixed: dict[str, str]) -> TextRows | None:
+    """A piece of complete archive lines as TextRows, or None when it is not plain, regular
+    kline CSV (then the caller reads it line by line, with that path's errors). With pyarrow
+    installed, big pieces are parsed and written by pyarrow's CSV reader and writer (about 6x
+    less CPU, outside the GIL); otherwise by splitting the whole piece into columns."""
+    if piece.translate(None, _PLAIN):
+        return None
+    if len(piece) >= ARROW_FROM and _arrow() is not None:
+        return _arrow_rows(piece, tf, fixed)
+    text = piece.decode("ascii")
+    n = text.count("\n")
+    flat = text.replace("\n", ",\n,").split(",")  # 12 fields and a "\n" per line
+    if not n or len(flat) != 13 * n + 1 or flat[12::13].count("\n") != n:
+        return None  # a line without 12 fields (or an empty line)
+    flat.pop()  # the "" after the last line
+    opens, closes = flat[0::13], flat[6::13]
+    if len(max(opens, key=len)) > _MS_DIGITS:
+        if len(min(opens, key=len)) <= _MS_DIGITS or "10000000000000" in opens:
+            return None  # milliseconds and microseconds mixed (or exactly 1e13)
+        opens, closes = list(map(_CUT, opens)), list(map(_CUT, closes))
+    fields = {"open_ts": opens, "end_ts": closes, "open": flat[1::13], "high": flat[2::13],
+              "low": flat[3::13], "close": flat[4::13], "volume": flat[5::13], "quote_volume": flat[7::13],
+              "trades": flat[8::13], "taker_buy_base_volume": flat[9::13], "taker_buy_quote_volume": flat[10::13]}
+    rows = TextRows.build(COLUMNS, fields, fixed=fixed, ints=("trades",), plain=True)
+    if rows is not None:
+        _check_closes(rows, tf)
+    return rows
+
+
+ARROW_FROM = 256 << 10  # bytes of CSV from which a piece is worth pyarrow (and its import)
+_ARROW: Any = None  # (pyarrow, pyarrow.csv, pyarrow.compute, options) once looked for; False: absent
+_ARROW_LOCK = threading.Lock()
+_IN = ("open_ts", "open", "high", "low", "close", "volume", "end_ts", "quote_volume", "trades",
+       "taker_buy_base_volume", "taker_buy_quote_volume", "ignore")
+
+
+def _arrow() -> Any:
+    """pyarrow's CSV reader and writer, imported on first use; None without pyarrow 16+ (then
+    one info line says what the plain install is missing)."""
+    global _ARROW
+    if _ARROW is None:
+        with _ARROW_LOCK:
+            if _ARROW is None:
+                try:
+                    import pyarrow as pa
+                    import pyarrow.compute as pc
+                    import pyarrow.csv as pcsv
+
+                    options = (pcsv.ReadOptions(column_names=list(_IN), use_threads=True, block_size=1 << 22),
+                               pcsv.ParseOptions(quote_char=False, double_quote=False),
+                               pcsv.ConvertOptions(column_types={c: pa.string() for c in _IN},
+                                                   strings_can_be_null=False),
+                               pcsv.WriteOptions(include_header=False, quoting_style="none", eol="\r\n",
+                                                 batch_size=1 << 16))
+                    _ARROW = (pa, pcsv, pc, options)
+                except (ImportError, TypeError, AttributeError) as exc:
+                    log.info("archive_csv_in_python", reason=f"no pyarrow>=16 ({exc})",
+                             hint="pip install 'forge-etl-binance[fast]' reads archive files about 6x faster")
+                    _ARROW = False
+    return _ARROW or None
+
+
+def _arrow_rows(piece: bytes, tf: Timeframe, fixed: dict[str, str]) -> TextRows | None:
+    """:func:`_text_rows` through pyarrow: the same records, byte for byte."""
+    pa, pcsv, pc, (read, parse, convert, write) = _ARROW
+    n = piece.count(b"\n")
+    if not n or piece.count(b",") != 11 * n:
+        return None
+    try:
+        table = pcsv.read_csv(pa.py_buffer(piece), read_options=read, parse_options=parse, convert_options=convert)
+    except (pa.ArrowInvalid, ValueError):
+        return None  # a line with another number of fields
+    if table.num_rows != n:
+        return None  # an empty line
+
+    def ints(name: str) -> Any:
+        strings = table[name]
+        values = pc.cast(strings, pa.int64(), safe=True)
+        if not pc.all(pc.equal(pc.cast(values, pa.string()), strings)).as_py():
+            raise ValueError(name)  # not canonical (a leading zero): the Python path decides
+        return values
+
+    try:
+        opens, closes, _ = ints("open_ts"), ints("end_ts"), ints("trades")
+    except (pa.ArrowInvalid, ValueError):
+        return None
+    low, high = pc.min_max(opens).values()
+    if high.as_py() > _MICROS:
+        if low.as_py() <= _MICROS:
+            return None  # milliseconds and microseconds mixed
+        opens, closes = pc.divide(opens, 1000), pc.divide(closes, 1000)
+    out = pa.table({"source": pa.repeat(fixed["source"], n), "symbol": pa.repeat(fixed["symbol"], n),
+                    "timeframe": pa.repeat(fixed["timeframe"], n), "open_ts": opens, "end_ts": closes,
+                    **{c: table[c] for c in COLUMNS[5:]}})
+    sink = pa.BufferOutputStream()
+    try:
+        pcsv.write_csv(out, sink, write)
+    except pa.ArrowInvalid:
+        return None  # a value that would need quotes (cannot be, after the byte check)
+    rows = TextRows.from_text(COLUMNS, sink.getvalue().to_pybytes().decode("ascii"), _int64s(opens),
+                              _int64s(closes), fixed=fixed, ints=("trades",))
+    if rows is not None:
+        _check_closes(rows, tf)
+    return rows
+
+
+def _int64s(values: Any) -> array:
+    chunk = values.combine_chunks() if hasattr(values, "combine_chunks") else values
+    out = array("q")
+    out.frombytes(memoryview(chunk.buffers()[1])[chunk.offset * 8:(chunk.offset + len(chunk)) * 8])
+    return out
+
+
+def _check_closes(rows: TextRows, tf: Timeframe) -> None:
+    """Every row closes at the last millisecond of a ``tf`` period (as :func:`_rows` checks)."""
+    ms = tf.ms
+    assert ms is not None
+    opens, ends = rows.open_ts, rows.end_ts
+    n = len(opens)
+    first = opens[0]
+    if (opens == array("q", range(first, first + n * ms, ms))
+            and ends == array("q", range(first + ms - 1, first + n * ms, ms))):
+        rows.step = ms  # one unbroken run (whether on the grid is the core's check)
+        return
+    for ts, close in zip(opens, ends, strict=True):
+        if close != ts + ms - 1:
+            raise ValueError(f"row opening {ts} closes at {close}, not a {tf.name} candle")
 
 
 def _rows(lines: list[str], out: list[Row], make: RowMaker, tf: Timeframe, start: int, end: int) -> None:
@@ -239,15 +413,18 @@ def _rows(lines: list[str], out: list[Row], make: RowMaker, tf: Timeframe, start
                         taker_buy_quote_volume=r[10]))
 
 
-def find_gaps(rows: list[Row], tf: Timeframe, start: int, end: int,
+def find_gaps(rows: Sequence[Row], tf: Timeframe, start: int, end: int,
               open_index: int = OPEN_INDEX) -> list[tuple[int, int]]:
     """Ranges of ``[start, end)`` where ``rows`` (ascending) skip a candle open."""
     gaps = []
     expect = tf.ceil(start)
+    opens: Iterable[int] = rows.open_ts if isinstance(rows, TextRows) else (row[open_index] for row in rows)
     if tf.ms is not None:  # the common case, without a method call per row
         ms = tf.ms
-        for row in rows:
-            ts = row[open_index]
+        if isinstance(rows, TextRows) and rows and rows.open_ts[0] == expect and rows.step == ms:
+            expect = rows.open_ts[-1] + ms
+            return [(expect, end)] if expect < end else []
+        for ts in opens:
             if ts != expect:
                 if ts >= end:
                     break
@@ -257,8 +434,7 @@ def find_gaps(rows: list[Row], tf: Timeframe, start: int, end: int,
         if expect < end:
             gaps.append((expect, end))
         return gaps
-    for row in rows:
-        ts = row[open_index]
+    for ts in opens:
         if ts >= end:
             break
         if ts > expect:
@@ -278,6 +454,7 @@ class ArchiveClient:
         self.http = HttpClient(base_url, headers={"Accept": "*/*"}, envvar="FORGE_BINANCE_ARCHIVE_URL")
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._checksums: dict[str, bytes] = {}  # .CHECKSUM bodies fetched by probe(), used once
 
     def count(self, key: str, n: int = 1) -> None:
         with self._lock:
@@ -295,6 +472,16 @@ class ArchiveClient:
         except SourceError as exc:  # a final status, e.g. 403
             raise ArchiveFailure(f"{path}: {exc}") from None
 
+    def probe(self, path: str) -> bool:
+        """Whether the zip at ``path`` is in the archive: its ``.CHECKSUM`` is fetched (and kept
+        for :meth:`verified`, so a file that is there costs no extra request)."""
+        text = self.get(path + ".CHECKSUM")
+        if text is None:
+            return False
+        with self._lock:
+            self._checksums[path] = text
+        return True
+
     def verified(self, path: str) -> bytes | None:
         """The zip at ``path`` after its ``.CHECKSUM`` matched, or None if either is missing (404).
 
@@ -308,7 +495,10 @@ class ArchiveClient:
                 log.info("archive_retry", file=name, attempt=attempt, problem=problem)
                 if self.http.cancelled.wait(0.2 * attempt):
                     raise Cancelled("cancelled")
-            text = self.get(path + ".CHECKSUM")
+            with self._lock:
+                text = self._checksums.pop(path, None) if attempt == 1 else None
+            if text is None:
+                text = self.get(path + ".CHECKSUM")
             if text is None:
                 return None
             try:
@@ -340,22 +530,175 @@ class ArchiveFetcher:
     from REST, so a short file cannot leave a hole the exchange does not have."""
 
     def __init__(self, client: ArchiveClient, market: str, source: str, rest: RestFetch, strict: bool,
-                 maker: Callable[[str, Timeframe], RowMaker] | None = None) -> None:
+                 maker: Callable[[str, Timeframe], RowMaker] | None = None,
+                 columns: tuple[str, ...] = COLUMNS) -> None:
         self.client, self.market, self.source, self.rest, self.strict = client, market, source, rest, strict
-        self.maker = maker or (lambda symbol, tf: row_maker(COLUMNS, tf, source=source, symbol=symbol))
+        self.columns = columns
+        self.maker = maker or (lambda symbol, tf: row_maker(columns, tf, source=source, symbol=symbol))
         self.unreachable: str | None = None  # once the host is down, the other files go to REST at once
 
+    # -- planning around missing files ----------------------------------------------------------
+    def resolve(self, symbol: str, tf: Timeframe, segments: list[Segment]) -> list[Segment]:
+        """``segments`` with every archive file checked to be there (its ``.CHECKSUM``, which
+        the download then reuses): a missing monthly file alone in its run is replaced by its
+        month's daily files when its first day is there; every other missing file becomes
+        REST, merged with the REST around it so the source plans ordinary full pages for all
+        workers. One warning sums up what went to REST (``strict``: a SourceError instead).
+
+        Missing files come in runs (a symbol the archive lacks, files not yet published): the
+        probes gallop through a run (1, 2, 4, 8... files on) and bisect back to its end, so a
+        year that is missing costs about five probes, not 377; the files between two missing
+        probes are taken as missing too."""
+        files = [seg for seg in segments if seg.file is not None]
+        if not files:
+            return segments
+        missing: dict[Segment, bool] = {}
+        if self.unreachable is None:
+            try:
+                present = self._present(symbol, tf, files)
+            except ArchiveUnreachable as exc:
+                self.client.count("archive_errors")
+                self.unreachable = f"could not be fetched: archive host unreachable ({exc})"
+                present = {seg: False for seg in files}
+        else:
+            present = {seg: False for seg in files}
+        out: list[Segment] = []
+        for seg in segments:
+            if seg.file is not None and not present[seg]:
+                expanded = self._daily_instead(symbol, tf, seg, files, present)
+                if expanded is not None:
+                    out += expanded[0]
+                    missing.update(expanded[1])
+                    continue
+                missing[seg] = True
+            out.append(seg)
+        gone = [seg for seg in out if seg.file is not None and missing.get(seg)]
+        if not gone:
+            return out
+        if self.strict:
+            first = gone[0]
+            where = f"{iso(first.start)}..{iso(first.end - 1)}"
+            reason = self.unreachable or "is not in the archive (HTTP 404)"
+            raise SourceError(f"archive file {first.file.name(symbol, tf)} {reason}; with --archive archive "  # type: ignore[union-attr]
+                              f"nothing is taken from REST instead: use --archive auto to fetch {where} from REST")
+        self.client.count("archive_fallbacks", len(gone))
+        merged: list[Segment] = []
+        for seg in out:
+            if seg.file is not None and missing.get(seg):
+                seg = Segment(seg.start, seg.end)
+            if seg.file is None and merged and merged[-1].file is None and merged[-1].end == seg.start:
+                merged[-1] = Segment(merged[-1].start, seg.end)
+            else:
+                merged.append(seg)
+        spans = [s for s in merged if s.file is None]
+        gone_spans = [s for s in spans if any(g.start >= s.start and g.end <= s.end for g in gone)]
+        shown = ", ".join(f"{iso(s.start)}..{iso(s.end - 1)}" for s in gone_spans[:3])
+        log.warning("archive_files_missing", symbol=symbol, timeframe=tf.name, files=len(gone),
+                    first=gone[0].file.name(symbol, tf),  # type: ignore[union-attr]
+                    reason=self.unreachable or "not in the archive (HTTP 404)",
+                    rest=shown + (f" and {len(gone_spans) - 3} more" if len(gone_spans) > 3 else ""))
+        return merged
+
+    def _daily_instead(self, symbol: str, tf: Timeframe, seg: Segment, files: list[Segment],
+                       present: dict[Segment, bool]) -> tuple[list[Segment], dict[Segment, bool]] | None:
+        """A missing monthly file's daily files (each checked), when it is alone in its run of
+        missing files and its first day is there; else None."""
+        assert seg.file is not None
+        if seg.file.period != "monthly" or tf.name not in DAILY_TIMEFRAMES or self.unreachable is not None:
+            return None
+        i = files.index(seg)
+        if not self.strict and ((i > 0 and not present[files[i - 1]]) or
+                                (i + 1 < len(files) and not present[files[i + 1]])):
+            return None  # a run of missing months: their days are not asked one by one
+        days = []
+        ts = seg.start
+        while ts < seg.end:
+            day = day_file(ts)
+            days.append(Segment(ts, min(day.end, seg.end), day))
+            ts = day.end
+        try:
+            first = None if self.strict else self._probe(symbol, tf, days[0])
+            if first is False:
+                return None
+            found = self._present(symbol, tf, days, first)
+        except ArchiveUnreachable as exc:
+            self.client.count("archive_errors")
+            self.unreachable = f"could not be fetched: archive host unreachable ({exc})"
+            return None
+        log.info("archive_monthly_missing", file=seg.file.name(symbol, tf), using="daily files")
+        return days, {d: not ok for d, ok in found.items()}
+
+    def _probe(self, symbol: str, tf: Timeframe, seg: Segment) -> bool:
+        assert seg.file is not None
+        ok = self.client.probe(seg.file.path(self.market, symbol, tf))
+        if not ok:
+            self.client.count("archive_missing")
+        return ok
+
+    def _present(self, symbol: str, tf: Timeframe, files: list[Segment],
+                 first: bool | None = None) -> dict[Segment, bool]:
+        """Which of ``files`` are in the archive. The first is asked alone (a host that does not
+        answer is found once); runs of files that are there are asked :data:`PROBES` at a
+        time, runs of missing ones galloped through (every file, with ``strict``)."""
+        n = len(files)
+        state: list[bool | None] = [first] + [None] * (n - 1)
+        pool = ThreadPoolExecutor(PROBES, thread_name_prefix="forge-archive-probe") if n > 1 else None
+
+        def probe(i: int) -> bool:
+            if state[i] is None:
+                state[i] = self._probe(symbol, tf, files[i])
+            return bool(state[i])
+
+        def probe_many(indexes: list[int]) -> None:
+            todo = [i for i in indexes if state[i] is None]
+            if pool is None or len(todo) < 2:
+                for i in todo:
+                    probe(i)
+                return
+            for i, ok in zip(todo, pool.map(lambda k: self._probe(symbol, tf, files[k]), todo), strict=True):
+                state[i] = ok
+
+        try:
+            probe(0)
+            i = 0
+            while i < n:
+                if state[i] is None:
+                    probe_many(list(range(i, min(n, i + PROBES))))
+                if state[i] or self.strict:
+                    i += 1
+                    continue
+                # a missing run starts at i: gallop to find where it ends
+                last, step = i, 1
+                while last + 1 < n:
+                    j = min(last + step, n - 1)
+                    if not probe(j):
+                        last, step = j, step * 2
+                        continue
+                    lo, hi = last, j  # lo missing, hi there: bisect between them
+                    while hi - lo > 1:
+                        mid = (lo + hi) // 2
+                        lo, hi = (mid, hi) if not probe(mid) else (lo, mid)
+                    last = lo
+                    break
+                for k in range(i, last + 1):
+                    state[k] = False
+                i = last + 1
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=False)
+        return {seg: bool(ok) for seg, ok in zip(files, state, strict=True)}
+
     def fetch(self, symbol: str, tf: Timeframe, f: ArchiveFile, start: int, end: int) -> Fetched:
-        parts: list[tuple[list[Row], str]] = []
+        parts: list[tuple[Sequence[Row], str]] = []
         self._collect(symbol, tf, f, start, end, parts)
-        out = parts[0][0] if len(parts) == 1 else [r for rows, _ in parts for r in rows]
-        if len(parts) > 1:
+        out: Sequence[Row] = parts[0][0] if len(parts) == 1 else [r for rows, _ in parts for r in rows]
+        if isinstance(out, list) and len(parts) > 1:
             out.sort(key=lambda r: r[OPEN_INDEX])
         origins = sorted({origin for rows, origin in parts if rows})
         return Fetched(out, "+".join(origins) or "archive")
 
     def _collect(self, symbol: str, tf: Timeframe, f: ArchiveFile, start: int, end: int,
-                 parts: list[tuple[list[Row], str]]) -> None:
+                 parts: list[tuple[Sequence[Row], str]]) -> None:
         name = f.name(symbol, tf)
         count = self.client.count
         if self.unreachable is not None:
@@ -363,7 +706,7 @@ class ArchiveFetcher:
         try:
             data = self.client.verified(f.path(self.market, symbol, tf))
             rows = None if data is None else read_rows(data, self.source, symbol, tf, start, end,
-                                                      self.maker(symbol, tf))
+                                                      self.maker(symbol, tf), self.columns)
         except ChecksumMismatch as exc:
             count("archive_checksum_failures")
             return self._instead(symbol, tf, name, start, end, f"failed verification: {exc}", parts)
@@ -399,7 +742,7 @@ class ArchiveFetcher:
         return None
 
     def _instead(self, symbol: str, tf: Timeframe, name: str, start: int, end: int, reason: str,
-                 parts: list[tuple[list[Row], str]]) -> None:
+                 parts: list[tuple[Sequence[Row], str]]) -> None:
         where = f"{iso(start)}..{iso(end - 1)}"
         if self.strict:
             raise SourceError(f"archive file {name} {reason}; with --archive archive nothing is taken "

@@ -116,7 +116,8 @@ class BinanceSource(Source):
         self.archive = ArchiveClient(archive_url or ARCHIVE_URL)
         self.archive_fetcher = ArchiveFetcher(self.archive, self.market, self._source_value, self._fetch_rest,
                                               strict=self.archive_mode == "archive",
-                                              maker=lambda symbol, tf: self.row_maker(Task(symbol, tf, 0, 0)))
+                                              maker=lambda symbol, tf: self.row_maker(Task(symbol, tf, 0, 0)),
+                                              columns=tuple(self.columns))
 
     # -- HTTP plumbing ----------------------------------------------------------------------
     def _check(self, response: requests.Response, body: Any) -> None:
@@ -194,7 +195,9 @@ class BinanceSource(Source):
         now = self._now if self._now is not None else self.server_time()
         page = self.page_size(timeframe)
         worth = None if self.archive_mode == "archive" else (lambda a, b: timeframe.count(a, b) > page)
-        for seg in plan_segments(timeframe, start, end, now, worth=worth):
+        segments = plan_segments(timeframe, start, end, now, worth=worth)
+        # missing files become REST here, merged into full pages for every worker
+        for seg in self.archive_fetcher.resolve(symbol, timeframe, segments):
             if seg.file is None:
                 yield from super().plan(symbol, timeframe, seg.start, seg.end)
             else:

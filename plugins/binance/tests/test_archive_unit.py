@@ -213,3 +213,76 @@ def test_gaps_in_calendar_months():
     rows = [("b", "S", "1M", t, 0) for t in (jan, mar)]
     assert find_gaps(rows, tf, jan, apr) == [(feb, mar)]
     assert find_gaps(rows, tf, jan, ms("2024-05-01")) == [(feb, mar), (apr, ms("2024-05-01"))]
+
+
+# -- rows as text (issue 18): the same rows and bytes as reading line by line ---------------------
+def kline_text(n: int, start: int = 1_704_067_200_000, micros: bool = False, zero_trades: bool = False) -> str:
+    lines = []
+    for i in range(n):
+        t = start + i * 60_000
+        o, c = (t * 1000, (t + 59_999) * 1000 + 999) if micros else (t, t + 59_999)
+        lines.append(f"{o},{40000 + i % 97}.12000000,{40100 + i % 89}.00000000,39990.50000000,40050.01000000,"
+                     f"{i % 13}.{i:08d},{c},{i * 3}.5,{0 if zero_trades and i % 5 == 0 else 100 + i},"
+                     f"1.25000000,0.00000000,0\n")
+    return "".join(lines)
+
+
+def line_by_line(data: bytes, tf: str, start: int = 0, end: int = 2**62) -> list[tuple]:
+    from forge_binance import archive
+
+    real = archive._text_rows
+    archive._text_rows = lambda *a: None
+    try:
+        rows = read_rows(data, "binance", "S", parse_timeframe(tf), start, end)
+    finally:
+        archive._text_rows = real
+    assert isinstance(rows, list)
+    return rows
+
+
+@pytest.mark.parametrize("arrow", [True, False])
+@pytest.mark.parametrize("micros,zero_trades", [(False, False), (True, True)])
+def test_archive_rows_come_as_text_equal_to_the_rows_read_line_by_line(monkeypatch, arrow, micros, zero_trades):
+    from forge_binance import archive
+    from forge_core import TextRows
+    from forge_sink_csv.sink import _plain_lines
+
+    if arrow and archive._arrow() is None:
+        pytest.skip("pyarrow>=16 is not installed")
+    monkeypatch.setattr(archive, "ARROW_FROM", 1 if arrow else 1 << 40)
+    data = zipped(kline_text(9000, micros=micros, zero_trades=zero_trades))  # ~1.3 MB: two 1 MiB pieces
+    want = line_by_line(data, "1m")
+    rows = read_rows(data, "binance", "S", parse_timeframe("1m"), 0, 2**62)
+    assert isinstance(rows, TextRows) and len(rows.texts) == 2
+    assert list(rows) == want and rows[0] == want[0] and rows[-1] == want[-1] and rows[4500] == want[4500]
+    assert rows.text() == _plain_lines(want, 14)  # what the CSV sink wrote from the tuples
+    start, end = want[10][3], want[8990][3]
+    part = read_rows(data, "binance", "S", parse_timeframe("1m"), start, end)
+    assert isinstance(part, TextRows) and list(part) == want[10:8990]
+    assert part.text() == _plain_lines(want[10:8990], 14)
+
+
+@pytest.mark.parametrize("bad", [
+    "01704067200000,1,2,0.5,1.5,10,1704067259999,15,3,5,7.5,0\n",  # a leading zero: int() drops it
+    "1704067200000,1,2,0.5,1.5,10,1704067259999,15,+3,5,7.5,0\n",  # a sign
+    "1704067200000,1,2,0.5,1.5,10,1704067259999,15,3,5,7.5\n",  # 11 fields
+    "1704067200000,1,2,0.5,1.5,1e3,1704067259999,15,3,5,7.5,0\n",  # a letter
+    '1704067200000,1,2,0.5,1.5,"1",1704067259999,15,3,5,7.5,0\n',  # a quote
+])
+@pytest.mark.parametrize("arrow", [True, False])
+def test_archive_lines_that_are_not_plain_are_read_line_by_line_as_before(monkeypatch, bad, arrow):
+    from forge_binance import archive
+
+    if arrow and archive._arrow() is None:
+        pytest.skip("pyarrow>=16 is not installed")
+    monkeypatch.setattr(archive, "ARROW_FROM", 1 if arrow else 1 << 40)
+    good = kline_text(3, start=1_704_067_260_000)
+    data = zipped(bad + good)
+    try:
+        want = line_by_line(data, "1m")
+    except (ValueError, IndexError) as exc:
+        with pytest.raises(type(exc)):
+            read_rows(data, "binance", "S", parse_timeframe("1m"), 0, 2**62)
+        return
+    rows = read_rows(data, "binance", "S", parse_timeframe("1m"), 0, 2**62)
+    assert isinstance(rows, list) and rows == want

@@ -510,7 +510,9 @@ class CsvSink(Sink):
                 raise SinkError(f"{what} has other columns ({','.join(t.header)}) than this run writes "
                                 f"({','.join(batch.columns)}); "
                                 + ("delete it to start over" if t.header_from == t.part else "give another --output"))
-            text = _plain_lines(batch.rows, len(t.header))
+            text = batch.csv_text()  # rows held as CSV text (Binance's archive): written as they are
+            if text is None:
+                text = _plain_lines(batch.rows, len(t.header))
             if text is None:
                 t.writer.writerows(batch.rows)
             else:
