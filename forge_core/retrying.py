@@ -7,8 +7,10 @@ Kept free of heavy imports (no ``requests``): the progress display imports it at
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,21 +41,27 @@ class Retrying:
 Watcher = Callable[[list[Retrying]], None]
 _lock = threading.Lock()
 _active: dict[int, Retrying] = {}
-_watchers: list[Watcher] = []
+_watchers: list[Callable[[], Watcher | None]] = []  # references: a bound method is held weakly
 _context = threading.local()
 
 
 def watch(callback: Watcher) -> Callable[[], None]:
     """Call ``callback(active)`` (from the retrying thread) whenever a retry begins or ends;
     ``active`` lists every request waiting now, soonest next attempt first. Returns the function
-    that stops watching."""
+    that stops watching. A bound method is held weakly: a display that is dropped stops watching."""
+    ref: Callable[[], Watcher | None]
+    if inspect.ismethod(callback):
+        ref = weakref.WeakMethod(callback)
+    else:
+        def ref() -> Watcher:
+            return callback
     with _lock:
-        _watchers.append(callback)
+        _watchers.append(ref)
 
     def stop() -> None:
         with _lock:
-            if callback in _watchers:
-                _watchers.remove(callback)
+            if ref in _watchers:
+                _watchers.remove(ref)
 
     return stop
 
@@ -80,7 +88,8 @@ def end() -> None:
 
 def _notify() -> None:
     with _lock:
-        watchers = list(_watchers)
+        _watchers[:] = [ref for ref in _watchers if ref() is not None]
+        watchers = [w for w in (ref() for ref in _watchers) if w is not None]
     if not watchers:
         return
     now = active()

@@ -101,3 +101,21 @@ def test_a_retry_redraws_at_once_within_the_width_and_ends_back_on_the_candles()
     retrying.begin(state)  # finished: no longer watching
     retrying.end()
     assert [p for p in out.getvalue().split("\r") if p.strip()] == parts
+
+
+def test_a_dropped_progress_line_stops_watching():
+    import gc
+
+    from forge_core import retrying
+
+    seen = []
+    stop = retrying.watch(seen.append)
+    line = ProgressLine(Screen(), interval=0)
+    watching = len(retrying._watchers)
+    del line
+    gc.collect()
+    now = time.time()
+    retrying.begin(retrying.Retrying("h", "/p", None, "HTTP 503", 2, 10, now + 1, now + 300))
+    retrying.end()
+    stop()
+    assert len(retrying._watchers) == watching - 2 and [len(a) for a in seen] == [1, 0]
