@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,7 +28,7 @@ from typing import Any
 from ..errors import RetryableError, SinkError, SourceError, UsageError
 from ..logs import get_logger
 from ..pipeline import Pipeline
-from ..records import Batch, Row
+from ..records import Batch, Fetched, Row
 from ..sinks import Sink
 from ..sources import Source
 from ..timeframes import Timeframe, parse_timeframe
@@ -99,6 +100,7 @@ class SeriesReport:
     holes: list[Hole] = field(default_factory=list)
     written: int = 0
     deleted: int = 0
+    notes: list[str] = field(default_factory=list)  # e.g. an archive file short of candles REST serves
 
     def count(self, kind: str) -> int:
         return sum(i.count for i in self.issues if i.kind == kind)
@@ -133,15 +135,31 @@ def hole_json(h: Hole) -> dict[str, Any]:
 
 @dataclass
 class _Fetched:
-    """The exchange's candles of one partition, ascending: raw rows and their digest fields."""
+    """The exchange's candles of one partition, ascending: raw rows and their digest fields
+    (from a pipeline run into the :class:`Collector`)."""
 
     raw: list[Row] = field(default_factory=list)
     fields: list[tuple[Any, ...]] = field(default_factory=list)  # (open_ts, end_ts, open .. volume) as given
     origins: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def opens(self) -> list[int]:
         return [f[0] for f in self.fields]
+
+    @property
+    def origin(self) -> str:
+        return "+".join(sorted(self.origins)) or "none"
+
+    def digest(self) -> str:
+        return digest_rows(self.fields)
+
+    def digest_without(self, skip: list[int]) -> str:
+        gone = set(skip)
+        return digest_rows([f for i, f in enumerate(self.fields) if i not in gone])
+
+    def rows(self, indices: list[int] | None = None) -> list[Row]:
+        return self.raw if indices is None else [self.raw[i] for i in indices]
 
     def canon(self) -> list[tuple[int, int, tuple[str, ...]]]:
         """``(open_ts, end_ts, normalized values)`` per candle (only for partitions that differ)."""
@@ -149,6 +167,37 @@ class _Fetched:
             return []
         cols = list(zip(*self.fields, strict=True))
         return list(zip(cols[0], cols[1], zip(*normalized_columns(cols[2:]), strict=True), strict=True))
+
+
+class _FromSide:
+    """The exchange's candles of one partition as a source's integrity hook gave them: canonical
+    text straight from the archive (``forge_binance.integrity.ExchangePart``); rows on demand."""
+
+    def __init__(self, part: Any) -> None:
+        self.part = part
+        self.text: bytes = part.text
+        self.opens: list[int] = part.opens
+        self.origin: str = part.origin
+        self.notes: list[str] = list(getattr(part, "notes", ()))
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.text).hexdigest()
+
+    def digest_without(self, skip: list[int]) -> str:
+        lines = self.text.split(b"\n")
+        for i in sorted(skip, reverse=True):
+            del lines[i]
+        return hashlib.sha256(b"\n".join(lines)).hexdigest()
+
+    def rows(self, indices: list[int] | None = None) -> list[Row]:
+        return self.part.rows(indices)
+
+    def canon(self) -> list[tuple[int, int, tuple[str, ...]]]:
+        out = []
+        for text in self.text.decode().splitlines():
+            ts, end, *values = text.split(",")
+            out.append((int(ts), int(end), tuple(values)))
+        return out
 
 
 class _Held:
@@ -259,8 +308,9 @@ class Checker:
             held: _Held = _Held(self.store.partitions(sv, symbol, tf.name, start, limit))
             found = bool(held.result())
         else:  # the store digests its partitions while the exchange side downloads
-            found = any(s.first_open < limit and s.last_open >= start
-                        for s in self.store.series(sv, symbol, tf.name))
+            holds = getattr(self.store, "holds", None)  # optional hook: a cheap existence check
+            found = (holds(sv, symbol, tf.name, start, limit) if holds is not None else
+                     any(s.first_open < limit and s.last_open >= start for s in self.store.series(sv, symbol, tf.name)))
             held = _Held(pool.submit(self.store.partitions, sv, symbol, tf.name, start, limit) if found else {})
         pool.shutdown(wait=False)
         if not found and not any(key in ledger for key, _, _ in parts):
@@ -287,13 +337,18 @@ class Checker:
             now = source.server_time()
             need = [part for part in need
                     if not self._guided(source, now, part, ledger.get(part[0]), held, tf, symbol, report)]
-        first = True
-        for group in _contiguous(need):
-            src = source if first else self.make_source()
-            first = False
-            self._fetch_group(src, group, tf, listing, state_box)
-        if first:
-            source.close()
+        hook = getattr(source, "integrity", None)
+        side = hook() if callable(hook) else None  # the source's own cheap exact exchange side (archive files)
+        owned = True  # `source` is still to be closed here (a pipeline run closes the source it is given)
+        try:
+            for group in _contiguous(need):
+                if side is not None and self._fetch_fast(side, source, group, tf, listing, state_box):
+                    continue
+                src, owned = (source, False) if owned else (self.make_source(), owned)
+                self._fetch_group(src, group, tf, listing, state_box)
+        finally:
+            if owned:
+                source.close()
         held.result()  # never leave the store's connection busy in the digest thread
         if entries:
             try:
@@ -365,6 +420,57 @@ class Checker:
         return True
 
     # -- the exchange side ------------------------------------------------------------------
+    def _fetch_fast(self, side: Any, source: Source, group: list[tuple[str, int, int]], tf: Timeframe,
+                    listing: int | None, box: dict[str, Any]) -> bool:
+        """The group's partitions from the source's integrity hook, months concurrently. Returns
+        False (nothing recorded) when the hook cannot give one of them: the pipeline path then
+        fetches the group with all its fallbacks and failure reporting."""
+        symbol = box["symbol"]
+
+        def one(part: tuple[str, int, int]) -> Any:
+            _, a, b = part
+            if listing is not None and b <= listing:  # all before listing: nothing to ask for
+                return _FromSide(_Nothing())
+            got = side.partition(symbol, tf, a, b)
+            return None if got is None else _FromSide(got)
+
+        try:
+            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="forge-verify") as pool:
+                parts = list(pool.map(one, group))
+        except (SourceError, RetryableError) as exc:
+            log.info("integrity_fast_path_failed", symbol=symbol, error=str(exc))
+            return False
+        if any(p is None for p in parts):
+            return False
+        self.fetches += 1
+        prev = None
+        a0 = group[0][1]
+        first_opens = parts[0].opens
+        if (not first_opens or first_opens[0] != tf.ceil(a0)) and (listing is None or a0 > listing):
+            prev = self._before(source, symbol, tf, a0, listing)  # hole evidence: the candle before the range
+        for i, (part, ex) in enumerate(zip(group, parts, strict=True)):
+            nxt = next((p.opens[0] for p in parts[i + 1:] if p.opens), None)
+            self._partition(part, ex, prev, nxt, source.columns, box)
+            if ex.opens:
+                prev = ex.opens[-1]
+        return True
+
+    @staticmethod
+    def _before(source: Source, symbol: str, tf: Timeframe, a: int, listing: int | None) -> int | None:
+        lo = max(tf.floor(a - 1), listing or 0)
+        if lo >= a:
+            return None
+        i_open = source.columns.index("open_ts")
+        try:
+            for task in source.plan(symbol, tf, lo, a):
+                got = source.fetch(task)
+                rows = got.rows if isinstance(got, Fetched) else list(got)
+                if rows:
+                    return max(r[i_open] for r in rows)
+        except (SourceError, RetryableError):
+            return None
+        return None
+
     def _fetch_group(self, source: Source, group: list[tuple[str, int, int]], tf: Timeframe,
                      listing: int | None, box: dict[str, Any]) -> None:
         g_start, g_end = group[0][1], group[-1][2]
@@ -390,21 +496,24 @@ class Checker:
                                                          None, True, str(exc)))
 
     # -- one partition ----------------------------------------------------------------------
-    def _partition(self, part: tuple[str, int, int], fetched: _Fetched, prev: int | None, nxt: int | None,
+    def _partition(self, part: tuple[str, int, int], ex: Any, prev: int | None, nxt: int | None,
                    columns: tuple[str, ...], box: dict[str, Any]) -> None:
+        """Compare one partition (``ex``: a :class:`_Fetched` or :class:`_FromSide`) with the store."""
         key, a, b = part
         tf: Timeframe = box["tf"]
         report: SeriesReport = box["report"]
         state: PartitionState | None = box["held"].get(key)
-        opens = fetched.opens
+        opens = ex.opens
         holes = find_holes(tf, a, b, opens, prev, nxt, box["listing"], box["first_open"])
         report.holes += holes
-        exch_digest = digest_rows(fetched.fields)
+        report.notes += ex.notes
+        exch_digest = ex.digest()
         store_digest = state.digest if state else EMPTY_DIGEST
         entry = LedgerEntry(report.source, report.symbol, tf.name, key, a, b, len(opens),
                             opens[0] if opens else None, opens[-1] if opens else None, exch_digest, store_digest,
-                            "+".join(sorted(fetched.origins)) or "none", _now_iso(), "identical", holes)
+                            ex.origin, _now_iso(), "identical", holes)
         store_rows = state.rows if state else 0
+        box.setdefault("seen", []).append((part, ex))
         if exch_digest == store_digest:
             report.partitions.append(PartitionResult(key, a, b, "identical", store_rows, len(opens), True))
             if self.repair:
@@ -412,10 +521,10 @@ class Checker:
             else:
                 box["entries"].append(entry)
             return
-        if self.repair and self._only_missing(part, fetched, opens, entry, store_rows, columns, report):
+        if self.repair and self._only_missing(part, ex, entry, state, columns, report):
             return
         stored = self.store.rows(report.source, report.symbol, tf.name, a, b)
-        issues, upserts, deletes, kept = diff(tf, fetched, stored, holes, box["listing"], self.delete_extra)
+        issues, upserts, deletes, kept = diff(tf, ex, stored, holes, box["listing"], self.delete_extra)
         report.issues += issues
         if not self.repair:
             entry.status = "differs"
@@ -432,32 +541,48 @@ class Checker:
         report.deleted += len(deletes)
         report.partitions.append(PartitionResult(key, a, b, "repaired", store_rows, len(opens), True))
 
-
-    def _only_missing(self, part: tuple[str, int, int], fetched: _Fetched, opens: list[int], entry: LedgerEntry,
-                      store_rows: int, columns: tuple[str, ...], report: SeriesReport) -> bool:
+    def _only_missing(self, part: tuple[str, int, int], ex: Any, entry: LedgerEntry, state: PartitionState | None,
+                      columns: tuple[str, ...], report: SeriesReport) -> bool:
         """Repair shortcut when the store's open times (``opens`` hook) are a duplicate-free subset
-        of the exchange's: write the missing candles and accept if the store's digest is then the
-        exchange's, without reading the stored rows. Otherwise the caller diffs the rest."""
+        of the exchange's and the store's digest equals the digest of the exchange's lines at
+        those open times: then the store holds exactly the exchange's candles there, and writing
+        the missing candles makes it identical, proven without reading a stored row or digesting
+        the partition again (the store checks the row count). Otherwise the caller diffs."""
         hook = getattr(self.store, "opens", None)
-        if hook is None:
+        if hook is None or state is None:
             return False
         key, a, b = part
+        opens = ex.opens
         stamps = hook(report.source, report.symbol, entry.timeframe, a, b)
         have = set(stamps)
         if len(have) != len(stamps) or not have <= set(opens) or len(have) == len(opens):
             return False
-        tf = parse_timeframe(entry.timeframe)
         missing = [i for i, t in enumerate(opens) if t not in have]
-        trial = replace(entry, status="differs")
+        if ex.digest_without(missing) != state.digest:
+            return False  # changed values too: the caller reads the rows and diffs
+        tf = parse_timeframe(entry.timeframe)
+        done = replace(entry, status="repaired")
         digest_now = self.store.apply(report.source, report.symbol, entry.timeframe, columns,
-                                      [fetched.raw[i] for i in missing], [], trial)
+                                      ex.rows(missing), [], done, proven=entry.digest)
+        if digest_now != entry.digest:
+            raise SinkError(f"{self.store.describe()}: {report.symbol} {key} still differs from the exchange after "
+                            "writing its missing candles (was it written to meanwhile?)")
         report.issues += _runs(tf, "missing", [(opens[i], 1, []) for i in missing])
         report.written += len(missing)
-        if digest_now != entry.digest:
-            return False  # changed values too: the caller reads the rows and diffs
-        self.store.save_ledger([replace(trial, status="repaired", store_digest=digest_now)])
-        report.partitions.append(PartitionResult(key, a, b, "repaired", store_rows, len(opens), True))
+        report.partitions.append(PartitionResult(key, a, b, "repaired", state.rows, len(opens), True))
         return True
+
+
+class _Nothing:
+    """No candle (a partition before the listing): nothing is asked of the exchange."""
+
+    text = b""
+    opens: list[int] = []
+    origin = "none"
+    notes: list[str] = []
+
+    def rows(self, indices: list[int] | None = None) -> list[Row]:
+        return []
 
 
 def find_holes(tf: Timeframe, a: int, b: int, opens: list[int], prev: int | None, nxt: int | None,
@@ -499,7 +624,7 @@ def find_holes(tf: Timeframe, a: int, b: int, opens: list[int], prev: int | None
     return holes
 
 
-def diff(tf: Timeframe, fetched: _Fetched, stored: list[StoredRow], holes: list[Hole], listing: int | None,
+def diff(tf: Timeframe, fetched: Any, stored: list[StoredRow], holes: list[Hole], listing: int | None,
          delete_extra: bool) -> tuple[list[Issue], list[Row], list[Any], int]:
     """Differences of one partition, and what repairs them: ``(issues, upserts, deletes, extras kept)``."""
     exch = {ts: (i, end_ts, values) for i, (ts, end_ts, values) in enumerate(fetched.canon())}
@@ -544,7 +669,7 @@ def diff(tf: Timeframe, fetched: _Fetched, stored: list[StoredRow], holes: list[
             deletes.append(copies[0].ref)
         else:
             kept += 1
-    upserts = [fetched.raw[i] for i in sorted(picked)]
+    upserts = fetched.rows(sorted(picked))
     issues = [*_runs(tf, "missing", [(t, 1, []) for t in missing]),
               *_runs(tf, "duplicate", [(t, n, []) for t, n in dups]),
               *_runs(tf, "changed", [(t, 1, f) for t, f in changed])]

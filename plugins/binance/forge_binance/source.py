@@ -256,6 +256,12 @@ class BinanceSource(Source):
         return SourceError(f"{where} refused the request for {symbol} {tf.name}: HTTP {exc.status} "
                            f"{exc.code} {exc.msg}")
 
+    def integrity(self) -> Any:
+        """The exchange side of ``forge verify/repair`` from archive files (:mod:`.integrity`)."""
+        from .integrity import ArchiveSide
+
+        return ArchiveSide(self)
+
     def stats(self) -> dict[str, int]:
         out = self.http.stats.as_dict()
         if self.archive_mode != "rest":

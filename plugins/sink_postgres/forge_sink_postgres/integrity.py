@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg2
@@ -22,6 +24,7 @@ from psycopg2.extras import execute_values
 from forge_core import SinkError, UsageError
 from forge_core.integrity import VALUE_FIELDS, LedgerEntry, PartitionState, SeriesHeld, StoredRow
 from forge_core.integrity.digest import EMPTY_DIGEST
+from forge_core.integrity.digest import partitions as month_ranges
 from forge_core.records import Row
 
 from .connection import ConnectionSpec
@@ -39,10 +42,13 @@ KEY = (*SERIES, "open_ts")
 
 
 class PostgresIntegrity:
+    DIGEST_CONNECTIONS = 3  # months digested at once, each on its own connection
+
     def __init__(self, spec: ConnectionSpec, schema: str | None, table: str) -> None:
         self.spec = spec
         self.schema, self.name = schema, table
         self.conn: psycopg2.extensions.connection | None = None
+        self.extra: list[psycopg2.extensions.connection] = []  # for digests of months at once
         self.label = f"{schema}.{table}" if schema else table
         self.conn = spec.connect_or_fail()
         try:
@@ -130,14 +136,58 @@ class PostgresIntegrity:
             "FROM (SELECT {} AS open_ts, {} AS line FROM {} WHERE {}) AS s GROUP BY 1"
         ).format(sql.Identifier("open_ts"), self._canon(), self.table.ident, self._where())
 
+    def _month_sql(self) -> sql.Composable:
+        """One partition's count, first/last open and digest (the rows of one month's range)."""
+        order = "open_ts" if frozenset(KEY) in self.table.unique else 'open_ts, line COLLATE "C"'
+        return sql.SQL(
+            "SELECT count(*), min(open_ts), max(open_ts), "
+            "encode(sha256(convert_to(string_agg(line, '' ORDER BY " + order + "), 'UTF8')), 'hex') "
+            "FROM (SELECT {} AS open_ts, {} AS line FROM {} WHERE {}) AS s"
+        ).format(sql.Identifier("open_ts"), self._canon(), self.table.ident, self._where())
+
     def partitions(self, source: str, symbol: str, timeframe: str, start: int, end: int) -> dict[str, PartitionState]:
-        query = self._partitions_sql()
+        """Per month, computed by the server: one query per month, up to :attr:`DIGEST_CONNECTIONS`
+        months at once on their own connections (a digest is CPU in the server: one core each)."""
+        months = month_ranges(start, end)
+        if len(months) <= 1 or self.DIGEST_CONNECTIONS <= 1:
+            query = self._partitions_sql()
 
-        def work(cur: Any) -> dict[str, PartitionState]:
-            cur.execute(query, (source, symbol, timeframe, start, end))
-            return {r[0]: PartitionState(r[0], int(r[1]), int(r[2]), int(r[3]), r[4]) for r in self._fetch(cur)}
+            def work(cur: Any) -> dict[str, PartitionState]:
+                cur.execute(query, (source, symbol, timeframe, start, end))
+                return {r[0]: PartitionState(r[0], int(r[1]), int(r[2]), int(r[3]), r[4]) for r in self._fetch(cur)}
 
-        return self._run("digest", work)
+            return self._run("digest", work)
+        query = self._month_sql()
+        conns = [self.conn] + [self._extra(i) for i in range(min(self.DIGEST_CONNECTIONS, len(months)) - 1)]
+        free: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for conn in conns:
+            free.put(conn)
+
+        def one(month: tuple[str, int, int]) -> tuple[str, Any]:
+            key, a, b = month
+            conn = free.get()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(query, (source, symbol, timeframe, a, b))
+                    row = self._fetch(cur)[0]
+                conn.commit()
+                return key, row
+            except psycopg2.Error as exc:
+                with contextlib.suppress(psycopg2.Error):
+                    conn.rollback()
+                raise SinkError(f"PostgreSQL {self.spec.where} table {self.label}: digest failed: "
+                                f"{self.spec.reason(exc)}") from None
+            finally:
+                free.put(conn)
+
+        with ThreadPoolExecutor(max_workers=len(conns), thread_name_prefix="forge-pg-digest") as pool:
+            found = list(pool.map(one, months))
+        return {key: PartitionState(key, int(r[0]), int(r[1]), int(r[2]), r[3]) for key, r in found if r[0]}
+
+    def _extra(self, i: int) -> psycopg2.extensions.connection:
+        while len(self.extra) <= i:
+            self.extra.append(self.spec.connect_or_fail())
+        return self.extra[i]
 
     def rows(self, source: str, symbol: str, timeframe: str, start: int, end: int) -> list[StoredRow]:
         query = sql.SQL("SELECT ctid::text, {} FROM {} WHERE {} ORDER BY open_ts, ctid").format(
@@ -150,6 +200,16 @@ class PostgresIntegrity:
                 fields = text.rstrip("\n").split(",")
                 out.append(StoredRow(int(fields[0]), int(fields[1]), tuple(fields[2:]), ref))
             return out
+
+        return self._run("read", work)
+
+    def holds(self, source: str, symbol: str, timeframe: str, start: int, end: int) -> bool:
+        """Whether any row of the series opens in ``[start, end)`` (optional hook: one index probe)."""
+        query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(self.table.ident, self._where())
+
+        def work(cur: Any) -> bool:
+            cur.execute(query, (source, symbol, timeframe, start, end))
+            return bool(cur.fetchone()[0])
 
         return self._run("read", work)
 
@@ -197,7 +257,12 @@ class PostgresIntegrity:
 
     # -- repairing --------------------------------------------------------------------------
     def apply(self, source: str, symbol: str, timeframe: str, columns: tuple[str, ...], upserts: list[Row],
-              deletes: list[Any], entry: LedgerEntry) -> str:
+              deletes: list[Any], entry: LedgerEntry, proven: str | None = None) -> str:
+        """See :class:`~forge_core.integrity.IntegrityStore`. ``proven``: the digest the caller has
+        proven the partition will have after this write (only candles the store lacks are
+        inserted, and the store's digest equals the exchange's at the open times it holds); the
+        partition is then only counted, not digested again, and digested after all if the count
+        is not ``entry.rows``."""
         target = self.table.writable(columns)
         if upserts:
             self.table.check_fillable(columns, f"source {source}")
@@ -222,6 +287,13 @@ class PostgresIntegrity:
                         sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in rest))
                 execute_values(cur, statement.as_string(cur), [tuple(r[i] for i in picks) for r in upserts],
                                page_size=1000)
+            if proven is not None:
+                cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(self.table.ident, self._where()),
+                            (source, symbol, timeframe, entry.start, entry.end))
+                if int(cur.fetchone()[0]) == entry.rows:
+                    entry.store_digest = proven
+                    self._save(cur, [entry])
+                    return entry.store_digest
             cur.execute(self._partitions_sql(), (source, symbol, timeframe, entry.start, entry.end))
             found = self._fetch(cur)
             entry.store_digest = found[0][4] if found else EMPTY_DIGEST
@@ -231,6 +303,10 @@ class PostgresIntegrity:
         return self._run("repair", work)
 
     def close(self) -> None:
+        for extra in self.extra:
+            with contextlib.suppress(psycopg2.Error):
+                extra.close()
+        self.extra = []
         conn, self.conn = self.conn, None
         if conn is not None and not conn.closed:
             with contextlib.suppress(psycopg2.Error):
