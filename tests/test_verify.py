@@ -28,6 +28,16 @@ SLOTS = (31 + 29) * 288
 HOLE_SLOTS = (MAINTENANCE[1] - MAINTENANCE[0]) // M5
 
 
+@pytest.fixture(autouse=True)
+def fresh_weight_minute(mock):
+    """Each test starts in a fresh Binance weight window of the shared mock: these tests run
+    many short commands, each with a new limiter that believes the mock's used-weight header,
+    and would otherwise wait out the minute the tests before them filled (up to 60 s)."""
+    with mock.lock:
+        for key in [k for k in mock.state if k.startswith("weights.")]:
+            del mock.state[key]
+
+
 def test_digest_definition_is_what_docs_say():
     assert [normalize(v) for v in ("42000.50000000", "0.00000000", "100", "1E+2", ".5", "-0.0", None)] == \
         ["42000.5", "0", "100", "100", "0.5", "0", ""]
@@ -378,3 +388,121 @@ def test_postgres_repair_of_only_missing_rows_never_reads_the_rows(forge, pg_loa
     assert report["summary"]["written"] == deleted
     monkeypatch.setattr(pgi.PostgresIntegrity, "rows", original)
     assert verify(forge, "--sink", "postgres")[0] == 0
+
+
+# -- the exchange side from the archive (forge_binance.integrity) ---------------------------------
+def _zip_rows(lines: list[str]) -> bytes:
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr("X-1m-2024-01.csv", "".join(f"{x}\n" for x in lines))
+    return out.getvalue()
+
+
+def test_archive_canonical_lines_are_the_digest_of_the_rows_the_loader_reads():
+    """The canonical text taken from an archive CSV's bytes equals the digest of the rows the
+    loader builds from the same file, for every form the archive has; anything unusual is
+    refused (None), never guessed."""
+    import hashlib
+
+    from forge_binance.archive import read_rows
+    from forge_binance.integrity import canonical, csv_member
+    from forge_core.timeframes import parse_timeframe
+
+    tf = parse_timeframe("1m")
+    t0 = 1704067200000
+
+    def kline(ts: int, o: str = "42000.50000000", v: str = "0.00000000", micros: bool = False) -> str:
+        a, b = (ts * 1000, (ts + 59_999) * 1000 + 999) if micros else (ts, ts + 59_999)
+        return f"{a},{o},42001.00000000,41999.10000000,100.00000000,{v},{b},1.0,7,0.5,0.25,0"
+
+    header = "open_time,open,high,low,close,volume,close_time,quote_volume,count,taker_buy_volume,tbq,ignore"
+    usual = [kline(t0 + i * 60_000) for i in range(5)]
+    cases = {
+        "usual": usual,
+        "header": [header, *usual],
+        "micros": [kline(t0 + i * 60_000, micros=True) for i in range(3)],
+        "gap": [usual[0], usual[1], usual[4]],
+        "point only": [kline(t0, o="5.", v="10.05000")],
+    }
+    for name, lines in cases.items():
+        data = _zip_rows(lines)
+        rows = read_rows(data, "binance", "X", tf, 0, 10**14)
+        text, opens, _ = canonical(csv_member(data), tf, 0, 10**14)
+        assert opens == [r[3] for r in rows], name
+        assert hashlib.sha256(text).hexdigest() == digest(
+            line(r[3], r[4], map(normalize, r[5:10])) for r in rows), name
+    text, opens, first = canonical(csv_member(_zip_rows(usual)), tf, t0 + 60_000, t0 + 180_000)
+    assert (opens, first) == ([t0 + 60_000, t0 + 120_000], 1)
+    assert text.startswith(f"{t0 + 60_000},{t0 + 119_999},42000.5,42001,41999.1,100,0\n".encode())
+    for odd in ("1E+2", "-1.5", "007.5", ".5", "100", "1.2.3"):
+        assert canonical(csv_member(_zip_rows([kline(t0, o=odd)])), tf, 0, 10**14) is None, odd
+    bad_close = usual[0].replace(f",{t0 + 59_999},", f",{t0 + 59_998},")
+    assert canonical(csv_member(_zip_rows([bad_close])), tf, 0, 10**14) is None
+    assert canonical(csv_member(_zip_rows([usual[0], usual[1] + ",extra"])), tf, 0, 10**14) is None
+    assert canonical(csv_member(_zip_rows([usual[1], usual[0]])), tf, 0, 10**14) is None  # descending
+
+
+def test_postgres_verify_digests_archive_bytes_then_trusts_unchanged_checksums(forge, pg_loaded, db, exchange_env,
+                                                                               monkeypatch):
+    """An intact store verifies without a row built from the archive (its canonical lines come
+    from the zip's bytes); the ledger records each file's sha256, and a second verify only asks
+    for the .CHECKSUM files (no zip) while the archive's bytes are the same. A store that then
+    differs is still found, to the candle."""
+    import forge_binance.archive as archive
+
+    def no_rows(*args, **kwargs):
+        raise AssertionError("a row was built from an archive file of an intact partition")
+
+    original = archive.read_rows
+    monkeypatch.setattr(archive, "read_rows", no_rows)
+    zips = exchange_env.stats["archive.zip"]
+    code, report = verify(forge, "--sink", "postgres")
+    assert code == 0, report
+    assert exchange_env.stats["archive.zip"] - zips == 2  # the two monthly files
+    assert_hole_is_the_exchanges(report)
+    db.execute(f"SELECT partition, entry->'files', entry->>'origin' FROM {pg_loaded}.forge_ledger ORDER BY 1")
+    entries = db.fetchall()
+    assert [(p, sorted(f), o) for p, f, o in entries] == [
+        ("2024-01", ["BTCUSDT-5m-2024-01.zip"], "archive"), ("2024-02", ["BTCUSDT-5m-2024-02.zip"], "archive")]
+    assert all(len(sha) == 64 for _, files, _ in entries for sha in files.values())
+
+    zips, sums = exchange_env.stats["archive.zip"], exchange_env.stats["archive.checksum"]
+    code, report = verify(forge, "--sink", "postgres")
+    assert code == 0 and exchange_env.stats["archive.zip"] == zips  # nothing downloaded again
+    assert exchange_env.stats["archive.checksum"] - sums == 2
+    assert_hole_is_the_exchanges(report)
+
+    monkeypatch.setattr(archive, "read_rows", original)
+    db.execute(f"UPDATE {pg_loaded}.klines SET close = 1.23 WHERE open_ts = %s", (JAN3 + 10 * M5,))
+    db.execute(f"DELETE FROM {pg_loaded}.klines WHERE open_ts = %s", (FEB5,))
+    code, report = verify(forge, "--sink", "postgres")
+    assert code == 1 and counts(report) == {"missing": 1, "extra": 0, "duplicate": 0, "changed": 1}
+    assert ranges(report, "changed") == [("2024-01-03T00:50:00Z", "2024-01-03T00:50:00Z", 1, "", ("close",))]
+
+
+def test_the_same_hole_in_several_symbols_is_the_venues_outage(forge, exchange_env, in_tmp):
+    """The mock's maintenance hits every symbol at the same minutes: verified together, or one
+    after the other against the same store's ledger, the hole is the venue's outage, with the
+    symbols as evidence, in the report and in the ledger; a hole of one symbol alone is not."""
+    args = ("-t", "1h", "--from", "2024-01-01", "--to", "2024-01-31", "--output", "both.csv")
+    assert forge("run", "-s", "binance", "--symbol", "BTCUSDT,ETHUSDT", *args, "-q").code == 0
+    alone = forge("verify", "-s", "binance", "--symbol", "BTCUSDT", *args, "--json")
+    assert alone.code == 0
+    assert [h["reason"] for h in json.loads(alone.out)["series"][0]["holes"]] == ["exchange_affirmed_empty"]
+
+    res = forge("verify", "-s", "binance", "--symbol", "ETHUSDT", *args, "--json")  # BTCUSDT's from the ledger
+    assert res.code == 0, res
+    holes = json.loads(res.out)["series"][0]["holes"]
+    assert [(h["from_ms"], h["reason"], h["evidence"]["symbols"]) for h in holes] == [
+        (MAINTENANCE[0], "venue_outage", ["BTCUSDT", "ETHUSDT"])]
+    assert holes[0]["evidence"]["candle_after"] == "2024-01-10T05:00:00Z"
+    ledger = json.loads((in_tmp / "both.csv.ledger.json").read_text())["partitions"]
+    assert sorted((e["symbol"], h["reason"], tuple(h["evidence"]["symbols"])) for e in ledger for h in e["holes"]) == [
+        ("BTCUSDT", "venue_outage", ("BTCUSDT", "ETHUSDT")), ("ETHUSDT", "venue_outage", ("BTCUSDT", "ETHUSDT"))]
+    text = forge("verify", "-s", "binance", "--symbol", "BTCUSDT,ETHUSDT", *args)
+    assert text.code == 0
+    assert "binance ETHUSDT 1h: hole 2024-01-10 03:00 .. 2024-01-10 04:00, 2 slots (the same hole in 2 symbols of the venue: an outage)" \
+        in text.out

@@ -16,7 +16,7 @@ from ..errors import UsageError
 from ..options import Option
 from ..plugins import Plugins
 from ..times import ACCEPTED, iso, parse_range
-from .engine import Checker, SeriesReport, hole_json
+from .engine import Checker, SeriesReport, hole_json, mark_outages
 from .model import REASON_TEXT, IntegrityStore, LedgerEntry
 
 KINDS = ("missing", "extra", "duplicate", "changed")
@@ -136,9 +136,10 @@ def _check(plugins: Plugins, store: IntegrityStore, name: str, given: dict[str, 
                       workers=kw["workers"])
     reports: list[SeriesReport] = []
     for symbol in _symbols(list(kw["symbol"])):
-        report = checker.run(symbol, kw["timeframe"], start, end)
-        reports.append(report)
-        if not kw["as_json"]:
+        reports.append(checker.run(symbol, kw["timeframe"], start, end))
+    mark_outages(store, reports)  # the same hole in several symbols: the venue's outage
+    if not kw["as_json"]:
+        for report in reports:
             for text in _lines(report, name, bool(kw.get("delete_extra"))):
                 click.echo(text)
     totals = {k: sum(r.count(k) for r in reports) for k in KINDS}
@@ -179,8 +180,10 @@ def _lines(report: SeriesReport, name: str, delete_extra: bool) -> list[str]:
             detail = f" ({', '.join(issue.fields)})"
         out.append(f"{head}: {what} {issue.count}: {_range(issue.first, issue.last)}{detail}")
     for hole in report.holes:
-        out.append(f"{head}: hole {_range(hole.first, hole.last)}, {hole.slots} slots "
-                   f"({REASON_TEXT.get(hole.reason, hole.reason.replace('_', ' '))})")
+        symbols = hole.evidence.get("symbols") if hole.reason == "venue_outage" else None
+        why = (f"the same hole in {len(symbols)} symbols of the venue: an outage" if symbols else
+               REASON_TEXT.get(hole.reason, hole.reason.replace("_", " ")))
+        out.append(f"{head}: hole {_range(hole.first, hole.last)}, {hole.slots} slots ({why})")
     for part in report.partitions:
         if part.status == "failed":
             out.append(f"{head}: {part.partition} not checked: {part.error}")

@@ -38,6 +38,8 @@ from .model import (
     BEFORE_LISTING,
     EXCHANGE_EMPTY,
     NO_LATER_CANDLE,
+    OUTAGE_MIN_SYMBOLS,
+    VENUE_OUTAGE,
     Hole,
     IntegrityStore,
     LedgerEntry,
@@ -179,6 +181,7 @@ class _FromSide:
         self.opens: list[int] = part.opens
         self.origin: str = part.origin
         self.notes: list[str] = list(getattr(part, "notes", ()))
+        self.files: dict[str, str] = dict(getattr(part, "files", {}))
 
     def digest(self) -> str:
         return hashlib.sha256(self.text).hexdigest()
@@ -198,6 +201,47 @@ class _FromSide:
             ts, end, *values = text.split(",")
             out.append((int(ts), int(end), tuple(values)))
         return out
+
+
+class _Recorded:
+    """A partition whose archive files are, by their ``.CHECKSUM``, the very bytes an earlier
+    check derived the ledger entry from: its digest and candles are the entry's, without a
+    download. Anything beyond the digest (a store that differs) fetches the partition."""
+
+    def __init__(self, entry: LedgerEntry, tf: Timeframe, fetch: Callable[[], Any]) -> None:
+        self.entry, self.fetch = entry, fetch
+        self.origin, self.notes, self.files = entry.origin, [], dict(entry.files)
+        gone = [(h.first, h.last) for h in entry.holes]
+        ts, opens = tf.ceil(entry.start), []
+        while ts < entry.end:
+            hole = next((hi for lo, hi in gone if lo <= ts <= hi), None)
+            if hole is None:
+                opens.append(ts)
+                ts = tf.next_open(ts)
+            else:
+                ts = tf.next_open(hole)
+        self.opens: list[int] = opens
+        self._full: Any = None
+
+    def digest(self) -> str:
+        return self.entry.digest
+
+    def full(self) -> Any:
+        if self._full is None:
+            got = self.fetch()
+            if got is None:
+                raise SourceError(f"the archive files of {self.entry.partition} could not be read again; run again")
+            self._full = _FromSide(got)
+        return self._full
+
+    def digest_without(self, skip: list[int]) -> str:
+        return self.full().digest_without(skip)
+
+    def rows(self, indices: list[int] | None = None) -> list[Row]:
+        return self.full().rows(indices)
+
+    def canon(self) -> list[tuple[int, int, tuple[str, ...]]]:
+        return self.full().canon()
 
 
 class _Held:
@@ -331,14 +375,13 @@ class Checker:
             else:
                 need.append(part)
         entries: list[LedgerEntry] = []
-        state_box: dict[str, Any] = {"report": report, "held": held, "tf": tf, "listing": listing,
+        state_box: dict[str, Any] = {"report": report, "held": held, "tf": tf, "listing": listing, "ledger": ledger,
                                      "entries": entries, "symbol": symbol, "first_open": info.first_open}
-        if self.repair and not self.recheck:
-            now = source.server_time()
-            need = [part for part in need
-                    if not self._guided(source, now, part, ledger.get(part[0]), held, tf, symbol, report)]
         hook = getattr(source, "integrity", None)
         side = hook() if callable(hook) else None  # the source's own cheap exact exchange side (archive files)
+        if self.repair and not self.recheck:
+            done = self._guided(source, side, need, ledger, held, tf, symbol, report)
+            need = [part for part in need if part[0] not in done]
         owned = True  # `source` is still to be closed here (a pipeline run closes the source it is given)
         try:
             for group in _contiguous(need):
@@ -361,63 +404,95 @@ class Checker:
         return report
 
     # -- repair guided by the ledger: fetch only the candles that went missing --------------
-    def _guided(self, source: Source, now: int, part: tuple[str, int, int], entry: LedgerEntry | None,
-                held: _Held, tf: Timeframe, symbol: str, report: SeriesReport) -> bool:
-        """Repair a partition the ledger knows (exchange digest and holes, same range) whose store
-        lost rows: fetch just those slots (a few REST pages), write them, and accept the result
-        only if the store's digest then equals the exchange digest the ledger recorded. Returns
-        whether that worked; otherwise the partition takes the full path (fetch and diff)."""
-        key, a, b = part
-        if entry is None or (entry.start, entry.end) != (a, b) or entry.status not in ("identical", "repaired"):
-            return False
-        state = held.get(key)
-        if state is None or state.rows >= entry.rows:
-            return False
+    def _guided(self, source: Source, side: Any, need: list[tuple[str, int, int]], ledger: dict[str, LedgerEntry],
+                held: _Held, tf: Timeframe, symbol: str, report: SeriesReport) -> set[str]:
+        """Repair the partitions the ledger knows (exchange digest and holes, same range) whose
+        store only lost rows: fetch just those candles (a few REST windows, or the lines of the
+        archive file that hold them), write them, and accept a partition only if the store's
+        digest, computed by the store, then equals the exchange digest the ledger recorded.
+        Partitions are done concurrently. Returns the keys repaired; the others take the full
+        path (fetch and diff)."""
+        now = source.server_time()
         opens = getattr(self.store, "opens", None)  # optional hook: open times only
-        stamps = (opens(report.source, symbol, tf.name, a, b) if opens is not None else
-                  [r.open_ts for r in self.store.rows(report.source, symbol, tf.name, a, b)])
-        have = set(stamps)
-        if len(have) != len(stamps) or any(tf.floor(t) != t for t in have):
-            return False  # duplicates or off-grid rows: the full path reports and handles them
-        missing: list[int] = []
-        ts = tf.ceil(a)
-        while ts < b:
-            if ts not in have:
-                missing.append(ts)
-            ts = tf.next_open(ts)
-        holes = [(h.first, h.last) for h in entry.holes]
-        missing = [t for t in missing if not any(lo <= t <= hi for lo, hi in holes)]
-        if not missing or len(missing) + len(have) != entry.rows:
-            return False  # changed or extra rows: only the full comparison can tell which
-        try:
+        plans: list[tuple[tuple[str, int, int], LedgerEntry, PartitionState, list[int]]] = []
+        for part in need:
+            key, a, b = part
+            entry, state = ledger.get(key), held.get(key)
+            if (entry is None or (entry.start, entry.end) != (a, b) or entry.status not in ("identical", "repaired")
+                    or state is None or state.rows >= entry.rows):
+                continue
+            stamps = (opens(report.source, symbol, tf.name, a, b) if opens is not None else
+                      [r.open_ts for r in self.store.rows(report.source, symbol, tf.name, a, b)])
+            have = set(stamps)
+            if len(have) != len(stamps) or any(tf.floor(t) != t for t in have):
+                continue  # duplicates or off-grid rows: the full path reports and handles them
+            holes = [(h.first, h.last) for h in entry.holes]
+            missing: list[int] = []
+            ts = tf.ceil(a)
+            while ts < b:
+                if ts not in have and not any(lo <= ts <= hi for lo, hi in holes):
+                    missing.append(ts)
+                ts = tf.next_open(ts)
+            if missing and len(missing) + len(have) == entry.rows:  # else changed or extra rows too
+                plans.append((part, entry, state, missing))
+        if not plans:
+            return set()
+        rows_at = getattr(side, "rows_at", None)
+        i_open, i_end = source.columns.index("open_ts"), source.columns.index("end_ts")
+
+        def fetch(plan: tuple[tuple[str, int, int], LedgerEntry, PartitionState, list[int]]) -> list[Row] | None:
+            (key, a, b), _, _, missing = plan
             windows = _windows(tf, missing, source.page_size(tf))
-            if len(windows) > self.GUIDED_MAX_WINDOWS:
-                return False  # scattered: one archive month or a full page run is cheaper
-            self.fetches += 1
+            try:
+                if len(windows) > self.GUIDED_MAX_WINDOWS:  # scattered: the archive's lines, if it has them
+                    got = rows_at(symbol, tf, a, b, missing) if rows_at is not None else None
+                    if got is None:
+                        return None
+                    rows = list(got)
+                else:
+                    rows = []
+                    for lo, hi in windows:
+                        for task in source.plan(symbol, tf, lo, hi):
+                            out = source.fetch(task)
+                            rows += out.rows if isinstance(out, Fetched) else list(out)
+            except (SourceError, RetryableError) as exc:
+                log.warning("guided_repair_fetch_failed", partition=key, error=str(exc))
+                return None
             want = set(missing)
-            rows: list[Row] = []
-            i_open, i_end = source.columns.index("open_ts"), source.columns.index("end_ts")
-            tasks = [t for lo, hi in windows for t in source.plan(symbol, tf, lo, hi)]
-            with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                for got in pool.map(lambda t: list(source.fetch(t)), tasks):
-                    rows += [r for r in got if r[i_open] in want and r[i_end] < now]
-        except (SourceError, RetryableError) as exc:
-            log.warning("guided_repair_fetch_failed", partition=key, error=str(exc))
-            return False
-        unique = {r[i_open]: r for r in rows}
-        if set(unique) != want:
-            return False  # the exchange no longer returns every candle it had: compare in full
-        trial = replace(entry, status="differs", verified_at=_now_iso())
-        digest_now = self.store.apply(report.source, symbol, tf.name, source.columns,
-                                      [unique[t] for t in sorted(unique)], [], trial)
-        report.issues += _runs(tf, "missing", [(t, 1, []) for t in missing])
-        report.written += len(missing)
-        if digest_now != entry.digest:
-            return False  # written, yet something else differs too: the full comparison finds it
-        self.store.save_ledger([replace(trial, status="repaired", store_digest=digest_now, origin="rest")])
-        report.holes += entry.holes
-        report.partitions.append(PartitionResult(key, a, b, "repaired", state.rows, entry.rows, True))
-        return True
+            unique = {r[i_open]: r for r in rows if r[i_open] in want and r[i_end] < now}
+            if set(unique) != want:
+                return None  # the exchange no longer returns every candle it had: compare in full
+            return [unique[t] for t in sorted(unique)]
+
+        def write(plan: tuple[tuple[str, int, int], LedgerEntry, PartitionState, list[int]]) -> tuple[Any, ...]:
+            got = fetch(plan)
+            if got is None:
+                return plan, None, None
+            part, entry, _, _ = plan
+            trial = replace(entry, status="differs", verified_at=_now_iso())  # "repaired" only once proven
+            return plan, trial, self.store.apply(report.source, symbol, tf.name, source.columns, got, [], trial)
+
+        self.fetches += 1
+        parallel = getattr(self.store, "concurrent_apply", 1)
+        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, parallel)), thread_name_prefix="forge-repair") as pool:
+            results = list(pool.map(write, plans))
+        done: set[str] = set()
+        proven: list[LedgerEntry] = []
+        for (part, entry, state, missing), trial, digest_now in results:
+            key, a, b = part
+            if trial is None:
+                continue
+            report.issues += _runs(tf, "missing", [(t, 1, []) for t in missing])
+            report.written += len(missing)
+            if digest_now != entry.digest:
+                continue  # written, yet something else differs too: the full comparison finds it
+            proven.append(replace(trial, status="repaired", store_digest=digest_now))
+            report.holes += entry.holes
+            report.partitions.append(PartitionResult(key, a, b, "repaired", state.rows, entry.rows, True))
+            done.add(key)
+        if proven:
+            self.store.save_ledger(proven)
+        return done
 
     # -- the exchange side ------------------------------------------------------------------
     def _fetch_fast(self, side: Any, source: Source, group: list[tuple[str, int, int]], tf: Timeframe,
@@ -427,10 +502,21 @@ class Checker:
         fetches the group with all its fallbacks and failure reporting."""
         symbol = box["symbol"]
 
+        ledger: dict[str, LedgerEntry] = box["ledger"]
+        unchanged = getattr(side, "unchanged", None)
+
         def one(part: tuple[str, int, int]) -> Any:
-            _, a, b = part
+            key, a, b = part
             if listing is not None and b <= listing:  # all before listing: nothing to ask for
                 return _FromSide(_Nothing())
+            entry = ledger.get(key)
+            if (unchanged is not None and not self.recheck and entry is not None and entry.files
+                    and entry.origin == "archive" and (entry.start, entry.end) == (a, b)):
+                empty = [(h.first, tf.next_open(h.last)) for h in entry.holes if h.reason == EXCHANGE_EMPTY]
+                if unchanged(symbol, tf, a, b, entry.files, empty):
+                    recorded = _Recorded(entry, tf, lambda: side.partition(symbol, tf, a, b))
+                    if len(recorded.opens) == entry.rows:
+                        return recorded
             got = side.partition(symbol, tf, a, b)
             return None if got is None else _FromSide(got)
 
@@ -511,7 +597,8 @@ class Checker:
         store_digest = state.digest if state else EMPTY_DIGEST
         entry = LedgerEntry(report.source, report.symbol, tf.name, key, a, b, len(opens),
                             opens[0] if opens else None, opens[-1] if opens else None, exch_digest, store_digest,
-                            ex.origin, _now_iso(), "identical", holes)
+                            ex.origin, _now_iso(), "identical", holes,
+                            files=dict(getattr(ex, "files", {})) if ex.origin == "archive" else {})
         store_rows = state.rows if state else 0
         box.setdefault("seen", []).append((part, ex))
         if exch_digest == store_digest:
@@ -583,6 +670,54 @@ class _Nothing:
 
     def rows(self, indices: list[int] | None = None) -> list[Row]:
         return []
+
+
+def mark_outages(store: IntegrityStore, reports: list[SeriesReport], min_symbols: int = OUTAGE_MIN_SYMBOLS) -> int:
+    """Affirmed holes of the same range in at least ``min_symbols`` symbols of one venue (source
+    column value) and timeframe, in ``reports`` or in the store's ledger of the other symbols
+    (optional hook ``venue_ledger``), become ``venue_outage`` holes with the symbols as
+    evidence, in the reports and in the ledger. Returns how many holes of ``reports`` changed."""
+    shared = (EXCHANGE_EMPTY, VENUE_OUTAGE)
+    changed = 0
+    for source, timeframe in {(r.source, r.timeframe) for r in reports}:
+        mine = [r for r in reports if (r.source, r.timeframe) == (source, timeframe)]
+        names = {r.symbol for r in mine}
+        hook = getattr(store, "venue_ledger", None)
+        others = [e for e in (hook(source, timeframe) if hook is not None else []) if e.symbol not in names]
+        seen: dict[tuple[int, int], set[str]] = defaultdict(set)
+        for r in mine:
+            for h in r.holes:
+                if h.reason in shared:
+                    seen[(h.first, h.last)].add(r.symbol)
+        for e in others:
+            for h in e.holes:
+                if h.reason in shared:
+                    seen[(h.first, h.last)].add(e.symbol)
+
+        def mark(h: Hole, seen: dict[tuple[int, int], set[str]] = seen) -> bool:
+            symbols = sorted(seen.get((h.first, h.last), ()))
+            if h.reason not in shared or len(symbols) < min_symbols:
+                return False
+            evidence = {**h.evidence, "symbols": symbols}
+            if (h.reason, h.evidence) == (VENUE_OUTAGE, evidence):
+                return False
+            h.reason, h.evidence = VENUE_OUTAGE, evidence
+            return True
+
+        for r in mine:
+            changed += sum(mark(h) for h in r.holes)
+        touched = []
+        for r in mine:
+            for e in store.ledger(source, r.symbol, timeframe).values():
+                if sum(mark(h) for h in e.holes):
+                    touched.append(e)
+        touched += [e for e in others if sum(mark(h) for h in e.holes)]
+        if touched:
+            try:
+                store.save_ledger(touched)
+            except SinkError as exc:
+                log.warning("ledger_not_saved", store=store.describe(), error=str(exc))
+    return changed
 
 
 def find_holes(tf: Timeframe, a: int, b: int, opens: list[int], prev: int | None, nxt: int | None,

@@ -7,7 +7,7 @@ an object with the methods of :class:`IntegrityStore` (see ``docs/plugin-hooks.m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 from ..records import Row
@@ -17,9 +17,12 @@ BEFORE_LISTING = "before_listing"
 EXCHANGE_EMPTY = "exchange_affirmed_empty"
 NO_LATER_CANDLE = "no_later_candle"  # nothing after it yet: not yet published, or the end of data
 FETCH_FAILED = "fetch_failed"
+VENUE_OUTAGE = "venue_outage"  # the same affirmed hole in several symbols of the venue
+OUTAGE_MIN_SYMBOLS = 2  # symbols sharing one affirmed hole range for it to be called an outage
 REASON_TEXT = {
     BEFORE_LISTING: "before listing",
     EXCHANGE_EMPTY: "exchange affirmed empty",
+    VENUE_OUTAGE: "the same hole in several symbols of the venue: an outage",
     NO_LATER_CANDLE: "no later candle at the exchange yet",
     FETCH_FAILED: "fetch failed, to retry",
 }
@@ -61,6 +64,7 @@ class LedgerEntry:
     status: str  # "identical", "differs" (verify found differences), "repaired"
     holes: list[Hole] = field(default_factory=list)
     extras_kept: int = 0
+    files: dict[str, str] = field(default_factory=dict)  # archive file name -> its sha256, when origin is "archive"
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,7 +73,8 @@ class LedgerEntry:
     def from_json(cls, data: dict[str, Any]) -> LedgerEntry:
         data = dict(data)
         data["holes"] = [Hole(**h) for h in data.get("holes") or []]
-        return cls(**data)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,9 @@ class IntegrityStore(Protocol):
     def rows(self, source: str, symbol: str, timeframe: str, start: int, end: int) -> list[StoredRow]: ...
 
     def ledger(self, source: str, symbol: str, timeframe: str) -> dict[str, LedgerEntry]: ...
+
+    # optional: ``venue_ledger(source, timeframe) -> list[LedgerEntry]``, the entries of every
+    # symbol of one source column value and timeframe (for holes shared by many symbols)
 
     def save_ledger(self, entries: Sequence[LedgerEntry]) -> None: ...
 

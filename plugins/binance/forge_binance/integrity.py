@@ -15,6 +15,7 @@ takes the ordinary pipeline path, with all its fallbacks.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import zipfile
 from bisect import bisect_left
@@ -33,6 +34,7 @@ from .archive import (
     ArchiveFailure,
     ArchiveFile,
     find_gaps,
+    parse_checksum,
     plan_segments,
     read_rows,
 )
@@ -57,6 +59,7 @@ class Piece:
     load: Callable[[list[int] | None], list[Row]]
     archive: bytes | None = None  # canonical lines the archive file itself gave (before REST filled gaps)
     archive_opens: list[int] | None = None
+    file: tuple[str, str] | None = None  # the archive file's name and sha256
 
 
 @dataclass
@@ -78,6 +81,11 @@ class ExchangePart:
     @property
     def origin(self) -> str:
         return "+".join(sorted({o for p in self.pieces if p.opens for o in p.origin.split("+")})) or "archive"
+
+    @property
+    def files(self) -> dict[str, str]:
+        """Archive file name -> sha256 of the files the candles came from."""
+        return dict(p.file for p in self.pieces if p.file is not None)
 
     def rows(self, indices: list[int] | None = None) -> list[Row]:
         if indices is None:
@@ -243,7 +251,8 @@ class ArchiveSide:
             parse_lines([lines[offset + i].decode() for i in idx], out, make, tf, start, end)
             return out
 
-        piece = Piece(text, opens, "archive", load, text, opens)
+        file = (f.name(symbol, tf), hashlib.sha256(data).hexdigest())
+        piece = Piece(text, opens, "archive", load, text, opens, file)
         extra: list[Row] = []
         for a, b in find_gaps([(t,) for t in opens], tf, start, end, open_index=0):  # type: ignore[misc]
             extra += src._fetch_rest(symbol, tf, a, b)
@@ -265,7 +274,74 @@ class ArchiveSide:
             return sorted(rows, key=lambda r: r[OPEN_INDEX])
 
         return Piece(b"".join(lines[k][i] for _, k, i in merged), [t for t, _, _ in merged], "archive+rest",
-                     load_merged, text, opens)
+                     load_merged, text, opens, file)
+
+    def unchanged(self, symbol: str, tf: Timeframe, start: int, end: int, files: dict[str, str],
+                  empty: list[tuple[int, int]]) -> bool:
+        """Whether ``[start, end)`` still comes from exactly ``files`` (name -> sha256, as the
+        archive's ``.CHECKSUM`` files say now) and REST still has no candle in the ``empty``
+        ranges: then the candles are those an earlier check derived from those bytes."""
+        src = self.source
+        if src.archive_mode == "rest" or not files:
+            return False
+        now = src._now if src._now is not None else src.server_time()
+        page = src.page_size(tf)
+        worth = None if src.archive_mode == "archive" else (lambda a, b: tf.count(a, b) > page)
+        segments = plan_segments(tf, start, end, now, worth=worth)
+        if any(seg.file is None for seg in segments) or {s.file.name(symbol, tf) for s in segments if s.file} != set(files):
+            return False
+        for seg in segments:
+            assert seg.file is not None
+            name = seg.file.name(symbol, tf)
+            try:
+                text = src.archive.get(seg.file.path(src.market, symbol, tf) + ".CHECKSUM")
+                if text is None or parse_checksum(text.decode("utf-8", "replace"), name) != files[name]:
+                    return False
+            except (ArchiveFailure, ValueError):
+                return False
+        return all(not src._fetch_rest(symbol, tf, a, b) for a, b in empty)
+
+    def rows_at(self, symbol: str, tf: Timeframe, start: int, end: int, wanted: list[int]) -> list[Row] | None:
+        """The candles opening at ``wanted`` (ascending, inside ``[start, end)``): from the lines of
+        the verified archive files that hold them (only those lines become rows), REST for what
+        the plan takes from REST. None when a file cannot be used (the caller compares in full)."""
+        src = self.source
+        if src.archive_mode == "rest":
+            return None
+        now = src._now if src._now is not None else src.server_time()
+        page = src.page_size(tf)
+        worth = None if src.archive_mode == "archive" else (lambda a, b: tf.count(a, b) > page)
+        out: list[Row] = []
+        for seg in plan_segments(tf, start, end, now, worth=worth):
+            mine = wanted[bisect_left(wanted, seg.start):bisect_left(wanted, seg.end)]
+            if not mine:
+                continue
+            if seg.file is None:
+                want = set(mine)
+                out += [r for r in src._fetch_rest(symbol, tf, mine[0], tf.next_open(mine[-1])) if r[OPEN_INDEX] in want]
+                continue
+            try:
+                data = src.archive.verified(seg.file.path(src.market, symbol, tf))
+                if data is None:
+                    return None
+                lines = csv_lines(csv_member(data))
+            except (ArchiveFailure, ValueError, zipfile.BadZipFile):
+                return None
+
+            def open_of(text: bytes) -> int:
+                ts = int(text[:text.index(b",")])
+                return ts // 1000 if ts > _MICROS else ts
+
+            picked = []
+            for ts in mine:
+                i = bisect_left(lines, ts, key=open_of)
+                if i < len(lines) and open_of(lines[i]) == ts:
+                    picked.append(lines[i].decode())
+            try:
+                parse_lines(picked, out, src.archive_fetcher.maker(symbol, tf), tf, seg.start, seg.end)
+            except (ValueError, IndexError):
+                return None
+        return out
 
     def day_rows(self, symbol: str, tf: Timeframe, start: int, end: int) -> tuple[bytes, list[int]]:
         """REST's canonical lines for ``[start, end)`` (``--deep``)."""

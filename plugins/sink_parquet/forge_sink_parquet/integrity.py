@@ -143,6 +143,10 @@ class ParquetIntegrity:
         return {e.partition: e for e in self._read_ledger()
                 if (e.source, e.symbol, e.timeframe) == (source, symbol, timeframe)}
 
+    def venue_ledger(self, source: str, timeframe: str) -> list[LedgerEntry]:
+        """Every symbol's entries of one source and timeframe (optional hook: shared holes)."""
+        return [e for e in self._read_ledger() if (e.source, e.timeframe) == (source, timeframe)]
+
     def save_ledger(self, entries: Sequence[LedgerEntry]) -> None:
         merged = {(e.source, e.symbol, e.timeframe, e.partition): e for e in self._read_ledger()}
         merged.update({(e.source, e.symbol, e.timeframe, e.partition): e for e in entries})

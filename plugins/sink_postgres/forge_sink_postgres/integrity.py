@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import queue
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -42,15 +42,19 @@ KEY = (*SERIES, "open_ts")
 
 
 class PostgresIntegrity:
-    DIGEST_CONNECTIONS = 3  # months digested at once, each on its own connection
+    DIGEST_CONNECTIONS = 3  # months digested (or repaired) at once, each on its own connection
+    concurrent_apply = DIGEST_CONNECTIONS  # apply() may be called from this many threads at once
 
     def __init__(self, spec: ConnectionSpec, schema: str | None, table: str) -> None:
         self.spec = spec
         self.schema, self.name = schema, table
         self.conn: psycopg2.extensions.connection | None = None
-        self.extra: list[psycopg2.extensions.connection] = []  # for digests of months at once
+        self.extra: list[psycopg2.extensions.connection] = []  # for digests (and repairs) of months at once
+        self._free: list[psycopg2.extensions.connection] = []
+        self._free_cond = threading.Condition()
         self.label = f"{schema}.{table}" if schema else table
         self.conn = spec.connect_or_fail()
+        self._free.append(self.conn)
         try:
             with self.conn.cursor() as cur:
                 info = inspect(cur, schema, table)
@@ -74,16 +78,17 @@ class PostgresIntegrity:
         return f"PostgreSQL {self.spec.where} table {self.label}"
 
     # -- plumbing ---------------------------------------------------------------------------
-    def _run(self, what: str, work: Any) -> Any:
-        assert self.conn is not None
+    def _run(self, what: str, work: Any, conn: psycopg2.extensions.connection | None = None) -> Any:
+        conn = conn or self.conn
+        assert conn is not None
         try:
-            with self.conn.cursor() as cur:
+            with conn.cursor() as cur:
                 result = work(cur)
-            self.conn.commit()
+            conn.commit()
             return result
         except psycopg2.Error as exc:
             with contextlib.suppress(psycopg2.Error):
-                self.conn.rollback()
+                conn.rollback()
             raise SinkError(f"PostgreSQL {self.spec.where} table {self.label}: {what} failed: "
                             f"{self.spec.reason(exc)}") from None
 
@@ -158,36 +163,40 @@ class PostgresIntegrity:
 
             return self._run("digest", work)
         query = self._month_sql()
-        conns = [self.conn] + [self._extra(i) for i in range(min(self.DIGEST_CONNECTIONS, len(months)) - 1)]
-        free: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        for conn in conns:
-            free.put(conn)
 
         def one(month: tuple[str, int, int]) -> tuple[str, Any]:
             key, a, b = month
-            conn = free.get()
-            try:
-                with conn.cursor() as cur:
-                    cur.execute(query, (source, symbol, timeframe, a, b))
-                    row = self._fetch(cur)[0]
-                conn.commit()
-                return key, row
-            except psycopg2.Error as exc:
-                with contextlib.suppress(psycopg2.Error):
-                    conn.rollback()
-                raise SinkError(f"PostgreSQL {self.spec.where} table {self.label}: digest failed: "
-                                f"{self.spec.reason(exc)}") from None
-            finally:
-                free.put(conn)
 
-        with ThreadPoolExecutor(max_workers=len(conns), thread_name_prefix="forge-pg-digest") as pool:
+            def work(cur: Any) -> Any:
+                cur.execute(query, (source, symbol, timeframe, a, b))
+                return self._fetch(cur)[0]
+
+            with self._borrow() as conn:
+                return key, self._run("digest", work, conn)
+
+        with ThreadPoolExecutor(max_workers=min(self.DIGEST_CONNECTIONS, len(months)),
+                                thread_name_prefix="forge-pg-digest") as pool:
             found = list(pool.map(one, months))
         return {key: PartitionState(key, int(r[0]), int(r[1]), int(r[2]), r[3]) for key, r in found if r[0]}
 
-    def _extra(self, i: int) -> psycopg2.extensions.connection:
-        while len(self.extra) <= i:
-            self.extra.append(self.spec.connect_or_fail())
-        return self.extra[i]
+    @contextlib.contextmanager
+    def _borrow(self) -> Iterator[psycopg2.extensions.connection]:
+        """A connection no other thread uses meanwhile: the main one or one of up to
+        :attr:`DIGEST_CONNECTIONS` - 1 more, opened when first needed."""
+        with self._free_cond:
+            while not self._free:
+                if 1 + len(self.extra) < self.DIGEST_CONNECTIONS:
+                    self.extra.append(self.spec.connect_or_fail())
+                    self._free.append(self.extra[-1])
+                else:
+                    self._free_cond.wait()
+            conn = self._free.pop()
+        try:
+            yield conn
+        finally:
+            with self._free_cond:
+                self._free.append(conn)
+                self._free_cond.notify()
 
     def rows(self, source: str, symbol: str, timeframe: str, start: int, end: int) -> list[StoredRow]:
         query = sql.SQL("SELECT ctid::text, {} FROM {} WHERE {} ORDER BY open_ts, ctid").format(
@@ -239,6 +248,18 @@ class PostgresIntegrity:
                                 "AND timeframe = %s").format(self.ledger_ident), (self.label, source, symbol, timeframe))
             entries = [LedgerEntry.from_json(r[0]) for r in cur.fetchall()]
             return {e.partition: e for e in entries}
+
+        return self._run("ledger", work)
+
+    def venue_ledger(self, source: str, timeframe: str) -> list[LedgerEntry]:
+        """Every symbol's entries of one source and timeframe (optional hook: shared holes)."""
+        def work(cur: Any) -> list[LedgerEntry]:
+            cur.execute("SELECT to_regclass(%s)", (self.ledger_ident.as_string(cur),))
+            if cur.fetchone()[0] is None:
+                return []
+            cur.execute(sql.SQL("SELECT entry FROM {} WHERE target = %s AND source = %s AND timeframe = %s").format(
+                self.ledger_ident), (self.label, source, timeframe))
+            return [LedgerEntry.from_json(r[0]) for r in cur.fetchall()]
 
         return self._run("ledger", work)
 
@@ -300,13 +321,14 @@ class PostgresIntegrity:
             self._save(cur, [entry])
             return entry.store_digest
 
-        return self._run("repair", work)
+        with self._borrow() as conn:  # applies of several partitions may run at once (concurrent_apply)
+            return self._run("repair", work, conn)
 
     def close(self) -> None:
         for extra in self.extra:
             with contextlib.suppress(psycopg2.Error):
                 extra.close()
-        self.extra = []
+        self.extra, self._free = [], []
         conn, self.conn = self.conn, None
         if conn is not None and not conn.closed:
             with contextlib.suppress(psycopg2.Error):
