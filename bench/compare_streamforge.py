@@ -14,7 +14,9 @@ dependency), turns every row into a pydantic ``Kline`` via ``DataFrame.iterrows`
 ``to_date`` is today or "now".
 
 So the only change needed to point it at the mock is ``backfiller._url = BASE + "/data"``, set
-after construction. Prints one JSON line: rows written, seconds.
+after construction; in the first days of a month (before Binance publishes the previous month)
+its URL list also loses the months after ``--to``, which it would otherwise ask for and fail on.
+Prints one JSON line: rows written, seconds, the CSV written.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -47,6 +50,15 @@ def main() -> None:
                                        to_date=args.end, file_path=path)
     backfiller._url = args.base_url.rstrip("/") + "/data"  # the only hook: an instance attribute
     urls = backfiller._get_urls()
+    # It asks for every month up to the previous one whatever to_date says; in the days before
+    # Binance publishes that month (the first Monday after it) that zip is a 404 and run() fails.
+    # Then (only then) the months after --to are dropped, so it does the others' work exactly.
+    last = args.end[:7]
+    months = [re.search(r"/monthly/.*-(\d{4}-\d{2})\.zip$", u) for u in urls]
+    kept = [u for u, m in zip(urls, months, strict=True) if m is None or m.group(1) <= last]
+    if len(kept) != len(urls):
+        urls = kept
+        backfiller._get_urls = lambda: list(kept)
     started = time.perf_counter()
     try:
         backfiller.run()
@@ -56,7 +68,7 @@ def main() -> None:
     done = time.perf_counter()
     with open(path, "rb") as f:
         rows = sum(1 for _ in f) - 1  # header
-    print(json.dumps({"rows": rows, "seconds": done - started, "import_seconds": imported - began,
+    print(json.dumps({"rows": rows, "seconds": done - started, "import_seconds": imported - began, "csv": path,
                       "files": len(urls), "first_url": urls[0] if urls else None,
                       "last_url": urls[-1] if urls else None}))
 

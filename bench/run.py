@@ -100,20 +100,25 @@ def raw_fetch(url: str, symbol: str, start: str, end: str, workers: int) -> tupl
     return time.perf_counter() - began, rows
 
 
-def case_single(mock: MockProcess, args: argparse.Namespace, start: str, end: str, tmp: Path) -> Result:
+def case_single(mock: MockProcess, args: argparse.Namespace, start: str, end: str, tmp: Path) -> list[Result]:
     # warm-up: the mock renders each page once and caches it, so the measured passes time the
     # client and the latency, not the mock's Python page generation on the same 2 cores
     raw_fetch(mock.url, "BTCUSDT", start, end, args.workers)
     mock.reset()
+    cpu = time.process_time()
     raw_seconds, raw_rows = raw_fetch(mock.url, "BTCUSDT", start, end, args.workers)
+    raw_cpu = time.process_time() - cpu
     mock.reset()
+    cpu = time.process_time()
     result = forge_run("binance", {"base_url": mock.url, "archive": "rest"}, ["BTCUSDT"], start, end,
                        args.workers, tmp)
+    forge_cpu = time.process_time() - cpu
     stats = result.source_stats
     rows, seconds, reqs = result.total, result.elapsed, stats["requests"]
     bound = math.ceil(reqs / args.workers) * args.latency
     mock_stats = mock.stats()
-    return Result(
+    cpu_ratio = forge_cpu / raw_cpu if raw_cpu else None
+    return [Result(
         "1. Binance 1m, 1 symbol, 1 year (REST)", f"{rows / seconds:,.0f} candles/s",
         f"{rows / bound:,.0f} candles/s latency bound" if bound else "n/a (latency 0)",
         bound / seconds if bound else None, ">= 0.9", bound / seconds >= 0.9 if bound else None,
@@ -123,7 +128,12 @@ def case_single(mock: MockProcess, args: argparse.Namespace, start: str, end: st
         f"429: {stats['http_429']}, 418: {stats['http_418']}",
         {"rows": rows, "seconds": seconds, "requests": reqs, "bound_seconds": bound, "raw_seconds": raw_seconds,
          "raw_ratio": raw_seconds / seconds, "http_429": stats["http_429"], "http_418": stats["http_418"],
-         "mock": mock_stats, "candles_per_s": rows / seconds})
+         "mock": mock_stats, "candles_per_s": rows / seconds}),
+        Result("1c. REST CPU, Forge / bare requests+json client", f"{forge_cpu:.2f} CPU s", f"{raw_cpu:.2f} CPU s",
+               cpu_ratio, "<= 1.3 (issue 18)", cpu_ratio <= 1.3 if cpu_ratio is not None else None,
+               f"the same {rows:,} candles: process CPU (user+system, every thread; the mock is another process) "
+               f"of the Forge run into CSV vs the bare client fetching and decoding the same pages",
+               {"forge_cpu": forge_cpu, "raw_cpu": raw_cpu})]
 
 
 def case_weight(args: argparse.Namespace, symbols: list[str], start: str, end: str, tmp: Path,
@@ -437,16 +447,17 @@ def check_forge_csv(path: Path, expected: list[tuple[Any, ...]]) -> str | None:
     return None
 
 
-def check_peer_csv(path: Path, expected: list[tuple[Any, ...]], ts: str, names: tuple[str, ...]) -> str | None:
-    """The same for a peer's OHLCV file (floats): ``ts`` is its open-time column (ms), ``names``
-    its open, high, low, close and volume columns; values compare as floats, since every peer
-    here stores floats."""
+def check_peer_csv(path: Path, expected: list[tuple[Any, ...]], ts: str, names: tuple[str, ...],
+                   per_ms: int = 1) -> str | None:
+    """The same for a peer's OHLCV file (floats): ``ts`` is its open-time column (in units of
+    ``per_ms`` milliseconds), ``names`` its open, high, low, close and volume columns; values
+    compare as floats, since every peer here stores floats."""
     index = {"open": 5, "high": 6, "low": 7, "close": 8, "volume": 9}
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         n = 0
         for n, (got, want) in enumerate(zip(reader, expected), 1):  # noqa: B905
-            if int(float(got[ts])) != want[3]:
+            if int(float(got[ts])) * per_ms != want[3]:
                 return f"row {n}: open time {got[ts]}, expected {want[3]}"
             for field_name, name in zip(("open", "high", "low", "close", "volume"), names, strict=True):
                 if float(got[name]) != float(want[index[field_name]]):
@@ -455,6 +466,30 @@ def check_peer_csv(path: Path, expected: list[tuple[Any, ...]], ts: str, names: 
     if n + rest != len(expected):
         return f"{n + rest} rows, expected {len(expected)}"
     return None
+
+
+def warm_archive(url: str, start: str, end: str) -> None:
+    """Ask the mock once for every zip of the range, monthly (Forge, streamforge) and daily
+    (freqtrade), with their checksums: it builds each on first request and caches it, as a real
+    archive serves static files, so no tool is timed building them (the first to ask would be)."""
+    from datetime import date, timedelta
+
+    base = f"{url}/data/spot/{{}}/klines/BTCUSDT/1m/BTCUSDT-1m-{{}}.zip"
+    day, last = date.fromisoformat(start), date.fromisoformat(end)
+    names = []
+    while day <= last:
+        names.append(base.format("daily", day.isoformat()))
+        if day.day == 1:
+            names.append(base.format("monthly", day.isoformat()[:7]))
+        day += timedelta(days=1)
+    session = requests.Session()
+
+    def get(u: str) -> None:
+        for suffix in ("", ".CHECKSUM"):
+            session.get(u + suffix, timeout=120).raise_for_status()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(get, names))
 
 
 def forge_cli(url: str, start: str, end: str, workers: int, out: Path, archive: bool) -> dict[str, Any]:
@@ -491,6 +526,7 @@ def case_tools(mock: MockProcess, args: argparse.Namespace, start: str, end: str
     on the same symbol-year; every output checked candle by candle against the mock's market."""
     out: list[Result] = []
     expected = expected_candles(start, end)
+    warm_archive(mock.url, start, end)
     forge: dict[str, dict[str, Any]] = {}
     for path in ("rest", "archive"):
         mock.reset()
@@ -524,8 +560,8 @@ def case_tools(mock: MockProcess, args: argparse.Namespace, start: str, end: str
             out.append(Result(label, "not available", "", None, "", None, data["error"], data))
             continue
         seconds = data["seconds"] + data.get("import_seconds", 0.0)
-        columns = PEER_COLUMNS[name]
-        data["exact"] = check_peer_csv(Path(data["csv"]), expected, columns[0], columns[1:])
+        columns, per_ms = PEER_COLUMNS[name]
+        data["exact"] = check_peer_csv(Path(data["csv"]), expected, columns[0], columns[1:], per_ms)
         rate = len(expected) / seconds
         base = forge.get(path, {})
         ratio = base["seconds"] and seconds / base["seconds"] if "seconds" in base else None
@@ -542,10 +578,10 @@ def case_tools(mock: MockProcess, args: argparse.Namespace, start: str, end: str
     return out
 
 
-PEER_COLUMNS = {  # open time (ms), open, high, low, close, volume
-    "freqtrade": ("open_ts", "open", "high", "low", "close", "volume"),
-    "ccxt": ("timestamp", "open", "high", "low", "close", "volume"),
-    "streamforge": ("open_ts", "open", "high", "low", "close", "volume"),
+PEER_COLUMNS = {  # (open time, open, high, low, close, volume), milliseconds per open-time unit
+    "freqtrade": (("open_ts", "open", "high", "low", "close", "volume"), 1),
+    "ccxt": (("timestamp", "open", "high", "low", "close", "volume"), 1),
+    "streamforge": (("open_ts", "open", "high", "low", "close", "volume"), 1000),  # it writes seconds
 }
 PLOT_LABELS = {"7c.": "freqtrade rest", "7d.": "freqtrade archive", "7e.": "ccxt loop", "7f.": "streamforge 0.1.3"}
 
@@ -604,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.05, help="mock latency per response, seconds")
     parser.add_argument("--workers", type=int, default=4, help="Forge workers for cases 1, 3 and 7")
     parser.add_argument("--out", default=str(BENCH / "out"))
-    parser.add_argument("--no-compare", action="store_true", help="skip streamforge and ccxt")
+    parser.add_argument("--no-compare", action="store_true", help="skip case 7 (forge run vs freqtrade, ccxt, streamforge)")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--pg-rows", type=int, default=500_000, help="rows of the PostgreSQL case")
     parser.add_argument("--pg-rounds", type=int, default=3, help="rounds of the PostgreSQL case (pairs per target)")
@@ -632,8 +668,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         with MockProcess({"latency": args.latency}) as mock:
             step(f"1. Binance REST, one symbol, {year[0]}..{year[1]}")
-            single = case_single(mock, args, *year, tmp)
-            results.append(single)
+            single, cpu = case_single(mock, args, *year, tmp)
+            results += [single, cpu]
             step("3. OKX")
             results.append(case_okx(mock, args, *month, tmp))
             if not (args.quick or args.no_compare):
