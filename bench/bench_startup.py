@@ -93,9 +93,11 @@ def imported(command: list[str], env: dict[str, str]) -> dict[str, float]:
     return found
 
 
-def measure(runs: int, baseline: str | None = None) -> dict[str, Any]:
+def measure(runs: int, baseline: str | None = None, *, warm: bool = True, imports: bool = True) -> dict[str, Any]:
     """``runs`` timed runs (after one warm-up); with ``baseline`` (a directory holding another
-    ``forge_core``, put first on ``PYTHONPATH``) each run is paired with one of that tree, A B A B."""
+    ``forge_core``, put first on ``PYTHONPATH``) each run is paired with one of that tree, A B A B.
+    ``warm=False`` times the first run too, ``imports=False`` skips the ``-X importtime`` run
+    (both for the smoke test, which asserts nothing about the time)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_") and k != "PYTHONDONTWRITEBYTECODE"}
     with MockExchange(latency=0) as mock, tempfile.TemporaryDirectory(prefix="forge-startup-") as tmp:
         # as an installed Forge runs: from bytecode (compiled by the warm-up run, kept out of the tree)
@@ -109,7 +111,8 @@ def measure(runs: int, baseline: str | None = None) -> dict[str, Any]:
         delays: dict[str, list[float]] = {k: [] for k in envs}
         cpus: dict[str, list[float]] = {k: [] for k in envs}
         walls: dict[str, list[float]] = {k: [] for k in envs}
-        for i in range(runs + 1):  # the first run compiles the bytecode and warms the page cache
+        skip = 1 if warm else 0  # the first run compiles the bytecode and warms the page cache
+        for i in range(runs + skip):
             for key, run_env in envs.items():
                 first.arm()
                 began = time.monotonic()
@@ -120,12 +123,12 @@ def measure(runs: int, baseline: str | None = None) -> dict[str, Any]:
                 ended = time.monotonic()
                 if proc.returncode != 0 or first.at is None:
                     raise SystemExit(f"forge run failed (exit {proc.returncode}): {err.strip()[-300:]}")
-                if i:
+                if i >= skip:
                     delays[key].append(first.at - began)
                     walls[key].append(ended - began)
                     if first.cpu is not None:
                         cpus[key].append(first.cpu)
-        heavy = imported(command, env)
+        heavy = imported(command, env) if imports else {}
     a = delays["a"]
     out: dict[str, Any] = {
         "runs": runs, "first_request_median": statistics.median(a), "first_request_min": min(a),
