@@ -50,6 +50,7 @@ from .pipeline import (
     _apply,
     _call_plugin,
     _clean,
+    _close_sinks,
     _output_timeframe,
     _symbols,
     fetch_checked,
@@ -262,13 +263,7 @@ class Follower:
             self.result.elapsed = time.monotonic() - began
             self.result.stopped_by = self.stopped_by
             self.result.source_stats = source.stats()
-            for sink in opened:
-                try:
-                    sink.close(ok)
-                except Exception:
-                    if ok:
-                        raise
-                    log.warning("sink_close_failed", sink=sink.name, error=str(sys.exc_info()[1]))
+            _close_sinks(opened, ok)
             self.result.destinations = [s.describe() for s in self.sinks]
             source.close()
             self._pool.shutdown(wait=False, cancel_futures=True)

@@ -257,13 +257,7 @@ class Pipeline:
         finally:
             result.elapsed = time.monotonic() - began
             result.source_stats = source.stats()
-            for sink in opened:
-                try:
-                    sink.close(ok)
-                except Exception:
-                    if ok:
-                        raise
-                    log.warning("sink_close_failed", sink=sink.name, error=str(sys.exc_info()[1]))
+            _close_sinks(opened, ok)
             result.destinations = [s.describe() for s in self.sinks]
             result.rows_changed = _rows_changed(opened)
             source.close()
@@ -446,6 +440,18 @@ def _after(batch: Batch, point: int | None) -> Batch:
     i = batch.columns.index("open_ts")  # a sink reports a point only for rows it can place in time
     return batch.with_rows([r for r in batch.rows if r[i] > point])
 
+
+
+def _close_sinks(opened: Sequence[Sink], ok: bool) -> None:
+    """Close every sink that was opened; after a failure, a failing close is logged, not raised,
+    so that the first error is the one reported."""
+    for sink in opened:
+        try:
+            sink.close(ok)
+        except Exception:
+            if ok:
+                raise
+            log.warning("sink_close_failed", sink=sink.name, error=str(sys.exc_info()[1]))
 
 def _call_plugin(kind: str, name: str, fn: Callable[..., Any], *args: Any) -> Any:
     """Call plugin code; a ``SystemExit`` (or a ``KeyboardInterrupt`` no signal caused) raised
