@@ -94,14 +94,14 @@ class ProgressLine:
 
 def retry_parts(active: list[retrying.Retrying]) -> list[str]:
     """The line's first pieces while requests wait to be retried: the soonest one's symbol,
-    error and next attempt (``retrying BTCUSDT HTTP 429: attempt 2/10 at 14:03:21 UTC``), its
-    endpoint, when it gives up, and how many more wait."""
+    error, next attempt and deadline (``retrying BTCUSDT HTTP 429: attempt 2/10 at 14:03:21 UTC,
+    gives up 14:08:00``: 74 columns), its endpoint, and how many more wait."""
     if not active:
         return []
     r = active[0]
     who = f"{r.symbol} " if r.symbol else ""
-    parts = [f"retrying {who}{r.error}: attempt {r.attempt}/{r.attempts} at {retrying.clock(r.until)} UTC",
-             f"{r.host}{r.path}", f"gives up at {retrying.clock(r.give_up_at)}"]
+    parts = [f"retrying {who}{r.error}: attempt {r.attempt}/{r.attempts} at {retrying.clock(r.until)} UTC, "
+             f"gives up {retrying.clock(r.give_up_at)}", f"{r.host}{r.path}"]
     if len(active) > 1:
         parts.append(f"{len(active) - 1} more retrying")
     return parts

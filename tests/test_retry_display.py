@@ -49,8 +49,8 @@ def test_the_progress_line_shows_a_retry_and_until_when(forge, monkeypatch, in_t
     assert result.code == 0, result
     assert faults >= 1
     drawn = [part.strip() for part in screen.getvalue().split("\r") if part.strip()]
-    pattern = re.compile(rf"retrying BTCUSDT HTTP 429: attempt 2/10 at {CLOCK} UTC \| "
-                         rf"127\.0\.0\.1:\d+/api/v3/klines \| gives up at {CLOCK}")
+    pattern = re.compile(rf"retrying BTCUSDT HTTP 429: attempt 2/10 at {CLOCK} UTC, gives up {CLOCK} \| "
+                         rf"127\.0\.0\.1:\d+/api/v3/klines")
     shown = [m for line in drawn if (m := pattern.match(line))]
     assert shown, drawn
     # the next attempt is the Retry-After second away, the deadline FORGE_HTTP_GIVE_UP_AFTER (300 s)
@@ -101,6 +101,14 @@ def test_a_retry_redraws_at_once_within_the_width_and_ends_back_on_the_candles()
     retrying.begin(state)  # finished: no longer watching
     retrying.end()
     assert [p for p in out.getvalue().split("\r") if p.strip()] == parts
+
+    wide = Screen()  # in 80 columns the deadline shows too
+    line = ProgressLine(wide, interval=0, width=80)
+    retrying.begin(state)
+    retrying.end()
+    line.finish()
+    assert re.fullmatch(rf"retrying ETHUSDT timeout: attempt 3/10 at {CLOCK} UTC, gives up {CLOCK}",
+                        wide.getvalue().split("\r")[1]), wide.getvalue()
 
 
 def test_a_dropped_progress_line_stops_watching():
