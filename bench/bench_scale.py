@@ -42,7 +42,7 @@ RATE = LIMIT / 60  # weight per second
 SERVE = """
 import json, sys, time
 from forge_mock_exchange.server import MockConfig, MockExchange, Response
-mock = MockExchange(MockConfig(**json.loads(sys.argv[1])), port=int(sys.argv[2]), routes=["binance"])
+mock = MockExchange(MockConfig(**json.loads(sys.argv[1])), port=int(sys.argv[2]), routes=["binance", "okx"])
 mock.route("/mock/weights", lambda req: Response.json(list(mock.state.get("weights.spot.log", []))))
 mock.start()
 print(mock.url, flush=True)
@@ -128,30 +128,34 @@ def busiest_minute(log: list[tuple[float, int]]) -> int:
     return max(per.values(), default=0)
 
 
-def expected_rows(symbols: list[str], timeframe: str, months: list[str]) -> int:
+def expected_rows(symbols: list[str], timeframe: str, months: list[str], exchange: str = "binance") -> int:
     from forge_core.partitions import Partition
     from forge_mock_exchange.expected import binance_rows
+    from forge_mock_exchange.expected_okx import okx_rows
 
     lo = Partition("binance", "spot", "", timeframe, months[0]).start
     hi = Partition("binance", "spot", "", timeframe, months[-1]).end
-    return sum(len(binance_rows(s, timeframe, lo, hi, NOW)) for s in symbols)
+    rows = binance_rows if exchange == "binance" else okx_rows
+    return sum(len(rows(s, timeframe, lo, hi, NOW)) for s in symbols)
 
 
 def run_case(args: argparse.Namespace, pg_url: str, processes: int, shared: bool, symbols: list[str],
-             months: list[str], want: int, tmp: Path) -> dict[str, Any]:
+             months: list[str], want: int, tmp: Path, exchange: str = "binance") -> dict[str, Any]:
     import psycopg2
 
-    label = f"{processes} process{'es' if processes > 1 else ''}, {'shared budget' if shared else 'no shared budget'}"
-    table = f"bench_scale_{processes}_{'shared' if shared else 'alone'}"
+    label = (f"{'OKX ' if exchange == 'okx' else ''}{processes} process{'es' if processes > 1 else ''}, "
+             f"{'shared budget' if shared else 'no shared budget'}")
+    table = f"bench_scale_{exchange}_{processes}_{'shared' if shared else 'alone'}"
+    timeframe, market = (args.timeframe, "spot") if exchange == "binance" else ("15m", "-")
     with psycopg2.connect(pg_url) as conn, conn.cursor() as cur:
         cur.execute(f'DROP TABLE IF EXISTS "{table}"')
     # whole symbols per process, else months: every process gets a share
-    keys_all = [f"binance:spot:{s}:{args.timeframe}:{m}" for s in symbols for m in months]
+    keys_all = [f"{exchange}:{market}:{s}:{timeframe}:{m}" for s in symbols for m in months]
     shares = ([[k for k in keys_all if k.split(":")[2] in symbols[i::processes]] for i in range(processes)]
               if processes <= len(symbols) else [keys_all[i::processes] for i in range(processes)])
     env = {**os.environ, "FORGE_EGRESS": f"bench-{time.time_ns()}"}  # a fresh budget key per case
     with Mock(args.latency) as mock:
-        env["FORGE_BINANCE_URL"] = mock.url
+        env["FORGE_BINANCE_URL"] = env["FORGE_OKX_URL"] = mock.url
         procs = []
         began = time.monotonic()
         for i, share in enumerate(shares):
@@ -175,6 +179,11 @@ def run_case(args: argparse.Namespace, pg_url: str, processes: int, shared: bool
             cur.execute(f'SELECT count(*) FROM "{table}"')
             rows = cur.fetchone()[0]
             cur.execute(f'DROP TABLE "{table}"')
+    if exchange == "okx":
+        return {"case": label, "processes": processes, "shared": shared, "rows": rows, "expected_rows": want,
+                "exact_count": rows == want, "failed_processes": len(errors), "errors": sorted(set(errors))[:3],
+                "wall_s": round(wall, 2), "requests": stats.get("okx.requests", 0),
+                "http_429": stats.get("okx.429", 0) + stats.get("okx.50011", 0), "http_418": 0}
     span = log[-1][0] - log[0][0] if len(log) > 1 else wall
     weight = sum(w for _, w in log)
     candles = stats.get("binance.spot.candles", 0)
@@ -219,6 +228,7 @@ def main() -> None:
     parser.add_argument("--unshared", default="4,8", help="process counts without it")
     parser.add_argument("--no-unshared", action="store_true")
     parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--no-okx", action="store_true", help="skip OKX (no used-weight header) with and without")
     parser.add_argument("--symbols", type=int, default=8, help="test symbols T1USDT..TnUSDT")
     parser.add_argument("--months", type=int, default=12, help="months of 2023")
     parser.add_argument("--timeframe", default="1h")
@@ -266,6 +276,16 @@ def main() -> None:
                       f"failed processes {r['failed_processes']}; {r['span_s']:.1f} s of requests "
                       f"({r['wall_s']:.1f} s wall); busiest minute {r['busiest_minute']} weight"
                       + (f"; {r['errors'][0][:100]}" if r["errors"] else ""))
+            if not args.no_okx:  # OKX reports no count: each process only knows its own requests
+                okx_symbols, okx_months = ["BTC-USDT", "ETH-USDT"], [f"2023-{m:02d}" for m in range(1, 5)]
+                okx_want = expected_rows(okx_symbols, "15m", okx_months, "okx")
+                for shared in (True, False):
+                    r = run_case(args, pg_url, 4, shared, okx_symbols, okx_months, okx_want, Path(tmp), "okx")
+                    results["runs"].append(r)
+                    print(f"{r['case']:>36}: {r['requests']} requests of OKX history (20 per 2 s per IP), "
+                          f"429: {r['http_429']}; rows {r['rows']:,}/{okx_want:,}; failed processes "
+                          f"{r['failed_processes']}; {r['wall_s']:.1f} s wall"
+                          + (f"; {r['errors'][0][:100]}" if r["errors"] else ""))
         if not args.no_latency:
             for name in ("sqlite", "postgresql"):
                 for n, rate in [(int(p), 0.0) for p in args.latency_processes.split(",") if p] + [(8, 2 * RATE)]:
