@@ -64,14 +64,13 @@ def test_the_example_code_location_materialises_through_the_dagster_cli(exchange
 
     example = Path(forge_dagster.__file__).with_name("definitions_example.py")
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "FORGE_DAGSTER_SINK": "csv", "FORGE_DAGSTER_TIMEFRAME": "1h",
+           "FORGE_DAGSTER_VERIFY": "0",  # the check's own step process would add ~10 s; tested in-process above
            "FORGE_RATE_BUDGET": f"sqlite:///{tmp_path / 'budget.db'}"}
     (tmp_path / "home").mkdir()
     proc = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-f", str(example),
                            "--select", "binance_klines", "--partition", "2024-02|ETHUSDT"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # the example's asset check ran forge verify on the partition just written
-    assert "Asset check 'forge_verify' on 'binance_klines' passed." in proc.stderr
     lo, hi = parse_range("2024-02-01", "2024-02-29")
     want = as_csv_lines(binance_rows("ETHUSDT", "1h", lo, hi, exchange_env.config.now))
     assert rows(tmp_path / "Binance-ETHUSDT-1h-2024-02-01_2024-02-29.csv") == want
@@ -116,3 +115,28 @@ def test_the_verify_check_passes_a_clean_partition_and_fails_one_missing_a_row(e
     assert broken.metadata["missing"].value == 1 and broken.metadata["store_rows"].value == 29 * 24 - 1
     assert broken.metadata["issues"].value[0]["from_ms"] == gone
     db.execute(f'DROP TABLE IF EXISTS "{table}"')
+
+
+def test_the_verify_check_finds_the_csv_file_of_the_partition(asset, exchange_env, tmp_path):
+    """A CSV sink's output template names one file per partition's run: the check verifies that
+    file (here ``BTCUSDT-2024-03-01.csv``): a line cut from it fails the check."""
+    from dagster import AssetSelection, Definitions, define_asset_job
+
+    from forge_dagster import forge_verify_check
+
+    check = forge_verify_check(asset)
+    resources = {"forge_budget": ForgeBudget(url="")}
+    instance = DagsterInstance.ephemeral()
+    key = MultiPartitionKey({"symbol": "BTCUSDT", "month": "2024-03"})
+    assert materialize([asset], partition_key=key, instance=instance, resources=resources).success
+    job = define_asset_job("verify_klines", selection=AssetSelection.checks(check))
+    defs = Definitions(assets=[asset], asset_checks=[check], jobs=[job], resources=resources)
+
+    path = tmp_path / "BTCUSDT-2024-03-01.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:100] + lines[101:]))
+    result = defs.resolve_job_def("verify_klines").execute_in_process(
+        instance=instance, tags={"dagster/partition": str(key)}, raise_on_error=False)
+    (broken,) = result.get_asset_check_evaluations()
+    assert not broken.passed and broken.metadata["missing"].value == 1  # the file was found and read
+    assert broken.metadata["store_rows"].value == 31 * 24 - 1
