@@ -459,7 +459,7 @@ def build_cli(plugins: Plugins | None = None, args: list[str] | None = None) -> 
     if command != "run":  # their options come from every plugin: building them imports all
         from .integrity.commands import add_commands as add_integrity_commands
 
-        add_integrity_commands(cli, plugins)  # forge status / verify / repair (forge_core/integrity)
+        add_integrity_commands(cli, plugins, rest)  # forge status / verify / repair (forge_core/integrity)
         from .plan_command import plan_command
 
         cli.add_command(plan_command(plugins))  # forge plan (forge_core/partitions)
@@ -505,10 +505,11 @@ def main(argv: list[str] | None = None, plugins: Plugins | None = None) -> int:
     except click.UsageError as exc:  # one line, like every other error
         where = f"forge {exc.ctx.info_name}" if exc.ctx is not None and exc.ctx.info_name != "forge" else "forge"
         message = exc.format_message()
-        if isinstance(exc, click.NoSuchOption) and where == "forge run":
+        if isinstance(exc, click.NoSuchOption) and where in ("forge run", "forge verify", "forge repair", "forge status"):
             owner = _owner_of(plugins, exc.option_name)
             if owner is not None:
-                message = (f"option {exc.option_name} belongs to {owner}, not to this run's source or sinks "
+                what = "this run's source or sinks" if where == "forge run" else f"this {where[6:]}'s source or sink"
+                message = (f"option {exc.option_name} belongs to {owner}, not to {what} "
                            f"(choose that plugin, e.g. --{owner.split()[0]} {owner.split()[1].rstrip(',')})")
         click.echo(f"forge: error: {message} (see '{where} --help')", err=True)
         return exc.exit_code

@@ -11,7 +11,7 @@ import click
 
 from . import partitions as parts
 from .errors import UsageError
-from .integrity.commands import _click_option, _declared, _route, open_store
+from .integrity.commands import open_store
 from .plugins import Plugins
 from .times import ACCEPTED, parse_range
 
@@ -21,7 +21,11 @@ def market_of(settings: dict[str, Any]) -> str:
 
 
 def plan_command(plugins: Plugins) -> click.Command:
-    declared = _declared(plugins, ("source", "sink"))
+    from .cli import _Chosen  # the CLI's plugin options, routed to the plugin declaring each
+
+    chosen = _Chosen(plugins, None, [], [])
+    declared = {n: owners for n, owners in chosen.options.items() if any(r.kind in ("source", "sink") for r, _ in owners)}
+    _route = chosen.route
 
     def callback(**kw: Any) -> None:
         from .pipeline import _symbols
@@ -37,7 +41,8 @@ def plan_command(plugins: Plugins) -> click.Command:
             start, end = parse_range(kw["from_"], kw["to"])
             planned = parts.plan(source.name, market_of(source.settings), _symbols(list(kw["symbol"])), tf,
                                  start, end)
-            states = _states(plugins, kw["sink"], given, source.source_value, planned) if kw["sink"] else {}
+            states = (_states(plugins, kw["sink"], _route(given, plugins.get("sink", kw["sink"])), source.source_value,
+                              planned) if kw["sink"] else {})
         finally:
             source.close()
         rows = [{**p.as_json(), "state": states.get(p.key, "unknown"), "slots": p.slots} for p in planned]
@@ -64,7 +69,7 @@ def plan_command(plugins: Plugins) -> click.Command:
         click.Option(["--needs-work"], is_flag=True, help="Only partitions not verified or complete."),
         click.Option(["--json", "as_json"], is_flag=True, help="One JSON document: {\"partitions\": [...]}."),
     ]
-    params += [_click_option(o) for o in declared.values() if o.name not in ("source", "symbol", "timeframe")]
+    params += [p for p in chosen.params() if p.name in declared and p.name not in ("source", "symbol", "timeframe")]
     return click.Command("plan", callback=callback, params=params, context_settings={"max_content_width": 100},
                          help="List the partitions (series x month) of a request and their state in the store; "
                               "run them with forge run --partition KEY.")

@@ -506,3 +506,45 @@ def test_the_same_hole_in_several_symbols_is_the_venues_outage(forge, exchange_e
     assert text.code == 0
     assert "binance ETHUSDT 1h: hole 2024-01-10 03:00 .. 2024-01-10 04:00, 2 slots (the same hole in 2 symbols of the venue: an outage)" \
         in text.out
+
+
+@pytest.mark.parametrize("defect", ["values", "short"])
+def test_deep_finds_where_the_archive_and_rest_disagree(forge, mock_exchange_factory, monkeypatch, in_tmp, defect):
+    """A re-uploaded archive file with other closes than REST (``values``) or lacking candles
+    (``short``, which a load fills from REST): a plain verify of a store loaded from it is clean
+    (store and archive agree), ``--deep`` draws days (seeded) and reports the candles where the
+    two exchange sources disagree, with the file; a draw without that day finds nothing."""
+    from forge_core.testing import FROZEN_NOW
+
+    mock = mock_exchange_factory(now=FROZEN_NOW, latency=0, extra={"archive_corrupt": {"BTCUSDT-5m-2024-01.zip": defect}})
+    for name in ("FORGE_BINANCE_URL", "FORGE_BINANCE_ARCHIVE_URL"):
+        monkeypatch.setenv(name, mock.url)
+    args = ("--symbol", "BTCUSDT", "-t", "5m", "--from", "2024-01-01", "--to", "2024-01-31", "--output", "d.csv")
+    assert forge("run", "-s", "binance", *args, "-q").code == 0
+    assert forge("verify", "-s", "binance", *args).code == 0
+
+    res = forge("verify", "-s", "binance", *args, "--deep", "31", "--json")
+    assert res.code == 1, res
+    deep = json.loads(res.out)["series"][0]["deep"]
+    assert len(deep["days"]) == 31 and deep["skipped_days"] == [] and deep["seed"] == 0
+    kind, fields = {"values": ("archive_differs", ["close"]), "short": ("archive_lacks", [])}[defect]
+    assert [(d["kind"], d["from"], d["to"], d["count"], d.get("fields", []), d["file"]) for d in deep["disagreements"]] == [
+        (kind, "2024-01-01T00:50:00Z", "2024-01-01T01:35:00Z", 10, fields, "BTCUSDT-5m-2024-01.zip")]
+    assert json.loads(res.out)["summary"]["deep_disagreements"] == 10
+
+    if defect == "values":
+        text = forge("verify", "-s", "binance", *args, "--deep", "3", "--deep-seed", "7")
+        assert text.code == 0, text  # seed 7 does not draw the first day
+        assert "deep: 3 day(s) of archive files cross-checked against REST, 0 candle(s) disagree" in text.out
+
+
+def test_deep_and_options_belong_to_the_plugins_chosen(forge, loaded_csv, monkeypatch):
+    """verify takes only the chosen source's and sink's options (the CLI's scoped resolution);
+    --deep needs archive files."""
+    res = forge("verify", "-s", "binance", *RANGE, "--output", "btc.csv", "--table", "t")
+    assert res.code == 2 and "option --table belongs to sink postgres" in res.err
+    assert len(res.err.strip().splitlines()) == 1
+    res = forge("verify", "-s", "binance", *RANGE, "--output", "btc.csv", "--archive", "sometimes")
+    assert res.code == 2 and "'sometimes' is not one of 'auto', 'archive', 'rest'" in res.err
+    res = forge("verify", "-s", "binance", *RANGE, "--output", "btc.csv", "--archive", "rest", "--deep", "2")
+    assert res.code == 2 and "--deep: none of the 2 days drawn comes from archive files" in res.err

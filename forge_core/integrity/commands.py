@@ -13,7 +13,6 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from ..options import Option
 from ..plugins import Plugins
 from ..times import ACCEPTED, iso, parse_range
 from .engine import Checker, SeriesReport, hole_json, mark_outages
@@ -22,61 +21,50 @@ from .model import REASON_TEXT, IntegrityStore, LedgerEntry
 KINDS = ("missing", "extra", "duplicate", "changed")
 
 
-def add_commands(cli: click.Group, plugins: Plugins) -> None:
-    cli.add_command(_command(plugins, "verify"))
-    cli.add_command(_command(plugins, "repair"))
-    cli.add_command(_command(plugins, "status"))
+def add_commands(cli: click.Group, plugins: Plugins, args: list[str] | None = None) -> None:
+    """``forge verify/repair/status``; ``args`` (the words after the command) name the source and
+    sink whose options the command takes, as for ``forge run``."""
+    for name in ("verify", "repair", "status"):
+        cli.add_command(_command(plugins, name, args or []))
 
 
-def _declared(plugins: Plugins, kinds: tuple[str, ...]) -> dict[str, Option]:
-    found: dict[str, Option] = {}
-    for reg in plugins.all():
-        if reg.kind in kinds:
-            for opt in getattr(reg.cls, "options", ()):
-                found.setdefault(opt.name, opt)
-    return found
-
-
-def _click_option(opt: Option) -> click.Option:
-    kwargs: dict[str, Any] = {"help": opt.help + (f" [env: {opt.env_help()}]" if opt.envvar else ""), "default": None}
-    if opt.is_flag:
-        kwargs["is_flag"] = True
-    if opt.choices:
-        kwargs["type"] = click.Choice(opt.choices)
-    if opt.multiple:
-        kwargs.update(multiple=True, default=())
-    if opt.metavar:
-        kwargs["metavar"] = opt.metavar
-    return click.Option([opt.flag, opt.name], **kwargs)
-
-
-def _route(given: dict[str, Any], cls: type) -> dict[str, Any]:
-    names = {o.name for o in getattr(cls, "options", ())}
-    return {k: v for k, v in given.items() if k in names}
-
-
-def open_store(plugins: Plugins, sink_name: str, given: dict[str, Any]) -> IntegrityStore:
-    """The integrity hooks of sink ``sink_name`` built with its options, or a one-line refusal."""
+def open_store(plugins: Plugins, sink_name: str, options: dict[str, Any]) -> IntegrityStore:
+    """The integrity hooks of sink ``sink_name`` built with its ``options``, or a one-line refusal."""
     cls = plugins.get("sink", sink_name)
     if not hasattr(cls, "integrity"):
         able = [n for n in plugins.names("sink") if hasattr(plugins.get("sink", n), "integrity")]
         raise UsageError(f"sink {sink_name!r} does not support status, verify or repair (it has no integrity "
                          f"hooks); sinks that do: {', '.join(able) or 'none installed'}")
-    return cls(**_route(given, cls)).integrity()
+    return cls(**options).integrity()
 
 
-def _command(plugins: Plugins, name: str) -> click.Command:
-    kinds = ("sink",) if name == "status" else ("sink", "source")
-    declared = _declared(plugins, kinds)
+def _command(plugins: Plugins, name: str, args: list[str]) -> click.Command:
+    # the CLI's scoped plugin options (forge_core/options.py), as forge run resolves them
+    from ..cli import _Chosen, plugin_args
+
+    source_name, sink_names, _ = plugin_args(args)
+    if name == "status":  # --source is a column value there, not a plugin: only the sink's options
+        source_name = ""
+    chosen = _Chosen(plugins, source_name, sink_names[-1:] or ["csv"], [])
+    declared = chosen.options
 
     def callback(**kw: Any) -> int:
         given = {k: v for k, v in kw.items() if k in declared and v not in (None, ())}
-        store = open_store(plugins, kw["sink"], given)
+        sink_cls = plugins.get("sink", kw["sink"])
+        source_cls = plugins.get("source", kw["source"]) if name != "status" else None
+        used = set(chosen.route(given, sink_cls)) | (set(chosen.route(given, source_cls)) if source_cls else set())
+        for opt in given:
+            if opt not in used:
+                owners = ", ".join(f"{r.kind} {r.name}" for r, _ in declared[opt])
+                raise UsageError(f"option --{opt.replace('_', '-')} belongs to {owners}, not to this "
+                                 f"command's {'sink' if name == 'status' else 'source or sink'}")
+        store = open_store(plugins, kw["sink"], chosen.route(given, sink_cls))
         try:
             if name == "status":
                 _status(store, kw)
                 return 0
-            return _check(plugins, store, name, given, kw)
+            assert source_cls is not None
+            return _check(store, name, source_cls, chosen.route(given, source_cls), kw)
         finally:
             store.close()
 
@@ -102,15 +90,24 @@ def _command(plugins: Plugins, name: str) -> click.Command:
                          help="Last open time, inclusive; a bare date includes that whole day."),
             click.Option(["--workers"], type=click.IntRange(1, 64), default=4, show_default=True,
                          help="Concurrent requests to the exchange."),
+            click.Option(["--recheck"], is_flag=True,
+                         help="Fetch every partition again, even those the ledger says are verified "
+                              "(repair) or whose archive files' .CHECKSUM is unchanged (verify)."),
+        ]
+    if name == "verify":
+        params += [
+            click.Option(["--deep"], type=click.IntRange(1), metavar="DAYS",
+                         help="Also cross-check the archive files' candles against REST on DAYS days of the "
+                              "range, drawn at random (--deep-seed); disagreements make the exit 1."),
+            click.Option(["--deep-seed"], type=int, default=0, show_default=True,
+                         help="Seed of the days --deep draws: the same seed, the same days."),
         ]
     if name == "repair":
         params += [
             click.Option(["--delete-extra"], is_flag=True,
                          help="Also delete rows the exchange does not have (off grid, before listing, in a hole)."),
-            click.Option(["--recheck"], is_flag=True,
-                         help="Fetch every partition again, even those the ledger says are verified."),
         ]
-    params += [_click_option(opt) for opt in declared.values() if opt.name not in ("source", "symbol")]
+    params += [p for p in chosen.params() if p.name not in ("source", "symbol", "timeframe", "sink")]
     helps = {
         "verify": "Compare the store with the exchange: missing, extra, duplicated and changed candles. "
                   "Exit 0 identical, 1 differences, 2 bad usage.",
@@ -121,19 +118,13 @@ def _command(plugins: Plugins, name: str) -> click.Command:
                          context_settings={"max_content_width": 100})
 
 
-def _check(plugins: Plugins, store: IntegrityStore, name: str, given: dict[str, Any], kw: dict[str, Any]) -> int:
+def _check(store: IntegrityStore, name: str, source_cls: type, source_opts: dict[str, Any], kw: dict[str, Any]) -> int:
     from ..pipeline import _symbols
 
-    source_cls = plugins.get("source", kw["source"])
-    source_opts = _route(given, source_cls)
-    for opt in given:
-        if opt not in source_opts and opt not in _route(given, plugins.get("sink", kw["sink"])):
-            raise UsageError(f"option --{opt.replace('_', '-')} does not belong to source {kw['source']} "
-                             f"or sink {kw['sink']}")
     start, end = parse_range(kw["from_"], kw["to"])
     checker = Checker(store, lambda: source_cls(**source_opts), repair=name == "repair",
                       delete_extra=bool(kw.get("delete_extra")), recheck=bool(kw.get("recheck")),
-                      workers=kw["workers"])
+                      workers=kw["workers"], deep=kw.get("deep") or 0, deep_seed=kw.get("deep_seed") or 0)
     reports: list[SeriesReport] = []
     for symbol in _symbols(list(kw["symbol"])):
         reports.append(checker.run(symbol, kw["timeframe"], start, end))
@@ -145,12 +136,18 @@ def _check(plugins: Plugins, store: IntegrityStore, name: str, given: dict[str, 
     totals = {k: sum(r.count(k) for r in reports) for k in KINDS}
     failed = sum(1 for r in reports for p in r.partitions if p.status == "failed")
     different = any(totals.values())
-    code = 1 if failed or (name == "verify" and different) else 0
+    disagreements = sum(r.disagreements for r in reports)
+    code = 1 if failed or (name == "verify" and (different or disagreements)) else 0
     summary = _summary(name, reports, totals, failed, checker.fetches)
+    if checker.deep:
+        days = sum(len(r.deep["days"]) for r in reports if r.deep)
+        summary += (f"; deep: {days} day(s) of archive files cross-checked against REST, "
+                    f"{disagreements} candle(s) disagree")
     if kw["as_json"]:
         click.echo(json.dumps({"command": name, "store": store.describe(), "exit": code,
                                "series": [r.as_json() for r in reports],
                                "summary": {**totals, "series": len(reports), "failed_partitions": failed,
+                                           **({"deep_disagreements": disagreements} if checker.deep else {}),
                                            "fetches": checker.fetches,
                                            "written": sum(r.written for r in reports),
                                            "deleted": sum(r.deleted for r in reports), "text": summary}},
@@ -184,6 +181,12 @@ def _lines(report: SeriesReport, name: str, delete_extra: bool) -> list[str]:
         why = (f"the same hole in {len(symbols)} symbols of the venue: an outage" if symbols else
                REASON_TEXT.get(hole.reason, hole.reason.replace("_", " ")))
         out.append(f"{head}: hole {_range(hole.first, hole.last)}, {hole.slots} slots ({why})")
+    deep_text = {"archive_lacks": "REST has, the archive file lacks", "archive_only": "the archive file has, REST lacks",
+                 "archive_differs": "the archive file and REST differ"}
+    for issue in (report.deep or {}).get("disagreements", []):
+        fields = f" ({', '.join(issue.fields)})" if issue.fields else ""
+        out.append(f"{head}: {deep_text[issue.kind]} {issue.count}: {_range(issue.first, issue.last)}{fields} "
+                   f"[{issue.file}]")
     for part in report.partitions:
         if part.status == "failed":
             out.append(f"{head}: {part.partition} not checked: {part.error}")

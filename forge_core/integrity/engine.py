@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -62,10 +63,13 @@ class Issue:
     count: int
     reason: str = ""  # extra: off_grid | before_listing | in_exchange_hole | not_at_exchange
     fields: list[str] = field(default_factory=list)  # changed: which fields differ
+    file: str = ""  # --deep: the archive file
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "from": iso(self.first), "to": iso(self.last),
                                "from_ms": self.first, "to_ms": self.last, "count": self.count}
+        if self.file:
+            out["file"] = self.file
         if self.reason:
             out["reason"] = self.reason
         if self.fields:
@@ -103,6 +107,7 @@ class SeriesReport:
     written: int = 0
     deleted: int = 0
     notes: list[str] = field(default_factory=list)  # e.g. an archive file short of candles REST serves
+    deep: dict[str, Any] | None = None  # --deep: {"days", "skipped_days", "disagreements": [Issue]}
 
     def count(self, kind: str) -> int:
         return sum(i.count for i in self.issues if i.kind == kind)
@@ -127,7 +132,13 @@ class SeriesReport:
             "holes": [hole_json(h) for h in self.holes],
             "partitions": [p.as_json() for p in self.partitions],
             "written": self.written, "deleted": self.deleted,
+            **({"deep": {**self.deep, "disagreements": [i.as_json() for i in self.deep["disagreements"]]}}
+               if self.deep is not None else {}),
         }
+
+    @property
+    def disagreements(self) -> int:
+        return sum(i.count for i in self.deep["disagreements"]) if self.deep else 0
 
 
 def hole_json(h: Hole) -> dict[str, Any]:
@@ -322,13 +333,15 @@ class Checker:
     GUIDED_MAX_WINDOWS = 16  # more windows of missing slots than this: fetch the partition whole
 
     def __init__(self, store: IntegrityStore, make_source: Callable[[], Source], *, repair: bool = False,
-                 delete_extra: bool = False, recheck: bool = False, workers: int = 4) -> None:
+                 delete_extra: bool = False, recheck: bool = False, workers: int = 4, deep: int = 0,
+                 deep_seed: int = 0) -> None:
         self.store = store
         self.make_source = make_source
         self.repair = repair
         self.delete_extra = delete_extra
         self.recheck = recheck
         self.workers = workers
+        self.deep, self.deep_seed = deep, deep_seed  # --deep: days cross-checked, archive against REST
         self.fetches = 0  # pipeline runs (or guided fetches) against the exchange
 
     def run(self, symbol: str, timeframe: str, start: int, end: int) -> SeriesReport:
@@ -384,6 +397,8 @@ class Checker:
             need = [part for part in need if part[0] not in done]
         owned = True  # `source` is still to be closed here (a pipeline run closes the source it is given)
         try:
+            if self.deep:
+                self._deep(source, side, symbol, tf, parts, report)
             for group in _contiguous(need):
                 if side is not None and self._fetch_fast(side, source, group, tf, listing, state_box):
                     continue
@@ -404,6 +419,57 @@ class Checker:
         return report
 
     # -- repair guided by the ledger: fetch only the candles that went missing --------------
+    def _deep(self, source: Source, side: Any, symbol: str, tf: Timeframe, parts: list[tuple[str, int, int]],
+              report: SeriesReport) -> None:
+        """``--deep``: for ``self.deep`` days of the range (drawn with ``self.deep_seed``), the
+        candles the archive file itself holds against the candles REST serves, both as canonical
+        lines: what one has and the other lacks, and values that differ (archive defects: short
+        or re-uploaded files)."""
+        if side is None or not hasattr(side, "archive_lines"):
+            raise UsageError(f"--deep cross-checks archive files against REST; source {source.name} has no archive")
+        days: list[tuple[tuple[str, int, int], int, int]] = []
+        for part in parts:
+            _, a, b = part
+            d = a
+            while d < b:
+                nxt = min((d // 86_400_000 + 1) * 86_400_000, b)
+                days.append((part, d, nxt))
+                d = nxt
+        picked = sorted(random.Random(self.deep_seed).sample(days, min(self.deep, len(days))), key=lambda x: x[1])
+        checked: list[str] = []
+        skipped: list[str] = []
+        found: list[Issue] = []
+        archive = [side.archive_lines(symbol, tf, (a, b), d0, d1) for (_, a, b), d0, d1 in picked]
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="forge-deep") as pool:
+            rests = list(pool.map(lambda p: None if p[1] is None else side.rest_lines(symbol, tf, p[0][1], p[0][2]),
+                                  zip(picked, archive, strict=True)))
+        for (_, d0, _), got, rest_got in zip(picked, archive, rests, strict=True):
+            day = iso(d0)[:10]
+            if got is None or rest_got is None:
+                skipped.append(day)  # that day comes from REST (not yet in the archive) or the file is unusable
+                continue
+            name, text, opens = got
+            rest_text, rest_opens = rest_got
+            arch = dict(zip(opens, text.decode().splitlines(), strict=True))
+            rest = dict(zip(rest_opens, rest_text.decode().splitlines(), strict=True))
+            lacks = [(t, 1, []) for t in sorted(set(rest) - set(arch))]
+            only = [(t, 1, []) for t in sorted(set(arch) - set(rest))]
+            differs = []
+            for t in sorted(set(arch) & set(rest)):
+                if arch[t] != rest[t]:
+                    x, y = arch[t].split(",")[1:], rest[t].split(",")[1:]
+                    differs.append((t, 1, [f for f, u, v in zip(CHECK_FIELDS, x, y, strict=True) if u != v]))
+            for kind, items in (("archive_lacks", lacks), ("archive_only", only), ("archive_differs", differs)):
+                for issue in _runs(tf, kind, items):
+                    issue.file = name
+                    found.append(issue)
+            checked.append(day)
+        if not checked and picked:
+            raise UsageError(f"--deep: none of the {len(picked)} days drawn comes from archive files "
+                             f"({', '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''}); "
+                             "they are not published yet, or --archive rest is set")
+        report.deep = {"days": checked, "skipped_days": skipped, "seed": self.deep_seed, "disagreements": found}
+
     def _guided(self, source: Source, side: Any, need: list[tuple[str, int, int]], ledger: dict[str, LedgerEntry],
                 held: _Held, tf: Timeframe, symbol: str, report: SeriesReport) -> set[str]:
         """Repair the partitions the ledger knows (exchange digest and holes, same range) whose

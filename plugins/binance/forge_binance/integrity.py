@@ -206,6 +206,7 @@ class ArchiveSide:
 
     def __init__(self, source: BinanceSource) -> None:
         self.source = source
+        self._lines_cache: dict[str, tuple[list[int], list[bytes]] | None] = {}
 
     def partition(self, symbol: str, tf: Timeframe, start: int, end: int) -> ExchangePart | None:
         src = self.source
@@ -343,6 +344,40 @@ class ArchiveSide:
                 return None
         return out
 
-    def day_rows(self, symbol: str, tf: Timeframe, start: int, end: int) -> tuple[bytes, list[int]]:
-        """REST's canonical lines for ``[start, end)`` (``--deep``)."""
+    # -- --deep: the archive's own lines against REST -----------------------------------------
+    def archive_lines(self, symbol: str, tf: Timeframe, part: tuple[int, int], start: int,
+                      end: int) -> tuple[str, bytes, list[int]] | None:
+        """The canonical lines the archive file itself holds for ``[start, end)`` (inside the
+        partition ``part``, planned as verify plans it: the month's file for a whole month),
+        before REST fills any gap: ``(file name, text, opens)``; None when that range comes
+        from REST or the file is missing or unusable."""
+        src = self.source
+        if src.archive_mode == "rest" or tf.ms is None:
+            return None
+        now = src._now if src._now is not None else src.server_time()
+        page = src.page_size(tf)
+        worth = None if src.archive_mode == "archive" else (lambda a, b: tf.count(a, b) > page)
+        seg = next((g for g in plan_segments(tf, part[0], part[1], now, worth=worth)
+                    if g.start <= start and end <= g.end), None)
+        if seg is None or seg.file is None:
+            return None
+        path = seg.file.path(src.market, symbol, tf)
+        cached = self._lines_cache.get(path)
+        if cached is None:
+            try:
+                data = src.archive.verified(path)
+                got = None if data is None else canonical(csv_member(data), tf, seg.start, seg.end)
+            except (ArchiveFailure, ValueError, zipfile.BadZipFile):
+                got = None
+            cached = None if got is None else (got[1], got[0].split(b"\n"))
+            self._lines_cache = {path: cached}  # one file at a time: the days drawn come in order
+        if cached is None:
+            return None
+        opens, lines = cached
+        lo, hi = bisect_left(opens, start), bisect_left(opens, end)
+        text = b"\n".join(lines[lo:hi]) + b"\n" if hi > lo else b""
+        return seg.file.name(symbol, tf), text, opens[lo:hi]
+
+    def rest_lines(self, symbol: str, tf: Timeframe, start: int, end: int) -> tuple[bytes, list[int]]:
+        """REST's canonical lines for ``[start, end)``."""
         return rows_text(self.source._fetch_rest(symbol, tf, start, end))

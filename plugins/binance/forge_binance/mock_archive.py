@@ -20,7 +20,9 @@ Faults for tests, in ``mock.config.extra``:
 
 * ``archive_corrupt = {"BTCUSDT-1m-2024-02.zip": kind}`` with kind ``zip`` (bytes flipped, the
   checksum is the intact file's), ``zip_once`` (only the first download is damaged),
-  ``checksum`` (a wrong hash) or ``short`` (rows 10-19 left out, checksum matching the short zip);
+  ``checksum`` (a wrong hash), ``short`` (rows 10-19 left out, checksum matching the short zip)
+  or ``values`` (rows 10-19 with another close than REST serves, checksum matching: a file
+  re-uploaded with different candles, which only a cross-check against REST finds);
 * ``archive_missing = {"BTCUSDT-1m-2024-02.zip", ...}``: 404 although published.
 
 Generated zips are cached in a process-wide LRU (content depends only on the path and the
@@ -117,12 +119,14 @@ def period_of(kind: str, date: str) -> tuple[int, int, int] | None:
 
 
 def csv_bytes(listing: Listing, tf: Timeframe, start: int, end: int, *, micros: bool, header: bool,
-              skip: range = range(0)) -> bytes:
+              skip: range = range(0), alter: range = range(0)) -> bytes:
     lines = [HEADER] if header else []
     for i, ts in enumerate(open_times(listing, tf, start, end)):
         if i in skip:
             continue
         o, h, lo, c, v, qv, n, tb, tq = candle(listing, tf, ts)
+        if i in alter:  # another close than REST's, still inside the candle's range
+            c = lo if c != lo else h
         close = tf.end_ts(ts)
         if micros:
             ts, close = ts * 1000, close * 1000 + 999
@@ -168,12 +172,13 @@ def serve(mock: MockExchange, req: Request) -> Response:
             if not checksum:
                 seen.add(name)
         corrupt = "zip" if first else ""
-    variant = "short" if corrupt == "short" else ""
+    variant = corrupt if corrupt in ("short", "values") else ""
 
     def build() -> bytes:
         rows = csv_bytes(listing, tf, start, end, micros=where == "spot" and start >= MICROS_FROM,
                          header=where != "spot" and start >= HEADER_FROM,
-                         skip=range(10, 20) if variant == "short" else range(0))
+                         skip=range(10, 20) if variant == "short" else range(0),
+                         alter=range(10, 20) if variant == "values" else range(0))
         return zip_bytes(name[:-4] + ".csv", rows) if rows else b""
 
     data, digest = CACHE.get((req.path.removesuffix(".CHECKSUM"), variant), build)
