@@ -21,14 +21,12 @@ from .records import Row
 from .timeframes import Timeframe
 from .times import iso
 
-EMPTY_RETRIES = 3
-"""How many times an empty page is re-asked before it is believed."""
-EMPTY_BACKOFF = (0.0, 0.25, 1.0)
-"""Seconds to wait before each re-ask (the first is immediate: most faults are one-offs)."""
 AFFIRM_BACKOFF = (0.0, 0.25, 1.0, 2.0, 4.0)
-"""A forward walk's re-asks of an empty page: the end of the data is believed only after all
-of them answered empty (about 7 s, once per series: see ``end_of_data``); a candle seen inside
-the range makes the walk fail loudly after them instead."""
+"""Seconds before each re-ask of an empty page that may be wrong (the first is immediate: most
+faults are one-offs). A forward walk believes the end of the data only after all of them
+answered empty (about 7 s, once per series: see ``end_of_data``); an empty answer where
+candles are known to exist (a backward walk above the first candle, or a candle seen inside
+the range) fails loudly after them instead."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +144,7 @@ def backward_pages(
             # right. Unbounded and nothing known below: before the listing, believed at once.
             # Bounded (a window [start, before)): one re-ask confirms.
             strict = known_first is not None and known_first < before and not bounded
-            waits = EMPTY_BACKOFF[:EMPTY_RETRIES] if strict else (0.0,) if bounded else ()
+            waits = AFFIRM_BACKOFF if strict else (0.0,) if bounded else ()
             for wait in waits:
                 if wait:
                     sleep(wait)
