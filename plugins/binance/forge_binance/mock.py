@@ -56,6 +56,7 @@ class PageCache:
 
 BAN_AFTER = 5  # over-limit requests tolerated after a 429 before a ban
 BAN_SECONDS = 120
+COINM_SPAN = 200 * 86_400_000  # COIN-M: at most 200 days between startTime and endTime
 
 
 @dataclass
@@ -197,7 +198,7 @@ def klines(mock: MockExchange, flavor: Flavor, weights: Weights, pages: PageCach
         if flavor.key != "spot":
             return error(-1023, "Start time is greater than end time.", **headers)
         return Response.json([], **headers)
-    if flavor.key == "coinm" and start is not None and end is not None and end - start > 200 * 86_400_000:
+    if flavor.key == "coinm" and start is not None and end is not None and end - start > COINM_SPAN:
         return error(-1127, "More than 200 days between startTime and endTime.", **headers)
     assert listing is not None
     tf = parse_timeframe(interval)
@@ -208,8 +209,14 @@ def klines(mock: MockExchange, flavor: Flavor, weights: Weights, pages: PageCach
     if cached is not None:
         mock.count(f"binance.{flavor.key}.candles", cached[1])
         return Response(200, cached[0], headers)
-    if flavor.key == "coinm" and start is not None and end is not None:
-        # COIN-M is end-anchored: the most recent `limit` rows between startTime and endTime
+    if flavor.key == "coinm" and (start is not None or end is not None):
+        # COIN-M is end-anchored: the most recent `limit` rows between startTime and endTime; only
+        # startTime means endTime = startTime + 200 days (at most now), only endTime startTime =
+        # endTime - 200 days (exchange-apis.md A.9): `startTime=X&limit=1` is NOT the first candle
+        if end is None:
+            end = min(start + COINM_SPAN, now)  # type: ignore[operator]
+        elif start is None:
+            start = end - COINM_SPAN
         rows = [r for r in select(listing, tf, None, end, limit, now) if r[0] >= start]
     else:
         rows = select(listing, tf, start, end, limit, now)

@@ -212,8 +212,14 @@ class BinanceSource(Source):
         """Candles opening in ``[start, end)`` from REST pages."""
         limit = self.page_size(tf)
         make = self.row_maker(Task(symbol, tf, start, end))
+        window = MARKETS[self.market].get("window")  # end-anchored API: a window never holds more than a page
+        span = None if window is None else min(window, limit * (tf.ms or DAY * 31))
 
         def request(cursor: int, stop: int | None) -> list[Row]:
+            if stop is None and span is not None:
+                # a probe for the next candle: COIN-M answers a bare startTime with the newest candle
+                # of the 200 days after it, not the first, so ask for one whole window instead
+                stop = cursor + span
             # futures weight grows with `limit`: ask for no more candles than the window holds
             # (a follow step of a few candles costs 1, not 2)
             fits = limit if stop is None or not tf.ms else max(1, min(limit, -(-(stop - cursor) // tf.ms)))
@@ -224,10 +230,8 @@ class BinanceSource(Source):
             except BinanceError as exc:
                 raise self._explain(exc, symbol, tf) from None
 
-        window = MARKETS[self.market].get("window")  # end-anchored API: a window never holds more than a page
         ends = self._ends.setdefault((symbol, tf.name), {})  # where this series' data ends, if affirmed
-        return forward_pages(request, tf, start, end, open_index=self._open_index, end_of_data=ends,
-                             window=None if window is None else min(window, limit * (tf.ms or DAY * 31)))
+        return forward_pages(request, tf, start, end, open_index=self._open_index, end_of_data=ends, window=span)
 
     def _klines(self, symbol: str, tf: Timeframe, params: dict[str, Any], make: Any = None) -> list[Row]:
         query = {"symbol": symbol, "interval": tf.name, **params}

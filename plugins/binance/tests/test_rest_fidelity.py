@@ -1,0 +1,48 @@
+"""Binance REST behaviours of the real API (``exchange-apis.md`` section A) that the mock
+models and the source must handle."""
+
+from __future__ import annotations
+
+import requests
+
+from forge_binance.mock import binance_rows
+from forge_binance.source import BinanceSource
+from forge_core import Task
+from forge_core.testing.market import Market
+from forge_core.testing.server import MockExchange, Response
+from forge_core.timeframes import DAY, MINUTE, parse_timeframe
+
+T = 1706745600000  # 2024-02-01 00:00 UTC, well inside the mock's BTCUSD_PERP history
+
+
+# -- COIN-M: startTime alone means endTime = startTime + 200 days, newest rows first ---------
+def test_mock_coinm_start_time_alone_is_anchored_200_days_later(mock):
+    url = f"{mock.url}/dapi/v1/klines"
+    one = requests.get(url, params={"symbol": "BTCUSD_PERP", "interval": "1h", "startTime": T, "limit": 1}).json()
+    assert [r[0] for r in one] == [T + 200 * DAY]  # the newest candle of the 200 days, not the first
+    last = requests.get(url, params={"symbol": "BTCUSD_PERP", "interval": "1d", "endTime": T, "limit": 1500}).json()
+    assert last[0][0] == T - 200 * DAY and last[-1][0] == T  # only endTime: the 200 days before it
+
+
+def test_coinm_probe_after_a_wrongly_empty_page_finds_the_candles(fresh_mock: MockExchange):
+    """The paging core re-checks an empty page with a probe for the next candle. On COIN-M a bare
+    ``startTime`` probe returns a candle 200 days later, so a transient empty answer looked like a
+    hole and the task's candles were silently dropped."""
+    real = fresh_mock.routes["/dapi/v1/klines"]
+    emptied: list[str] = []
+
+    def flaky(req):  # the first page comes back empty, as real servers occasionally do
+        answer = real(req)
+        if req.arg("endTime") and not emptied:
+            emptied.append(req.raw_query)
+            return Response.json([], **answer.headers)
+        return answer
+
+    fresh_mock.route("/dapi/v1/klines", flaky)
+    src = BinanceSource(base_url=fresh_mock.url, market="coinm", archive="rest")
+    try:
+        rows = list(src.fetch(Task("BTCUSD_PERP", parse_timeframe("1m"), T, T + 100 * MINUTE)))
+    finally:
+        src.close()
+    assert emptied
+    assert rows == binance_rows("BTCUSD_PERP", "1m", T, T + 100 * MINUTE, fresh_mock.now(), Market.binance_coinm())
