@@ -10,7 +10,9 @@ from outside (wall, and user+system CPU from ``wait4``), in interleaved rounds, 
      ``.CHECKSUM`` with ``--workers`` threads, check the sha256, and turn each zip into the
      CSV ``forge run`` writes (byte-identical; checked), writing it to one file;
    - ``floor, local``: the same from zips already on disk (no download): polars alone;
-   - ``forge``: ``forge run -s binance --archive archive`` into CSV (start-up included);
+   - ``forge``: ``forge run -s binance --archive archive`` into CSV (start-up included), the
+     archive CSV read in Python (the default);
+   - ``forge, pyarrow``: the same with ``FORGE_BINANCE_ARCHIVE_PARSER=pyarrow``;
    - ``forge, before``: the same from another source tree (``--baseline DIR``, e.g. an
      unpacked ``git archive`` of an older commit), for before/after in the same run.
 
@@ -179,7 +181,10 @@ def speed(args: argparse.Namespace, tmp: Path) -> None:
                        str(tmp / "floor.csv"), "-"], {}),
             "floor, local": ([sys.executable, "-c", FLOOR, mock.url, args.symbol, str(args.year), str(args.workers),
                               str(tmp / "floor-local.csv"), str(local)], {}),
-            "forge": (forge_cmd(year_args(args.symbol, args.year, args.workers, tmp / "forge.csv")), env),
+            "forge": (forge_cmd(year_args(args.symbol, args.year, args.workers, tmp / "forge.csv")),
+                      {**env, "FORGE_BINANCE_ARCHIVE_PARSER": "python"}),
+            "forge, pyarrow": (forge_cmd(year_args(args.symbol, args.year, args.workers, tmp / "forge-pa.csv")),
+                               {**env, "FORGE_BINANCE_ARCHIVE_PARSER": "pyarrow"}),
         }
         if args.baseline:
             contenders["forge, before"] = (forge_cmd(year_args(args.symbol, args.year, args.workers,
@@ -195,7 +200,8 @@ def speed(args: argparse.Namespace, tmp: Path) -> None:
                     raise SystemExit(f"{name} failed ({result['code']}): {result['err'][-2000:]}")
                 times[name].append(result)
     outputs = {name: sha(tmp / f) for name, f in (("floor", "floor.csv"), ("floor, local", "floor-local.csv"),
-                                                  ("forge", "forge.csv"), ("forge, before", "before.csv"))
+                                                  ("forge", "forge.csv"), ("forge, pyarrow", "forge-pa.csv"),
+                                                  ("forge, before", "before.csv"))
                if name in times}
     same = len(set(outputs.values())) == 1
     floor = median([r["wall"] for r in times["floor"]])
@@ -253,14 +259,14 @@ def rss(args: argparse.Namespace, tmp: Path) -> None:
                             assert server is not None
                             cmd += ["--sink", "postgres", "--table", f"rss_{label[0]}_{w}"]
                             extra["FORGE_DATABASE_URL"] = server.url
-                        result = run(forge_cmd(cmd), extra)
+                        result = run(forge_cmd(cmd), {**extra, "FORGE_BINANCE_ARCHIVE_PARSER": args.parser})
                         rows.append((label, sink, w, peak(result), result["wall"], result["code"]))
                         if result["code"] != 0:
                             print(f"  {label} {sink} {w}: exit {result['code']}: {result['err'][-500:]}")
         finally:
             if server is not None:
                 server.stop()
-    print(f"\n## 2. Peak RSS of forge run, archive path ({args.symbol} 1m); load {load()}")
+    print(f"\n## 2. Peak RSS of forge run, archive path ({args.symbol} 1m, {args.parser} parser); load {load()}")
     print(f"{'range':<8} {'sink':<9} {'workers':>7} {'peak MiB':>9} {'wall s':>7}")
     for label, sink, w, mib, wall, code in rows:
         print(f"{label:<8} {sink:<9} {w:>7} {mib:>9.0f} {wall:>7.1f}" + ("" if code == 0 else f"  exit {code}"))
@@ -325,6 +331,8 @@ def main() -> None:
     parser.add_argument("--rss-workers", default="1,4,8,16")
     parser.add_argument("--ranges", default="month,year,3 years")
     parser.add_argument("--sinks", default="csv,parquet,postgres")
+    parser.add_argument("--parser", default="python", choices=("python", "pyarrow"),
+                        help="archive CSV parser for the RSS runs")
     args = parser.parse_args()
     parts = args.only or ["speed", "rss", "missing"]
     with tempfile.TemporaryDirectory() as tmp:

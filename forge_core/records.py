@@ -134,14 +134,39 @@ class TextRows(Sequence[Row]):
     so the run loop checks, trims and orders the rows without building them, and a CSV sink
     writes :meth:`text` as it is (:meth:`Batch.csv_text`). Build one with :meth:`build`."""
 
-    __slots__ = ("columns", "texts", "sizes", "open_ts", "end_ts", "ints", "fixed", "step", "_cache")
+    __slots__ = ("columns", "texts", "sizes", "open_ts", "end_ts", "ints", "fixed", "step", "_steady", "_cache")
 
     def __init__(self, columns: tuple[str, ...], texts: list[str], sizes: list[int], open_ts: array,
                  end_ts: array, ints: tuple[int, ...], fixed: dict[str, str]) -> None:
         self.columns, self.texts, self.sizes = columns, texts, sizes
         self.open_ts, self.end_ts, self.ints, self.fixed = open_ts, end_ts, ints, fixed
-        self.step: int | None = None  # set by check_rows: opens are every `step` ms, no gap
+        self.step: int | None = None  # opens are every `step` ms, no gap (set by steady())
+        self._steady: tuple[int, int, int] | None = None  # (ms, grid offset, rows) steady() found
         self._cache: tuple[int, list[Row]] | None = None
+
+    def steady(self, timeframe: Timeframe) -> bool:
+        """Whether the rows are one unbroken run of ``timeframe``'s grid, every ``end_ts`` the
+        last millisecond of its period: checked on the whole arrays at once, and remembered
+        (the source's check and the run loop's then cost one pass)."""
+        ms, n = timeframe.ms, len(self.open_ts)
+        if ms is None or not n:
+            return False
+        key = (ms, timeframe.floor(0), n)
+        if self._steady == key:
+            return True
+        first, offset = self.open_ts[0], key[1]
+        if ((first - offset) % ms or self.open_ts != array("q", range(first, first + n * ms, ms))
+                or self.end_ts != array("q", range(first + ms - 1, first + n * ms, ms))):
+            return False
+        self.step, self._steady = ms, key
+        return True
+
+    def _carry(self, out: TextRows, start: int = 0) -> TextRows:
+        """``out`` (a part of these rows from row ``start``) keeps what :meth:`steady` found."""
+        out.step = self.step
+        if self._steady is not None and len(out.open_ts):
+            out._steady = (self._steady[0], self._steady[1], len(out.open_ts))
+        return out
 
     @classmethod
     def build(cls, columns: Sequence[str], fields: Mapping[str, Sequence[str]], *,
@@ -221,6 +246,10 @@ class TextRows(Sequence[Row]):
             ends += p.end_ts
         out = cls(first.columns, texts, sizes, opens, ends, first.ints, first.fixed)
         out.step = step
+        keys = {p._steady[:2] if p._steady is not None else None for p in parts if p}
+        if step is not None and len(keys) == 1 and None not in keys:
+            ms, offset = keys.pop()  # type: ignore[misc]
+            out._steady = (ms, offset, len(opens))
         return out
 
     def __len__(self) -> int:
@@ -242,9 +271,8 @@ class TextRows(Sequence[Row]):
         for text, size in zip(self.texts, self.sizes, strict=True):
             part = TextRows(self.columns, [text], [size], self.open_ts[at:at + size],
                             self.end_ts[at:at + size], self.ints, self.fixed)
-            part.step = self.step
             at += size
-            yield part
+            yield self._carry(part)
 
     def _rows_of(self, k: int) -> list[Row]:
         cached = self._cache
@@ -298,8 +326,7 @@ class TextRows(Sequence[Row]):
             at += size
         out = TextRows(self.columns, texts, sizes, self.open_ts[start:stop], self.end_ts[start:stop],
                        self.ints, self.fixed)
-        out.step = self.step
-        return out
+        return self._carry(out)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, TextRows):
@@ -449,12 +476,9 @@ def _check_text_rows(rows: TextRows, columns: tuple[str, ...], timeframe: Timefr
         return
     opens, ends, ms, tfname = rows.open_ts, rows.end_ts, timeframe.ms, timeframe.name
     if ms is not None:
-        first = opens[0]
-        offset = timeframe.floor(0)
-        if (not (first - offset) % ms and opens == array("q", range(first, first + n * ms, ms))
-                and ends == array("q", range(first + ms - 1, first + n * ms, ms))):
-            rows.step = ms
+        if rows.steady(timeframe):
             return
+        offset = timeframe.floor(0)
         for k, (ts, end) in enumerate(zip(opens, ends, strict=True)):
             if (ts - offset) % ms:
                 fail(k, f"opens at {ts}, not on the {tfname} grid")

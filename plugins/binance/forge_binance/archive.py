@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import threading
 import zipfile
@@ -57,6 +58,7 @@ DAILY_LAG = DAY  # day D's file from D+2 00:00 UTC ("the next day", with a day o
 MONTHLY_LAG = DAY  # month M's file from the day after the first Monday of M+1
 CHECKSUM_ATTEMPTS = 3  # downloads of a zip whose checksum does not match, before giving up on it
 PROBES = 8  # .CHECKSUM requests at a time while planning
+PIECE = 1 << 18  # bytes of CSV read at a time: the batches the run loop hands on (~1,700 1m rows)
 _MICROS = 10**13  # open times above this are microseconds (ms stay below until the year 2286)
 _CHECKSUM_LINE = re.compile(r"^\s*([0-9a-fA-F]{64})\s+\*?(\S+)\s*$")
 
@@ -195,7 +197,7 @@ OPEN_INDEX = COLUMNS.index("open_ts")
 def read_rows(data: bytes, source: str, symbol: str, tf: Timeframe, start: int, end: int,
               make: RowMaker | None = None, columns: tuple[str, ...] = COLUMNS) -> Sequence[Row]:
     """Canonical rows opening in ``[start, end)`` from a verified zip, streamed from its CSV in
-    1 MiB pieces (the archive's CSV has no quoting: fields are split on commas).
+    256 KiB pieces (the archive's CSV has no quoting: fields are split on commas).
 
     Rows in this module's :data:`COLUMNS` come as :class:`~forge_core.TextRows` (the exchange's
     strings reordered into CSV records, no tuple per row) when every piece is plain kline CSV;
@@ -226,7 +228,7 @@ def read_rows(data: bytes, source: str, symbol: str, tf: Timeframe, start: int, 
         with zf.open(members[0]) as raw:
             rest, first = b"", True
             while True:
-                chunk = raw.read(1 << 20)
+                chunk = raw.read(PIECE)
                 if not chunk:
                     break
                 cut = chunk.rfind(b"\n") + 1
@@ -248,7 +250,7 @@ def read_rows(data: bytes, source: str, symbol: str, tf: Timeframe, start: int, 
     if all(isinstance(p, TextRows) for p in parts):
         rows = TextRows.join(parts)  # type: ignore[arg-type]
         opens = rows.open_ts
-        if ascending(opens):
+        if rows.step is not None or ascending(opens):
             lo, hi = bisect_left(opens, start), bisect_left(opens, end)
             return rows[lo:hi]
         parts = [list(rows)]
@@ -266,9 +268,9 @@ _CUT = itemgetter(slice(None, -3))  # microseconds to milliseconds, as strings
 
 def _text_rows(piece: bytes, tf: Timeframe, fixed: dict[str, str]) -> TextRows | None:
     """A piece of complete archive lines as TextRows, or None when it is not plain, regular
-    kline CSV (then the caller reads it line by line, with that path's errors). With pyarrow
-    installed, big pieces are parsed and written by pyarrow's CSV reader and writer (about 6x
-    less CPU, outside the GIL); otherwise by splitting the whole piece into columns."""
+    kline CSV (then the caller reads it line by line, with that path's errors): by splitting the
+    whole piece into columns, or, with ``FORGE_BINANCE_ARCHIVE_PARSER=pyarrow``, for big pieces
+    by pyarrow's CSV reader and writer (about 6x less CPU, outside the GIL; see :func:`_arrow`)."""
     if piece.translate(None, _PLAIN):
         return None
     if len(piece) >= ARROW_FROM and _arrow() is not None:
@@ -293,7 +295,7 @@ def _text_rows(piece: bytes, tf: Timeframe, fixed: dict[str, str]) -> TextRows |
     return rows
 
 
-ARROW_FROM = 256 << 10  # bytes of CSV from which a piece is worth pyarrow (and its import)
+ARROW_FROM = 64 << 10  # bytes of CSV from which a piece is worth pyarrow
 _ARROW: Any = None  # (pyarrow, pyarrow.csv, pyarrow.compute, options) once looked for; False: absent
 _ARROW_LOCK = threading.Lock()
 _IN = ("open_ts", "open", "high", "low", "close", "volume", "end_ts", "quote_volume", "trades",
@@ -301,11 +303,16 @@ _IN = ("open_ts", "open", "high", "low", "close", "volume", "end_ts", "quote_vol
 
 
 def _arrow() -> Any:
-    """pyarrow's CSV reader and writer, imported on first use; None without pyarrow 16+ (then
-    one info line says what the plain install is missing)."""
+    """pyarrow's CSV reader and writer when ``FORGE_BINANCE_ARCHIVE_PARSER=pyarrow``, imported
+    on first use; None otherwise, or without pyarrow 16+ (then one info line says so).
+
+    Not the default: pyarrow takes about 6x less CPU per file, but loading its libraries costs
+    60-100 MiB of resident memory, more than the whole rest of a run (bench/bench_archive.py)."""
     global _ARROW
     if _ARROW is None:
         with _ARROW_LOCK:
+            if _ARROW is None and os.environ.get("FORGE_BINANCE_ARCHIVE_PARSER", "python") != "pyarrow":
+                _ARROW = False
             if _ARROW is None:
                 try:
                     import pyarrow as pa
@@ -317,18 +324,19 @@ def _arrow() -> Any:
                                pcsv.ConvertOptions(column_types={c: pa.string() for c in _IN},
                                                    strings_can_be_null=False),
                                pcsv.WriteOptions(include_header=False, quoting_style="none", eol="\r\n",
-                                                 batch_size=1 << 16))
+                                                 batch_size=1 << 16),
+                               pc.cast(pcsv.read_csv(pa.py_buffer(b"k\n1000\n"))["k"], pa.int64())[0])
                     _ARROW = (pa, pcsv, pc, options)
                 except (ImportError, TypeError, AttributeError) as exc:
-                    log.info("archive_csv_in_python", reason=f"no pyarrow>=16 ({exc})",
-                             hint="pip install 'forge-etl-binance[fast]' reads archive files about 6x faster")
+                    log.warning("archive_csv_in_python", reason=f"FORGE_BINANCE_ARCHIVE_PARSER=pyarrow needs "
+                                f"pyarrow>=16 ({exc})", hint="pip install 'forge-etl-binance[fast]'")
                     _ARROW = False
     return _ARROW or None
 
 
 def _arrow_rows(piece: bytes, tf: Timeframe, fixed: dict[str, str]) -> TextRows | None:
     """:func:`_text_rows` through pyarrow: the same records, byte for byte."""
-    pa, pcsv, pc, (read, parse, convert, write) = _ARROW
+    pa, pcsv, pc, (read, parse, convert, write, thousand) = _ARROW
     n = piece.count(b"\n")
     if not n or piece.count(b",") != 11 * n:
         return None
@@ -354,16 +362,19 @@ def _arrow_rows(piece: bytes, tf: Timeframe, fixed: dict[str, str]) -> TextRows 
     if high.as_py() > _MICROS:
         if low.as_py() <= _MICROS:
             return None  # milliseconds and microseconds mixed
-        opens, closes = pc.divide(opens, 1000), pc.divide(closes, 1000)
-    out = pa.table({"source": pa.repeat(fixed["source"], n), "symbol": pa.repeat(fixed["symbol"], n),
-                    "timeframe": pa.repeat(fixed["timeframe"], n), "open_ts": opens, "end_ts": closes,
-                    **{c: table[c] for c in COLUMNS[5:]}})
+        opens, closes = pc.divide(opens, thousand), pc.divide(closes, thousand)
+    # the constant columns are added to the text: any Python value handed to pyarrow (pa.repeat,
+    # pa.scalar, pa.table) makes it import pandas, 40 MiB and half a second
+    out = pa.Table.from_arrays([opens, closes, *(table[c] for c in COLUMNS[5:])], names=list(COLUMNS[3:]))
     sink = pa.BufferOutputStream()
     try:
         pcsv.write_csv(out, sink, write)
     except pa.ArrowInvalid:
         return None  # a value that would need quotes (cannot be, after the byte check)
-    rows = TextRows.from_text(COLUMNS, sink.getvalue().to_pybytes().decode("ascii"), _int64s(opens),
+    prefix = f"{fixed['source']},{fixed['symbol']},{fixed['timeframe']},"
+    body = str(sink.getvalue(), "ascii")  # decoded from pyarrow's buffer, no copy before
+    text = prefix + body[:-2].replace("\r\n", "\r\n" + prefix) + "\r\n"
+    rows = TextRows.from_text(COLUMNS, text, _int64s(opens),
                               _int64s(closes), fixed=fixed, ints=("trades",))
     if rows is not None:
         _check_closes(rows, tf)
@@ -381,14 +392,9 @@ def _check_closes(rows: TextRows, tf: Timeframe) -> None:
     """Every row closes at the last millisecond of a ``tf`` period (as :func:`_rows` checks)."""
     ms = tf.ms
     assert ms is not None
-    opens, ends = rows.open_ts, rows.end_ts
-    n = len(opens)
-    first = opens[0]
-    if (opens == array("q", range(first, first + n * ms, ms))
-            and ends == array("q", range(first + ms - 1, first + n * ms, ms))):
-        rows.step = ms  # one unbroken run (whether on the grid is the core's check)
+    if rows.steady(tf):  # one unbroken run of the grid (the usual case), remembered for the core
         return
-    for ts, close in zip(opens, ends, strict=True):
+    for ts, close in zip(rows.open_ts, rows.end_ts, strict=True):
         if close != ts + ms - 1:
             raise ValueError(f"row opening {ts} closes at {close}, not a {tf.name} candle")
 

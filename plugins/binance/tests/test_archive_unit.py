@@ -240,20 +240,28 @@ def line_by_line(data: bytes, tf: str, start: int = 0, end: int = 2**62) -> list
     return rows
 
 
+def use_parser(monkeypatch, arrow: bool) -> None:
+    """FORGE_BINANCE_ARCHIVE_PARSER=pyarrow (for every piece) or the default Python path."""
+    from forge_binance import archive
+
+    monkeypatch.setattr(archive, "_ARROW", None)
+    monkeypatch.setenv("FORGE_BINANCE_ARCHIVE_PARSER", "pyarrow" if arrow else "python")
+    if arrow and archive._arrow() is None:
+        pytest.skip("pyarrow>=16 is not installed")
+    monkeypatch.setattr(archive, "ARROW_FROM", 1)
+
+
 @pytest.mark.parametrize("arrow", [True, False])
 @pytest.mark.parametrize("micros,zero_trades", [(False, False), (True, True)])
 def test_archive_rows_come_as_text_equal_to_the_rows_read_line_by_line(monkeypatch, arrow, micros, zero_trades):
-    from forge_binance import archive
     from forge_core import TextRows
     from forge_sink_csv.sink import _plain_lines
 
-    if arrow and archive._arrow() is None:
-        pytest.skip("pyarrow>=16 is not installed")
-    monkeypatch.setattr(archive, "ARROW_FROM", 1 if arrow else 1 << 40)
-    data = zipped(kline_text(9000, micros=micros, zero_trades=zero_trades))  # ~1.3 MB: two 1 MiB pieces
+    use_parser(monkeypatch, arrow)
+    data = zipped(kline_text(9000, micros=micros, zero_trades=zero_trades))  # ~1.3 MB: several pieces
     want = line_by_line(data, "1m")
     rows = read_rows(data, "binance", "S", parse_timeframe("1m"), 0, 2**62)
-    assert isinstance(rows, TextRows) and len(rows.texts) == 2
+    assert isinstance(rows, TextRows) and len(rows.texts) > 1
     assert list(rows) == want and rows[0] == want[0] and rows[-1] == want[-1] and rows[4500] == want[4500]
     assert rows.text() == _plain_lines(want, 14)  # what the CSV sink wrote from the tuples
     start, end = want[10][3], want[8990][3]
@@ -271,11 +279,8 @@ def test_archive_rows_come_as_text_equal_to_the_rows_read_line_by_line(monkeypat
 ])
 @pytest.mark.parametrize("arrow", [True, False])
 def test_archive_lines_that_are_not_plain_are_read_line_by_line_as_before(monkeypatch, bad, arrow):
-    from forge_binance import archive
 
-    if arrow and archive._arrow() is None:
-        pytest.skip("pyarrow>=16 is not installed")
-    monkeypatch.setattr(archive, "ARROW_FROM", 1 if arrow else 1 << 40)
+    use_parser(monkeypatch, arrow)
     good = kline_text(3, start=1_704_067_260_000)
     data = zipped(bad + good)
     try:

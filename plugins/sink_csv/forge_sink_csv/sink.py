@@ -128,6 +128,7 @@ class _Target:
     prepared: bool = False
     buffer: io.BytesIO | None = None  # follow: what was written since the last commit
     changed: int | None = None  # records the finished file holds that the one it replaced did not
+    written: int | None = 0  # records this run wrote, one line each; None once one may span lines
 
     @property
     def part(self) -> str:
@@ -515,9 +516,12 @@ class CsvSink(Sink):
                 text = _plain_lines(batch.rows, len(t.header))
             if text is None:
                 t.writer.writerows(batch.rows)
+                t.written = None  # a quoted field may hold a line break
             else:
                 assert t.handle is not None
                 t.handle.write(text)
+                if t.written is not None:
+                    t.written += len(batch.rows)
         except OSError as exc:
             raise SinkError(f"cannot write CSV {t.part if t.kind == 'file' else t.path}: {exc.strerror}") from None
 
@@ -582,7 +586,11 @@ class CsvSink(Sink):
                 return
             if os.path.lexists(t.real) and not stat.S_ISREG(os.lstat(t.real).st_mode):
                 raise SinkError(f"{t.path} is no longer a regular file; the rows are kept in {t.part}")
-            t.changed = changed_records(t.part, t.base or (t.real if os.path.isfile(t.real) else None), t.gzip)
+            old = t.base or (t.real if os.path.isfile(t.real) else None)
+            if old is None and t.fresh_from == 0 and t.written is not None:
+                t.changed = t.written  # a new file this run wrote whole: every record is new, no re-read
+            else:
+                t.changed = changed_records(t.part, old, t.gzip)
             os.replace(t.part, t.real)
             _fsync_dir(os.path.dirname(t.real))
             os.remove(t.part + ".meta")
