@@ -170,6 +170,13 @@ def test_csv_bad_input(forge, loaded_csv):
                 "-t", "5m", "--output", "btc.csv")
     assert res.code == 2 and len(res.err.strip().splitlines()) == 1
     assert "holds no binance ETHUSDT 5m candles" in res.err
+    res = forge("verify", "-s", "binance", "--symbol", "BTCUSDT", "--from", "2023-01-01", "--to", "2023-03-31",
+                "-t", "5m", "--output", "btc.csv")  # a range outside what the file holds
+    assert res.code == 2 and len(res.err.strip().splitlines()) == 1
+    assert "holds no binance BTCUSDT 5m candles from 2023-01-01T00:00:00Z to 2023-03-31T23:55:00Z" in res.err
+    res = forge("repair", "-s", "binance", "--symbol", "BTCUSDT", "--from", "2023-01-01", "--to", "2023-03-31",
+                "-t", "5m", "--output", "btc.csv")
+    assert res.code == 2 and "holds no binance BTCUSDT 5m candles" in res.err
     res = forge("verify", "-s", "binance", *RANGE, "--output", "nope.csv")
     assert res.code == 2 and "CSV file nope.csv does not exist" in res.err
     res = forge("verify", "-s", "binance", *RANGE)
@@ -297,6 +304,9 @@ def test_postgres_bad_input(forge, pg_loaded, monkeypatch):
                 "--to", "2024-01-31", "--sink", "postgres")
     assert res.code == 2 and "holds no binance SOLUSDT 5m candles" in res.err
     assert len(res.err.strip().splitlines()) == 1
+    res = forge("verify", "-s", "binance", "--symbol", "BTCUSDT", "-t", "5m", "--from", "2023-06-01",
+                "--to", "2023-06-30", "--sink", "postgres")  # a range outside what the table holds
+    assert res.code == 2 and "holds no binance BTCUSDT 5m candles from 2023-06-01" in res.err
     res = forge("status", "--sink", "postgres", "--table", "nothere")
     assert res.code == 2 and "has no table nothere" in res.err
     monkeypatch.setenv("FORGE_DATABASE_URL", "postgresql://forge:s3cret-pw@127.0.0.1:1/none")

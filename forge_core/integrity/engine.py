@@ -373,7 +373,7 @@ class Checker:
         if not found and not any(key in ledger for key, _, _ in parts):
             source.close()
             raise UsageError(f"{self.store.describe()} holds no {sv} {symbol} {tf.name} candles from "
-                             f"{iso(start)} to {iso(limit - 1)}; 'forge status' lists what it holds")
+                             f"{iso(start)} to {iso(tf.floor(limit - 1))}; 'forge status' lists what it holds")
         need: list[tuple[str, int, int]] = []
         for part in parts:
             key, a, b = part

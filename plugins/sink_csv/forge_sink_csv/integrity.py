@@ -10,8 +10,10 @@ file's digests, which the next run notices and checks again.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
+from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,9 +26,9 @@ from forge_core.integrity import (
     StoredRow,
     digest,
     line,
-    normalize,
-    partition_key,
 )
+from forge_core.integrity.digest import normalized_columns
+from forge_core.integrity.digest import partitions as month_ranges
 from forge_core.records import Row
 
 LEDGER_SUFFIX = ".ledger.json"
@@ -78,13 +80,19 @@ class CsvIntegrity:
     def _in_range(self, source: str, symbol: str, timeframe: str, start: int, end: int) -> list[int]:
         return [n for n in self.index.get((source, symbol, timeframe), []) if start <= self.stamps[n] < end]
 
-    def _stored(self, n: int) -> StoredRow:
-        row, c = self.lines[n], self.col
-        try:
-            end_ts = int(row[c["end_ts"]])
-        except ValueError:
-            end_ts = -1
-        return StoredRow(self.stamps[n], end_ts, tuple(normalize(row[c[f]]) for f in VALUE_FIELDS), n)
+    def _stored(self, ns: list[int]) -> list[StoredRow]:
+        """Rows ``ns`` with their values normalized column by column (one pass per column)."""
+        lines, c = self.lines, self.col
+        values = normalized_columns([[lines[n][c[f]] for n in ns] for f in VALUE_FIELDS])
+        out = []
+        i_end = c["end_ts"]
+        for n, vals in zip(ns, zip(*values, strict=True), strict=True):
+            try:
+                end_ts = int(lines[n][i_end])
+            except ValueError:
+                end_ts = -1
+            out.append(StoredRow(self.stamps[n], end_ts, vals, n))
+        return out
 
     def series(self, source: str | None, symbol: str | None, timeframe: str | None) -> list[SeriesHeld]:
         out = []
@@ -95,17 +103,21 @@ class CsvIntegrity:
         return sorted(out, key=lambda s: (s.source, s.symbol, s.timeframe))
 
     def partitions(self, source: str, symbol: str, timeframe: str, start: int, end: int) -> dict[str, PartitionState]:
-        groups: dict[str, list[StoredRow]] = {}
-        for n in self._in_range(source, symbol, timeframe, start, end):
-            groups.setdefault(partition_key(self.stamps[n]), []).append(self._stored(n))
+        months = month_ranges(start, end)
+        starts = [a for _, a, _ in months]
+        groups: dict[str, list[tuple[int, str]]] = {}
+        for r in self._stored(self._in_range(source, symbol, timeframe, start, end)):
+            key = months[bisect_right(starts, r.open_ts) - 1][0]
+            groups.setdefault(key, []).append((r.open_ts, line(r.open_ts, r.end_ts, r.values)))
         out = {}
-        for key, rows in groups.items():
-            out[key] = PartitionState(key, len(rows), min(r.open_ts for r in rows), max(r.open_ts for r in rows),
-                                      digest(line(r.open_ts, r.end_ts, r.values) for r in rows))
+        for key, items in groups.items():
+            items.sort()  # by open_ts, then the line itself: the digest's order
+            out[key] = PartitionState(key, len(items), items[0][0], items[-1][0],
+                                      hashlib.sha256("".join(t for _, t in items).encode()).hexdigest())
         return out
 
     def rows(self, source: str, symbol: str, timeframe: str, start: int, end: int) -> list[StoredRow]:
-        return [self._stored(n) for n in self._in_range(source, symbol, timeframe, start, end)]
+        return self._stored(self._in_range(source, symbol, timeframe, start, end))
 
     # -- the ledger sidecar -----------------------------------------------------------------
     def _read_ledger(self) -> list[LedgerEntry]:
