@@ -542,6 +542,7 @@ class ArchiveFetcher:
         self.columns = columns
         self.maker = maker or (lambda symbol, tf: row_maker(columns, tf, source=source, symbol=symbol))
         self.unreachable: str | None = None  # once the host is down, the other files go to REST at once
+        self.probe_failure: str | None = None  # the last .CHECKSUM probe that failed other than by 404
 
     # -- planning around missing files ----------------------------------------------------------
     def resolve(self, symbol: str, tf: Timeframe, segments: list[Segment]) -> list[Segment]:
@@ -601,7 +602,8 @@ class ArchiveFetcher:
         shown = ", ".join(f"{iso(s.start)}..{iso(s.end - 1)}" for s in gone_spans[:3])
         log.warning("archive_files_missing", symbol=symbol, timeframe=tf.name, files=len(gone),
                     first=gone[0].file.name(symbol, tf),  # type: ignore[union-attr]
-                    reason=self.unreachable or "not in the archive (HTTP 404)",
+                    reason=self.unreachable or ("not in the archive (HTTP 404)" if self.probe_failure is None
+                                                else f"not in the archive, or failing: {self.probe_failure}"),
                     rest=shown + (f" and {len(gone_spans) - 3} more" if len(gone_spans) > 3 else ""))
         return merged
 
@@ -635,8 +637,19 @@ class ArchiveFetcher:
         return days, {d: not ok for d, ok in found.items()}
 
     def _probe(self, symbol: str, tf: Timeframe, seg: Segment) -> bool:
+        """Whether the file is there; a ``.CHECKSUM`` that keeps failing (a 503 after every
+        retry) counts as not there, so its range comes from REST (``strict``: an error)."""
         assert seg.file is not None
-        ok = self.client.probe(seg.file.path(self.market, symbol, tf))
+        try:
+            ok = self.client.probe(seg.file.path(self.market, symbol, tf))
+        except ArchiveUnreachable:
+            raise
+        except ArchiveFailure as exc:
+            if self.strict:
+                raise SourceError(f"archive file {seg.file.name(symbol, tf)}: {exc}") from None
+            self.client.count("archive_errors")
+            self.probe_failure = str(exc)
+            return False
         if not ok:
             self.client.count("archive_missing")
         return ok
