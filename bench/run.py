@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import requests  # noqa: E402
 from common import BENCH, ROOT, MockProcess, bench_month, bench_year, ensure_venv, load, machine  # noqa: E402
 
-from forge_core import Batch, Pipeline, RunInfo  # noqa: E402
+from forge_core import Batch, Pipeline, RunInfo, Sink  # noqa: E402
 from forge_core.records import CANDLE_COLUMNS, EXTRA_COLUMNS  # noqa: E402
 from forge_core.times import parse_range  # noqa: E402
 
@@ -115,6 +115,11 @@ def case_single(mock: MockProcess, args: argparse.Namespace, start: str, end: st
     result = forge_run("binance", {"base_url": mock.url, "archive": "rest"}, ["BTCUSDT"], start, end,
                        args.workers, tmp)
     forge_cpu = time.process_time() - cpu
+    mock.reset()
+    cpu = time.process_time()  # the same run into a sink that drops every batch: source and core only
+    dropped = Pipeline(("binance", {"base_url": mock.url, "archive": "rest"}), sinks=[_Drop()],
+                       workers=args.workers).run(["BTCUSDT"], "1m", start, end)
+    drop_cpu = time.process_time() - cpu
     stats = result.source_stats
     rows, seconds, reqs = result.total, result.elapsed, stats["requests"]
     bound = math.ceil(reqs / args.workers) * args.latency
@@ -134,8 +139,19 @@ def case_single(mock: MockProcess, args: argparse.Namespace, start: str, end: st
         Result("1c. REST CPU, Forge / bare requests+json client", f"{forge_cpu:.2f} CPU s", f"{raw_cpu:.2f} CPU s",
                cpu_ratio, "<= 1.3 (issue 18)", cpu_ratio <= 1.3 if cpu_ratio is not None else None,
                f"the same {rows:,} candles: process CPU (user+system, every thread; the mock is another process) "
-               f"of the Forge run into CSV vs the bare client fetching and decoding the same pages",
-               {"forge_cpu": forge_cpu, "raw_cpu": raw_cpu})]
+               f"of the Forge run into CSV vs the bare client fetching and decoding the same pages; the same run "
+               f"into a sink that drops every batch (source and core only): {drop_cpu:.2f} CPU s = "
+               f"{drop_cpu / raw_cpu if raw_cpu else 0:.2f}x ({dropped.total:,} candles)",
+               {"forge_cpu": forge_cpu, "raw_cpu": raw_cpu, "drop_cpu": drop_cpu})]
+
+
+class _Drop(Sink):
+    """Keeps nothing: what a run costs before any sink."""
+
+    name = "drop"
+
+    def write(self, batch: Batch) -> None:
+        pass
 
 
 def case_weight(args: argparse.Namespace, symbols: list[str], start: str, end: str, tmp: Path,
