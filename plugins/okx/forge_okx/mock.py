@@ -8,7 +8,9 @@ is capped at 300 (history: ``config.okx_history_limit``, 100 = the legacy maximu
 ``candles`` only has the latest 1,440 bars; the bar still open at ``mock.now()`` comes with
 ``confirm "0"``. Plain ``6H 12H 1D 1W 1M`` open on Hong Kong (UTC+8) boundaries, their
 ``utc`` variants on UTC ones; a wrong case (``1h``) is HTTP 400 ``51000``. An unknown
-``instId`` is HTTP **200** ``51001`` with ``"data":[]``.
+``instId`` is HTTP **200** ``51001`` with ``"data":[]``; ``candles`` for a settled (expired)
+contract is HTTP 200 ``50047`` (its bars are on ``history-candles`` only). ``extra["okx_timeouts"]
+= N``: the first N candle requests answer HTTP **400** ``50004`` (OKX's endpoint timeout).
 
 Rate limits are per endpoint, in a sliding window of ``config.okx_window`` seconds
 (20 history, 40 candles, 20 instruments, 10 time; ``config.extra["okx_history_rate"]`` and
@@ -194,6 +196,19 @@ def candles(mock: MockExchange, budget: Budget, req: Request, history: bool) -> 
     if inst is None:
         return envelope([], "51001", "Instrument ID, Instrument ID code, or Spread ID doesn't exist.")
     now = mock.now()
+    if not history and inst.exp_time is not None and inst.exp_time <= now:
+        # OKX's error table: 50047 (HTTP 200) "{param0} has already settled. To check the relevant
+        # candlestick data, please use {param1}": a settled contract's bars are on history-candles only
+        return envelope([], "50047", f"{inst_id} has already settled. To check the relevant candlestick "
+                        "data, please use /api/v5/market/history-candles")
+    with mock.lock:
+        timeouts = mock.state.setdefault("okx.timeouts", {"left": int(mock.config.extra.get("okx_timeouts", 0))})
+        timed_out = timeouts["left"] > 0
+        timeouts["left"] -= timed_out
+    if timed_out:  # 50004 comes with HTTP 400 although it is the server's timeout, not a bad request
+        mock.stats["okx.50004"] += 1
+        return envelope([], "50004", "API endpoint request timeout. (does not mean that the request was "
+                        "successful or failed, please check the request result).", 400)
     latest = tf.floor(now)
     oldest = tf.floor(inst.listing.listed)
     if not history:  # /market/candles keeps the latest 1,440 bars only

@@ -8,6 +8,7 @@ requests, never candles. Bars among the latest 1,400 come from ``/market/candles
 1,440, with its own 40 requests/2 s), older ones from ``/market/history-candles`` (20/2 s).
 Each endpoint has one limiter shared by every worker thread, a little slower than the published
 limit; a ``50011`` anyway pauses that endpoint, lowers its rate by a quarter and is retried.
+A settled contract's bars are on history-candles only (``candles`` answers ``50047``).
 
 Forge's ``6h`` and longer timeframes use OKX's UTC-aligned bars (``1Dutc``...), so ``1d`` is a
 UTC day as everywhere in Forge; ``confirm == "0"`` marks a bar that is still open.
@@ -53,7 +54,9 @@ PAGE = 300  # rows per request: the documented maximum (older docs said 100 for 
 RECENT_BARS = 1400  # /market/candles keeps the latest 1,440 bars; the rest is margin
 WINDOW = 2.0  # OKX counts "N requests per 2 seconds" per IP
 SLACK = 0.08  # seconds added to our window: network jitter between our clock and theirs
-RETRYABLE = {"50001", "50011", "50013", "50026"}  # unavailable, rate limit, busy, system error
+# unavailable (503), endpoint timeout (HTTP 400!), rate limit, busy, system error (500)
+RETRYABLE = {"50001", "50004", "50011", "50013", "50026"}
+SETTLED = "50047"  # candles of a settled contract: "... please use" history-candles
 log = get_logger(__name__)
 QUOTES = ("USDT", "USDC", "USD", "BTC", "ETH", "EUR", "DAI")  # for spelling hints, USDT before USD
 
@@ -114,6 +117,7 @@ class OkxSource(Source):
         self._changed: dict[str, float] = {}  # limiter name -> when its rate last changed
         self.rate_limited = 0
         self._known: dict[tuple[str, str], int] = {}  # (symbol, timeframe) -> a bar OKX has
+        self._settled: set[str] = set()  # expired contracts: /market/candles answers 50047
 
     def _client(self, base_url: str, per_window: int, name: str) -> HttpClient:
         limiter = RateLimiter(per_window, WINDOW + SLACK, name=f"okx-{name}")
@@ -200,12 +204,21 @@ class OkxSource(Source):
     def fetch(self, task: Task) -> Iterable[Row]:
         tf = task.timeframe
         recent = tf.name != "1s" and tf.count(task.start, self._now) <= RECENT_BARS
-        path = RECENT if recent else HISTORY
+        path = RECENT if recent and task.symbol not in self._settled else HISTORY
         make = self.row_maker(task)
 
         def request(before: int) -> list[Row]:
+            nonlocal path
             try:
-                return self._page(path, task.symbol, tf, before, make=make)[0]
+                try:
+                    return self._page(path, task.symbol, tf, before, make=make)[0]
+                except OkxError as exc:
+                    if exc.code != SETTLED or path != RECENT:
+                        raise
+                    # a settled contract's recent bars are on history-candles only (OKX says so)
+                    self._settled.add(task.symbol)
+                    path = HISTORY
+                    return self._page(path, task.symbol, tf, before, make=make)[0]
             except OkxError as exc:
                 raise self._explain(exc, task.symbol, tf) from None
 

@@ -238,3 +238,27 @@ def test_a_50011_slows_the_endpoint_once_per_window_and_quiet_windows_restore_it
     src._changed[limiter.name] -= 2 * limiter.window + 0.1  # two quiet windows later
     src._check(fine, {"code": "0", "msg": "", "data": []}, limiter)
     assert limiter.capacity == 16
+
+
+# -- error codes from OKX's table that the source once got wrong -----------------------------
+def test_a_settled_contract_recent_bars_come_from_history(fresh_mock):
+    """``/market/candles`` answers a settled contract with 50047 (HTTP 200) "... has already
+    settled. To check the relevant candlestick data, please use ..."; 1d bars of a contract
+    that expired within the last ~4 years are "recent" by count, so the run used to fail."""
+    r = requests.get(f"{fresh_mock.url}/api/v5/market/candles", params={"instId": "BTC-USDT-240329", "bar": "1Dutc"})
+    assert r.status_code == 200 and r.json()["code"] == "50047" and r.json()["data"] == []
+    src = source(fresh_mock)
+    start, end = 1709251200000, 1709251200000 + 40 * DAY  # 2024-03-01 .. 2024-04-10, expiry inside
+    rows = list(src.fetch(task("BTC-USDT-240329", "1d", start, end)))
+    assert rows == okx_rows("BTC-USDT-240329", "1d", start, end, NOW) and rows
+    assert fresh_mock.stats["okx.candles.requests"] == 2  # the probe above, then once: later tasks go to history
+    list(src.fetch(task("BTC-USDT-240329", "1d", start, end)))
+    assert fresh_mock.stats["okx.candles.requests"] == 2
+
+
+def test_50004_endpoint_timeout_is_retried_although_its_status_is_400(fresh_mock):
+    fresh_mock.config.extra["okx_timeouts"] = 1
+    start = 1704067200000
+    rows = list(source(fresh_mock).fetch(task("BTC-USDT", "1h", start, start + 300 * HOUR)))
+    assert fresh_mock.stats["okx.50004"] == 1
+    assert rows == okx_rows("BTC-USDT", "1h", start, start + 300 * HOUR, NOW)
