@@ -315,12 +315,19 @@ def test_postgres_bad_input(forge, pg_loaded, monkeypatch):
     assert "cannot connect to PostgreSQL at 127.0.0.1:1/none" in res.err and "s3cret" not in res.err
 
 
-def test_postgres_repair_of_a_verified_store_fetches_only_what_went_missing(forge, pg_loaded, db, exchange_env):
+def test_postgres_repair_of_a_verified_store_fetches_only_what_went_missing(forge, pg_loaded, db, exchange_env,
+                                                                            monkeypatch):
+    import forge_sink_postgres.integrity as pgi
+
     assert verify(forge, "--sink", "postgres")[0] == 0  # the ledger now knows both months
     db.execute(f"DELETE FROM {pg_loaded}.klines WHERE open_ts IN (%s, %s, %s)", (JAN3, JAN3 + 50 * M5, FEB5))
     before = dict(exchange_env.stats)
+    digested = []
+    original = pgi.PostgresIntegrity.partitions
+    monkeypatch.setattr(pgi.PostgresIntegrity, "partitions", lambda self, *a: digested.append(a) or original(self, *a))
     repaired = forge("repair", "-s", "binance", *RANGE, "--sink", "postgres", "--json")
     assert repaired.code == 0, repaired
+    assert digested == []  # counted, found short, repaired, proven by the write's own digest: never digested twice
     report = json.loads(repaired.out)
     assert [p["status"] for p in report["series"][0]["partitions"]] == ["repaired", "repaired"]
     assert report["summary"]["written"] == 3 and counts(report)["missing"] == 3

@@ -269,6 +269,9 @@ class _Held:
     def get(self, key: str) -> PartitionState | None:
         return self.result().get(key)
 
+    def update(self, more: dict[str, PartitionState]) -> None:
+        self._value = {**self.result(), **more}
+
 
 class Collector(Sink):
     """An in-memory sink: hands each completed partition of one series to ``done``."""
@@ -361,8 +364,9 @@ class Checker:
         parts = partitions(start, limit)
         ledger = self.store.ledger(sv, symbol, tf.name)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forge-digest")
+        lost: set[str] = set()
         if self.repair:
-            held: _Held = _Held(self.store.partitions(sv, symbol, tf.name, start, limit))
+            held: _Held = _Held(self._repair_states(sv, symbol, tf, start, limit, parts, ledger, lost))
             found = bool(held.result())
         else:  # the store digests its partitions while the exchange side downloads
             holds = getattr(self.store, "holds", None)  # optional hook: a cheap existence check
@@ -395,6 +399,8 @@ class Checker:
         if self.repair and not self.recheck:
             done = self._guided(source, side, need, ledger, held, tf, symbol, report)
             need = [part for part in need if part[0] not in done]
+            for group in _contiguous([p for p in need if p[0] in lost]):  # their digest, now, for the full path
+                held.update(self.store.partitions(sv, symbol, tf.name, group[0][1], group[-1][2]))
         owned = True  # `source` is still to be closed here (a pipeline run closes the source it is given)
         try:
             if self.deep:
@@ -419,6 +425,29 @@ class Checker:
         return report
 
     # -- repair guided by the ledger: fetch only the candles that went missing --------------
+    def _repair_states(self, sv: str, symbol: str, tf: Timeframe, start: int, end: int,
+                       parts: list[tuple[str, int, int]], ledger: dict[str, LedgerEntry],
+                       lost: set[str]) -> dict[str, PartitionState]:
+        """The store's partitions for a repair. With the optional ``counts`` hook, a partition the
+        ledger verified that now holds fewer rows has changed (its digest cannot be the one
+        recorded) and goes to the guided repair, whose write is proven by the store's digest
+        anyway: it is only counted here, not digested twice (its digest is left empty and
+        computed if the guided repair does not take it). The others are digested. ``lost``
+        receives the keys only counted."""
+        counts = getattr(self.store, "counts", None)
+        if counts is None or self.recheck:
+            return self.store.partitions(sv, symbol, tf.name, start, end)
+        counted: dict[str, PartitionState] = counts(sv, symbol, tf.name, start, end)
+        for key, a, b in parts:
+            entry, state = ledger.get(key), counted.get(key)
+            if (entry is not None and state is not None and (entry.start, entry.end) == (a, b) and not entry.extras_kept
+                    and entry.status in ("identical", "repaired") and state.rows < entry.rows):
+                lost.add(key)
+        states = {key: counted[key] for key in lost}
+        for group in _contiguous([p for p in parts if p[0] not in lost and p[0] in counted]):
+            states.update(self.store.partitions(sv, symbol, tf.name, group[0][1], group[-1][2]))
+        return states
+
     def _deep(self, source: Source, side: Any, symbol: str, tf: Timeframe, parts: list[tuple[str, int, int]],
               report: SeriesReport) -> None:
         """``--deep``: for ``self.deep`` days of the range (drawn with ``self.deep_seed``), the

@@ -212,6 +212,28 @@ class PostgresIntegrity:
 
         return self._run("read", work)
 
+    def counts(self, source: str, symbol: str, timeframe: str, start: int, end: int) -> dict[str, PartitionState]:
+        """Per month: count and first/last open only (optional hook: an index-only scan, no
+        digest; ``digest`` is left empty). Months at once, as :meth:`partitions`."""
+        query = sql.SQL("SELECT count(*), min(open_ts), max(open_ts) FROM {} WHERE {}").format(
+            self.table.ident, self._where())
+
+        def one(month: tuple[str, int, int]) -> tuple[str, Any]:
+            key, a, b = month
+
+            def work(cur: Any) -> Any:
+                cur.execute(query, (source, symbol, timeframe, a, b))
+                return self._fetch(cur)[0]
+
+            with self._borrow() as conn:
+                return key, self._run("count", work, conn)
+
+        months = month_ranges(start, end)
+        with ThreadPoolExecutor(max_workers=max(1, min(self.DIGEST_CONNECTIONS, len(months))),
+                                thread_name_prefix="forge-pg-count") as pool:
+            found = list(pool.map(one, months))
+        return {key: PartitionState(key, int(r[0]), int(r[1]), int(r[2]), "") for key, r in found if r[0]}
+
     def holds(self, source: str, symbol: str, timeframe: str, start: int, end: int) -> bool:
         """Whether any row of the series opens in ``[start, end)`` (optional hook: one index probe)."""
         query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(self.table.ident, self._where())
