@@ -6,7 +6,7 @@
 interval are served, so ``before`` alone gives the latest page. ``limit`` defaults to 100 and
 is capped at 300 (history: ``config.okx_history_limit``, 100 = the legacy maximum).
 ``candles`` only has the latest 1,440 bars; the bar still open at ``mock.now()`` comes with
-``confirm "0"``. Plain ``6H 12H 1D 1W 1M`` open on Hong Kong (UTC+8) boundaries, their
+``confirm "0"``; ``1s`` bars only for the last ``extra["okx_1s_days"]`` (90) days. Plain ``6H 12H 1D 1W 1M`` open on Hong Kong (UTC+8) boundaries, their
 ``utc`` variants on UTC ones; a wrong case (``1h``) is HTTP 400 ``51000``. An unknown
 ``instId`` is HTTP **200** ``51001`` with ``"data":[]``; ``candles`` for a settled (expired)
 contract is HTTP 200 ``50047`` (its bars are on ``history-candles`` only). ``extra["okx_timeouts"]
@@ -50,6 +50,7 @@ EXPIRED = 1711699200000  # 2024-03-29 08:00 UTC
 HK = 8 * HOUR
 RECENT_BARS = 1440  # what /market/candles keeps
 MAX_LIMIT = 300
+ONE_SECOND_DAYS = 90  # history-candles keeps 1s bars for 3 months (docs; users report ~20 days)
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,8 @@ def candles(mock: MockExchange, budget: Budget, req: Request, history: bool) -> 
     oldest = tf.floor(inst.listing.listed)
     if not history:  # /market/candles keeps the latest 1,440 bars only
         oldest = max(oldest, tf.floor(_back(tf, latest, RECENT_BARS - 1)))
+    elif req.arg("bar") == "1s":  # "It is last 3 months supported for 1s candlestick"
+        oldest = max(oldest, now - int(mock.config.extra.get("okx_1s_days", ONE_SECOND_DAYS)) * 86_400_000)
     after, before = numbers["after"], numbers["before"]
     ts = latest if after is None else min(latest, tf.floor(after - 1))
     rows: list[list[str]] = []

@@ -25,6 +25,7 @@ import requests
 
 from forge_core import (
     CANDLE_COLUMNS,
+    DAY,
     HttpClient,
     Option,
     RateLimiter,
@@ -196,7 +197,21 @@ class OkxSource(Source):
             raise self._explain(exc, symbol, timeframe) from None
         # a bar known to exist: an empty answer for bars before a later time is never believed
         self._known[(symbol, timeframe.name)] = older[0][self._open_index] if older else first
+        if timeframe.name == "1s":
+            self._known_1s(symbol, timeframe)
         return SymbolInfo(symbol, None if older else first)
+
+    def _known_1s(self, symbol: str, tf: Timeframe) -> None:
+        """OKX keeps ``1s`` bars for a few months only (its docs: 3; users report about 20 days),
+        so the listing is no bar known to exist: take one from a probe 80 days back (else 15).
+        Older ranges are then believed empty at once instead of failing the run."""
+        key = (symbol, tf.name)
+        self._known.pop(key, None)
+        for days in (80, 15):
+            _, oldest = self._page(HISTORY, symbol, tf, self._now - days * DAY, limit=1)
+            if oldest is not None:
+                self._known[key] = oldest
+                return
 
     def page_size(self, timeframe: Timeframe) -> int:
         return PAGE

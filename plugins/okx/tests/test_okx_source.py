@@ -262,3 +262,20 @@ def test_50004_endpoint_timeout_is_retried_although_its_status_is_400(fresh_mock
     rows = list(source(fresh_mock).fetch(task("BTC-USDT", "1h", start, start + 300 * HOUR)))
     assert fresh_mock.stats["okx.50004"] == 1
     assert rows == okx_rows("BTC-USDT", "1h", start, start + 300 * HOUR, NOW)
+
+
+def test_1s_bars_older_than_okx_keeps_them_are_empty_not_a_failure(fresh_mock):
+    """history-candles keeps 1s bars for 3 months ("It is last 3 months supported for 1s
+    candlestick"): the listing is no 1s bar known to exist, and an old range used to fail after
+    7 s of re-asking ("keeps answering empty ... though it has candles from <listing>")."""
+    fresh_mock.config.extra["okx_1s_days"] = 30
+    old = NOW - 40 * DAY - NOW % 1000
+    body = get(fresh_mock, "/api/v5/market/history-candles", instId="BTC-USDT", bar="1s", after=old).json()
+    assert body["code"] == "0" and body["data"] == []  # the mock keeps 30 days of 1s bars here
+    src = source(fresh_mock)
+    tf = parse_timeframe("1s")
+    src.prepare("BTC-USDT", tf)
+    assert list(src.fetch(task("BTC-USDT", "1s", old, old + 300_000))) == []
+    recent = NOW - 20 * DAY - NOW % 1000
+    assert list(src.fetch(task("BTC-USDT", "1s", recent, recent + 300_000))) == okx_rows(
+        "BTC-USDT", "1s", recent, recent + 300_000, NOW)
