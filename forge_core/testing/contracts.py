@@ -573,3 +573,68 @@ class SinkContract:
         assert rec.open_failed is error, f"the failure did not come from open(): {error!r}"
         _one_line(error)
         assert not [c for c, _ in source.calls if c in ("prepare", "fetch")], "the exchange was asked first"
+
+    # -- the integrity hooks (forge status/verify/repair), for sinks that offer integrity() ----
+    def integrity_store(self, options: dict[str, Any]) -> Any:
+        """The sink's integrity store over what ``options`` wrote (override when the store
+        needs other options than the sink, e.g. one file instead of a ``{symbol}`` template)."""
+        sink = self.make_sink(options)
+        if not callable(getattr(sink, "integrity", None)):
+            pytest.skip(f"sink {sink.name!r} has no integrity(): forge status/verify/repair refuse it")
+        return sink.integrity()
+
+    def _canonical_month(self) -> tuple[int, int, list[tuple[Any, ...]]]:
+        from forge_core.integrity.digest import LINE_FIELDS
+
+        lo, hi = parse_range(self.start, self.end)
+        want = synthetic_rows(self.symbol, self.timeframe, self.start, self.end)
+        return lo, hi, [tuple(r[c] for c in LINE_FIELDS) for r in want]
+
+    def test_integrity_store_reports_counts_and_digest_of_what_it_holds(self, sink_options: dict[str, Any]) -> None:
+        from forge_core.integrity.digest import digest_rows, normalize, partition_key
+
+        _, _, error = self.run_into(sink_options)
+        assert error is None, error
+        store = self.integrity_store(sink_options)
+        lo, hi, want = self._canonical_month()
+        try:
+            held = store.series(SyntheticSource.name, self.symbol, self.timeframe)
+            assert [(h.rows, h.first_open, h.last_open) for h in held] == [(len(want), want[0][0], want[-1][0])], held
+            parts = store.partitions(SyntheticSource.name, self.symbol, self.timeframe, lo, hi)
+            month = parts[partition_key(lo)]
+            assert (month.rows, month.first_open, month.last_open) == (len(want), want[0][0], want[-1][0])
+            assert month.digest == digest_rows(want), "the store's digest is not the documented one of its rows"
+            rows = store.rows(SyntheticSource.name, self.symbol, self.timeframe, lo, hi)
+            assert [(r.open_ts, r.end_ts, r.values) for r in rows] == [
+                (w[0], w[1], tuple(normalize(v) for v in w[2:])) for w in want]
+        finally:
+            store.close()
+
+    def test_integrity_apply_deletes_and_upserts_then_the_digest_and_ledger_agree(
+            self, sink_options: dict[str, Any]) -> None:
+        from forge_core.integrity.digest import digest_rows, partition_key
+        from forge_core.integrity.model import LedgerEntry
+
+        _, _, error = self.run_into(sink_options)
+        assert error is None, error
+        store = self.integrity_store(sink_options)
+        lo, hi, want = self._canonical_month()
+        name, key = SyntheticSource.name, partition_key(lo)
+        try:
+            rows = store.rows(name, self.symbol, self.timeframe, lo, hi)
+            gone, changed = rows[3], rows[5]
+            full = {r["open_ts"]: r for r in synthetic_rows(self.symbol, self.timeframe, self.start, self.end)}
+            new = dict(full[changed.open_ts], close="12345.67800000")
+            columns = tuple(new)
+            entry = LedgerEntry(name, self.symbol, self.timeframe, key, lo, hi, len(want) - 1, want[0][0],
+                                want[-1][0], "", "", "rest", "2025-03-15T10:20:30Z", "repaired")
+            result = store.apply(name, self.symbol, self.timeframe, columns, [tuple(new.values())], [gone.ref], entry)
+            expect = [w if w[0] != changed.open_ts else (*w[:5], "12345.678", w[6])
+                      for w in want if w[0] != gone.open_ts]
+            assert result == digest_rows(expect) == entry.store_digest
+            month = store.partitions(name, self.symbol, self.timeframe, lo, hi)[key]
+            assert (month.rows, month.digest) == (len(want) - 1, result)
+            saved = store.ledger(name, self.symbol, self.timeframe)
+            assert saved[key].store_digest == result and saved[key].rows == len(want) - 1
+        finally:
+            store.close()
