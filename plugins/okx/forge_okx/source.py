@@ -54,7 +54,8 @@ TIME = "/api/v5/public/time"
 PAGE = 300  # rows per request: the documented maximum (older docs said 100 for history)
 RECENT_BARS = 1400  # /market/candles keeps the latest 1,440 bars; the rest is margin
 WINDOW = 2.0  # OKX counts "N requests per 2 seconds" per IP
-SLACK = 0.08  # seconds added to our window: network jitter between our clock and theirs
+SLACK = 0.25  # seconds added to our window: requests sent in order can arrive bunched (network
+# jitter, a loaded client); 0.08 s was too little on a loaded machine (a 50011 from the mock)
 # unavailable (503), endpoint timeout (HTTP 400!), rate limit, busy, system error (500)
 RETRYABLE = {"50001", "50004", "50011", "50013", "50026"}
 SETTLED = "50047"  # candles of a settled contract: "... please use" history-candles
