@@ -19,6 +19,8 @@ from outside (wall, and user+system CPU from ``wait4``), in interleaved rounds, 
 2. **Peak RSS** (VmHWM, ``bench/memory.py``) of ``forge run`` on the archive path for a
    month, a year and three years at ``--rss-workers`` (default 1, 4, 8, 16), into CSV, Parquet
    and PostgreSQL (a throwaway server; skipped when none can start). Target: under 120 MiB.
+   ``--without pandas`` measures as on an install without pandas (a test extra here), which
+   pyarrow (the Parquet sink) otherwise imports: about 40 MiB.
 
 3. **Missing archive files**: a mock whose archive 404s every file of the year; ``forge run
    --archive auto`` against ``--archive rest`` for the same range: REST requests, archive
@@ -126,9 +128,9 @@ def _children_cpu() -> float:
     return delta
 
 
-def forge_cmd(args: list[str]) -> list[str]:
+def forge_cmd(args: list[str], without: tuple[str, ...] = ()) -> list[str]:
     """``forge ARGS`` through bench/memory.py (prints its peak RSS as a JSON last line)."""
-    return [sys.executable, str(BENCH / "memory.py"), "--", *args]
+    return [sys.executable, str(BENCH / "memory.py"), *(w for m in without for w in ("--without", m)), "--", *args]
 
 
 def peak(result: dict[str, Any]) -> float:
@@ -259,14 +261,17 @@ def rss(args: argparse.Namespace, tmp: Path) -> None:
                             assert server is not None
                             cmd += ["--sink", "postgres", "--table", f"rss_{label[0]}_{w}"]
                             extra["FORGE_DATABASE_URL"] = server.url
-                        result = run(forge_cmd(cmd), {**extra, "FORGE_BINANCE_ARCHIVE_PARSER": args.parser})
+                        result = run(forge_cmd(cmd, tuple(args.without)),
+                                     {**extra, "FORGE_BINANCE_ARCHIVE_PARSER": args.parser})
                         rows.append((label, sink, w, peak(result), result["wall"], result["code"]))
                         if result["code"] != 0:
                             print(f"  {label} {sink} {w}: exit {result['code']}: {result['err'][-500:]}")
         finally:
             if server is not None:
                 server.stop()
-    print(f"\n## 2. Peak RSS of forge run, archive path ({args.symbol} 1m, {args.parser} parser); load {load()}")
+    without = f", without {', '.join(args.without)}" if args.without else ""
+    print(f"\n## 2. Peak RSS of forge run, archive path ({args.symbol} 1m, {args.parser} parser{without}); "
+          f"load {load()}")
     print(f"{'range':<8} {'sink':<9} {'workers':>7} {'peak MiB':>9} {'wall s':>7}")
     for label, sink, w, mib, wall, code in rows:
         print(f"{label:<8} {sink:<9} {w:>7} {mib:>9.0f} {wall:>7.1f}" + ("" if code == 0 else f"  exit {code}"))
@@ -333,6 +338,9 @@ def main() -> None:
     parser.add_argument("--sinks", default="csv,parquet,postgres")
     parser.add_argument("--parser", default="python", choices=("python", "pyarrow"),
                         help="archive CSV parser for the RSS runs")
+    parser.add_argument("--without", action="append", default=[], metavar="MODULE",
+                        help="RSS runs as on an install without MODULE (e.g. pandas, which pyarrow imports "
+                             "when it is there: the development install has it)")
     args = parser.parse_args()
     parts = args.only or ["speed", "rss", "missing"]
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,10 +1,13 @@
 """Peak RSS of one ``forge run``, measured in a process of its own.
 
-    python bench/memory.py [--idle] -- run -s binance --symbol BTCUSDT --from ... --to ... -q
+    python bench/memory.py [--idle] [--without pandas] -- run -s binance --symbol BTCUSDT --from ... --to ... -q
 
 Runs the ``forge`` CLI in this process (exactly what the console script does) and prints one
 JSON line with the peak RSS of this process in MiB (``VmHWM``, see :func:`vm_hwm_mib`), the exit code and the
 wall time. ``--idle`` only imports Forge and loads its plugins: the floor any run starts from.
+``--without MODULE`` makes ``import MODULE`` fail, as on an install without it: pyarrow imports
+pandas (40 MiB) whenever it converts Python values, if pandas is there, and the development
+install has it (a test extra).
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ def vm_hwm_mib() -> float:
 def main() -> None:
     argv = sys.argv[1:]
     idle = "--idle" in argv
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    for i, word in enumerate(head):
+        if word == "--without" and i + 1 < len(head):
+            sys.modules[head[i + 1]] = None  # type: ignore[assignment]  # import fails
     if "--" in argv:
         argv = argv[argv.index("--") + 1:]
     began = time.perf_counter()
