@@ -12,10 +12,12 @@ install has it (a test extra).
 
 from __future__ import annotations
 
+import importlib.abc
 import json
 import resource
 import sys
 import time
+from typing import Any
 
 
 def vm_hwm_mib() -> float:
@@ -32,13 +34,25 @@ def vm_hwm_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class _Without(importlib.abc.MetaPathFinder):
+    """Makes importing the given top-level packages fail as if they were not installed."""
+
+    def __init__(self, names: set[str]) -> None:
+        self.names = names
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name.partition(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
 def main() -> None:
     argv = sys.argv[1:]
     idle = "--idle" in argv
     head = argv[: argv.index("--")] if "--" in argv else argv
-    for i, word in enumerate(head):
-        if word == "--without" and i + 1 < len(head):
-            sys.modules[head[i + 1]] = None  # type: ignore[assignment]  # import fails
+    blocked = {head[i + 1] for i, word in enumerate(head) if word == "--without" and i + 1 < len(head)}
+    if blocked:
+        sys.meta_path.insert(0, _Without(blocked))
     if "--" in argv:
         argv = argv[argv.index("--") + 1:]
     began = time.perf_counter()
