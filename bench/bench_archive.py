@@ -295,15 +295,19 @@ def missing(args: argparse.Namespace, tmp: Path) -> None:
     while day.year == args.year:
         names.append(f"{args.symbol}-1m-{day.isoformat()}.zip")
         day += timedelta(days=1)
-    results: dict[str, list[dict[str, Any]]] = {"auto, files missing": [], "rest": []}
+    runs = [("auto, files missing", "auto", {}), ("rest", "rest", {})]
+    if args.baseline:
+        runs.append(("auto, before", "auto", {"PYTHONPATH": pythonpath(args.baseline)}))
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in runs}
     stats: dict[str, dict[str, int]] = {}
     with MockProcess({"latency": args.latency, "now": NOW, "extra": {"archive_missing": names}}) as mock:
         env = env_for(mock.url)
         for _ in range(args.repeat):
-            for name, mode in (("auto, files missing", "auto"), ("rest", "rest")):
+            for name, mode, extra in runs:
                 mock.reset()
-                result = run(forge_cmd(year_args(args.symbol, args.year, args.workers, tmp / f"m-{mode}.csv",
-                                                 mode=mode)), env)
+                out = tmp / f"m-{mode}{'-before' if extra else ''}.csv"
+                result = run(forge_cmd(year_args(args.symbol, args.year, args.workers, out, mode=mode)),
+                             {**env, **extra})
                 if result["code"] != 0:
                     raise SystemExit(f"{name} failed: {result['err'][-2000:]}")
                 results[name].append(result)

@@ -270,7 +270,7 @@ def _text_rows(piece: bytes, tf: Timeframe, fixed: dict[str, str]) -> TextRows |
     """A piece of complete archive lines as TextRows, or None when it is not plain, regular
     kline CSV (then the caller reads it line by line, with that path's errors): by splitting the
     whole piece into columns, or, with ``FORGE_BINANCE_ARCHIVE_PARSER=pyarrow``, for big pieces
-    by pyarrow's CSV reader and writer (about 6x less CPU, outside the GIL; see :func:`_arrow`)."""
+    by pyarrow's CSV reader and writer (see :func:`_arrow`)."""
     if piece.translate(None, _PLAIN):
         return None
     if len(piece) >= ARROW_FROM and _arrow() is not None:
@@ -306,8 +306,9 @@ def _arrow() -> Any:
     """pyarrow's CSV reader and writer when ``FORGE_BINANCE_ARCHIVE_PARSER=pyarrow``, imported
     on first use; None otherwise, or without pyarrow 16+ (then one info line says so).
 
-    Not the default: pyarrow takes about 6x less CPU per file, but loading its libraries costs
-    60-100 MiB of resident memory, more than the whole rest of a run (bench/bench_archive.py)."""
+    Not the default: pyarrow parses a file with several times less CPU, but a whole run was not
+    faster (its import and per-piece overhead), and loading its libraries costs 60-100 MiB of
+    resident memory, more than the whole rest of a run (bench/bench_archive.py)."""
     global _ARROW
     if _ARROW is None:
         with _ARROW_LOCK:
