@@ -162,22 +162,27 @@ class PostgresIntegrity:
                 return {r[0]: PartitionState(r[0], int(r[1]), int(r[2]), int(r[3]), r[4]) for r in self._fetch(cur)}
 
             return self._run("digest", work)
-        query = self._month_sql()
+        found = self._months_at_once(self._month_sql(), "digest", (source, symbol, timeframe), months)
+        return {key: PartitionState(key, int(r[0]), int(r[1]), int(r[2]), r[3]) for key, r in found if r[0]}
+
+    def _months_at_once(self, query: Any, what: str, series: tuple[str, str, str],
+                        months: list[tuple[str, int, int]]) -> list[tuple[str, Any]]:
+        """``query`` (one row) for each month ``(key, start, end)``, on up to
+        :attr:`DIGEST_CONNECTIONS` connections at once."""
 
         def one(month: tuple[str, int, int]) -> tuple[str, Any]:
             key, a, b = month
 
             def work(cur: Any) -> Any:
-                cur.execute(query, (source, symbol, timeframe, a, b))
+                cur.execute(query, (*series, a, b))
                 return self._fetch(cur)[0]
 
             with self._borrow() as conn:
-                return key, self._run("digest", work, conn)
+                return key, self._run(what, work, conn)
 
-        with ThreadPoolExecutor(max_workers=min(self.DIGEST_CONNECTIONS, len(months)),
-                                thread_name_prefix="forge-pg-digest") as pool:
-            found = list(pool.map(one, months))
-        return {key: PartitionState(key, int(r[0]), int(r[1]), int(r[2]), r[3]) for key, r in found if r[0]}
+        with ThreadPoolExecutor(max_workers=max(1, min(self.DIGEST_CONNECTIONS, len(months))),
+                                thread_name_prefix=f"forge-pg-{what}") as pool:
+            return list(pool.map(one, months))
 
     @contextlib.contextmanager
     def _borrow(self) -> Iterator[psycopg2.extensions.connection]:
@@ -217,21 +222,7 @@ class PostgresIntegrity:
         digest; ``digest`` is left empty). Months at once, as :meth:`partitions`."""
         query = sql.SQL("SELECT count(*), min(open_ts), max(open_ts) FROM {} WHERE {}").format(
             self.table.ident, self._where())
-
-        def one(month: tuple[str, int, int]) -> tuple[str, Any]:
-            key, a, b = month
-
-            def work(cur: Any) -> Any:
-                cur.execute(query, (source, symbol, timeframe, a, b))
-                return self._fetch(cur)[0]
-
-            with self._borrow() as conn:
-                return key, self._run("count", work, conn)
-
-        months = month_ranges(start, end)
-        with ThreadPoolExecutor(max_workers=max(1, min(self.DIGEST_CONNECTIONS, len(months))),
-                                thread_name_prefix="forge-pg-count") as pool:
-            found = list(pool.map(one, months))
+        found = self._months_at_once(query, "count", (source, symbol, timeframe), month_ranges(start, end))
         return {key: PartitionState(key, int(r[0]), int(r[1]), int(r[2]), "") for key, r in found if r[0]}
 
     def holds(self, source: str, symbol: str, timeframe: str, start: int, end: int) -> bool:
