@@ -53,6 +53,34 @@ def _no_shared_rate_budget_left() -> Iterator[None]:
         budget.use(None)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_weight_minute(request: pytest.FixtureRequest) -> None:
+    """A test on the shared mock starts in a fresh Binance weight window: each command's new
+    limiter believes the mock's used-weight header, and would wait out the minute the tests
+    before it filled (several tests took 61 s for that alone)."""
+    if "mock_exchange" not in request.fixturenames:
+        return
+    mock = request.getfixturevalue("mock_exchange")
+    with mock.lock:
+        for key in [k for k in mock.state if k.startswith("weights.")]:
+            del mock.state[key]
+
+
+@pytest.fixture(autouse=True)
+def _no_user_modules_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """In-process CLI runs import a user's transform module from the current directory (a
+    test's tmp dir) and put that directory on ``sys.path``, as a process would for its own
+    life. Undo both after each test: a ``my_indicators`` from one test must not answer for
+    another test's file of the same name."""
+    path = sys.path[:]
+    yield
+    sys.path[:] = path
+    root = str(tmp_path_factory.getbasetemp())
+    for name, module in list(sys.modules.items()):
+        if (getattr(module, "__file__", None) or "").startswith(root):
+            del sys.modules[name]
+
+
 @pytest.fixture(scope="session")
 def mock(mock_exchange: MockExchange) -> MockExchange:
     """One shared mock (no latency, frozen clock). Don't reconfigure it: use ``fresh_mock``."""

@@ -28,16 +28,6 @@ SLOTS = (31 + 29) * 288
 HOLE_SLOTS = (MAINTENANCE[1] - MAINTENANCE[0]) // M5
 
 
-@pytest.fixture(autouse=True)
-def fresh_weight_minute(mock):
-    """Each test starts in a fresh Binance weight window of the shared mock: these tests run
-    many short commands, each with a new limiter that believes the mock's used-weight header,
-    and would otherwise wait out the minute the tests before them filled (up to 60 s)."""
-    with mock.lock:
-        for key in [k for k in mock.state if k.startswith("weights.")]:
-            del mock.state[key]
-
-
 def test_digest_definition_is_what_docs_say():
     assert [normalize(v) for v in ("42000.50000000", "0.00000000", "100", "1E+2", ".5", "-0.0", None)] == \
         ["42000.5", "0", "100", "100", "0.5", "0", ""]
