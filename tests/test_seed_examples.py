@@ -1,7 +1,7 @@
 """The streamforge user guide itself (``000_566f02d9e648efb0.txt``), when it is available.
 
-The guide is not shipped with Forge: it is looked for at ``$FORGE_SEED_GUIDE``, else in
-``../shared/seeds/`` beside the repository. Without it this test skips (the reason names the
+The guide is not shipped with Forge, and the suite reads nothing outside the repository: the
+guide is read only from ``$FORGE_SEED_GUIDE``. Without it this test skips (the reason names the
 file). With it, the repository's verbatim copy of its examples (``guide_examples.py``) must be
 exactly the guide's Python blocks, in order: ``test_guide_examples.py`` runs that copy and
 checks what every example produced, so the guide's examples are covered with or without the
@@ -17,21 +17,11 @@ import pytest
 from guide_checks import FRAGMENTS, parse_guide
 from guide_examples import BLOCKS, SOURCE
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def find_guide() -> Path | None:
-    if os.environ.get("FORGE_SEED_GUIDE"):
-        return Path(os.environ["FORGE_SEED_GUIDE"])
-    found = sorted((ROOT.parent / "shared" / "seeds").glob("000_*.txt"))
-    return found[0] if found else None
-
-
-SEED = find_guide()
+SEED = Path(os.environ["FORGE_SEED_GUIDE"]) if os.environ.get("FORGE_SEED_GUIDE") else None
 pytestmark = pytest.mark.skipif(
     SEED is None or not SEED.is_file(),
-    reason=f"the streamforge guide {SOURCE} is not available (set FORGE_SEED_GUIDE or put it in "
-           f"../shared/seeds/); tests/test_guide_examples.py runs the repository's copy of its examples")
+    reason=f"the streamforge guide {SOURCE} is not available (set FORGE_SEED_GUIDE to its path); "
+           "tests/test_guide_examples.py runs the repository's copy of its examples")
 
 
 def test_the_repository_copy_is_exactly_the_guides_examples():
