@@ -32,7 +32,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from common import free_port, get_json, machine  # noqa: E402
+from common import MockProcess, get_json, machine  # noqa: E402
 
 NOW = 1742034030456  # the mock's frozen exchange clock (2025-03-15): candles are deterministic
 LIMIT = 6000  # Binance spot request weight per minute
@@ -80,34 +80,11 @@ print(json.dumps(times))
 """
 
 
-class Mock:
-    def __init__(self, latency: float) -> None:
-        self.config = {"now": NOW, "latency": latency}
-
-    def __enter__(self) -> Mock:
-        port = free_port()
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVE, json.dumps(self.config), str(port)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                get_json(self.url + "/mock/stats")
-                return self
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("mock exchange did not start") from None
-                time.sleep(0.1)
-
-    def stats(self) -> dict[str, int]:
-        return get_json(self.url + "/mock/stats")
+class Mock(MockProcess):
+    """The mock in its own process with its weight log (SERVE)."""
 
     def weights(self) -> list[tuple[float, int]]:
         return sorted((t, w) for t, w in get_json(self.url + "/mock/weights"))
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 def beyond_the_rate(log: list[tuple[float, int]], rate: float) -> float:
@@ -154,7 +131,7 @@ def run_case(args: argparse.Namespace, pg_url: str, processes: int, shared: bool
     shares = ([[k for k in keys_all if k.split(":")[2] in symbols[i::processes]] for i in range(processes)]
               if processes <= len(symbols) else [keys_all[i::processes] for i in range(processes)])
     env = {**os.environ, "FORGE_EGRESS": f"bench-{time.time_ns()}"}  # a fresh budget key per case
-    with Mock(args.latency) as mock:
+    with Mock({"now": NOW, "latency": args.latency}, SERVE) as mock:
         env["FORGE_BINANCE_URL"] = env["FORGE_OKX_URL"] = mock.url
         procs = []
         began = time.monotonic()

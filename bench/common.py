@@ -44,18 +44,20 @@ def free_port() -> int:
 
 @dataclass
 class MockProcess:
-    """``forge_mock_exchange.MockExchange(MockConfig(**config))`` in a child process."""
+    """``forge_mock_exchange.MockExchange(MockConfig(**config))`` in a child process; ``serve``
+    is the child's script (``argv``: the config as JSON, the port), for a mock with more routes."""
 
     config: dict[str, Any]
+    serve: str = _SERVE
     url: str = ""
     proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> MockProcess:
         port = free_port()
-        self.proc = subprocess.Popen([sys.executable, "-c", _SERVE, json.dumps(self.config), str(port)],
+        self.proc = subprocess.Popen([sys.executable, "-c", self.serve, json.dumps(self.config), str(port)],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while True:
             try:
                 get_json(self.url + "/mock/stats")
