@@ -34,7 +34,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from .server import MockExchange, Request, Response
+from .server import MockExchange, Request, Response, send_head
 
 KINDS = ("http500", "reset", "slow", "malformed", "truncated", "duplicate", "burst429", "okx50011", "empty",
          "trickle", "short")
@@ -176,12 +176,7 @@ def _cut_rows(response: Response, keep: float) -> bool:
 
 def _trickle(handler: BaseHTTPRequestHandler, response: Response, gap: float) -> None:
     """The whole answer announced, then its body one byte every ``gap`` seconds."""
-    handler.send_response(response.status)
-    handler.send_header("Content-Type", response.content_type)
-    handler.send_header("Content-Length", str(len(response.body)))
-    for key, value in response.headers.items():
-        handler.send_header(key, value)
-    handler.end_headers()
+    send_head(handler, response)
     try:
         handler.wfile.flush()
         for i in range(len(response.body)):

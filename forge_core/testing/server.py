@@ -109,6 +109,16 @@ class Response:
 Handler = Callable[[Request], Response]
 
 
+def send_head(handler: BaseHTTPRequestHandler, response: Response) -> None:
+    """The status line and headers of ``response`` (its body is the caller's to write)."""
+    handler.send_response(response.status)
+    handler.send_header("Content-Type", response.content_type)
+    handler.send_header("Content-Length", str(len(response.body)))
+    for key, value in response.headers.items():
+        handler.send_header(key, value)
+    handler.end_headers()
+
+
 class MockExchange:
     """Serve the mock on ``127.0.0.1:port`` (0 = a free port) in a background thread."""
 
@@ -209,12 +219,7 @@ class MockExchange:
                 hook = mock.before_send
                 if hook is not None and hook(self, request, response):
                     return  # the fault injector wrote (or broke) the response itself
-                self.send_response(response.status)
-                self.send_header("Content-Type", response.content_type)
-                self.send_header("Content-Length", str(len(response.body)))
-                for key, value in response.headers.items():
-                    self.send_header(key, value)
-                self.end_headers()
+                send_head(self, response)
                 self.wfile.write(response.body)
 
             def log_message(self, format: str, *args: Any) -> None:  # quiet
