@@ -235,7 +235,9 @@ class MockExchange:
                     super().handle_error(request, client_address)
 
         self._server = _Server(("127.0.0.1", self.port), _Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="mock-exchange", daemon=True)
+        # stop() waits for the serve loop's next poll: 0.5 s by default, for every test's own mock
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="mock-exchange", daemon=True)
         self._thread.start()
         return self
 
