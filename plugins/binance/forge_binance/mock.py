@@ -5,6 +5,10 @@ Formats, errors and limits follow ``exchange-apis.md`` section A: 12-field kline
 ints at 0/6/8; ``startTime <= openTime <= endTime``; 400 bodies ``{"code":-1121,...}``;
 request weight per IP in a fixed window reported in ``X-MBX-USED-WEIGHT-1M``; 429 with
 ``Retry-After`` past the limit, and a 418 ban for clients that keep going after 429s.
+
+``extra["binance_errors"] = [[status, code], ...]``: the next klines requests answer these, one
+each, in order, with the docs' message for the code (``errors.md`` 10xx, "General Server or
+Network issues": -1000, -1001, -1006, -1007, -1008 can come with 400, 408, 503... not only 5xx).
 """
 
 from __future__ import annotations
@@ -80,6 +84,16 @@ COINM = Flavor("coinm", "/dapi/v1", Market.binance_coinm(), tuple(n for n in NAM
                frozenset({"symbol", "interval", "startTime", "endTime", "limit"}))
 USDM = Flavor("usdm", "/fapi/v1", Market.binance_usdm(), tuple(n for n in NAMES if n != "1s"), 1500,
               frozenset({"symbol", "interval", "startTime", "endTime", "limit"}))
+
+
+# errors.md, "10xx - General Server or Network issues" (the messages as the docs give them)
+SERVER_ERRORS = {
+    -1000: "An unknown error occurred while processing the request.",
+    -1001: "Internal error; unable to process your request. Please try again.",
+    -1006: "An unexpected response was received from the message bus. Execution status unknown.",
+    -1007: "Timeout waiting for response from backend server. Send status unknown; execution status unknown.",
+    -1008: "Server is currently overloaded with other requests. Please try again in a few minutes.",
+}
 
 
 def error(code: int, msg: str, status: int = 400, **headers: str) -> Response:
@@ -174,6 +188,13 @@ def klines(mock: MockExchange, flavor: Flavor, weights: Weights, pages: PageCach
     if refused is not None:
         return refused
     headers = {weights.header: weights.used()}
+    with mock.lock:
+        queued = mock.config.extra.get("binance_errors") or []
+        injected = queued.pop(0) if queued else None
+    if injected is not None:
+        status, code = injected
+        mock.stats[f"binance.error{code}"] += 1
+        return error(code, SERVER_ERRORS.get(code, "Unknown error."), status, **headers)
     bad = _params(req, flavor)
     if bad is not None:
         bad.headers.update(headers)

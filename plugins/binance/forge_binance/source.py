@@ -55,6 +55,11 @@ MARKETS: dict[str, dict[str, Any]] = {
 ARCHIVE_MODES = ("auto", "archive", "rest")
 log = get_logger(__name__)
 _WINDOW_SECONDS = {"SECOND": 1, "MINUTE": 60, "HOUR": 3600, "DAY": 86400}
+# errors.md "10xx - General Server or Network issues": the server failed, not the request, and
+# these come with 400, 408 or 503 as well as 5xx. -1006 and -1007 say "execution status unknown":
+# every request here is a market-data read, so sending it again is safe.
+SERVER_CODES = {-1000: "UNKNOWN", -1001: "DISCONNECTED", -1006: "UNEXPECTED_RESP", -1007: "TIMEOUT",
+                -1008: "SERVER_BUSY"}
 
 
 def kline_weight(market: str, limit: int) -> int:
@@ -136,6 +141,8 @@ class BinanceSource(Source):
         if status == 418:
             raise SourceError(f"Binance has banned this IP ({msg}); not retrying, a retry would extend "
                               f"the ban; wait {retry_after or 'a while'}s")
+        if code in SERVER_CODES:
+            raise RetryableError(f"HTTP {status} {code} {SERVER_CODES[code]}: {msg}", retry_after)
         if status in (429, 408) or status >= 500:
             raise RetryableError(f"HTTP {status} {code or ''} {msg}".strip(), retry_after)
         raise BinanceError(status, code, msg)

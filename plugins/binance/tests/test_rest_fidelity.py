@@ -3,11 +3,12 @@ models and the source must handle."""
 
 from __future__ import annotations
 
+import pytest
 import requests
 
 from forge_binance.mock import binance_rows
 from forge_binance.source import BinanceSource
-from forge_core import Task
+from forge_core import SourceError, Task
 from forge_core.testing.market import Market
 from forge_core.testing.server import MockExchange, Response
 from forge_core.timeframes import DAY, MINUTE, parse_timeframe
@@ -46,3 +47,48 @@ def test_coinm_probe_after_a_wrongly_empty_page_finds_the_candles(fresh_mock: Mo
         src.close()
     assert emptied
     assert rows == binance_rows("BTCUSD_PERP", "1m", T, T + 100 * MINUTE, fresh_mock.now(), Market.binance_coinm())
+
+
+# -- 10xx "General Server or Network issues": retried whatever the HTTP status -----------------
+SERVER_CODES = [(400, -1000), (408, -1001), (503, -1006), (400, -1007), (400, -1008)]
+
+
+def test_server_side_error_codes_are_retried_whatever_their_status(fresh_mock: MockExchange):
+    """errors.md puts -1000 UNKNOWN, -1001 DISCONNECTED, -1006 UNEXPECTED_RESP, -1007 TIMEOUT and
+    -1008 SERVER_BUSY among "General Server or Network issues"; they come with 400, 408 or 503,
+    not only 5xx. -1006/-1007 say "execution status unknown": klines are a read, a retry is safe."""
+    fresh_mock.config.extra["binance_errors"] = [list(e) for e in SERVER_CODES]
+    src = BinanceSource(base_url=fresh_mock.url, archive="rest")
+    src.http.backoff = 0.01
+    try:
+        rows = list(src.fetch(Task("BTCUSDT", parse_timeframe("1m"), T, T + 100 * MINUTE)))
+        retries = src.stats()["retries"]
+    finally:
+        src.close()
+    assert rows == binance_rows("BTCUSDT", "1m", T, T + 100 * MINUTE, fresh_mock.now())
+    assert fresh_mock.config.extra["binance_errors"] == [] and retries == len(SERVER_CODES)
+    assert fresh_mock.stats["binance.error-1008"] == 1
+
+
+def test_a_server_side_error_that_persists_gives_up_in_one_line_naming_it(fresh_mock: MockExchange):
+    fresh_mock.config.extra["binance_errors"] = [[400, -1008]] * 3
+    src = BinanceSource(base_url=fresh_mock.url, archive="rest")
+    src.http.backoff, src.http.max_attempts = 0.01, 3
+    try:
+        with pytest.raises(SourceError) as caught:
+            list(src.fetch(Task("BTCUSDT", parse_timeframe("1m"), T, T + 100 * MINUTE)))
+    finally:
+        src.close()
+    message = str(caught.value)
+    assert "\n" not in message and "after 3 attempts" in message
+    assert "HTTP 400 -1008 SERVER_BUSY" in message and "overloaded" in message
+
+
+def test_a_request_error_is_still_final(fresh_mock: MockExchange):
+    src = BinanceSource(base_url=fresh_mock.url, archive="rest")
+    try:
+        with pytest.raises(SourceError, match="unknown symbol 'NOPEUSDT'"):
+            list(src.fetch(Task("NOPEUSDT", parse_timeframe("1m"), T, T + 100 * MINUTE)))
+        assert src.stats()["retries"] == 0
+    finally:
+        src.close()
