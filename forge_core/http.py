@@ -7,6 +7,7 @@ exchange's published limits and a ``check`` function that maps the exchange's er
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import random
@@ -207,12 +208,64 @@ def retry_after(response: requests.Response) -> float | None:
 _retry_after = retry_after  # the old private name
 
 
+# statuses whose cause is the network path, not the request: said in words, whatever the body
+_STATUS_HINTS = {
+    403: "forbidden: refused by the exchange's firewall (a WAF rule, or this IP or region is blocked)",
+    451: "unavailable for legal reasons: this IP's region is restricted",
+}
+_TAG = re.compile(r"<[^>]*>")
+_DROP = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_TITLE = re.compile(r"<(title|h1|h2)\b[^>]*>(.*?)</\1\s*>", re.IGNORECASE | re.DOTALL)
+REASON_CHARS = 120
+
+
+def body_reason(content: bytes | str | None, limit: int = REASON_CHARS) -> str:
+    """A short plain-text reason from an error body that is not the exchange's JSON: an HTML
+    page's title and first headings (tags, scripts and entities dropped), or a text body's
+    first words, on one line and at most ``limit`` characters; ``""`` when nothing readable
+    is left. Never the body itself: a WAF or proxy page can be kilobytes of markup."""
+    if not content:
+        return ""
+    text = content.decode("utf-8", "replace") if isinstance(content, bytes) else content
+    text = text[:65536]
+    if "<" in text and ">" in text:
+        heads = []
+        for match in _TITLE.finditer(text):
+            words = " ".join(html.unescape(_TAG.sub(" ", match.group(2))).split())
+            key = words.lower().strip(" .:!")
+            if key and not any(key in h.lower() for h in heads):
+                heads.append(words)
+        text = " - ".join(heads) if heads else html.unescape(_TAG.sub(" ", _DROP.sub(" ", text)))
+    text = " ".join(text.split())
+    text = "".join(ch for ch in text if ch.isprintable())
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def error_line(response: requests.Response, reason: str | None = None) -> str:
+    """One line for a refused request: ``HTTP 403 from host/path: <reason>``. The host never
+    shows credentials and the query is left out; ``reason`` defaults to the body's
+    :func:`body_reason`, and a 403/451 always says what it means."""
+    parts = urlsplit(response.url or "")
+    where = f"{redact_host(response.url or '')}{parts.path}" if parts.netloc else "the exchange"
+    if reason is None:
+        reason = body_reason(response.content)
+    hint = _STATUS_HINTS.get(response.status_code)
+    text = "; ".join(x for x in (hint, reason) if x) or (response.reason or "no reason given")
+    return redact(f"HTTP {response.status_code} from {where}: {text}")
+
+
 def default_check(response: requests.Response, body: Any) -> None:
-    """Treat 408, 429 and 5xx as retryable, other non-2xx statuses as final."""
+    """Treat 408, 429 and 5xx as retryable, other non-2xx statuses as final (one line each)."""
     if response.status_code in (408, 429) or response.status_code >= 500:
         raise RetryableError(f"HTTP {response.status_code}", retry_after(response))
     if response.status_code >= 400:
-        raise SourceError(f"HTTP {response.status_code} from {urlsplit(response.url).path}: {str(body)[:200]}")
+        reason = None if body is None else _short_json(body)
+        raise SourceError(error_line(response, reason))
+
+
+def _short_json(body: Any) -> str:
+    text = json.dumps(body, separators=(",", ":"), default=str)
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 # hosts (scheme://host:port) that have answered an HTTP request in this process: a refused

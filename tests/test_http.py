@@ -494,3 +494,38 @@ def test_get_json_exact_keeps_numbers_exact(server):
     assert client.get_json("/n", exact=True) == {
         "p": "0.1", "q": "12345678901234567890.123456789", "n": 12345678901234567890, "e": "1e-7", "l": ["2.50"]}
     assert client.get_json("/n")["p"] == 0.1  # the default is unchanged: floats
+
+
+# -- an error body that is not the exchange's JSON: one clear line, never the body ----------------
+def test_a_waf_block_page_is_one_line_with_status_host_path_and_a_short_reason(server):
+    """A 403 from a firewall or CDN comes as kilobytes of HTML: the error says what a 403 means
+    and quotes the page's title, with no markup, no query and no URL credentials."""
+    from forge_core.testing.faults import WAF_PAGE
+
+    server.route("/api/x", lambda req: Response(403, WAF_PAGE, content_type="text/html"))
+    host = server.url.split("//")[1]
+    client = HttpClient(f"http://user:s3cretpw@{host}", backoff=0.01)
+    with pytest.raises(SourceError) as error:
+        client.get_json("/api/x", {"symbol": "BTCUSDT", "signature": "s3cretsig"})
+    text = str(error.value)
+    assert text.startswith(f"HTTP 403 from {host}/api/x: forbidden: refused by the exchange's firewall")
+    assert "ERROR: The request could not be satisfied" in text
+    assert "\n" not in text and "<" not in text and "DOCTYPE" not in text and "cloudfront" not in text.lower()
+    assert "s3cret" not in f"{text} {error.value!r}" and "user" not in text and len(text) < 300
+    assert client.stats.requests == 1  # final: a retry would not get past a firewall
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"<html><head><style>p{}</style></head><body><p>Bad &amp; wrong</p>\n<script>x()</script></body></html>",
+     "Bad & wrong"),
+    (b"upstream connect error\n  or disconnect/reset before headers", "upstream connect error or disconnect/reset"),
+    (b"<html><body>" + b"<div></div>" * 5000 + b"</body></html>", "Bad Request"),  # nothing readable
+    (("x" * 5000).encode(), "x" * 100),
+])
+def test_any_non_json_error_body_becomes_a_short_plain_text_reason(server, body, reason):
+    server.route("/bad", lambda req: Response(400, body, content_type="text/plain"))
+    with pytest.raises(SourceError) as error:
+        HttpClient(server.url).get_json("/bad")
+    text = str(error.value)
+    assert text.startswith("HTTP 400 from 127.0.0.1:") and reason in text
+    assert "\n" not in text and "<" not in text and len(text) < 200

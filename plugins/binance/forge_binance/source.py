@@ -38,6 +38,7 @@ from forge_core import (
     forward_pages,
     get_logger,
 )
+from forge_core.http import body_reason, error_line
 from forge_core.http import retry_after as parse_retry_after
 from forge_core.partitions import run_cache
 
@@ -136,16 +137,19 @@ class BinanceSource(Source):
         if status < 400:
             return
         code = body.get("code") if isinstance(body, dict) else None
-        msg = body.get("msg", "") if isinstance(body, dict) else response.text[:200]
+        # not Binance's JSON (a WAF, CDN or proxy page, maybe kilobytes of HTML): a short reason only
+        msg = str(body.get("msg", "")) if isinstance(body, dict) else body_reason(response.content)
         retry_after = parse_retry_after(response)  # seconds or an HTTP date
         if status == 418:
+            wait = "a while" if retry_after is None else f"{retry_after:.0f} s"
             raise SourceError(f"Binance has banned this IP ({msg}); not retrying, a retry would extend "
-                              f"the ban; wait {retry_after or 'a while'}s")
+                              f"the ban; wait {wait}")
         if code in SERVER_CODES:
             raise RetryableError(f"HTTP {status} {code} {SERVER_CODES[code]}: {msg}", retry_after)
         if status in (429, 408) or status >= 500:
-            raise RetryableError(f"HTTP {status} {code or ''} {msg}".strip(), retry_after)
-        raise BinanceError(status, code, msg)
+            raise RetryableError(" ".join(str(x) for x in (f"HTTP {status}", code, msg) if x), retry_after)
+        line = error_line(response, f"{code} {msg}" if isinstance(body, dict) else msg)
+        raise BinanceError(status, code, msg, line)
 
     def _get(self, path: str, params: dict[str, Any], cost: float, parse: Any = None) -> Any:
         return self.http.get_json(self.prefix + path, params, cost=cost, parse=parse)
@@ -264,8 +268,7 @@ class BinanceSource(Source):
         if exc.code == -1120:
             return SourceError(f"timeframe {tf.name!r} is not offered by {where}; choose one of: "
                                f"{' '.join(self.timeframes)}")
-        return SourceError(f"{where} refused the request for {symbol} {tf.name}: HTTP {exc.status} "
-                           f"{exc.code} {exc.msg}")
+        return SourceError(f"{where} refused the request for {symbol} {tf.name}: {exc.line}")
 
     def integrity(self) -> Any:
         """The exchange side of ``forge verify/repair`` from archive files (:mod:`.integrity`)."""
@@ -292,9 +295,13 @@ class BinanceSource(Source):
 
 
 class BinanceError(SourceError):
-    def __init__(self, status: int, code: Any, msg: str) -> None:
-        super().__init__(f"Binance HTTP {status} {code}: {msg}")
+    """A refused request. ``line`` says it in one line: status, host/path, code and message (or
+    a short plain-text reason when the body was not Binance's JSON)."""
+
+    def __init__(self, status: int, code: Any, msg: str, line: str | None = None) -> None:
         self.status, self.code, self.msg = status, code, msg
+        self.line = line or f"HTTP {status} {code} {msg}"
+        super().__init__(f"Binance {self.line}")
 
 
 def _float(value: str | None) -> float | None:

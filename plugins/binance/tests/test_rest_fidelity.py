@@ -92,3 +92,37 @@ def test_a_request_error_is_still_final(fresh_mock: MockExchange):
         assert src.stats()["retries"] == 0
     finally:
         src.close()
+
+
+# -- a firewall's HTML page (HTTP 403: "WAF rule violated") ------------------------------------
+def test_a_waf_403_is_one_clear_line_without_the_html_or_credentials(mock_exchange_factory):
+    mock = mock_exchange_factory(faults={"waf403": 1.0})
+    host = mock.url.split("//")[1]
+    src = BinanceSource(base_url=f"http://user:s3cretpw@{host}", archive="rest")
+    try:
+        with pytest.raises(SourceError) as caught:
+            list(src.fetch(Task("BTCUSDT", parse_timeframe("1m"), T, T + 100 * MINUTE)))
+    finally:
+        src.close()
+    text = str(caught.value)
+    assert text.startswith(f"Binance spot refused the request for BTCUSDT 1m: HTTP 403 from {host}/api/v3/klines: "
+                           "forbidden: refused by the exchange's firewall")
+    assert "The request could not be satisfied" in text
+    assert "\n" not in text and "<" not in text and "s3cretpw" not in text and len(text) < 300
+    assert mock.stats["fault.waf403"] == 1  # not retried
+
+
+def test_a_5xx_html_page_that_persists_gives_up_without_the_html(fresh_mock: MockExchange):
+    page = b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center>" \
+           b"<hr><center>nginx</center></body></html>"
+    fresh_mock.route("/api/v3/klines", lambda req: Response(502, page, content_type="text/html"))
+    src = BinanceSource(base_url=fresh_mock.url, archive="rest")
+    src.http.backoff, src.http.max_attempts = 0.01, 2
+    try:
+        with pytest.raises(SourceError) as caught:
+            list(src.fetch(Task("BTCUSDT", parse_timeframe("1m"), T, T + 100 * MINUTE)))
+    finally:
+        src.close()
+    text = str(caught.value)
+    assert "still failing after 2 attempts" in text and text.endswith("HTTP 502 502 Bad Gateway")
+    assert "<" not in text and "nginx" not in text

@@ -41,6 +41,7 @@ from forge_core import (
     get_logger,
     now_ms,
 )
+from forge_core.http import body_reason, error_line
 
 # Forge timeframe -> OKX bar. No 8h (OKX has none) and no 3d (OKX's 3Dutc anchor is undocumented,
 # so it could not be promised to match Forge's epoch-aligned 3d; resample 1d instead).
@@ -131,7 +132,8 @@ class OkxSource(Source):
     def _check(self, response: requests.Response, body: Any, limiter: RateLimiter) -> None:
         status = response.status_code
         code = str(body.get("code")) if isinstance(body, dict) else None
-        msg = str(body.get("msg", "")) if isinstance(body, dict) else response.text[:200]
+        # not OKX's envelope (a WAF, CDN or proxy page, maybe kilobytes of HTML): a short reason only
+        msg = str(body.get("msg", "")) if isinstance(body, dict) else body_reason(response.content)
         if code == "50011" or status == 429:
             with self._lock:
                 self.rate_limited += 1
@@ -146,7 +148,8 @@ class OkxSource(Source):
         if code is None and status < 300:
             return  # not an envelope: the parser rejects it and the request is retried
         hint = " (is the base URL the host root, like https://www.okx.com?)" if status == 404 else ""
-        raise OkxError(status, code, msg + hint)
+        line = error_line(response, f"{code} {msg}" if isinstance(body, dict) else msg)
+        raise OkxError(status, code, msg + hint, line + hint)
 
     def _adapt(self, limiter: RateLimiter, direction: int) -> None:
         """A 50011 means someone else spends our budget (another process on this IP): take a
@@ -270,8 +273,7 @@ class OkxSource(Source):
                                "BTC-USDT-250328 (futures)")
         if exc.code == "51000" and "bar" in exc.msg:
             return SourceError(f"OKX rejected bar {BARS[tf.name]!r} for timeframe {tf.name!r}: {exc.msg}")
-        return SourceError(f"OKX refused the request for {symbol} {tf.name}: HTTP {exc.status} "
-                           f"{exc.code} {exc.msg}")
+        return SourceError(f"OKX refused the request for {symbol} {tf.name}: {exc.line}")
 
     def stats(self) -> dict[str, int]:
         total: dict[str, int] = {}
@@ -287,9 +289,13 @@ class OkxSource(Source):
 
 
 class OkxError(SourceError):
-    def __init__(self, status: int, code: str | None, msg: str) -> None:
-        super().__init__(f"OKX HTTP {status} {code}: {msg}")
+    """A refused request. ``line`` says it in one line: status, host/path, code and message (or
+    a short plain-text reason when the body was not OKX's envelope)."""
+
+    def __init__(self, status: int, code: str | None, msg: str, line: str | None = None) -> None:
         self.status, self.code, self.msg = status, code, msg
+        self.line = line or f"HTTP {status} {code} {msg}"
+        super().__init__(f"OKX {self.line}")
 
 
 def _data(body: Any) -> list[Any]:

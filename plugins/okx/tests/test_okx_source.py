@@ -279,3 +279,16 @@ def test_1s_bars_older_than_okx_keeps_them_are_empty_not_a_failure(fresh_mock):
     recent = NOW - 20 * DAY - NOW % 1000
     assert list(src.fetch(task("BTC-USDT", "1s", recent, recent + 300_000))) == okx_rows(
         "BTC-USDT", "1s", recent, recent + 300_000, NOW)
+
+
+def test_a_waf_403_is_one_clear_line_without_the_html(mock_exchange_factory):
+    mock = mock_exchange_factory(faults={"waf403": 1.0})
+    src = OkxSource(base_url=mock.url)
+    start = 1704067200000
+    with pytest.raises(SourceError) as caught:
+        list(src.fetch(task("BTC-USDT", "1h", start, start + 300 * HOUR)))
+    text = str(caught.value)
+    assert text.startswith("OKX refused the request for BTC-USDT 1h: HTTP 403 from 127.0.0.1:")
+    assert "forbidden: refused by the exchange's firewall" in text and "could not be satisfied" in text
+    assert "\n" not in text and "<" not in text and len(text) < 300
+    assert mock.stats["fault.waf403"] == 1
