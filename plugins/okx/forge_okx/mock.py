@@ -11,6 +11,8 @@ is capped at 300 (history: ``config.okx_history_limit``, 100 = the legacy maximu
 ``instId`` is HTTP **200** ``51001`` with ``"data":[]``; ``candles`` for a settled (expired)
 contract is HTTP 200 ``50047`` (its bars are on ``history-candles`` only). ``extra["okx_timeouts"]
 = N``: the first N candle requests answer HTTP **400** ``50004`` (OKX's endpoint timeout).
+``extra["okx_errors"] = [[status, code], ...]``: the next candle requests answer these, one each,
+in order, with the error table's message (``50001`` 503, ``50005`` 410, ``52000`` 200, ...).
 
 Rate limits are per endpoint, in a sliding window of ``config.okx_window`` seconds
 (20 history, 40 candles, 20 instruments, 10 time; ``config.extra["okx_history_rate"]`` and
@@ -133,6 +135,16 @@ def okx_row(inst: Instrument, tf: Any, ts: int, now: int) -> list[str]:
     return [str(ts), *map(plain, (o, h, lo, c, vol, vol_ccy, quote)), confirm]
 
 
+# OKX's error table (docs-v5 "Error Code", REST public 50000-53999), for extra["okx_errors"]
+ERRORS = {
+    "50001": "Service temporarily unavailable. Please try again later.",
+    "50005": "API endpoint is inactive or unavailable.",
+    "50013": "Systems are busy. Please try again later.",
+    "50026": "System error. Try again later",
+    "52000": "No market data found.",
+}
+
+
 def envelope(data: Any, code: str = "0", msg: str = "", status: int = 200) -> Response:
     return Response.json({"code": code, "msg": msg, "data": data}, status)
 
@@ -206,6 +218,13 @@ def candles(mock: MockExchange, budget: Budget, req: Request, history: bool) -> 
         timeouts = mock.state.setdefault("okx.timeouts", {"left": int(mock.config.extra.get("okx_timeouts", 0))})
         timed_out = timeouts["left"] > 0
         timeouts["left"] -= timed_out
+    with mock.lock:
+        queued = mock.config.extra.get("okx_errors") or []
+        injected = queued.pop(0) if queued else None
+    if injected is not None:
+        status, code = injected
+        mock.stats[f"okx.{code}"] += 1
+        return envelope([], str(code), ERRORS.get(str(code), "Operation failed."), status)
     if timed_out:  # 50004 comes with HTTP 400 although it is the server's timeout, not a bad request
         mock.stats["okx.50004"] += 1
         return envelope([], "50004", "API endpoint request timeout. (does not mean that the request was "

@@ -57,8 +57,10 @@ RECENT_BARS = 1400  # /market/candles keeps the latest 1,440 bars; the rest is m
 WINDOW = 2.0  # OKX counts "N requests per 2 seconds" per IP
 SLACK = 0.25  # seconds added to our window: requests sent in order can arrive bunched (network
 # jitter, a loaded client); 0.08 s was too little on a loaded machine (a 50011 from the mock)
-# unavailable (503), endpoint timeout (HTTP 400!), rate limit, busy, system error (500)
-RETRYABLE = {"50001", "50004", "50011", "50013", "50026"}
+# unavailable (503), endpoint timeout (HTTP 400!), endpoint inactive or unavailable (HTTP 410; older
+# docs "API is offline or unavailable", ccxt's ExchangeNotAvailable), rate limit, busy, system error (500)
+RETRYABLE = {"50001", "50004", "50005", "50011", "50013", "50026"}
+NO_DATA = "52000"  # HTTP 200 "No market data found.": an answer, not a passing fault
 SETTLED = "50047"  # candles of a settled contract: "... please use" history-candles
 log = get_logger(__name__)
 QUOTES = ("USDT", "USDC", "USD", "BTC", "ETH", "EUR", "DAI")  # for spelling hints, USDT before USD
@@ -271,6 +273,10 @@ class OkxSource(Source):
             return SourceError(f"unknown instrument {symbol!r} on OKX (OKX {exc.code}: {exc.msg}){hint} "
                                "OKX spells instruments like BTC-USDT (spot), BTC-USDT-SWAP (perpetual), "
                                "BTC-USDT-250328 (futures)")
+        if exc.code == NO_DATA:
+            return SourceError(f"OKX has no market data for {symbol} {tf.name} (OKX {exc.code}: {exc.msg}); "
+                               f"not retried: it is an answer, not a passing fault ({symbol} reads as "
+                               f"{inst_type(symbol)}: OKX spells BTC-USDT spot, BTC-USDT-SWAP perpetual)")
         if exc.code == "51000" and "bar" in exc.msg:
             return SourceError(f"OKX rejected bar {BARS[tf.name]!r} for timeframe {tf.name!r}: {exc.msg}")
         return SourceError(f"OKX refused the request for {symbol} {tf.name}: {exc.line}")

@@ -13,7 +13,7 @@ from forge_core.timeframes import DAY, HOUR, parse_timeframe
 from forge_mock_exchange.expected_okx import okx_rows
 from forge_mock_exchange.market import MAINTENANCE
 from forge_mock_exchange.server import Response
-from forge_okx.source import BARS, OkxSource, inst_type, suggest
+from forge_okx.source import BARS, HISTORY, OkxSource, inst_type, suggest
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"  # real OKX responses; see PROVENANCE.md
 NOW = 1742034030456  # the mock's frozen clock (conftest.NOW)
@@ -292,3 +292,39 @@ def test_a_waf_403_is_one_clear_line_without_the_html(mock_exchange_factory):
     assert "forbidden: refused by the exchange's firewall" in text and "could not be satisfied" in text
     assert "\n" not in text and "<" not in text and len(text) < 300
     assert mock.stats["fault.waf403"] == 1
+
+
+def test_50005_endpoint_unavailable_is_retried(fresh_mock):
+    """50005 (HTTP 410) "API endpoint is inactive or unavailable" (older docs: "API is offline or
+    unavailable"; ccxt: ExchangeNotAvailable) passes: retried with backoff, not a failed run."""
+    fresh_mock.config.extra["okx_errors"] = [[410, "50005"], [410, "50005"]]
+    start = 1704067200000
+    src = source(fresh_mock)
+    src.clients[HISTORY].backoff = 0.01
+    rows = list(src.fetch(task("BTC-USDT", "1h", start, start + 300 * HOUR)))
+    assert fresh_mock.stats["okx.50005"] == 2 and src.stats()["retries"] == 2
+    assert rows == okx_rows("BTC-USDT", "1h", start, start + 300 * HOUR, NOW)
+
+
+def test_50005_that_persists_gives_up_in_one_line(fresh_mock):
+    fresh_mock.config.extra["okx_errors"] = [[410, "50005"]] * 3
+    start = 1704067200000
+    src = source(fresh_mock)
+    src.clients[HISTORY].backoff, src.clients[HISTORY].max_attempts = 0.01, 3
+    with pytest.raises(SourceError) as caught:
+        list(src.fetch(task("BTC-USDT", "1h", start, start + 300 * HOUR)))
+    text = str(caught.value)
+    assert "\n" not in text and "still failing after 3 attempts" in text
+    assert "HTTP 410 50005 API endpoint is inactive or unavailable" in text
+
+
+def test_52000_no_market_data_is_one_clear_line_not_retried(fresh_mock):
+    """52000 (HTTP 200) "No market data found." is an answer, not a passing fault."""
+    fresh_mock.config.extra["okx_errors"] = [[200, "52000"]] * 3
+    start = 1704067200000
+    src = source(fresh_mock)
+    with pytest.raises(SourceError) as caught:
+        list(src.fetch(task("BTC-USDT", "1h", start, start + 300 * HOUR)))
+    text = str(caught.value)
+    assert "\n" not in text and src.stats()["retries"] == 0 and fresh_mock.stats["okx.52000"] == 1
+    assert text.startswith("OKX has no market data for BTC-USDT 1h (OKX 52000: No market data found.)")
