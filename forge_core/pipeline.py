@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from . import budget, retrying
@@ -248,6 +248,11 @@ class Pipeline:
                     opened.append(sink)
                 starts = self._starts(symbols, tf, out_tf, start_ms, auto, since is not None, result)
                 now = source.server_time()
+                if str(end).strip().lower() == "now":  # the exchange's now, not this machine's clock
+                    end_ms = result.end = now + 1
+                    info = replace(info, end=end_ms)
+                    for sink in opened:
+                        _call_plugin("sink", sink.name, getattr(sink, "now_known", _no_hook), info)
                 if not auto and start_ms > now:
                     raise UsageError(f"from date {iso(start_ms)} is in the future (exchange time {iso(now)})")
                 limit = min(end_ms, tf.floor(now))  # the candle open at `now` is never requested
@@ -634,6 +639,10 @@ def _gaps(rows: Sequence[Row], i_open: int, tf: Timeframe, expect: int) -> list[
             gaps.append((expect, ts))
         expect = tf.next_open(ts)
     return gaps
+
+
+def _no_hook(*args: Any) -> None:
+    """An optional plugin method the plugin does not have."""
 
 
 def _output_timeframe(transforms: list[Transform], timeframe: str) -> str:

@@ -68,6 +68,13 @@ class Sink:
     def commit(self) -> None:
         """Make everything written so far durable."""
 
+    def now_known(self, run: RunInfo) -> None:
+        """Optional. For a run ending ``now``, called once before the first :meth:`write`
+        (after :meth:`open`, :meth:`last_open` and :meth:`resume_after`, which run before any
+        request to the exchange) when the exchange's clock is known: ``run`` is the run given
+        to :meth:`open` with ``end`` at the exchange's now (this machine's clock may differ).
+        A sink that names things by the end date takes the name from here."""
+
     def last_open(self, source: str, symbol: str, timeframe: str) -> int | None:
         """Open time of the newest candle this sink already holds for the series, if it can
         tell; ``--from auto`` starts right after it."""

@@ -332,3 +332,57 @@ def test_the_symbol_cannot_escape_the_folder(tmp_path):
     for symbol in run_info.symbols:
         path = Path(sink.path_for(run_info, symbol)).resolve()
         assert path.is_relative_to(tmp_path / "data"), path
+
+
+@pytest.fixture
+def far_east(monkeypatch):
+    """This machine's local time zone is UTC+14: its local date is a day ahead of UTC from 10:00 UTC."""
+    import time
+
+    monkeypatch.setenv("TZ", "Etc/GMT-14")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_run_to_now_is_named_by_the_exchange_s_utc_day(forge, monkeypatch, in_tmp, only_rest, far_east):
+    """The exchange's clock (frozen at 2025-03-15 10:20 UTC; 2025-03-16 00:20 in UTC+14) names the
+    file, not this machine's clock or its local date; the run and the name agree on that day."""
+    from forge_core.times import day_label, now_ms
+
+    assert day_label(NOW) == "2025-03-15" and day_label(now_ms()) != "2025-03-15"
+    with MockExchange(MockConfig(now=NOW)) as mock:
+        result = run(forge, monkeypatch, mock, "--symbol", "BTCUSDT", "-t", "1h", "--from", "2025-03-14", "--to", "now")
+    assert result.code == 0, result
+    name = "Binance-BTCUSDT-1h-2025-03-14_2025-03-15.csv"
+    assert [p.name for p in in_tmp.iterdir()] == [name] and name in result.out
+    assert rows_of((in_tmp / name).read_text())[1:] == expected("BTCUSDT", "1h", "2025-03-14", str(NOW))
+
+
+def test_an_exchange_clock_days_behind_this_machine_names_the_file_and_ends_the_run(forge, monkeypatch, in_tmp,
+                                                                                   only_rest, far_east):
+    """A real-time exchange clock two days behind this machine's: the run ends at the exchange's now
+    and the file says the exchange's day."""
+    from forge_core.times import day_label, now_ms
+
+    with MockExchange(MockConfig(clock_offset=-2 * 86_400_000)) as mock:
+        exchange_day = day_label(mock.now())
+        start = day_label(mock.now() - 86_400_000)
+        result = run(forge, monkeypatch, mock, "--symbol", "BTCUSDT", "-t", "1h", "--from", start, "--to", "now")
+    assert result.code == 0, result
+    assert exchange_day != day_label(now_ms())
+    assert [p.name for p in in_tmp.iterdir()] == [f"Binance-BTCUSDT-1h-{start}_{exchange_day}.csv"]
+
+
+def test_an_interrupted_run_to_now_resumes_under_the_exchange_s_day(forge, monkeypatch, in_tmp, only_rest, far_east):
+    args = ("--symbol", "BTCUSDT", "--from", "2025-03-13", "--to", "now", "--workers", "1", "--commit-every", "1000")
+    name = "Binance-BTCUSDT-1m-2025-03-13_2025-03-15.csv"
+    with failing(5) as broken:
+        assert run(forge, monkeypatch, broken, *args).code == 1
+    assert sorted(p.name for p in in_tmp.iterdir()) == [name + ".part", name + ".part.meta"]
+    with MockExchange(MockConfig(now=NOW)) as healthy:
+        again = run(forge, monkeypatch, healthy, *args)
+    assert again.code == 0 and "resumed BTCUSDT after" in again.out, again
+    assert sorted(p.name for p in in_tmp.iterdir()) == [name]
+    assert rows_of((in_tmp / name).read_text())[1:] == expected("BTCUSDT", "1m", "2025-03-13", str(NOW))

@@ -132,7 +132,7 @@ def readme_env(exchange_env, readme_db, monkeypatch, tmp_path):
 
 
 @pytest.mark.slow  # 3-7 s: fourteen forge commands, a month of 1m candles among them
-def test_readme_shell_blocks_run_as_pasted(forge, readme_env, db, readme_db, monkeypatch):
+def test_readme_shell_blocks_run_as_pasted(forge, readme_env, db, readme_db, monkeypatch, exchange_env):
     ran = 0
     incremental = None
     try:
@@ -169,14 +169,15 @@ def test_readme_shell_blocks_run_as_pasted(forge, readme_env, db, readme_db, mon
     # what the incremental-run section says it leaves: the first file extended to now, under the new end
     assert incremental is not None
     names = sorted(p.name for p in incremental.glob("*.csv"))
-    assert len(names) == 2 and all(n.startswith("Binance-") and n.endswith(f"-1h-2024-01-01_{_today()}.csv")
+    assert len(names) == 2 and all(n.startswith("Binance-") and n.endswith(f"-1h-2024-01-01_{_today(exchange_env)}.csv")
                                    for n in names), names
 
 
-def _today() -> str:
-    from forge_core.times import day_label, now_ms
+def _today(exchange) -> str:
+    """The exchange's UTC day (the mock's clock is frozen): a run to now is named by it."""
+    from forge_core.times import day_label
 
-    return day_label(now_ms())
+    return day_label(exchange.now())
 
 
 @pytest.mark.slow  # 2-4 s: two Python processes importing Forge, run side by side

@@ -125,6 +125,8 @@ class _Target:
     fresh_from: int = -1  # a .part this run created: where its own rows begin (-1: resumed)
     auto: bool = False
     base: str | None = None  # --from auto: the complete file this run extends
+    start_label: str | None = None  # --from auto: the start day in its name (the base's)
+    base_end: str = ""  # --from auto: the end day in the base's name
     prepared: bool = False
     buffer: io.BytesIO | None = None  # follow: what was written since the last commit
     changed: int | None = None  # records the finished file holds that the one it replaced did not
@@ -280,6 +282,27 @@ class CsvSink(Sink):
         t.handle = io.TextIOWrapper(inner, encoding="utf-8", newline="", write_through=False)
         t.writer = csv.writer(t.handle)
 
+    def now_known(self, run: RunInfo) -> None:
+        """``--to now``: a name with ``{end}`` holds the exchange's UTC day, not this machine's.
+        A ``.part`` already opened under the machine's day moves to the new name (its identity
+        holds no end, so a resume finds it under either)."""
+        self.run = run
+        for t in self.targets:
+            if t.kind != "file":
+                continue
+            end = max(t.base_end, run.end_label) if t.base_end else run.end_label
+            path = render(self.template, self._values(run, t.symbols[0], t.start_label, end))
+            if path == t.path:
+                continue
+            real = os.path.realpath(path)
+            if t.prepared:
+                try:
+                    os.replace(t.part, real + ".part")
+                    os.replace(t.part + ".meta", real + ".part.meta")
+                except OSError as exc:
+                    raise SinkError(f"cannot write CSV {real}.part: {exc.strerror}") from None
+            t.path, t.real = path, real
+
     # -- what the file already holds --------------------------------------------------------
     def last_open(self, source: str, symbol: str, timeframe: str) -> int | None:
         t = self.by_symbol.get(symbol)
@@ -341,6 +364,7 @@ class CsvSink(Sink):
         t.base = os.path.realpath(path)
         new_start = start or run.start_label
         new_end = max(end, run.end_label) if end else run.end_label
+        t.start_label, t.base_end = new_start, end
         t.path = render(template, self._values(run, symbol, new_start, new_end))
         t.real = os.path.realpath(t.path)
         key = self._key(run, symbol, new_start)
