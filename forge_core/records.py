@@ -34,6 +34,7 @@ returns against that contract (:func:`check_rows`).
 from __future__ import annotations
 
 import operator
+import sys
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -155,8 +156,9 @@ class TextRows(Sequence[Row]):
         if self._steady == key:
             return True
         first, offset = self.open_ts[0], key[1]
-        if ((first - offset) % ms or self.open_ts != array("q", range(first, first + n * ms, ms))
-                or self.end_ts != array("q", range(first + ms - 1, first + n * ms, ms))):
+        if first < 0 or first + n * ms >= 1 << 63:
+            return False
+        if (first - offset) % ms or self.open_ts != ramp(first, n, ms) or self.end_ts != ramp(first + ms - 1, n, ms):
             return False
         self.step, self._steady = ms, key
         return True
@@ -357,13 +359,35 @@ def _canonical(values: Sequence[str]) -> bool:
     if not values:
         return True
     joined = "".join(values)
-    if joined.isascii() and joined.isdigit():  # only the digits 0-9: no sign, space or "_"
+    if joined.isascii() and joined.isdigit() and "" not in values:  # only the digits 0-9: no sign, space or "_"
         # a value starting with "0" must be "0" itself (no leading zeros)
         return ("," + ",".join(values)).count(",0") == values.count("0")
     try:
         return list(map(str, map(int, values))) == list(values)
     except (ValueError, TypeError):
         return False
+
+
+def ramp(first: int, n: int, step: int) -> array:
+    """``array("q", range(first, first + n * step, step))`` about four times faster: the int64s
+    are laid side by side in one big integer, doubled in place (``log2(n)`` big-integer
+    operations instead of a Python int per element), then copied out as bytes. Every value
+    must be in ``[0, 2**63)``."""
+    if n <= 0:
+        return array("q")
+    if first < 0 or first + (n - 1) * step >= 1 << 63 or step < 0:
+        raise ValueError("ramp values must be in [0, 2**63)")
+    value, ones, m = first, 1, 1  # value = sum(first + k*step << 64k for k < m), ones = sum(1 << 64k)
+    while m < n:
+        shift = 64 * m
+        value |= (value + m * step * ones) << shift
+        ones |= ones << shift
+        m *= 2
+    out = array("q")
+    out.frombytes(value.to_bytes(8 * m, "little")[: 8 * n])
+    if sys.byteorder != "little":
+        out.byteswap()
+    return out
 
 
 def _parse(text: str, size: int, width: int, ints: tuple[int, ...]) -> list[Row]:

@@ -58,6 +58,14 @@ def test_an_int_column_that_is_not_canonical_makes_no_text_rows(value):
                           fixed={"source": "x", "symbol": "S", "timeframe": "1m"}, ints=("trades",)) is None
 
 
+def test_an_empty_int_among_canonical_ones_makes_no_text_rows():
+    # "" is no int: the tuples could not be built (it hid behind the digits of the other rows)
+    assert TextRows.build(COLS, {"open_ts": ["0", "60000"], "end_ts": ["59999", "119999"], "open": ["1", "1"],
+                                 "high": ["2", "2"], "low": ["1", "1"], "close": ["1", "1"], "volume": ["1", "1"],
+                                 "trades": ["7", ""]},
+                          fixed={"source": "x", "symbol": "S", "timeframe": "1m"}, ints=("trades",)) is None
+
+
 @pytest.mark.parametrize("opens,ends,symbol,message", [
     ([0, 60_000, 120_001], None, "S", "row 2 opens at 120001, not on the 1m grid"),
     ([0, 60_000], [59_999, 60_000], "S", "row 1 opening 60000 has end_ts 60000, expected 119999"),

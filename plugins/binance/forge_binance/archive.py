@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
@@ -46,7 +47,7 @@ from forge_core import (
     iso,
     row_maker,
 )
-from forge_core.records import ascending
+from forge_core.records import ascending, ramp
 
 log = get_logger(__name__)
 
@@ -282,6 +283,9 @@ def _text_rows(piece: bytes, tf: Timeframe, fixed: dict[str, str]) -> TextRows |
         return None  # a line without 12 fields (or an empty line)
     flat.pop()  # the "" after the last line
     opens, closes = flat[0::13], flat[6::13]
+    rows = _steady_piece(flat, opens, closes, n, tf, fixed)
+    if rows is not None:
+        return rows
     if len(max(opens, key=len)) > _MS_DIGITS:
         if len(min(opens, key=len)) <= _MS_DIGITS or "10000000000000" in opens:
             return None  # milliseconds and microseconds mixed (or exactly 1e13)
@@ -295,6 +299,48 @@ def _text_rows(piece: bytes, tf: Timeframe, fixed: dict[str, str]) -> TextRows |
     return rows
 
 
+def _steady_piece(flat: list[str], opens: list[str], closes: list[str], n: int, tf: Timeframe,
+                  fixed: dict[str, str]) -> TextRows | None:
+    """The usual piece, one unbroken run of candles, as TextRows; None for anything else (a
+    hole, another close time, a leading zero, ms and µs mixed: the general path decides).
+
+    Its opens and closes are compared, as one string each, with those of the run its first open
+    starts (written by one ``%`` format): that checks every one canonical, one candle after the
+    previous and closing at the candle's last millisecond, without parsing a number; their
+    int64 arrays then come from :func:`ramp`. The core checks those arrays against the grid
+    again (``check_rows``)."""
+    ms = tf.ms
+    head = opens[0]
+    if ms is None or not head.isdigit():
+        return None
+    first = int(head)
+    scale = 1000 if first > _MICROS else 1
+    step = ms * scale
+    stop = first + n * step
+    if (scale == 1 and stop - step > _MICROS) or first % scale or stop >= 1 << 63:
+        return None  # ms running into the µs range (the year 2286), µs off a millisecond, > int64
+    form = "%d," * (n - 1) + "%d"
+    if (",".join(opens) != form % tuple(range(first, stop, step))
+            or ",".join(closes) != form % tuple(range(first + step - 1, stop, step))):
+        return None
+    trades = flat[8::13]
+    joined = ",".join(trades)
+    if "." in joined or "" in trades or joined.count(",0") + (joined[:1] == "0") != trades.count("0"):
+        return None  # not canonical decimal integers (a leading zero, an empty field)
+    prefix = f"{fixed['source']},{fixed['symbol']},{fixed['timeframe']}"
+    if prefix.count(",") != 2 or any(c in prefix for c in '"\r\n'):
+        return None  # a constant that would need quoting
+    if scale != 1:
+        opens, closes, first = list(map(_CUT, opens)), list(map(_CUT, closes)), first // scale
+    text = "\r\n".join(map(",".join, zip(repeat(prefix, n), opens, closes, flat[1::13], flat[2::13], flat[3::13],
+                                         flat[4::13], flat[5::13], flat[7::13], trades, flat[9::13],
+                                         flat[10::13], strict=True))) + "\r\n"
+    rows = TextRows(COLUMNS, [text], [n], ramp(first, n, ms), ramp(first + ms - 1, n, ms), _INT_INDEXES, dict(fixed))
+    rows.step = ms  # every open one candle after the previous: checked above
+    return rows
+
+
+_INT_INDEXES = tuple(COLUMNS.index(c) for c in ("open_ts", "end_ts", "trades"))
 ARROW_FROM = 64 << 10  # bytes of CSV from which a piece is worth pyarrow
 _ARROW: Any = None  # (pyarrow, pyarrow.csv, pyarrow.compute, options) once looked for; False: absent
 _ARROW_LOCK = threading.Lock()

@@ -291,3 +291,63 @@ def test_archive_lines_that_are_not_plain_are_read_line_by_line_as_before(monkey
         return
     rows = read_rows(data, "binance", "S", parse_timeframe("1m"), 0, 2**62)
     assert isinstance(rows, list) and rows == want
+
+
+def test_ramp_is_the_int64_array_of_a_range():
+    from array import array
+
+    from forge_core.records import ramp
+
+    for first, n, step in [(0, 0, 1), (5, 1, 7), (1_704_067_200_000, 1747, 60_000), (1_735_689_600_000_000, 1000, 60_000_000),
+                           (2**62, 3, 2**60 - 1), (123, 1025, 0), (2**63 - 3, 3, 1), (5, 9, 2**60 - 1)]:
+        assert ramp(first, n, step) == array("q", [first + k * step for k in range(n)]), (first, n, step)
+    with pytest.raises(ValueError):
+        ramp(2**63 - 1, 2, 1)  # the second value does not fit an int64
+
+
+@pytest.mark.parametrize("micros", [False, True])
+def test_an_unbroken_piece_is_read_without_parsing_a_number(monkeypatch, micros):
+    """The usual piece is checked by comparing its opens and closes as text with the run its
+    first open starts: no int is parsed per row (issue 18: the archive path at its floor)."""
+    from forge_core import TextRows, records
+
+    use_parser(monkeypatch, False)
+    data = zipped(kline_text(4000, micros=micros))
+    want = line_by_line(data, "1m")
+
+    def no_parsing(values):
+        raise AssertionError("parsed the opens one by one")
+
+    monkeypatch.setattr(records, "_ints", no_parsing)
+    rows = read_rows(data, "binance", "S", parse_timeframe("1m"), 0, 2**62)
+    assert isinstance(rows, TextRows) and len(rows.texts) > 1 and rows.step == 60_000
+    assert list(rows) == want and list(rows.open_ts) == [r[3] for r in want] and list(rows.end_ts) == [r[4] for r in want]
+
+
+@pytest.mark.parametrize("line,problem", [
+    ("{o},1,2,0.5,1.5,10,{c1},15,3,5,7.5,0\n", ValueError),  # a close one millisecond late
+    ("0{o},1,2,0.5,1.5,10,{c},15,3,5,7.5,0\n", None),  # a leading zero: read line by line
+    ("{o},1,2,0.5,1.5,10,{c},15,03,5,7.5,0\n", None),  # trades with a leading zero
+    ("{o},1,2,0.5,1.5,10,{c},15,,5,7.5,0\n", ValueError),  # no trades
+    ("{o2},1,2,0.5,1.5,10,{c2},15,3,5,7.5,0\n", None),  # a hole of one candle
+])
+def test_a_piece_that_is_not_one_unbroken_run_takes_the_general_path(monkeypatch, line, problem):
+    """One odd line in the middle of a piece: the same rows (or the same error) as reading
+    every line one by one."""
+    use_parser(monkeypatch, False)
+    lines = kline_text(3000).splitlines(keepends=True)
+    o = 1_704_067_200_000 + 1500 * 60_000
+    lines[1500] = line.format(o=o, c=o + 59_999, c1=o + 60_000, o2=o + 60_000, c2=o + 119_999)
+    if "{o2}" in line:
+        del lines[1501]
+    data = zipped("".join(lines))
+    try:
+        want = line_by_line(data, "1m")
+    except (ValueError, IndexError) as exc:
+        assert problem is type(exc)
+        with pytest.raises(type(exc)):
+            read_rows(data, "binance", "S", parse_timeframe("1m"), 0, 2**62)
+        return
+    assert problem is None
+    rows = read_rows(data, "binance", "S", parse_timeframe("1m"), 0, 2**62)
+    assert list(rows) == want
