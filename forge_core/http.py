@@ -45,9 +45,12 @@ class RateLimiter:
 
     ``initial`` is a conservative capacity used until the exchange's real limit is known
     (:meth:`reconfigure`): start-up requests (exchange info, server time, probes) draw from it.
-    It caps this process only: a shared budget (:mod:`forge_core.budget`) is charged at the
-    full ``capacity`` (at the initial one, every new source's start-up would cost the
-    participants ten times its weight).
+    It caps this limiter's own spending only: what the server says others behind the IP used
+    (:meth:`observe`) counts against the published ``capacity`` (against the initial one, a run
+    started after others had spent a tenth of the limit would wait out the whole window before
+    its first request), and a shared budget (:mod:`forge_core.budget`) is charged at the full
+    ``capacity`` (at the initial one, every new source's start-up would cost the participants
+    ten times its weight).
 
     ``counting_window`` is the exchange's own fixed, epoch-aligned window (Binance: 60 s) when
     ``window`` adds a slack to it: :meth:`observe` aligns the server's count on it.
@@ -61,8 +64,9 @@ class RateLimiter:
         self.name = name
         self.known = initial is None
         self._lock = threading.Lock()
-        self._log: deque[tuple[float, float]] = deque()
-        self._used = 0.0
+        self._log: deque[tuple[float, float, bool]] = deque()  # (when, units, spent by this limiter)
+        self._used = 0.0  # every unit in the window, ours and those the server reported
+        self._own = 0.0  # ours only: what the initial capacity caps
         self._paused_until = 0.0
         self.waited = 0.0
 
@@ -76,7 +80,25 @@ class RateLimiter:
     def _expire(self, now: float) -> None:
         horizon = now - self.window
         while self._log and self._log[0][0] <= horizon:
-            self._used -= self._log.popleft()[1]
+            _, units, own = self._log.popleft()
+            self._used -= units
+            if own:
+                self._own -= units
+
+    def _wait_for(self, cost: float, now: float) -> float:
+        """Seconds until ``cost`` more units fit (0: they fit now)."""
+        over_all = self._used + cost - (self.capacity if self.known else self.limit)
+        over_own = -1.0 if self.known else self._own + cost - self.capacity
+        wait = 0.0
+        for over, own_only in ((over_all, False), (over_own, True)):
+            freed = 0.0
+            for t, units, own in self._log:  # until enough of the oldest entries leave the window
+                if over <= 0 or freed >= over:
+                    break
+                if own or not own_only:
+                    freed += units
+                    wait = max(wait, t + self.window - now)
+        return wait
 
     def acquire(self, cost: float = 1.0, cancel: threading.Event | None = None) -> bool:
         """Take ``cost`` units, waiting as long as needed; False if ``cancel`` was set meanwhile."""
@@ -85,24 +107,16 @@ class RateLimiter:
             with self._lock:
                 now = time.monotonic()
                 self._expire(now)
-                if now < self._paused_until:
-                    wait = self._paused_until - now
-                elif self._used + cost <= self.capacity:
-                    self._log.append((now, cost))
+                wait = self._paused_until - now if now < self._paused_until else self._wait_for(cost, now)
+                if wait <= 0:
+                    self._log.append((now, cost, True))
                     self._used += cost
+                    self._own += cost
                     shared = budget.current()
                     if shared is None:
                         return True
                     break
-                else:
-                    # wait until enough of the oldest entries have left the window
-                    need, freed, wait = self._used + cost - self.capacity, 0.0, 0.0
-                    for t, c in self._log:
-                        freed += c
-                        wait = t + self.window - now
-                        if freed >= need:
-                            break
-                self.waited += max(wait, 0.0)
+                self.waited += wait
             if cancel is None:
                 time.sleep(max(wait, 0.001))
             elif cancel.wait(max(wait, 0.001)):
@@ -136,7 +150,7 @@ class RateLimiter:
             now = time.monotonic()
             self._expire(now)
             if used > self._used:
-                self._log.append((now, used - self._used))
+                self._log.append((now, used - self._used, False))
                 self._used = used
         shared = budget.current()
         if shared is not None:

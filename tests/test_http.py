@@ -370,6 +370,28 @@ def test_a_conservative_initial_budget_until_the_real_limit_is_known():
     assert limiter.known and limiter.capacity == 6000 and limiter._used == 30
 
 
+def test_weight_others_spent_counts_against_the_published_limit_not_the_initial_one():
+    """A run started after earlier runs on the same IP spent more than the initial tenth of the
+    limit: its start-up must not wait out the window (the streamforge guide's batch loop waited
+    about 60 s per run), while its own start-up spending stays capped by the initial capacity."""
+    limiter = RateLimiter(5700, 61, initial=600)
+    limiter.observe(900)  # X-MBX-USED-WEIGHT-1M of the IP, spent by earlier runs
+    started = time.monotonic()
+    assert limiter.acquire(20) and limiter.acquire(20)
+    assert time.monotonic() - started < 0.5 and limiter.waited == 0
+    for _ in range(28):
+        limiter.acquire(20)  # 600 of its own now
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    assert limiter.acquire(20, cancel) is False  # its own 601st unit waits until the limit is known
+    assert limiter.waited > 50
+    limiter.observe(5690)  # the IP is at the published limit: nothing more until it frees up
+    limiter.reconfigure(5700, 61)
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    assert limiter.acquire(20, cancel) is False
+
+
 def test_retry_after_reads_seconds_and_http_dates():
     from email.utils import formatdate
 
