@@ -12,8 +12,9 @@ the test PostgreSQL by one more substitution, ``host="localhost"`` -> its addres
 server trusts the ``postgres`` role from 127.0.0.1, so the guide's passwords need no change).
 Blocks that are deliberately incomplete in the guide (``sf.BinanceBackfilling(...)`` with a
 literal ``...``) are listed in FRAGMENTS and not run; the test fails if that list and the guide
-disagree. The mock follows the real clock, because the guide's "daily update" uses
-``datetime.now()``.
+disagree. The mock's clock is frozen at ``NOW`` (2025-03-15 10:20:30.456 UTC) and the guide's
+``datetime.now()`` (its "daily update") reads that clock too, by one more substitution: so "backfill
+to now" is the same 630,000 candles whatever the date the suite runs on.
 """
 
 from __future__ import annotations
@@ -21,15 +22,13 @@ from __future__ import annotations
 import csv
 import functools
 import re
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg2
 import pytest
 
-from forge_core.times import parse_range
+from forge_core.times import day_label, now_ms, parse_range
 from forge_mock_exchange import MockConfig, MockExchange
 from forge_mock_exchange.expected import as_csv_lines, binance_rows
 from forge_mock_exchange.expected_okx import okx_rows
@@ -40,6 +39,7 @@ __all__ = ["FRAGMENTS", "guide", "parse_guide", "test_backfill_to_now_ends_with_
            "test_transformer_columns_appear_in_the_csv"]
 
 FRAGMENTS = {"Rate Limiting", "Safe Re-Running"}  # headings of blocks with a literal `...`
+NOW = 1742034030456  # 2025-03-15 10:20:30.456 UTC: the mock's clock, and the guide's datetime.now()
 
 
 def parse_guide(text: str) -> list[tuple[str, str]]:
@@ -66,12 +66,12 @@ def guide(guide_blocks, pg_url, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("guide")
     outcomes: dict[str, list[str]] = {}
     mp = pytest.MonkeyPatch()
-    with MockExchange(MockConfig()) as mock:
+    with MockExchange(MockConfig(now=NOW)) as mock:
         for name in ("FORGE_BINANCE_URL", "FORGE_BINANCE_FUTURES_URL", "FORGE_OKX_URL", "FORGE_BINANCE_ARCHIVE_URL"):
             mp.setenv(name, mock.url)
         mp.chdir(workdir)
         namespace: dict = {"__name__": "seed_guide"}
-        started = int(time.time() * 1000)
+        days = [day_label(now_ms())]
         try:
             for i, (heading, code) in enumerate(guide_blocks):
                 key = f"{i:02d} {heading}"
@@ -81,6 +81,7 @@ def guide(guide_blocks, pg_url, tmp_path_factory):
                     continue
                 code = code.replace("import streamforge as sf", "import forge_core as sf")
                 code = code.replace('host="localhost"', f'host="{parts.hostname}", port={parts.port}')
+                code = code.replace("datetime.now()", f"datetime.fromtimestamp({NOW / 1000})")
                 if "sf." in code and "import forge_core as sf" not in code:
                     code = "import forge_core as sf\n" + code
                 if "postgres_with_upsert" in code and "postgres_with_upsert" not in namespace:
@@ -93,7 +94,7 @@ def guide(guide_blocks, pg_url, tmp_path_factory):
         finally:
             mp.undo()
     return {"dir": workdir, "outcomes": outcomes, "db": pg_url.rsplit("/", 1)[0] + "/crypto",
-            "started": started, "finished": int(time.time() * 1000), "blocks": len(guide_blocks)}
+            "blocks": len(guide_blocks), "days": {*days, day_label(now_ms())}}
 
 
 def read(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -123,26 +124,25 @@ def test_every_block_ran_except_the_listed_fragments(guide):
 ])
 def test_csv_outputs_are_exact(guide, name, symbol, tf, start, end):
     _, rows = read(guide["dir"] / name)
-    assert rows == expected(symbol, tf, start, end, guide["started"])
+    assert rows == expected(symbol, tf, start, end, NOW)
 
 
 def test_backfill_to_now_ends_with_the_last_closed_candle(guide):
-    today = datetime.fromtimestamp(guide["started"] / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
     [path] = [p for p in guide["dir"].glob("Binance-BTCUSDT-1m-2024-01-01_*.csv") if "2024-12-31" not in p.name]
-    assert path.name in (f"Binance-BTCUSDT-1m-2024-01-01_{today}.csv",) or path.name.endswith(".csv")
+    # "now" in a name is this machine's UTC day (sinks are opened before the exchange is asked)
+    assert path.name in {f"Binance-BTCUSDT-1m-2024-01-01_{day}.csv" for day in guide["days"]}
     _, rows = read(path)
-    assert int(rows[0][3]) == 1704067200000
-    last_end = int(rows[-1][4])
-    assert last_end < guide["finished"] and last_end >= guide["started"] - 2 * 60_000
-    opens = [int(r[3]) for r in rows]
-    assert len(opens) == len(set(opens)) and opens == sorted(opens)
-    assert rows == expected("BTCUSDT", "1m", "2024-01-01", str(last_end), guide["finished"])
+    last_closed_end = NOW // 60_000 * 60_000 - 1  # the candle open at NOW is not closed yet
+    assert int(rows[0][3]) == 1704067200000 and int(rows[-1][4]) == last_closed_end
+    year = expected("BTCUSDT", "1m", "2024-01-01", "2024-12-31", NOW)  # cached: the year's file is checked too
+    assert rows[:len(year)] == year
+    assert rows[len(year):] == expected("BTCUSDT", "1m", "2025-01-01", str(last_closed_end), NOW)
 
 
 def test_transformer_columns_appear_in_the_csv(guide):
     header, rows = read(guide["dir"] / "btc_with_indicators.csv")
     assert header[-3:] == ["price_change_pct", "is_bullish", "price_range"]
-    assert len(rows) == len(expected("BTCUSDT", "1h", "2024-01-01", "2024-12-31", guide["started"]))
+    assert len(rows) == len(expected("BTCUSDT", "1h", "2024-01-01", "2024-12-31", NOW))
     for row in rows[:50]:
         o, h, lo, c = (float(row[header.index(k)]) for k in ("open", "high", "low", "close"))
         assert float(row[-3]) == pytest.approx((c - o) / o * 100)
@@ -171,12 +171,19 @@ def test_postgres_examples_loaded_exact_rows_without_duplicates(guide):
         hourly = dict(cur.fetchall())
         cur.execute("SELECT count(*) FROM klines WHERE source='okx' AND timeframe='1h'")
         okx_hours = cur.fetchone()[0]
+        cur.execute("SELECT open_ts, close FROM klines WHERE source='binance' AND symbol='BTCUSDT' "
+                    "AND timeframe='1m' AND open_ts >= 1741910400000 ORDER BY open_ts")  # 2025-03-14 on
+        daily = cur.fetchall()
     conn.close()
-    want = expected("BTCUSDT", "1m", "2024-10-01", "2024-10-31", guide["started"])
+    want = expected("BTCUSDT", "1m", "2024-10-01", "2024-10-31", NOW)
     assert [(r[0], r[1]) for r in got] == [(int(w[3]), int(w[4])) for w in want]
     assert [float(x) for x in got[0][2:]] == [float(x) for x in want[0][5:10]]
-    full_year = len(expected("BTCUSDT", "1h", "2024-01-01", "2024-12-31", guide["started"]))
+    full_year = len(expected("BTCUSDT", "1h", "2024-01-01", "2024-12-31", NOW))
     assert {s: hourly.get(s) for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT", "ADAUSDT")} == dict.fromkeys(
         ("BTCUSDT", "ETHUSDT", "SOLUSDT", "ADAUSDT"), full_year)
     lo, hi = parse_range("2024-01-01", "2024-12-31")
-    assert okx_hours == len(okx_rows("BTC-USDT", "1h", lo, hi, guide["started"]))
+    assert okx_hours == len(okx_rows("BTC-USDT", "1h", lo, hi, NOW))
+    # "Daily Update": yesterday and today by the (frozen) clock, up to the last closed candle
+    want_daily = expected("BTCUSDT", "1m", "2025-03-14", "2025-03-15", NOW)
+    assert len(daily) == len(want_daily) > 1400
+    assert [(r[0], float(r[1])) for r in daily] == [(int(w[3]), float(w[8])) for w in want_daily]
