@@ -42,6 +42,7 @@ from typing import Any, TextIO
 
 import requests
 
+from . import retrying
 from .errors import RetryableError, UsageError
 from .http import Cancelled, GaveUp
 from .logs import get_logger
@@ -55,6 +56,7 @@ from .pipeline import (
     _symbols,
     fetch_checked,
 )
+from .progress import fit, retry_parts
 from .records import Batch, Row
 from .sinks import RunInfo, Sink
 from .sources import Source, Task
@@ -226,6 +228,7 @@ class Follower:
         self._pool: ThreadPoolExecutor | None = None
         self._last_tick = 0.0
         self.now = 0  # exchange time of the current pass
+        self.waiting: tuple[str, float] | None = None  # what the run waits for, and until when (epoch s)
 
     # -- control --------------------------------------------------------------------------
     def stop(self, reason: str = "stop()") -> None:
@@ -313,7 +316,7 @@ class Follower:
                 self.result.outages += 1
                 log.warning("exchange_down", error=str(exc)[:300], retry_in=round(backoff, 1),
                             detail="still following: retrying with backoff until the exchange answers")
-                self._wait_local(_local_seconds() + backoff)
+                self._wait("exchange down", backoff)
                 backoff = min(backoff * 2, 30.0)
                 self.clock.stale = True  # re-read the exchange's clock before the next pass
                 continue
@@ -350,6 +353,15 @@ class Follower:
         if late > 2.0 and not self.stopping.is_set():  # the process was stopped or starved
             log.warning("woke_late", seconds=round(late, 1), detail="catching up over REST")
             self.clock.stale = True
+
+    def _wait(self, what: str, seconds: float) -> None:
+        """Back off ``seconds`` with the status line saying ``what`` and when the next try is."""
+        self.waiting = (what, time.time() + seconds)
+        try:
+            self._tick(force=True)
+            self._wait_local(_local_seconds() + seconds)
+        finally:
+            self.waiting = None
 
     def _wait_local(self, target: float) -> None:
         while not self.stopping.is_set():
@@ -546,9 +558,9 @@ class Follower:
             elif lag >= 1.0 and s.current and lag > min(self.lag_warning, 5.0):
                 s.current = False
 
-    def _tick(self) -> None:
+    def _tick(self, force: bool = False) -> None:
         wall = time.monotonic()
-        if wall - self._last_tick < 0.5:
+        if wall - self._last_tick < 0.5 and not force:
             return
         self._last_tick = wall
         if self.clock.offset_ms is not None:
@@ -566,14 +578,16 @@ class Follower:
                     raise Cancelled("stopped") from None
                 log.warning("exchange_down", error=str(exc)[:300], retry_in=round(backoff, 1),
                             detail="still following: retrying with backoff until the exchange answers")
-                self._wait_local(_local_seconds() + backoff)
+                self._wait("exchange down", backoff)
                 if self.stopping.is_set():
                     raise Cancelled("stopped") from None
                 backoff = min(backoff * 2, 30.0)
 
 
 class StatusLine:
-    """One stderr line on a terminal: per series its last candle and lag, fitted to the width."""
+    """One stderr line on a terminal: per series its last candle and lag, fitted to the width.
+    While a request waits to be retried (``forge_core.retrying``), or the follow run waits for
+    the exchange or a destination to come back, the line says that first."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
@@ -581,10 +595,26 @@ class StatusLine:
         self._drawn = False
 
     def __call__(self, follower: Follower) -> None:
-        if not self.enabled or follower.clock.offset_ms is None:
+        if not self.enabled:
             return
-        now = follower.clock.now()
         width = max(20, shutil.get_terminal_size((80, 20)).columns - 1)
+        first = retry_parts(retrying.active())
+        waiting = getattr(follower, "waiting", None)
+        if waiting is not None:
+            first.insert(0, f"{waiting[0]}: next try at {retrying.clock(waiting[1])} UTC")
+        if follower.clock.offset_ms is None:  # before the exchange's clock is known: only waits
+            if not first:
+                return
+            line = fit(first, width)
+        else:
+            line = fit([*first, self._series(follower, width)], width)
+        self.stream.write("\r" + line[:width].ljust(min(width, 79)))
+        self.stream.flush()
+        self._drawn = True
+
+    @staticmethod
+    def _series(follower: Follower, width: int) -> str:
+        now = follower.clock.now()
         lags = {sym: follower.lag(s, now) for sym, s in follower.series.items()}
         parts = []
         for sym, s in follower.series.items():
@@ -595,9 +625,7 @@ class StatusLine:
             behind = sum(1 for lag in lags.values() if lag > (follower.out_tf.ms or 0) / 1000 + 2)
             line = (f"following {len(parts)} series, {len(parts) - behind} current, max lag "
                     f"{max(lags.values(), default=0):.1f}s")
-        self.stream.write("\r" + line[:width].ljust(min(width, 79)))
-        self.stream.flush()
-        self._drawn = True
+        return line
 
     def finish(self) -> None:
         if self._drawn:

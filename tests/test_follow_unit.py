@@ -177,3 +177,45 @@ def test_a_sink_that_calls_sys_exit_while_following_is_a_failure_naming_it() -> 
     pipeline.result = RunResult("still", "1m", 0, 0)
     with ThreadPoolExecutor(1) as follower._pool, pytest.raises(SinkError, match="sink 'exiting' raised sys.exit"):
         follower._pass([s], HOUR)
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_status_line_shows_a_request_waiting_to_be_retried(monkeypatch) -> None:
+    """The run's progress line says what is retrying; the follow status line did not (it kept
+    showing the lag grow, as if nothing happened)."""
+    import time
+
+    from forge_core import retrying
+
+    follower, _ = resampling_follower()
+    follower.clock.sync()
+    follower.series["BTCUSDT"] = SeriesState("BTCUSDT", 0, last_open=0)
+    monkeypatch.setenv("COLUMNS", "200")
+    stream = Tty()
+    now = time.time()
+    retrying.begin(retrying.Retrying("api.binance.com", "/api/v3/klines", "BTCUSDT", "HTTP 503", 2, 10,
+                                     now + 4, now + 300))
+    try:
+        StatusLine(stream)(follower)
+    finally:
+        retrying.end()
+    drawn = stream.getvalue().split("\r")[-1]
+    assert drawn.startswith("retrying BTCUSDT HTTP 503: attempt 2/10 at ") and "api.binance.com/api/v3/klines" in drawn
+    assert "BTCUSDT 00:00:00 lag" in drawn and len(drawn) <= 199
+    StatusLine(stream)(follower)  # retried: the line is the series again
+    assert stream.getvalue().split("\r")[-1].startswith("following: ")
+
+
+def test_status_line_shows_what_the_follow_run_waits_for(monkeypatch) -> None:
+    import time
+
+    follower, _ = resampling_follower()
+    monkeypatch.setenv("COLUMNS", "100")
+    stream = Tty()
+    follower.waiting = ("exchange down", time.time() + 8)
+    StatusLine(stream)(follower)  # before the exchange's clock is known, too
+    assert stream.getvalue().split("\r")[-1].startswith("exchange down: next try at ")
