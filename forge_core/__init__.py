@@ -8,7 +8,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import ForgeError, RetryableError, SinkError, SourceError, TransformError, UsageError
+from .errors import (
+    ForgeError,
+    RetryableError,
+    SinkError,
+    SinkUnavailable,
+    SourceError,
+    TransformError,
+    UsageError,
+)
 from .hookspecs import hookimpl
 from .http import Cancelled, GaveUp, HttpClient, RateLimiter, default_check
 from .logs import get_logger
@@ -71,6 +79,7 @@ __all__ = [
     "SECOND",
     "Sink",
     "SinkError",
+    "SinkUnavailable",
     "Source",
     "SourceError",
     "SymbolInfo",

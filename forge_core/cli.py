@@ -231,7 +231,8 @@ def run_command(plugins: Plugins, args: list[str] | None = None) -> click.Comman
                 progress.finish()  # follow's own status line owns the terminal: no retry redraws
             auto = str(kw["from_"]).strip().lower() == "auto"
             code = run_cli(pipeline, kw["symbol"], kw["timeframe"], kw["since"] or (None if auto else kw["from_"]),
-                           lag_warning=kw["lag_warning"], quiet=kw["quiet"], echo=click.echo)
+                           lag_warning=kw["lag_warning"], quiet=kw["quiet"], echo=click.echo,
+                           sink_give_up=kw["sink_give_up"])
             if code:
                 raise click.exceptions.Exit(code)
             return
@@ -300,6 +301,9 @@ def run_command(plugins: Plugins, args: list[str] | None = None) -> click.Comman
                      help="With --from auto or --follow: where a series the sinks do not hold yet starts."),
         click.Option(["--lag-warning"], type=click.FloatRange(0), default=30.0, show_default=True,
                      metavar="SECONDS", help="--follow: warn when a series falls this far behind."),
+        click.Option(["--sink-give-up"], type=click.FloatRange(0), default=None, metavar="SECONDS",
+                     help="--follow: end the run (exit 1) when a destination stays down this long "
+                          "(default: wait for it with backoff, however long)."),
         click.Option(["--summary-json"], metavar="FILE", type=click.Path(dir_okay=False),
                      help="Also write the run's summary as JSON to FILE (even when the run fails), for scripts."),
         click.Option(["-v", "--verbose"], count=True, help="More logs (-v info, -vv debug); tracebacks on errors."),

@@ -42,5 +42,10 @@ class SinkError(ForgeError):
     """The destination could not accept or commit rows."""
 
 
+class SinkUnavailable(SinkError):
+    """The destination cannot be reached now (a lost connection retried for a while, the rows
+    kept): a run fails with it, a follow run waits for the destination and commits again."""
+
+
 class TransformError(ForgeError):
     """A transform raised while processing a batch."""

@@ -43,7 +43,7 @@ from typing import Any, TextIO
 import requests
 
 from . import retrying
-from .errors import RetryableError, UsageError
+from .errors import RetryableError, SinkUnavailable, UsageError
 from .http import Cancelled, GaveUp
 from .logs import get_logger
 from .pipeline import (
@@ -160,6 +160,7 @@ class FollowResult:
     elapsed: float = 0.0
     passes: int = 0
     outages: int = 0
+    sink_outages: int = 0  # waits for a destination that was down
     source_stats: dict[str, int] = field(default_factory=dict)
     destinations: list[str] = field(default_factory=list)
 
@@ -192,7 +193,8 @@ class Follower:
                  lag_warning: float = 30.0, poll_delay: float = 0.05, resync: float = 60.0,
                  workers: int | None = None,
                  on_commit: Callable[[str, int, float], None] | None = None,
-                 on_tick: Callable[[Follower], None] | None = None) -> None:
+                 on_tick: Callable[[Follower], None] | None = None,
+                 sink_give_up: float | None = None) -> None:
         self.pipeline = pipeline
         self.source: Source = pipeline.source
         self._open, self._end = self.source.columns.index("open_ts"), self.source.columns.index("end_ts")
@@ -217,6 +219,8 @@ class Follower:
         self.commit_every = pipeline.commit_every
         self.on_commit = on_commit
         self.on_tick = on_tick
+        self.sink_give_up = sink_give_up  # seconds a destination may stay down (None: wait forever)
+        self._sink_down = False
         self.clock = ExchangeClock(self.source, resync=resync)
         self.stopping = threading.Event()
         self.stopped_by = ""
@@ -261,7 +265,9 @@ class Follower:
             except Cancelled:
                 if not self.stopping.is_set():
                     raise
-            ok = True
+            # stopped while a destination was down: what it did not commit is abandoned, and
+            # the next run continues after the last commit
+            ok = not self._sink_down
         finally:
             self.result.elapsed = time.monotonic() - began
             self.result.stopped_by = self.stopped_by
@@ -299,18 +305,13 @@ class Follower:
         backoff = 1.0
         while not self.stopping.is_set():
             try:
-                if self.clock.due():
-                    self.clock.sync()
-                self.now = self.clock.now()
-                limit = self.out_tf.floor(self.now)
-                due = [s for s in self.series.values() if self._is_due(s, limit)]
-                if due:
-                    self._pass(due, limit)
-                if self.result.outages and backoff > 1.0:
-                    log.warning("exchange_back", detail="the exchange answers again; catching up")
+                self._follow_step(backoff)
                 backoff = 1.0
             except TRANSIENT as exc:
-                self._commit()  # keep what came before the failure
+                try:
+                    self._commit()  # keep what came before the failure
+                except SinkUnavailable as down:
+                    self._await_sinks(down)
                 if self.stopping.is_set():
                     break
                 self.result.outages += 1
@@ -320,6 +321,9 @@ class Follower:
                 backoff = min(backoff * 2, 30.0)
                 self.clock.stale = True  # re-read the exchange's clock before the next pass
                 continue
+            except SinkUnavailable as down:
+                self._await_sinks(down)
+                continue
             except Cancelled:
                 if self.stopping.is_set():
                     break
@@ -327,6 +331,45 @@ class Follower:
             if self.stopping.is_set():
                 break
             self._sleep_until_due()
+
+    def _follow_step(self, backoff: float) -> None:
+        if self.clock.due():
+            self.clock.sync()
+        self.now = self.clock.now()
+        limit = self.out_tf.floor(self.now)
+        due = [s for s in self.series.values() if self._is_due(s, limit)]
+        if due:
+            self._pass(due, limit)
+        if self.result.outages and backoff > 1.0:
+            log.warning("exchange_back", detail="the exchange answers again; catching up")
+
+    def _await_sinks(self, error: SinkUnavailable) -> None:
+        """A destination stays down past its own retries: following is meant to run for days,
+        so wait with backoff (one warning per wait) and commit the kept rows again, until it
+        answers, the run is stopped, or ``sink_give_up`` seconds have passed (then ``error``)."""
+        began, backoff = _local_seconds(), 1.0
+        self._sink_down = True
+        while True:
+            waited = _local_seconds() - began
+            if self.sink_give_up is not None and waited + backoff > self.sink_give_up:
+                log.warning("sink_gave_up", error=str(error)[:300], waited=round(waited, 1))
+                raise error
+            self.result.sink_outages += 1
+            log.warning("sink_down", error=str(error)[:300], retry_in=round(backoff, 1), waited=round(waited, 1),
+                        detail="still following: the rows are kept; committing again after the wait")
+            self._wait("destination down", backoff)
+            if self.stopping.is_set():
+                return  # rows not committed stay uncommitted: the next run continues after the last commit
+            try:
+                self._commit()
+            except SinkUnavailable as again:
+                error, backoff = again, min(backoff * 2, 60.0)
+                continue
+            self._sink_down = False
+            log.warning("sink_back", waited=round(_local_seconds() - began, 1),
+                        detail="the destination answers again; catching up")
+            self.clock.stale = True
+            return
 
     def _is_due(self, s: SeriesState, limit: int) -> bool:
         if s.next_start >= limit:
@@ -634,11 +677,13 @@ class StatusLine:
 
 
 def run_cli(pipeline: Any, symbols: Sequence[str], timeframe: str, since: str | None, *,
-            lag_warning: float, quiet: bool, echo: Callable[[str], None]) -> int:
+            lag_warning: float, quiet: bool, echo: Callable[[str], None],
+            sink_give_up: float | None = None) -> int:
     """``forge run --follow``: follow until SIGTERM (exit 0) or Ctrl-C (exit 130), each
     stopping after the commit in flight and printing where every series stands."""
     status = None if quiet else StatusLine()
-    follower = pipeline.follow(symbols, timeframe, since=since, lag_warning=lag_warning, on_tick=status)
+    follower = pipeline.follow(symbols, timeframe, since=since, lag_warning=lag_warning, on_tick=status,
+                               sink_give_up=sink_give_up)
     signals = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}
     previous: dict[int, Any] = {}
 

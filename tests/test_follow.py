@@ -357,3 +357,86 @@ def test_follow_outlives_a_database_restart(live_mock: MockExchange, tmp_path: P
     last = got[-1][3]
     assert got == [r[:10] for r in binance_rows("BTCUSDT", "1s", since, last + SECOND, last + SECOND)]
     assert any("postgres_retry" in line for line in run.err_lines)
+
+
+@pytest.mark.slow  # 4-7 s: a PostgreSQL stop and start, then the catch-up
+def test_follow_waits_for_a_database_down_longer_than_its_retries(live_mock: MockExchange, pg_url: str) -> None:
+    """PostgreSQL stays down longer than the sink's own retries (RETRY_FOR, 120 s; scaled to
+    0.3 s here): the follow run used to end with exit 1. It now waits with backoff, commits the
+    kept rows when the server is back, catches up, and the table is exact."""
+    import uuid
+
+    import pgserver
+    import psycopg2
+
+    from forge_core import Pipeline
+    from forge_sink_postgres import PostgresSink
+
+    server = pgserver.current()
+    if server is None:
+        pytest.skip("needs the throwaway PostgreSQL this session started (not FORGE_TEST_DATABASE_URL)")
+
+    class QuickToGiveUp(PostgresSink):
+        RETRY_FIRST, RETRY_MAX, RETRY_FOR = 0.05, 0.1, 0.3
+
+    table = f"follow_{uuid.uuid4().hex[:10]}"
+    since = (mock_now(live_mock) // SECOND - 4) * SECOND
+    follower = Pipeline(("binance", {"base_url": live_mock.url, "archive": "rest"}),
+                        [QuickToGiveUp(database_url=pg_url, table=table)]).follow(["BTCUSDT"], "1s", since=since)
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            follower.run()
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            failed.append(exc)
+
+    def newest() -> int:
+        try:
+            conn = psycopg2.connect(pg_url)
+        except psycopg2.Error:
+            return 0
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"SELECT max(open_ts) FROM {table}")
+                return cur.fetchone()[0] or 0
+        except psycopg2.Error:
+            return 0
+        finally:
+            conn.close()
+
+    def wait_table(until_open: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not failed:
+            if newest() >= until_open:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"the table did not reach {until_open}: {failed}")
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        wait_table((mock_now(live_mock) // SECOND + 1) * SECOND)
+        server.stop(remove=False)
+        try:  # down until the follow run has waited for it at least once past the sink's patience
+            deadline = time.monotonic() + 20
+            while follower.result.sink_outages < 1 and time.monotonic() < deadline and not failed:
+                time.sleep(0.05)
+        finally:
+            server.start()
+        wait_table((mock_now(live_mock) // SECOND + 1) * SECOND)
+    finally:
+        follower.stop()
+        thread.join(30)
+    assert not failed and not thread.is_alive(), failed
+    assert follower.result.sink_outages >= 1
+    conn = psycopg2.connect(pg_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT source, symbol, timeframe, open_ts, end_ts, open::text, high::text, low::text, "
+                        f"close::text, volume::text FROM {table} ORDER BY open_ts")
+            got = cur.fetchall()
+    finally:
+        conn.close()
+    last = got[-1][3]
+    assert got == [r[:10] for r in binance_rows("BTCUSDT", "1s", since, last + SECOND, last + SECOND)]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from forge_core import Batch, Pipeline, Sink, Source
-from forge_core.errors import SinkError
+from forge_core.errors import SinkError, SinkUnavailable
 from forge_core.follow import ExchangeClock, SeriesState, StatusLine
 from forge_core.pipeline import RunResult
 from forge_core.timeframes import HOUR, MINUTE
@@ -219,3 +219,54 @@ def test_status_line_shows_what_the_follow_run_waits_for(monkeypatch) -> None:
     follower.waiting = ("exchange down", time.time() + 8)
     StatusLine(stream)(follower)  # before the exchange's clock is known, too
     assert stream.getvalue().split("\r")[-1].startswith("exchange down: next try at ")
+
+
+class Minutes(StillSource):
+    def fetch(self, task):
+        return [minute(ts) for ts in range(task.start, task.end, MINUTE)]
+
+
+class DownFor(ListSink):
+    """A destination whose commits fail as PostgreSQL's do once its own retries are over."""
+
+    name = "downfor"
+
+    def __init__(self, fails: int, **options: Any) -> None:
+        super().__init__(**options)
+        self.fails, self.commits, self.closed_ok = fails, 0, None
+
+    def commit(self) -> None:
+        if self.fails:
+            self.fails -= 1
+            raise SinkUnavailable("PostgreSQL db:5432/x table klines: commit failed 3 times over 0s, giving up: "
+                                  "server closed the connection unexpectedly")
+        self.commits += 1
+
+    def close(self, ok: bool) -> None:
+        self.closed_ok = ok
+
+
+def test_a_destination_down_is_waited_for_then_committed() -> None:
+    sink = DownFor(fails=1)
+    follower = Pipeline(Minutes([HOUR]), [sink]).follow(["X"], "1m", since=0)
+    follower.on_commit = lambda *a: follower.stop("test")
+    result = follower.run()
+    assert result.sink_outages == 1 and sink.commits == 1 and sink.closed_ok is True
+    opens = [r[3] for r in sink.rows]  # kept through the outage, each once
+    assert len(opens) >= 59 and opens == list(range(0, len(opens) * MINUTE, MINUTE))
+
+
+def test_a_bounded_wait_for_a_destination_ends_the_follow_with_its_error() -> None:
+    follower = Pipeline(Minutes([HOUR]), [DownFor(fails=99)]).follow(["X"], "1m", since=0, sink_give_up=0.5)
+    with pytest.raises(SinkUnavailable, match="giving up: server closed"):
+        follower.run()
+
+
+def test_stopped_while_the_destination_is_down_abandons_what_it_did_not_commit() -> None:
+    import threading
+
+    sink = DownFor(fails=99)
+    follower = Pipeline(Minutes([HOUR]), [sink]).follow(["X"], "1m", since=0)
+    threading.Timer(0.3, follower.stop, ("SIGTERM",)).start()
+    result = follower.run()
+    assert result.stopped_by == "SIGTERM" and result.sink_outages >= 1 and sink.closed_ok is False

@@ -26,7 +26,7 @@ import psycopg2.extensions
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from forge_core import SinkError, UsageError
+from forge_core import SinkError, SinkUnavailable, UsageError
 from forge_core.logs import get_logger
 
 log = get_logger(__name__)
@@ -310,8 +310,11 @@ class Session:
                 now = time.monotonic()
                 give_up = give_up or now + self.retry.within
                 if now + delay > give_up:
-                    raise SinkError(f"PostgreSQL {self.spec.where} table {self.label}: {what} failed "
-                                    f"{attempt} times over {self.retry.within:.0f}s, giving up: {reason}") from None
+                    # the rows are kept: a follow run waits and commits again (SinkUnavailable), unless
+                    # plain inserts whose COMMIT may have gone through would then be sent twice
+                    final = SinkError if unknown is not None and not resend_unknown else SinkUnavailable
+                    raise final(f"PostgreSQL {self.spec.where} table {self.label}: {what} failed "
+                                f"{attempt} times over {self.retry.within:.0f}s, giving up: {reason}") from None
                 self.retries += 1
                 log.warning("postgres_retry", what=what, attempt=attempt, wait=round(delay, 2),
                             where=self.spec.where, error=reason)
