@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import Any
+from array import array
+from collections.abc import Iterator
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,6 +21,9 @@ from .convert import forge_metadata, read_forge_metadata
 # Candle columns are nearly all distinct values: dictionary pages only cost time and memory
 # (5x slower, +20 MB per month written); zstd halves the files against snappy for little time.
 WRITE_OPTIONS: dict[str, Any] = {"use_dictionary": False, "compression": "zstd"}
+# Rows per row group: what a partition writer holds at most (about 5 MB of Binance 1m
+# candles), and what a reader decodes at a time.
+ROW_GROUP = 16_384
 
 
 def dataset_schema(root: str) -> tuple[pa.Schema, str] | None:
@@ -44,7 +49,7 @@ def read_partition(path: str, schema: pa.Schema | None) -> pa.Table | None:
     """What a partition file holds (``None`` if there is none), checked to be Forge's and, if
     ``schema`` is given, of the dataset's schema (returned in its column order)."""
     try:
-        table = pq.read_table(path)
+        table = pq.ParquetFile(path).read()  # not pq.read_table: its dataset path imports pandas
     except FileNotFoundError:
         return None
     except (OSError, pa.ArrowException) as exc:
@@ -62,27 +67,218 @@ def read_partition(path: str, schema: pa.Schema | None) -> pa.Table | None:
 
 
 def write_partition(table: pa.Table, path: str, tmp_dir: str, float64: bool) -> None:
-    """Write ``table`` to a temporary file in ``tmp_dir``, fsync it, rename it over ``path``
-    and fsync the directory: ``path`` is the old file or the new one, never a part of one."""
-    table = table.replace_schema_metadata(forge_metadata(float64))
+    """Write ``table`` (ascending by ``open_ts``) over ``path`` atomically, exactly as a run
+    writes the partition (:class:`PartitionWriter`)."""
+    out = PartitionWriter(path, tmp_dir, table.schema, float64)
+    out.add(table)
+    out.finish()
+
+
+def int64_scalar(value: int) -> pa.Scalar:
+    """An int64 scalar built from a buffer: ``pa.scalar()`` would import pandas (convert.py)."""
+    return pa.Array.from_buffers(pa.int64(), 1, [None, pa.py_buffer(array("q", [value]))])[0]
+
+
+def _count_below(table: pa.Table, ts: int) -> int:
+    """Rows of ``table`` (ascending by ``open_ts``) with ``open_ts < ts``."""
+    return int(pc.sum(pc.less(table["open_ts"], int64_scalar(ts))).as_py() or 0)
+
+
+class PartitionWriter:
+    """One partition file being written, its rows handed in ascending by ``open_ts``.
+
+    Rows are written as they come, in row groups of exactly :data:`ROW_GROUP` rows (the last
+    may be shorter), to a temporary file in ``tmp_dir``; at most about a row group is held in
+    memory. The row groups depend only on the rows, not on how they were handed in, so the
+    same rows always make the same bytes. :meth:`finish` fsyncs the file and renames it over
+    ``path`` (``path`` is the old file or the new one, never a part of one); :meth:`abort`
+    removes it."""
+
+    def __init__(self, path: str, tmp_dir: str, schema: pa.Schema, float64: bool) -> None:
+        self.path, self.tmp_dir = path, tmp_dir
+        self.schema = schema.with_metadata(forge_metadata(float64))
+        self.buffer: list[pa.Table] = []
+        self.buffered = 0
+        self.rows = 0
+        self.tmp = ""
+        self._file: IO[bytes] | None = None
+        self._writer: pq.ParquetWriter | None = None
+
+    def add(self, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
+        self.buffer.append(table)
+        self.buffered += table.num_rows
+        self.rows += table.num_rows
+        while self.buffered >= ROW_GROUP:
+            rows = pa.concat_tables(self.buffer) if len(self.buffer) > 1 else self.buffer[0]
+            self._write(rows.slice(0, ROW_GROUP))
+            rest = rows.slice(ROW_GROUP)
+            self.buffer, self.buffered = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def _write(self, rows: pa.Table) -> None:
+        """One row group; its arrays made contiguous so pages never depend on the batches."""
+        try:
+            if self._writer is None:
+                fd, self.tmp = tempfile.mkstemp(dir=self.tmp_dir, suffix=".tmp")
+                self._file = os.fdopen(fd, "wb")
+                self._writer = pq.ParquetWriter(self._file, self.schema, **WRITE_OPTIONS)
+            self._writer.write_table(rows.combine_chunks().replace_schema_metadata(self.schema.metadata),
+                                     row_group_size=ROW_GROUP)
+        except OSError as exc:
+            self.abort()
+            raise SinkError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        except BaseException:
+            self.abort()
+            raise
+
+    def finish(self) -> None:
+        """Write what is buffered, fsync, rename over ``path``, fsync the directory."""
+        if self.buffered:
+            self._write(pa.concat_tables(self.buffer) if len(self.buffer) > 1 else self.buffer[0])
+            self.buffer, self.buffered = [], 0
+        if self._writer is None:
+            return  # no row at all: the partition keeps what it has
+        assert self._file is not None
+        try:
+            self._writer.close()
+            self._writer = None
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+            layout.makedirs_durable(os.path.dirname(self.path))
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self.abort()
+            raise SinkError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        except BaseException:
+            self.abort()
+            raise
+        self.tmp = ""
+        layout.fsync_dir(os.path.dirname(self.path))
+
+    def abort(self) -> None:
+        """Drop the file being written (nothing at ``path`` changes)."""
+        writer, file, self._writer, self._file = self._writer, self._file, None, None
+        self.buffer, self.buffered = [], 0
+        with contextlib.suppress(Exception):
+            if writer is not None:
+                writer.close()
+        with contextlib.suppress(Exception):
+            if file is not None:
+                file.close()
+        if self.tmp:
+            remove(self.tmp)
+            self.tmp = ""
+
+
+class StoredRows:
+    """The rows a partition file holds, read a row group at a time in ``open_ts`` order, for
+    merging with new rows without holding the whole file (:func:`stored_rows` opens one)."""
+
+    def __init__(self, path: str, file: pq.ParquetFile | None, schema: pa.Schema, whole: pa.Table | None) -> None:
+        self.path, self.schema = path, schema
+        self._file = file
+        self._batches = iter(file.iter_batches(batch_size=ROW_GROUP, use_threads=False)) if file is not None else None
+        self._head: pa.Table | None = whole  # rows read and not yet handed on
+
+    def _next(self) -> bool:
+        """Read the next batch of rows into the head; False at the end of the file."""
+        if self._batches is None:
+            return False
+        try:
+            batch = next(self._batches)
+        except StopIteration:
+            self.close()
+            return False
+        except (OSError, pa.ArrowException) as exc:
+            raise SinkError(f"cannot read {self.path}: {exc}; move it away to let Forge rewrite the month") from None
+        table = pa.Table.from_batches([batch]).replace_schema_metadata(None).select(self.schema.names)
+        self._head = table if self._head is None or not self._head.num_rows else pa.concat_tables([self._head, table])
+        return True
+
+    def below(self, ts: int) -> Iterator[pa.Table]:
+        """Hand on the stored rows with ``open_ts < ts``, a row group at a time."""
+        while True:
+            if self._head is None or not self._head.num_rows:
+                self._head = None
+                if not self._next():
+                    return
+                continue
+            assert self._head is not None
+            n = _count_below(self._head, ts)
+            if n < self._head.num_rows:
+                if n:
+                    yield self._head.slice(0, n)
+                self._head = self._head.slice(n)
+                return
+            yield self._head
+            self._head = None
+
+    def upto(self, ts: int) -> pa.Table | None:
+        """Take the stored rows with ``open_ts <= ts`` (call after :meth:`below`)."""
+        taken: list[pa.Table] = []
+        while True:
+            if self._head is None or not self._head.num_rows:
+                self._head = None
+                if not self._next():
+                    break
+                continue
+            assert self._head is not None
+            n = _count_below(self._head, ts + 1)
+            taken.append(self._head.slice(0, n))
+            self._head = self._head.slice(n)
+            if self._head.num_rows:
+                break
+        taken = [t for t in taken if t.num_rows]
+        return (pa.concat_tables(taken) if len(taken) > 1 else taken[0]) if taken else None
+
+    def rest(self) -> Iterator[pa.Table]:
+        """Hand on every stored row not taken yet."""
+        while True:
+            if self._head is not None and self._head.num_rows:
+                yield self._head
+            self._head = None
+            if not self._next():
+                return
+
+    def close(self) -> None:
+        self._batches = None
+        if self._file is not None:
+            with contextlib.suppress(Exception):
+                self._file.close()
+            self._file = None
+
+
+def stored_rows(path: str, schema: pa.Schema) -> StoredRows | None:
+    """The rows of the partition file at ``path`` (``None`` if there is none), checked to be
+    Forge's and of the dataset's ``schema``. A file whose rows are not in ``open_ts`` order
+    (rows someone else added) is read whole and sorted."""
     try:
-        layout.makedirs_durable(os.path.dirname(path))
-        fd, tmp = tempfile.mkstemp(dir=tmp_dir, suffix=".tmp")
-    except OSError as exc:
-        raise SinkError(f"cannot write {path}: {exc.strerror or exc}") from None
+        file = pq.ParquetFile(path)
+        found = file.schema_arrow
+    except FileNotFoundError:
+        return None
+    except (OSError, pa.ArrowException) as exc:
+        raise SinkError(f"cannot read {path}: {exc}; move it away to let Forge rewrite the month") from None
+    if read_forge_metadata(found) is None:
+        file.close()
+        raise SinkError(f"{path} was not written by Forge; it is left as it is")
+    if set(found.names) != set(schema.names) or any(found.field(f.name).type != f.type for f in schema):
+        file.close()
+        raise SinkError(f"{path} has another schema than the rest of the dataset; move it away to let "
+                        "Forge rewrite the month")
     try:
-        with os.fdopen(fd, "wb") as f:
-            pq.write_table(table, f, **WRITE_OPTIONS)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        remove(tmp)
-        raise SinkError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        remove(tmp)
-        raise
-    layout.fsync_dir(os.path.dirname(path))
+        ts = file.read(columns=["open_ts"], use_threads=False)["open_ts"]
+    except (OSError, pa.ArrowException) as exc:
+        file.close()
+        raise SinkError(f"cannot read {path}: {exc}; move it away to let Forge rewrite the month") from None
+    if len(ts) < 2 or pc.all(pc.greater_equal(ts.slice(1), ts.slice(0, len(ts) - 1))).as_py():
+        return StoredRows(path, file, schema, None)
+    whole = file.read(use_threads=False).replace_schema_metadata(None).select(schema.names)
+    file.close()
+    return StoredRows(path, None, schema, whole.take(pc.sort_indices(whole["open_ts"])))
 
 
 def upsert(old: pa.Table | None, new: pa.Table) -> pa.Table:
@@ -117,7 +313,8 @@ def changed_rows(old: pa.Table | None, new: pa.Table) -> int:
         a, b = ours[name], held[name]
         if a.type != b.type:
             return new.num_rows
-        same = pc.or_kleene(pc.fill_null(pc.equal(a, b), False), pc.and_(pc.is_null(a), pc.is_null(b)))
+        eq = pc.equal(a, b)
+        same = pc.or_(pc.and_kleene(pc.is_valid(eq), eq), pc.and_(pc.is_null(a), pc.is_null(b)))
         differs = pc.invert(same) if differs is None else pc.or_(differs, pc.invert(same))
     changed = pc.sum(differs).as_py() if differs is not None else 0
     return inserted + (changed or 0)

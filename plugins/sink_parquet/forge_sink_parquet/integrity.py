@@ -36,7 +36,7 @@ from forge_core.integrity import (
 from forge_core.records import Row
 
 from . import layout
-from .convert import to_table
+from .convert import python_array, to_table
 from .files import dataset_schema, read_partition, upsert, write_partition
 
 LEDGER = "ledger.json"
@@ -97,7 +97,7 @@ class ParquetIntegrity:
 
     def _month_rows(self, path: str, start: int, end: int) -> list[StoredRow]:
         try:
-            table = pq.read_table(path, columns=["open_ts", "end_ts", *VALUE_FIELDS])
+            table = pq.ParquetFile(path).read(columns=["open_ts", "end_ts", *VALUE_FIELDS])
         except (OSError, pa.ArrowException) as exc:
             raise SinkError(f"cannot read {path}: {exc}") from None
         ts = table["open_ts"]
@@ -173,8 +173,8 @@ class ParquetIntegrity:
         old = read_partition(path, self.schema)
         gone = [pos for ref_path, pos in deletes if ref_path == path]
         if old is not None and gone:
-            here = pa.array(range(old.num_rows), pa.int64())
-            old = old.filter(pc.invert(pc.is_in(here, value_set=pa.array(gone, pa.int64()))))
+            dropped = set(gone)
+            old = old.filter(python_array([i not in dropped for i in range(old.num_rows)]))
         table = old
         if upserts:
             new = to_table(columns, sorted(upserts, key=lambda r: r[columns.index("open_ts")]), self.schema,
@@ -228,7 +228,7 @@ def _footer(path: str) -> tuple[int, int | None, int | None]:
     for i in range(meta.num_row_groups):
         stats = meta.row_group(i).column(col).statistics
         if stats is None or not stats.has_min_max:
-            ts = pq.read_table(path, columns=["open_ts"])["open_ts"]
+            ts = pq.ParquetFile(path).read(columns=["open_ts"])["open_ts"]
             return meta.num_rows, pc.min(ts).as_py(), pc.max(ts).as_py()
         lo = stats.min if lo is None else min(lo, stats.min)
         hi = stats.max if hi is None else max(hi, stats.max)

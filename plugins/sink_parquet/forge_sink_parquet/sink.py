@@ -22,29 +22,49 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from forge_core import Batch, Option, RunInfo, Sink, SinkError, UsageError, parse_timeframe
+from forge_core import (
+    Batch,
+    Option,
+    RunInfo,
+    Sink,
+    SinkError,
+    TextRows,
+    UsageError,
+    parse_timeframe,
+)
 
 from . import layout
-from .convert import HIVE_KEYS, to_table
-from .files import changed_rows, dataset_schema, read_partition, remove, upsert, write_partition
+from .convert import HIVE_KEYS, python_array, to_table
+from .files import (
+    PartitionWriter,
+    StoredRows,
+    changed_rows,
+    dataset_schema,
+    remove,
+    stored_rows,
+    upsert,
+)
 
 
 @dataclass
 class _Partition:
-    """The month being buffered: ``base`` is what its file holds after our last write of it."""
+    """The month being written: ``out`` the file being written (``None`` until rows come, and
+    after a commit wrote it), ``stored`` what the partition file held when ``out`` began, not
+    merged yet, ``last`` the newest ``open_ts`` handed to ``out``."""
 
     key: tuple[str, str, str, int, int]
     path: str
-    pending: list[pa.Table] = field(default_factory=list)
-    base: pa.Table | None = None
-    loaded: bool = False
+    out: PartitionWriter | None = None
+    stored: StoredRows | None = None
+    last: int | None = None
 
 
 class ParquetSink(Sink):
@@ -167,24 +187,31 @@ class ParquetSink(Sink):
                 break
             best = stats.max if best is None else max(best, stats.max)
         if best is None:  # no statistics: read the one column
-            best = pc.max(pq.read_table(path, columns=["open_ts"])["open_ts"]).as_py()
+            best = pc.max(pq.ParquetFile(path).read(columns=["open_ts"])["open_ts"]).as_py()
         return int(best) if best is not None else None
 
     def write(self, batch: Batch) -> None:
-        if not batch.rows:
+        rows = batch.rows
+        if not rows:
             return
         i_open = batch.columns.index("open_ts") if "open_ts" in batch.columns else -1
         if i_open < 0:
             raise SinkError(f"{batch.symbol}: the parquet sink needs the open_ts column (partitions and upserts use it)")
-        rows, start = batch.rows, 0
+        # rows held as text keep their open times as an array: read them without building rows
+        opens: Sequence[int] | None = rows.open_ts if isinstance(rows, TextRows) else None
+        start = 0
         while start < len(rows):
-            year, month = layout.month_of(rows[start][i_open])
+            first = opens[start] if opens is not None else rows[start][i_open]
+            year, month = layout.month_of(first)
             boundary = layout.next_month_start(year, month)
-            stop = bisect.bisect_left(rows, boundary, lo=start, key=lambda r: r[i_open])
+            if opens is not None:
+                stop = bisect.bisect_left(opens, boundary, lo=start)
+            else:
+                stop = bisect.bisect_left(rows, boundary, lo=start, key=lambda r: r[i_open])
             self._append(batch, rows[start:stop], year, month)
             start = stop
 
-    def _append(self, batch: Batch, rows: list[tuple[Any, ...]], year: int, month: int) -> None:
+    def _append(self, batch: Batch, rows: Sequence[tuple[Any, ...]], year: int, month: int) -> None:
         # the run's output timeframe, not batch.timeframe: resample hands on its input's Batch.timeframe
         assert self.run is not None
         timeframe = self._timeframe(self.run)
@@ -197,7 +224,7 @@ class ParquetSink(Sink):
         table = to_table(batch.columns, rows, self.schema, self.float64, where)
         if self.schema is None:
             self.schema = table.schema
-        self.current.pending.append(table)
+        self._merge(self.current, _unique_by_open(table))
         self.appended[batch.symbol] = self._end_ts(batch, rows)
 
     def commit(self) -> None:
@@ -213,8 +240,8 @@ class ParquetSink(Sink):
             if ok:
                 self.commit()
                 self._clear_state()
-            self.current = None  # not ok: what was not committed is dropped
         finally:
+            self._abort()  # not ok: what was not committed is dropped
             self._release()
 
     def describe(self) -> str:
@@ -232,34 +259,71 @@ class ParquetSink(Sink):
         return ParquetIntegrity(self.settings["root"])
 
     # -- partitions -------------------------------------------------------------------------
+    def _merge(self, part: _Partition, new: pa.Table) -> None:
+        """Put ``new`` (rows of ``part``, unique and ascending by ``open_ts``) into the file being
+        written: the stored rows before them go first, stored rows with their open times are
+        replaced (an upsert), later stored rows wait for later rows or the end."""
+        if not new.num_rows:
+            return
+        ts = new["open_ts"]
+        lo, hi = ts[0].as_py(), ts[len(ts) - 1].as_py()
+        if part.last is not None and lo <= part.last:
+            self._flush(finished=False)  # rows before ones written (a transform's): merge with the file
+        if part.out is None:
+            assert self.schema is not None
+            part.stored = stored_rows(part.path, self.schema)
+            part.out = PartitionWriter(part.path, self._tmp, self.schema, self.float64)
+        stored = part.stored
+        if stored is not None:
+            for rows in stored.below(lo):
+                part.out.add(rows)
+            held = stored.upto(hi)
+            self.changed += changed_rows(held, new)
+            new = upsert(held, new)
+        else:
+            self.changed += new.num_rows
+        part.out.add(new)
+        part.last = hi
+
     def _flush(self, finished: bool) -> None:
-        """Write the buffered partition, if it has new rows; drop it from memory if ``finished``."""
+        """Finish the partition's file, if rows were written to it since it was last finished
+        (the stored rows not merged yet go after ours); forget the partition if ``finished``."""
         part = self.current
         if part is None:
             return
-        if part.pending:
-            new = _unique_by_open(pa.concat_tables(part.pending) if len(part.pending) > 1 else part.pending[0])
-            if not part.loaded:
-                part.base = self._read_partition(part.path)
-                part.loaded = True
-            merged = upsert(part.base, new)
-            self._write_file(merged, part.path)
-            self.changed += changed_rows(part.base, new)
-            part.base, part.pending = merged, []
+        if part.out is not None:
+            out, stored = part.out, part.stored
+            try:
+                if stored is not None:
+                    for rows in stored.rest():
+                        out.add(rows)
+                out.finish()
+            except BaseException:
+                out.abort()
+                raise
+            finally:
+                if stored is not None:
+                    stored.close()
+                part.out = part.stored = part.last = None
+            self.files_written += 1
         if finished:
             self.current = None
             pa.default_memory_pool().release_unused()  # keeps the peak flat from a month to a year
 
-    def _read_partition(self, path: str) -> pa.Table | None:
-        assert self.schema is not None
-        return read_partition(path, self.schema)
-
-    def _write_file(self, table: pa.Table, path: str) -> None:
-        write_partition(table, path, self._tmp, self.float64)
-        self.files_written += 1
+    def _abort(self) -> None:
+        """Drop what was written of the current partition since its last finish."""
+        part = self.current
+        if part is not None:
+            if part.out is not None:
+                part.out.abort()
+            if part.stored is not None:
+                part.stored.close()
+        self.current = None
 
     # -- resume state -----------------------------------------------------------------------
-    def _end_ts(self, batch: Batch, rows: list[tuple[Any, ...]]) -> int:
+    def _end_ts(self, batch: Batch, rows: Sequence[tuple[Any, ...]]) -> int:
+        if isinstance(rows, TextRows):
+            return int(rows.end_ts[-1])
         if "end_ts" in batch.columns:
             return int(rows[-1][batch.columns.index("end_ts")])
         assert self.run is not None
@@ -322,4 +386,4 @@ def _unique_by_open(table: pa.Table) -> pa.Table:
     values = ts.to_pylist()
     last = {v: i for i, v in enumerate(values)}
     keep = sorted(last.values(), key=lambda i: values[i])
-    return table.take(pa.array(keep, pa.int64()))
+    return table.take(python_array(keep))

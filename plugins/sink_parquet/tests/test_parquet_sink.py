@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -233,14 +234,13 @@ def test_a_crash_while_writing_keeps_the_previous_file_and_the_root_clean(tmp_pa
     sink.close(True)
     before = files(root)
 
-    def torn(table, where, **kwargs):
-        where.write(b"PAR1 half a file")
+    def torn(self, table, row_group_size=None):  # the file is begun ("PAR1" written), then the disk is full
         raise OSError(28, "No space left on device")
 
     sink = ParquetSink(root=str(root))
     sink.open(_run_info())
     sink.write(_batch("2024-01-02", "2024-01-02"))
-    monkeypatch.setattr(pq, "write_table", torn)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", torn)
     with pytest.raises(SinkError, match="No space left on device"):
         sink.commit()
     sink.close(False)
@@ -417,3 +417,110 @@ def test_verify_and_repair_a_parquet_dataset(forge, exchange_env, tmp_path):
     assert "17,250 candles" in status.out
     res = forge("verify", "-s", "binance", *VRANGE, "--sink", "parquet", "--root", str(tmp_path / "nope"))
     assert res.code == 2 and "parquet root" in one_line(res) and "does not exist" in res.err
+
+
+# -- memory: rows are written as they come, no pandas --------------------------------------------
+def _text_batch(start: str, end: str, symbol: str = "BTCUSDT") -> Batch:
+    """The rows of :func:`_batch` held as CSV text, as Binance's archive hands them on."""
+    from forge_core import TextRows
+
+    rows = _batch(start, end, symbol).rows
+    fixed = {"source": "binance", "symbol": symbol, "timeframe": "1m"}
+    fields = {c: [str(r[i]) for r in rows] for i, c in enumerate(COLUMNS) if c not in fixed}
+    text = TextRows.build(COLUMNS, fields, fixed=fixed, ints=("trades",))
+    assert text is not None and list(text) == rows
+    return Batch("binance", symbol, "1m", COLUMNS, text)
+
+
+def _write(root: Path, batches: list[Batch], commit_after: tuple[int, ...] = ()) -> ParquetSink:
+    sink = ParquetSink(root=str(root))
+    sink.open(_run_info())
+    for i, batch in enumerate(batches):
+        sink.write(batch)
+        if i in commit_after:
+            sink.commit()
+    sink.close(True)
+    return sink
+
+
+def test_rows_are_written_in_row_groups_as_they_come(tmp_path, monkeypatch):
+    from forge_sink_parquet import files as pqfiles
+
+    monkeypatch.setattr(pqfiles, "ROW_GROUP", 500)
+    sink = ParquetSink(root=str(tmp_path / "data"))
+    sink.open(_run_info())
+    sink.write(_batch("2024-01-01", "2024-01-01"))  # 1440 rows, no commit yet: two row groups are on disk
+    sink.write(_batch("2024-01-02 00:00", "2024-01-02 00:09"))
+    tmp = list((tmp_path / ".data.forge" / "tmp").iterdir())
+    assert len(tmp) == 1 and tmp[0].stat().st_size > 10_000
+    current = sink.current
+    assert current is not None and current.out is not None and current.out.buffered == 1450 - 1000
+    sink.close(True)
+    path = tmp_path / "data/source=binance/symbol=BTCUSDT/timeframe=1m/year=2024/month=1/part-0.parquet"
+    meta = pq.ParquetFile(path).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [500, 500, 450]
+    assert pq.read_table(path)["open_ts"].to_pylist() == [r[3] for r in _batch("2024-01-01", "2024-01-02 00:09").rows]
+
+
+def test_the_same_rows_give_the_same_bytes_however_they_arrive(tmp_path, monkeypatch):
+    from forge_sink_parquet import files as pqfiles
+
+    monkeypatch.setattr(pqfiles, "ROW_GROUP", 700)
+    whole = tmp_path / "whole"
+    _write(whole / "data", [_batch("2024-01-30", "2024-02-01 10:00")])
+    # as text, in other pieces, committed mid-month (the file is finished, then merged with
+    # again), and over a root that already holds part of the month with other values
+    parts = tmp_path / "parts"
+    stale = [tuple("1.00000000" if c == "close" else v for c, v in zip(COLUMNS, r, strict=True))
+             for r in _batch("2024-01-31 10:00", "2024-01-31 12:00").rows]
+    _write(parts / "data", [Batch("binance", "BTCUSDT", "1m", COLUMNS, stale)])
+    sink = _write(parts / "data", [_text_batch("2024-01-30", "2024-01-30 23:59"),
+                                   _batch("2024-01-31 00:00", "2024-01-31 11:00"),
+                                   _text_batch("2024-01-31 11:01", "2024-02-01 10:00")], commit_after=(0,))
+    assert files(parts / "data") == files(whole / "data")
+    assert sink.rows_changed() == len(_batch("2024-01-30", "2024-02-01 10:00").rows)  # the stale ones differ
+    assert sink.files_written == 3
+
+
+# run in a process of its own (no pyarrow.dataset there: it imports pandas itself)
+NO_PANDAS = """
+import sys
+from forge_core import Batch, RunInfo, TextRows
+from forge_core.times import parse_range
+from forge_binance.mock import binance_rows
+from forge_sink_parquet import ParquetSink
+
+COLUMNS, NOW, root = {columns!r}, {now!r}, {root!r}
+fixed = {{"source": "binance", "symbol": "BTCUSDT", "timeframe": "1m"}}
+
+def rows(start, end):
+    return binance_rows("BTCUSDT", "1m", *parse_range(start, end), NOW)
+
+def text(start, end):
+    got = rows(start, end)
+    fields = {{c: [str(r[i]) for r in got] for i, c in enumerate(COLUMNS) if c not in fixed}}
+    return TextRows.build(COLUMNS, fields, fixed=fixed, ints=("trades",))
+
+def write(*pieces):
+    sink = ParquetSink(root=root)
+    sink.open(RunInfo("binance", "Binance", ("BTCUSDT",), "1m", 0, NOW, COLUMNS, output_timeframe="1m"))
+    for piece in pieces:
+        sink.write(Batch("binance", "BTCUSDT", "1m", COLUMNS, piece))
+        sink.commit()
+    assert sink.last_open("binance", "BTCUSDT", "1m") is not None
+    sink.close(True)
+    return sink
+
+write(text("2024-01-31 20:00", "2024-02-01 02:00"), rows("2024-02-01 02:01", "2024-02-01 03:00"))
+again = write(rows("2024-01-31 22:00", "2024-02-01 01:00"), text("2024-02-01 01:01", "2024-02-01 02:00"))
+assert again.rows_changed() == 0, again.rows_changed()
+assert "pandas" not in sys.modules, "the parquet sink imported pandas"
+"""
+
+
+def test_the_sink_never_imports_pandas(tmp_path):
+    pytest.importorskip("pandas")  # pyarrow imports it on Python-object conversions when it is installed
+    code = NO_PANDAS.format(columns=COLUMNS, now=NOW, root=str(tmp_path / "data"))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "data").rglob("*.parquet"))) == 2
