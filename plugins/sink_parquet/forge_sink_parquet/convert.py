@@ -36,6 +36,9 @@ PRECISION = 38
 DECIMAL_TEXT = r"^-?[0-9]+(\.[0-9]+)?$"
 FORGE_KEY = b"forge"
 INT_COLUMNS = ("open_ts", "end_ts")
+# The sink's arrays come from the system allocator, not pyarrow's default (mimalloc), which
+# keeps freed pages: with it a year's run peaked about 30 MiB higher for the same rows.
+POOL = pa.system_memory_pool()
 
 
 def forge_metadata(float64: bool) -> dict[bytes, bytes]:
@@ -73,7 +76,7 @@ def _validity(values: Sequence[Any]) -> pa.Buffer | None:
     if None not in values:
         return None
     flags = bytes(v is not None for v in values)
-    return pa.Array.from_buffers(pa.uint8(), len(flags), [None, _buffer(flags)]).cast(pa.bool_()).buffers()[1]
+    return pa.Array.from_buffers(pa.uint8(), len(flags), [None, _buffer(flags)]).cast(pa.bool_(), memory_pool=POOL).buffers()[1]
 
 
 def _strings(values: Sequence[str], valid: pa.Buffer | None) -> pa.Array:
@@ -108,7 +111,7 @@ def python_array(values: Sequence[Any]) -> pa.Array:
             if not all(type(v) is bool for v in filled):
                 raise TypeError("not all bool")
             flags = bytes(filled)
-            bits = pa.Array.from_buffers(pa.uint8(), n, [None, _buffer(flags)]).cast(pa.bool_()).buffers()[1]
+            bits = pa.Array.from_buffers(pa.uint8(), n, [None, _buffer(flags)]).cast(pa.bool_(), memory_pool=POOL).buffers()[1]
             return pa.Array.from_buffers(pa.bool_(), n, [valid, bits])
         if kind is int:
             try:
@@ -134,12 +137,13 @@ def csv_arrays(columns: Sequence[str], text: str, ints: Sequence[str]) -> dict[s
                                         newlines_in_values=False),
         convert_options=pcsv.ConvertOptions(
             column_types={c: (pa.int64() if c in ints else pa.string()) for c in wanted},
-            include_columns=wanted, null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False))
+            include_columns=wanted, null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False),
+        memory_pool=POOL)
     return {c: table[c] for c in wanted}
 
 
 def _plain(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    return pa.concat_arrays(values.chunks, memory_pool=POOL) if isinstance(values, pa.ChunkedArray) else values
 
 
 def _scale_needed(strings: pa.Array) -> int:
@@ -160,17 +164,17 @@ def _is_decimal_text(strings: pa.Array) -> bool:
 def new_column(name: str, values: pa.Array, float64: bool) -> pa.Array:
     """The array for a column the dataset does not have yet: its type becomes the dataset's."""
     if name in INT_COLUMNS:
-        return values if values.type == pa.int64() else values.cast(pa.int64())
+        return values if values.type == pa.int64() else values.cast(pa.int64(), memory_pool=POOL)
     if pa.types.is_string(values.type):
         if _is_decimal_text(values):
             if float64:
-                return values.cast(pa.float64())
-            return values.cast(pa.decimal128(PRECISION, max(MIN_SCALE, _scale_needed(values))))
+                return values.cast(pa.float64(), memory_pool=POOL)
+            return values.cast(pa.decimal128(PRECISION, max(MIN_SCALE, _scale_needed(values))), memory_pool=POOL)
         return values
     if pa.types.is_decimal(values.type) and not float64:  # Decimal objects: the dataset's decimal width
-        return values.cast(pa.decimal128(PRECISION, max(MIN_SCALE, values.type.scale)))
+        return values.cast(pa.decimal128(PRECISION, max(MIN_SCALE, values.type.scale)), memory_pool=POOL)
     if pa.types.is_decimal(values.type):
-        return values.cast(pa.float64())
+        return values.cast(pa.float64(), memory_pool=POOL)
     return values
 
 
@@ -193,7 +197,7 @@ def column(name: str, values: pa.Array, target: pa.DataType, where: str) -> pa.A
         return values
     if _castable(values.type, target):
         try:
-            return values.cast(target)
+            return values.cast(target, memory_pool=POOL)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
             pass
     raise SinkError(_mismatch(name, values, target, where))
@@ -245,7 +249,7 @@ def to_table(columns: Sequence[str], rows: Sequence[tuple[Any, ...]], schema: pa
         arrays.append(arr)
         if name == "open_ts":
             names.append(OPEN_TIME)
-            arrays.append(arr.cast(pa.timestamp("ms", tz="UTC")))
+            arrays.append(arr.cast(pa.timestamp("ms", tz="UTC"), memory_pool=POOL))
     table = pa.Table.from_arrays(arrays, names=names)
     if schema is None:
         return table

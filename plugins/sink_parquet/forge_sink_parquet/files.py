@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from forge_core import SinkError
 
 from . import layout
-from .convert import forge_metadata, read_forge_metadata
+from .convert import POOL, forge_metadata, read_forge_metadata
 
 # Candle columns are nearly all distinct values: dictionary pages only cost time and memory
 # (5x slower, +20 MB per month written); zstd halves the files against snappy for little time.
@@ -49,7 +49,7 @@ def read_partition(path: str, schema: pa.Schema | None) -> pa.Table | None:
     """What a partition file holds (``None`` if there is none), checked to be Forge's and, if
     ``schema`` is given, of the dataset's schema (returned in its column order)."""
     try:
-        table = pq.ParquetFile(path).read()  # not pq.read_table: its dataset path imports pandas
+        table = pq.ParquetFile(path, pre_buffer=False).read(use_threads=False)  # not pq.read_table: its dataset path imports pandas
     except FileNotFoundError:
         return None
     except (OSError, pa.ArrowException) as exc:
@@ -111,7 +111,7 @@ class PartitionWriter:
         self.buffered += table.num_rows
         self.rows += table.num_rows
         while self.buffered >= ROW_GROUP:
-            rows = pa.concat_tables(self.buffer) if len(self.buffer) > 1 else self.buffer[0]
+            rows = pa.concat_tables(self.buffer, memory_pool=POOL) if len(self.buffer) > 1 else self.buffer[0]
             self._write(rows.slice(0, ROW_GROUP))
             rest = rows.slice(ROW_GROUP)
             self.buffer, self.buffered = ([rest] if rest.num_rows else []), rest.num_rows
@@ -122,8 +122,8 @@ class PartitionWriter:
             if self._writer is None:
                 fd, self.tmp = tempfile.mkstemp(dir=self.tmp_dir, suffix=".tmp")
                 self._file = os.fdopen(fd, "wb")
-                self._writer = pq.ParquetWriter(self._file, self.schema, **WRITE_OPTIONS)
-            self._writer.write_table(rows.combine_chunks().replace_schema_metadata(self.schema.metadata),
+                self._writer = pq.ParquetWriter(self._file, self.schema, memory_pool=POOL, **WRITE_OPTIONS)
+            self._writer.write_table(rows.combine_chunks(POOL).replace_schema_metadata(self.schema.metadata),
                                      row_group_size=ROW_GROUP)
         except OSError as exc:
             self.abort()
@@ -135,7 +135,7 @@ class PartitionWriter:
     def finish(self) -> None:
         """Write what is buffered, fsync, rename over ``path``, fsync the directory."""
         if self.buffered:
-            self._write(pa.concat_tables(self.buffer) if len(self.buffer) > 1 else self.buffer[0])
+            self._write(pa.concat_tables(self.buffer, memory_pool=POOL) if len(self.buffer) > 1 else self.buffer[0])
             self.buffer, self.buffered = [], 0
         if self._writer is None:
             return  # no row at all: the partition keeps what it has
@@ -195,7 +195,7 @@ class StoredRows:
         except (OSError, pa.ArrowException) as exc:
             raise SinkError(f"cannot read {self.path}: {exc}; move it away to let Forge rewrite the month") from None
         table = pa.Table.from_batches([batch]).replace_schema_metadata(None).select(self.schema.names)
-        self._head = table if self._head is None or not self._head.num_rows else pa.concat_tables([self._head, table])
+        self._head = table if self._head is None or not self._head.num_rows else pa.concat_tables([self._head, table], memory_pool=POOL)
         return True
 
     def below(self, ts: int) -> Iterator[pa.Table]:
@@ -232,7 +232,7 @@ class StoredRows:
             if self._head.num_rows:
                 break
         taken = [t for t in taken if t.num_rows]
-        return (pa.concat_tables(taken) if len(taken) > 1 else taken[0]) if taken else None
+        return (pa.concat_tables(taken, memory_pool=POOL) if len(taken) > 1 else taken[0]) if taken else None
 
     def rest(self) -> Iterator[pa.Table]:
         """Hand on every stored row not taken yet."""
@@ -256,7 +256,7 @@ def stored_rows(path: str, schema: pa.Schema) -> StoredRows | None:
     Forge's and of the dataset's ``schema``. A file whose rows are not in ``open_ts`` order
     (rows someone else added) is read whole and sorted."""
     try:
-        file = pq.ParquetFile(path)
+        file = pq.ParquetFile(path, pre_buffer=False)  # no IO threads
         found = file.schema_arrow
     except FileNotFoundError:
         return None
@@ -286,12 +286,12 @@ def upsert(old: pa.Table | None, new: pa.Table) -> pa.Table:
     with its open time), sorted by ``open_ts``."""
     if old is None or old.num_rows == 0:
         return new
-    keep = pc.invert(pc.is_in(old["open_ts"], value_set=new["open_ts"].combine_chunks()))
-    old = old.filter(keep)
+    keep = pc.invert(pc.is_in(old["open_ts"], value_set=new["open_ts"].combine_chunks(POOL), memory_pool=POOL))
+    old = pc.filter(old, keep, memory_pool=POOL)
     if old.num_rows == 0:
         return new
-    merged = pa.concat_tables([old, new])
-    return merged.take(pc.sort_indices(merged["open_ts"]))
+    merged = pa.concat_tables([old, new], memory_pool=POOL)
+    return pc.take(merged, pc.sort_indices(merged["open_ts"], memory_pool=POOL), memory_pool=POOL)
 
 
 def changed_rows(old: pa.Table | None, new: pa.Table) -> int:

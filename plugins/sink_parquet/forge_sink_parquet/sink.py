@@ -308,7 +308,7 @@ class ParquetSink(Sink):
             self.files_written += 1
         if finished:
             self.current = None
-            pa.default_memory_pool().release_unused()  # keeps the peak flat from a month to a year
+            pa.default_memory_pool().release_unused()
 
     def _abort(self) -> None:
         """Drop what was written of the current partition since its last finish."""
