@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 from bisect import bisect_right
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from forge_core.integrity import (
 )
 from forge_core.integrity.digest import normalized_columns
 from forge_core.integrity.digest import partitions as month_ranges
+from forge_core.integrity.ledger_file import LedgerFile
 from forge_core.records import Row
 
 LEDGER_SUFFIX = ".ledger.json"
@@ -46,6 +46,8 @@ class CsvIntegrity:
         if not os.path.isfile(self.path):
             raise UsageError(f"CSV file {output} does not exist")
         self.ledger_path = self.path + LEDGER_SUFFIX
+        self.ledger_file = LedgerFile(self.ledger_path, {"file": os.path.basename(self.path)},
+                                      label=self.label + LEDGER_SUFFIX)
         self._load()
 
     def describe(self) -> str:
@@ -120,31 +122,14 @@ class CsvIntegrity:
         return self._stored(self._in_range(source, symbol, timeframe, start, end))
 
     # -- the ledger sidecar -----------------------------------------------------------------
-    def _read_ledger(self) -> list[LedgerEntry]:
-        try:
-            with open(self.ledger_path, encoding="utf-8") as f:
-                data = json.load(f)
-            return [LedgerEntry.from_json(e) for e in data.get("partitions", [])]
-        except FileNotFoundError:
-            return []
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
-            raise SinkError(f"ledger {self.label}{LEDGER_SUFFIX} is unreadable ({exc}); delete it to start "
-                            "a new one") from None
-
     def ledger(self, source: str, symbol: str, timeframe: str) -> dict[str, LedgerEntry]:
-        return {e.partition: e for e in self._read_ledger()
-                if (e.source, e.symbol, e.timeframe) == (source, symbol, timeframe)}
+        return self.ledger_file.series(source, symbol, timeframe)
 
     def venue_ledger(self, source: str, timeframe: str) -> list[LedgerEntry]:
-        """Every symbol's entries of one source and timeframe (optional hook: shared holes)."""
-        return [e for e in self._read_ledger() if (e.source, e.timeframe) == (source, timeframe)]
+        return self.ledger_file.venue(source, timeframe)
 
     def save_ledger(self, entries: Sequence[LedgerEntry]) -> None:
-        merged = {(e.source, e.symbol, e.timeframe, e.partition): e for e in self._read_ledger()}
-        merged.update({(e.source, e.symbol, e.timeframe, e.partition): e for e in entries})
-        data = {"format": "forge-ledger", "version": 1, "file": os.path.basename(self.path),
-                "partitions": [merged[k].as_json() for k in sorted(merged)]}
-        _atomic_write(self.ledger_path, json.dumps(data, indent=1) + "\n", newline="\n")
+        self.ledger_file.save(entries)
 
     # -- repairing --------------------------------------------------------------------------
     def apply(self, source: str, symbol: str, timeframe: str, columns: tuple[str, ...], upserts: list[Row],
@@ -188,15 +173,3 @@ class CsvIntegrity:
 
     def close(self) -> None:
         pass
-
-
-def _atomic_write(path: str, text: str, newline: str | None = None) -> None:
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline=newline) as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise SinkError(f"cannot write {path}: {exc.strerror}") from None

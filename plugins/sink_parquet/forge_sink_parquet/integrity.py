@@ -11,7 +11,6 @@ whose ``store_digest`` no longer matches, and the month is simply checked again.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 from collections.abc import Sequence
 from typing import IO, Any
@@ -33,6 +32,7 @@ from forge_core.integrity import (
     normalize,
     partition_key,
 )
+from forge_core.integrity.ledger_file import LedgerFile
 from forge_core.records import Row
 
 from . import layout
@@ -54,6 +54,7 @@ class ParquetIntegrity:
         self.schema, self.float64 = (found[0], found[1] == "float64") if found else (None, False)
         self.state = layout.state_dir(self.root)
         self.ledger_path = os.path.join(self.state, LEDGER)
+        self.ledger_file = LedgerFile(self.ledger_path, {"root": self.root}, tmp_dir=os.path.join(self.state, "tmp"))
         self._lock: IO[str] | None = None
 
     def describe(self) -> str:
@@ -129,39 +130,15 @@ class ParquetIntegrity:
                 for r in self._month_rows(path, start, end)]
 
     # -- the ledger -------------------------------------------------------------------------
-    def _read_ledger(self) -> list[LedgerEntry]:
-        try:
-            with open(self.ledger_path, encoding="utf-8") as f:
-                data = json.load(f)
-            return [LedgerEntry.from_json(e) for e in data.get("partitions", [])]
-        except FileNotFoundError:
-            return []
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
-            raise SinkError(f"ledger {self.ledger_path} is unreadable ({exc}); delete it to start a new one") from None
-
     def ledger(self, source: str, symbol: str, timeframe: str) -> dict[str, LedgerEntry]:
-        return {e.partition: e for e in self._read_ledger()
-                if (e.source, e.symbol, e.timeframe) == (source, symbol, timeframe)}
+        return self.ledger_file.series(source, symbol, timeframe)
 
     def venue_ledger(self, source: str, timeframe: str) -> list[LedgerEntry]:
-        """Every symbol's entries of one source and timeframe (optional hook: shared holes)."""
-        return [e for e in self._read_ledger() if (e.source, e.timeframe) == (source, timeframe)]
+        return self.ledger_file.venue(source, timeframe)
 
     def save_ledger(self, entries: Sequence[LedgerEntry]) -> None:
-        merged = {(e.source, e.symbol, e.timeframe, e.partition): e for e in self._read_ledger()}
-        merged.update({(e.source, e.symbol, e.timeframe, e.partition): e for e in entries})
-        data = {"format": "forge-ledger", "version": 1, "root": self.root,
-                "partitions": [merged[k].as_json() for k in sorted(merged)]}
         self._locked()
-        tmp = os.path.join(self.state, "tmp", LEDGER)
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(json.dumps(data, indent=1) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.ledger_path)
-        except OSError as exc:
-            raise SinkError(f"cannot write {self.ledger_path}: {exc.strerror}") from None
+        self.ledger_file.save(entries)
 
     # -- repairing --------------------------------------------------------------------------
     def apply(self, source: str, symbol: str, timeframe: str, columns: tuple[str, ...], upserts: list[Row],
