@@ -142,7 +142,7 @@ class OkxSource(Source):
             self._adapt(limiter, -1)
             raise RetryableError(f"OKX rate limit: HTTP {status} {code} {msg}", WINDOW)
         if code in RETRYABLE or status >= 500:
-            raise RetryableError(f"OKX HTTP {status} {code} {msg}")
+            raise RetryableError(" ".join(x for x in ("OKX", f"HTTP {status}", code, msg) if x))
         if code == "0" and status < 300:
             if limiter.capacity < self._nominal[limiter.name]:
                 self._adapt(limiter, +1)

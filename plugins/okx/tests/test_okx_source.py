@@ -328,3 +328,16 @@ def test_52000_no_market_data_is_one_clear_line_not_retried(fresh_mock):
     text = str(caught.value)
     assert "\n" not in text and src.stats()["retries"] == 0 and fresh_mock.stats["okx.52000"] == 1
     assert text.startswith("OKX has no market data for BTC-USDT 1h (OKX 52000: No market data found.)")
+
+
+def test_a_5xx_html_page_that_persists_gives_up_without_the_html_or_a_none(fresh_mock):
+    page = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1><hr>nginx</body></html>"
+    fresh_mock.route(HISTORY, lambda req: Response(502, page, content_type="text/html"))
+    src = source(fresh_mock)
+    src.clients[HISTORY].backoff, src.clients[HISTORY].max_attempts = 0.01, 2
+    start = 1704067200000
+    with pytest.raises(SourceError) as caught:
+        list(src.fetch(task("BTC-USDT", "1h", start, start + 300 * HOUR)))
+    text = str(caught.value)
+    assert "still failing after 2 attempts" in text and text.endswith(": OKX HTTP 502 502 Bad Gateway"), text
+    assert "<" not in text and "nginx" not in text and "None" not in text
