@@ -56,7 +56,7 @@ from .pipeline import (
     _symbols,
     fetch_checked,
 )
-from .progress import fit, retry_parts
+from .progress import fit, retry_parts, throttle_parts
 from .records import Batch, Row
 from .sinks import RunInfo, Sink
 from .sources import Source, Task
@@ -641,7 +641,7 @@ class StatusLine:
         if not self.enabled:
             return
         width = max(20, shutil.get_terminal_size((80, 20)).columns - 1)
-        first = retry_parts(retrying.active())
+        first = retry_parts(retrying.active()) or throttle_parts(retrying.throttled())
         waiting = getattr(follower, "waiting", None)
         if waiting is not None:
             first.insert(0, f"{waiting[0]}: next try at {retrying.clock(waiting[1])} UTC")

@@ -101,26 +101,38 @@ class RateLimiter:
         return wait
 
     def acquire(self, cost: float = 1.0, cancel: threading.Event | None = None) -> bool:
-        """Take ``cost`` units, waiting as long as needed; False if ``cancel`` was set meanwhile."""
+        """Take ``cost`` units, waiting as long as needed; False if ``cancel`` was set meanwhile.
+        A wait of :data:`~forge_core.retrying.THROTTLE_SHOWN` seconds or more is announced to
+        displays (:func:`forge_core.retrying.throttled`): the progress line says why it stalls."""
         cost = min(cost, self.capacity)
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                self._expire(now)
-                wait = self._paused_until - now if now < self._paused_until else self._wait_for(cost, now)
-                if wait <= 0:
-                    self._log.append((now, cost, True))
-                    self._used += cost
-                    self._own += cost
-                    shared = budget.current()
-                    if shared is None:
-                        return True
-                    break
-                self.waited += wait
-            if cancel is None:
-                time.sleep(max(wait, 0.001))
-            elif cancel.wait(max(wait, 0.001)):
-                return False
+        announced = False
+        try:
+            while True:
+                with self._lock:
+                    now = time.monotonic()
+                    self._expire(now)
+                    paused = now < self._paused_until
+                    wait = self._paused_until - now if paused else self._wait_for(cost, now)
+                    if wait <= 0:
+                        self._log.append((now, cost, True))
+                        self._used += cost
+                        self._own += cost
+                        shared = budget.current()
+                        if shared is None:
+                            return True
+                        break
+                    self.waited += wait
+                if wait >= retrying.THROTTLE_SHOWN:
+                    retrying.throttle(retrying.Throttled(self.name, retrying.current_symbol(), time.time() + wait,
+                                                         paused))
+                    announced = True
+                if cancel is None:
+                    time.sleep(max(wait, 0.001))
+                elif cancel.wait(max(wait, 0.001)):
+                    return False
+        finally:
+            if announced:
+                retrying.unthrottle()
         # this process's window allows it; now the budget every process behind the IP shares
         shared.acquire(self.name, cost, self.limit, self.window)
         return True

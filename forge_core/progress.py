@@ -1,7 +1,8 @@
 """A one-line progress display on a terminal: the current symbol's candles and the run's total,
 rate and ETA, always within the terminal's width (a longer line would wrap, and every redraw
 would then add a line). While a request waits to be retried, the line says so first: what, why,
-attempt n of N, when the next attempt starts and when it gives up (``forge_core.retrying``)."""
+attempt n of N, when the next attempt starts and when it gives up (``forge_core.retrying``);
+while requests wait long for the rate limiter, it says which limiter and until when."""
 
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ class ProgressLine:
 
     def _draw(self) -> None:
         p = self._progress
-        parts = retry_parts(self._retrying)
+        parts = retry_parts(self._retrying) or throttle_parts(retrying.throttled())
         if p is not None:
             parts += render_parts(p, min(p.total_done - self._base, p.expected))
         if not parts:
@@ -105,6 +106,18 @@ def retry_parts(active: list[retrying.Retrying]) -> list[str]:
     if len(active) > 1:
         parts.append(f"{len(active) - 1} more retrying")
     return parts
+
+
+def throttle_parts(waits: list[retrying.Throttled]) -> list[str]:
+    """The line's first piece while requests wait long for their rate limiter (the budget of
+    this IP is spent, or the exchange asked every worker to pause):
+    ``waiting for binance-spot's rate limit until 14:03:21 UTC (3 requests)``."""
+    if not waits:
+        return []
+    w = waits[0]
+    why = "pause after a 429" if w.paused else "rate limit"
+    more = f" ({len(waits)} requests)" if len(waits) > 1 else ""
+    return [f"waiting for {w.limiter}'s {why} until {retrying.clock(w.until)} UTC{more}"]
 
 
 def render_parts(p: Progress, done: int) -> list[str]:

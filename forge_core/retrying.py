@@ -38,15 +38,31 @@ class Retrying:
         return f"{self.host}{self.path}" + (f" {self.symbol}" if self.symbol else "")
 
 
+@dataclass(frozen=True)
+class Throttled:
+    """A request held back by its rate limiter (not a failure): the exchange's budget for this
+    IP is spent, or every worker is paused after a 429. Announced only for waits of
+    :data:`THROTTLE_SHOWN` seconds or more; ordinary pacing is not news."""
+
+    limiter: str  # the limiter's name, e.g. ``binance-spot``
+    symbol: str | None
+    until: float  # epoch seconds
+    paused: bool = False  # a pause the exchange asked for (Retry-After), not the budget
+
+
+THROTTLE_SHOWN = 1.0  # seconds
+
 Watcher = Callable[[list[Retrying]], None]
 _lock = threading.Lock()
 _active: dict[int, Retrying] = {}
+_throttled: dict[int, Throttled] = {}
 _watchers: list[Callable[[], Watcher | None]] = []  # references: a bound method is held weakly
 _context = threading.local()
 
 
 def watch(callback: Watcher) -> Callable[[], None]:
-    """Call ``callback(active)`` (from the retrying thread) whenever a retry begins or ends;
+    """Call ``callback(active)`` (from the retrying thread) whenever a retry begins or ends
+    (or a long wait for a rate limiter, :func:`throttled`);
     ``active`` lists every request waiting now, soonest next attempt first. Returns the function
     that stops watching. A bound method is held weakly: a display that is dropped stops watching."""
     ref: Callable[[], Watcher | None]
@@ -82,6 +98,26 @@ def end() -> None:
     """This thread's request is being tried again (or gave up, or was cancelled)."""
     with _lock:
         if _active.pop(threading.get_ident(), None) is None:
+            return
+    _notify()
+
+
+def throttled() -> list[Throttled]:
+    """Requests waiting for their rate limiter now, the one waiting longest first."""
+    with _lock:
+        return sorted(_throttled.values(), key=lambda t: -t.until)
+
+
+def throttle(state: Throttled) -> None:
+    """This thread's request waits for its limiter until ``state.until``."""
+    with _lock:
+        _throttled[threading.get_ident()] = state
+    _notify()
+
+
+def unthrottle() -> None:
+    with _lock:
+        if _throttled.pop(threading.get_ident(), None) is None:
             return
     _notify()
 

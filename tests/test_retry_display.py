@@ -127,3 +127,34 @@ def test_a_dropped_progress_line_stops_watching():
     retrying.end()
     stop()
     assert len(retrying._watchers) == watching - 2 and [len(a) for a in seen] == [1, 0]
+
+
+def test_a_long_wait_for_the_rate_limiter_is_shown_then_the_candles_again():
+    """The budget of the IP is spent (or every worker is paused after a 429): requests wait in
+    the limiter, not in a retry, and the line used to freeze on the candle count."""
+    import threading
+
+    from forge_core.http import RateLimiter
+    from forge_core.pipeline import Progress
+
+    out = Screen()
+    line = ProgressLine(out, interval=60, width=100)
+    line(Progress("ETHUSDT", 500, 1000, 500, 1000, 1.0))
+    short = RateLimiter(1, 0.3, name="okx-history")  # ordinary pacing is not news
+    short.acquire()
+    short.acquire()
+    assert "okx-history" not in out.getvalue()
+    limiter = RateLimiter(1, 1.2, name="binance-spot")
+    assert limiter.acquire()  # the window's one unit
+    waiter = threading.Thread(target=limiter.acquire)
+    waiter.start()
+    deadline = time.monotonic() + 1.0
+    while "waiting for" not in out.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    waiter.join(5)
+    line.finish()
+    parts = [p.strip() for p in out.getvalue().split("\r") if p.strip()]
+    shown = [p for p in parts if p.startswith("waiting for binance-spot's rate limit until ")]
+    assert shown and re.fullmatch(rf"waiting for binance-spot's rate limit until {CLOCK} UTC \| ETHUSDT 500/1,000.*",
+                                  shown[0]), parts
+    assert parts[-1].startswith("ETHUSDT 500/1,000")  # the wait is over: the candles again
