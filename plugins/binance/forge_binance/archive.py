@@ -23,7 +23,7 @@ from array import array
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from itertools import repeat
@@ -45,6 +45,7 @@ from forge_core import (
     Timeframe,
     get_logger,
     iso,
+    retrying,
     row_maker,
 )
 from forge_core.records import ascending, ramp
@@ -58,7 +59,8 @@ DAILY_TIMEFRAMES = frozenset({"1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", 
 DAILY_LAG = DAY  # day D's file from D+2 00:00 UTC ("the next day", with a day of slack)
 MONTHLY_LAG = DAY  # month M's file from the day after the first Monday of M+1
 CHECKSUM_ATTEMPTS = 3  # downloads of a zip whose checksum does not match, before giving up on it
-PROBES = 8  # .CHECKSUM requests at a time while planning
+PROBES = 16  # .CHECKSUM requests at a time while planning
+AHEAD = 2  # zips downloaded ahead of the tasks that will read them (memory: two zips)
 PIECE = 1 << 18  # bytes of CSV read at a time: the batches the run loop hands on (~1,700 1m rows)
 _MICROS = 10**13  # open times above this are microseconds (ms stay below until the year 2286)
 _CHECKSUM_LINE = re.compile(r"^\s*([0-9a-fA-F]{64})\s+\*?(\S+)\s*$")
@@ -508,6 +510,10 @@ class ArchiveClient:
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._checksums: dict[str, bytes] = {}  # .CHECKSUM bodies fetched by probe(), used once
+        self._ahead: dict[str, Future[bytes | None]] = {}  # zips downloaded ahead (prefetch), used once
+        self._asked: set[str] = set()  # every zip ever prefetched: none twice
+        self._pool: ThreadPoolExecutor | None = None
+        self._closed = False
 
     def count(self, key: str, n: int = 1) -> None:
         with self._lock:
@@ -535,6 +541,41 @@ class ArchiveClient:
             self._checksums[path] = text
         return True
 
+    def prefetch(self, path: str, symbol: str | None = None) -> bool:
+        """Start downloading the zip at ``path`` in the background for :meth:`verified`; False
+        (nothing done) while :data:`AHEAD` zips wait for their tasks. A zip asked before, ahead
+        or by :meth:`verified`, is not asked again (True).
+
+        With one month per task and two tasks run at a time, both workers would otherwise
+        download at the same moment and parse at the same moment, the CPU idle meanwhile."""
+        with self._lock:
+            if path in self._asked:
+                return True
+            if self._closed or len(self._ahead) >= AHEAD:
+                return False
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(AHEAD, thread_name_prefix="forge-archive-ahead")
+            self._asked.add(path)
+
+            def get() -> bytes | None:
+                with retrying.symbol_context(symbol):  # a retry's display names the symbol
+                    return self.get(path)
+
+            self._ahead[path] = self._pool.submit(get)
+            return True
+
+    def _download(self, path: str) -> bytes | None:
+        """The zip at ``path``: the prefetched download if there is one, else a fresh one."""
+        with self._lock:
+            future = self._ahead.pop(path, None)
+            self._asked.add(path)
+        if future is None:
+            return self.get(path)
+        try:
+            return future.result()
+        except CancelledError:
+            raise Cancelled("cancelled") from None
+
     def verified(self, path: str) -> bytes | None:
         """The zip at ``path`` after its ``.CHECKSUM`` matched, or None if either is missing (404).
 
@@ -559,7 +600,7 @@ class ArchiveClient:
             except ValueError as exc:
                 problem = f"unreadable .CHECKSUM ({exc})"
                 continue
-            data = self.get(path)
+            data = self._download(path) if attempt == 1 else self.get(path)
             if data is None:
                 return None
             got = hashlib.sha256(data).hexdigest()
@@ -569,7 +610,15 @@ class ArchiveClient:
         raise ChecksumMismatch(f"{problem} after {CHECKSUM_ATTEMPTS} downloads")
 
     def close(self) -> None:
-        self.http.close()
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+            for future in self._ahead.values():
+                future.cancel()
+            self._ahead.clear()
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        self.http.close()  # a download still running stops retrying
 
 
 # -- a task's rows, with fallbacks --------------------------------------------------------------
@@ -590,9 +639,38 @@ class ArchiveFetcher:
         self.maker = maker or (lambda symbol, tf: row_maker(columns, tf, source=source, symbol=symbol))
         self.unreachable: str | None = None  # once the host is down, the other files go to REST at once
         self.probe_failure: str | None = None  # the last .CHECKSUM probe that failed other than by 404
+        # the archive files of the plan in task order, for downloading ahead (ArchiveClient.prefetch)
+        self._order: list[tuple[str, str]] = []  # (path, symbol)
+        self._position: dict[str, int] = {}
+        self._cursor = 0  # the first file of _order not yet asked ahead
+        self._first_asked = False  # the plan's first file was asked ahead while probing
+        self._order_lock = threading.Lock()
 
     # -- planning around missing files ----------------------------------------------------------
     def resolve(self, symbol: str, tf: Timeframe, segments: list[Segment]) -> list[Segment]:
+        """See :meth:`_resolve`; the files planned are remembered in order, to be downloaded
+        ahead of their tasks."""
+        out = self._resolve(symbol, tf, segments)
+        with self._order_lock:
+            for seg in out:
+                if seg.file is not None:
+                    path = seg.file.path(self.market, symbol, tf)
+                    self._position.setdefault(path, len(self._order))
+                    self._order.append((path, symbol))
+        return out
+
+    def _ahead_of(self, path: str) -> None:
+        """A task starts reading ``path``: download the next files of the plan ahead of it."""
+        with self._order_lock:
+            at = self._position.get(path)
+            if at is None:
+                return
+            j = max(at + 1, self._cursor)
+            while j < len(self._order) and self.client.prefetch(*self._order[j]):
+                j += 1
+            self._cursor = max(self._cursor, j)
+
+    def _resolve(self, symbol: str, tf: Timeframe, segments: list[Segment]) -> list[Segment]:
         """``segments`` with every archive file checked to be there (its ``.CHECKSUM``, which
         the download then reuses): a missing monthly file alone in its run is replaced by its
         month's daily files when its first day is there; every other missing file becomes
@@ -725,7 +803,9 @@ class ArchiveFetcher:
                 state[i] = ok
 
         try:
-            probe(0)
+            if probe(0) and not self._first_asked:  # the run's first file: its zip downloads while the rest is probed
+                self._first_asked = True
+                self.client.prefetch(files[0].file.path(self.market, symbol, tf), symbol)  # type: ignore[union-attr]
             i = 0
             while i < n:
                 if state[i] is None:
@@ -770,7 +850,9 @@ class ArchiveFetcher:
         if self.unreachable is not None:
             return self._instead(symbol, tf, name, start, end, self.unreachable, parts)
         try:
-            data = self.client.verified(f.path(self.market, symbol, tf))
+            path = f.path(self.market, symbol, tf)
+            data = self.client.verified(path)
+            self._ahead_of(path)  # the next files download while this one is read
             rows = None if data is None else read_rows(data, self.source, symbol, tf, start, end,
                                                       self.maker(symbol, tf), self.columns)
         except ChecksumMismatch as exc:

@@ -351,3 +351,137 @@ def test_a_piece_that_is_not_one_unbroken_run_takes_the_general_path(monkeypatch
     assert problem is None
     rows = read_rows(data, "binance", "S", parse_timeframe("1m"), 0, 2**62)
     assert list(rows) == want
+
+
+# -- downloading ahead (issue 18): the next zips arrive while a task reads its own ----------------
+class FakeArchive:
+    """An ArchiveClient whose host is a dict (path -> bytes, or an exception to raise); every
+    GET is recorded with the thread that sent it."""
+
+    def __init__(self, files: dict[str, object], gate=None):
+        import threading
+
+        from forge_binance.archive import ArchiveClient
+
+        client = ArchiveClient("http://127.0.0.1:9")
+        self.calls: list[tuple[str, str]] = []
+        self.gate = gate
+
+        def get(path: str):
+            self.calls.append((path, threading.current_thread().name))
+            if self.gate is not None and path.endswith(".zip"):
+                self.gate.wait(10)
+            got = files.get(path)
+            if isinstance(got, Exception):
+                raise got
+            return got
+
+        client.get = get  # type: ignore[method-assign]
+        self.client = client
+
+    def zips(self) -> list[str]:
+        return [p for p, _ in self.calls if p.endswith(".zip")]
+
+
+def month_files(months: int, text=kline_text) -> tuple[dict[str, object], list]:
+    """Monthly 1m archive files of S from 2024-01 (each a few rows), and their segments."""
+    import hashlib
+
+    from forge_binance.archive import Segment, month_file
+
+    files: dict[str, object] = {}
+    segments = []
+    tf = parse_timeframe("1m")
+    for m in range(months):
+        f = month_file(ms(f"2024-{m + 1:02d}-01"))
+        data = zipped(text(3, start=f.start))
+        files[f.path("spot", "S", tf)] = data
+        files[f.path("spot", "S", tf) + ".CHECKSUM"] = f"{hashlib.sha256(data).hexdigest()}  {f.name('S', tf)}\n".encode()
+        segments.append(Segment(f.start, f.end, f))
+    return files, segments
+
+
+def fetcher(client, rest=None, strict=False):
+    from forge_binance.archive import ArchiveFetcher
+
+    return ArchiveFetcher(client, "spot", "binance", rest or (lambda *a: []), strict)
+
+
+def test_the_next_zips_are_downloaded_ahead_of_their_tasks_each_once():
+    from forge_binance import archive
+
+    tf = parse_timeframe("1m")
+    files, segments = month_files(6)
+    fake = FakeArchive(files)
+    f = fetcher(fake.client)
+    planned = f.resolve("S", tf, segments)
+    assert planned == segments
+    # the first zip was asked while the other files were probed, ahead of any task
+    assert fake.zips() == [segments[0].file.path("spot", "S", tf)]
+    paths = [s.file.path("spot", "S", tf) for s in segments]
+    for k, seg in enumerate(segments):
+        got = f.fetch("S", tf, seg.file, seg.start, seg.end)
+        assert [r[3] for r in got.rows][:3] == [seg.start + i * 60_000 for i in range(3)]
+        asked = fake.zips()  # in plan order, at most AHEAD beyond the task reading its own
+        assert asked == paths[:len(asked)] and k + 1 <= len(asked) <= k + 1 + archive.AHEAD
+    assert sorted(fake.zips()) == sorted(paths)  # each zip downloaded once
+    assert all(t.startswith("forge-archive-ahead") for p, t in fake.calls if p in paths)  # none by a task
+    fake.client.close()
+
+
+def test_at_most_AHEAD_zips_wait_for_their_tasks():
+    import threading
+
+    from forge_binance import archive
+
+    tf = parse_timeframe("1m")
+    files, segments = month_files(8)
+    gate = threading.Event()  # zip downloads hang until the gate opens
+    fake = FakeArchive(files, gate)
+    f = fetcher(fake.client)
+    f.resolve("S", tf, segments)
+    f._ahead_of(segments[0].file.path("spot", "S", tf))  # what a task reading the first file does
+    assert len(fake.client._ahead) == archive.AHEAD and len(fake.zips()) <= archive.AHEAD
+    gate.set()
+    fake.client.close()
+
+
+def test_a_download_ahead_that_fails_is_the_tasks_failure_as_if_it_had_downloaded_itself():
+    from forge_binance.archive import ArchiveFailure
+
+    tf = parse_timeframe("1m")
+    files, segments = month_files(3)
+    second = segments[1].file.path("spot", "S", tf)
+    files[second] = ArchiveFailure(f"{second}: HTTP 403")
+    fake = FakeArchive(files)
+    rest_asked = []
+
+    def rest(symbol, tf, start, end):
+        rest_asked.append((start, end))
+        return []
+
+    f = fetcher(fake.client, rest)
+    f.resolve("S", tf, segments)
+    for seg in segments:
+        f.fetch("S", tf, seg.file, seg.start, seg.end)
+    assert (segments[1].start, segments[1].end) in rest_asked  # its month from REST, as before
+    assert fake.client.counts["archive_errors"] == 1 and fake.client.counts["archive_fallbacks"] == 1
+    assert fake.zips().count(second) == 1  # the failed download was not sent twice
+    assert [t[:19] for p, t in fake.calls if p == second] == ["forge-archive-ahead"]  # it was the one ahead
+    fake.client.close()
+
+
+def test_closing_cancels_the_downloads_ahead_not_yet_started():
+    import threading
+
+    tf = parse_timeframe("1m")
+    files, segments = month_files(6)
+    gate = threading.Event()
+    fake = FakeArchive(files, gate)
+    f = fetcher(fake.client)
+    f.resolve("S", tf, segments)
+    f._ahead_of(segments[0].file.path("spot", "S", tf))
+    fake.client.close()
+    gate.set()
+    assert fake.client.prefetch(segments[5].file.path("spot", "S", tf)) is False
+    assert not fake.client._ahead
