@@ -3,6 +3,8 @@
 Everything runs against one warm mock in its own process (``--latency`` per response, 50 ms by
 default, clock frozen at 2025-03-15 10:20 UTC); every contender is a process of its own, timed
 from outside (wall, and user+system CPU from ``wait4``), in interleaved rounds, medians kept.
+Forge runs from bytecode, as an installed Forge does (``common.installed_env``: a
+``PYTHONDONTWRITEBYTECODE`` in the environment is dropped; the warm-up run compiles it).
 
 1. **Speed, a symbol-year of 1m into CSV** (issue 18: at most 1.5x the floor):
 
@@ -48,7 +50,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import MockProcess, get_json, load  # noqa: E402
+from common import MockProcess, get_json, installed_env, load  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 NOW = 1742034030456  # 2025-03-15 10:20:30.456 UTC, as in the tests
@@ -102,7 +104,7 @@ def run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 1200
     """``cmd`` in a process of its own: wall seconds, CPU seconds, exit code, output."""
     began = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+                            env=installed_env({**os.environ, **(env or {})}))
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

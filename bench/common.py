@@ -83,6 +83,17 @@ class MockProcess:
                 self.proc.wait()
 
 
+def installed_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) for a Forge process run as an installed Forge runs:
+    from bytecode. Without it a ``PYTHONDONTWRITEBYTECODE`` in the environment would make every
+    run compile Forge's modules from source (about 0.1 CPU s a run here), which no install does
+    (pip compiles them) and no peer pays (their packages come with bytecode). The bytecode is
+    kept out of the tree, in ``bench/.venvs/pycache``; the first run of a tree compiles it."""
+    out = {k: v for k, v in (os.environ if env is None else env).items() if k != "PYTHONDONTWRITEBYTECODE"}
+    out["PYTHONPYCACHEPREFIX"] = str(VENVS / "pycache")
+    return out
+
+
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())

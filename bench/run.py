@@ -35,7 +35,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import requests  # noqa: E402
-from common import BENCH, ROOT, MockProcess, bench_month, bench_year, ensure_venv, load, machine  # noqa: E402
+from common import (  # noqa: E402
+    BENCH,
+    ROOT,
+    MockProcess,
+    bench_month,
+    bench_year,
+    ensure_venv,
+    installed_env,
+    load,
+    machine,
+)
 
 from forge_core import Batch, Pipeline, RunInfo, Sink  # noqa: E402
 from forge_core.records import CANDLE_COLUMNS, EXTRA_COLUMNS  # noqa: E402
@@ -520,7 +530,7 @@ def forge_cli(url: str, start: str, end: str, workers: int, out: Path, archive: 
            "--from", start, "--to", end, "--workers", str(workers), "-q", "--output", str(path)]
     cmd += ["--archive", "auto", "--archive-url", url] if archive else ["--archive", "rest"]
     began = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=installed_env())  # from bytecode
     seconds = time.perf_counter() - began
     if proc.returncode != 0:
         return {"error": f"forge run exit {proc.returncode}: {proc.stderr.strip()[-300:]}"}
