@@ -637,6 +637,9 @@ class HttpClient:
             self._sessions.clear()
 
 
+_CODE = re.compile(r"\bHTTP (\d{3}) (-?\d{4,5})\b")
+
+
 def _kind(exc: BaseException, status: int | None) -> str:
     """The kind of a retried failure, short, for the progress line: ``HTTP 429``, ``timeout``,
     ``connection reset``, ``malformed body``, ..."""
@@ -648,6 +651,11 @@ def _kind(exc: BaseException, status: int | None) -> str:
             return "connection reset"
         if text.startswith("malformed"):
             return "malformed body"
+        # the exchange's code where the status alone misleads: Binance -1008 (server busy) comes
+        # with 400, OKX 50004 (endpoint timeout) with 400, 50005 with 410, 50011 with 200
+        code = _CODE.search(text) if status is not None and status != 429 and status < 500 else None
+        if code is not None and int(code.group(1)) == status:
+            return f"HTTP {status} {code.group(2)}"
         if status is not None and status >= 300:
             return f"HTTP {status}"
         return text[:40]

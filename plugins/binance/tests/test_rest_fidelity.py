@@ -126,3 +126,20 @@ def test_a_5xx_html_page_that_persists_gives_up_without_the_html(fresh_mock: Moc
     text = str(caught.value)
     assert "still failing after 2 attempts" in text and text.endswith("HTTP 502 502 Bad Gateway")
     assert "<" not in text and "nginx" not in text
+
+
+def test_the_retry_display_names_the_code_a_400_comes_with(fresh_mock: MockExchange):
+    """"retrying BTCUSDT HTTP 400" reads as a bad request: the display says -1008 (server busy)."""
+    from forge_core import retrying
+
+    seen: list[str] = []
+    stop = retrying.watch(lambda active: seen.extend(r.error for r in active))
+    fresh_mock.config.extra["binance_errors"] = [[400, -1008], [503, -1000]]
+    src = BinanceSource(base_url=fresh_mock.url, archive="rest")
+    src.http.backoff = 0.01
+    try:
+        list(src.fetch(Task("BTCUSDT", parse_timeframe("1m"), T, T + 100 * MINUTE)))
+    finally:
+        src.close()
+        stop()
+    assert seen == ["HTTP 400 -1008", "HTTP 503"]

@@ -341,3 +341,19 @@ def test_a_5xx_html_page_that_persists_gives_up_without_the_html_or_a_none(fresh
     text = str(caught.value)
     assert "still failing after 2 attempts" in text and text.endswith(": OKX HTTP 502 502 Bad Gateway"), text
     assert "<" not in text and "nginx" not in text and "None" not in text
+
+
+def test_the_retry_display_names_the_okx_code(fresh_mock):
+    from forge_core import retrying
+
+    seen: list[str] = []
+    stop = retrying.watch(lambda active: seen.extend(r.error for r in active))
+    fresh_mock.config.extra["okx_errors"] = [[410, "50005"], [400, "50004"]]
+    src = source(fresh_mock)
+    src.clients[HISTORY].backoff = 0.01
+    start = 1704067200000
+    try:
+        list(src.fetch(task("BTC-USDT", "1h", start, start + 300 * HOUR)))
+    finally:
+        stop()
+    assert seen == ["HTTP 410 50005", "HTTP 400 50004"]
