@@ -452,6 +452,7 @@ class HttpClient:
         on_response: Callable[[requests.Response], None] | None = None,
         parse: Callable[[Any], Any] | None = None,
         exact: bool = False,
+        raw: Callable[[bytes], Any] | None = None,
     ) -> Any:
         """GET ``base_url + path`` and return the decoded JSON body (or ``parse(body)``),
         retrying transient faults. ``parse`` raising ``ValueError``, ``TypeError``,
@@ -460,11 +461,20 @@ class HttpClient:
         ``exact=True`` keeps JSON numbers exact, for exchanges that send prices as numbers:
         a number with a fraction or exponent arrives as its text (``0.1`` -> ``"0.1"``,
         exactly what the exchange sent, ready for a row or ``Decimal``), an integer as
-        ``int``; without it they are ``float`` and ``0.1`` may print as ``0.1000000000000000055``."""
+        ``int``; without it they are ``float`` and ``0.1`` may print as ``0.1000000000000000055``.
+
+        ``raw(content)`` may take a 2xx body straight from its bytes, without decoding it:
+        it returns the result, or ``None`` to have the body decoded and parsed as usual (it
+        must accept only bodies it has checked completely). ``check`` then sees body ``None``."""
 
         def read(response: requests.Response) -> Any:
             if on_response is not None:
                 on_response(response)
+            if raw is not None and response.status_code < 300:
+                result = raw(response.content)
+                if result is not None:
+                    self.check(response, None)
+                    return result
             try:
                 body = decode_json(response.content, exact=exact)
             except ValueError:

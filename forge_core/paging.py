@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .errors import SourceError
-from .records import Row
+from .records import ColumnRows, Row, TextRows
 from .timeframes import Timeframe
 from .times import iso
 
@@ -50,7 +50,8 @@ def forward_pages(
     sleep: Callable[[float], None] = time.sleep,
     end_of_data: dict[str, int] | None = None,
 ) -> list[Row]:
-    """Rows opening in ``[start, end)``, ascending, from an API that pages forward.
+    """Rows opening in ``[start, end)``, ascending, from an API that pages forward: a list,
+    or :class:`~forge_core.records.TextRows` when every page ``request`` returned is one.
 
     ``request(cursor, stop)`` returns up to a page of rows, ascending, opening in
     ``[cursor, stop)``; with ``stop=None`` it is a probe: rows from ``cursor`` on, unbounded (one
@@ -59,13 +60,15 @@ def forward_pages(
     ``end_of_data`` (one dict per series, shared by its tasks) remembers where the exchange
     affirmed its data ends, so later tasks of a delisted symbol cost no request.
     """
-    rows: list[Row] = []
+    pages: list[Sequence[Row]] = []
     cursor = tf.ceil(start)
     if end_of_data is not None and end_of_data.get("at", _FAR) <= cursor:
-        return rows
+        return []
     while cursor < end:
         stop = end if window is None else min(end, cursor + window)
-        page = list(request(cursor, stop))
+        page: Sequence[Row] = request(cursor, stop)
+        if not isinstance(page, TextRows):  # rows kept as text or columns stay so
+            page = list(page)
         if not page:
             page, hole_end = _affirm_forward(request, cursor, stop, open_index, sleep)
             if not page:
@@ -79,12 +82,16 @@ def forward_pages(
                     cursor = tf.ceil(min(max(stop, hole_end or stop), end))
                     continue
                 break
-        last = page[-1][open_index]
+        last = page.open_ts[-1] if isinstance(page, TextRows) else page[-1][open_index]
         if last < cursor:
             raise SourceError(f"the exchange returned candles before the requested start {iso(cursor)}")
-        rows.extend(page)
+        pages.append(page)
         cursor = tf.next_open(last)
-    return rows
+    if len(pages) == 1:
+        return pages[0]  # type: ignore[return-value]
+    if pages and all(isinstance(p, TextRows) and not isinstance(p, ColumnRows) for p in pages):
+        return TextRows.join(pages)  # type: ignore[arg-type,return-value]
+    return [row for p in pages for row in p]
 
 
 _FAR = 1 << 62

@@ -33,6 +33,7 @@ returns against that contract (:func:`check_rows`).
 
 from __future__ import annotations
 
+import json
 import operator
 import sys
 from array import array
@@ -118,7 +119,7 @@ class Batch:
     def csv_text(self) -> str | None:
         """The rows as CSV records in ``columns`` order (``\\r\\n`` after each, no field
         quoted), exactly what ``csv.writer`` writes for them, when the batch holds them as
-        :class:`TextRows`; else ``None`` (build the text from the rows)."""
+        :class:`TextRows` that have it; else ``None`` (build the text from the rows)."""
         rows = self.rows
         if isinstance(rows, TextRows) and rows.columns == self.columns:
             return rows.text()
@@ -232,6 +233,42 @@ class TextRows(Sequence[Row]):
         return out
 
     @classmethod
+    def from_columns(cls, columns: Sequence[str], values: Mapping[str, Sequence[Any]], *,
+                     fixed: Mapping[str, str], ints: Sequence[str] = (), plain: bool = False) -> ColumnRows | None:
+        """Rows from one sequence per column (``fixed``: one value per constant column), as a
+        source that decodes a page has them. ``open_ts``, ``end_ts`` and the ``ints`` columns
+        hold ints, or canonical decimal strings (kept for the text; the rows get ints); the
+        others any values. Nothing is joined or split here: iterating zips the columns into
+        tuples, and the CSV text (:meth:`text`) is joined on first use, or is ``None`` when a
+        value is not a string or would need CSV quoting (the sink then writes the tuples;
+        ``plain=True``: the caller has made sure no value holds a comma, quote, CR or LF).
+        ``None`` when an int column holds anything else (a bool counts as an int) or a value
+        beyond 64 bits: the caller builds its tuples then."""
+        columns = tuple(columns)
+        if set(columns) != set(values) | set(fixed) or set(values) & set(fixed):
+            raise TypeError(f"give every column ({', '.join(columns)}) once, in values or fixed")
+        n = len(values["open_ts"])
+        if any(len(v) != n for v in values.values()):
+            raise ValueError("every column needs the same number of values")
+        held: list[Any] = [fixed[c] if c in fixed else values[c] for c in columns]
+        arrays: dict[int, array] = {}
+        try:
+            for name in ("open_ts", "end_ts", *ints):
+                i, col = columns.index(name), values[name]
+                text = bool(n) and type(col[0]) is str  # decimal text: kept as it is for the CSV text
+                got = _decimal_ints(col) if text else array("q", col)
+                if got is None:
+                    return None
+                arrays[i] = got
+                if not text:
+                    held[i] = got
+        except (TypeError, OverflowError):  # array() refuses a str, float or None
+            return None
+        if plain and any(c in v for v in fixed.values() for c in ',"\r\n'):
+            plain = False
+        return ColumnRows(columns, held, arrays, dict(fixed), plain)
+
+    @classmethod
     def join(cls, parts: Sequence[TextRows]) -> TextRows:
         """One sequence of the rows of ``parts`` (same columns), in the order given."""
         first = parts[0]
@@ -343,6 +380,92 @@ class TextRows(Sequence[Row]):
         return f"TextRows({len(self)} rows of {', '.join(self.columns)})"
 
 
+_UNJOINED: Any = object()
+
+
+class ColumnRows(TextRows):
+    """:class:`TextRows` held as columns (:meth:`TextRows.from_columns`): iterating zips the
+    columns into tuples; :meth:`text` joins the CSV records once, on first use."""
+
+    __slots__ = ("_values", "_arrays", "_plain", "_text")
+
+    def __init__(self, columns: tuple[str, ...], values: list[Any], arrays: dict[int, array], fixed: dict[str, str],
+                 plain: bool = False) -> None:
+        # values: per column, its sequence (what the text is joined from), or its one value if
+        # it is in `fixed`; arrays: the int columns' values, by column index (what rows get)
+        self.columns, self.fixed, self._values, self._arrays, self._plain = columns, fixed, values, arrays, plain
+        self.open_ts, self.end_ts = arrays[columns.index("open_ts")], arrays[columns.index("end_ts")]
+        self.ints = tuple(sorted(arrays))
+        self.sizes = [len(self.open_ts)] if self.open_ts else []
+        self.step, self._steady, self._cache, self._text = None, None, None, _UNJOINED
+
+    def text(self) -> str | None:  # type: ignore[override]
+        """The CSV records ``csv.writer`` writes for the rows, or ``None`` if a value is not
+        a string or needs quoting (then the rows are written as tuples)."""
+        if self._text is _UNJOINED:
+            self._text = self._join()
+        return self._text  # type: ignore[no-any-return]
+
+    def _join(self) -> str | None:
+        n, width = len(self.open_ts), len(self.columns)
+        if not n:
+            return ""
+        parts: list[Iterable[Any]] = []
+        run: list[str] = []
+        for c, v in zip(self.columns, self._values, strict=True):
+            if c in self.fixed:
+                run.append(v)  # constant columns side by side become one constant
+                continue
+            if run:
+                parts.append(repeat(",".join(run), n))
+                run = []
+            parts.append(map(str, v) if isinstance(v, array) else v)
+        if run:
+            parts.append(repeat(",".join(run), n))
+        try:
+            text = "\r\n".join(map(",".join, zip(*parts, strict=True))) + "\r\n"
+        except TypeError:  # a value that is not a string
+            return None
+        if not self._plain and ('"' in text or text.count(",") != n * (width - 1) or text.count("\n") != n
+                                or text.count("\r") != n):
+            return None
+        return text
+
+    @property  # type: ignore[override]
+    def texts(self) -> list[str]:
+        text = self.text()
+        if text is None:
+            raise TypeError("these rows have no plain CSV text: iterate them")
+        return [text] if text else []
+
+    def __iter__(self) -> Iterator[Row]:
+        n, arrays = len(self.open_ts), self._arrays
+        return zip(*[repeat(v, n) if c in self.fixed else arrays.get(i, v)
+                     for i, (c, v) in enumerate(zip(self.columns, self._values, strict=True))], strict=True)
+
+    def _rows_of(self, k: int) -> list[Row]:
+        if self._cache is None:
+            self._cache = (0, list(self))
+        return self._cache[1]
+
+    def chunks(self) -> Iterator[TextRows]:
+        yield self
+
+    def _slice(self, start: int, stop: int) -> TextRows:
+        if start == 0 and stop == len(self.open_ts):
+            return self
+        values = [v if c in self.fixed else v[start:stop] for c, v in zip(self.columns, self._values, strict=True)]
+        arrays = {i: a[start:stop] for i, a in self._arrays.items()}
+        return self._carry(ColumnRows(self.columns, values, arrays, self.fixed, self._plain))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return self.columns == getattr(other, "columns", self.columns) and list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 def _ints(values: Sequence[str]) -> array | None:
     """``values`` as int64s if each is a canonical decimal integer (what ``str(int(v))`` gives
     back), else None."""
@@ -351,6 +474,18 @@ def _ints(values: Sequence[str]) -> array | None:
     try:
         return array("q", list(map(int, values)))
     except OverflowError:
+        return None
+
+
+def _decimal_ints(values: Sequence[str]) -> array | None:
+    """``values`` as int64s if each is a canonical decimal integer, else None: the digits
+    0-9 only, read by the JSON decoder (which refuses leading zeros and empty values) in one
+    call, a few times faster than ``int`` on each."""
+    if not "".join(values).isdigit():  # no sign, space, dot or "_" (JSON refuses non-ASCII digits)
+        return None
+    try:
+        return array("q", json.loads("[" + ",".join(values) + "]"))
+    except (ValueError, TypeError, OverflowError):
         return None
 
 

@@ -114,3 +114,79 @@ def test_the_csv_sink_writes_text_rows_byte_for_byte_as_tuples(tmp_path):
         Pipeline(source, [("csv", {"output": str(path)})]).run("S", "1m", "2024-01-01", "2024-01-02")
         out[text] = path.read_bytes()
     assert out[True] == out[False] and out[True].count(b"\r\n") == 2 * 1440 + 1
+
+
+# -- rows held as columns (issue 18, REST): TextRows.from_columns -----------------------------
+def column_rows(opens: list[int], *, as_text: bool = False, **over: list) -> TextRows | None:
+    n = len(opens)
+    ints = {"open_ts": opens, "end_ts": [t + 59_999 for t in opens], "trades": [7] * n}
+    if as_text:  # the int columns as the decimal strings a page's body spells them
+        ints = {k: [str(v) for v in col] for k, col in ints.items()}
+    values = {**ints, "open": ["1.10"] * n, "high": ["2.0"] * n, "low": ["0.5"] * n, "close": ["1.5"] * n,
+              "volume": ["10.000"] * n, **over}
+    return TextRows.from_columns(COLS, values, fixed={"source": "x", "symbol": "S", "timeframe": "1m"},
+                                 ints=("trades",))
+
+
+@pytest.mark.parametrize("as_text", [False, True])
+def test_column_rows_are_the_tuples_and_the_text_csv_writer_gives(as_text):
+    import csv
+    import io
+
+    opens = [i * 60_000 for i in range(6)]
+    rows = column_rows(opens, as_text=as_text)
+    assert rows is not None and isinstance(rows, TextRows)
+    assert list(rows) == tuples(opens) and rows == tuples(opens) and len(rows) == 6
+    assert [type(v) for v in rows[0]] == [type(v) for v in tuples(opens)[0]]  # ints where the columns are ints
+    assert rows[-1] == tuples(opens)[-1] and list(rows[2:4]) == tuples(opens)[2:4]
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(tuples(opens))
+    assert rows.text() == buffer.getvalue() == rows[0:6].text()
+    assert rows[2:4].text() == "".join(buffer.getvalue().splitlines(keepends=True)[2:4])
+    assert Batch("x", "S", "1m", COLS, rows).csv_text() == buffer.getvalue()
+    check_rows(rows, COLS, TF, "p", source="x", symbol="S")
+    clean, _ = _clean(rows, Task("S", TF, 60_000, 300_000), 1 << 60, 3, 4)
+    assert list(clean) == tuples(opens)[1:5] and clean.text() == "".join(buffer.getvalue().splitlines(True)[1:5])
+
+
+@pytest.mark.parametrize("value", ["1,5", 'a"b', "1\r\n2", 1.5, None])
+def test_column_rows_with_a_value_csv_must_quote_have_no_text_and_are_written_as_tuples(value, tmp_path):
+    """The rows stay the values as given (as the per-row path keeps them); only the shortcut
+    is off, and the CSV sink writes them with csv.writer, quoted where needed."""
+    import csv
+
+    from forge_core import Pipeline, Source
+
+    opens = [0, 60_000]
+    rows = column_rows(opens, close=["1.5", value])
+    assert rows is not None and rows.text() is None and Batch("x", "S", "1m", COLS, rows).csv_text() is None
+    want = tuples(opens)
+    want[1] = want[1][:8] + (value,) + want[1][9:]
+    assert list(rows) == want
+
+    class ColumnSource(Source):
+        name = "x"
+        columns = COLS
+
+        def fetch(self, task):
+            return column_rows([task.start, task.start + 60_000], close=["1.5", value])
+
+    path = tmp_path / "out.csv"
+    Pipeline(ColumnSource(), [("csv", {"output": str(path)})]).run("S", "1m", "2024-01-01 00:00", "2024-01-01 00:01")
+    with path.open(newline="") as f:
+        got = list(csv.reader(f))
+    assert got[2][COLS.index("close")] == ("" if value is None else str(value))
+
+
+@pytest.mark.parametrize("bad", [["0", "60000x"], ["0", "060000"], ["0", ""], ["0", "+60000"], ["0", "6e4"],
+                                 [0, 60_000.0], [0, None], [0, "60000"], [0, 1 << 64]])
+def test_column_rows_refuse_an_int_column_that_is_not_canonical_ints(bad):
+    # the caller then builds tuples (with int()), so text and rows never disagree
+    assert column_rows([0, 60_000], open_ts=bad) is None
+
+
+def test_a_bool_in_an_int_column_is_the_int_the_per_row_path_gives():
+    rows = column_rows([0, 60_000], trades=[True, 7])
+    assert rows is not None and list(rows)[0][COLS.index("trades")] == 1 == int(True)
+    assert rows.text().split("\r\n")[0].endswith(",1")
+
