@@ -675,7 +675,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-rows", type=int, default=500_000, help="rows of the PostgreSQL case")
     parser.add_argument("--pg-rounds", type=int, default=3, help="rounds of the PostgreSQL case (pairs per target)")
     parser.add_argument("--publish", action="store_true", help="write docs/benchmarks.md and .png")
+    parser.add_argument("--only", choices=["rest"], help="rest: only cases 1 and 1c (Binance REST symbol-year, "
+                        "CPU vs the bare client), a minute; prints their rows, writes nothing")
     args = parser.parse_args(argv)
+    if args.only == "rest":
+        return _only_rest(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     year, month = bench_year(), bench_month()
@@ -740,6 +744,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.publish:
         publish(text, png)
     step("done")
+    return 0
+
+
+def _only_rest(args: argparse.Namespace) -> int:
+    """Cases 1 and 1c alone, to iterate on the REST path's CPU."""
+    year = bench_year()
+    if args.quick:
+        year = (year[0], year[0][:8] + "03")
+    with tempfile.TemporaryDirectory(prefix="forge-bench-") as tmp, MockProcess({"latency": args.latency}) as mock:
+        began_load = load()
+        results = case_single(mock, args, *year, Path(tmp))
+    print(f"load average {began_load} at the start, {load()} at the end (1/5/15 min); {year[0]} .. {year[1]}")
+    for r in results:
+        print(f"{r.case}: {r.measured} vs {r.reference} = {r.ratio:.2f} (target {r.target})\n  {r.details}")
     return 0
 
 

@@ -1,0 +1,119 @@
+"""REST klines become rows held in columns (issue 18): straight from the body's bytes when it
+is Binance's compact form, from the decoded JSON otherwise, from one tuple per kline as the
+last resort; always the same rows as the per-kline path, with the same exact strings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import requests
+
+from forge_binance.source import BinanceSource, _columns, _raw_klines
+from forge_core import Batch, Task, TextRows
+from forge_core.timeframes import parse_timeframe
+
+ROOT = Path(__file__).resolve().parents[3]
+SPOT = ROOT / "tests" / "fixtures" / "real" / "binance_spot_klines_BTCUSDT_1m_2021-10-22_nautilus.json"
+USDM = Path(__file__).resolve().parent / "fixtures" / "binance_usdm_klines_docs_example_nautilus.json"
+COLS = BinanceSource.columns
+M1 = parse_timeframe("1m")
+T = 1706745600000  # 2024-02-01 00:00 UTC
+
+
+def per_kline(page: list, source: str, symbol: str, tf: str = "1m") -> list[tuple]:
+    """The rows BinanceSource built one tuple per kline before issue 18."""
+    make = BinanceSource(market="spot").row_maker(Task(symbol, parse_timeframe(tf), 0, 0))
+    rows = [make(open_ts=int(k[0]), end_ts=int(k[6]), open=k[1], high=k[2], low=k[3], close=k[4], volume=k[5],
+                 quote_volume=k[7], trades=int(k[8]), taker_buy_base_volume=k[9], taker_buy_quote_volume=k[10])
+            for k in page]
+    return [(source, *r[1:]) for r in rows]
+
+
+def compact(page: list) -> bytes:
+    return json.dumps(page, separators=(",", ":")).encode()  # how Binance sends it
+
+
+@pytest.mark.parametrize("fixture,tf", [(SPOT, "1m"), (USDM, "1w")])
+def test_real_bodies_become_the_per_kline_rows_from_their_bytes(fixture, tf):
+    page = json.loads(fixture.read_text())
+    fixed = {"source": "binance", "symbol": "BTCUSDT", "timeframe": tf}
+    want = per_kline(page, "binance", "BTCUSDT", tf)
+    rows = _raw_klines(compact(page), COLS, fixed)
+    assert isinstance(rows, TextRows) and rows == want and list(rows) == want
+    assert [type(v) for v in rows[0]] == [type(v) for v in want[0]]
+    assert rows.text() == "".join(",".join(map(str, r)) + "\r\n" for r in want)
+    # pretty-printed (as stored): not the compact form, so decoded, and the same rows
+    assert _raw_klines(fixture.read_bytes(), COLS, fixed) is None
+    assert _columns(page, COLS, fixed) == want and _columns(page, COLS, fixed).text() == rows.text()
+
+
+@pytest.mark.parametrize("market,prefix,symbol", [("spot", "/api/v3", "BTCUSDT"), ("usdm", "/fapi/v1", "BTCUSDT"),
+                                                  ("coinm", "/dapi/v1", "BTCUSD_PERP")])
+def test_every_market_takes_the_fast_path_with_the_same_rows(mock, market, prefix, symbol):
+    body = requests.get(f"{mock.url}{prefix}/klines", params={"symbol": symbol, "interval": "1m", "startTime": T,
+                                                               "endTime": T + 300 * 60_000 - 1, "limit": 300}).content
+    source = "binance" if market == "spot" else f"binance-{market}"
+    fixed = {"source": source, "symbol": symbol, "timeframe": "1m"}
+    rows = _raw_klines(body, COLS, fixed)
+    assert rows is not None and len(rows) == 300 and rows == per_kline(json.loads(body), source, symbol)
+    src = BinanceSource(base_url=mock.url, market=market, archive="rest")
+    try:
+        got = src.fetch(Task(symbol, M1, T, T + 300 * 60_000))
+    finally:
+        src.close()
+    assert isinstance(got, TextRows) and got == rows
+    assert Batch(source, symbol, "1m", COLS, got).csv_text() == rows.text()  # the CSV sink writes it as is
+
+
+KLINE = b'[1706745600000,"1.5","2.5","1.0","2.0","10.5",1706745659999,"20.5",3,"5.5","10.25","0"]'
+NEXT = KLINE.replace(b"1706745600000", b"1706745660000").replace(b"1706745659999", b"1706745719999")
+
+
+@pytest.mark.parametrize("body", [b"[" + KLINE + b"]", b"[" + KLINE + b"," + NEXT + b"]",
+                                  b"[" + KLINE.replace(b",3,", b",0,") + b"]"])
+def test_the_compact_form_is_taken_from_the_bytes(body):
+    rows = _raw_klines(body, COLS, {"source": "binance", "symbol": "BTCUSDT", "timeframe": "1m"})
+    assert rows is not None and rows == per_kline(json.loads(body), "binance", "BTCUSDT")
+
+
+@pytest.mark.parametrize("body", [
+    b"[" + KLINE + b"," + NEXT,  # cut short
+    b"[" + KLINE + b"," + NEXT + b"]]",  # one bracket too many
+    b"[" + KLINE + b",]",  # a trailing comma
+    b"[" + KLINE + NEXT + b"]",  # no comma between klines
+    b"[" + KLINE.replace(b"[1706745600000", b"[01706745600000") + b"]",  # a leading zero: not JSON
+    b"[" + KLINE.replace(b",3,", b",3.0,") + b"]",  # trades a float
+    b"[" + KLINE.replace(b",3,", b",,") + b"]",  # an empty value: not JSON
+    b"[" + KLINE.replace(b"[1706745600000", b"[1706745600000.") + b"]",  # not a JSON number
+    b"[" + KLINE.replace(b'"1.5"', b'"1,5"') + b"]",  # a comma inside a string
+    b"[" + KLINE.replace(b'"1.5"', b'"1\\u002e5"') + b"]",  # an escape
+    b"[" + KLINE.replace(b'"1.5"', b"1.5") + b"]",  # a number where Binance sends a string
+    b"[" + KLINE.replace(b'"1.5"', b'"-1.5"') + b"]",  # a sign
+    b"[" + KLINE.replace(b',"0"]', b"]") + b"]",  # 11 fields
+    b"[" + KLINE.replace(b',"0"]', b',"0","1"]') + b"]",  # 13 fields
+    b"[ " + KLINE + b"]",  # whitespace (valid JSON, but not the compact form)
+    b"[" + KLINE.replace(b"1706745600000", b"99999999999999999999") + b"]",  # beyond 64 bits
+    b"<html><body>upstream error</body></html>",
+    b"[]",
+    b'{"code":-1121,"msg":"Invalid symbol."}',
+])
+def test_anything_but_the_exact_compact_form_is_left_to_the_json_decoder(body):
+    assert _raw_klines(body, COLS, {"source": "binance", "symbol": "BTCUSDT", "timeframe": "1m"}) is None
+
+
+def test_pages_held_as_columns_join_into_the_rows_of_a_walk():
+    """A task that takes two requests (a short page) still returns every row, in order."""
+    from forge_core import forward_pages
+
+    fixed = {"source": "binance", "symbol": "BTCUSDT", "timeframe": "1m"}
+    klines = [KLINE.replace(b"1706745600000", str(T + i * 60_000).encode())
+              .replace(b"1706745659999", str(T + i * 60_000 + 59_999).encode()) for i in range(5)]
+
+    def request(cursor: int, stop: int | None):  # at most 3 klines a page
+        first = (cursor - T) // 60_000
+        return _raw_klines(b"[" + b",".join(klines[first:first + 3]) + b"]", COLS, fixed)
+
+    rows = forward_pages(request, M1, T, T + 5 * 60_000, open_index=COLS.index("open_ts"))
+    assert rows == per_kline(json.loads(b"[" + b",".join(klines) + b"]"), "binance", "BTCUSDT")
