@@ -203,7 +203,8 @@ OPEN_INDEX = COLUMNS.index("open_ts")
 
 
 def read_rows(data: bytes, source: str, symbol: str, tf: Timeframe, start: int, end: int,
-              make: RowMaker | None = None, columns: tuple[str, ...] = COLUMNS) -> Sequence[Row]:
+              make: RowMaker | None = None, columns: tuple[str, ...] = COLUMNS,
+              on_gap: Callable[[int, int], None] | None = None) -> Sequence[Row]:
     """Canonical rows opening in ``[start, end)`` from a verified zip, streamed from its CSV in
     256 KiB pieces (the archive's CSV has no quoting: fields are split on commas).
 
@@ -211,7 +212,12 @@ def read_rows(data: bytes, source: str, symbol: str, tf: Timeframe, start: int, 
     strings reordered into CSV records, no tuple per row) when every piece is plain kline CSV;
     otherwise, or for other ``columns``, as tuples from ``make``. A first line not starting
     with a digit is a header; timestamps above 1e13 are microseconds. ValueError (or
-    IndexError) for anything that is not a kline CSV."""
+    IndexError) for anything that is not a kline CSV.
+
+    ``on_gap(a, b)`` is told, as soon as the piece showing it is read, of each range ``[a, b)``
+    inside ``[start, end)`` whose candles the file lacks, before the end of the file (a hint:
+    :func:`find_gaps` on the result is what counts)."""
+    gaps = _GapWatch(tf, start, end, on_gap) if on_gap is not None and tf.ms is not None else None
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         members = [n for n in zf.namelist() if n.lower().endswith(".csv")]
         if len(members) != 1:
@@ -226,6 +232,8 @@ def read_rows(data: bytes, source: str, symbol: str, tf: Timeframe, start: int, 
                 rows = _text_rows(piece, tf, fixed)
                 if rows is not None:
                     parts.append(rows)
+                    if gaps is not None:
+                        gaps.see(rows)
                     return
                 fast = False
             out: list[Row] = []
@@ -473,6 +481,37 @@ def _rows(lines: list[str], out: list[Row], make: RowMaker, tf: Timeframe, start
                         taker_buy_quote_volume=r[10]))
 
 
+class _GapWatch:
+    """The gaps of ``[start, end)`` in a file's pieces as they are read (TextRows, ascending),
+    told to ``report`` at once; it stops at the first piece out of order."""
+
+    def __init__(self, tf: Timeframe, start: int, end: int, report: Callable[[int, int], None]) -> None:
+        assert tf.ms is not None
+        self.ms, self.end, self.report = tf.ms, end, report
+        self.expect: int | None = tf.ceil(start)
+
+    def see(self, rows: TextRows) -> None:
+        expect, ms, end = self.expect, self.ms, self.end
+        opens = rows.open_ts
+        if expect is None or not opens:
+            return
+        if rows.step == ms:  # an unbroken run: a gap can only be before it
+            if opens[0] > expect and expect < end:
+                self.report(expect, min(opens[0], end))
+            self.expect = max(expect, opens[-1] + ms)
+            return
+        if not ascending(opens):
+            self.expect = None
+            return
+        for ts in opens:
+            if ts >= end:
+                break
+            if ts > expect:
+                self.report(expect, ts)
+            expect = max(expect, ts + ms)
+        self.expect = expect
+
+
 def find_gaps(rows: Sequence[Row], tf: Timeframe, start: int, end: int,
               open_index: int = OPEN_INDEX) -> list[tuple[int, int]]:
     """Ranges of ``[start, end)`` where ``rows`` (ascending) skip a candle open."""
@@ -649,6 +688,7 @@ class ArchiveFetcher:
         self._position: dict[str, int] = {}
         self._cursor = 0  # the first file of _order not yet asked ahead
         self._first_asked = False  # the plan's first file was asked ahead while probing
+        self._gaps: ThreadPoolExecutor | None = None  # REST for gaps found while a file is read
         self._order_lock = threading.Lock()
 
     # -- planning around missing files ----------------------------------------------------------
@@ -854,22 +894,40 @@ class ArchiveFetcher:
         count = self.client.count
         if self.unreachable is not None:
             return self._instead(symbol, tf, name, start, end, self.unreachable, parts)
+        early: dict[tuple[int, int], Future[list[Row]]] = {}  # gaps asked from REST while the file is read
+
+        def on_gap(a: int, b: int) -> None:
+            early[(a, b)] = self._gap_pool().submit(self._rest_for, symbol, tf, a, b)
+
         try:
-            path = f.path(self.market, symbol, tf)
-            data = self.client.verified(path)
-            self._ahead_of(path)  # the next files download while this one is read
-            rows = None if data is None else read_rows(data, self.source, symbol, tf, start, end,
-                                                      self.maker(symbol, tf), self.columns)
-        except ChecksumMismatch as exc:
-            count("archive_checksum_failures")
-            return self._instead(symbol, tf, name, start, end, f"failed verification: {exc}", parts)
-        except ArchiveUnreachable as exc:
-            count("archive_errors")
-            self.unreachable = f"could not be fetched: archive host unreachable ({exc})"
-            return self._instead(symbol, tf, name, start, end, self.unreachable, parts)
-        except (ArchiveFailure, ValueError, IndexError, zipfile.BadZipFile) as exc:
-            count("archive_errors")
-            return self._instead(symbol, tf, name, start, end, f"unusable: {exc}", parts)
+            try:
+                path = f.path(self.market, symbol, tf)
+                data = self.client.verified(path)
+                self._ahead_of(path)  # the next files download while this one is read
+                rows = None if data is None else read_rows(data, self.source, symbol, tf, start, end,
+                                                          self.maker(symbol, tf), self.columns, on_gap)
+            except ChecksumMismatch as exc:
+                count("archive_checksum_failures")
+                return self._instead(symbol, tf, name, start, end, f"failed verification: {exc}", parts)
+            except ArchiveUnreachable as exc:
+                count("archive_errors")
+                self.unreachable = f"could not be fetched: archive host unreachable ({exc})"
+                return self._instead(symbol, tf, name, start, end, self.unreachable, parts)
+            except (ArchiveFailure, ValueError, IndexError, zipfile.BadZipFile) as exc:
+                count("archive_errors")
+                return self._instead(symbol, tf, name, start, end, f"unusable: {exc}", parts)
+            return self._with_gaps(symbol, tf, f, start, end, rows, early, parts)
+        finally:
+            for future in early.values():  # asked for a file that is not used after all
+                future.cancel()
+
+    def _with_gaps(self, symbol: str, tf: Timeframe, f: ArchiveFile, start: int, end: int,
+                   rows: Sequence[Row] | None, early: dict[tuple[int, int], Future[list[Row]]],
+                   parts: list[tuple[Sequence[Row], str]]) -> None:
+        """The file's ``rows`` (None: it is missing), and from REST the candles it lacks: those
+        asked while it was read (``early``) and any other gap :func:`find_gaps` finds."""
+        name = f.name(symbol, tf)
+        count = self.client.count
         if rows is None:
             count("archive_missing")
             if f.period == "monthly" and tf.name in DAILY_TIMEFRAMES:
@@ -883,7 +941,10 @@ class ArchiveFetcher:
             return self._instead(symbol, tf, name, start, end, "is not in the archive (HTTP 404)", parts)
         count("archive_files")
         parts.append((rows, "archive"))
-        extra = [r for a, b in find_gaps(rows, tf, start, end) for r in self.rest(symbol, tf, a, b)]
+        extra: list[Row] = []
+        for a, b in find_gaps(rows, tf, start, end):
+            asked = early.pop((a, b), None)
+            extra += self.rest(symbol, tf, a, b) if asked is None else asked.result()
         if extra:
             where = f"{iso(extra[0][OPEN_INDEX])}..{iso(extra[-1][OPEN_INDEX])}"
             if self.strict:
@@ -893,6 +954,22 @@ class ArchiveFetcher:
             log.warning("archive_gap_filled", file=name, candles=len(extra), range=where)
             parts.append((extra, "rest"))
         return None
+
+    def _gap_pool(self) -> ThreadPoolExecutor:
+        with self._order_lock:
+            if self._gaps is None:
+                self._gaps = ThreadPoolExecutor(2, thread_name_prefix="forge-archive-gaps")
+            return self._gaps
+
+    def _rest_for(self, symbol: str, tf: Timeframe, start: int, end: int) -> list[Row]:
+        with retrying.symbol_context(symbol):  # a retry's display names the symbol
+            return self.rest(symbol, tf, start, end)
+
+    def close(self) -> None:
+        with self._order_lock:
+            pool, self._gaps = self._gaps, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _instead(self, symbol: str, tf: Timeframe, name: str, start: int, end: int, reason: str,
                  parts: list[tuple[Sequence[Row], str]]) -> None:

@@ -297,6 +297,7 @@ class BinanceSource(Source):
         return out
 
     def close(self) -> None:
+        self.archive_fetcher.close()
         self.http.close()
         self.archive.close()
 

@@ -485,3 +485,65 @@ def test_closing_cancels_the_downloads_ahead_not_yet_started():
     gate.set()
     assert fake.client.prefetch(segments[5].file.path("spot", "S", tf)) is False
     assert not fake.client._ahead
+
+
+# -- gaps asked from REST while the file is still being read (issue 18) ----------------------------
+def test_a_hole_inside_a_file_is_asked_from_rest_before_the_file_is_read_to_its_end():
+    import threading
+
+    tf = parse_timeframe("1m")
+    files, segments = month_files(1, text=lambda n, start: kline_text(6000, start=start))
+    path = segments[0].file.path("spot", "S", tf)
+    lines = zipfile.ZipFile(io.BytesIO(files[path])).read("X.csv").decode().splitlines(keepends=True)
+    del lines[5990:]  # the file ends ten candles early
+    del lines[2000:2150]  # and 150 minutes are missing a third into it: in its fifth piece or so
+    import hashlib
+
+    files[path] = zipped("".join(lines))
+    files[path + ".CHECKSUM"] = f"{hashlib.sha256(files[path]).hexdigest()}  {segments[0].file.name('S', tf)}\n".encode()
+    fake = FakeArchive(files)
+    asked = []
+
+    def rest(symbol, tf_, start, end):
+        asked.append((start, end, threading.current_thread().name))
+        return []
+
+    f = fetcher(fake.client, rest)
+    seg = f.resolve("S", tf, segments)[0]
+    got = f.fetch("S", tf, seg.file, seg.start, seg.end)
+    t0 = seg.start
+    hole, tail = (t0 + 2000 * 60_000, t0 + 2150 * 60_000), (t0 + 5990 * 60_000, seg.end)
+    assert [(a, b) for a, b, _ in asked] == [hole, tail]
+    assert asked[0][2].startswith("forge-archive-gaps")  # asked while the rest of the file was read
+    assert asked[1][2] == threading.current_thread().name  # known only at the end: asked then
+    assert [r[3] for r in got.rows] == [t0 + i * 60_000 for i in range(5990) if not 2000 <= i < 2150]
+    f.close()
+    fake.client.close()
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_gaps_seen_piece_by_piece_are_the_gaps_find_gaps_finds_but_the_last(seed):
+    import random
+    from array import array
+
+    from forge_binance.archive import _GapWatch
+    from forge_core import TextRows
+
+    rnd = random.Random(seed)
+    tf = parse_timeframe("1m")
+    opens = sorted(rnd.sample(range(0, 400 * 60_000, 60_000), rnd.randint(1, 380)))
+    start = rnd.choice([0, opens[0], opens[len(opens) // 2] + rnd.choice([0, 60_000, 30_000])])
+    end = rnd.choice([400 * 60_000, opens[-1], opens[-1] + 60_000, opens[len(opens) // 3] + 60_000])
+    reported = []
+    watch = _GapWatch(tf, start, end, lambda a, b: reported.append((a, b)))
+    cut = sorted(rnd.sample(range(1, len(opens)), min(len(opens) - 1, rnd.randint(0, 6))))
+    for lo, hi in zip([0, *cut], [*cut, len(opens)], strict=True):
+        part = opens[lo:hi]
+        arr = array("q", part)
+        rows = TextRows(("open_ts",), ["x\r\n" * len(part)], [len(part)], arr, arr, (), {})
+        if part == list(range(part[0], part[0] + 60_000 * len(part), 60_000)):
+            rows.step = 60_000
+        watch.see(rows)
+    inside = [("b", "S", "1m", t, t + 59_999) for t in opens if start <= t < end]
+    want = find_gaps(inside, tf, start, end)
+    assert reported == want[:len(reported)] and len(reported) >= len(want) - 1
