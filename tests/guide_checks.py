@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import psycopg2
 import pytest
 
-from forge_core.times import day_label, now_ms, parse_range
+from forge_core.times import parse_range
 from forge_mock_exchange import MockConfig, MockExchange
 from forge_mock_exchange.expected import as_csv_lines, binance_rows
 from forge_mock_exchange.expected_okx import okx_rows
@@ -71,7 +71,6 @@ def guide(guide_blocks, pg_url, tmp_path_factory):
             mp.setenv(name, mock.url)
         mp.chdir(workdir)
         namespace: dict = {"__name__": "seed_guide"}
-        days = [day_label(now_ms())]
         try:
             for i, (heading, code) in enumerate(guide_blocks):
                 key = f"{i:02d} {heading}"
@@ -94,7 +93,7 @@ def guide(guide_blocks, pg_url, tmp_path_factory):
         finally:
             mp.undo()
     return {"dir": workdir, "outcomes": outcomes, "db": pg_url.rsplit("/", 1)[0] + "/crypto",
-            "blocks": len(guide_blocks), "days": {*days, day_label(now_ms())}}
+            "blocks": len(guide_blocks)}
 
 
 def read(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -129,8 +128,7 @@ def test_csv_outputs_are_exact(guide, name, symbol, tf, start, end):
 
 def test_backfill_to_now_ends_with_the_last_closed_candle(guide):
     [path] = [p for p in guide["dir"].glob("Binance-BTCUSDT-1m-2024-01-01_*.csv") if "2024-12-31" not in p.name]
-    # "now" in a name is this machine's UTC day (sinks are opened before the exchange is asked)
-    assert path.name in {f"Binance-BTCUSDT-1m-2024-01-01_{day}.csv" for day in guide["days"]}
+    assert path.name == "Binance-BTCUSDT-1m-2024-01-01_2025-03-15.csv"  # the exchange's UTC day, not this machine's
     _, rows = read(path)
     last_closed_end = NOW // 60_000 * 60_000 - 1  # the candle open at NOW is not closed yet
     assert int(rows[0][3]) == 1704067200000 and int(rows[-1][4]) == last_closed_end
