@@ -190,3 +190,20 @@ def test_a_bool_in_an_int_column_is_the_int_the_per_row_path_gives():
     assert rows is not None and list(rows)[0][COLS.index("trades")] == 1 == int(True)
     assert rows.text().split("\r\n")[0].endswith(",1")
 
+
+
+@pytest.mark.parametrize("opens", [
+    [i * 60_000 for i in range(1000)],  # an even run: compared with the grid as one string
+    [0, 60_000, 180_000, 240_000],  # a hole: read one by one (by the JSON decoder)
+    [120_000, 60_000, 0],  # descending
+    [60_000],
+])
+def test_int_columns_as_text_become_the_same_ints_however_they_are_spaced(opens):
+    rows = column_rows(opens, as_text=True)
+    assert rows is not None and rows.open_ts.tolist() == opens and rows.end_ts.tolist() == [t + 59_999 for t in opens]
+    assert list(rows) == tuples(opens)
+
+
+@pytest.mark.parametrize("bad", [["0", "60000", "0120000"], ["60000", "120000", "180000 "], ["0", "60000", "٣"]])
+def test_a_bad_value_at_the_end_of_an_even_run_is_refused(bad):
+    assert column_rows([0, 60_000, 120_000], as_text=True, open_ts=bad) is None
