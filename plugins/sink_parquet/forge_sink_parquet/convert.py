@@ -15,10 +15,10 @@ Types (the file columns; ``source``, ``symbol``, ``timeframe`` are Hive director
 
 from __future__ import annotations
 
-import io
 import json
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from functools import lru_cache
 from itertools import accumulate
 from typing import Any
 
@@ -80,70 +80,93 @@ def _validity(values: Sequence[Any]) -> pa.Buffer | None:
 
 
 def _strings(values: Sequence[str], valid: pa.Buffer | None) -> pa.Array:
-    text = "".join(values)  # TypeError if any is not a str
+    """Strings joined by newlines into one value and split again by pyarrow (no Python work
+    per value; faster than ``pa.array``); values holding a newline are measured one by one."""
+    n = len(values)
+    text = "\n".join(values)  # TypeError if any is not a str
     data = text.encode("utf-8")
-    sizes: Iterable[int] = map(len, values) if len(data) == len(text) else (len(v.encode("utf-8")) for v in values)
     if len(data) >= 2**31:
         raise OverflowError("batch too large for int32 offsets")
+    if n and text.count("\n") == n - 1:
+        one = pa.Array.from_buffers(pa.string(), 1, [None, _buffer(array("i", [0, len(data)])), _buffer(data)])
+        split = pc.split_pattern(one, "\n", memory_pool=POOL).flatten()
+        return pa.Array.from_buffers(pa.string(), n, [valid, *split.buffers()[1:]], offset=split.offset)
+    data = "".join(values).encode("utf-8")
     offsets = array("i", [0])
-    offsets.extend(accumulate(sizes))
-    return pa.Array.from_buffers(pa.string(), len(values), [valid, _buffer(offsets), _buffer(data)])
+    offsets.extend(accumulate(len(v.encode("utf-8")) for v in values))
+    return pa.Array.from_buffers(pa.string(), n, [valid, _buffer(offsets), _buffer(data)])
+
+
+def _typed(kind: type, values: Sequence[Any], valid: pa.Buffer | None) -> pa.Array:
+    """The array of ``values``, all of ``kind`` (``None`` already replaced, ``valid`` saying
+    where); TypeError or OverflowError when they are not."""
+    n = len(values)
+    if kind is str:
+        return _strings(values, valid)
+    if kind is int:
+        try:
+            return pa.Array.from_buffers(pa.int64(), n, [valid, _buffer(array("q", values))])
+        except TypeError:  # floats among the ints: doubles, as pa.array infers
+            kind = float
+    if kind is float:
+        return pa.Array.from_buffers(pa.float64(), n, [valid, _buffer(array("d", values))])
+    if kind is bool:
+        if not all(type(v) is bool for v in values):
+            raise TypeError("not all bool")
+        flags = pa.Array.from_buffers(pa.uint8(), n, [None, _buffer(bytes(values))])
+        return pa.Array.from_buffers(pa.bool_(), n, [valid, flags.cast(pa.bool_(), memory_pool=POOL).buffers()[1]])
+    raise TypeError(f"no fast path for {kind.__name__}")
 
 
 def python_array(values: Sequence[Any]) -> pa.Array:
     """An Arrow array of Python values, of the type ``pa.array`` would infer for str, int,
     float and bool values (and ``None``), built without converting object by object."""
     first = _first(values)
+    if first is None:
+        return pa.nulls(len(values))
     kind = type(first)
+    try:
+        return _typed(kind, values, None)  # TypeError too when a value is None
+    except (TypeError, OverflowError):
+        pass
     valid = _validity(values)
     if valid is not None:
         fill = {str: "", bool: False, int: 0, float: 0.0}.get(kind)
-        filled: Sequence[Any] = [fill if v is None else v for v in values]
-    else:
-        filled = values
-    n = len(values)
-    try:
-        if first is None:
-            return pa.nulls(n)
-        if kind is str:
-            return _strings(filled, valid)
-        if kind is bool:
-            if not all(type(v) is bool for v in filled):
-                raise TypeError("not all bool")
-            flags = bytes(filled)
-            bits = pa.Array.from_buffers(pa.uint8(), n, [None, _buffer(flags)]).cast(pa.bool_(), memory_pool=POOL).buffers()[1]
-            return pa.Array.from_buffers(pa.bool_(), n, [valid, bits])
-        if kind is int:
-            try:
-                return pa.Array.from_buffers(pa.int64(), n, [valid, _buffer(array("q", filled))])
-            except TypeError:  # floats among the ints: doubles, as pa.array infers
-                kind = float
-        if kind is float:
-            return pa.Array.from_buffers(pa.float64(), n, [valid, _buffer(array("d", filled))])
-    except (TypeError, OverflowError):
-        pass
+        try:
+            return _typed(kind, [fill if v is None else v for v in values], valid)
+        except (TypeError, OverflowError):
+            pass
     return pa.array(values)  # other or mixed types: pyarrow's own conversion
 
 
+_CSV_PARSE = pcsv.ParseOptions(quote_char=False, double_quote=False, escape_char=False, newlines_in_values=False)
+
+
+@lru_cache(maxsize=16)
+def _csv_convert(columns: tuple[str, ...], ints: tuple[str, ...]) -> pcsv.ConvertOptions:
+    wanted = [c for c in columns if c not in HIVE_KEYS]
+    return pcsv.ConvertOptions(column_types={c: (pa.int64() if c in ints else pa.string()) for c in wanted},
+                               include_columns=wanted, null_values=[], strings_can_be_null=False,
+                               quoted_strings_can_be_null=False)
+
+
 def csv_arrays(columns: Sequence[str], text: str, ints: Sequence[str]) -> dict[str, pa.ChunkedArray]:
-    """The columns of CSV records (``\r\n`` after each, nothing quoted, as
+    """The columns of CSV records (``\\r\\n`` after each, nothing quoted, as
     :meth:`forge_core.Batch.csv_text` gives them) read by pyarrow's C reader: the ``ints``
     columns as int64, every other one as the strings it holds (Hive keys are skipped)."""
-    wanted = [c for c in columns if c not in HIVE_KEYS]
+    data = text.encode("utf-8")
     table = pcsv.read_csv(
-        io.BytesIO(text.encode("utf-8")),
-        read_options=pcsv.ReadOptions(column_names=list(columns), use_threads=False, block_size=1 << 24),
-        parse_options=pcsv.ParseOptions(quote_char=False, double_quote=False, escape_char=False,
-                                        newlines_in_values=False),
-        convert_options=pcsv.ConvertOptions(
-            column_types={c: (pa.int64() if c in ints else pa.string()) for c in wanted},
-            include_columns=wanted, null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False),
-        memory_pool=POOL)
-    return {c: table[c] for c in wanted}
+        pa.BufferReader(data),  # one block: one chunk per column, no block buffer larger than the text
+        read_options=pcsv.ReadOptions(column_names=list(columns), use_threads=False,
+                                      block_size=max(len(data) + 1, 1 << 12)),
+        parse_options=_CSV_PARSE, convert_options=_csv_convert(tuple(columns), tuple(ints)), memory_pool=POOL)
+    return {c: table[c] for c in table.column_names}
 
 
 def _plain(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return pa.concat_arrays(values.chunks, memory_pool=POOL) if isinstance(values, pa.ChunkedArray) else values
+    if not isinstance(values, pa.ChunkedArray):
+        return values
+    return values.chunk(0) if values.num_chunks == 1 else pa.concat_arrays(values.chunks, memory_pool=POOL)
 
 
 def _scale_needed(strings: pa.Array) -> int:
@@ -216,14 +239,23 @@ def _mismatch(name: str, values: pa.Array, target: pa.DataType, where: str) -> s
             f"stores it as {target}; write to a new --root")
 
 
-def column_arrays(columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> dict[str, pa.Array | pa.ChunkedArray]:
+def column_arrays(columns: Sequence[str], rows: Sequence[tuple[Any, ...]],
+                  where: str) -> dict[str, pa.Array | pa.ChunkedArray]:
     """One array per column (Hive keys skipped) of the rows: rows held as CSV text
     (:class:`forge_core.TextRows`) are read by pyarrow's CSV reader, others column by column."""
     if isinstance(rows, TextRows) and rows.columns == tuple(columns):
         return csv_arrays(columns, rows.text(), [rows.columns[i] for i in rows.ints])
     if not rows:
         return {c: pa.nulls(0) for c in columns if c not in HIVE_KEYS}
-    return {c: python_array(v) for c, v in zip(columns, zip(*rows, strict=True), strict=True) if c not in HIVE_KEYS}
+    out: dict[str, pa.Array | pa.ChunkedArray] = {}
+    for name, values in zip(columns, zip(*rows, strict=True), strict=True):
+        if name in HIVE_KEYS:
+            continue
+        try:
+            out[name] = python_array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError) as exc:
+            raise SinkError(f"{where}: the parquet sink cannot store column {name!r}: {exc}") from None
+    return out
 
 
 def to_table(columns: Sequence[str], rows: Sequence[tuple[Any, ...]], schema: pa.Schema | None, float64: bool,
@@ -235,7 +267,7 @@ def to_table(columns: Sequence[str], rows: Sequence[tuple[Any, ...]], schema: pa
                             f"rename it (e.g. --transform select) or use another sink")
     if "open_ts" not in columns:
         raise SinkError(f"{where}: the parquet sink needs the open_ts column (partitions and upserts use it)")
-    data = column_arrays(columns, rows)
+    data = column_arrays(columns, rows, where)
     names: list[str] = []
     arrays: list[pa.Array] = []
     targets = {f.name: f.type for f in schema} if schema is not None else {}
