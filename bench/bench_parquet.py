@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import forge_sink_parquet  # noqa: F401 - before pyarrow, as in a forge run: it picks the allocator
 import pyarrow as pa
 import pyarrow.parquet as pq
 from forge_sink_parquet import ParquetSink

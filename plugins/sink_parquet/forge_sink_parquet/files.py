@@ -21,9 +21,9 @@ from .convert import POOL, forge_metadata, read_forge_metadata
 # Candle columns are nearly all distinct values: dictionary pages only cost time and memory
 # (5x slower, +20 MB per month written); zstd halves the files against snappy for little time.
 WRITE_OPTIONS: dict[str, Any] = {"use_dictionary": False, "compression": "zstd"}
-# Rows per row group: what a partition writer holds at most (about 5 MB of Binance 1m
+# Rows per row group: what a partition writer holds at most (about 1.3 MB of Binance 1m
 # candles), and what a reader decodes at a time.
-ROW_GROUP = 16_384
+ROW_GROUP = 8_192
 
 
 def dataset_schema(root: str) -> tuple[pa.Schema, str] | None:
