@@ -177,8 +177,10 @@ class StoredRows:
     """The rows a partition file holds, read a row group at a time in ``open_ts`` order, for
     merging with new rows without holding the whole file (:func:`stored_rows` opens one)."""
 
-    def __init__(self, path: str, file: pq.ParquetFile | None, schema: pa.Schema, whole: pa.Table | None) -> None:
+    def __init__(self, path: str, file: pq.ParquetFile | None, schema: pa.Schema, whole: pa.Table | None,
+                 last: int) -> None:
         self.path, self.schema = path, schema
+        self.last = last  # the newest open_ts the file holds
         self._file = file
         self._batches = iter(file.iter_batches(batch_size=ROW_GROUP, use_threads=False)) if file is not None else None
         self._head: pa.Table | None = whole  # rows read and not yet handed on
@@ -274,11 +276,12 @@ def stored_rows(path: str, schema: pa.Schema) -> StoredRows | None:
     except (OSError, pa.ArrowException) as exc:
         file.close()
         raise SinkError(f"cannot read {path}: {exc}; move it away to let Forge rewrite the month") from None
+    last = int(pc.max(ts).as_py() or 0) if len(ts) else -1
     if len(ts) < 2 or pc.all(pc.greater_equal(ts.slice(1), ts.slice(0, len(ts) - 1))).as_py():
-        return StoredRows(path, file, schema, None)
+        return StoredRows(path, file, schema, None, last)
     whole = file.read(use_threads=False).replace_schema_metadata(None).select(schema.names)
     file.close()
-    return StoredRows(path, None, schema, whole.take(pc.sort_indices(whole["open_ts"])))
+    return StoredRows(path, None, schema, whole.take(pc.sort_indices(whole["open_ts"])), last)
 
 
 def upsert(old: pa.Table | None, new: pa.Table) -> pa.Table:

@@ -23,7 +23,7 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import pyarrow as pa
@@ -41,7 +41,7 @@ from forge_core import (
     parse_timeframe,
 )
 
-from . import layout
+from . import files, layout
 from .convert import HIVE_KEYS, python_array, to_table
 from .files import (
     PartitionWriter,
@@ -56,15 +56,18 @@ from .files import (
 
 @dataclass
 class _Partition:
-    """The month being written: ``out`` the file being written (``None`` until rows come, and
-    after a commit wrote it), ``stored`` what the partition file held when ``out`` began, not
-    merged yet, ``last`` the newest ``open_ts`` handed to ``out``."""
+    """The month being written: ``out`` the file being written (``None`` until rows come, after
+    a commit wrote it, and while ``clean``), ``stored`` what the partition file held when the
+    rows began, not merged yet, ``last`` the newest ``open_ts`` taken."""
 
     key: tuple[str, str, str, int, int]
     path: str
     out: PartitionWriter | None = None
     stored: StoredRows | None = None
     last: int | None = None
+    pending: list[pa.Table] = field(default_factory=list)  # new rows not merged yet (< a row group)
+    pending_rows: int = 0
+    clean: bool = False  # every row so far equals the stored file's: nothing is written (yet)
 
 
 class ParquetSink(Sink):
@@ -224,7 +227,7 @@ class ParquetSink(Sink):
         table = to_table(batch.columns, rows, self.schema, self.float64, where)
         if self.schema is None:
             self.schema = table.schema
-        self._merge(self.current, _unique_by_open(table))
+        self._add(self.current, _unique_by_open(table))
         self.appended[batch.symbol] = self._end_ts(batch, rows)
 
     def commit(self) -> None:
@@ -259,31 +262,66 @@ class ParquetSink(Sink):
         return ParquetIntegrity(self.settings["root"])
 
     # -- partitions -------------------------------------------------------------------------
-    def _merge(self, part: _Partition, new: pa.Table) -> None:
-        """Put ``new`` (rows of ``part``, unique and ascending by ``open_ts``) into the file being
-        written: the stored rows before them go first, stored rows with their open times are
-        replaced (an upsert), later stored rows wait for later rows or the end."""
+    def _add(self, part: _Partition, new: pa.Table) -> None:
+        """Take ``new`` (rows of ``part``, unique and ascending by ``open_ts``); they are merged
+        a row group at a time (fewer, larger merges), so at most about a row group waits."""
         if not new.num_rows:
             return
         ts = new["open_ts"]
+        lo = ts[0].as_py()
+        if part.last is not None and lo <= part.last:  # rows before ones taken (a transform's)
+            self._flush(finished=False)  # finish the file; these merge with it
+        part.pending.append(new)
+        part.pending_rows += new.num_rows
+        part.last = ts[len(ts) - 1].as_py()
+        if part.pending_rows >= files.ROW_GROUP:
+            self._merge(part)
+
+    def _merge(self, part: _Partition) -> None:
+        """Put the pending rows into the file being written: the stored rows before them go
+        first, stored rows with their open times are replaced (an upsert), later stored rows
+        wait for later rows or the end. While every row equals the stored one (a re-run),
+        nothing is written: the file is kept as it is unless a row differs."""
+        if not part.pending:
+            return
+        new = pa.concat_tables(part.pending) if len(part.pending) > 1 else part.pending[0]
+        part.pending, part.pending_rows = [], 0
+        ts = new["open_ts"]
         lo, hi = ts[0].as_py(), ts[len(ts) - 1].as_py()
-        if part.last is not None and lo <= part.last:
-            self._flush(finished=False)  # rows before ones written (a transform's): merge with the file
-        if part.out is None:
-            assert self.schema is not None
+        assert self.schema is not None
+        if part.out is None and not part.clean:  # the partition's rows begin
             part.stored = stored_rows(part.path, self.schema)
-            part.out = PartitionWriter(part.path, self._tmp, self.schema, self.float64)
+            part.clean = part.stored is not None and lo <= part.stored.last  # over stored rows: compare first
+            if not part.clean:
+                part.out = PartitionWriter(part.path, self._tmp, self.schema, self.float64)
         stored = part.stored
-        if stored is not None:
-            for rows in stored.below(lo):
-                part.out.add(rows)
-            held = stored.upto(hi)
-            self.changed += changed_rows(held, new)
-            new = upsert(held, new)
-        else:
+        if stored is None:
+            assert part.out is not None
             self.changed += new.num_rows
-        part.out.add(new)
-        part.last = hi
+            part.out.add(new)
+            return
+        for rows in stored.below(lo):
+            if part.out is not None:
+                part.out.add(rows)  # (while clean, the file keeps them)
+        held = stored.upto(hi)
+        if held is not None and held.num_rows == new.num_rows and held.equals(new):
+            if part.out is not None:
+                part.out.add(held)
+            return
+        self.changed += changed_rows(held, new)
+        merged = upsert(held, new)
+        if part.clean:  # the first row that differs: write the unchanged rows before it, then go on
+            part.clean = False
+            part.out = PartitionWriter(part.path, self._tmp, self.schema, self.float64)
+            before = stored_rows(part.path, self.schema)
+            assert before is not None
+            try:
+                for rows in before.below(lo):
+                    part.out.add(rows)
+            finally:
+                before.close()
+        assert part.out is not None
+        part.out.add(merged)
 
     def _flush(self, finished: bool) -> None:
         """Finish the partition's file, if rows were written to it since it was last finished
@@ -291,7 +329,13 @@ class ParquetSink(Sink):
         part = self.current
         if part is None:
             return
-        if part.out is not None:
+        self._merge(part)
+        if part.clean:  # no row differed from the file's: it stays as it is
+            assert part.stored is not None
+            part.stored.close()
+            part.stored = part.last = None
+            part.clean = False
+        elif part.out is not None:
             out, stored = part.out, part.stored
             try:
                 if stored is not None:

@@ -454,7 +454,8 @@ def test_rows_are_written_in_row_groups_as_they_come(tmp_path, monkeypatch):
     tmp = list((tmp_path / ".data.forge" / "tmp").iterdir())
     assert len(tmp) == 1 and tmp[0].stat().st_size > 10_000
     current = sink.current
-    assert current is not None and current.out is not None and current.out.buffered == 1450 - 1000
+    assert current is not None and current.out is not None
+    assert current.out.buffered + current.pending_rows == 1450 - 1000  # at most about a row group held
     sink.close(True)
     path = tmp_path / "data/source=binance/symbol=BTCUSDT/timeframe=1m/year=2024/month=1/part-0.parquet"
     meta = pq.ParquetFile(path).metadata
@@ -480,6 +481,30 @@ def test_the_same_rows_give_the_same_bytes_however_they_arrive(tmp_path, monkeyp
     assert files(parts / "data") == files(whole / "data")
     assert sink.rows_changed() == len(_batch("2024-01-30", "2024-02-01 10:00").rows)  # the stale ones differ
     assert sink.files_written == 3
+
+
+def test_a_rerun_leaves_unchanged_files_alone_and_rewrites_from_the_first_difference(tmp_path, monkeypatch):
+    from forge_sink_parquet import files as pqfiles
+
+    monkeypatch.setattr(pqfiles, "ROW_GROUP", 300)
+    root = tmp_path / "data"
+    rows = _batch("2024-01-01", "2024-01-02").rows
+    assert _write(root, [_batch("2024-01-01", "2024-01-02")]).files_written == 1
+    path = root / "source=binance/symbol=BTCUSDT/timeframe=1m/year=2024/month=1/part-0.parquet"
+    kept = path.stat()
+    again = _write(root, [_text_batch("2024-01-01", "2024-01-01 12:00"), _batch("2024-01-01 12:01", "2024-01-02")],
+                   commit_after=(0,))
+    assert (again.rows_changed(), again.files_written) == (0, 0)
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (kept.st_ino, kept.st_mtime_ns)
+    # one close differs, late in the month's second day: the rows before it are written unchanged
+    i = COLUMNS.index("close")
+    changed = [r if k != 2000 else (*r[:i], "1.00000000", *r[i + 1:]) for k, r in enumerate(rows)]
+    sink = _write(root, [Batch("binance", "BTCUSDT", "1m", COLUMNS, changed[:1500]),
+                         Batch("binance", "BTCUSDT", "1m", COLUMNS, changed[1500:])])
+    assert (sink.rows_changed(), sink.files_written) == (1, 1)
+    fresh = tmp_path / "fresh"
+    _write(fresh, [Batch("binance", "BTCUSDT", "1m", COLUMNS, changed)])
+    assert files(root) == files(fresh)
 
 
 # run in a process of its own (no pyarrow.dataset there: it imports pandas itself)
