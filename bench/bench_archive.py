@@ -226,8 +226,10 @@ def speed(args: argparse.Namespace, tmp: Path) -> None:
     if "forge, before" in times:
         print(f"forge before/after (wall): {median([r['wall'] for r in times['forge, before']]) / median([r['wall'] for r in times['forge']]):.2f}x")
     print(f"outputs byte-identical: {same} ({', '.join(f'{k} {v[:12]}' for k, v in outputs.items())})")
-    print("target: forge <= 1.5x floor: " + ("met" if median([r['wall'] for r in times['forge']]) <= 1.5 * floor
-                                            else "MISSED"))
+    forge = median([r['wall'] for r in times['forge']])
+    print("target: forge <= 1.5x floor: " + ("met" if forge <= 1.5 * floor else "MISSED")
+          + "; <= 1.5x floor, local (polars from the zips on disk, the issue's own floor): "
+          + ("met" if forge <= 1.5 * floor_local else "MISSED"))
 
 
 # -- 2. memory -----------------------------------------------------------------------------------
