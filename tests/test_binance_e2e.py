@@ -9,7 +9,7 @@ import pytest
 
 from forge_core.times import parse_range
 from forge_mock_exchange.expected import as_csv_lines, binance_rows
-from forge_mock_exchange.market import MAINTENANCE, NEW_LISTED, Market
+from forge_mock_exchange.market import DELISTED, MAINTENANCE, NEW_LISTED, Market
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "real"  # real responses; see PROVENANCE.md
 HEADER = ["source", "symbol", "timeframe", "open_ts", "end_ts", "open", "high", "low", "close", "volume",
@@ -64,6 +64,31 @@ def test_symbol_listed_mid_range_starts_at_listing(forge, exchange_env, in_tmp):
     _, rows = read(in_tmp / "Binance-NEWUSDT-1h-2024-01-01_2024-01-31.csv")
     assert int(rows[0][3]) == NEW_LISTED
     assert rows == expected("NEWUSDT", "1h", "2024-01-01", "2024-01-31", exchange_env.config.now)
+
+
+@pytest.mark.parametrize("archive", ["rest", "auto"])
+def test_delisted_symbol_ends_at_its_last_candle(forge, exchange_env, in_tmp, monkeypatch, archive):
+    """A delisted Binance pair stays in exchangeInfo (status BREAK) and its klines stay queryable
+    (docs: exchange-apis A.6); nothing after its last candle, in REST or the archive."""
+    import requests
+
+    from forge_core import paging
+
+    monkeypatch.setattr(paging, "AFFIRM_BACKOFF", (0.0, 0.01, 0.02))  # the end of data is believed sooner
+
+    info = requests.get(f"{exchange_env.url}/api/v3/exchangeInfo", params={"symbol": "OLDUSDT"}, timeout=10).json()
+    assert info["symbols"][0]["status"] == "BREAK"
+    newest = requests.get(f"{exchange_env.url}/api/v3/klines", timeout=10,
+                          params={"symbol": "OLDUSDT", "interval": "1m", "limit": 1}).json()
+    assert newest[0][6] == DELISTED - 1
+    zip_after = "/data/spot/daily/klines/OLDUSDT/1h/OLDUSDT-1h-2024-02-01.zip"
+    assert requests.get(exchange_env.url + zip_after, timeout=10).status_code == 404
+    result = forge("run", "-s", "binance", "--symbol", "OLDUSDT", "-t", "1h", "--from", "2023-12-20",
+                   "--to", "now", "--archive", archive, "--output", "old.csv", "-q")
+    assert result.code == 0, result
+    _, rows = read(in_tmp / "old.csv")
+    assert int(rows[-1][4]) == DELISTED - 1
+    assert rows == expected("OLDUSDT", "1h", "2023-12-20", "2025-03-15", exchange_env.config.now)
 
 
 def test_range_ending_now_leaves_out_the_open_candle(forge, exchange_env, in_tmp):

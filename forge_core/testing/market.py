@@ -17,9 +17,10 @@ from forge_core.timeframes import Timeframe
 M64 = (1 << 64) - 1
 SPOT_LISTED = 1502928000000  # 2017-08-17, Binance's first klines
 NEW_LISTED = 1705305600000  # 2024-01-15 08:00 UTC: a symbol listed mid-range
+DELISTED = 1705968000000  # 2024-01-23 00:00 UTC: OLDUSDT's last candle closes here; it stays listed, in BREAK
 MAINTENANCE = (1704855600000, 1704864600000)  # 2024-01-10 03:00 to 05:30 UTC: no candles
 _TEST_SYMBOL = re.compile(r"^T\d{1,4}USDT$")
-__all__ = ["MAINTENANCE", "NEW_LISTED", "SPOT_LISTED", "Listing", "Market", "candle", "has_candle", "mix",
+__all__ = ["DELISTED", "MAINTENANCE", "NEW_LISTED", "SPOT_LISTED", "Listing", "Market", "candle", "has_candle", "mix",
            "open_times"]
 
 
@@ -45,6 +46,12 @@ class Listing:
     listed: int
     holes: tuple[tuple[int, int], ...] = ()
     base_price: int = 3_000_000  # cents
+    # a delisted pair: no candle closes after this; exchangeInfo still lists it, with status BREAK
+    delisted: int | None = None
+
+    @property
+    def status(self) -> str:
+        return "TRADING" if self.delisted is None else "BREAK"
 
 
 @dataclass
@@ -63,6 +70,7 @@ class Market:
             "SOLUSDT": Listing("SOLUSDT", 1597125600000, (MAINTENANCE,), 10_000),
             "ADAUSDT": Listing("ADAUSDT", 1523937600000, (MAINTENANCE,), 45),
             "NEWUSDT": Listing("NEWUSDT", NEW_LISTED, (), 150),
+            "OLDUSDT": Listing("OLDUSDT", SPOT_LISTED, (MAINTENANCE,), 80_000, delisted=DELISTED),
         })
 
     @classmethod
@@ -88,7 +96,7 @@ class Market:
 def has_candle(listing: Listing, tf: Timeframe, open_ts: int) -> bool:
     """A candle exists if its period ends after the listing and is not wholly inside a hole."""
     close = tf.next_open(open_ts)
-    if close <= listing.listed:
+    if close <= listing.listed or (listing.delisted is not None and close > listing.delisted):
         return False
     return not any(a <= open_ts and close <= b for a, b in listing.holes)
 
@@ -133,6 +141,8 @@ def open_times(listing: Listing, tf: Timeframe, start: int, end: int) -> list[in
     """Open times of the candles that exist in ``[start, end)``."""
     out = []
     ts = tf.ceil(max(start, 0))
+    if listing.delisted is not None:
+        end = min(end, listing.delisted)
     while ts < end:
         if has_candle(listing, tf, ts):
             out.append(ts)

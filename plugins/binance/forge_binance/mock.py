@@ -259,6 +259,8 @@ def kline_row(listing: Listing, tf: Any, ts: int, now: int) -> list[Any]:
 def select(listing: Listing, tf: Any, start: int | None, end: int | None, limit: int, now: int) -> list[list[Any]]:
     """Rows with ``start <= open <= end``, oldest first; only ``end``/neither: the newest ones."""
     last_open = tf.floor(now)
+    if listing.delisted is not None:  # nothing after a delisting: walk no further than it
+        last_open = min(last_open, tf.floor(listing.delisted - 1))
     first_open = tf.floor(listing.listed)
     rows: list[list[Any]] = []
     if start is not None:
@@ -302,7 +304,7 @@ def exchange_info(mock: MockExchange, flavor: Flavor, weights: Weights, req: Req
         if listing is None:
             return error(-1121, "Invalid symbol.", **{weights.header: weights.used()})
         base = name[:-4] if name.endswith("USDT") else name.split("_")[0][:-3]
-        symbols.append({"symbol": name, "status": "TRADING", "baseAsset": base, "baseAssetPrecision": 8,
+        symbols.append({"symbol": name, "status": listing.status, "baseAsset": base, "baseAssetPrecision": 8,
                         **({"onboardDate": listing.listed} if flavor.key != "spot" else {}),
                         "quoteAsset": "USDT", "quotePrecision": 8, "quoteAssetPrecision": 8,
                         "orderTypes": ["LIMIT", "MARKET"], "isSpotTradingAllowed": flavor.key == "spot",
