@@ -244,7 +244,9 @@ def column_arrays(columns: Sequence[str], rows: Sequence[tuple[Any, ...]],
     """One array per column (Hive keys skipped) of the rows: rows held as CSV text
     (:class:`forge_core.TextRows`) are read by pyarrow's CSV reader, others column by column."""
     if isinstance(rows, TextRows) and rows.columns == tuple(columns):
-        return csv_arrays(columns, rows.text(), [rows.columns[i] for i in rows.ints])
+        text = rows.text()  # what Batch.csv_text() gives: None when the rows have no plain text
+        if text is not None:
+            return csv_arrays(columns, text, [rows.columns[i] for i in rows.ints])
     if not rows:
         return {c: pa.nulls(0) for c in columns if c not in HIVE_KEYS}
     out: dict[str, pa.Array | pa.ChunkedArray] = {}

@@ -507,6 +507,26 @@ def test_a_rerun_leaves_unchanged_files_alone_and_rewrites_from_the_first_differ
     assert files(root) == files(fresh)
 
 
+def test_rows_held_as_columns_with_or_without_csv_text(tmp_path):
+    from forge_core import TextRows
+
+    rows = _batch("2024-01-31 23:00", "2024-02-01 01:00").rows
+    fixed = {"source": "binance", "symbol": "BTCUSDT", "timeframe": "1m"}
+    values = {c: [r[i] for r in rows] for i, c in enumerate(COLUMNS) if c not in fixed}
+    plain = TextRows.from_columns(COLUMNS, values, fixed=fixed, ints=("trades",))
+    assert plain is not None and plain.text() is not None  # read as CSV text
+    comma = dict(values, close=[v.replace(".", ",") if k == 5 else v for k, v in enumerate(values["close"])])
+    quoted = TextRows.from_columns(COLUMNS, comma, fixed=fixed, ints=("trades",))
+    assert quoted is not None and quoted.text() is None  # a value needs quoting: read as tuples
+    for name, held, close in (("plain", plain, values["close"]), ("quoted", quoted, comma["close"])):
+        root = tmp_path / name
+        _write(root, [Batch("binance", "BTCUSDT", "1m", COLUMNS, held)])
+        want = [dict(zip(COLUMNS, r, strict=True), close=c) for r, c in zip(rows, close, strict=True)]
+        assert by_pyarrow(root) == want, name  # the quoted root's close column is text
+    with pytest.raises(SinkError, match="close"):  # a value with a comma is no decimal: refused, naming it
+        _write(tmp_path / "plain", [Batch("binance", "BTCUSDT", "1m", COLUMNS, quoted)])
+
+
 # run in a process of its own (no pyarrow.dataset there: it imports pandas itself)
 NO_PANDAS = """
 import sys
