@@ -471,7 +471,10 @@ class HttpClient:
             if on_response is not None:
                 on_response(response)
             if raw is not None and response.status_code < 300:
-                result = raw(response.content)
+                try:
+                    result = raw(response.content)
+                except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+                    result = None  # not the form it reads: decoded and parsed as usual
                 if result is not None:
                     self.check(response, None)
                     return result
@@ -486,7 +489,7 @@ class HttpClient:
                 return body
             try:
                 return parse(body)
-            except (ValueError, TypeError, KeyError, IndexError) as exc:
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
                 raise RetryableError(f"malformed body: {type(exc).__name__}: {_short(exc)}") from None
 
         return self._get(path, params, cost, read)

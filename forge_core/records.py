@@ -265,7 +265,7 @@ class TextRows(Sequence[Row]):
                         return None  # else int() when rows are built
                 else:
                     held[i] = arrays[i] = array("q", col)
-        except (TypeError, OverflowError):  # array() refuses a str, float or None
+        except (TypeError, OverflowError, AttributeError):  # array() refuses a str, float or None; text mixed with ints
             return None
         if plain and any(c in v for v in fixed.values() for c in ',"\r\n'):
             plain = False

@@ -149,6 +149,16 @@ def test_column_rows_are_the_tuples_and_the_text_csv_writer_gives(as_text):
     assert list(clean) == tuples(opens)[1:5] and clean.text() == "".join(buffer.getvalue().splitlines(True)[1:5])
 
 
+@pytest.mark.parametrize("column", ["open_ts", "end_ts", "trades"])
+def test_column_rows_refuse_int_columns_mixing_text_and_ints(column):
+    """A decoded body whose first open time is text and the next an int: no rows in columns
+    (the per-row path decides), never an AttributeError that would end the run."""
+    opens = [0, 60_000, 120_000]
+    values = {"open_ts": ["0", "60000", "120000"], "end_ts": ["59999", "119999", "179999"], "trades": ["7", "7", "7"]}
+    values[column] = [values[column][0], int(values[column][1]), values[column][2]]
+    assert column_rows(opens, as_text=True, **values) is None
+
+
 @pytest.mark.parametrize("value", ["1,5", 'a"b', "1\r\n2", 1.5, None])
 def test_column_rows_with_a_value_csv_must_quote_have_no_text_and_are_written_as_tuples(value, tmp_path):
     """The rows stay the values as given (as the per-row path keeps them); only the shortcut

@@ -146,7 +146,7 @@ class BinanceSource(Source):
             wait = "a while" if retry_after is None else f"{retry_after:.0f} s"
             raise SourceError(f"Binance has banned this IP ({msg}); not retrying, a retry would extend "
                               f"the ban; wait {wait}")
-        if code in SERVER_CODES:
+        if isinstance(code, int) and code in SERVER_CODES:  # (a list as code would not hash)
             raise RetryableError(f"HTTP {status} {code} {SERVER_CODES[code]}: {msg}", retry_after)
         if status in (429, 408) or status >= 500:
             raise RetryableError(" ".join(str(x) for x in (f"HTTP {status}", code, msg) if x), retry_after)
@@ -328,6 +328,11 @@ def _raw_klines(content: bytes, columns: tuple[str, ...], fixed: dict[str, str])
     skeleton = content.translate(None, _VALUE_BYTES)
     n, extra = divmod(len(skeleton) - 1, len(_KLINE_SKELETON) + 1)
     if extra or n < 1 or skeleton != b"[" + b",".join([_KLINE_SKELETON] * n) + b"]":
+        return None
+    # every quote and bracket also sits next to its neighbour in the form: no value byte
+    # outside a value (`"37000.1"9,` or `],9[` match the skeleton but are not JSON)
+    if not (content.startswith(b"[[") and content.endswith(b'"]]') and content.count(b',"') == 9 * n
+            and content.count(b'",') == 8 * n and content.count(b'"]') == n and content.count(b"],[") == n - 1):
         return None
     flat = content.translate(None, b'"[]').decode("ascii").split(",")  # 12 values a kline
     return TextRows.from_columns(columns, {

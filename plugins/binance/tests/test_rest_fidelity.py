@@ -143,3 +143,18 @@ def test_the_retry_display_names_the_code_a_400_comes_with(fresh_mock: MockExcha
         src.close()
         stop()
     assert seen == ["HTTP 400 -1008", "HTTP 503"]
+
+
+def test_an_error_body_whose_code_is_not_a_number_is_one_error_line_not_a_crash():
+    """`{"code": [..]}` (a proxy's or a broken gateway's JSON) must not raise TypeError (unhashable)."""
+    from forge_binance.source import BinanceError, BinanceSource
+
+    response = requests.Response()
+    response.status_code, response._content = 400, b'{"code": [-1000], "msg": "odd"}'
+    response.url = "https://api.binance.com/api/v3/klines"
+    source = BinanceSource(archive="rest")
+    try:
+        with pytest.raises(BinanceError, match="odd"):
+            source._check(response, {"code": [-1000], "msg": "odd"})
+    finally:
+        source.close()

@@ -95,12 +95,36 @@ def test_the_compact_form_is_taken_from_the_bytes(body):
     b"[" + KLINE.replace(b',"0"]', b',"0","1"]') + b"]",  # 13 fields
     b"[ " + KLINE + b"]",  # whitespace (valid JSON, but not the compact form)
     b"[" + KLINE.replace(b"1706745600000", b"99999999999999999999") + b"]",  # beyond 64 bits
+    b"[" + KLINE.replace(b'"1.5",', b'"1.5"9,') + b"]",  # a digit after a closing quote
+    b"[" + KLINE.replace(b',"2.5"', b',0"2.5"') + b"]",  # a digit before an opening quote
+    b"[" + KLINE.replace(b',"0"]', b',"0"1]') + b"]",  # a digit before a kline's closing bracket
+    b"[" + KLINE + b",0" + NEXT + b"]",  # a digit between two klines
+    b"[0" + KLINE + b"]",  # a digit before the first kline
     b"<html><body>upstream error</body></html>",
     b"[]",
     b'{"code":-1121,"msg":"Invalid symbol."}',
 ])
 def test_anything_but_the_exact_compact_form_is_left_to_the_json_decoder(body):
     assert _raw_klines(body, COLS, {"source": "binance", "symbol": "BTCUSDT", "timeframe": "1m"}) is None
+
+
+def test_a_mangled_byte_is_read_as_json_reads_it_or_left_to_it():
+    """Seeded single-byte changes of a valid page: the bytes path either gives exactly the rows
+    the JSON decoder gives, or leaves the body to it; it never reads a body JSON refuses."""
+    import random
+
+    page = b"[" + KLINE + b"," + NEXT + b"]"
+    fixed = {"source": "binance", "symbol": "BTCUSDT", "timeframe": "1m"}
+    rng = random.Random(18)
+    for _ in range(3000):
+        at = rng.randrange(len(page))
+        byte = rng.choice(b'0123456789.,"[]')
+        body = page[:at] + bytes([byte]) + page[at + rng.choice((0, 1)):]  # insert or replace one byte
+        rows = _raw_klines(body, COLS, fixed)
+        if rows is None:
+            continue
+        decoded = json.loads(body)  # raises if the bytes path took what JSON refuses
+        assert rows == per_kline(decoded, "binance", "BTCUSDT"), body
 
 
 def test_pages_held_as_columns_join_into_the_rows_of_a_walk():
