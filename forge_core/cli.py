@@ -205,6 +205,7 @@ def run_command(plugins: Plugins, args: list[str] | None = None) -> click.Comman
             (spec[0], chosen.route(given, plugins.get("transform", spec[0]))) if isinstance(spec, tuple) else spec
             for spec in transform_specs
         ]
+        _follow_only_options(ctx, kw)
         if kw["partition"]:  # forge run --partition KEY: exactly those partitions (docs/scale-out.md)
             return _run_partitions(plugins, kw, chosen.route(given, source_cls),
                                    [(cls.name, chosen.route(given, cls)) for cls in sink_classes], transforms)
@@ -318,6 +319,24 @@ def run_command(plugins: Plugins, args: list[str] | None = None) -> click.Comman
     )
     command.chosen = chosen
     return command
+
+
+def _follow_only_options(ctx: click.Context, kw: dict[str, Any]) -> None:
+    """Options that only a follow run (or ``--from auto``) reads are refused elsewhere: silently
+    ignored, ``--sink-give-up 600`` would look like a promise the run does not keep."""
+    given = {name for name in ("lag_warning", "sink_give_up")
+             if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)}
+    if kw["follow"] and kw["partition"]:
+        raise UsageError("--follow keeps series current until stopped, --partition runs fixed months: "
+                         "give one of them")
+    if not kw["follow"]:
+        for name in sorted(given):
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} {kw[name]:g} applies only with --follow; add --follow or drop {flag}")
+        auto = str(kw["from_"] or "").strip().lower() == "auto"
+        if kw["since"] and not auto:
+            where = f" (--from {kw['from_']} says where the run starts)" if kw["from_"] else ""
+            raise UsageError(f"--since {kw['since']} applies only with --from auto or --follow{where}; drop --since")
 
 
 def run_result_dict(result: RunResult) -> dict[str, Any]:

@@ -73,6 +73,13 @@ CLI_CASES = [
     ("bad base url", [*B, *DATES, "--base-url", "api.binance.com"], 2, "bad base URL 'api.binance.com'"),
     ("bad output template", [*B, *DATES, "--output", "{symbol}-{nope}.csv"], 1, "bad --output template"),
     ("unwritable csv path", [*B, *DATES, "--output", "/proc/forge/x.csv"], 1, "cannot write CSV /proc/forge/x.csv.part"),
+    ("give-up without follow", [*B, *DATES, "--sink-give-up", "600"], 2,
+     "--sink-give-up 600 applies only with --follow; add --follow or drop --sink-give-up"),
+    ("lag warning without follow", [*B, *DATES, "--lag-warning", "2.5"], 2, "--lag-warning 2.5 applies only with --follow"),
+    ("since with a fixed from", [*B, *DATES, "--since", "2023-01-01"], 2,
+     "--since 2023-01-01 applies only with --from auto or --follow (--from 2024-01-01 says where the run starts)"),
+    ("follow with partition", ["--partition", "binance:spot:BTCUSDT:1h:2024-01", "--follow"], 2,
+     "--follow keeps series current until stopped, --partition runs fixed months"),
     ("from auto with csv", [*B, "--from", "auto", "--to", "2024-01-02"], 2, "--from auto: "),
 ]
 
