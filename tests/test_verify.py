@@ -169,6 +169,10 @@ def test_csv_bad_input(forge, loaded_csv):
     assert res.code == 2 and "holds no binance BTCUSDT 5m candles" in res.err
     res = forge("verify", "-s", "binance", *RANGE, "--output", "nope.csv")
     assert res.code == 2 and "CSV file nope.csv does not exist" in res.err
+    loaded_csv.with_name("data").mkdir(exist_ok=True)
+    res = forge("repair", "-s", "binance", *RANGE, "--output", "data")  # exists, but is no file
+    assert res.code == 2 and len(res.err.strip().splitlines()) == 1
+    assert "--output data is a directory; name the CSV file in it" in res.err
     res = forge("verify", "-s", "binance", *RANGE)
     assert res.code == 2 and "--output FILE is required" in res.err
 

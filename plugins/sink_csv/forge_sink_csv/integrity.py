@@ -43,6 +43,9 @@ class CsvIntegrity:
             raise UsageError(f"--output {output!r} is a template; name one CSV file here")
         self.label = output
         self.path = os.path.abspath(output)
+        if os.path.isdir(self.path):
+            raise UsageError(f"--output {output} is a directory; name the CSV file in it, e.g. --output "
+                             f"{os.path.join(output, 'btc.csv')}")
         if not os.path.isfile(self.path):
             raise UsageError(f"CSV file {output} does not exist")
         self.ledger_path = self.path + LEDGER_SUFFIX
