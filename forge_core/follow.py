@@ -43,7 +43,7 @@ from typing import Any, TextIO
 import requests
 
 from . import retrying
-from .errors import RetryableError, SinkUnavailable, UsageError
+from .errors import RetryableError, SinkError, SinkUnavailable, UsageError
 from .http import Cancelled, GaveUp
 from .logs import get_logger
 from .pipeline import (
@@ -548,7 +548,12 @@ class Follower:
                     continue
                 part = batch.with_rows([r for r in batch.rows if r[at] > held])
                 points[s.symbol] = None  # past it: every later row is new to this sink
-            _call_plugin("sink", sink.name, sink.write, part)
+            try:
+                _call_plugin("sink", sink.name, sink.write, part)
+            except SinkUnavailable as exc:
+                # only a commit is waited out: a batch some sinks took would come to them again
+                raise SinkError(f"{exc} (in write, not commit: the follow stops rather than write a row "
+                                "twice; the next run continues after the last commit)") from None
         s.written += len(batch.rows)
         self._uncommitted += len(batch.rows)
         # the newest output candle written; without an open_ts column, the period of the input

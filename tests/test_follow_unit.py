@@ -270,3 +270,20 @@ def test_stopped_while_the_destination_is_down_abandons_what_it_did_not_commit()
     threading.Timer(0.3, follower.stop, ("SIGTERM",)).start()
     result = follower.run()
     assert result.stopped_by == "SIGTERM" and result.sink_outages >= 1 and sink.closed_ok is False
+
+
+class DownInWrite(ListSink):
+    """A sink that gives up inside write (e.g. a commit it makes itself when its buffer is full)."""
+
+    def write(self, batch: Batch) -> None:
+        raise SinkUnavailable("PostgreSQL db:5432/x table klines: commit failed 3 times over 0s, giving up")
+
+
+def test_a_destination_down_inside_write_ends_the_follow_instead_of_sending_rows_twice() -> None:
+    first = ListSink()
+    follower = Pipeline(Minutes([HOUR]), [first, DownInWrite()]).follow(["X"], "1m", since=0)
+    with pytest.raises(SinkError, match="in write, not commit") as caught:
+        follower.run()
+    assert not isinstance(caught.value, SinkUnavailable)  # not waited out: the next pass would resend
+    opens = [r[3] for r in first.rows]
+    assert len(opens) == len(set(opens))  # the sink before it got no row twice

@@ -129,7 +129,7 @@ def test_a_dropped_progress_line_stops_watching():
     assert len(retrying._watchers) == watching - 2 and [len(a) for a in seen] == [1, 0]
 
 
-def test_a_long_wait_for_the_rate_limiter_is_shown_then_the_candles_again():
+def test_a_long_wait_for_the_rate_limiter_is_shown_then_the_candles_again(monkeypatch):
     """The budget of the IP is spent (or every worker is paused after a 429): requests wait in
     the limiter, not in a retry, and the line used to freeze on the candle count."""
     import threading
@@ -144,6 +144,9 @@ def test_a_long_wait_for_the_rate_limiter_is_shown_then_the_candles_again():
     short.acquire()
     short.acquire()
     assert "okx-history" not in out.getvalue()
+    from forge_core import retrying
+
+    monkeypatch.setattr(retrying, "THROTTLE_SHOWN", 0.3)  # a waiter that starts late still waits long enough
     limiter = RateLimiter(1, 1.2, name="binance-spot")
     assert limiter.acquire()  # the window's one unit
     waiter = threading.Thread(target=limiter.acquire)

@@ -53,5 +53,10 @@ class LedgerFile:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(self.tmp, self.path)
+            directory = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY)
+            try:
+                os.fsync(directory)  # the rename itself survives a crash
+            finally:
+                os.close(directory)
         except OSError as exc:
-            raise SinkError(f"cannot write {self.label}: {exc.strerror}") from None
+            raise SinkError(f"cannot write {self.label}: {exc.strerror or exc}") from None

@@ -608,11 +608,8 @@ class ArchiveClient:
             self._ahead[path] = self._pool.submit(get)
             return True
 
-    def _download(self, path: str) -> bytes | None:
+    def _download(self, path: str, future: Future[bytes | None] | None) -> bytes | None:
         """The zip at ``path``: the prefetched download if there is one, else a fresh one."""
-        with self._lock:
-            future = self._ahead.pop(path, None)
-            self._asked.add(path)
         if future is None:
             return self.get(path)
         try:
@@ -626,6 +623,16 @@ class ArchiveClient:
         A mismatch (or an unreadable checksum) is downloaded again, up to
         :data:`CHECKSUM_ATTEMPTS` times, then raised as ArchiveFailure."""
         name = path.rsplit("/", 1)[1]
+        with self._lock:  # taken now, used or dropped: a zip left ahead would hold memory and a slot
+            ahead = self._ahead.pop(path, None)
+            self._asked.add(path)
+        try:
+            return self._verified(path, name, ahead)
+        finally:
+            if ahead is not None:
+                ahead.cancel()  # nothing if it ran (its result was used or is dropped here)
+
+    def _verified(self, path: str, name: str, ahead: Future[bytes | None] | None) -> bytes | None:
         problem = ""
         for attempt in range(1, CHECKSUM_ATTEMPTS + 1):
             if attempt > 1:
@@ -644,7 +651,7 @@ class ArchiveClient:
             except ValueError as exc:
                 problem = f"unreadable .CHECKSUM ({exc})"
                 continue
-            data = self._download(path) if attempt == 1 else self.get(path)
+            data = self._download(path, ahead) if attempt == 1 else self.get(path)
             if data is None:
                 return None
             got = hashlib.sha256(data).hexdigest()

@@ -471,6 +471,23 @@ def test_a_download_ahead_that_fails_is_the_tasks_failure_as_if_it_had_downloade
     fake.client.close()
 
 
+def test_a_zip_ahead_whose_checksum_is_unreadable_gives_back_its_slot():
+    """The zip downloaded ahead is taken by its task even when the task never reads it (an
+    unreadable .CHECKSUM): left in place it would hold a zip in memory and one of the AHEAD
+    slots for the rest of the run, and the later zips would not download ahead."""
+    tf = parse_timeframe("1m")
+    files, segments = month_files(3)
+    first = segments[0].file.path("spot", "S", tf)
+    files[first + ".CHECKSUM"] = b"not a checksum line\n"
+    fake = FakeArchive(files)
+    f = fetcher(fake.client)
+    f.resolve("S", tf, segments)
+    f.fetch("S", tf, segments[0].file, segments[0].start, segments[0].end)  # REST in its place
+    assert first not in fake.client._ahead
+    assert fake.client.prefetch(segments[2].file.path("spot", "S", tf)) is True
+    fake.client.close()
+
+
 def test_closing_cancels_the_downloads_ahead_not_yet_started():
     import threading
 
