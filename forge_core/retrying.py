@@ -87,19 +87,27 @@ def active() -> list[Retrying]:
         return sorted(_active.values(), key=lambda r: r.until)
 
 
+def _enter(table: dict[int, Any], state: Any) -> None:
+    with _lock:
+        table[threading.get_ident()] = state
+    _notify()
+
+
+def _leave(table: dict[int, Any]) -> None:
+    with _lock:
+        if table.pop(threading.get_ident(), None) is None:
+            return
+    _notify()
+
+
 def begin(state: Retrying) -> None:
     """This thread's request waits for ``state.until``."""
-    with _lock:
-        _active[threading.get_ident()] = state
-    _notify()
+    _enter(_active, state)
 
 
 def end() -> None:
     """This thread's request is being tried again (or gave up, or was cancelled)."""
-    with _lock:
-        if _active.pop(threading.get_ident(), None) is None:
-            return
-    _notify()
+    _leave(_active)
 
 
 def throttled() -> list[Throttled]:
@@ -110,16 +118,11 @@ def throttled() -> list[Throttled]:
 
 def throttle(state: Throttled) -> None:
     """This thread's request waits for its limiter until ``state.until``."""
-    with _lock:
-        _throttled[threading.get_ident()] = state
-    _notify()
+    _enter(_throttled, state)
 
 
 def unthrottle() -> None:
-    with _lock:
-        if _throttled.pop(threading.get_ident(), None) is None:
-            return
-    _notify()
+    _leave(_throttled)
 
 
 def _notify() -> None:
