@@ -200,37 +200,34 @@ class StoredRows:
         self._head = table if self._head is None or not self._head.num_rows else pa.concat_tables([self._head, table], memory_pool=POOL)
         return True
 
+    def _current(self) -> pa.Table | None:
+        """The stored rows not handed on yet, from the row group at hand (the next one read when
+        it is used up), or None when the file is."""
+        while self._head is None or not self._head.num_rows:
+            self._head = None
+            if not self._next():
+                return None
+        return self._head
+
     def below(self, ts: int) -> Iterator[pa.Table]:
         """Hand on the stored rows with ``open_ts < ts``, a row group at a time."""
-        while True:
-            if self._head is None or not self._head.num_rows:
-                self._head = None
-                if not self._next():
-                    return
-                continue
-            assert self._head is not None
-            n = _count_below(self._head, ts)
-            if n < self._head.num_rows:
+        while (head := self._current()) is not None:
+            n = _count_below(head, ts)
+            if n < head.num_rows:
                 if n:
-                    yield self._head.slice(0, n)
-                self._head = self._head.slice(n)
+                    yield head.slice(0, n)
+                self._head = head.slice(n)
                 return
-            yield self._head
+            yield head
             self._head = None
 
     def upto(self, ts: int) -> pa.Table | None:
         """Take the stored rows with ``open_ts <= ts`` (call after :meth:`below`)."""
         taken: list[pa.Table] = []
-        while True:
-            if self._head is None or not self._head.num_rows:
-                self._head = None
-                if not self._next():
-                    break
-                continue
-            assert self._head is not None
-            n = _count_below(self._head, ts + 1)
-            taken.append(self._head.slice(0, n))
-            self._head = self._head.slice(n)
+        while (head := self._current()) is not None:
+            n = _count_below(head, ts + 1)
+            taken.append(head.slice(0, n))
+            self._head = head.slice(n)
             if self._head.num_rows:
                 break
         taken = [t for t in taken if t.num_rows]
