@@ -16,6 +16,26 @@ from forge_core.timeframes import DAY, MINUTE, parse_timeframe
 T = 1706745600000  # 2024-02-01 00:00 UTC, well inside the mock's BTCUSD_PERP history
 
 
+def fetch(base_url: str, symbol: str = "BTCUSDT", *, market: str = "spot", attempts: int | None = None) -> tuple[list, dict]:
+    """A 100-minute REST task from ``T`` through a fresh source (fast backoff): its rows and
+    the source's stats. A ``SourceError`` propagates."""
+    src = BinanceSource(base_url=base_url, market=market, archive="rest")
+    src.http.backoff = 0.01
+    if attempts is not None:
+        src.http.max_attempts = attempts
+    try:
+        return list(src.fetch(Task(symbol, parse_timeframe("1m"), T, T + 100 * MINUTE))), src.stats()
+    finally:
+        src.close()
+
+
+def failure(base_url: str, symbol: str = "BTCUSDT", attempts: int | None = None) -> str:
+    """The one-line error of that task."""
+    with pytest.raises(SourceError) as caught:
+        fetch(base_url, symbol, attempts=attempts)
+    return str(caught.value)
+
+
 # -- COIN-M: startTime alone means endTime = startTime + 200 days, newest rows first ---------
 def test_mock_coinm_start_time_alone_is_anchored_200_days_later(mock):
     url = f"{mock.url}/dapi/v1/klines"
@@ -40,11 +60,7 @@ def test_coinm_probe_after_a_wrongly_empty_page_finds_the_candles(fresh_mock: Mo
         return answer
 
     fresh_mock.route("/dapi/v1/klines", flaky)
-    src = BinanceSource(base_url=fresh_mock.url, market="coinm", archive="rest")
-    try:
-        rows = list(src.fetch(Task("BTCUSD_PERP", parse_timeframe("1m"), T, T + 100 * MINUTE)))
-    finally:
-        src.close()
+    rows, _ = fetch(fresh_mock.url, "BTCUSD_PERP", market="coinm")
     assert emptied
     assert rows == binance_rows("BTCUSD_PERP", "1m", T, T + 100 * MINUTE, fresh_mock.now(), Market.binance_coinm())
 
@@ -58,13 +74,8 @@ def test_server_side_error_codes_are_retried_whatever_their_status(fresh_mock: M
     -1008 SERVER_BUSY among "General Server or Network issues"; they come with 400, 408 or 503,
     not only 5xx. -1006/-1007 say "execution status unknown": klines are a read, a retry is safe."""
     fresh_mock.config.extra["binance_errors"] = [list(e) for e in SERVER_CODES]
-    src = BinanceSource(base_url=fresh_mock.url, archive="rest")
-    src.http.backoff = 0.01
-    try:
-        rows = list(src.fetch(Task("BTCUSDT", parse_timeframe("1m"), T, T + 100 * MINUTE)))
-        retries = src.stats()["retries"]
-    finally:
-        src.close()
+    rows, stats = fetch(fresh_mock.url)
+    retries = stats["retries"]
     assert rows == binance_rows("BTCUSDT", "1m", T, T + 100 * MINUTE, fresh_mock.now())
     assert fresh_mock.config.extra["binance_errors"] == [] and retries == len(SERVER_CODES)
     assert fresh_mock.stats["binance.error-1008"] == 1
@@ -72,14 +83,7 @@ def test_server_side_error_codes_are_retried_whatever_their_status(fresh_mock: M
 
 def test_a_server_side_error_that_persists_gives_up_in_one_line_naming_it(fresh_mock: MockExchange):
     fresh_mock.config.extra["binance_errors"] = [[400, -1008]] * 3
-    src = BinanceSource(base_url=fresh_mock.url, archive="rest")
-    src.http.backoff, src.http.max_attempts = 0.01, 3
-    try:
-        with pytest.raises(SourceError) as caught:
-            list(src.fetch(Task("BTCUSDT", parse_timeframe("1m"), T, T + 100 * MINUTE)))
-    finally:
-        src.close()
-    message = str(caught.value)
+    message = failure(fresh_mock.url, attempts=3)
     assert "\n" not in message and "after 3 attempts" in message
     assert "HTTP 400 -1008 SERVER_BUSY" in message and "overloaded" in message
 
@@ -98,13 +102,7 @@ def test_a_request_error_is_still_final(fresh_mock: MockExchange):
 def test_a_waf_403_is_one_clear_line_without_the_html_or_credentials(mock_exchange_factory):
     mock = mock_exchange_factory(faults={"waf403": 1.0})
     host = mock.url.split("//")[1]
-    src = BinanceSource(base_url=f"http://user:s3cretpw@{host}", archive="rest")
-    try:
-        with pytest.raises(SourceError) as caught:
-            list(src.fetch(Task("BTCUSDT", parse_timeframe("1m"), T, T + 100 * MINUTE)))
-    finally:
-        src.close()
-    text = str(caught.value)
+    text = failure(f"http://user:s3cretpw@{host}")
     assert text.startswith(f"Binance spot refused the request for BTCUSDT 1m: HTTP 403 from {host}/api/v3/klines: "
                            "forbidden: refused by the exchange's firewall")
     assert "The request could not be satisfied" in text
@@ -116,14 +114,7 @@ def test_a_5xx_html_page_that_persists_gives_up_without_the_html(fresh_mock: Moc
     page = b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center>" \
            b"<hr><center>nginx</center></body></html>"
     fresh_mock.route("/api/v3/klines", lambda req: Response(502, page, content_type="text/html"))
-    src = BinanceSource(base_url=fresh_mock.url, archive="rest")
-    src.http.backoff, src.http.max_attempts = 0.01, 2
-    try:
-        with pytest.raises(SourceError) as caught:
-            list(src.fetch(Task("BTCUSDT", parse_timeframe("1m"), T, T + 100 * MINUTE)))
-    finally:
-        src.close()
-    text = str(caught.value)
+    text = failure(fresh_mock.url, attempts=2)
     assert "still failing after 2 attempts" in text and text.endswith("HTTP 502 502 Bad Gateway")
     assert "<" not in text and "nginx" not in text
 
@@ -135,12 +126,9 @@ def test_the_retry_display_names_the_code_a_400_comes_with(fresh_mock: MockExcha
     seen: list[str] = []
     stop = retrying.watch(lambda active: seen.extend(r.error for r in active))
     fresh_mock.config.extra["binance_errors"] = [[400, -1008], [503, -1000]]
-    src = BinanceSource(base_url=fresh_mock.url, archive="rest")
-    src.http.backoff = 0.01
     try:
-        list(src.fetch(Task("BTCUSDT", parse_timeframe("1m"), T, T + 100 * MINUTE)))
+        fetch(fresh_mock.url)
     finally:
-        src.close()
         stop()
     assert seen == ["HTTP 400 -1008", "HTTP 503"]
 
