@@ -45,11 +45,34 @@ def dataset_schema(root: str) -> tuple[pa.Schema, str] | None:
     return schema.remove_metadata(), str(meta.get("numbers"))
 
 
+def read_columns(path: str, columns: list[str] | None = None) -> pa.Table:
+    """Columns of a file (all by default), the file closed after (not pq.read_table: its
+    dataset path imports pandas)."""
+    with pq.ParquetFile(path, pre_buffer=False) as f:
+        return f.read(columns=columns, use_threads=False)
+
+
+def footer(path: str) -> tuple[int, int | None, int | None]:
+    """Rows and min/max ``open_ts`` of a file, from its footer (the column if no statistics)."""
+    with pq.ParquetFile(path) as f:
+        meta = f.metadata
+    col = meta.schema.names.index("open_ts")
+    lo = hi = None
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(col).statistics
+        if stats is None or not stats.has_min_max:
+            ts = read_columns(path, ["open_ts"])["open_ts"]
+            return meta.num_rows, pc.min(ts).as_py(), pc.max(ts).as_py()
+        lo = stats.min if lo is None else min(lo, stats.min)
+        hi = stats.max if hi is None else max(hi, stats.max)
+    return meta.num_rows, lo, hi
+
+
 def read_partition(path: str, schema: pa.Schema | None) -> pa.Table | None:
     """What a partition file holds (``None`` if there is none), checked to be Forge's and, if
     ``schema`` is given, of the dataset's schema (returned in its column order)."""
     try:
-        table = pq.ParquetFile(path, pre_buffer=False).read(use_threads=False)  # not pq.read_table: its dataset path imports pandas
+        table = read_columns(path)
     except FileNotFoundError:
         return None
     except (OSError, pa.ArrowException) as exc:

@@ -17,7 +17,6 @@ from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from forge_core import SinkError, UsageError
 from forge_core.integrity import (
@@ -37,7 +36,7 @@ from forge_core.records import Row
 
 from . import layout
 from .convert import python_array, to_table
-from .files import dataset_schema, read_partition, upsert, write_partition
+from .files import dataset_schema, footer, read_columns, read_partition, upsert, write_partition
 
 LEDGER = "ledger.json"
 
@@ -87,7 +86,7 @@ class ParquetIntegrity:
                 continue
             rows, lo, hi = 0, None, None
             for _, _, path in self._files(src, sym, tf):
-                n, first, last = _footer(path)
+                n, first, last = footer(path)
                 if n:
                     rows += n
                     lo = first if lo is None else min(lo, first)
@@ -98,7 +97,7 @@ class ParquetIntegrity:
 
     def _month_rows(self, path: str, start: int, end: int) -> list[StoredRow]:
         try:
-            table = pq.ParquetFile(path).read(columns=["open_ts", "end_ts", *VALUE_FIELDS])
+            table = read_columns(path, ["open_ts", "end_ts", *VALUE_FIELDS])
         except (OSError, pa.ArrowException) as exc:
             raise SinkError(f"cannot read {path}: {exc}") from None
         ts = table["open_ts"]
@@ -195,21 +194,6 @@ def _values(path: str, key: str) -> list[str]:
     except OSError:
         return []
     return sorted(n[len(key) + 1:] for n in names if n.startswith(key + "="))
-
-
-def _footer(path: str) -> tuple[int, int | None, int | None]:
-    """Rows and min/max ``open_ts`` of a file, from its footer (the column if no statistics)."""
-    meta = pq.ParquetFile(path).metadata
-    col = meta.schema.names.index("open_ts")
-    lo = hi = None
-    for i in range(meta.num_row_groups):
-        stats = meta.row_group(i).column(col).statistics
-        if stats is None or not stats.has_min_max:
-            ts = pq.ParquetFile(path).read(columns=["open_ts"])["open_ts"]
-            return meta.num_rows, pc.min(ts).as_py(), pc.max(ts).as_py()
-        lo = stats.min if lo is None else min(lo, stats.min)
-        hi = stats.max if hi is None else max(hi, stats.max)
-    return meta.num_rows, lo, hi
 
 
 def _texts(column: pa.ChunkedArray) -> list[str | None]:

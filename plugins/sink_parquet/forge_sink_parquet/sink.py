@@ -28,7 +28,6 @@ from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from forge_core import (
     Batch,
@@ -180,17 +179,7 @@ class ParquetSink(Sink):
         path = layout.newest_partition(self.root, source, symbol, timeframe)
         if path is None:
             return None
-        meta = pq.ParquetFile(path).metadata
-        col = meta.schema.names.index("open_ts")
-        best: int | None = None
-        for i in range(meta.num_row_groups):
-            stats = meta.row_group(i).column(col).statistics
-            if stats is None or not stats.has_min_max:
-                best = None
-                break
-            best = stats.max if best is None else max(best, stats.max)
-        if best is None:  # no statistics: read the one column
-            best = pc.max(pq.ParquetFile(path).read(columns=["open_ts"])["open_ts"]).as_py()
+        best = files.footer(path)[2]
         return int(best) if best is not None else None
 
     def write(self, batch: Batch) -> None:
