@@ -7,6 +7,7 @@ exchange's published limits and a ``check`` function that maps the exchange's er
 
 from __future__ import annotations
 
+import bisect
 import html
 import json
 import os
@@ -76,6 +77,15 @@ class RateLimiter:
             self.capacity, self.limit, self.window = capacity, capacity, window
             self.counting_window = counting_window
             self.known = True
+            if counting_window:  # counts the server reported before (exchangeInfo's own header)
+                now, wall = time.monotonic(), time.time()
+                self._log = deque(sorted((t if own else self._window_start(t, now, wall), units, own)
+                                         for t, units, own in self._log))
+
+    def _window_start(self, when: float, now: float, wall: float) -> float:
+        """The monotonic time the server's counting window holding ``when`` began."""
+        assert self.counting_window
+        return when - (wall - (now - when)) % self.counting_window
 
     def _expire(self, now: float) -> None:
         horizon = now - self.window
@@ -157,12 +167,20 @@ class RateLimiter:
             shared.pause(self.name, seconds)
 
     def observe(self, used: float) -> None:
-        """The server says ``used`` units are spent in its current window."""
+        """The server says ``used`` units are spent in its current window. With a
+        ``counting_window`` that count frees up when the server's epoch-aligned window ends
+        (plus the slack), not a whole ``window`` after it was seen: a run started late in a
+        minute others had filled would otherwise wait up to a minute the server does not ask."""
         with self._lock:
             now = time.monotonic()
             self._expire(now)
             if used > self._used:
-                self._log.append((now, used - self._used, False))
+                when = self._window_start(now, now, time.time()) if self.counting_window else now
+                entry = (when, used - self._used, False)
+                if self._log and self._log[-1][0] > when:  # keep the log in time order
+                    bisect.insort(self._log, entry, key=lambda e: e[0])
+                else:
+                    self._log.append(entry)
                 self._used = used
         shared = budget.current()
         if shared is not None:

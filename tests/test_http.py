@@ -551,3 +551,40 @@ def test_any_non_json_error_body_becomes_a_short_plain_text_reason(server, body,
     text = str(error.value)
     assert text.startswith("HTTP 400 from 127.0.0.1:") and reason in text
     assert "\n" not in text and "<" not in text and len(text) < 200
+
+
+def test_weight_others_spent_frees_up_when_the_servers_minute_ends(monkeypatch):
+    """Binance counts weight per epoch-aligned minute. A run started 45 s into a minute that
+    other runs on the IP had nearly filled waits the 15 s left of it (plus the slack), not a
+    whole 61.2 s window from when it saw the count: back-to-back runs took 65 s instead of 9 s."""
+    import forge_core.http as http_module
+
+    clock = {"mono": 1000.0, "wall": 1_700_000_000 // 60 * 60 + 45.0}  # 45 s into a minute
+    monkeypatch.setattr(http_module.time, "monotonic", lambda: clock["mono"])
+    monkeypatch.setattr(http_module.time, "time", lambda: clock["wall"])
+    limiter = RateLimiter(5700, 61.2, name="test-limit")
+    limiter.reconfigure(5700, 61.2, counting_window=60)
+    limiter.observe(5600)  # X-MBX-USED-WEIGHT-1M: the IP spent 5,600 in this minute
+    assert limiter._wait_for(200, clock["mono"]) == pytest.approx(15 + 1.2)
+    assert limiter._wait_for(100, clock["mono"]) == 0  # what is left of the minute is still usable
+    clock["mono"] += 16.3
+    clock["wall"] += 16.3  # the next minute: the server's count began again
+    limiter._expire(clock["mono"])
+    assert limiter._used == 0 and limiter._wait_for(2000, clock["mono"]) == 0
+    limiter.observe(300)
+    assert limiter._wait_for(5400, clock["mono"]) == 0 and limiter._wait_for(5401, clock["mono"]) > 0
+
+
+def test_weight_seen_before_the_limit_was_known_frees_up_with_the_servers_minute(monkeypatch):
+    """exchangeInfo's own X-MBX-USED-WEIGHT-1M arrives before its body tells the window: that
+    count is placed in the server's minute once it is known, not a whole window from when seen."""
+    import forge_core.http as http_module
+
+    clock = {"mono": 1000.0, "wall": 1_700_000_000 // 60 * 60 + 45.0}
+    monkeypatch.setattr(http_module.time, "monotonic", lambda: clock["mono"])
+    monkeypatch.setattr(http_module.time, "time", lambda: clock["wall"])
+    limiter = RateLimiter(5700, 61.2, name="test-limit", initial=600)
+    limiter.acquire(20)  # exchangeInfo, its own weight
+    limiter.observe(5600)  # ... and what its header said the IP spent this minute
+    limiter.reconfigure(5700, 61.2, counting_window=60)
+    assert limiter._wait_for(200, clock["mono"]) == pytest.approx(15 + 1.2)
