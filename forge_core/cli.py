@@ -274,7 +274,8 @@ def run_command(plugins: Plugins, args: list[str] | None = None) -> click.Comman
         click.Option(["--symbol"], multiple=True, required=not by_partition,
                      help="Symbol as the exchange spells it (BTCUSDT, BTC-USDT); repeat or comma-separate."),
         click.Option(["--timeframe", "-t"], default="1m", show_default=True,
-                     help=f"Candle period: {' '.join(NAMES)} (1M = month)."),
+                     help=f"Candle period: {' '.join(NAMES)} (1M = month); the exchange's own name of one "
+                          "works too (OKX 1H, 1Dutc)."),
         click.Option(["--from", "from_"], required=not by_partition, metavar="WHEN",
                      help=f"First candle's open time, inclusive: {ACCEPTED}; or 'auto' to continue "
                           "each symbol after the newest candle the sink holds."),

@@ -60,7 +60,7 @@ from .progress import fit, retry_parts, throttle_parts
 from .records import Batch, Row
 from .sinks import RunInfo, Sink
 from .sources import Source, Task
-from .timeframes import parse_timeframe
+from .timeframes import parse_timeframe, source_timeframe
 from .times import iso, parse_instant
 
 log = get_logger(__name__)
@@ -201,7 +201,7 @@ class Follower:
         self.sinks: list[Sink] = pipeline.sinks
         self.transforms = pipeline.transforms
         self.symbols = _symbols(symbols)
-        self.tf = parse_timeframe(str(timeframe), self.source.timeframes)
+        self.tf = source_timeframe(self.source, timeframe)
         self.out_tf = parse_timeframe(_output_timeframe(self.transforms, self.tf.name))
         if self.out_tf.ms is not None and self.tf.ms is not None and self.out_tf.ms % self.tf.ms:
             raise UsageError(f"cannot follow {self.tf.name} candles into {self.out_tf.name} periods")

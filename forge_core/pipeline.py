@@ -36,7 +36,7 @@ from .plugins import Plugins
 from .records import Batch, Fetched, Row, TextRows, after_point, ascending, check_rows
 from .sinks import RunInfo, Sink
 from .sources import Source, Task
-from .timeframes import Timeframe, parse_timeframe
+from .timeframes import Timeframe, source_timeframe
 from .times import display, iso, parse_range
 from .transforms import RowFunction, Transform
 
@@ -220,7 +220,7 @@ class Pipeline:
         each sink receives only the rows it lacks."""
         began = time.monotonic()
         symbols = _symbols(symbols)
-        tf = parse_timeframe(str(timeframe), self.source.timeframes)
+        tf = source_timeframe(self.source, timeframe)
         auto = str(start).strip().lower() == "auto"
         if since is not None and not auto:
             raise UsageError("--since applies only with --from auto (it is where a series the sinks "

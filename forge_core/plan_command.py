@@ -10,9 +10,9 @@ from typing import Any
 import click
 
 from . import partitions as parts
-from .errors import UsageError
 from .integrity.commands import open_store
 from .plugins import Plugins
+from .timeframes import source_timeframe
 from .times import ACCEPTED, parse_range
 
 
@@ -34,10 +34,7 @@ def plan_command(plugins: Plugins) -> click.Command:
         source_cls = plugins.get("source", kw["source"])
         source = source_cls(**_route(given, source_cls))
         try:
-            tf = kw["timeframe"]
-            if tf not in source.timeframes:
-                raise UsageError(f"unsupported timeframe {tf!r} for {source.name}; choose one of: "
-                                 f"{' '.join(source.timeframes)}")
+            tf = source_timeframe(source, kw["timeframe"]).name
             start, end = parse_range(kw["from_"], kw["to"])
             planned = parts.plan(source.name, market_of(source.settings), _symbols(list(kw["symbol"])), tf,
                                  start, end)

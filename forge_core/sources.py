@@ -14,7 +14,7 @@ the exchange says so (:mod:`forge_core.paging` walks pages the safe way).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -55,6 +55,9 @@ class Source:
     * ``name``: what users type after ``--source`` (and what fills the ``source`` column);
     * ``label``: for file names, e.g. ``Binance`` in ``Binance-BTCUSDT-1m-...csv``;
     * ``timeframes``: the Forge timeframes this exchange serves;
+    * ``timeframe_aliases``: the exchange's own names for some of them that users may type,
+      e.g. OKX's ``{"1H": "1h"}``; only names meaning exactly that Forge timeframe (same
+      length, same alignment). Results always carry the Forge name;
     * ``columns``: the canonical columns, then any extras the rows carry;
     * ``options``: keyword arguments of ``__init__``, shown as CLI options.
 
@@ -66,6 +69,7 @@ class Source:
     label: ClassVar[str] = ""
     description: ClassVar[str] = ""
     timeframes: ClassVar[tuple[str, ...]] = NAMES
+    timeframe_aliases: ClassVar[Mapping[str, str]] = {}
     columns: ClassVar[tuple[str, ...]] = CANDLE_COLUMNS
     options: ClassVar[tuple[Option, ...]] = ()
 

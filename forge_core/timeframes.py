@@ -6,8 +6,11 @@ too (as Binance does), ``1w`` to Monday 00:00 UTC and ``1M`` to the first of the
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from .errors import UsageError
 
@@ -86,15 +89,74 @@ class Timeframe:
         return n
 
 
-def parse_timeframe(name: str, allowed: tuple[str, ...] | None = None) -> Timeframe:
-    """Parse the user's notation; ``allowed`` narrows it to what one exchange supports."""
+def parse_timeframe(name: str, allowed: tuple[str, ...] | None = None,
+                    aliases: Mapping[str, str] | None = None, *, source: str | None = None) -> Timeframe:
+    """Parse the user's notation; ``allowed`` narrows it to what one exchange supports and
+    ``aliases`` adds that exchange's own spellings of them (OKX's ``1H`` for ``1h``). A name
+    that is not allowed is a :class:`UsageError` naming it, the allowed ones and, when the name
+    is another spelling of one of them (``1H``, ``60m``, ``1hour``), ``did you mean 1h?``."""
     allowed = allowed or NAMES
+    name = aliases.get(name, name) if aliases else name
     if name not in allowed:
-        hint = " (1M is a month, 1m a minute)" if name.lower() in ("1mo", "1mon", "1month") else ""
-        raise UsageError(
-            f"unsupported timeframe {name!r}{hint}; choose one of: {' '.join(allowed)}"
-        )
+        month = " (1M is a month, 1m a minute)" if name.lower() in ("1mo", "1mon", "1month") else ""
+        raise UsageError(f"unsupported timeframe {name!r}{month}; choose one of: {' '.join(allowed)}"
+                         f"{_hint(name, allowed, aliases, source)}")
     return Timeframe(name, _FIXED_MS.get(name))
+
+
+def source_timeframe(source: Any, name: str) -> Timeframe:
+    """``name`` as one source serves it: its ``timeframes``, its ``timeframe_aliases``."""
+    return parse_timeframe(str(name), source.timeframes, getattr(source, "timeframe_aliases", None),
+                           source=getattr(source, "name", None) or None)
+
+
+_SPELLED = re.compile(r"(\d+)\s*([a-zA-Z]+)")
+_UNITS = {"s": SECOND, "sec": SECOND, "secs": SECOND, "second": SECOND, "seconds": SECOND,
+          "m": MINUTE, "min": MINUTE, "mins": MINUTE, "minute": MINUTE, "minutes": MINUTE, "t": MINUTE,
+          "h": HOUR, "hr": HOUR, "hrs": HOUR, "hour": HOUR, "hours": HOUR,
+          "d": DAY, "day": DAY, "days": DAY, "w": WEEK, "wk": WEEK, "wks": WEEK, "week": WEEK, "weeks": WEEK}
+_MONTHS = ("mo", "mon", "mth", "month", "months")
+
+
+def _hint(name: str, allowed: tuple[str, ...], aliases: Mapping[str, str] | None = None,
+          source: str | None = None) -> str:
+    """``; did you mean 1h?`` when ``name`` is another spelling of an allowed timeframe, with
+    the exchange's own name when that differs (OKX ``1D``: ``did you mean 1d (okx's 1Dutc)?``:
+    its plain 1D bar opens on Hong Kong time)."""
+    text = name.strip()
+    if text == name and text in NAMES:  # a timeframe this source does not serve
+        return _resample_hint(name, allowed)
+    guess: str | None = text if text in allowed else None
+    match = _SPELLED.fullmatch(text)
+    if match is not None:
+        count, unit = int(match.group(1)), match.group(2)
+        if unit.lower() in _MONTHS:
+            guess = f"{count}M"
+        elif unit != "M" and unit.lower() in _UNITS:
+            ms = count * _UNITS[unit.lower()]
+            guess = next((n for n, v in _FIXED_MS.items() if v == ms), None)
+    if guess is None and match is not None and text.lower() in allowed:
+        guess = text.lower()  # 1H, 1D, 1W; 5M -> 5m too (Forge has no 5-month period)
+    if guess not in allowed:
+        return ""
+    own = next((a for a, n in (aliases or {}).items() if n == guess and a.lower() != guess), None)
+    if own is not None:
+        return f"; did you mean {guess} ({source or 'the exchange'}'s {own})?"
+    if guess[-1] == "m" and text[-1] == "M":
+        return f"; did you mean {guess} (m is a minute, M a month)?"
+    return f"; did you mean {guess}?"
+
+
+def _resample_hint(name: str, allowed: tuple[str, ...]) -> str:
+    """``; or fetch 4h and add --transform resample --resample-to 8h`` for a period the source
+    lacks that is a multiple of one it serves."""
+    ms = _FIXED_MS.get(name)
+    finer = [n for n in allowed if n in _FIXED_MS and n != "1s" and (
+        (ms is None and DAY % _FIXED_MS[n] == 0) or (ms is not None and ms > _FIXED_MS[n] and ms % _FIXED_MS[n] == 0))]
+    if not finer:
+        return ""
+    best = max(finer, key=_FIXED_MS.__getitem__)
+    return f"; or fetch {best} and add --transform resample --resample-to {name}"
 
 
 def _utc(ts: int) -> datetime:

@@ -111,6 +111,31 @@ def test_bad_input_is_one_clear_line(forge, exchange_env, in_tmp, args, code, me
     assert not list(in_tmp.glob("*.csv"))
 
 
+def test_okx_bar_names_are_accepted_and_written_as_forge_timeframes(forge, exchange_env, in_tmp):
+    """A user coming from OKX types its bar names: 1H is 1h, 1Dutc is 1d (file, rows, summary)."""
+    for typed, tf in (("1H", "1h"), ("1Dutc", "1d")):
+        result = run(forge, "--symbol", "BTC-USDT", "-t", typed, "--from", "2024-01-01", "--to", "2024-01-03")
+        assert result.code == 0, result
+        assert f" {tf} candles " in result.out
+        _, rows = read(in_tmp / f"Okx-BTC-USDT-{tf}-2024-01-01_2024-01-03.csv")
+        assert rows == expected("BTC-USDT", tf, "2024-01-01", "2024-01-03", exchange_env.config.now)
+
+
+@pytest.mark.parametrize("source,args,typed,meant", [
+    ("okx", ["--symbol", "BTC-USDT"], "1D", "1d (okx's 1Dutc)"),  # OKX's plain 1D opens on Hong Kong time
+    ("okx", ["--symbol", "BTC-USDT"], "60m", "1h"),
+    ("binance", ["--symbol", "BTCUSDT"], "1H", "1h"),
+    ("binance", ["--symbol", "BTCUSDT"], "60m", "1h"),
+])
+def test_a_timeframe_spelled_otherwise_is_one_line_with_did_you_mean(forge, exchange_env, in_tmp, source, args,
+                                                                      typed, meant):
+    result = forge("run", "-s", source, "-q", *args, "-t", typed, "--from", "2024-01-01", "--to", "2024-01-02")
+    assert result.code == 2, result
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"forge: error: unsupported timeframe {typed!r}; choose one of: ")
+    assert f"; did you mean {meant}?" in lines[0]
+
+
 def test_base_url_option_beats_environment(forge, mock, in_tmp, monkeypatch):
     monkeypatch.setenv("FORGE_OKX_URL", "http://127.0.0.1:9")  # nothing listens there
     result = run(forge, "--base-url", mock.url, "--symbol", "BTC-USDT", "-t", "1d", "--from", "2024-01-01",

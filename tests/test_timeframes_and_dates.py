@@ -48,6 +48,34 @@ def test_timeframe_narrowed_to_an_exchange():
         parse_timeframe("1s", ("1m", "1h"))
 
 
+@pytest.mark.parametrize("typed,meant", [
+    ("1H", "1h"), ("4H", "4h"), ("1D", "1d"), ("1W", "1w"), ("60m", "1h"), ("1hr", "1h"), ("1hour", "1h"),
+    ("240m", "4h"), ("24h", "1d"), ("7d", "1w"), ("1min", "1m"), ("1day", "1d"), ("1month", "1M"),
+    ("1m ", "1m"), ("5M", "5m (m is a minute, M a month)"),
+])
+def test_another_spelling_of_a_timeframe_gets_did_you_mean(typed, meant):
+    with pytest.raises(UsageError) as caught:
+        parse_timeframe(typed)
+    text = str(caught.value)
+    assert text.startswith(f"unsupported timeframe {typed!r}") and "choose one of: 1s 1m" in text
+    assert text.endswith(f"; did you mean {meant}?")
+
+
+def test_a_period_the_exchange_lacks_points_to_resample():
+    with pytest.raises(UsageError) as caught:
+        parse_timeframe("8h", ("1m", "1h", "4h", "1d"))
+    assert str(caught.value).endswith("; or fetch 4h and add --transform resample --resample-to 8h")
+
+
+def test_an_exchange_alias_is_its_forge_timeframe_and_the_hint_names_the_exchange_bar():
+    aliases = {"1H": "1h", "1Dutc": "1d"}
+    tf = parse_timeframe("1H", ("1m", "1h", "1d"), aliases)
+    assert tf.name == "1h" and tf.ms == 3_600_000
+    with pytest.raises(UsageError) as caught:
+        parse_timeframe("1D", ("1m", "1h", "1d"), aliases, source="okx")
+    assert str(caught.value).endswith("; did you mean 1d (okx's 1Dutc)?")
+
+
 def test_date_spellings_all_mean_utc():
     assert parse_instant("2024-01-01") == (ms(2024, 1, 1), True)
     assert parse_instant("2024-01-01 12:00:00")[0] == ms(2024, 1, 1, 12)

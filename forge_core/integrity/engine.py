@@ -32,7 +32,7 @@ from ..pipeline import Pipeline
 from ..records import Batch, Fetched, Row
 from ..sinks import Sink
 from ..sources import Source
-from ..timeframes import Timeframe, parse_timeframe
+from ..timeframes import Timeframe, parse_timeframe, source_timeframe
 from ..times import iso
 from .digest import EMPTY_DIGEST, VALUE_FIELDS, digest_rows, normalized_columns, partitions
 from .model import (
@@ -350,7 +350,7 @@ class Checker:
     def run(self, symbol: str, timeframe: str, start: int, end: int) -> SeriesReport:
         source = self.make_source()
         try:
-            tf = parse_timeframe(timeframe, source.timeframes)
+            tf = source_timeframe(source, timeframe)
             sv = source.source_value
             limit = min(end, tf.floor(source.server_time()))
             if start >= limit:

@@ -98,6 +98,9 @@ class OkxSource(Source):
     label = "Okx"
     description = "OKX spot, swap and futures candles (REST, UTC-aligned bars)"
     timeframes = tuple(BARS)
+    # OKX's own names for the bars Forge fetches: -t 1H is 1h. Not the plain 6H 12H 1D 1W, which
+    # open on Hong Kong time (a "did you mean 1d?" instead); 1M is Forge's month (OKX's 1Mutc).
+    timeframe_aliases = {bar: name for name, bar in BARS.items() if bar != name}
     # quote_volume = volCcyQuote; vol and vol_ccy are OKX's fields verbatim (spot: base and
     # quote currency; derivatives: contracts and base currency). volume is always base currency.
     columns = CANDLE_COLUMNS + ("quote_volume", "vol", "vol_ccy")
