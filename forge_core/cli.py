@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import sys
 import traceback
 from typing import Any
@@ -241,9 +242,10 @@ def run_command(plugins: Plugins, args: list[str] | None = None) -> click.Comman
         try:
             result = pipeline.run(kw["symbol"], kw["timeframe"], kw["from_"], kw["to"], since=kw["since"])
             status = "ok"
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             status = "interrupted"
-            raise Interrupted(f"interrupted: {_kept(pipeline)}; run the same command again to resume") from None
+            raise Interrupted(f"interrupted: {_kept(pipeline)}; run the same command again to resume",
+                              signal_exit_code(exc)) from None
         except GaveUp as exc:
             error = str(exc)
             raise GaveUp(f"{exc}; gave up: {_kept(pipeline)}; run the same command again to resume "
@@ -392,7 +394,22 @@ def _run_partitions(plugins: Plugins, kw: dict[str, Any], source_options: dict[s
 
 
 class Interrupted(ForgeError):
+    """A run stopped by a signal; its exit code is the shell's 128 + the signal's number."""
+
     exit_code = 130
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def signal_exit_code(exc: BaseException | None) -> int:
+    """128 + the number of the signal that stopped the run, as a shell reports a process it
+    killed and as schedulers expect: 130 for Ctrl-C (SIGINT), 143 for SIGTERM, 129 for SIGHUP.
+    A ``KeyboardInterrupt`` no signal handler of the run raised counts as Ctrl-C."""
+    while exc is not None and not isinstance(exc, KeyboardInterrupt):
+        exc = exc.__cause__ or exc.__context__  # click wraps it in Abort
+    return 128 + int(getattr(exc, "signum", signal.SIGINT))
 
 
 def _load_transform(plugins: Plugins, spec: str) -> Any:
@@ -523,9 +540,9 @@ def main(argv: list[str] | None = None, plugins: Plugins | None = None) -> int:
         return code if isinstance(code, int) else 0  # a command's click.exceptions.Exit(code)
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
         click.echo("forge: interrupted", err=True)
-        return 130
+        return signal_exit_code(exc)
     except click.UsageError as exc:  # one line, like every other error
         where = f"forge {exc.ctx.info_name}" if exc.ctx is not None and exc.ctx.info_name != "forge" else "forge"
         message = exc.format_message()
@@ -540,9 +557,9 @@ def main(argv: list[str] | None = None, plugins: Plugins | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         click.echo("forge: interrupted; everything committed before this is kept, run again to resume", err=True)
-        return 130
+        return signal_exit_code(exc)
     except ForgeError as exc:
         if verbose:
             traceback.print_exc()
