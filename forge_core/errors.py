@@ -27,11 +27,15 @@ class UsageError(ForgeError):
 
 
 class RetryableError(ForgeError):
-    """A transient failure (429, 5xx, timeout, malformed body): try again after ``retry_after``."""
+    """A transient failure (429, 5xx, timeout, malformed body): try again after ``retry_after``.
+    ``busy``: the server says it is overloaded (Binance -1008 whatever the HTTP status), so every
+    worker of the client backs off together (:class:`forge_core.retrying.Backoff`); a 5xx
+    counts as busy without it."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, retry_after: float | None = None, *, busy: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.busy = busy
 
 
 class SourceError(ForgeError):

@@ -387,7 +387,10 @@ class HttpClient:
     ``max_attempts`` and ``give_up_after`` bound how long a persistent fault is retried before
     the run fails with the last error (defaults 10 attempts, 300 s; environment
     ``FORGE_HTTP_MAX_ATTEMPTS``, ``FORGE_HTTP_GIVE_UP_AFTER``). ``FORGE_HTTP_TIMEOUT`` (30 s)
-    bounds each whole response, not each read: a body trickling in is cut and retried.
+    bounds each whole response, not each read: a body trickling in is cut and retried. A busy
+    server (a 5xx, or a :class:`RetryableError` with ``busy``) pauses all of this client's
+    threads together, and one probe request goes first after each pause
+    (:class:`forge_core.retrying.Backoff`).
 
     A host whose name does not resolve, or that refuses connections and has not answered in
     this process, fails at once (:class:`Unreachable`); ``envvar`` names the environment
@@ -435,6 +438,7 @@ class HttpClient:
         self.max_backoff = max_backoff
         self.headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})}
         self.stats = HttpStats()
+        self.backoff_gate = retrying.Backoff(self.host, backoff, max_backoff)  # shared by this client's threads
         self._origin = _origin(self.base_url)
         # requests' trust_env re-reads the environment and stats ~/.netrc on every request;
         # do the proxy and CA-bundle part once, here, for this one host
@@ -606,21 +610,33 @@ class HttpClient:
                 raise Cancelled("cancelled")
             retry_after: float | None = None
             kind = "error"
+            gate = self.backoff_gate
+            if gate.level and not gate.wait(self.cancelled):  # the server is busy: everyone waits
+                raise Cancelled("cancelled")
+            status, together = None, 0.0
+            sent = time.monotonic()
             try:
-                budget = min(self.timeout[1], give_up_at - time.monotonic())
+                budget = min(self.timeout[1], give_up_at - sent)
                 response = self._send(url, params, cost, budget)
                 _answered.add(self._origin)
                 self.stats.count(response.status_code)
-                last_status = response.status_code
-                if response.status_code in (429, 418) and self.limiter is not None:
+                last_status = status = response.status_code
+                if status in (429, 418) and self.limiter is not None:
                     # stop every worker now, before the check decides anything
-                    wait = retry_after_or(response, 1.0 if response.status_code == 429 else 60.0)
+                    wait = retry_after_or(response, 1.0 if status == 429 else 60.0)
                     self.limiter.pause(wait)
-                return read(response)
+                result = read(response)
+                if gate.level:
+                    gate.succeeded(sent)
+                return result
             except RetryableError as exc:
                 last_error, retry_after = str(exc), exc.retry_after
                 kind = _kind(exc, last_status)
+                if exc.busy or (status is not None and status >= 500):
+                    together = gate.failed(sent, kind)
             except ForgeError:
+                if gate.level and status is not None:
+                    gate.succeeded(sent)  # a final answer: the server is not busy
                 raise
             except requests.exceptions.RequestException as exc:
                 unreachable = self._unreachable(exc, url)
@@ -631,7 +647,7 @@ class HttpClient:
             now = time.monotonic()
             if attempt == self.max_attempts or now >= give_up_at:
                 break
-            delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * (0.5 + random.random())
+            delay = max(together, min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * (0.5 + random.random()))
             if retry_after is not None:
                 delay = max(delay, retry_after)
                 if self.limiter is not None:

@@ -115,7 +115,7 @@ def throttle_parts(waits: list[retrying.Throttled]) -> list[str]:
     if not waits:
         return []
     w = waits[0]
-    why = "pause after a 429" if w.paused else "rate limit"
+    why = w.why or ("pause after a 429" if w.paused else "rate limit")
     more = f" ({len(waits)} requests)" if len(waits) > 1 else ""
     return [f"waiting for {w.limiter}'s {why} until {retrying.clock(w.until)} UTC{more}"]
 

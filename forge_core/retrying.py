@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
+import random
 import threading
 import time
 import weakref
@@ -41,13 +43,15 @@ class Retrying:
 @dataclass(frozen=True)
 class Throttled:
     """A request held back by its rate limiter (not a failure): the exchange's budget for this
-    IP is spent, or every worker is paused after a 429. Announced only for waits of
+    IP is spent, or every worker is paused after a 429 (or, :class:`Backoff`, while the server
+    is busy). Announced only for waits of
     :data:`THROTTLE_SHOWN` seconds or more; ordinary pacing is not news."""
 
     limiter: str  # the limiter's name, e.g. ``binance-spot``
     symbol: str | None
     until: float  # epoch seconds
     paused: bool = False  # a pause the exchange asked for (Retry-After), not the budget
+    why: str | None = None  # another reason, for displays: ``backoff after HTTP 503``
 
 
 THROTTLE_SHOWN = 1.0  # seconds
@@ -156,6 +160,80 @@ def current_symbol(params: Mapping[str, Any] | None = None) -> str | None:
             if name in params:
                 return str(params[name])
     return symbol
+
+
+class Backoff:
+    """One backoff for all the workers of one host while its server says it is busy (a 5xx,
+    Binance ``-1008``, OKX ``50013``): 16 workers pause together instead of each hammering it
+    on its own schedule (a 429's Retry-After pauses them through the rate limiter instead).
+
+    A busy answer closes the gate for a jittered ``base * 2**(level-1)`` seconds (at most
+    ``cap``); answers to requests sent before that are the same round and do not double it
+    again. When the pause is over one request goes first, as a probe, while the others wait
+    for its answer (at most ``probe_window`` seconds): busy again doubles the pause, an answer
+    opens the gate for everyone. The client calls :meth:`wait` right before each request while
+    :attr:`level` is not 0, :meth:`failed` after a busy answer and :meth:`succeeded` after an
+    answer; with the gate open that costs one attribute read per request."""
+
+    def __init__(self, name: str, base: float = 0.25, cap: float = 30.0) -> None:
+        self.name = name  # for displays: the host
+        self.base, self.cap = base, cap
+        self.level = 0  # busy rounds in a row; 0: the gate is open
+        self.until = 0.0  # time.monotonic(): nobody sends before it
+        self.why = ""  # the last busy answer, e.g. ``HTTP 503``
+        self._raised = -math.inf  # when the level last went up
+        self._lock = threading.Lock()
+
+    def failed(self, sent: float, why: str) -> float:
+        """A request sent at ``sent`` (``time.monotonic()``) found the server busy; the seconds
+        every worker now waits."""
+        with self._lock:
+            now = time.monotonic()
+            if sent >= self._raised:  # sent after the last pause began: this is a new round
+                self.level += 1
+                delay = min(self.cap, self.base * 2 ** (self.level - 1)) * (0.5 + random.random())
+                self.until = now + delay  # (not the probe's window: its answer came)
+                self._raised, self.why = now, why
+            return max(self.until - now, 0.0)
+
+    def succeeded(self, sent: float) -> None:
+        """A request sent at ``sent`` was answered: if it left after the last busy answer (the
+        probe), everyone may send again."""
+        if self.level and sent >= self._raised:
+            with self._lock:
+                if sent >= self._raised:
+                    self.level, self.until = 0, 0.0
+
+    def probe_window(self) -> float:
+        return min(self.cap, max(2.0, self.base * 2 ** self.level))
+
+    def wait(self, cancel: threading.Event | None = None) -> bool:
+        """Wait until this thread may send: the pause is over and either the gate is open or
+        this request is the probe. False if ``cancel`` was set meanwhile. A wait of
+        :data:`THROTTLE_SHOWN` seconds or more is announced to displays."""
+        announced = False
+        try:
+            while True:
+                with self._lock:
+                    now = time.monotonic()
+                    if self.level == 0:
+                        return True
+                    if now >= self.until:  # this one goes first; the others wait for its answer
+                        self.until = now + self.probe_window()
+                        return True
+                    left = self.until - now
+                if not announced and left >= THROTTLE_SHOWN:
+                    throttle(Throttled(self.name, current_symbol(), time.time() + left,
+                                       why=f"backoff after {self.why}" if self.why else "backoff"))
+                    announced = True
+                step = min(left, 0.05)  # an answer to the probe opens the gate at any moment
+                if cancel is None:
+                    time.sleep(step)
+                elif cancel.wait(step):
+                    return False
+        finally:
+            if announced:
+                unthrottle()
 
 
 def clock(ts: float) -> str:

@@ -147,7 +147,8 @@ class BinanceSource(Source):
             raise SourceError(f"Binance has banned this IP ({msg}); not retrying, a retry would extend "
                               f"the ban; wait {wait}")
         if isinstance(code, int) and code in SERVER_CODES:  # (a list as code would not hash)
-            raise RetryableError(f"HTTP {status} {code} {SERVER_CODES[code]}: {msg}", retry_after)
+            raise RetryableError(f"HTTP {status} {code} {SERVER_CODES[code]}: {msg}", retry_after,
+                                 busy=code == -1008)  # every worker backs off together
         if status in (429, 408) or status >= 500:
             raise RetryableError(" ".join(str(x) for x in (f"HTTP {status}", code, msg) if x), retry_after)
         line = error_line(response, f"{code} {msg}" if isinstance(body, dict) else msg)

@@ -60,6 +60,7 @@ SLACK = 0.25  # seconds added to our window: requests sent in order can arrive b
 # unavailable (503), endpoint timeout (HTTP 400!), endpoint inactive or unavailable (HTTP 410; older
 # docs "API is offline or unavailable", ccxt's ExchangeNotAvailable), rate limit, busy, system error (500)
 RETRYABLE = {"50001", "50004", "50005", "50011", "50013", "50026"}
+BUSY = "50013"  # "Systems are busy. Please try again later."
 NO_DATA = "52000"  # HTTP 200 "No market data found.": an answer, not a passing fault
 SETTLED = "50047"  # candles of a settled contract: "... please use" history-candles
 log = get_logger(__name__)
@@ -144,8 +145,8 @@ class OkxSource(Source):
                 self.rate_limited += 1
             self._adapt(limiter, -1)
             raise RetryableError(f"OKX rate limit: HTTP {status} {code} {msg}", WINDOW)
-        if code in RETRYABLE or status >= 500:
-            raise RetryableError(" ".join(x for x in ("OKX", f"HTTP {status}", code, msg) if x))
+        if code in RETRYABLE or status >= 500:  # 50013 "Systems are busy": every worker backs off together
+            raise RetryableError(" ".join(x for x in ("OKX", f"HTTP {status}", code, msg) if x), busy=code == BUSY)
         if code == "0" and status < 300:
             if limiter.capacity < self._nominal[limiter.name]:
                 self._adapt(limiter, +1)
