@@ -350,6 +350,8 @@ def run_result_dict(result: RunResult) -> dict[str, Any]:
     fields["start_time"] = display(result.start)
     fields["end_time"] = display(result.end - 1) if result.end else None
     fields["resumed_after"] = {s: display(t) for s, t in result.resumed.items()}
+    for e in fields["ended"].values():
+        e["last_candle"] = None if e["last_open"] is None else display(e["last_open"])
     fields["elapsed"] = round(result.elapsed, 3)
     return fields
 

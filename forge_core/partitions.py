@@ -146,7 +146,9 @@ _run_cache: dict[Any, Any] | None = None
 
 def run_cache() -> dict[Any, Any] | None:
     """A dict the pipelines of one :func:`run` share (``None`` outside one): sources keep in it
-    what every partition group would fetch again, e.g. Binance's exchangeInfo (weight 20)."""
+    what every partition group would fetch again, e.g. Binance's exchangeInfo (weight 20).
+    ``("symbols", source, market)`` holds every symbol of the run's partitions (a set), so the
+    first group can ask about those of the later ones too."""
     return _run_cache
 
 
@@ -163,6 +165,8 @@ def run(partitions: Sequence[Partition], sinks: Sequence[Any], *, plugins: Any =
     plugins = plugins or Plugins()
     results: list[Any] = []
     outer, _run_cache = _run_cache, {} if _run_cache is None else _run_cache
+    for p in partitions:  # every symbol of the run, so a source can ask about all at once
+        _run_cache.setdefault(("symbols", p.source, p.market), set()).add(p.symbol)
     try:
         _run_groups(partitions, sinks, plugins, transforms, source_options, rate_budget, pipeline, results)
     finally:

@@ -93,6 +93,9 @@ class RunResult:
     slots: dict[str, int] = field(default_factory=dict)
     served: dict[str, int] = field(default_factory=dict)
     holes: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    # per symbol whose range goes past its end as the exchange confirmed it (SymbolInfo.ended):
+    # the reason, the last candle (None: none at all) and what was not asked for ([start, end) ms)
+    ended: dict[str, dict[str, Any]] = field(default_factory=dict)
     # per sink (by name; a repeated name gets #2, #3): rows the run inserted or changed there,
     # None where the sink cannot tell (Sink.rows_changed)
     rows_changed: dict[str, int | None] = field(default_factory=dict)
@@ -116,6 +119,16 @@ class RunResult:
             return ""
         return "; ".join(parts) + " (exchange affirmed empty: candles on both sides)"
 
+    def ended_text(self) -> str:
+        """``OLDUSDT delisted (Binance status BREAK): last candle 2024-01-22 23:00:00 UTC, none after it``
+        per symbol whose range reaches past the end the exchange confirmed."""
+        parts = []
+        for symbol, e in self.ended.items():
+            last = e["last_open"]
+            parts.append(f"{symbol} {e['reason']}: " + ("no candles at all" if last is None else
+                                                       f"last candle {display(last)}, none after it"))
+        return "; ".join(parts)
+
     def changed_text(self) -> str:
         """``0 rows changed`` (one sink), ``rows changed: csv 0, postgres 12`` (several);
         a sink that cannot tell is named as not counted."""
@@ -138,6 +151,7 @@ class RunResult:
             f"{origins}; {stats}; -> {', '.join(self.destinations)}"
             + (f"; {changed}" if (changed := self.changed_text()) else "")
             + (f"; {holes}" if (holes := self.holes_text()) else "")
+            + (f"; {ended}" if (ended := self.ended_text()) else "")
         )
 
 
@@ -312,6 +326,7 @@ class Pipeline:
     def _plan(self, symbols: list[str], tf: Timeframe, starts: dict[str, int], end: int) -> list[tuple[str, list[Task], int]]:
         plans = []
         name = self.source.name
+        _call_plugin("source", name, getattr(self.source, "prepare_symbols", _no_hook), symbols, tf)
         for symbol in symbols:
             info = _call_plugin("source", name, self.source.prepare, symbol, tf)
             start = starts[symbol]
@@ -319,9 +334,28 @@ class Pipeline:
                 raise SourceError(f"{self.source.name} has no {symbol} candles before {iso(info.first_open)} "
                                   f"(its first); the range ends {iso(end)}: choose --to after the listing")
             first = start if info.first_open is None else max(start, tf.floor(info.first_open))
-            tasks = list(_call_plugin("source", name, self.source.plan, symbol, tf, first, end)) if first < end else []
-            plans.append((symbol, tasks, tf.count(first, end) if first < end else 0))
+            stop = self._series_end(symbol, tf, info, first, end)
+            tasks = list(_call_plugin("source", name, self.source.plan, symbol, tf, first, stop)) if first < stop else []
+            plans.append((symbol, tasks, tf.count(first, stop) if first < stop else 0))
         return plans
+
+    def _series_end(self, symbol: str, tf: Timeframe, info: Any, first: int, end: int) -> int:
+        """Where the series' fetching stops: ``end``, or after its last candle when the exchange
+        confirmed it no longer trades (``SymbolInfo.ended``); the skipped tail is logged and
+        named in the summary, never left a silent hole."""
+        if info.ended is None:
+            return end
+        last = info.last_open
+        stop = min(end, first if last is None else tf.next_open(tf.floor(last)))
+        if stop < end and first < end:
+            skipped = (max(first, stop), end)
+            assert self.result is not None
+            self.result.ended[symbol] = {"reason": info.ended, "last_open": last,
+                                         "skipped": [skipped[0], skipped[1]]}
+            log.warning("series_ended", symbol=symbol, reason=info.ended,
+                        last_candle=None if last is None else iso(last),
+                        not_asked=f"{iso(skipped[0])}..{iso(tf.floor(skipped[1] - 1))}")
+        return stop
 
     def _execute(self, plans: list[tuple[str, list[Task], int]], tf: Timeframe, now: int,
                  result: RunResult) -> None:

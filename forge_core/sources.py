@@ -14,7 +14,7 @@ the exchange says so (:mod:`forge_core.paging` walks pages the safe way).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -41,10 +41,18 @@ class Task:
 
 @dataclass(frozen=True)
 class SymbolInfo:
-    """What a source knows about a symbol before fetching: the first candle it has, if known."""
+    """What a source knows about a symbol before fetching: the first candle it has, if known;
+    and, when the exchange itself confirms the symbol no longer trades (delisted, settled,
+    delivered), ``ended``, the exchange's word for it (``"delisted (Binance status BREAK)"``),
+    with ``last_open``, the open of its last candle (None: it has none at all).
+
+    The run loop asks for nothing after that candle and names the reason in the summary: only
+    such a confirmation makes the tail an exchange's hole, never an empty answer alone."""
 
     symbol: str
     first_open: int | None = None
+    last_open: int | None = None
+    ended: str | None = None
 
 
 class Source:
@@ -106,6 +114,11 @@ class Source:
     def server_time(self) -> int:
         """The exchange's clock in epoch ms; used to decide which candles are closed."""
         return now_ms()
+
+    def prepare_symbols(self, symbols: Sequence[str], timeframe: Timeframe) -> None:
+        """Optional: told every symbol of a run before the first :meth:`prepare`, so a source
+        can look them all up in one request (Binance's exchangeInfo costs the same for one
+        symbol or all). Errors about a symbol belong in :meth:`prepare`."""
 
     def prepare(self, symbol: str, timeframe: Timeframe) -> SymbolInfo:
         """Check the symbol exists (raise :class:`~forge_core.errors.SourceError` naming it if

@@ -79,6 +79,9 @@ class Market:
         return cls({
             "BTCUSDT": Listing("BTCUSDT", futures, (MAINTENANCE,), 4_200_000),
             "ETHUSDT": Listing("ETHUSDT", 1574812800000, (MAINTENANCE,), 250_000),
+            # a perpetual delisted as USD-M ones are: exchangeInfo keeps it, status SETTLING,
+            # deliveryDate moved to the delisting time; klines and archive stop there
+            "OLDUSDT": Listing("OLDUSDT", futures, (MAINTENANCE,), 80_000, delisted=DELISTED),
         }, test_symbols=False, source="binance-usdm")
 
     @classmethod

@@ -35,7 +35,6 @@ from .archive import (
     ArchiveFile,
     find_gaps,
     parse_checksum,
-    plan_segments,
     read_rows,
 )
 from .archive import _rows as parse_lines
@@ -212,12 +211,9 @@ class ArchiveSide:
         src = self.source
         if src.archive_mode == "rest" or tf.ms is None:
             return None
-        now = src._now if src._now is not None else src.server_time()
         strict = src.archive_mode == "archive"
-        page = src.page_size(tf)
-        worth = None if strict else (lambda a, b: tf.count(a, b) > page)
         part = ExchangePart([])
-        for seg in plan_segments(tf, start, end, now, worth=worth):
+        for seg in src.segments(symbol, tf, start, end):  # none after a delisted pair's last candle
             if seg.file is None:
                 part.pieces.append(_rest_piece(src._fetch_rest(symbol, tf, seg.start, seg.end)))
                 continue
@@ -285,10 +281,7 @@ class ArchiveSide:
         src = self.source
         if src.archive_mode == "rest" or not files:
             return False
-        now = src._now if src._now is not None else src.server_time()
-        page = src.page_size(tf)
-        worth = None if src.archive_mode == "archive" else (lambda a, b: tf.count(a, b) > page)
-        segments = plan_segments(tf, start, end, now, worth=worth)
+        segments = src.segments(symbol, tf, start, end)
         if any(seg.file is None for seg in segments) or {s.file.name(symbol, tf) for s in segments if s.file} != set(files):
             return False
         for seg in segments:
@@ -309,11 +302,8 @@ class ArchiveSide:
         src = self.source
         if src.archive_mode == "rest":
             return None
-        now = src._now if src._now is not None else src.server_time()
-        page = src.page_size(tf)
-        worth = None if src.archive_mode == "archive" else (lambda a, b: tf.count(a, b) > page)
         out: list[Row] = []
-        for seg in plan_segments(tf, start, end, now, worth=worth):
+        for seg in src.segments(symbol, tf, start, end):
             mine = wanted[bisect_left(wanted, seg.start):bisect_left(wanted, seg.end)]
             if not mine:
                 continue
@@ -354,10 +344,7 @@ class ArchiveSide:
         src = self.source
         if src.archive_mode == "rest" or tf.ms is None:
             return None
-        now = src._now if src._now is not None else src.server_time()
-        page = src.page_size(tf)
-        worth = None if src.archive_mode == "archive" else (lambda a, b: tf.count(a, b) > page)
-        seg = next((g for g in plan_segments(tf, part[0], part[1], now, worth=worth)
+        seg = next((g for g in src.segments(symbol, tf, part[0], part[1])
                     if g.start <= start and end <= g.end), None)
         if seg is None or seg.file is None:
             return None

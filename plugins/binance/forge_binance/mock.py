@@ -295,6 +295,8 @@ def exchange_info(mock: MockExchange, flavor: Flavor, weights: Weights, req: Req
             wanted = json.loads(req.arg("symbols") or "[]")
         except ValueError:
             return error(-1100, "Illegal characters found in parameter 'symbols'; legal range is '^\\[(\"[A-Z0-9-_.]{1,20}\"(,\"[A-Z0-9-_.]{1,20}\"){0,}){0,1}\\]$'.")
+    if flavor.key != "spot":
+        wanted = None  # futures exchangeInfo takes no parameters: always the whole list
     names = wanted if wanted is not None else list(flavor.market.listings)
     symbols = []
     for name in names:
@@ -303,18 +305,15 @@ def exchange_info(mock: MockExchange, flavor: Flavor, weights: Weights, req: Req
         listing = flavor.market.get(name)
         if listing is None:
             return error(-1121, "Invalid symbol.", **{weights.header: weights.used()})
-        base = name[:-4] if name.endswith("USDT") else name.split("_")[0][:-3]
-        symbols.append({"symbol": name, "status": listing.status, "baseAsset": base, "baseAssetPrecision": 8,
-                        **({"onboardDate": listing.listed} if flavor.key != "spot" else {}),
-                        "quoteAsset": "USDT", "quotePrecision": 8, "quoteAssetPrecision": 8,
-                        "orderTypes": ["LIMIT", "MARKET"], "isSpotTradingAllowed": flavor.key == "spot",
-                        "filters": [], "permissions": ["SPOT"] if flavor.key == "spot" else []})
+        symbols.append(symbol_info(flavor, listing))
     window = mock.config.weight_window
     interval, num = ("MINUTE", 1) if window == 60 else ("SECOND", window)
     limit = weights.limit
+    futures = {"futuresType": "U_MARGINED" if flavor.key == "usdm" else "COIN_MARGINED", "assets": []}
     return Response.json({
         "timezone": "UTC",
         "serverTime": mock.now(),
+        **(futures if flavor.key != "spot" else {}),
         "rateLimits": [
             {"rateLimitType": "REQUEST_WEIGHT", "interval": interval, "intervalNum": num, "limit": limit},
             {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
@@ -323,6 +322,41 @@ def exchange_info(mock: MockExchange, flavor: Flavor, weights: Weights, req: Req
         "exchangeFilters": [],
         "symbols": symbols,
     }, **{weights.header: weights.used()})
+
+
+PERPETUAL_DELIVERY = 4133404800000  # 2100-12-25 08:00 UTC: a perpetual's deliveryDate
+
+
+def symbol_info(flavor: Flavor, listing: Listing) -> dict[str, Any]:
+    """One exchangeInfo ``symbols[]`` entry in the market's own form: spot ``status`` (a delisted
+    pair stays, in BREAK); USD-M ``status``, ``contractType``, ``deliveryDate`` (moved to the
+    delisting time, status SETTLING, when a perpetual is delisted) and ``onboardDate``; COIN-M
+    the same with ``contractStatus`` and ``contractSize``. Field order as the real answers."""
+    name = listing.symbol
+    if flavor.key == "spot":
+        return {"symbol": name, "status": listing.status, "baseAsset": name[:-4], "baseAssetPrecision": 8,
+                "quoteAsset": "USDT", "quotePrecision": 8, "quoteAssetPrecision": 8,
+                "orderTypes": ["LIMIT", "MARKET"], "isSpotTradingAllowed": True, "filters": [],
+                "permissions": ["SPOT"]}
+    delivery = PERPETUAL_DELIVERY if listing.delisted is None else listing.delisted
+    trading = listing.delisted is None
+    if flavor.key == "usdm":
+        return {"symbol": name, "pair": name, "contractType": "PERPETUAL", "deliveryDate": delivery,
+                "onboardDate": listing.listed, "status": "TRADING" if trading else "SETTLING",
+                "maintMarginPercent": "2.5000", "requiredMarginPercent": "5.0000", "baseAsset": name[:-4],
+                "quoteAsset": "USDT", "marginAsset": "USDT", "pricePrecision": 2, "quantityPrecision": 3,
+                "baseAssetPrecision": 8, "quotePrecision": 8, "underlyingType": "COIN", "underlyingSubType": [],
+                "settlePlan": 0, "triggerProtect": "0.0500", "liquidationFee": "0.012000",
+                "marketTakeBound": "0.30", "filters": [], "orderTypes": ["LIMIT", "MARKET"],
+                "timeInForce": ["GTC", "IOC", "FOK", "GTX"]}
+    pair, _, _ = name.partition("_")
+    return {"symbol": name, "pair": pair, "contractType": "PERPETUAL", "deliveryDate": delivery,
+            "onboardDate": listing.listed, "contractStatus": "TRADING" if trading else "DELIVERED",
+            "contractSize": 100, "quoteAsset": "USD", "baseAsset": pair[:-3], "marginAsset": pair[:-3],
+            "pricePrecision": 1, "quantityPrecision": 0, "baseAssetPrecision": 8, "quotePrecision": 8,
+            "equalQtyPrecision": 4, "triggerProtect": "0.0500", "maintMarginPercent": "2.5000",
+            "requiredMarginPercent": "5.0000", "underlyingType": "COIN", "underlyingSubType": [],
+            "filters": [], "orderTypes": ["LIMIT", "MARKET"], "timeInForce": ["GTC", "IOC", "FOK", "GTX"]}
 
 
 def install(mock: MockExchange) -> None:

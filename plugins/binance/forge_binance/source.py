@@ -14,6 +14,9 @@ for the rest; ``rest`` is REST only.
 
 from __future__ import annotations
 
+import difflib
+import json
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
 from typing import Any
@@ -43,8 +46,9 @@ from forge_core import (
 from forge_core.http import body_reason, error_line
 from forge_core.http import retry_after as parse_retry_after
 from forge_core.partitions import run_cache
+from forge_core.times import display
 
-from .archive import ARCHIVE_URL, ArchiveClient, ArchiveFetcher, plan_segments
+from .archive import ARCHIVE_URL, ArchiveClient, ArchiveFetcher, Segment, month_file, plan_segments
 
 MARKETS: dict[str, dict[str, Any]] = {
     "spot": {"prefix": "/api/v3", "env": "FORGE_BINANCE_URL", "url": "https://api.binance.com",
@@ -61,6 +65,12 @@ _WINDOW_SECONDS = {"SECOND": 1, "MINUTE": 60, "HOUR": 3600, "DAY": 86400}
 # errors.md "10xx - General Server or Network issues": the server failed, not the request, and
 # these come with 400, 408 or 503 as well as 5xx. -1006 and -1007 say "execution status unknown":
 # every request here is a market-data read, so sending it again is safe.
+_SYMBOL_RE = re.compile(r"^[A-Z0-9\-_.]{1,20}$")  # what Binance accepts as a symbol (-1100 otherwise)
+_INFO_BATCH = 100  # symbols asked by name in one exchangeInfo request; more: the whole list
+# exchangeInfo statuses of a symbol that no longer trades, in words for the summary (others:
+# "not trading"); spot enums.md, futures "Contract status": USD-M perpetuals delisted go SETTLING
+_STATUS_WORDS = {"BREAK": "delisted", "SETTLING": "delisted", "CLOSE": "delisted", "PRE_SETTLE": "delisting",
+                 "DELIVERED": "delivered", "DELIVERING": "delivering", "PRE_DELIVERING": "delivering"}
 SERVER_CODES = {-1000: "UNKNOWN", -1001: "DISCONNECTED", -1006: "UNEXPECTED_RESP", -1007: "TIMEOUT",
                 -1008: "SERVER_BUSY"}
 
@@ -113,7 +123,9 @@ class BinanceSource(Source):
         self._limits_known = False
         self._info_key = ("binance.exchangeInfo", base_url, self.market)
         self._ends: dict[tuple[str, str], dict[str, int]] = {}
-        self._onboard: dict[str, int | None] = {}  # COIN-M listing times from exchangeInfo
+        # where a series that no longer trades ends (after its last candle; 0: it has none),
+        # as exchangeInfo and the newest klines confirmed: nothing at or after it is asked for
+        self._stops: dict[tuple[str, str], int] = {}
         self._now: int | None = None
         self.archive_mode = self.settings["archive"]
         archive_url = self.settings["archive_url"]
@@ -157,46 +169,138 @@ class BinanceSource(Source):
     def _get(self, path: str, params: dict[str, Any], cost: float, parse: Any = None, raw: Any = None) -> Any:
         return self.http.get_json(self.prefix + path, params, cost=cost, parse=parse, raw=raw)
 
-    def _learn_limits(self, symbol: str) -> None:
-        """Size the limiter from ``exchangeInfo.rateLimits`` (the live values change). Within
-        one :func:`forge_core.partitions.run` the answer is kept for every later partition
-        group of the same host and market: N groups cost one exchangeInfo (weight 20), not N."""
-        if self._limits_known:
-            return
+    # -- symbols: exchangeInfo --------------------------------------------------------------
+    def _learn(self, symbols: Sequence[str]) -> dict[str, Any]:
+        """exchangeInfo for ``symbols``, once per run: the limiter sized from its ``rateLimits``
+        (the live values change) and each symbol's entry kept (status, listing, delivery).
+
+        Spot asks about all of them in one request (``symbols=[...]``, weight 20 like one
+        symbol); a -1121 there (one is unknown) asks for the whole list instead, which says
+        which one and what is close. Futures exchangeInfo has no symbol parameter: the whole
+        list, weight 1. Within one :func:`forge_core.partitions.run` the answers are kept for
+        every later partition group of the same host and market: N groups cost one request."""
+        info = self._info
         cache = run_cache()
-        info = cache.get(self._info_key) if cache is not None else None
-        if info is None or (self.market == "coinm" and symbol not in {s.get("symbol") for s in info.get("symbols", [])}):
-            params = {"symbol": symbol} if self.market == "spot" else {}
-            info = self._get("/exchangeInfo", params, 20 if self.market == "spot" else 1)
-            if cache is not None:  # spot asks about one symbol: only its rateLimits stand for others
-                cache[self._info_key] = info if self.market == "coinm" else {"rateLimits": info.get("rateLimits", [])}
-        for limit in info.get("rateLimits", []):
-            if limit.get("rateLimitType") == "REQUEST_WEIGHT":
-                window = _WINDOW_SECONDS.get(limit.get("interval"), 60) * int(limit.get("intervalNum", 1))
-                slack = max(0.25, window * 0.02)  # network jitter between our clock and theirs
-                # the server counts in fixed windows of `window` from the epoch: observe aligns on them
-                self.limiter.reconfigure(float(limit["limit"]) * 0.95, window + slack, counting_window=window)
-        if self.market == "coinm":
-            self._onboard = {s["symbol"]: s.get("onboardDate") for s in info.get("symbols", []) if "symbol" in s}
-        self._limits_known = True
+        later = sorted(cache.get(("symbols", self.name, self.market), ())) if cache is not None else []
+        want = [s for s in dict.fromkeys([*symbols, *later]) if s not in info["symbols"]]
+        if info["rateLimits"] is None or (want and not info["complete"]):
+            params: dict[str, Any] = {}
+            if self.market == "spot":
+                asked = [s for s in want if _SYMBOL_RE.match(s)]  # a malformed one: klines explains it
+                if len(asked) == 1:
+                    params = {"symbol": asked[0]}
+                elif 1 < len(asked) <= _INFO_BATCH:
+                    params = {"symbols": json.dumps(asked, separators=(",", ":"))}
+                elif not asked and info["rateLimits"] is not None:
+                    return info
+            cost = 20 if self.market == "spot" else 1
+            try:
+                body = self._get("/exchangeInfo", params, cost)
+            except BinanceError as exc:
+                if exc.code != -1121 or not params:
+                    raise
+                params = {}  # one of them is unknown: the whole list tells which, and what is close
+                body = self._get("/exchangeInfo", params, cost)
+            if not isinstance(body, dict):
+                raise SourceError(f"Binance {self.market} exchangeInfo is not a JSON object")
+            entries = body.get("symbols") or []
+            info["symbols"].update((e["symbol"], e) for e in entries if isinstance(e, dict) and "symbol" in e)
+            info["complete"] = info["complete"] or not params
+            info["rateLimits"] = body.get("rateLimits") or []
+        if not self._limits_known:
+            self._limits_known = True
+            for limit in info["rateLimits"]:
+                if isinstance(limit, dict) and limit.get("rateLimitType") == "REQUEST_WEIGHT":
+                    window = _WINDOW_SECONDS.get(limit.get("interval"), 60) * int(limit.get("intervalNum", 1))
+                    slack = max(0.25, window * 0.02)  # network jitter between our clock and theirs
+                    # the server counts in fixed windows of `window` from the epoch: observe aligns on them
+                    self.limiter.reconfigure(float(limit["limit"]) * 0.95, window + slack, counting_window=window)
+        return info
+
+    @property
+    def _info(self) -> dict[str, Any]:
+        """This run's exchangeInfo (shared by the pipelines of one partitions run)."""
+        cache = run_cache()
+        fresh: dict[str, Any] = {"rateLimits": None, "symbols": {}, "complete": False}
+        if cache is None:
+            return self.__dict__.setdefault("_own_info", fresh)
+        return cache.setdefault(self._info_key, fresh)
 
     # -- the Source contract ----------------------------------------------------------------
     def server_time(self) -> int:
         self._now = int(self._get("/time", {}, 1)["serverTime"])
         return self._now
 
-    def prepare(self, symbol: str, timeframe: Timeframe) -> SymbolInfo:
+    def prepare_symbols(self, symbols: Sequence[str], timeframe: Timeframe) -> None:
+        """Every symbol of the run in one exchangeInfo request (see :meth:`_learn`)."""
         try:
-            self._learn_limits(symbol)
+            self._learn(symbols)
+        except BinanceError as exc:
+            raise SourceError(f"Binance {self.market} refused exchangeInfo: {exc.line}") from None
+
+    def prepare(self, symbol: str, timeframe: Timeframe) -> SymbolInfo:
+        """The symbol's first candle, and, when exchangeInfo says it no longer trades (spot
+        ``status`` BREAK, USD-M ``status`` SETTLING, COIN-M ``contractStatus`` DELIVERED...), its
+        last candle (the newest klines has): the exchange's confirmation that nothing follows."""
+        try:
+            meta = self._learn([symbol])["symbols"].get(symbol)
             if self.market == "coinm":  # end-anchored klines: startTime=0 finds nothing
-                if symbol not in self._onboard:
+                if meta is None:
                     raise BinanceError(400, -1121, "Invalid symbol.")
-                onboard = self._onboard[symbol]
-                return SymbolInfo(symbol, int(onboard) if onboard else None)
-            first = self._klines(symbol, timeframe, {"startTime": 0, "limit": 1})
+                onboard = meta.get("onboardDate")
+                first: int | None = int(onboard) if onboard else None
+            else:
+                rows = self._klines(symbol, timeframe, {"startTime": 0, "limit": 1})
+                first = rows[0][self._open_index] if rows else None
+                if first is None and meta is not None and meta.get("onboardDate"):
+                    first = int(meta["onboardDate"])  # a futures contract not trading yet: its listing time
+            status = self._status(meta)
+            if status is None:
+                return SymbolInfo(symbol, first)
+            last, confirmed = self._last_candle(symbol, timeframe, first)
         except BinanceError as exc:
             raise self._explain(exc, symbol, timeframe) from None
-        return SymbolInfo(symbol, first[0][self._open_index] if first else None)
+        if not confirmed:
+            log.warning("last_candle_unconfirmed", symbol=symbol, status=status,
+                        reason="the newest klines came back empty although the symbol has candles")
+            return SymbolInfo(symbol, first)
+        self._stops[(symbol, timeframe.name)] = timeframe.next_open(last) if last is not None else 0
+        return SymbolInfo(symbol, first, last, self._ended_reason(meta, status, last))  # type: ignore[arg-type]
+
+    def _status(self, meta: dict[str, Any] | None) -> str | None:
+        """exchangeInfo's status when it says the symbol does not trade (None: trading, not yet
+        listed, or not in exchangeInfo). COIN-M calls it ``contractStatus``."""
+        if meta is None:
+            return None
+        status = meta.get("contractStatus" if self.market == "coinm" else "status", meta.get("status"))
+        if not isinstance(status, str) or status in ("TRADING", "PENDING_TRADING"):
+            return None
+        return status
+
+    def _ended_reason(self, meta: dict[str, Any], status: str, last: int | None) -> str:
+        """``delisted (Binance exchangeInfo status BREAK)``, with the futures ``deliveryDate``."""
+        word = "not trading" if last is None else _STATUS_WORDS.get(status, "not trading")
+        field = "contractStatus" if self.market == "coinm" else "status"
+        where = {"spot": "Binance", "usdm": "Binance USD-M", "coinm": "Binance COIN-M"}[self.market]
+        delivery = meta.get("deliveryDate")
+        when = (f", deliveryDate {display(delivery)}" if isinstance(delivery, int) and self._now is not None
+                and delivery <= self._now + 366 * DAY else "")  # a perpetual's is 2100-12-25
+        return f"{word} ({where} exchangeInfo {field} {status}{when})"
+
+    def _last_candle(self, symbol: str, tf: Timeframe, first: int | None) -> tuple[int | None, bool]:
+        """The open of the newest candle klines has (neither start nor end time: the newest, on
+        every market) and whether that answer is believed: an empty one is asked again while
+        the symbol is known to have candles, and not believed if it stays empty."""
+        for attempt in range(3):
+            if attempt and self.http.cancelled.wait(0.25 * attempt):
+                break
+            rows = self._klines(symbol, tf, {"limit": 1})
+            if rows:
+                opens = rows.open_ts if isinstance(rows, TextRows) else [r[self._open_index] for r in rows]
+                return max(opens), True
+            if first is None:
+                return None, True  # no candle at all, as the first-candle request said
+        return None, False
 
     def page_size(self, timeframe: Timeframe) -> int:
         return MARKETS[self.market]["page"]
@@ -206,10 +310,7 @@ class BinanceSource(Source):
         if self.archive_mode == "rest":
             yield from super().plan(symbol, timeframe, start, end)
             return
-        now = self._now if self._now is not None else self.server_time()
-        page = self.page_size(timeframe)
-        worth = None if self.archive_mode == "archive" else (lambda a, b: timeframe.count(a, b) > page)
-        segments = plan_segments(timeframe, start, end, now, worth=worth)
+        segments = self.segments(symbol, timeframe, start, end)
         # missing files become REST here, merged into full pages for every worker
         for seg in self.archive_fetcher.resolve(symbol, timeframe, segments):
             if seg.file is None:
@@ -217,13 +318,32 @@ class BinanceSource(Source):
             else:
                 yield Task(symbol, timeframe, seg.start, seg.end, "archive", seg.file)
 
+    def segments(self, symbol: str, tf: Timeframe, start: int, end: int) -> list[Segment]:
+        """:func:`~.archive.plan_segments` for ``[start, end)`` in this source's archive mode,
+        cut at the series' confirmed end (:attr:`_stops`). Planned up to the end of the month
+        of its last candle first, so that month's file is used (a delisted pair's last month
+        is published, its later ones are not), rather than a file per day up to the cut."""
+        now = self._now if self._now is not None else self.server_time()
+        page = self.page_size(tf)
+        worth = None if self.archive_mode == "archive" else (lambda a, b: tf.count(a, b) > page)
+        stop = self._stops.get((symbol, tf.name))
+        if stop is None or stop > end:
+            return plan_segments(tf, start, end, now, worth=worth)
+        if stop <= start:
+            return []
+        planned = plan_segments(tf, start, max(end, month_file(stop - 1).end), now, worth=worth)
+        return [Segment(seg.start, min(seg.end, stop), seg.file) for seg in planned if seg.start < stop]
+
     def fetch(self, task: Task) -> Iterable[Row] | Fetched:
         if task.kind == "archive":
             return self.archive_fetcher.fetch(task.symbol, task.timeframe, task.detail, task.start, task.end)
         return self._fetch_rest(task.symbol, task.timeframe, task.start, task.end)
 
     def _fetch_rest(self, symbol: str, tf: Timeframe, start: int, end: int) -> list[Row]:
-        """Candles opening in ``[start, end)`` from REST pages."""
+        """Candles opening in ``[start, end)`` from REST pages (none after a confirmed end)."""
+        end = min(end, self._stops.get((symbol, tf.name), end))
+        if start >= end:
+            return []
         limit = self.page_size(tf)
         make = self.row_maker(Task(symbol, tf, start, end))
         window = MARKETS[self.market].get("window")  # end-anchored API: a window never holds more than a page
@@ -267,16 +387,29 @@ class BinanceSource(Source):
 
     def _explain(self, exc: BinanceError, symbol: str, tf: Timeframe) -> SourceError:
         where = f"Binance {self.market}"
+        like = "BTCUSD_PERP" if self.market == "coinm" else "BTCUSDT"
+        close = self._close_match(symbol)
+        hint = f"did you mean {close!r}? " if close else ""
         if exc.code == -1121:
             return SourceError(f"unknown symbol {symbol!r} on {where} (Binance: {exc.msg}); "
-                               "Binance spells pairs like BTCUSDT")
+                               f"{hint}Binance spells pairs like {like}")
         if exc.code == -1100 and "symbol" in exc.msg:
             return SourceError(f"symbol {symbol!r} is not valid on {where}: use upper case letters and "
-                               "digits without separators, like BTCUSDT")
+                               f"digits without separators, like {like}" + (f"; did you mean {close!r}?" if close else ""))
         if exc.code == -1120:
             return SourceError(f"timeframe {tf.name!r} is not offered by {where}; choose one of: "
                                f"{' '.join(self.timeframes)}")
         return SourceError(f"{where} refused the request for {symbol} {tf.name}: {exc.line}")
+
+    def _close_match(self, symbol: str) -> str:
+        """The symbol exchangeInfo lists that is closest to ``symbol`` (case and separators
+        aside first), or ""."""
+        names = self._info["symbols"]
+        plain = symbol.upper().replace("/", "").replace("-", "")
+        if plain != symbol and plain in names:
+            return plain
+        found = difflib.get_close_matches(plain, list(names), n=1, cutoff=0.75)
+        return found[0] if found else ""
 
     def integrity(self) -> Any:
         """The exchange side of ``forge verify/repair`` from archive files (:mod:`.integrity`)."""
