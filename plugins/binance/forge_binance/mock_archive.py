@@ -11,7 +11,8 @@ Paths as on the real host (``exchange-apis.md`` section B)::
 Publication, relative to ``mock.now()``: a daily file from 00:00 UTC the next day; a monthly
 file from 00:00 UTC on the first Monday of the next month (Binance's stated schedule), and
 never before its last candle has closed. Unpublished files, unknown symbols or intervals and
-periods without a candle (before the listing) are 404s.
+periods without a candle (before the listing, after a delisting: the month of the last candle
+is published with the candles up to it, the files after it never are) are 404s.
 
 Format quirks: spot files have no header and, from 2025-01-01, microsecond timestamps; futures
 files start with a header row from 2022-01-01 on, none before.
@@ -131,7 +132,9 @@ def csv_bytes(listing: Listing, tf: Timeframe, start: int, end: int, *, micros: 
         if micros:
             ts, close = ts * 1000, close * 1000 + 999
         lines.append(f"{ts},{o},{h},{lo},{c},{v},{close},{qv},{n},{tb},{tq},0")
-    return ("\n".join(lines) + "\n").encode() if lines else b""
+    if len(lines) == (1 if header else 0):  # no candle (before the listing, after a delisting): no file, not a header alone
+        return b""
+    return ("\n".join(lines) + "\n").encode()
 
 
 def zip_bytes(csv_name: str, data: bytes) -> bytes:
