@@ -306,8 +306,8 @@ def run_command(plugins: Plugins, args: list[str] | None = None) -> click.Comman
         click.Option(["--lag-warning"], type=click.FloatRange(0), default=30.0, show_default=True,
                      metavar="SECONDS", help="--follow: warn when a series falls this far behind."),
         click.Option(["--sink-give-up"], type=click.FloatRange(0), default=None, metavar="SECONDS",
-                     help="--follow: end the run (exit 1) when a destination stays down this long "
-                          "(default: wait for it with backoff, however long)."),
+                     help="--follow: end the run (exit 1) when a destination stays down this long, "
+                          "after one retry at least (default: wait for it with backoff, however long)."),
         click.Option(["--summary-json"], metavar="FILE", type=click.Path(dir_okay=False),
                      help="Also write the run's summary as JSON to FILE (even when the run fails), for scripts."),
         click.Option(["-v", "--verbose"], count=True, help="More logs (-v info, -vv debug); tracebacks on errors."),

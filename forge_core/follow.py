@@ -346,18 +346,24 @@ class Follower:
     def _await_sinks(self, error: SinkUnavailable) -> None:
         """A destination stays down past its own retries: following is meant to run for days,
         so wait with backoff (one warning per wait) and commit the kept rows again, until it
-        answers, the run is stopped, or ``sink_give_up`` seconds have passed (then ``error``)."""
-        began, backoff = _local_seconds(), 1.0
+        answers, the run is stopped, or ``sink_give_up`` seconds have passed (then ``error``):
+        always after one commit tried again at least, the last wait shortened to end at the
+        deadline (``--sink-give-up 0.5`` tries again after 0.5 s; 10 after 1, 3, 7 and 10 s)."""
+        began, backoff, tried = _local_seconds(), 1.0, False
         self._sink_down = True
         while True:
             waited = _local_seconds() - began
-            if self.sink_give_up is not None and waited + backoff > self.sink_give_up:
-                log.warning("sink_gave_up", error=str(error)[:300], waited=round(waited, 1))
-                raise error
+            wait = backoff
+            if self.sink_give_up is not None:
+                if tried and waited >= self.sink_give_up:
+                    log.warning("sink_gave_up", error=str(error)[:300], waited=round(waited, 1))
+                    raise error
+                wait = min(backoff, max(self.sink_give_up - waited, 0.0))
             self.result.sink_outages += 1
-            log.warning("sink_down", error=str(error)[:300], retry_in=round(backoff, 1), waited=round(waited, 1),
+            log.warning("sink_down", error=str(error)[:300], retry_in=round(wait, 1), waited=round(waited, 1),
                         detail="still following: the rows are kept; committing again after the wait")
-            self._wait("destination down", backoff)
+            self._wait("destination down", wait)
+            tried = True
             if self.stopping.is_set():
                 return  # rows not committed stay uncommitted: the next run continues after the last commit
             try:

@@ -262,6 +262,30 @@ def test_a_bounded_wait_for_a_destination_ends_the_follow_with_its_error() -> No
         follower.run()
 
 
+def test_a_give_up_shorter_than_the_first_backoff_still_tries_again_once() -> None:
+    """--sink-give-up 0.3 is not "give up at once": the commit is tried again after 0.3 s."""
+    import time
+
+    sink = DownFor(fails=1)
+    follower = Pipeline(Minutes([HOUR]), [sink]).follow(["X"], "1m", since=0, sink_give_up=0.3)
+    follower.on_commit = lambda *a: follower.stop("test")
+    began = time.monotonic()
+    result = follower.run()
+    assert result.sink_outages == 1 and sink.commits == 1 and sink.closed_ok is True
+    assert 0.3 <= time.monotonic() - began < 0.9  # the wait was cut to the give-up, not the 1 s backoff
+
+
+def test_the_last_wait_for_a_destination_ends_at_the_give_up_deadline() -> None:
+    import time
+
+    follower = Pipeline(Minutes([HOUR]), [DownFor(fails=99)]).follow(["X"], "1m", since=0, sink_give_up=1.2)
+    began = time.monotonic()
+    with pytest.raises(SinkUnavailable):
+        follower.run()
+    assert follower.result.sink_outages == 2  # tried again after 1 s, then after 0.2 more: down 1.2 s
+    assert time.monotonic() - began >= 1.2
+
+
 def test_stopped_while_the_destination_is_down_abandons_what_it_did_not_commit() -> None:
     import threading
 
