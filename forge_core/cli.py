@@ -13,6 +13,7 @@ import signal
 import sys
 import traceback
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
@@ -531,6 +532,55 @@ def _owner_of(plugins: Plugins, flag: str) -> str | None:
     return ", ".join(owners) or None
 
 
+# options whose value may be a URL with a password, and the variable that gives it instead
+_CORE_URL_ENV = {"--rate-budget": "FORGE_RATE_BUDGET"}
+
+
+def password_warning(plugins: Plugins, args: list[str]) -> str | None:
+    """One line for a password given in a URL on the command line (``--database-url
+    postgresql://me:pw@db/x``): every user of the machine can read argv (``ps``,
+    ``/proc/PID/cmdline``), so say so, and what to use instead. Never the password itself.
+    Forge cannot take it back out of argv: the kernel published it when the process started."""
+    flags: list[str] = []
+    schemes: set[str] = set()
+    for i, arg in enumerate(args):
+        if arg.startswith("--") and "=" in arg:
+            flag, value = arg.split("=", 1)
+        elif i and args[i - 1].startswith("--") and "=" not in args[i - 1]:
+            flag, value = args[i - 1], arg
+        else:
+            continue
+        if "://" not in value or "@" not in value:
+            continue
+        try:
+            parts = urlsplit(value)
+            secret = parts.password
+        except ValueError:
+            continue
+        if secret and flag not in flags:
+            flags.append(flag)
+            schemes.add(parts.scheme.lower())
+    if not flags:
+        return None
+    envs, files = [], []
+    for flag in flags:
+        env = _CORE_URL_ENV.get(flag)
+        for reg in plugins.all():
+            options = getattr(reg.cls, "options", ())
+            for opt in options:
+                if opt.flag == flag:
+                    env = env or (opt.env_help() if opt.envvar else None)
+                    files += [o.flag for o in options if o.name == "password_file"]
+        if env:
+            envs.append(env)
+    instead = [f"set {' / '.join(envs)} instead"] if envs else []
+    if any(s.startswith("postgres") for s in schemes):
+        instead.append(f"leave it out of the URL and use {', '.join([*files, 'PGPASSWORD'])} or ~/.pgpass (PGPASSFILE)")
+    what = " and ".join(flags)
+    return (f"forge: warning: the password in {what} can be read by every user of this machine (ps, "
+            f"/proc/{os.getpid()}/cmdline)" + (f"; {', or '.join(instead)}" if instead else ""))
+
+
 def main(argv: list[str] | None = None, plugins: Plugins | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     verbose = any(a in ("-v", "-vv", "--verbose") for a in args) or bool(os.environ.get("FORGE_DEBUG"))
@@ -538,7 +588,12 @@ def main(argv: list[str] | None = None, plugins: Plugins | None = None) -> int:
     configure(*_logging_args(args))
     plugins = plugins or Plugins()
     try:
-        code = build_cli(plugins, args).main(args=args, prog_name="forge", standalone_mode=False)
+        cli = build_cli(plugins, args)
+        if sys.stderr.isatty():  # for the person who typed it; scripts read errors as one line
+            warning = password_warning(plugins, args)
+            if warning is not None:
+                click.echo(warning, err=True)
+        code = cli.main(args=args, prog_name="forge", standalone_mode=False)
         return code if isinstance(code, int) else 0  # a command's click.exceptions.Exit(code)
     except click.exceptions.Exit as exc:
         return exc.exit_code

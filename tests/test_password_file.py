@@ -42,3 +42,35 @@ def test_the_cli_says_it_in_one_line_with_exit_2(forge, tmp_path):
     lines = result.err.strip().splitlines()
     assert len(lines) == 1 and f"password file {path} has 2 lines" in lines[0], result.err
     assert "secret" not in (result.err + result.out).lower() and "s3cr" not in result.err + result.out
+
+
+def _unused_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once closed
+
+
+def test_a_password_in_database_url_on_a_terminal_is_one_warning_naming_the_alternatives(forge, monkeypatch):
+    """argv is readable by every user (ps, /proc/PID/cmdline): the person who typed it is told
+    once, without the password, what to use instead."""
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    url = f"postgresql://me:s3cr3t-pw@127.0.0.1:{_unused_port()}/crypto"
+    result = forge("run", "-q", "-s", "binance", "--sink", "postgres", "--database-url", url,
+                   "--symbol", "BTCUSDT", "--from", "2024-01-01", "--to", "2024-01-01")
+    assert result.code == 1, result  # the run itself goes on (here: nothing listens)
+    warning, error = result.err.strip().splitlines()
+    assert warning.startswith("forge: warning: the password in --database-url can be read by every user of this "
+                              "machine (ps, /proc/")
+    for alternative in ("FORGE_DATABASE_URL", "--password-file", "PGPASSWORD", "~/.pgpass (PGPASSFILE)"):
+        assert alternative in warning
+    assert error.startswith("forge: error: cannot connect to PostgreSQL")
+    assert "s3cr3t" not in result.err + result.out
+
+    monkeypatch.setenv("FORGE_DATABASE_URL", url)  # the environment is not world-readable: no warning
+    quiet = forge("run", "-q", "-s", "binance", "--sink", "postgres", "--symbol", "BTCUSDT",
+                  "--from", "2024-01-01", "--to", "2024-01-01")
+    assert quiet.code == 1 and "warning" not in quiet.err, quiet
