@@ -5,7 +5,8 @@ Tasks go forward in time, 300 bars each; inside a task, pages go backwards with 
 (exclusive; rows come newest first) until the task's start is covered or the exchange has no
 older rows, so a server that returns fewer rows than asked (the legacy maximum of 100) costs
 requests, never candles. Bars among the latest 1,400 come from ``/market/candles`` (which keeps
-1,440, with its own 40 requests/2 s), older ones from ``/market/history-candles`` (20/2 s).
+1,440, with its own 40 requests/2 s), older ones from ``/market/history-candles`` (20/2 s); an
+empty ``candles`` page (its window moved on during a long run) is asked of history-candles.
 Each endpoint has one limiter shared by every worker thread, a little slower than the published
 limit; a ``50011`` anyway pauses that endpoint, lowers its rate by a quarter and is retried.
 A settled contract's bars are on history-candles only (``candles`` answers ``50047``).
@@ -236,7 +237,7 @@ class OkxSource(Source):
             nonlocal path
             try:
                 try:
-                    return self._page(path, task.symbol, tf, before, make=make)[0]
+                    rows = self._page(path, task.symbol, tf, before, make=make)[0]
                 except OkxError as exc:
                     if exc.code != SETTLED or path != RECENT:
                         raise
@@ -244,6 +245,12 @@ class OkxSource(Source):
                     self._settled.add(task.symbol)
                     path = HISTORY
                     return self._page(path, task.symbol, tf, before, make=make)[0]
+                if not rows and path == RECENT:
+                    # candles keeps the latest 1,440 bars of the exchange's clock *now*: bars that
+                    # left it since the run read that clock (a long run) are on history-candles
+                    path = HISTORY
+                    rows = self._page(path, task.symbol, tf, before, make=make)[0]
+                return rows
             except OkxError as exc:
                 raise self._explain(exc, task.symbol, tf) from None
 

@@ -113,6 +113,21 @@ def test_recent_bars_come_from_candles_and_the_open_bar_is_dropped(fresh_mock):
     assert rows[-1][4] < NOW and len(rows) == 299
 
 
+def test_recent_bars_that_left_candles_during_a_long_run_come_from_history(fresh_mock):
+    """/market/candles keeps the latest 1,440 bars of the exchange's clock when it answers, not
+    when the run read that clock: an hour later (a long multi-symbol 1m run), a task chosen for
+    candles from the reading finds its oldest bars gone. They are on history-candles; the run
+    failed with "keeps answering empty" instead."""
+    src = source(fresh_mock)
+    src.prepare("BTC-USDT", parse_timeframe("1m"))
+    minute = 60_000
+    start = NOW - NOW % minute - 1399 * minute  # within 1,400 bars of the reading: candles
+    fresh_mock.config.now = later = NOW + 60 * minute
+    rows = list(src.fetch(task("BTC-USDT", "1m", start, start + 300 * minute)))
+    assert rows == okx_rows("BTC-USDT", "1m", start, start + 300 * minute, later) and len(rows) == 300
+    assert fresh_mock.stats["okx.candles.rows"] == 280  # the 20 oldest had left candles
+
+
 def test_swap_volume_is_base_currency_not_contracts(mock):
     rows = list(source(mock).fetch(task("BTC-USDT-SWAP", "1d", 1704067200000, 1704067200000 + 3 * DAY)))
     for row in rows:
