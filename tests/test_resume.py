@@ -3,6 +3,7 @@ exactly, without fetching again what was committed."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ ARGS = ["run", "-s", "binance", "--symbol", "BTCUSDT,ETHUSDT", "--from", "2024-0
 FILES = ("Binance-BTCUSDT-1m-2024-01-01_2024-01-20.csv", "Binance-ETHUSDT-1m-2024-01-01_2024-01-20.csv")
 
 
+@functools.cache  # 2-3 s per symbol; the same rows for every test here and in test_signals
 def expected(symbol):
     lo, hi = parse_range("2024-01-01", "2024-01-20")
     return as_csv_lines(binance_rows(symbol, "1m", lo, hi, NOW))
