@@ -46,6 +46,7 @@ from forge_core import (
 from forge_core.http import body_reason, error_line
 from forge_core.http import retry_after as parse_retry_after
 from forge_core.partitions import run_cache
+from forge_core.records import ramp
 from forge_core.times import display
 
 from .archive import ARCHIVE_URL, ArchiveClient, ArchiveFetcher, Segment, month_file, plan_segments
@@ -383,7 +384,7 @@ class BinanceSource(Source):
                          taker_buy_quote_volume=k[10]) for k in body]
 
         return self._get("/klines", query, kline_weight(self.market, int(query.get("limit", 500))), parse,
-                         lambda content: _raw_klines(content, self.columns, fixed))
+                         lambda content: _raw_klines(content, self.columns, fixed, tf.ms))
 
     def _explain(self, exc: BinanceError, symbol: str, tf: Timeframe) -> SourceError:
         where = f"Binance {self.market}"
@@ -453,27 +454,107 @@ _KLINE_SKELETON = b'[,"","","","","",,"",,"","",""]'
 _VALUE_BYTES = b"0123456789."
 
 
-def _raw_klines(content: bytes, columns: tuple[str, ...], fixed: dict[str, str]) -> TextRows | None:
-    """A page of klines as rows held in columns straight from the body's bytes, without a
-    JSON decode: only for a body that is exactly ``[kline,kline,...]`` in Binance's compact
-    form, every value made of digits and dots (checked by taking them out and comparing what
-    is left, byte for byte, with that form), the three ints canonical. Their strings are
-    then exactly what a JSON decoder gives. ``None`` for anything else (decoded as usual)."""
+def _raw_klines(content: bytes, columns: tuple[str, ...], fixed: dict[str, str], ms: int | None = None) -> TextRows | None:
+    """A page of klines as rows straight from the body's bytes, without a JSON decode: only
+    for a body that is exactly ``[kline,kline,...]`` in Binance's compact form, every value
+    made of digits and dots (checked by taking them out and comparing what is left, byte for
+    byte, with that form), the three ints canonical. Their strings are then exactly what a
+    JSON decoder gives. ``None`` for anything else (decoded as usual).
+
+    A page of ``ms``-millisecond candles without a hole (the usual page) becomes its CSV
+    records at once (:func:`_steady_text`); any other is held as columns."""
     skeleton = content.translate(None, _VALUE_BYTES)
     n, extra = divmod(len(skeleton) - 1, len(_KLINE_SKELETON) + 1)
     if extra or n < 1 or skeleton != b"[" + b",".join([_KLINE_SKELETON] * n) + b"]":
         return None
-    # every quote and bracket also sits next to its neighbour in the form: no value byte
-    # outside a value (`"37000.1"9,` or `],9[` match the skeleton but are not JSON)
-    if not (content.startswith(b"[[") and content.endswith(b'"]]') and content.count(b',"') == 9 * n
-            and content.count(b'",') == 8 * n and content.count(b'"]') == n and content.count(b"],[") == n - 1):
+    if ms is not None and columns == _TEXT_COLUMNS:
+        rows = _steady_text(content, n, fixed, ms)
+        if rows is not None:
+            return rows
+    # Cut at the quotes: 18 pieces a kline. The odd ones are the nine strings (only value
+    # bytes, by the skeleton); the even ones hold the form's commas and brackets, and must
+    # hold nothing else but the three ints: a value byte outside a value (`"37000.1"9,` or
+    # `],9[` match the skeleton but are not JSON) leaves one of them other than its form.
+    p = content.decode("ascii").split('"')
+    commas = [","] * n
+    if p[2::18] != commas or p[4::18] != commas or p[6::18] != commas or p[8::18] != commas \
+            or p[14::18] != commas or p[16::18] != commas:
         return None
-    flat = content.translate(None, b'"[]').decode("ascii").split(",")  # 12 values a kline
+    heads = "".join(p[0::18])  # "[[OT," "],[OT," ... "]]"
+    if not (heads.startswith("[[") and heads.endswith(",]]")):
+        return None
+    opens = heads[2:-3].split(",],[")
+    ends, trades = _between_commas(p[10::18]), _between_commas(p[12::18])
+    if len(opens) != n or ends is None or trades is None:
+        return None  # (the values themselves are checked canonical by from_columns)
     return TextRows.from_columns(columns, {
-        "open_ts": flat[0::12], "end_ts": flat[6::12], "open": flat[1::12], "high": flat[2::12],
-        "low": flat[3::12], "close": flat[4::12], "volume": flat[5::12], "quote_volume": flat[7::12],
-        "trades": flat[8::12], "taker_buy_base_volume": flat[9::12], "taker_buy_quote_volume": flat[10::12]},
+        "open_ts": opens, "end_ts": ends, "open": p[1::18], "high": p[3::18], "low": p[5::18],
+        "close": p[7::18], "volume": p[9::18], "quote_volume": p[11::18], "trades": trades,
+        "taker_buy_base_volume": p[13::18], "taker_buy_quote_volume": p[15::18]},
         fixed=fixed, ints=("trades",), plain=True)
+
+
+_TEXT_COLUMNS = CANDLE_COLUMNS + EXTRA_COLUMNS
+_TEXT_INTS = tuple(_TEXT_COLUMNS.index(c) for c in ("open_ts", "end_ts", "trades"))
+
+
+def _steady_text(content: bytes, n: int, fixed: dict[str, str], ms: int) -> TextRows | None:
+    """The ``n`` klines of a body that matched the compact form as CSV records, when their
+    opens are one unbroken run ``ms`` apart, each closing at its candle's last millisecond,
+    and their trades canonical ints; ``None`` otherwise.
+
+    The body is cut at its quotes (18 pieces a kline, ``b","`` shared) and the records are
+    those pieces in their CSV order, joined once: no string per value, no column, no row.
+    The pieces between strings are checked whole: the commas one list comparison, the opens
+    and closes each one comparison with the run one ``%`` format writes (canonical, in
+    order, no byte outside its place), the trades by one split."""
+    prefix = f"{fixed['source']},{fixed['symbol']},{fixed['timeframe']},"
+    if prefix.count(",") != 3 or any(c in prefix for c in '"\r\n') or not prefix.isascii():
+        return None  # a constant that would need quoting
+    p = content.split(b'"')
+    commas = [b","] * n
+    if p[2::18] != commas or p[4::18] != commas or p[6::18] != commas or p[8::18] != commas \
+            or p[14::18] != commas or p[16::18] != commas:
+        return None
+    heads = b"".join(p[0::18])  # b"[[OT," b"],[OT," ... b"]]"
+    opens = heads[2:-3].split(b",],[")
+    if not (heads.startswith(b"[[") and heads.endswith(b",]]")) or len(opens) != n or not opens[0].isdigit():
+        return None
+    first = int(opens[0])
+    if first + n * ms >= 1 << 63 or heads != b"[[" + (b"%d,],[" * (n - 1) + b"%d,]]") % tuple(range(first, first + n * ms, ms)):
+        return None
+    closes = p[10::18]  # b",ET,"
+    if b"".join(closes) != (b",%d," * n) % tuple(range(first + ms - 1, first + n * ms, ms)):
+        return None
+    joined = b"".join(p[12::18])  # b",TR,"
+    trades = joined[1:-1].split(b",,")
+    if (joined[:1] != b"," or joined[-1:] != b"," or len(trades) != n or b"" in trades or b"." in joined
+            or joined.count(b",0") != trades.count(b"0")):
+        return None  # not one canonical int between two strings
+    row = prefix.encode()
+    out = [b"\r\n" + row] * (18 * n)  # a record: the prefix, open, ",close,", the five strings, ...
+    out[0] = row
+    out[1::18] = opens
+    out[2::18] = closes
+    for k in range(9):  # open "," high "," low "," close "," volume
+        out[3 + k::18] = p[1 + k::18]
+    out[12::18] = commas
+    for k in range(5):  # quote volume ",trades," taker buy base "," taker buy quote
+        out[13 + k::18] = p[11 + k::18]
+    out.append(b"\r\n")
+    rows = TextRows(_TEXT_COLUMNS, [b"".join(out).decode("ascii")], [n], ramp(first, n, ms),
+                    ramp(first + ms - 1, n, ms), _TEXT_INTS, dict(fixed))
+    rows.step = ms  # every open one candle after the previous: checked above
+    return rows
+
+
+def _between_commas(pieces: list[str]) -> list[str] | None:
+    """The ints of pieces that must each be ``,digits,`` (an int between two strings), or None."""
+    joined = "".join(pieces)
+    values = joined[1:-1].split(",,")
+    if joined[:1] != "," or joined[-1:] != "," or len(values) != len(pieces):
+        return None
+    return values
 
 
 def _columns(body: list[Any], columns: tuple[str, ...], fixed: dict[str, str]) -> TextRows | None:

@@ -12,6 +12,7 @@ import requests
 
 from forge_binance.source import BinanceSource, _columns, _raw_klines
 from forge_core import Batch, Task, TextRows
+from forge_core.records import ColumnRows
 from forge_core.timeframes import parse_timeframe
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -63,7 +64,7 @@ def test_every_market_takes_the_fast_path_with_the_same_rows(mock, market, prefi
         got = src.fetch(Task(symbol, M1, T, T + 300 * 60_000))
     finally:
         src.close()
-    assert isinstance(got, TextRows) and got == rows
+    assert type(got) is TextRows and got == rows  # a steady page: its CSV records at once
     assert Batch(source, symbol, "1m", COLS, got).csv_text() == rows.text()  # the CSV sink writes it as is
 
 
@@ -71,11 +72,52 @@ KLINE = b'[1706745600000,"1.5","2.5","1.0","2.0","10.5",1706745659999,"20.5",3,"
 NEXT = KLINE.replace(b"1706745600000", b"1706745660000").replace(b"1706745659999", b"1706745719999")
 
 
+@pytest.mark.parametrize("ms", [None, 60_000])
 @pytest.mark.parametrize("body", [b"[" + KLINE + b"]", b"[" + KLINE + b"," + NEXT + b"]",
                                   b"[" + KLINE.replace(b",3,", b",0,") + b"]"])
-def test_the_compact_form_is_taken_from_the_bytes(body):
-    rows = _raw_klines(body, COLS, {"source": "binance", "symbol": "BTCUSDT", "timeframe": "1m"})
+def test_the_compact_form_is_taken_from_the_bytes(body, ms):
+    rows = _raw_klines(body, COLS, {"source": "binance", "symbol": "BTCUSDT", "timeframe": "1m"}, ms)
     assert rows is not None and rows == per_kline(json.loads(body), "binance", "BTCUSDT")
+
+
+def klines(n: int, first: int = T, ms: int = 60_000) -> list[bytes]:
+    return [KLINE.replace(b"1706745600000", str(first + i * ms).encode())
+            .replace(b"1706745659999", str(first + i * ms + ms - 1).encode())
+            .replace(b'"1.5"', f'"{i}.5"'.encode()).replace(b",3,", f",{i * 7},".encode()) for i in range(n)]
+
+
+def test_a_steady_page_becomes_its_csv_records_at_once():
+    """The usual page (no hole, every close the candle's last millisecond) is its CSV text
+    from the start, no column or row built: the same rows, types and text as per kline."""
+    body = b"[" + b",".join(klines(5)) + b"]"
+    fixed = {"source": "binance", "symbol": "BTCUSDT", "timeframe": "1m"}
+    want = per_kline(json.loads(body), "binance", "BTCUSDT")
+    rows = _raw_klines(body, COLS, fixed, 60_000)
+    assert type(rows) is TextRows and rows.step == 60_000 and rows.steady(M1)
+    assert rows == want and list(rows) == want and [type(v) for v in rows[3]] == [type(v) for v in want[3]]
+    assert rows.text() == "".join(",".join(map(str, r)) + "\r\n" for r in want)
+    assert list(rows[1:4]) == want[1:4]
+
+
+@pytest.mark.parametrize("change", [
+    lambda ks: ks[:2] + ks[3:],  # a hole
+    lambda ks: [ks[0].replace(b"1706745659999", b"1706745659998")] + ks[1:],  # a close before the last ms
+    lambda ks: ks[::-1],  # descending
+    lambda ks: ks[:1] + ks[:1] + ks[1:],  # a duplicate
+    lambda ks: klines(5, ms=120_000),  # two minutes apart
+])
+def test_a_page_off_the_run_is_held_as_columns_with_the_same_rows(change):
+    body = b"[" + b",".join(change(klines(5))) + b"]"
+    fixed = {"source": "binance", "symbol": "BTCUSDT", "timeframe": "1m"}
+    rows = _raw_klines(body, COLS, fixed, 60_000)
+    assert isinstance(rows, ColumnRows) and rows == per_kline(json.loads(body), "binance", "BTCUSDT")
+
+
+def test_a_constant_that_needs_quoting_keeps_the_page_as_columns_without_text():
+    body = b"[" + b",".join(klines(3)) + b"]"
+    rows = _raw_klines(body, COLS, {"source": "binance", "symbol": 'A,"B', "timeframe": "1m"}, 60_000)
+    assert isinstance(rows, ColumnRows) and rows.text() is None
+    assert rows == per_kline(json.loads(body), "binance", 'A,"B')
 
 
 @pytest.mark.parametrize("body", [
@@ -103,28 +145,39 @@ def test_the_compact_form_is_taken_from_the_bytes(body):
     b"<html><body>upstream error</body></html>",
     b"[]",
     b'{"code":-1121,"msg":"Invalid symbol."}',
+    b"[" + KLINE.replace(b",3,", b",03,") + b"]",  # trades with a leading zero
+    b"[" + KLINE + b"," + NEXT.replace(b",3,", b",0.5,") + b"]",  # trades a fraction
 ])
-def test_anything_but_the_exact_compact_form_is_left_to_the_json_decoder(body):
-    assert _raw_klines(body, COLS, {"source": "binance", "symbol": "BTCUSDT", "timeframe": "1m"}) is None
+@pytest.mark.parametrize("ms", [None, 60_000])
+def test_anything_but_the_exact_compact_form_is_left_to_the_json_decoder(body, ms):
+    assert _raw_klines(body, COLS, {"source": "binance", "symbol": "BTCUSDT", "timeframe": "1m"}, ms) is None
 
 
-def test_a_mangled_byte_is_read_as_json_reads_it_or_left_to_it():
-    """Seeded single-byte changes of a valid page: the bytes path either gives exactly the rows
-    the JSON decoder gives, or leaves the body to it; it never reads a body JSON refuses."""
+@pytest.mark.parametrize("ms", [None, 60_000])
+def test_a_mangled_byte_is_read_as_json_reads_it_or_left_to_it(ms):
+    """Seeded single-byte changes of a valid page: the bytes path (as columns, or with ``ms``
+    first as the CSV records of a steady page) either gives exactly the rows the JSON decoder
+    gives, or leaves the body to it; it never reads a body JSON refuses."""
     import random
 
-    page = b"[" + KLINE + b"," + NEXT + b"]"
+    page = b"[" + b",".join(klines(3)) + b"]"
     fixed = {"source": "binance", "symbol": "BTCUSDT", "timeframe": "1m"}
     rng = random.Random(18)
+    steady = 0
     for _ in range(3000):
         at = rng.randrange(len(page))
         byte = rng.choice(b'0123456789.,"[]')
         body = page[:at] + bytes([byte]) + page[at + rng.choice((0, 1)):]  # insert or replace one byte
-        rows = _raw_klines(body, COLS, fixed)
+        rows = _raw_klines(body, COLS, fixed, ms)
         if rows is None:
             continue
         decoded = json.loads(body)  # raises if the bytes path took what JSON refuses
-        assert rows == per_kline(decoded, "binance", "BTCUSDT"), body
+        want = per_kline(decoded, "binance", "BTCUSDT")
+        assert rows == want and list(rows) == want, body
+        if rows.text() is not None:
+            assert rows.text() == "".join(",".join(map(str, r)) + "\r\n" for r in want), body
+        steady += type(rows) is TextRows
+    assert (steady > 100) == (ms is not None)  # the CSV-records path took many (a changed value digit)
 
 
 def test_pages_held_as_columns_join_into_the_rows_of_a_walk():
