@@ -129,3 +129,16 @@ def test_delisting_month_archive_file_is_served_and_later_ones_are_404(env):
     for path in ("monthly/klines/OLDUSDT/1h/OLDUSDT-1h-2024-02.zip", "daily/klines/OLDUSDT/1h/OLDUSDT-1h-2024-01-23.zip",
                  "daily/klines/OLDUSDT/1h/OLDUSDT-1h-2024-01-23.zip.CHECKSUM"):
         assert requests.get(f"{base}/{path}", timeout=10).status_code == 404, path
+
+
+def test_verify_calls_the_tail_after_the_delisting_the_exchanges(forge, env):
+    """Before, verify called it "no later candle at the exchange yet"."""
+    assert forge("run", "-s", "binance", "--symbol", "OLDUSDT", "-t", "1h", "--from", "2024-01-01", "--to",
+                 "2024-02-29", "--output", "old.csv", "-q").code == 0
+    result = forge("verify", "-s", "binance", "--symbol", "OLDUSDT", "-t", "1h", "--from", "2024-01-01",
+                   "--to", "2024-02-29", "--output", "old.csv")
+    assert result.code == 0, result
+    why = "after its last candle 2024-01-22T23:00:00Z: delisted (Binance exchangeInfo status BREAK)"
+    assert f"hole 2024-01-23 00:00 .. 2024-01-31 23:00, 216 slots ({why})" in result.out
+    assert f"hole 2024-02-01 00:00 .. 2024-02-29 23:00, 696 slots ({why})" in result.out
+    assert "missing 0, extra 0, duplicate 0, changed 0" in result.out

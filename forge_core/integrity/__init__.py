@@ -19,6 +19,7 @@ from .digest import (
     partitions,
 )
 from .model import (
+    AFTER_LAST_CANDLE,
     BEFORE_LISTING,
     EXCHANGE_EMPTY,
     FETCH_FAILED,
@@ -32,6 +33,7 @@ from .model import (
 )
 
 __all__ = [
+    "AFTER_LAST_CANDLE",
     "BEFORE_LISTING",
     "EMPTY_DIGEST",
     "EXCHANGE_EMPTY",

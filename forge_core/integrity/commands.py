@@ -180,6 +180,9 @@ def _lines(report: SeriesReport, name: str, delete_extra: bool) -> list[str]:
         symbols = hole.evidence.get("symbols") if hole.reason == "venue_outage" else None
         why = (f"the same hole in {len(symbols)} symbols of the venue: an outage" if symbols else
                REASON_TEXT.get(hole.reason, hole.reason.replace("_", " ")))
+        if hole.reason == "after_last_candle":  # name the exchange's own words for it
+            last = hole.evidence.get("last_candle")
+            why = f"after its last candle{' ' + last if last else ''}: {hole.evidence.get('exchange')}"
         out.append(f"{head}: hole {_range(hole.first, hole.last)}, {hole.slots} slots ({why})")
     deep_text = {"archive_lacks": "REST has, the archive file lacks", "archive_only": "the archive file has, REST lacks",
                  "archive_differs": "the archive file and REST differ"}

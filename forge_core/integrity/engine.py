@@ -36,6 +36,7 @@ from ..timeframes import Timeframe, parse_timeframe, source_timeframe
 from ..times import iso
 from .digest import EMPTY_DIGEST, VALUE_FIELDS, digest_rows, normalized_columns, partitions
 from .model import (
+    AFTER_LAST_CANDLE,
     BEFORE_LISTING,
     EXCHANGE_EMPTY,
     NO_LATER_CANDLE,
@@ -393,7 +394,8 @@ class Checker:
                 need.append(part)
         entries: list[LedgerEntry] = []
         state_box: dict[str, Any] = {"report": report, "held": held, "tf": tf, "listing": listing, "ledger": ledger,
-                                     "entries": entries, "symbol": symbol, "first_open": info.first_open}
+                                     "entries": entries, "symbol": symbol, "first_open": info.first_open,
+                                     "ended": (info.last_open, info.ended) if info.ended else None}
         hook = getattr(source, "integrity", None)
         side = hook() if callable(hook) else None  # the source's own cheap exact exchange side (archive files)
         if self.repair and not self.recheck:
@@ -685,7 +687,7 @@ class Checker:
         report: SeriesReport = box["report"]
         state: PartitionState | None = box["held"].get(key)
         opens = ex.opens
-        holes = find_holes(tf, a, b, opens, prev, nxt, box["listing"], box["first_open"])
+        holes = find_holes(tf, a, b, opens, prev, nxt, box["listing"], box["first_open"], box.get("ended"))
         report.holes += holes
         report.notes += ex.notes
         exch_digest = ex.digest()
@@ -816,9 +818,13 @@ def mark_outages(store: IntegrityStore, reports: list[SeriesReport], min_symbols
 
 
 def find_holes(tf: Timeframe, a: int, b: int, opens: list[int], prev: int | None, nxt: int | None,
-               listing: int | None, first_open: int | None) -> list[Hole]:
-    """The grid slots of ``[a, b)`` without an exchange candle, as holes with reason and evidence."""
+               listing: int | None, first_open: int | None,
+               ended: tuple[int | None, str] | None = None) -> list[Hole]:
+    """The grid slots of ``[a, b)`` without an exchange candle, as holes with reason and evidence.
+    ``ended``: ``(last_open, why)`` when the exchange confirmed the symbol no longer trades
+    (``SymbolInfo.ended``): slots after that candle are the exchange's, with that evidence."""
     holes: list[Hole] = []
+    stop = None if ended is None else (a if ended[0] is None else tf.next_open(tf.floor(ended[0])))
 
     def add(lo: int, hi: int, before: int | None, after: int | None) -> None:
         if listing is not None and lo < listing:
@@ -826,15 +832,22 @@ def find_holes(tf: Timeframe, a: int, b: int, opens: list[int], prev: int | None
             holes.append(Hole(lo, tf.floor(cut - 1), tf.count(lo, cut), BEFORE_LISTING,
                               {"listing": iso(first_open or listing)}))
             lo = cut
-        if lo >= hi:
-            return
-        if before is not None and after is not None:
-            reason, evidence = EXCHANGE_EMPTY, {"candle_before": iso(before), "candle_after": iso(after)}
-        elif after is None:
-            reason, evidence = NO_LATER_CANDLE, {"candle_before": iso(before) if before is not None else None}
-        else:
-            reason, evidence = UNCONFIRMED, {"candle_after": iso(after)}
-        holes.append(Hole(lo, tf.floor(hi - 1), tf.count(lo, hi), reason, evidence))
+        tail = None  # after the last candle of a symbol the exchange says no longer trades
+        if stop is not None and ended is not None and hi > stop and after is None:
+            cut = max(lo, stop)
+            tail = Hole(cut, tf.floor(hi - 1), tf.count(cut, hi), AFTER_LAST_CANDLE,
+                        {"last_candle": None if ended[0] is None else iso(ended[0]), "exchange": ended[1]})
+            hi = cut
+        if lo < hi:
+            if before is not None and after is not None:
+                reason, evidence = EXCHANGE_EMPTY, {"candle_before": iso(before), "candle_after": iso(after)}
+            elif after is None:
+                reason, evidence = NO_LATER_CANDLE, {"candle_before": iso(before) if before is not None else None}
+            else:
+                reason, evidence = UNCONFIRMED, {"candle_after": iso(after)}
+            holes.append(Hole(lo, tf.floor(hi - 1), tf.count(lo, hi), reason, evidence))
+        if tail is not None:
+            holes.append(tail)
 
     cursor, before = tf.ceil(a), prev
     step = tf.ms

@@ -16,6 +16,7 @@ from ..records import Row
 BEFORE_LISTING = "before_listing"
 EXCHANGE_EMPTY = "exchange_affirmed_empty"
 NO_LATER_CANDLE = "no_later_candle"  # nothing after it yet: not yet published, or the end of data
+AFTER_LAST_CANDLE = "after_last_candle"  # after the last candle of a symbol the exchange says no longer trades
 FETCH_FAILED = "fetch_failed"
 VENUE_OUTAGE = "venue_outage"  # the same affirmed hole in several symbols of the venue
 OUTAGE_MIN_SYMBOLS = 2  # symbols sharing one affirmed hole range for it to be called an outage
@@ -24,6 +25,7 @@ REASON_TEXT = {
     EXCHANGE_EMPTY: "exchange affirmed empty",
     VENUE_OUTAGE: "the same hole in several symbols of the venue: an outage",
     NO_LATER_CANDLE: "no later candle at the exchange yet",
+    AFTER_LAST_CANDLE: "after its last candle: the exchange says it no longer trades",
     FETCH_FAILED: "fetch failed, to retry",
 }
 
