@@ -142,3 +142,25 @@ def test_verify_calls_the_tail_after_the_delisting_the_exchanges(forge, env):
     assert f"hole 2024-01-23 00:00 .. 2024-01-31 23:00, 216 slots ({why})" in result.out
     assert f"hole 2024-02-01 00:00 .. 2024-02-29 23:00, 696 slots ({why})" in result.out
     assert "missing 0, extra 0, duplicate 0, changed 0" in result.out
+
+
+def test_mock_futures_exchange_info_speaks_the_real_wire_format(env):
+    """USD-M entries have the fields and types of a real answer (status, contractType,
+    deliveryDate...), COIN-M those of the docs' example (contractStatus, no status); a delisted
+    USD-M perpetual is SETTLING with its deliveryDate at the delisting."""
+    import requests
+
+    fixtures = Path(__file__).resolve().parent / "fixtures" / "real"  # real responses; see PROVENANCE.md
+    real = json.loads((fixtures / "binance_usdm_exchangeInfo_2022-02-19_trimmed_nautilus.json").read_text())
+    ours = requests.get(f"{env.url}/fapi/v1/exchangeInfo", timeout=10).json()
+    assert set(ours) == set(real)
+    by_name = {s["symbol"]: s for s in ours["symbols"]}
+    for mine in by_name.values():
+        assert {k: type(v) for k, v in mine.items()} == {k: type(v) for k, v in real["symbols"][0].items()}
+    assert by_name["BTCUSDT"]["status"] == "TRADING" and by_name["BTCUSDT"]["deliveryDate"] > 4_000_000_000_000
+    old = by_name["OLDUSDT"]
+    assert (old["status"], old["contractType"], old["deliveryDate"]) == ("SETTLING", "PERPETUAL", DELISTED)
+    cm_real = json.loads((fixtures / "binance_coinm_exchangeInfo_symbol_docs_example.json").read_text())
+    [cm] = requests.get(f"{env.url}/dapi/v1/exchangeInfo", timeout=10).json()["symbols"]
+    assert {k: type(v) for k, v in cm.items()} == {k: type(v) for k, v in cm_real.items()}
+    assert cm["contractStatus"] == "TRADING" and "status" not in cm

@@ -356,7 +356,8 @@ def symbol_info(flavor: Flavor, listing: Listing) -> dict[str, Any]:
             "pricePrecision": 1, "quantityPrecision": 0, "baseAssetPrecision": 8, "quotePrecision": 8,
             "equalQtyPrecision": 4, "triggerProtect": "0.0500", "maintMarginPercent": "2.5000",
             "requiredMarginPercent": "5.0000", "underlyingType": "COIN", "underlyingSubType": [],
-            "filters": [], "orderTypes": ["LIMIT", "MARKET"], "timeInForce": ["GTC", "IOC", "FOK", "GTX"]}
+            "filters": [], "OrderType": ["LIMIT", "MARKET"], "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
+            "liquidationFee": "0.010000", "marketTakeBound": "0.30"}  # "OrderType": so the docs' example
 
 
 def install(mock: MockExchange) -> None:

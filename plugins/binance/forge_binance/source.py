@@ -404,11 +404,14 @@ class BinanceSource(Source):
 
     def _close_match(self, symbol: str) -> str:
         """The symbol exchangeInfo lists that is closest to ``symbol`` (case and separators
-        aside first), or ""."""
-        names = self._info["symbols"]
+        aside first; a look-alike only from the whole list, not from the run's symbols), or ""."""
+        info = self._info
+        names = info["symbols"]
         plain = symbol.upper().replace("/", "").replace("-", "")
         if plain != symbol and plain in names:
             return plain
+        if not info["complete"]:
+            return ""
         found = difflib.get_close_matches(plain, list(names), n=1, cutoff=0.75)
         return found[0] if found else ""
 

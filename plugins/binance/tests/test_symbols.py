@@ -1,0 +1,96 @@
+"""The Binance source's symbol look-ups: one exchangeInfo for every symbol of a run, the
+status that says a symbol no longer trades, and its last candle only when klines confirms it."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+import pytest
+
+from forge_binance.source import BinanceSource
+from forge_core import SourceError
+from forge_core.testing.market import DELISTED
+from forge_core.testing.server import MockExchange, Response
+from forge_core.timeframes import HOUR, parse_timeframe
+
+H1 = parse_timeframe("1h")
+
+
+def recorded(mock: MockExchange, path: str, answer=None) -> list[str]:
+    """The decoded queries ``path`` gets from now on (``answer(req, real)`` may replace the reply)."""
+    real = mock.routes[path]
+    seen: list[str] = []
+
+    def route(req):
+        seen.append(unquote(req.raw_query))
+        return answer(req, real) if answer is not None else real(req)
+
+    mock.routes[path] = route
+    return seen
+
+
+@pytest.fixture
+def source(fresh_mock: MockExchange):
+    src = BinanceSource(base_url=fresh_mock.url, archive="rest")
+    yield src
+    src.close()
+
+
+def test_every_symbol_of_the_run_is_asked_in_one_request(fresh_mock, source):
+    asked = recorded(fresh_mock, "/api/v3/exchangeInfo")
+    source.prepare_symbols(["BTCUSDT", "OLDUSDT", "ETHUSDT", "BTCUSDT"], H1)
+    info = {s: source.prepare(s, H1) for s in ("BTCUSDT", "OLDUSDT", "ETHUSDT")}
+    assert asked == ['symbols=["BTCUSDT","OLDUSDT","ETHUSDT"]']
+    assert info["BTCUSDT"].ended is None and info["BTCUSDT"].last_open is None
+    assert info["OLDUSDT"].ended == "delisted (Binance exchangeInfo status BREAK)"
+    assert info["OLDUSDT"].last_open == DELISTED - HOUR
+
+
+def test_an_unknown_symbol_asks_for_the_whole_list_once_and_is_named_with_a_close_match(fresh_mock, source):
+    asked = recorded(fresh_mock, "/api/v3/exchangeInfo")
+    source.prepare_symbols(["BTCUSDT", "ETHUSTD"], H1)
+    assert asked == ['symbols=["BTCUSDT","ETHUSTD"]', ""]  # -1121 for the pair, then the whole list
+    source.prepare("BTCUSDT", H1)
+    with pytest.raises(SourceError) as caught:
+        source.prepare("ETHUSTD", H1)
+    assert str(caught.value) == ("unknown symbol 'ETHUSTD' on Binance spot (Binance: Invalid symbol.); "
+                                 "did you mean 'ETHUSDT'? Binance spells pairs like BTCUSDT")
+    assert len(asked) == 2
+
+
+def test_a_malformed_symbol_is_left_to_klines_and_gets_the_right_spelling(fresh_mock, source):
+    asked = recorded(fresh_mock, "/api/v3/exchangeInfo")
+    source.prepare_symbols(["BTCUSDT", "ethusdt"], H1)
+    assert asked == ["symbol=BTCUSDT"]
+    with pytest.raises(SourceError, match=r"symbol 'ethusdt' is not valid on Binance spot: use upper case .*"
+                                          r"like BTCUSDT$"):
+        source.prepare("ethusdt", H1)
+
+
+def test_a_newest_candle_that_stays_empty_is_not_taken_for_the_end(fresh_mock, source):
+    """The status alone is not the confirmation: an empty answer for the newest candle of a
+    symbol that has candles (a faulty server) is asked again, then not believed."""
+
+    def empty_newest(req, real):
+        if req.arg("startTime") is None and req.arg("endTime") is None:
+            return Response.json([])
+        return real(req)
+
+    asked = recorded(fresh_mock, "/api/v3/klines", empty_newest)
+    info = source.prepare("OLDUSDT", H1)
+    assert info.ended is None and info.last_open is None and info.first_open is not None
+    assert sum("startTime" not in q for q in asked) == 3
+
+
+def test_a_newest_candle_empty_once_is_asked_again(fresh_mock, source):
+    emptied: list[str] = []
+
+    def empty_once(req, real):
+        if req.arg("startTime") is None and not emptied:
+            emptied.append(req.raw_query)
+            return Response.json([])
+        return real(req)
+
+    recorded(fresh_mock, "/api/v3/klines", empty_once)
+    info = source.prepare("OLDUSDT", H1)
+    assert emptied and info.last_open == DELISTED - HOUR and info.ended is not None
