@@ -140,6 +140,11 @@ class SeriesState:
     current: bool = False
     was_current: bool = False
     first_open: int | None = None
+    # the exchange confirmed the symbol no longer trades (SymbolInfo.ended): why, and where its
+    # candles end (after the last one); nothing at or after ``ends_at`` is asked for
+    ended: str | None = None
+    ends_at: int | None = None
+    last_candle: int | None = None
     # within a pass
     held: list[Row] = field(default_factory=list)
     pending_open: int | None = None  # newest output candle written, not committed yet
@@ -172,7 +177,10 @@ class FollowResult:
         lines = []
         for symbol, st in self.series.items():
             last = iso(st.last_open) if st.last_open is not None else "none yet"
-            lines.append(f"  {symbol}: last committed candle opens {last}; {st.committed} written this run")
+            ended = "" if st.ended is None else (
+                f" ({st.ended}: " + ("no candles at all" if st.last_candle is None else
+                                     f"last candle {iso(st.last_candle)}") + ", not followed past it)")
+            lines.append(f"  {symbol}: last committed candle opens {last}; {st.committed} written this run{ended}")
         stats = ", ".join(f"{k} {v}" for k, v in self.source_stats.items())
         head = (f"followed {len(self.series)} {self.timeframe} series from {self.source} for {self.elapsed:.1f}s"
                 f"{f', stopped by {self.stopped_by}' if self.stopped_by else ''}; {stats}; "
@@ -297,6 +305,12 @@ class Follower:
             known = [h for h in held if h is not None]
             state = SeriesState(symbol, start, last_open=min(known) if len(known) == len(held) else None,
                                 first_open=info.first_open)
+            if info.ended is not None:
+                state.ended, state.last_candle = info.ended, info.last_open
+                state.ends_at = start if info.last_open is None else self.tf.next_open(self.tf.floor(info.last_open))
+                log.warning("series_ended", symbol=symbol, reason=info.ended,
+                            last_candle=None if info.last_open is None else iso(info.last_open),
+                            detail="not followed past its last candle")
             self.series[symbol] = state
             log.info("follow_start", symbol=symbol, start=iso(start),
                      held=[iso(h) if h is not None else None for h in held])
@@ -378,7 +392,7 @@ class Follower:
             return
 
     def _is_due(self, s: SeriesState, limit: int) -> bool:
-        if s.next_start >= limit:
+        if s.next_start >= limit or _done(s):
             return False
         if s.waiting_for == limit:  # the exchange lacked this boundary's newest candle a moment ago
             return s.repoll_at is not None and self.now >= s.repoll_at
@@ -389,6 +403,8 @@ class Follower:
         limit = self.out_tf.floor(now)
         wake = self.out_tf.next_open(limit) + int(self.poll_delay * 1000)
         for s in self.series.values():
+            if _done(s):
+                continue
             if s.waiting_for == limit and s.repoll_at is not None:
                 wake = min(wake, s.repoll_at)
             elif s.next_start < limit and s.waiting_for != limit:
@@ -597,6 +613,8 @@ class Follower:
     def _check_lag(self, now: int) -> None:
         wall = time.monotonic()
         for s in self.series.values():
+            if _done(s):
+                continue  # it no longer trades: no lag to warn about
             lag = self.lag(s, now)
             last = iso(s.last_open) if s.last_open is not None else None
             if lag > self.lag_warning:
@@ -718,3 +736,8 @@ def run_cli(pipeline: Any, symbols: Sequence[str], timeframe: str, since: str | 
 
 
 __all__ = ["ExchangeClock", "FollowResult", "Follower", "SeriesState", "StatusLine", "run_cli"]
+
+
+def _done(s: SeriesState) -> bool:
+    """The series reached the end the exchange confirmed (it no longer trades)."""
+    return s.ends_at is not None and s.next_start >= s.ends_at

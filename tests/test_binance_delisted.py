@@ -164,3 +164,33 @@ def test_mock_futures_exchange_info_speaks_the_real_wire_format(env):
     [cm] = requests.get(f"{env.url}/dapi/v1/exchangeInfo", timeout=10).json()["symbols"]
     assert {k: type(v) for k, v in cm.items()} == {k: type(v) for k, v in cm_real.items()}
     assert cm["contractStatus"] == "TRADING" and "status" not in cm
+
+
+def test_follow_backfills_a_delisted_symbol_to_its_last_candle_then_leaves_it(env, tmp_path):
+    """It used to be followed like any other, with a lag growing for ever."""
+    import threading
+    import time
+
+    from forge_core import Pipeline
+
+    follower = Pipeline(("binance", {"base_url": env.url, "archive": "rest"}),
+                        [("csv", {"output": str(tmp_path / "{symbol}.csv")})]).follow(
+        ["OLDUSDT", "BTCUSDT"], "1h", since="2024-01-22")
+    thread = threading.Thread(target=follower.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (
+                len(follower.series) == 2 and follower.series["BTCUSDT"].current
+                and follower.series["OLDUSDT"].next_start >= DELISTED):
+            time.sleep(0.05)
+        old = follower.series["OLDUSDT"]
+        assert old.ends_at == DELISTED and old.next_start >= DELISTED
+        assert not follower._is_due(old, env.config.now)
+    finally:
+        follower.stop()
+        thread.join(20)
+    assert not thread.is_alive()
+    assert rows_of(tmp_path / "OLDUSDT.csv") == expected("OLDUSDT", "1h", "2024-01-22", "2024-01-31", env.config.now)
+    assert ("OLDUSDT: last committed candle opens 2024-01-22T23:00:00Z; 24 written this run (delisted (Binance "
+            "exchangeInfo status BREAK): last candle 2024-01-22T23:00:00Z, not followed past it)") in follower.result.summary()
