@@ -27,6 +27,7 @@ ENVIRONMENT = ("FORGE_BINANCE_URL", "FORGE_BINANCE_FUTURES_URL", "FORGE_BINANCE_
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9\-_.]{1,20}$")
 DIGITS_RE = re.compile(r"^[0-9]{1,20}$")
+SYMBOLS_RE = re.compile(r'^\[("[A-Z0-9\-_.]{1,20}"(,"[A-Z0-9\-_.]{1,20}")*)?\]$')  # exchangeInfo `symbols`
 class PageCache:
     """Rendered kline pages of closed ranges, least recently used first out, bounded in bytes.
 
@@ -289,11 +290,12 @@ def exchange_info(mock: MockExchange, flavor: Flavor, weights: Weights, req: Req
     if req.arg("symbol"):
         wanted = [req.arg("symbol") or ""]
     elif req.arg("symbols"):
-        try:
+        text = req.arg("symbols") or ""
+        if SYMBOLS_RE.match(text):  # compact JSON only: '["A", "B"]' (a space) is -1100 on the real API
             import json
 
-            wanted = json.loads(req.arg("symbols") or "[]")
-        except ValueError:
+            wanted = json.loads(text)
+        else:
             return error(-1100, "Illegal characters found in parameter 'symbols'; legal range is '^\\[(\"[A-Z0-9-_.]{1,20}\"(,\"[A-Z0-9-_.]{1,20}\"){0,}){0,1}\\]$'.")
     if flavor.key != "spot":
         wanted = None  # futures exchangeInfo takes no parameters: always the whole list

@@ -146,3 +146,23 @@ def test_an_error_body_whose_code_is_not_a_number_is_one_error_line_not_a_crash(
             source._check(response, {"code": [-1000], "msg": "odd"})
     finally:
         source.close()
+
+
+# -- exchangeInfo ?symbols=[...]: compact JSON only -------------------------------------------
+def test_exchange_info_symbols_must_be_compact_json_as_on_the_real_api(fresh_mock: MockExchange):
+    """The real API checks ``symbols`` against ``^\\[("[A-Z0-9-_.]{1,20}"(,"[A-Z0-9-_.]{1,20}"){0,}){0,1}\\]$``:
+    ``json.dumps``'s default ``["A", "B"]`` (a space after the comma) is -1100, which the mock
+    took. The source asks in the compact form and learns both symbols in one request."""
+    url = f"{fresh_mock.url}/api/v3/exchangeInfo"
+    spaced = requests.get(url, params={"symbols": '["BTCUSDT", "ETHUSDT"]'})
+    assert spaced.status_code == 400 and spaced.json()["code"] == -1100
+    assert "Illegal characters found in parameter 'symbols'" in spaced.json()["msg"]
+    compact = requests.get(url, params={"symbols": '["BTCUSDT","ETHUSDT"]'}).json()
+    assert [s["symbol"] for s in compact["symbols"]] == ["BTCUSDT", "ETHUSDT"]
+    src = BinanceSource(base_url=fresh_mock.url, archive="rest")
+    try:
+        src.prepare_symbols(["BTCUSDT", "ETHUSDT"], parse_timeframe("1m"))
+        assert src.prepare("ETHUSDT", parse_timeframe("1m")).symbol == "ETHUSDT"
+    finally:
+        src.close()
+    assert fresh_mock.stats["binance.spot.exchangeInfo"] == 3  # the two above and the source's one
