@@ -305,6 +305,26 @@ class TextRows(Sequence[Row]):
         """The rows as CSV records (``\\r\\n`` after each), in ``columns`` order, no header."""
         return "".join(self.texts)
 
+    @property
+    def nbytes(self) -> int:
+        """About the memory the rows hold (their text and int64 arrays), not counting what
+        they share with other rows: what the run loop bounds its read-ahead by."""
+        return sum(map(len, self.texts)) + 16 * len(self.open_ts)
+
+    def column(self, name: str) -> Sequence[Any]:
+        """One column's values in row order, as the rows hold them (ints in the int columns),
+        without building a tuple per row: ``open_ts`` and ``end_ts`` are the arrays kept."""
+        i = self.columns.index(name)  # ValueError naming nothing: callers check the name
+        if name in ("open_ts", "end_ts"):
+            return self.open_ts if name == "open_ts" else self.end_ts
+        n = len(self.open_ts)
+        if name in self.fixed:
+            return [self.fixed[name]] * n
+        width, out = len(self.columns), []
+        for text in self.texts:
+            out += text[:-2].replace("\r\n", ",").split(",")[i::width] if text else []
+        return list(map(int, out)) if i in self.ints else out
+
     def chunks(self) -> Iterator[TextRows]:
         """The rows in pieces as they were read (bounded batches, a few thousand rows each)."""
         if len(self.texts) == 1:
@@ -435,6 +455,24 @@ class ColumnRows(TextRows):
                                 or text.count("\r") != n):
             return None
         return text
+
+    @property
+    def nbytes(self) -> int:
+        n, total = len(self.open_ts), 0
+        for c, v in zip(self.columns, self._values, strict=True):
+            if c not in self.fixed and n:
+                total += v.itemsize * n if isinstance(v, array) else n * (8 + sys.getsizeof(v[0]))
+        total += sum(a.itemsize * n for i, a in self._arrays.items() if a is not self._values[i])
+        return total + (len(self._text) if isinstance(self._text, str) else 0)
+
+    def column(self, name: str) -> Sequence[Any]:
+        i = self.columns.index(name)
+        if name in self.fixed:
+            return [self.fixed[name]] * len(self.open_ts)
+        if i in self._arrays:
+            return self._arrays[i]
+        values = self._values[i]
+        return list(map(int, values)) if i in self.ints else values
 
     @property  # type: ignore[override]
     def texts(self) -> list[str]:

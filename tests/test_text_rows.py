@@ -217,3 +217,22 @@ def test_int_columns_as_text_become_the_same_ints_however_they_are_spaced(opens)
 @pytest.mark.parametrize("bad", [["0", "60000", "0120000"], ["60000", "120000", "180000 "], ["0", "60000", "٣"]])
 def test_a_bad_value_at_the_end_of_an_even_run_is_refused(bad):
     assert column_rows([0, 60_000, 120_000], as_text=True, open_ts=bad) is None
+
+
+@pytest.mark.parametrize("held", ["text", "columns", "columns as text"])
+def test_a_column_is_its_values_in_row_order_as_the_rows_hold_them(held):
+    """``column(name)``: what ``[row[i] for row in rows]`` gives (ints in the int columns), for
+    rows held as text in several pieces and as columns (ints given as ints or as text), and for
+    their slices; ``nbytes`` grows with the rows held."""
+    opens = [i * 60_000 for i in range(7)]
+    if held == "text":
+        rows = TextRows.join([text_rows(opens[:3]), text_rows(opens[3:])])
+    else:
+        got = column_rows(opens, as_text=held == "columns as text")
+        assert got is not None
+        rows = got
+    for part in (rows, rows[2:6]):
+        want = [list(col) for col in zip(*part, strict=True)]
+        assert [list(part.column(c)) for c in COLS] == want
+        assert [type(v) for v in part.column("trades")] == [int] * len(part)
+    assert rows.nbytes > rows[2:6].nbytes > 4 * len("x,S,1m,0,59999,1.10,2.0,0.5,1.5,10.000,7")
