@@ -375,7 +375,8 @@ class Pipeline:
             result.slots[symbol] = expected
             result.served.setdefault(symbol, 0)
         last_seen: dict[str, int] = {}
-        for task, rows, origin in _run_ahead(self.source, tasks, self.workers):
+        held = Held()
+        for task, rows, origin in _run_ahead(self.source, tasks, self.workers, held=held):
             if task.symbol != current:
                 if current is not None:
                     uncommitted += self._end_series(current, tf, result)
@@ -395,10 +396,17 @@ class Pipeline:
                     result.holes.setdefault(task.symbol, []).extend(gaps)
                 last_seen[task.symbol] = tf.next_open(_last_open(clean, i_open))
                 result.origins[origin] = result.origins.get(origin, 0) + len(clean)
-                # rows read as text go on in the pieces they were read in: bounded batches
-                for part in clean.chunks() if isinstance(clean, TextRows) else (clean,):
+                # rows read as text go on in the pieces they were read in: bounded batches,
+                # each let go once written (the task's rows are not held to its end)
+                parts = deque(clean.chunks()) if isinstance(clean, TextRows) else deque([clean])
+                del clean
+                while parts:
+                    part = parts.popleft()
                     batch = Batch(self.source.source_value, task.symbol, tf.name, columns, part, origin)
                     uncommitted += self._emit(batch, result)
+                    del batch
+                    held.release(held_bytes(part))  # the next task may start
+                    del part
                     if uncommitted >= self.commit_every:
                         self._commit()
                         uncommitted = 0
@@ -588,13 +596,47 @@ def fetch_checked(source: Source, task: Task) -> tuple[Sequence[Row], str]:
 ROWS_AHEAD = 100_000
 """At most about this many candles fetched ahead of the writer (a page is 1,000, an archive
 month of 1m 44,640): memory stays flat whatever the range and ``workers``."""
+BYTES_AHEAD = 12 << 20
+"""And at most about this many bytes of rows: those of the task the writer holds that it has not
+written yet, and those of the tasks fetched or being fetched (at the most bytes per candle seen
+so far). An archive month of 1m held as text is about 8.3 MB: the next month is read while the
+writer writes one; a REST page of 1,000 candles is 0.6-0.8 MB. One task always runs ahead."""
+ROW_BYTES = 1000
+"""Bytes a candle is taken to hold until a task is fetched (a row as a tuple of strings takes
+about 750; as archive text 185): then the most a fetched task's took."""
 
 
-def _run_ahead(source: Source, tasks: Iterator[Task], workers: int,
-               rows_ahead: int = ROWS_AHEAD) -> Iterator[tuple[Task, Sequence[Row], str]]:
+def held_bytes(rows: Sequence[Row]) -> int:
+    """About the memory fetched ``rows`` hold (:attr:`TextRows.nbytes`; tuples: measured on the
+    first row)."""
+    if isinstance(rows, TextRows):
+        return rows.nbytes
+    if not rows:
+        return 0
+    first = rows[0]
+    return len(rows) * (8 + sys.getsizeof(first) + sum(map(sys.getsizeof, first)))
+
+
+class Held:
+    """The bytes of rows :func:`_run_ahead` handed on that the caller has not written yet: the
+    caller releases them as it writes them, which lets the next tasks start."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.refill: Callable[[], None] = lambda: None
+
+    def release(self, nbytes: int) -> None:
+        self.bytes = max(0, self.bytes - nbytes)
+        self.refill()
+
+
+def _run_ahead(source: Source, tasks: Iterator[Task], workers: int, rows_ahead: int | None = None,
+               bytes_ahead: int | None = None, held: Held | None = None) -> Iterator[tuple[Task, Sequence[Row], str]]:
     """Fetch tasks concurrently, yielding results in task order: at most ``2 * workers`` tasks
-    and about ``rows_ahead`` candles ahead (always at least one task). Every row is checked
-    against the row contract in the worker thread."""
+    and about ``rows_ahead`` candles ahead, and about ``bytes_ahead`` bytes of rows with what
+    the caller still ``held`` of those handed on (always at least one task ahead). The next
+    tasks start before a result is handed on, and as the caller releases its rows; nothing here
+    keeps a result handed on. Every row is checked against the row contract in the worker."""
 
     def fetch(task: Task) -> tuple[Sequence[Row], str]:
         with retrying.symbol_context(task.symbol):  # a retry's display names the symbol
@@ -603,22 +645,50 @@ def _run_ahead(source: Source, tasks: Iterator[Task], workers: int,
     def size(task: Task) -> int:
         return task.timeframe.count(task.start, task.end)
 
+    rows_ahead = ROWS_AHEAD if rows_ahead is None else rows_ahead
+    bytes_ahead = BYTES_AHEAD if bytes_ahead is None else bytes_ahead
+    state = held if held is not None else Held()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-fetch")
     pending: deque[tuple[Task, Future[tuple[Sequence[Row], str]]]] = deque()
-    ahead = 0
-    try:
-        for task in tasks:
-            n = size(task)
-            while pending and (len(pending) >= 2 * workers or ahead + n > rows_ahead):
-                head, future = pending.popleft()
-                ahead -= size(head)
-                yield head, *future.result()
-            pending.append((task, pool.submit(fetch, task)))
+    ahead = 0  # candles of the pending tasks
+    per_row, seen = float(ROW_BYTES), 0.0  # bytes a candle is counted at; the most a fetched one took
+    todo = iter(tasks)
+    upcoming = next(todo, None)
+
+    def fill() -> None:
+        nonlocal ahead, upcoming
+        while upcoming is not None:
+            n = size(upcoming)
+            if pending and (len(pending) >= 2 * workers or ahead + n > rows_ahead
+                            or state.bytes + (ahead + n) * per_row > bytes_ahead):
+                return
+            pending.append((upcoming, pool.submit(fetch, upcoming)))
             ahead += n
-        while pending:
-            head, future = pending.popleft()
-            yield head, *future.result()
+            upcoming = next(todo, None)
+
+    def take() -> tuple[Task, Sequence[Row], str]:
+        nonlocal ahead, per_row, seen
+        head, future = pending.popleft()
+        ahead -= size(head)
+        rows, origin = future.result()
+        state.bytes = held_bytes(rows)  # (the caller is done with the rows handed on before)
+        if rows:
+            seen = max(seen, state.bytes / len(rows))
+            per_row = seen
+        return head, rows, origin
+
+    state.refill = fill
+    try:
+        while True:
+            state.bytes = 0
+            fill()
+            if not pending:
+                return
+            out = [take()]
+            fill()  # the next tasks run while the caller writes this one
+            yield out.pop()  # (held by the caller only: it frees the rows as it writes them)
     finally:
+        state.refill = lambda: None
         pool.shutdown(wait=False, cancel_futures=True)
 
 

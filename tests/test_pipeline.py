@@ -122,6 +122,62 @@ def test_run_ahead_is_bounded_by_twice_the_workers():
     assert 1 < source.max_in_flight <= 3
 
 
+class TextSource(FakeSource):
+    """Pages of 1,000 candles held as text, about 0.35 MB each (a wide column), that count the
+    bytes fetched and not yet written: from the moment a task starts until the sink takes them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outstanding = self.most = 0
+
+    def page_size(self, timeframe):
+        return 1000
+
+    def fetch(self, task: Task):
+        from forge_core import TextRows
+
+        opens = list(range(task.start, task.end, MINUTE))
+        fields = {"open_ts": [str(t) for t in opens], "end_ts": [str(t + MINUTE - 1) for t in opens],
+                  **{c: ["1"] * len(opens) for c in ("open", "high", "low", "close")}, "volume": ["9" * 300] * len(opens)}
+        rows = TextRows.build(CANDLE_COLUMNS, fields, fixed={"source": "fake", "symbol": task.symbol, "timeframe": "1m"})
+        with self.lock:
+            self.outstanding += rows.nbytes
+            self.most = max(self.most, self.outstanding)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        time.sleep(0.002)
+        with self.lock:
+            self.in_flight -= 1
+        return rows
+
+
+class SlowSink(MemorySink):
+    def __init__(self, source: TextSource) -> None:
+        super().__init__()
+        self.source = source
+
+    def write(self, batch: Batch) -> None:
+        time.sleep(0.004)  # slower than the source: the read-ahead fills up to its bound
+        with self.source.lock:
+            self.source.outstanding -= batch.rows.nbytes
+        super().write(batch)
+
+
+def test_run_ahead_is_bounded_by_the_bytes_of_the_rows_held(monkeypatch):
+    from forge_core import pipeline
+
+    monkeypatch.setattr(pipeline, "BYTES_AHEAD", 2 << 20)
+    source = TextSource()
+    sink = SlowSink(source)
+    run(source, sink, symbols="A", timeframe="1m", start="2024-01-01", end="2024-01-10", pipeline={"workers": 8})
+    page = 1000 * (300 + 40)  # about one page's text
+    assert len(sink.rows) == 10 * 1440 and source.outstanding == 0
+    # fetched and not yet written: the bound, and one page more at most (one task always runs
+    # ahead of the writer); 16 pages (2 x workers) without it
+    assert source.most <= (2 << 20) + page
+    assert source.max_in_flight > 1  # still fetched concurrently
+
+
 def test_listing_date_skips_empty_history():
     source = FakeSource(listed=T0 + 5 * 1440 * MINUTE + 17)
     result, sink = run(source, symbols="A", timeframe="1m", start="2024-01-01", end="2024-01-06")
