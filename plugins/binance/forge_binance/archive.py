@@ -59,7 +59,7 @@ DAILY_LAG = DAY  # day D's file from D+2 00:00 UTC ("the next day", with a day o
 MONTHLY_LAG = DAY  # month M's file from the day after the first Monday of M+1
 CHECKSUM_ATTEMPTS = 3  # downloads of a zip whose checksum does not match, before giving up on it
 PROBES = 16  # .CHECKSUM requests at a time while planning
-AHEAD = 2  # zips downloaded ahead of the tasks that will read them (memory: two zips)
+AHEAD = 1  # zips downloaded ahead of the task reading one (memory: one zip; the run loop reads one task ahead)
 PIECE = 1 << 18  # bytes of CSV read at a time: the batches the run loop hands on (~1,700 1m rows)
 _MICROS = 10**13  # open times above this are microseconds (ms stay below until the year 2286)
 
