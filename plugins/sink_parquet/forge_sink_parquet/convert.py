@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from itertools import accumulate
 from typing import Any
@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from forge_core import SinkError, TextRows
+from forge_core.records import ColumnRows
 
 HIVE_KEYS = ("source", "symbol", "timeframe")
 RESERVED = ("year", "month")  # Hive keys derived from open_ts
@@ -239,22 +240,41 @@ def _mismatch(name: str, values: pa.Array, target: pa.DataType, where: str) -> s
             f"stores it as {target}; write to a new --root")
 
 
+def held_array(values: Sequence[Any]) -> pa.Array:
+    """The array of one column's values: an int64 ``array`` is taken as it is (no copy), other
+    values through :func:`python_array`."""
+    if isinstance(values, array) and values.typecode == "q":
+        return pa.Array.from_buffers(pa.int64(), len(values), [None, _buffer(values)])
+    return python_array(values)
+
+
 def column_arrays(columns: Sequence[str], rows: Sequence[tuple[Any, ...]],
                   where: str) -> dict[str, pa.Array | pa.ChunkedArray]:
     """One array per column (Hive keys skipped) of the rows: rows held as CSV text
-    (:class:`forge_core.TextRows`) are read by pyarrow's CSV reader, others column by column."""
-    if isinstance(rows, TextRows) and rows.columns == tuple(columns):
+    (:class:`forge_core.TextRows`) are read by pyarrow's CSV reader, rows held as columns
+    (:class:`~forge_core.records.ColumnRows`, a decoded REST page) from their columns, others
+    column by column from the tuples."""
+    columns = tuple(columns)
+    if isinstance(rows, ColumnRows) and rows.columns == columns:
+        return _arrays(columns, rows.column, where)
+    if isinstance(rows, TextRows) and rows.columns == columns:
         text = rows.text()  # what Batch.csv_text() gives: None when the rows have no plain text
         if text is not None:
             return csv_arrays(columns, text, [rows.columns[i] for i in rows.ints])
     if not rows:
         return {c: pa.nulls(0) for c in columns if c not in HIVE_KEYS}
+    by_name = dict(zip(columns, zip(*rows, strict=True), strict=True))
+    return _arrays(columns, by_name.__getitem__, where)
+
+
+def _arrays(columns: Sequence[str], values: Callable[[str], Sequence[Any]],
+            where: str) -> dict[str, pa.Array | pa.ChunkedArray]:
     out: dict[str, pa.Array | pa.ChunkedArray] = {}
-    for name, values in zip(columns, zip(*rows, strict=True), strict=True):
+    for name in columns:
         if name in HIVE_KEYS:
             continue
         try:
-            out[name] = python_array(values)
+            out[name] = held_array(values(name))
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError) as exc:
             raise SinkError(f"{where}: the parquet sink cannot store column {name!r}: {exc}") from None
     return out

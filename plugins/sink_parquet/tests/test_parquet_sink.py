@@ -527,6 +527,30 @@ def test_rows_held_as_columns_with_or_without_csv_text(tmp_path):
         _write(tmp_path / "plain", [Batch("binance", "BTCUSDT", "1m", COLUMNS, quoted)])
 
 
+def test_rows_held_as_columns_are_stored_from_their_columns_the_same_bytes_as_tuples(tmp_path, monkeypatch):
+    """A decoded REST page (ColumnRows) goes to Arrow column by column: its CSV text is never
+    joined (nor held beside the page), and the files are the tuples' byte for byte."""
+    from forge_core import TextRows
+    from forge_core.records import ColumnRows
+
+    rows = _batch("2024-01-31 22:00", "2024-02-01 01:00").rows
+    fixed = {"source": "binance", "symbol": "BTCUSDT", "timeframe": "1m"}
+    as_ints = {c: [r[i] for r in rows] for i, c in enumerate(COLUMNS) if c not in fixed}
+    as_text = {c: [str(v) for v in values] for c, values in as_ints.items()}
+    _write(tmp_path / "tuples", [Batch("binance", "BTCUSDT", "1m", COLUMNS, rows)])
+
+    def no_text(self):
+        raise AssertionError("the CSV text was joined")
+
+    monkeypatch.setattr(ColumnRows, "text", no_text)
+    for name, values in (("ints", as_ints), ("text", as_text)):
+        held = TextRows.from_columns(COLUMNS, values, fixed=fixed, ints=("trades",), plain=True)
+        assert isinstance(held, ColumnRows)
+        _write(tmp_path / name, [Batch("binance", "BTCUSDT", "1m", COLUMNS, held[:100]),
+                                 Batch("binance", "BTCUSDT", "1m", COLUMNS, held[100:])])
+        assert files(tmp_path / name) == files(tmp_path / "tuples"), name
+
+
 # run in a process of its own (no pyarrow.dataset there: it imports pandas itself)
 NO_PANDAS = """
 import sys
