@@ -48,6 +48,7 @@ from common import (  # noqa: E402
 )
 
 from forge_core import Batch, Pipeline, RunInfo, Sink  # noqa: E402
+from forge_core.pipeline import DEFAULT_WORKERS  # noqa: E402
 from forge_core.records import CANDLE_COLUMNS, EXTRA_COLUMNS  # noqa: E402
 from forge_core.times import parse_range  # noqa: E402
 
@@ -668,7 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny ranges, no streamforge/ccxt (smoke test)")
     parser.add_argument("--latency", type=float, default=0.05, help="mock latency per response, seconds")
-    parser.add_argument("--workers", type=int, default=4, help="Forge workers for cases 1, 3 and 7")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help="Forge workers for cases 1, 3 and 7 (default: Forge's own)")
     parser.add_argument("--out", default=str(BENCH / "out"))
     parser.add_argument("--no-compare", action="store_true", help="skip case 7 (forge run vs freqtrade, ccxt, streamforge)")
     parser.add_argument("--no-profile", action="store_true")

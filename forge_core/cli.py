@@ -22,7 +22,7 @@ from .errors import ForgeError, UsageError
 from .http import GaveUp
 from .logs import configure
 from .options import Option
-from .pipeline import Pipeline, RunResult
+from .pipeline import DEFAULT_WORKERS, Pipeline, RunResult
 from .plugins import Plugins, Registration
 from .progress import ProgressLine
 from .timeframes import NAMES
@@ -286,7 +286,7 @@ def run_command(plugins: Plugins, args: list[str] | None = None) -> click.Comman
                      help="Last open time, inclusive; a bare date includes that whole day."),
         click.Option(["--transform"], multiple=True, metavar="NAME|module:function",
                      help="Transform to apply, repeatable: a registered name or a per-row function."),
-        click.Option(["--workers"], type=click.IntRange(1, 64), default=4, show_default=True,
+        click.Option(["--workers"], type=click.IntRange(1, 64), default=DEFAULT_WORKERS, show_default=True,
                      help="Concurrent requests to the exchange (within its rate limit)."),
         click.Option(["--commit-every"], type=click.IntRange(1), default=50_000, show_default=True,
                      help="Commit the sinks at least every N rows (and at the end of each symbol)."),

@@ -43,6 +43,7 @@ from dagster import (
 
 from forge_core.partitions import Partition
 from forge_core.partitions import run as run_partitions
+from forge_core.pipeline import DEFAULT_WORKERS
 
 __all__ = ["ForgeBudget", "forge_asset", "forge_partition", "forge_verify_check"]
 
@@ -68,7 +69,7 @@ def forge_partition(context: AssetExecutionContext | AssetCheckExecutionContext,
 
 def forge_asset(name: str, *, source: str, sinks: Sequence[Any], symbols: Sequence[str] | None,
                 timeframe: str, start: str, end: str | None = None, market: str = "-",
-                source_options: dict[str, Any] | None = None, workers: int = 4,
+                source_options: dict[str, Any] | None = None, workers: int = DEFAULT_WORKERS,
                 max_partitions_per_run: int = 1, group_name: str | None = None) -> AssetsDefinition:
     """A partitioned asset of ``source`` candles written to ``sinks``.
 
@@ -112,7 +113,7 @@ def _sink_spec(spec: Any) -> tuple[str, dict[str, Any]]:
 
 
 def verify_partition(partition: Partition, sink: Any, *, source_options: dict[str, Any] | None = None,
-                     workers: int = 4) -> Any:
+                     workers: int = DEFAULT_WORKERS) -> Any:
     """``forge verify`` of one partition against one sink (a name or ``(name, options)``):
     the :class:`~forge_core.integrity.engine.SeriesReport`."""
     from forge_core.integrity.commands import open_store
