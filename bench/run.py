@@ -677,11 +677,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-rows", type=int, default=500_000, help="rows of the PostgreSQL case")
     parser.add_argument("--pg-rounds", type=int, default=3, help="rounds of the PostgreSQL case (pairs per target)")
     parser.add_argument("--publish", action="store_true", help="write docs/benchmarks.md and .png")
-    parser.add_argument("--only", choices=["rest"], help="rest: only cases 1 and 1c (Binance REST symbol-year, "
-                        "CPU vs the bare client), a minute; prints their rows, writes nothing")
+    parser.add_argument("--only", choices=["rest", "tools"],
+                        help="rest: only cases 1 and 1c (Binance REST symbol-year, CPU vs the bare client), a "
+                        "minute; tools: only case 7 (forge run vs freqtrade, ccxt, streamforge); prints their "
+                        "rows, writes nothing")
     args = parser.parse_args(argv)
-    if args.only == "rest":
-        return _only_rest(args)
+    if args.only:
+        return _only(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     year, month = bench_year(), bench_month()
@@ -749,17 +751,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _only_rest(args: argparse.Namespace) -> int:
-    """Cases 1 and 1c alone, to iterate on the REST path's CPU."""
+def _only(args: argparse.Namespace) -> int:
+    """Cases 1 and 1c alone (``rest``), to iterate on the REST path's CPU, or case 7 (``tools``)."""
     year = bench_year()
     if args.quick:
         year = (year[0], year[0][:8] + "03")
     with tempfile.TemporaryDirectory(prefix="forge-bench-") as tmp, MockProcess({"latency": args.latency}) as mock:
         began_load = load()
         results = case_single(mock, args, *year, Path(tmp))
+        if args.only == "tools":
+            results = case_tools(mock, args, *year, Path(tmp), results[0])
     print(f"load average {began_load} at the start, {load()} at the end (1/5/15 min); {year[0]} .. {year[1]}")
     for r in results:
-        print(f"{r.case}: {r.measured} vs {r.reference} = {r.ratio:.2f} (target {r.target})\n  {r.details}")
+        ratio = "" if r.ratio is None else f" = {r.ratio:.2f}"
+        print(f"{r.case}: {r.measured} vs {r.reference}{ratio} (target {r.target})\n  {r.details}")
     return 0
 
 
