@@ -194,3 +194,20 @@ def test_follow_backfills_a_delisted_symbol_to_its_last_candle_then_leaves_it(en
     assert rows_of(tmp_path / "OLDUSDT.csv") == expected("OLDUSDT", "1h", "2024-01-22", "2024-01-31", env.config.now)
     assert ("OLDUSDT: last committed candle opens 2024-01-22T23:00:00Z; 24 written this run (delisted (Binance "
             "exchangeInfo status BREAK): last candle 2024-01-22T23:00:00Z, not followed past it)") in follower.result.summary()
+
+
+def test_a_symbol_listed_but_not_trading_yet(forge, env):
+    """Spot lists a pair before it trades (status BREAK, no candle): 0 candles and the reason,
+    at once (it used to re-ask the empty range for 7 s). A USD-M contract not trading yet
+    (PENDING_TRADING) has its onboardDate: a range before it is the usual error naming it."""
+    spot = forge("run", "-s", "binance", "--symbol", "SOONUSDT", "-t", "1d", "--from", "2025-01-01",
+                 "--to", "2025-03-14", "--output", "soon.csv", "-q")
+    assert spot.code == 0, spot
+    assert spot.out.startswith("0 1d candles from binance (SOONUSDT 0)")
+    assert spot.out.rstrip().endswith("SOONUSDT not trading (Binance exchangeInfo status BREAK): no candles at all")
+    assert env.stats["binance.spot.requests"] == 4 and env.stats["binance.spot.candles"] == 0
+    perp = forge("run", "-s", "binance", "--market", "usdm", "--symbol", "SOONUSDT", "-t", "1d",
+                 "--from", "2025-01-01", "--to", "2025-03-14", "-q")
+    assert perp.code == 1, perp
+    assert perp.err == ("forge: error: binance has no SOONUSDT candles before 2025-06-02T00:00:00Z (its first); "
+                        "the range ends 2025-03-15T00:00:00Z: choose --to after the listing\n")

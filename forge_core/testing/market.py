@@ -18,9 +18,10 @@ M64 = (1 << 64) - 1
 SPOT_LISTED = 1502928000000  # 2017-08-17, Binance's first klines
 NEW_LISTED = 1705305600000  # 2024-01-15 08:00 UTC: a symbol listed mid-range
 DELISTED = 1705968000000  # 2024-01-23 00:00 UTC: OLDUSDT's last candle closes here; it stays listed, in BREAK
+SOON_LISTED = 1748822400000  # 2025-06-02 00:00 UTC: SOONUSDT trades from here (after the frozen clock)
 MAINTENANCE = (1704855600000, 1704864600000)  # 2024-01-10 03:00 to 05:30 UTC: no candles
 _TEST_SYMBOL = re.compile(r"^T\d{1,4}USDT$")
-__all__ = ["DELISTED", "MAINTENANCE", "NEW_LISTED", "SPOT_LISTED", "Listing", "Market", "candle", "has_candle", "mix",
+__all__ = ["DELISTED", "MAINTENANCE", "NEW_LISTED", "SOON_LISTED", "SPOT_LISTED", "Listing", "Market", "candle", "has_candle", "mix",
            "open_times"]
 
 
@@ -53,6 +54,16 @@ class Listing:
     def status(self) -> str:
         return "TRADING" if self.delisted is None else "BREAK"
 
+    def status_at(self, now: int, market: str = "spot") -> str:
+        """exchangeInfo's status at ``now``: spot ``BREAK`` before trading starts (a pair
+        announced, not open yet) and after a delisting; futures ``PENDING_TRADING`` before
+        the listing and, after a delisting, ``SETTLING`` (USD-M) or ``DELIVERED`` (COIN-M)."""
+        if now < self.listed:
+            return "BREAK" if market == "spot" else "PENDING_TRADING"
+        if self.delisted is not None:
+            return {"spot": "BREAK", "usdm": "SETTLING"}.get(market, "DELIVERED")
+        return "TRADING"
+
 
 @dataclass
 class Market:
@@ -71,6 +82,7 @@ class Market:
             "ADAUSDT": Listing("ADAUSDT", 1523937600000, (MAINTENANCE,), 45),
             "NEWUSDT": Listing("NEWUSDT", NEW_LISTED, (), 150),
             "OLDUSDT": Listing("OLDUSDT", SPOT_LISTED, (MAINTENANCE,), 80_000, delisted=DELISTED),
+            "SOONUSDT": Listing("SOONUSDT", SOON_LISTED, (), 500),  # in exchangeInfo before it trades
         })
 
     @classmethod
@@ -82,6 +94,7 @@ class Market:
             # a perpetual delisted as USD-M ones are: exchangeInfo keeps it, status SETTLING,
             # deliveryDate moved to the delisting time; klines and archive stop there
             "OLDUSDT": Listing("OLDUSDT", futures, (MAINTENANCE,), 80_000, delisted=DELISTED),
+            "SOONUSDT": Listing("SOONUSDT", SOON_LISTED, (), 500),  # PENDING_TRADING until its onboardDate
         }, test_symbols=False, source="binance-usdm")
 
     @classmethod

@@ -307,7 +307,7 @@ def exchange_info(mock: MockExchange, flavor: Flavor, weights: Weights, req: Req
         listing = flavor.market.get(name)
         if listing is None:
             return error(-1121, "Invalid symbol.", **{weights.header: weights.used()})
-        symbols.append(symbol_info(flavor, listing))
+        symbols.append(symbol_info(flavor, listing, mock.now()))
     window = mock.config.weight_window
     interval, num = ("MINUTE", 1) if window == 60 else ("SECOND", window)
     limit = weights.limit
@@ -329,22 +329,23 @@ def exchange_info(mock: MockExchange, flavor: Flavor, weights: Weights, req: Req
 PERPETUAL_DELIVERY = 4133404800000  # 2100-12-25 08:00 UTC: a perpetual's deliveryDate
 
 
-def symbol_info(flavor: Flavor, listing: Listing) -> dict[str, Any]:
-    """One exchangeInfo ``symbols[]`` entry in the market's own form: spot ``status`` (a delisted
-    pair stays, in BREAK); USD-M ``status``, ``contractType``, ``deliveryDate`` (moved to the
+def symbol_info(flavor: Flavor, listing: Listing, now: int) -> dict[str, Any]:
+    """One exchangeInfo ``symbols[]`` entry at ``now`` in the market's own form: spot ``status``
+    (BREAK before a pair trades and after its delisting: it stays listed); USD-M ``status``
+    (PENDING_TRADING before its ``onboardDate``), ``contractType``, ``deliveryDate`` (moved to the
     delisting time, status SETTLING, when a perpetual is delisted) and ``onboardDate``; COIN-M
     the same with ``contractStatus`` and ``contractSize``. Field order as the real answers."""
     name = listing.symbol
     if flavor.key == "spot":
-        return {"symbol": name, "status": listing.status, "baseAsset": name[:-4], "baseAssetPrecision": 8,
+        return {"symbol": name, "status": listing.status_at(now), "baseAsset": name[:-4], "baseAssetPrecision": 8,
                 "quoteAsset": "USDT", "quotePrecision": 8, "quoteAssetPrecision": 8,
                 "orderTypes": ["LIMIT", "MARKET"], "isSpotTradingAllowed": True, "filters": [],
                 "permissions": ["SPOT"]}
     delivery = PERPETUAL_DELIVERY if listing.delisted is None else listing.delisted
-    trading = listing.delisted is None
+    status = listing.status_at(now, flavor.key)
     if flavor.key == "usdm":
         return {"symbol": name, "pair": name, "contractType": "PERPETUAL", "deliveryDate": delivery,
-                "onboardDate": listing.listed, "status": "TRADING" if trading else "SETTLING",
+                "onboardDate": listing.listed, "status": status,
                 "maintMarginPercent": "2.5000", "requiredMarginPercent": "5.0000", "baseAsset": name[:-4],
                 "quoteAsset": "USDT", "marginAsset": "USDT", "pricePrecision": 2, "quantityPrecision": 3,
                 "baseAssetPrecision": 8, "quotePrecision": 8, "underlyingType": "COIN", "underlyingSubType": [],
@@ -353,7 +354,7 @@ def symbol_info(flavor: Flavor, listing: Listing) -> dict[str, Any]:
                 "timeInForce": ["GTC", "IOC", "FOK", "GTX"]}
     pair, _, _ = name.partition("_")
     return {"symbol": name, "pair": pair, "contractType": "PERPETUAL", "deliveryDate": delivery,
-            "onboardDate": listing.listed, "contractStatus": "TRADING" if trading else "DELIVERED",
+            "onboardDate": listing.listed, "contractStatus": status,
             "contractSize": 100, "quoteAsset": "USD", "baseAsset": pair[:-3], "marginAsset": pair[:-3],
             "pricePrecision": 1, "quantityPrecision": 0, "baseAssetPrecision": 8, "quotePrecision": 8,
             "equalQtyPrecision": 4, "triggerProtect": "0.0500", "maintMarginPercent": "2.5000",
