@@ -506,8 +506,8 @@ def _steady_text(content: bytes, n: int, fixed: dict[str, str], ms: int) -> Text
     opens are one unbroken run ``ms`` apart, each closing at its candle's last millisecond,
     and their trades canonical ints; ``None`` otherwise.
 
-    The body is cut at its quotes (18 pieces a kline, ``b","`` shared) and the records are
-    those pieces in their CSV order, joined once: no string per value, no column, no row.
+    The body is cut at its quotes (18 pieces a kline) and the records are those pieces in
+    their CSV order, joined once: no string per value, no column, no row.
     The pieces between strings are checked whole: the commas one list comparison, the opens
     and closes each one comparison with the run one ``%`` format writes (canonical, in
     order, no byte outside its place), the trades by one split."""
