@@ -279,8 +279,11 @@ class BinanceSource(Source):
         return status
 
     def _ended_reason(self, meta: dict[str, Any], status: str, last: int | None) -> str:
-        """``delisted (Binance exchangeInfo status BREAK)``, with the futures ``deliveryDate``."""
-        word = "not trading" if last is None else _STATUS_WORDS.get(status, "not trading")
+        """``delisted (Binance exchangeInfo status BREAK)``, with the futures ``deliveryDate``.
+        "delisted" only once the last candle is a day old: a pair in BREAK for a few hours (a
+        maintenance) is "not trading"; the data is the same either way."""
+        recent = last is None or (self._now is not None and last > self._now - 2 * DAY)
+        word = "not trading" if recent else _STATUS_WORDS.get(status, "not trading")
         field = "contractStatus" if self.market == "coinm" else "status"
         where = {"spot": "Binance", "usdm": "Binance USD-M", "coinm": "Binance COIN-M"}[self.market]
         delivery = meta.get("deliveryDate")

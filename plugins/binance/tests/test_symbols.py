@@ -94,3 +94,16 @@ def test_a_newest_candle_empty_once_is_asked_again(fresh_mock, source):
     recorded(fresh_mock, "/api/v3/klines", empty_once)
     info = source.prepare("OLDUSDT", H1)
     assert emptied and info.last_open == DELISTED - HOUR and info.ended is not None
+
+
+def test_a_pair_in_break_for_hours_is_not_called_delisted(mock_exchange_factory):
+    """BREAK also covers a maintenance of a few hours: the tail is the exchange's all the same
+    (no market data is made during BREAK), but the word is "not trading" until a day has passed."""
+    mock = mock_exchange_factory(now=DELISTED + 3 * HOUR)
+    src = BinanceSource(base_url=mock.url, archive="rest")
+    try:
+        src.server_time()
+        info = src.prepare("OLDUSDT", H1)
+    finally:
+        src.close()
+    assert info.last_open == DELISTED - HOUR and info.ended == "not trading (Binance exchangeInfo status BREAK)"
