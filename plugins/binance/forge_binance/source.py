@@ -63,15 +63,15 @@ MARKETS: dict[str, dict[str, Any]] = {
 ARCHIVE_MODES = ("auto", "archive", "rest")
 log = get_logger(__name__)
 _WINDOW_SECONDS = {"SECOND": 1, "MINUTE": 60, "HOUR": 3600, "DAY": 86400}
-# errors.md "10xx - General Server or Network issues": the server failed, not the request, and
-# these come with 400, 408 or 503 as well as 5xx. -1006 and -1007 say "execution status unknown":
-# every request here is a market-data read, so sending it again is safe.
 _SYMBOL_RE = re.compile(r"^[A-Z0-9\-_.]{1,20}$")  # what Binance accepts as a symbol (-1100 otherwise)
 _INFO_BATCH = 100  # symbols asked by name in one exchangeInfo request; more: the whole list
 # exchangeInfo statuses of a symbol that no longer trades, in words for the summary (others:
 # "not trading"); spot enums.md, futures "Contract status": USD-M perpetuals delisted go SETTLING
 _STATUS_WORDS = {"BREAK": "delisted", "SETTLING": "delisted", "CLOSE": "delisted", "PRE_SETTLE": "delisting",
                  "DELIVERED": "delivered", "DELIVERING": "delivering", "PRE_DELIVERING": "delivering"}
+# errors.md "10xx - General Server or Network issues": the server failed, not the request, and
+# these come with 400, 408 or 503 as well as 5xx. -1006 and -1007 say "execution status unknown":
+# every request here is a market-data read, so sending it again is safe.
 SERVER_CODES = {-1000: "UNKNOWN", -1001: "DISCONNECTED", -1006: "UNEXPECTED_RESP", -1007: "TIMEOUT",
                 -1008: "SERVER_BUSY"}
 
