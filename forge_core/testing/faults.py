@@ -21,6 +21,8 @@ kind           what the client sees
                (default 0.05 s) apart: a read timeout per byte never fires
 ``waf403``     HTTP 403 with an HTML block page (a firewall or CDN in front of the exchange),
                modelled on CloudFront's "The request could not be satisfied" page; not retried
+``geo451``     HTTP 451 with Binance's restricted-location body (``code`` 0; the words public
+               reports quote from the US and some clouds; Binance paths only); not retried
 ``down``       every request from the ``extra["down_after"]``-th on gets HTTP 503 (no rate)
 =============  =================================================================================
 
@@ -39,7 +41,7 @@ from typing import Any
 from .server import MockExchange, Request, Response, send_head
 
 KINDS = ("http500", "reset", "slow", "malformed", "truncated", "duplicate", "burst429", "okx50011", "empty",
-         "trickle", "short", "waf403")
+         "trickle", "short", "waf403", "geo451")
 ALL_KINDS = (*KINDS, "down")
 __all__ = ["ALL_KINDS", "KINDS", "WAF_PAGE", "check_faults", "install"]
 
@@ -68,6 +70,13 @@ Request ID: 3kq9Zt0bNf4Qv2nLrXg5yWcH8dPmA1sJ7eUoTiKzBV6xYlEwR-Fh==
 <ADDRESS>
 </ADDRESS>
 </BODY></HTML>"""
+
+
+# Binance's answer to a restricted location (the US, some cloud regions), as public issue threads
+# quote it (ccxt, python-binance users, 2022-2024): HTTP 451 with this JSON
+GEO_MSG = ("Service unavailable from a restricted location according to 'b. Eligibility' in "
+           "https://www.binance.com/en/terms. Please contact customer service if you believe you received this "
+           "message in error.")
 
 
 def check_faults(faults: dict[str, float]) -> None:
@@ -102,7 +111,8 @@ def install(mock: MockExchange) -> None:
         for kind in KINDS:
             edge += faults.get(kind, 0.0)
             if roll < edge:
-                if kind == "okx50011" and not request.path.startswith("/api/v5"):
+                okx = request.path.startswith("/api/v5")
+                if (kind == "okx50011" and not okx) or (kind == "geo451" and okx):
                     return None
                 return kind
         return None
@@ -140,6 +150,7 @@ def install(mock: MockExchange) -> None:
                                           else {"code": -1000, "msg": "Service unavailable."}, 503),
             "malformed": lambda: Response(200, b"<html><body>upstream error</body></html>"),
             "waf403": lambda: Response(403, WAF_PAGE, content_type="text/html"),
+            "geo451": lambda: Response.json({"code": 0, "msg": GEO_MSG}, 451),
             "truncated": lambda: Response(200, response.body[: max(1, len(response.body) * 2 // 3)]),
             "burst429": lambda: (Response.json({"msg": "Too Many Requests", "code": "50011"}, 429, **{"Retry-After": "1"})
                                  if okx else Response.json({"code": -1003, "msg": "Too much request weight used; "

@@ -51,6 +51,10 @@ from forge_core.times import display
 
 from .archive import ARCHIVE_URL, ArchiveClient, ArchiveFetcher, Segment, month_file, plan_segments
 
+# Binance's market-data-only host for spot (klines, exchangeInfo, time; no keys): named when
+# api.binance.com refuses a region (HTTP 451), as Binance's market_data_only FAQ offers it
+DATA_API = "https://data-api.binance.vision"
+
 MARKETS: dict[str, dict[str, Any]] = {
     "spot": {"prefix": "/api/v3", "env": "FORGE_BINANCE_URL", "url": "https://api.binance.com",
              "weight_limit": 6000, "page": 1000, "timeframes": NAMES},
@@ -164,7 +168,11 @@ class BinanceSource(Source):
                                  busy=code == -1008)  # every worker backs off together
         if status in (429, 408) or status >= 500:
             raise RetryableError(" ".join(str(x) for x in (f"HTTP {status}", code, msg) if x), retry_after)
-        line = error_line(response, f"{code} {msg}" if isinstance(body, dict) else msg)
+        # Binance's code 0 (a 451's) or none says nothing: the message alone
+        reason = f"{code} {msg}" if isinstance(body, dict) and code not in (None, 0) else msg
+        if status == 451 and self.market == "spot" and "data-api.binance.vision" not in (response.url or ""):
+            reason += f"; spot market data is also served by {DATA_API} (--base-url {DATA_API})"
+        line = error_line(response, reason)
         raise BinanceError(status, code, msg, line)
 
     def _get(self, path: str, params: dict[str, Any], cost: float, parse: Any = None, raw: Any = None) -> Any:

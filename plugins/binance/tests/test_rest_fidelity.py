@@ -166,3 +166,20 @@ def test_exchange_info_symbols_must_be_compact_json_as_on_the_real_api(fresh_moc
     finally:
         src.close()
     assert fresh_mock.stats["binance.spot.exchangeInfo"] == 3  # the two above and the source's one
+
+
+# -- a restricted location (HTTP 451, code 0) -----------------------------------------------------
+def test_a_geo_451_is_one_line_naming_the_market_data_host_not_code_0(mock_exchange_factory):
+    """From the US or some clouds api.binance.com answers 451 ``{"code":0,"msg":"Service
+    unavailable from a restricted location ..."}``: one line, not retried, without the
+    meaningless ``0``, pointing at the market-data-only host that spot users can try."""
+    mock = mock_exchange_factory(faults={"geo451": 1.0})
+    host = mock.url.split("//")[1]
+    text = failure(mock.url)
+    assert text.startswith(f"Binance spot refused the request for BTCUSDT 1m: HTTP 451 from {host}/api/v3/klines: "
+                           "unavailable for legal reasons: this IP's region is restricted; Service unavailable "
+                           "from a restricted location"), text
+    assert " 0 " not in text and "\n" not in text
+    assert text.endswith("spot market data is also served by https://data-api.binance.vision "
+                         "(--base-url https://data-api.binance.vision)")
+    assert mock.stats["fault.geo451"] == 1  # not retried
