@@ -20,10 +20,13 @@ Forge runs from bytecode, as an installed Forge does (``common.installed_env``: 
 
 2. **Peak RSS** (VmHWM, ``bench/memory.py``) of ``forge run`` on the archive path for a
    month, a year and three years at ``--rss-workers`` (default 1, 4, 8, 16), into CSV, Parquet
-   and PostgreSQL (a throwaway server; skipped when none can start). Target: under 120 MiB.
+   and PostgreSQL (a throwaway server; skipped when none can start), each into a fresh output
+   (not over the previous range's, which would measure a merge). Target: under 120 MiB.
    ``--rss-mode rest`` measures the REST path instead (``--archive rest``). ``--without pandas``
    measures as on an install without pandas (a test extra here; pyarrow imports it on Python
-   object conversions, which the Parquet sink no longer makes: it makes no difference now).
+   object conversions, which the Parquet sink no longer makes: it makes no difference now);
+   ``--without numpy`` as on a plain install of the Parquet sink (pyarrow>=16 needs no numpy
+   and imports it only when it is there: about 11 MiB; the development install has it for pandas).
 
 3. **Missing archive files**: a mock whose archive 404s every file of the year; ``forge run
    --archive auto`` against ``--archive rest`` for the same range: REST requests, archive
@@ -258,7 +261,7 @@ def rss(args: argparse.Namespace, tmp: Path) -> None:
                     continue
                 for sink in sinks:
                     for w in workers:
-                        out = tmp / f"rss-{sink}-{w}"
+                        out = tmp / f"rss-{label.replace(' ', '')}-{sink}-{w}"  # a fresh output each run
                         cmd = year_args(args.symbol, 0, w, out / "x.csv", mode=args.rss_mode, start=start, end=end)
                         cmd = cmd[: cmd.index("--output")] + ["-q"]
                         extra = dict(env)
