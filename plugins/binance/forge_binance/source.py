@@ -69,8 +69,10 @@ log = get_logger(__name__)
 _WINDOW_SECONDS = {"SECOND": 1, "MINUTE": 60, "HOUR": 3600, "DAY": 86400}
 _SYMBOL_RE = re.compile(r"^[A-Z0-9\-_.]{1,20}$")  # what Binance accepts as a symbol (-1100 otherwise)
 _INFO_BATCH = 100  # symbols asked by name in one exchangeInfo request; more: the whole list
-# exchangeInfo statuses of a symbol that no longer trades, in words for the summary (others:
-# "not trading"); spot enums.md, futures "Contract status": USD-M perpetuals delisted go SETTLING
+# exchangeInfo statuses of a symbol whose trading ended or is ending, in words for the summary;
+# spot enums.md, futures "Contract status": USD-M perpetuals delisted go SETTLING. Any other
+# (TRADING, PENDING_TRADING, spot HALT / END_OF_DAY / CANCEL_ONLY, a status new to Forge) only
+# pauses trading at most: it confirms no end, so nothing is cut at the newest candle
 _STATUS_WORDS = {"BREAK": "delisted", "SETTLING": "delisted", "CLOSE": "delisted", "PRE_SETTLE": "delisting",
                  "DELIVERED": "delivered", "DELIVERING": "delivering", "PRE_DELIVERING": "delivering"}
 # errors.md "10xx - General Server or Network issues": the server failed, not the request, and
@@ -212,18 +214,24 @@ class BinanceSource(Source):
                 body = self._get("/exchangeInfo", params, cost)
             if not isinstance(body, dict):
                 raise SourceError(f"Binance {self.market} exchangeInfo is not a JSON object")
-            entries = body.get("symbols") or []
-            info["symbols"].update((e["symbol"], e) for e in entries if isinstance(e, dict) and "symbol" in e)
+            entries = body.get("symbols")
+            info["symbols"].update((e["symbol"], e) for e in (entries if isinstance(entries, list) else [])
+                                   if isinstance(e, dict) and isinstance(e.get("symbol"), str))
             info["complete"] = info["complete"] or not params
-            info["rateLimits"] = body.get("rateLimits") or []
+            limits = body.get("rateLimits")
+            info["rateLimits"] = limits if isinstance(limits, list) else []
         if not self._limits_known:
             self._limits_known = True
             for limit in info["rateLimits"]:
                 if isinstance(limit, dict) and limit.get("rateLimitType") == "REQUEST_WEIGHT":
-                    window = _WINDOW_SECONDS.get(limit.get("interval"), 60) * int(limit.get("intervalNum", 1))
+                    sized = _weight_limit(limit)
+                    if sized is None:  # the start-up limit stays: conservative
+                        log.warning("rate_limit_unreadable", market=self.market, entry=str(limit)[:200])
+                        continue
+                    weight, window = sized
                     slack = max(0.25, window * 0.02)  # network jitter between our clock and theirs
                     # the server counts in fixed windows of `window` from the epoch: observe aligns on them
-                    self.limiter.reconfigure(float(limit["limit"]) * 0.95, window + slack, counting_window=window)
+                    self.limiter.reconfigure(weight * 0.95, window + slack, counting_window=window)
         return info
 
     @property
@@ -277,12 +285,12 @@ class BinanceSource(Source):
         return SymbolInfo(symbol, first, last, self._ended_reason(meta, status, last))  # type: ignore[arg-type]
 
     def _status(self, meta: dict[str, Any] | None) -> str | None:
-        """exchangeInfo's status when it says the symbol does not trade (None: trading, not yet
-        listed, or not in exchangeInfo). COIN-M calls it ``contractStatus``."""
+        """exchangeInfo's status when it says the symbol's trading ended or is ending (None:
+        trading, paused, not yet listed, or not in exchangeInfo). COIN-M calls it ``contractStatus``."""
         if meta is None:
             return None
         status = meta.get("contractStatus" if self.market == "coinm" else "status", meta.get("status"))
-        if not isinstance(status, str) or status in ("TRADING", "PENDING_TRADING"):
+        if not isinstance(status, str) or status not in _STATUS_WORDS:
             return None
         return status
 
@@ -291,7 +299,7 @@ class BinanceSource(Source):
         "delisted" only once the last candle is a day old: a pair in BREAK for a few hours (a
         maintenance) is "not trading"; the data is the same either way."""
         recent = last is None or (self._now is not None and last > self._now - 2 * DAY)
-        word = "not trading" if recent else _STATUS_WORDS.get(status, "not trading")
+        word = "not trading" if recent else _STATUS_WORDS[status]
         field = "contractStatus" if self.market == "coinm" else "status"
         where = {"spot": "Binance", "usdm": "Binance USD-M", "coinm": "Binance COIN-M"}[self.market]
         delivery = meta.get("deliveryDate")
@@ -506,6 +514,19 @@ def _raw_klines(content: bytes, columns: tuple[str, ...], fixed: dict[str, str],
         "close": p[7::18], "volume": p[9::18], "quote_volume": p[11::18], "trades": trades,
         "taker_buy_base_volume": p[13::18], "taker_buy_quote_volume": p[15::18]},
         fixed=fixed, ints=("trades",), plain=True)
+
+
+def _weight_limit(entry: dict[str, Any]) -> tuple[float, int] | None:
+    """``(limit, window seconds)`` of an exchangeInfo REQUEST_WEIGHT entry, or None when it is
+    not readable as positive numbers (a malformed answer must not end the run)."""
+    interval, num, limit = entry.get("interval", "MINUTE"), entry.get("intervalNum", 1), entry.get("limit")
+    if not isinstance(interval, str):
+        return None
+    if not isinstance(num, int) or isinstance(num, bool) or num < 1:
+        return None
+    if not isinstance(limit, int | float) or isinstance(limit, bool) or not 0 < limit < float("inf"):
+        return None
+    return float(limit), _WINDOW_SECONDS.get(interval, 60) * num
 
 
 _TEXT_COLUMNS = CANDLE_COLUMNS + EXTRA_COLUMNS

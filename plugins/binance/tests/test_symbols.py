@@ -107,3 +107,51 @@ def test_a_pair_in_break_for_hours_is_not_called_delisted(mock_exchange_factory)
     finally:
         src.close()
     assert info.last_open == DELISTED - HOUR and info.ended == "not trading (Binance exchangeInfo status BREAK)"
+
+
+@pytest.mark.parametrize("status", ["HALT", "END_OF_DAY", "CANCEL_ONLY", "SOMETHING_NEW"])
+def test_a_pause_of_trading_is_not_the_end_of_the_series(fresh_mock, source, status):
+    """HALT, END_OF_DAY and CANCEL_ONLY (spot enums.md) pause trading; they do not end it, and
+    neither does a status Forge does not know: nothing is cut at the newest candle (a follow
+    would otherwise leave the symbol alone for the rest of its run)."""
+    import json
+
+    def paused(req, real):
+        answer = real(req)
+        body = json.loads(answer.body)
+        for entry in body["symbols"]:
+            entry["status"] = status
+        return Response.json(body)
+
+    recorded(fresh_mock, "/api/v3/exchangeInfo", paused)
+    info = source.prepare("BTCUSDT", H1)
+    assert info.ended is None and info.last_open is None and info.first_open is not None
+
+
+@pytest.mark.parametrize("change", [
+    lambda b: b["rateLimits"][0].update(intervalNum="x"),
+    lambda b: b["rateLimits"][0].pop("limit"),
+    lambda b: b["rateLimits"][0].update(limit=0),
+    lambda b: b["rateLimits"][0].update(interval=["MINUTE"]),
+    lambda b: b.update(rateLimits=5),
+    lambda b: b["symbols"].append({"symbol": ["BTCUSDT"], "status": "BREAK"}),
+    lambda b: b.update(symbols=7),
+])
+def test_a_malformed_exchange_info_keeps_the_start_up_limit_and_the_run_going(fresh_mock, source, change):
+    """A weight limit that is not positive numbers, or a symbol entry that is not a name, in
+    exchangeInfo: the run goes on at the conservative start-up limit (it was a ValueError,
+    KeyError or TypeError ending the run)."""
+    import json
+
+    def mangled(req, real):
+        body = json.loads(real(req).body)
+        assert body["rateLimits"][0]["rateLimitType"] == "REQUEST_WEIGHT"
+        change(body)
+        return Response.json(body)
+
+    recorded(fresh_mock, "/api/v3/exchangeInfo", mangled)
+    before = source.limiter.capacity
+    source.prepare_symbols(["BTCUSDT"], H1)
+    info = source.prepare("BTCUSDT", H1)
+    assert info.first_open is not None and info.ended is None
+    assert source.limiter.capacity in (before, 6000 * 0.95)  # (the symbol cases keep the real one)
