@@ -309,18 +309,17 @@ class BinanceSource(Source):
 
     def _last_candle(self, symbol: str, tf: Timeframe, first: int | None) -> tuple[int | None, bool]:
         """The open of the newest candle klines has (neither start nor end time: the newest, on
-        every market) and whether that answer is believed: an empty one is asked again while
-        the symbol is known to have candles, and not believed if it stays empty."""
+        every market) and whether that answer is believed: an empty one is asked again, and
+        believed only if it stays empty and the first-candle request found none either (one
+        empty answer each is no proof of a symbol without candles)."""
         for attempt in range(3):
             if attempt and self.http.cancelled.wait(0.25 * attempt):
-                break
+                return None, False
             rows = self._klines(symbol, tf, {"limit": 1})
             if rows:
                 opens = rows.open_ts if isinstance(rows, TextRows) else [r[self._open_index] for r in rows]
                 return max(opens), True
-            if first is None:
-                return None, True  # no candle at all, as the first-candle request said
-        return None, False
+        return None, first is None  # no candle at all, as the first-candle request said too
 
     def page_size(self, timeframe: Timeframe) -> int:
         return MARKETS[self.market]["page"]

@@ -155,3 +155,22 @@ def test_a_malformed_exchange_info_keeps_the_start_up_limit_and_the_run_going(fr
     info = source.prepare("BTCUSDT", H1)
     assert info.first_open is not None and info.ended is None
     assert source.limiter.capacity in (before, 6000 * 0.95)  # (the symbol cases keep the real one)
+
+
+def test_two_empty_answers_are_not_taken_for_a_symbol_without_candles(fresh_mock, source):
+    """The first-candle request and the newest-candle request each empty once (a faulty
+    server): the newest is asked again, and the symbol ends at its real last candle. It was
+    "no candles at all", the whole range skipped and, for verify, the exchange's hole."""
+    emptied: set[str] = set()
+
+    def empty_once_each(req, real):
+        kind = "first" if req.arg("startTime") is not None else "newest"
+        if kind not in emptied:
+            emptied.add(kind)
+            return Response.json([])
+        return real(req)
+
+    recorded(fresh_mock, "/api/v3/klines", empty_once_each)
+    info = source.prepare("OLDUSDT", H1)
+    assert emptied == {"first", "newest"}
+    assert info.last_open == DELISTED - HOUR and info.ended is not None
