@@ -234,7 +234,11 @@ _lock = threading.Lock()
 
 
 def open_store(url: str) -> Store:
-    scheme = urlsplit(url).scheme
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError as exc:  # e.g. "Invalid IPv6 URL": bad input, one line without the URL
+        raise UsageError(f"rate budget URL does not parse ({exc}): use sqlite:///PATH (processes on one "
+                         "host) or postgresql://HOST/DB (many hosts)") from None
     if scheme == "sqlite":
         # as SQLAlchemy spells it: sqlite:///relative.db, sqlite:////absolute/path.db
         path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""

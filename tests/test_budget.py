@@ -103,6 +103,7 @@ def test_the_server_count_moves_the_shared_estimate(tmp_path):
     ("mysql://h/db", "unknown rate budget 'mysql://'"),
     ("sqlite://", "names no file"),
     ("postgresql://forge:s3cret@127.0.0.1:1/forge", "rate budget at 127.0.0.1:1 is not reachable"),
+    ("postgresql://forge:s3cret@[::1/forge", "rate budget URL does not parse"),  # was an unexpected ValueError
 ])
 def test_a_bad_budget_store_is_one_clear_line(url, words):
     with pytest.raises(UsageError, match=words) as info:
