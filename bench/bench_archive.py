@@ -56,6 +56,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import MockProcess, get_json, installed_env, load  # noqa: E402
 
+from forge_core.pipeline import DEFAULT_WORKERS  # noqa: E402
+
 BENCH = Path(__file__).resolve().parent
 NOW = 1742034030456  # 2025-03-15 10:20:30.456 UTC, as in the tests
 COLUMNS = ("source,symbol,timeframe,open_ts,end_ts,open,high,low,close,volume,quote_volume,trades,"
@@ -350,7 +352,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--symbol", default="BTCUSDT")
     parser.add_argument("--year", type=int, default=2024)
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="default: Forge's own")
     parser.add_argument("--latency", type=float, default=0.05, help="mock seconds per response")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", choices=("speed", "rss", "missing"), action="append")
