@@ -136,8 +136,9 @@ class BinanceSource(Source):
         self._now: int | None = None
         self.archive_mode = self.settings["archive"]
         archive_url = self.settings["archive_url"]
-        if archive_url is None and self.archive_mode == "auto" and base_url != spec["url"]:
+        if archive_url is None and self.archive_mode == "auto" and base_url.rstrip("/") not in (spec["url"], DATA_API):
             # REST goes to a mock, proxy or other host: the real archive may not describe it
+            # (Binance's own market-data host, which a 451 names, is the same exchange)
             log.info("archive_off", reason="base URL overridden without an archive URL", base_url=base_url)
             self.archive_mode = "rest"
         self.archive = ArchiveClient(archive_url or ARCHIVE_URL)

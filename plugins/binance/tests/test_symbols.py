@@ -174,3 +174,17 @@ def test_two_empty_answers_are_not_taken_for_a_symbol_without_candles(fresh_mock
     info = source.prepare("OLDUSDT", H1)
     assert emptied == {"first", "newest"}
     assert info.last_open == DELISTED - HOUR and info.ended is not None
+
+
+def test_binances_market_data_host_keeps_the_archive():
+    """The 451 line names --base-url https://data-api.binance.vision: Binance's own spot data
+    with another host name, so auto still takes the archive's files (it went REST only, a
+    year of 1m in ~530 requests instead of 12 files). Another host still turns it off."""
+    from forge_binance.source import DATA_API
+
+    for url, mode in ((DATA_API, "auto"), (DATA_API + "/", "auto"), ("https://proxy.example", "rest")):
+        src = BinanceSource(base_url=url, market="spot")
+        try:
+            assert src.archive_mode == mode, url
+        finally:
+            src.close()
