@@ -350,6 +350,9 @@ class Follower:
         if self.clock.due():
             self.clock.sync()
         self.now = self.clock.now()
+        # before fetching too: after an outage ridden out inside one request's retries, the lag
+        # it left is seen (lagging, then caught_up) before the catch-up commits hide it
+        self._check_lag(self.now)
         limit = self.out_tf.floor(self.now)
         due = [s for s in self.series.values() if self._is_due(s, limit)]
         if due:
