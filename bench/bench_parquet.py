@@ -36,8 +36,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import forge_sink_parquet  # noqa: F401 - before pyarrow, as in a forge run: it picks the allocator
 import pyarrow as pa
@@ -105,16 +106,23 @@ def sink_write(root: str, pages: Iterator[Sequence[tuple]] | list[Sequence[tuple
 
 
 def table_from_rows(rows: list[tuple]) -> pa.Table:
-    cols = list(zip(*rows, strict=True))
     dec = pa.decimal128(38, 8)
-    arrays, names = [], []
-    for name, values in zip(COLUMNS, cols, strict=True):
+
+    def array(name: str, values: tuple) -> pa.Array:
         if name in ("open_ts", "end_ts", "trades"):
-            arr = pa.array(values, pa.int64())
-        elif name in ("source", "symbol", "timeframe"):
-            arr = pa.array(values, pa.string())
-        else:
-            arr = pa.array(values, pa.string()).cast(dec)
+            return pa.array(values, pa.int64())
+        if name in ("source", "symbol", "timeframe"):
+            return pa.array(values, pa.string())
+        return pa.array(values, pa.string()).cast(dec)
+
+    return with_open_time((name, array(name, values)) for name, values in zip(COLUMNS, zip(*rows, strict=True),
+                                                                               strict=True))
+
+
+def with_open_time(columns: Iterable[tuple[str, Any]]) -> pa.Table:
+    """The sink's table from ``(name, array)`` pairs: ``open_time`` (a UTC timestamp) after ``open_ts``."""
+    arrays, names = [], []
+    for name, arr in columns:
         arrays.append(arr)
         names.append(name)
         if name == "open_ts":
@@ -158,15 +166,7 @@ def table_from_text(texts: list[TextRows]) -> pa.Table:
                               column_types={c: pa.int64() if c in ints else pa.string() for c in COLUMNS},
                               include_columns=[c for c in COLUMNS if c not in FIXED]))
     dec = pa.decimal128(38, 8)
-    arrays, names = [], []
-    for name in table.column_names:
-        arr = table[name] if name in ints else table[name].cast(dec)
-        arrays.append(arr)
-        names.append(name)
-        if name == "open_ts":
-            arrays.append(arr.cast(pa.timestamp("ms", tz="UTC")))
-            names.append("open_time")
-    return pa.Table.from_arrays(arrays, names=names)
+    return with_open_time((name, table[name] if name in ints else table[name].cast(dec)) for name in table.column_names)
 
 
 CPU: dict[Callable[[str], None], float] = {}  # median CPU seconds of each timed phase
