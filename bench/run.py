@@ -820,7 +820,7 @@ def targets(results: list[Result]) -> str:
         lambda r: f"{r.ratio:.2f}x")
     add("REST symbol-year: at least 3x freqtrade", "7c. ", lambda r: f"{r.ratio:.2f}x")
     add("archive symbol-year: at least 3x freqtrade's data.binance.vision path", "7d. ", lambda r: f"{r.ratio:.2f}x")
-    add("peak RSS under 120 MiB (measured here: REST, one symbol-year, 4 workers)", "6. ",
+    add("peak RSS under 120 MiB (measured here: REST into CSV, one symbol-year, Forge's default workers)", "6. ",
         lambda r: f"{r.data['year']['maxrss_mib']:.0f} MiB", lambda r: r.data["year"]["maxrss_mib"] < 120)
     exact = [r for r in results if r.case.startswith("7") and "exact" in r.data]
     if exact:
