@@ -42,6 +42,7 @@ from forge_core import (
     Timeframe,
     forward_pages,
     get_logger,
+    now_ms,
 )
 from forge_core.http import body_reason, error_line
 from forge_core.http import retry_after as parse_retry_after
@@ -163,9 +164,8 @@ class BinanceSource(Source):
         msg = str(body.get("msg", "")) if isinstance(body, dict) else body_reason(response.content)
         retry_after = parse_retry_after(response)  # seconds or an HTTP date
         if status == 418:
-            wait = "a while" if retry_after is None else f"{retry_after:.0f} s"
             raise SourceError(f"Binance has banned this IP ({msg}); not retrying, a retry would extend "
-                              f"the ban; wait {wait}")
+                              f"the ban; {_ban_end(msg, retry_after)}")
         if isinstance(code, int) and code in SERVER_CODES:  # (a list as code would not hash)
             raise RetryableError(f"HTTP {status} {code} {SERVER_CODES[code]}: {msg}", retry_after,
                                  busy=code == -1008)  # every worker backs off together
@@ -611,6 +611,27 @@ def _columns(body: list[Any], columns: tuple[str, ...], fixed: dict[str, str]) -
         "low": flat[3::width], "close": flat[4::width], "volume": flat[5::width], "quote_volume": flat[7::width],
         "trades": flat[8::width], "taker_buy_base_volume": flat[9::width], "taker_buy_quote_volume": flat[10::width]},
         fixed=fixed, ints=("trades",))
+
+
+# -1003's ban message names its end in epoch ms: "IP banned until 1702275878212." (errors.md; the
+# 2018 wording "Way too many requests; IP banned until 1515547977300." too)
+_BANNED_UNTIL = re.compile(r"banned until (\d{12,16})\b")
+
+
+def _ban_end(msg: str, retry_after: float | None) -> str:
+    """Until when a 418 ban lasts, in words: from the message's ban-until time (what Binance
+    sends), else from ``Retry-After``; bans last from 2 minutes to 3 days."""
+    found = _BANNED_UNTIL.search(msg)
+    if found:
+        until = int(found.group(1))
+        until = until // 1000 if until >= 10**15 else until  # microseconds (X-MBX-TIME-UNIT)
+    elif retry_after is not None:
+        until = now_ms() + int(retry_after * 1000)
+    else:
+        return "wait before trying again (Binance bans last from 2 minutes to 3 days)"
+    left = (until - now_ms()) // 1000
+    when = f" (in {left // 60} min {left % 60} s)" if left > 0 else ""
+    return f"banned until {display(until)}{when}; try again after that"
 
 
 def _float(value: str | None) -> float | None:

@@ -1,0 +1,141 @@
+"""Real Binance bodies and behaviours (``exchange-apis.md`` section A, recorded responses in
+``fixtures/`` and ``tests/fixtures/real/``, see their PROVENANCE.md) through the real source
+over real HTTP: a local server answers with the recorded bytes, and every value Forge writes
+is compared with the exchange's own string."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import read_csv
+from forge_binance.source import BinanceSource, _ban_end
+from forge_core.testing.server import MockExchange, Response
+from forge_core.timeframes import parse_timeframe
+from forge_core.times import display
+
+
+def ban(mock: MockExchange, seconds: float) -> float:
+    """Put the mock's spot IP under a ban (as after a client kept going past its 429s)."""
+    until = time.time() + seconds
+    with mock.lock:
+        mock.state["weights.spot"] = {"window": -1, "used": 0, "over": 0, "banned_until": until}
+    return until
+
+
+def test_a_418_ban_says_until_when_and_is_not_retried(forge, fresh_mock, monkeypatch, tmp_path):
+    """Binance's 418 body names the ban's end in epoch ms ("IP banned until 1702275878212");
+    the design asks to stop and say until when. It said "wait 120 s", no time."""
+    monkeypatch.setenv("FORGE_BINANCE_URL", fresh_mock.url)
+    until = ban(fresh_mock, 600)
+    result = forge("run", "-s", "binance", "--symbol", "BTCUSDT", "-t", "1h", "--from", "2024-01-01",
+                   "--to", "2024-01-02", "--output", str(tmp_path / "out.csv"), "-q")
+    assert result.code != 0 and "Traceback" not in result.err
+    line = result.err.strip()
+    assert "\n" not in line and "banned this IP" in line and "not retrying" in line
+    assert f"banned until {display(int(until * 1000))}" in line and " min " in line
+    assert fresh_mock.stats["binance.418"] == 1  # the ban is not extended by a retry
+    assert not (tmp_path / "out.csv").exists()
+
+
+# -- recorded klines bodies, served as recorded, through `forge run` -------------------------
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # see PROVENANCE.md
+REAL = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "real"
+SPOT_INFO = FIXTURES / "binance_spot_exchangeInfo_2021-10-22_trimmed_nautilus.json"  # weight 1200/min
+USDM_INFO = REAL / "binance_usdm_exchangeInfo_2022-02-19_trimmed_nautilus.json"
+CCXT = json.loads((FIXTURES / "ccxt_binance_static_fetchOHLCV.json").read_text())
+PREFIX = {"spot": "/api/v3", "usdm": "/fapi/v1"}
+
+
+def replay(market: str, body: bytes, info: Path, now: int, compact: bool) -> MockExchange:
+    """A server answering klines with the recorded klines as Binance selects them (open time
+    in ``[startTime, endTime]``, ``limit`` of them), the recorded bytes themselves when the
+    answer is the whole recording (``compact``: always Binance's compact wire form), the
+    recorded exchangeInfo, and ``now`` as its time."""
+    recorded = json.loads(body)
+    server = MockExchange(routes=[])
+    weight = {"x-mbx-used-weight-1m": "2"}  # as HTTP/2 delivers it: lower case
+
+    def klines(req):
+        start, end, limit = req.arg("startTime"), req.arg("endTime"), int(req.arg("limit") or 500)
+        rows = [k for k in recorded if (start is None or k[0] >= int(start)) and (end is None or k[0] <= int(end))]
+        rows = rows[:limit] if start is not None else rows[-limit:]
+        if rows == recorded and not compact:
+            return Response(200, body, dict(weight))
+        return Response.json(rows, **weight)
+
+    prefix = PREFIX[market]
+    server.route(f"{prefix}/klines", klines)
+    server.route(f"{prefix}/exchangeInfo", lambda req: Response(200, info.read_bytes(), dict(weight)))
+    server.route(f"{prefix}/time", lambda req: Response.json({"serverTime": now}, **weight))
+    return server
+
+
+def as_exchange_wrote_it(kline: list, source: str, symbol: str, tf: str) -> list[str]:
+    """The CSV row of one recorded kline: every value the exchange's own string (ints as
+    their digits), the 'ignore' field left out."""
+    ints = [str(kline[i]) for i in (0, 6, 8)]
+    return [source, symbol, tf, ints[0], ints[1], *kline[1:6], kline[7], ints[2], kline[9], kline[10]]
+
+
+CASES = {  # name: (market, body, exchangeInfo, timeframe, --from, --to, now, closed klines); the ccxt
+    # bodies are one value of a larger recorded file: served pretty-printed, as the others are stored
+    # ten 1m klines, the last one still open at the time of the recording: never written
+    "spot-1m-nautilus": ("spot", (REAL / "binance_spot_klines_BTCUSDT_1m_2021-10-22_nautilus.json").read_bytes(),
+                         SPOT_INFO, "1m", "2021-10-22 23:00:00", "2021-10-22 23:20:00", 1634944320000 + 30_000, 9),
+    "spot-1h-ccxt": ("spot", json.dumps(CCXT[0]["httpResponse"], indent=1).encode(), SPOT_INFO, "1h",
+                     "2024-01-30 15:00:00", "2024-01-30 19:00:00", 1706641200000 + 5_000, 3),
+    # futures prices at the symbol's precision ("71481.90", "0.002"): kept, not padded or trimmed
+    "usdm-1m-ccxt": ("usdm", json.dumps(CCXT[2]["httpResponse"], indent=1).encode(), USDM_INFO, "1m",
+                     "2024-04-10 08:40:00", "2024-04-10 08:50:00", 1712738640000 + 5_000, 3),
+    # the USD-M docs' example: one week (2017-07-03 Monday), 'ignore' not zero
+    "usdm-1w-docs": ("usdm", (FIXTURES / "binance_usdm_klines_docs_example_nautilus.json").read_bytes(), USDM_INFO,
+                     "1w", "2017-06-26", "2017-07-09", 1499644800000 + 5_000, 1),
+}
+
+
+@pytest.mark.parametrize("compact", [False, True], ids=["as-recorded", "compact"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_recorded_klines_body_becomes_exactly_its_closed_klines(forge, monkeypatch, tmp_path, case, compact):
+    market, body, info, tf, start, end, now, closed = CASES[case]
+    recorded = json.loads(body)
+    source = "binance" if market == "spot" else f"binance-{market}"
+    with replay(market, body, info, now, compact) as server:
+        monkeypatch.setenv("FORGE_BINANCE_URL" if market == "spot" else "FORGE_BINANCE_FUTURES_URL", server.url)
+        out = tmp_path / "out.csv"
+        result = forge("run", "-s", "binance", "--market", market, "--symbol", "BTCUSDT", "-t", tf,
+                       "--from", start, "--to", end, "--output", str(out), "-q")
+    assert result.code == 0, result
+    header, rows = read_csv(out)
+    assert header[:5] == ["source", "symbol", "timeframe", "open_ts", "end_ts"]
+    want = [as_exchange_wrote_it(k, source, "BTCUSDT", tf) for k in recorded if k[6] < now]
+    assert len(want) == closed and rows == want
+
+
+def test_the_recorded_exchange_info_sizes_the_weight_limit_and_time_reads(tmp_path):
+    """The 2021 answer's REQUEST_WEIGHT 1200 per 1 MINUTE (today 6000): the limiter keeps to it,
+    not to the published default; the recorded time body (pretty-printed) reads."""
+    time_body = (FIXTURES / "binance_spot_time_nautilus.json").read_bytes()
+    with replay("spot", b"[]", SPOT_INFO, 0, True) as server:
+        server.route("/api/v3/time", lambda req: Response(200, time_body))
+        src = BinanceSource(base_url=server.url, archive="rest")
+        try:
+            assert src.server_time() == 1633835466289
+            src.prepare_symbols(["BTCUSDT", "ETHUSDT"], parse_timeframe("1m"))
+            assert src.limiter.capacity == pytest.approx(1200 * 0.95) and src.limiter.counting_window == 60
+        finally:
+            src.close()
+
+
+@pytest.mark.parametrize("msg", [  # errors.md today, and the 2018 wording (exchange-apis.md A.4)
+    "Way too much request weight used; IP banned until 1702275878212. Please use WebSocket Streams for live "
+    "updates to avoid bans.",
+    "Way too many requests; IP banned until 1515547977300.",
+])
+def test_the_ban_end_is_read_from_binance_s_message(msg):
+    until = int(msg.split("until ")[1][:13])
+    assert _ban_end(msg, 30.0) == f"banned until {display(until)}; try again after that"  # past: no "in"
+    assert "2 minutes to 3 days" in _ban_end("Way too much request weight used.", None)
