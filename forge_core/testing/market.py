@@ -20,8 +20,11 @@ NEW_LISTED = 1705305600000  # 2024-01-15 08:00 UTC: a symbol listed mid-range
 DELISTED = 1705968000000  # 2024-01-23 00:00 UTC: OLDUSDT's last candle closes here; it stays listed, in BREAK
 SOON_LISTED = 1748822400000  # 2025-06-02 00:00 UTC: SOONUSDT trades from here (after the frozen clock)
 MAINTENANCE = (1704855600000, 1704864600000)  # 2024-01-10 03:00 to 05:30 UTC: no candles
+# 2025-03-15 07:00 to 10:30 UTC: PAUSEUSDT in BREAK (no market data), around the frozen test clock
+# (10:20:30): exchangeInfo says BREAK until 10:30, then TRADING again, with no candle in between
+PAUSE = (1742022000000, 1742034600000)
 _TEST_SYMBOL = re.compile(r"^T\d{1,4}USDT$")
-__all__ = ["DELISTED", "MAINTENANCE", "NEW_LISTED", "SOON_LISTED", "SPOT_LISTED", "Listing", "Market", "candle", "has_candle", "mix",
+__all__ = ["DELISTED", "MAINTENANCE", "NEW_LISTED", "PAUSE", "SOON_LISTED", "SPOT_LISTED", "Listing", "Market", "candle", "has_candle", "mix",
            "open_times"]
 
 
@@ -49,6 +52,9 @@ class Listing:
     base_price: int = 3_000_000  # cents
     # a delisted pair: no candle closes after this; exchangeInfo still lists it, with status BREAK
     delisted: int | None = None
+    # spot BREAK for a while, then trading again: no candle inside (as ``holes``) and, while the
+    # clock is inside one, exchangeInfo status BREAK ("Market data is not generated during BREAK")
+    pauses: tuple[tuple[int, int], ...] = ()
 
     @property
     def status(self) -> str:
@@ -57,11 +63,14 @@ class Listing:
     def status_at(self, now: int, market: str = "spot") -> str:
         """exchangeInfo's status at ``now``: spot ``BREAK`` before trading starts (a pair
         announced, not open yet) and after a delisting; futures ``PENDING_TRADING`` before
-        the listing and, after a delisting, ``SETTLING`` (USD-M) or ``DELIVERED`` (COIN-M)."""
+        the listing and, after a delisting, ``SETTLING`` (USD-M) or ``DELIVERED`` (COIN-M); spot
+        ``BREAK`` during one of its ``pauses``."""
         if now < self.listed:
             return "BREAK" if market == "spot" else "PENDING_TRADING"
         if self.delisted is not None:
             return {"spot": "BREAK", "usdm": "SETTLING"}.get(market, "DELIVERED")
+        if market == "spot" and any(a <= now < b for a, b in self.pauses):
+            return "BREAK"
         return "TRADING"
 
 
@@ -83,6 +92,7 @@ class Market:
             "NEWUSDT": Listing("NEWUSDT", NEW_LISTED, (), 150),
             "OLDUSDT": Listing("OLDUSDT", SPOT_LISTED, (MAINTENANCE,), 80_000, delisted=DELISTED),
             "SOONUSDT": Listing("SOONUSDT", SOON_LISTED, (), 500),  # in exchangeInfo before it trades
+            "PAUSEUSDT": Listing("PAUSEUSDT", SPOT_LISTED, (MAINTENANCE,), 1_200, pauses=(PAUSE,)),
         })
 
     @classmethod
@@ -114,7 +124,7 @@ def has_candle(listing: Listing, tf: Timeframe, open_ts: int) -> bool:
     close = tf.next_open(open_ts)
     if close <= listing.listed or (listing.delisted is not None and close > listing.delisted):
         return False
-    return not any(a <= open_ts and close <= b for a, b in listing.holes)
+    return not any(a <= open_ts and close <= b for a, b in (*listing.holes, *listing.pauses))
 
 
 def _price(listing: Listing, ts: int) -> int:

@@ -262,6 +262,9 @@ def select(listing: Listing, tf: Any, start: int | None, end: int | None, limit:
     last_open = tf.floor(now)
     if listing.delisted is not None:  # nothing after a delisting: walk no further than it
         last_open = min(last_open, tf.floor(listing.delisted - 1))
+    for a, b in listing.pauses:  # in a BREAK: no candle since it began, not even an open one
+        if a <= now < b:
+            last_open = min(last_open, tf.floor(a - 1))
     first_open = tf.floor(listing.listed)
     rows: list[list[Any]] = []
     if start is not None:
