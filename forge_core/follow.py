@@ -43,7 +43,7 @@ from typing import Any, TextIO
 import requests
 
 from . import retrying
-from .errors import RetryableError, SinkError, SinkUnavailable, UsageError
+from .errors import RetryableError, SinkError, SinkUnavailable, SourceError, UsageError
 from .http import Cancelled, GaveUp
 from .logs import get_logger
 from .pipeline import (
@@ -140,8 +140,9 @@ class SeriesState:
     current: bool = False
     was_current: bool = False
     first_open: int | None = None
-    # the exchange confirmed the symbol no longer trades (SymbolInfo.ended): why, and where its
-    # candles end (after the last one); nothing at or after ``ends_at`` is asked for
+    # the exchange says the symbol does not trade (SymbolInfo.ended): why, and where its candles
+    # end (after the last one); nothing at or after ``ends_at`` is asked for until a recheck
+    # says it trades again (a maintenance is over) or has a later last candle
     ended: str | None = None
     ends_at: int | None = None
     last_candle: int | None = None
@@ -179,7 +180,8 @@ class FollowResult:
             last = iso(st.last_open) if st.last_open is not None else "none yet"
             ended = "" if st.ended is None else (
                 f" ({st.ended}: " + ("no candles at all" if st.last_candle is None else
-                                     f"last candle {iso(st.last_candle)}") + ", not followed past it)")
+                                     f"last candle {iso(st.last_candle)}") + ", not followed past it unless "
+                "it trades again)")
             lines.append(f"  {symbol}: last committed candle opens {last}; {st.committed} written this run{ended}")
         stats = ", ".join(f"{k} {v}" for k, v in self.source_stats.items())
         head = (f"followed {len(self.series)} {self.timeframe} series from {self.source} for {self.elapsed:.1f}s"
@@ -199,7 +201,7 @@ class Follower:
 
     def __init__(self, pipeline: Any, symbols: Sequence[str], timeframe: str, *, since: str | int | None,
                  lag_warning: float = 30.0, poll_delay: float = 0.05, resync: float = 60.0,
-                 workers: int | None = None,
+                 workers: int | None = None, recheck: float = 300.0,
                  on_commit: Callable[[str, int, float], None] | None = None,
                  on_tick: Callable[[Follower], None] | None = None,
                  sink_give_up: float | None = None) -> None:
@@ -223,6 +225,9 @@ class Follower:
         self.since = since if isinstance(since, int) else parse_instant(str(since), what="since date")[0]
         self.lag_warning = lag_warning
         self.poll_delay = poll_delay
+        # seconds between two look-ups of the series that do not trade or lag (Source.recheck)
+        self.recheck = recheck
+        self._recheck_at = 0.0
         self.workers = workers or max(pipeline.workers, min(32, len(self.symbols)))
         self.commit_every = pipeline.commit_every
         self.on_commit = on_commit
@@ -293,6 +298,10 @@ class Follower:
         name, out = self.source.source_value, self.out_tf
         self.sink_points = [{} for _ in self.sinks]
         self._retrying(self.clock.sync)
+        # every symbol told first, as in a bounded run (Binance: one exchangeInfo for all)
+        prepare_symbols = getattr(self.source, "prepare_symbols", None)
+        if prepare_symbols is not None:
+            self._retrying(lambda: _call_plugin("source", name, prepare_symbols, self.symbols, self.tf))
         for symbol in self.symbols:
             held = [_call_plugin("sink", sink.name, sink.last_open, name, symbol, out.name) for sink in self.sinks]
             for points, h in zip(self.sink_points, held, strict=True):
@@ -305,15 +314,51 @@ class Follower:
             known = [h for h in held if h is not None]
             state = SeriesState(symbol, start, last_open=min(known) if len(known) == len(held) else None,
                                 first_open=info.first_open)
-            if info.ended is not None:
-                state.ended, state.last_candle = info.ended, info.last_open
-                state.ends_at = start if info.last_open is None else self.tf.next_open(self.tf.floor(info.last_open))
-                log.warning("series_ended", symbol=symbol, reason=info.ended,
-                            last_candle=None if info.last_open is None else iso(info.last_open),
-                            detail="not followed past its last candle")
+            self._ended(state, info)
             self.series[symbol] = state
             log.info("follow_start", symbol=symbol, start=iso(start),
                      held=[iso(h) if h is not None else None for h in held])
+        self._recheck_at = _local_seconds() + self.recheck
+
+    def _ended(self, s: SeriesState, info: Any) -> None:
+        """Take the source's word that ``s`` does not trade (``info.ended``), or no longer."""
+        if info.ended is None:
+            if s.ended is not None:
+                log.warning("series_resumed", symbol=s.symbol, reason=s.ended,
+                            last_candle=None if s.last_candle is None else iso(s.last_candle),
+                            detail="it trades again: followed from after its last candle")
+                s.ended = s.ends_at = s.last_candle = None
+            return
+        ends_at = s.next_start if info.last_open is None else self.tf.next_open(self.tf.floor(info.last_open))
+        if (info.ended, info.last_open) == (s.ended, s.last_candle):
+            return
+        s.ended, s.last_candle, s.ends_at = info.ended, info.last_open, ends_at
+        s.lagging = False  # (no lag is reported past its end)
+        log.warning("series_ended", symbol=s.symbol, reason=info.ended,
+                    last_candle=None if info.last_open is None else iso(info.last_open),
+                    detail="not followed past its last candle unless it trades again "
+                           f"(its status is asked again every {self.recheck:g} s)")
+
+    def _recheck(self) -> None:
+        """Ask the source again about the series that do not trade and those that lag
+        (:meth:`~forge_core.Source.recheck`): a maintenance that is over, a delisting while
+        following. Every ``recheck`` seconds, all of them in one call."""
+        self._recheck_at = _local_seconds() + self.recheck
+        asked = [s for s in self.series.values() if _rechecked(s)]
+        if not asked:
+            return
+        source = self.source
+        try:
+            answers = _call_plugin("source", source.name, source.recheck, [s.symbol for s in asked], self.tf)
+        except TRANSIENT:
+            raise  # the exchange is down: the loop's backoff
+        except SourceError as exc:  # a status look-up refused: nothing changes, asked again later
+            log.warning("recheck_failed", error=str(exc)[:300], retry_in=self.recheck)
+            return
+        for s in asked:
+            info = answers.get(s.symbol)
+            if info is not None:
+                self._ended(s, info)
 
     def _loop(self) -> None:
         backoff = 1.0
@@ -349,6 +394,8 @@ class Follower:
     def _follow_step(self, backoff: float) -> None:
         if self.clock.due():
             self.clock.sync()
+        if _local_seconds() >= self._recheck_at:
+            self._recheck()
         self.now = self.clock.now()
         # before fetching too: after an outage ridden out inside one request's retries, the lag
         # it left is seen (lagging, then caught_up) before the catch-up commits hide it
@@ -415,6 +462,8 @@ class Follower:
         target = self.clock.local_at(wake)
         if self.clock.synced_at + self.clock.resync < target:
             target = max(_local_seconds(), self.clock.synced_at + self.clock.resync)
+        if self._recheck_at < target and any(_rechecked(s) for s in self.series.values()):
+            target = max(_local_seconds(), self._recheck_at)
         planned = target
         self._wait_local(target)
         late = _local_seconds() - planned
@@ -742,5 +791,10 @@ __all__ = ["ExchangeClock", "FollowResult", "Follower", "SeriesState", "StatusLi
 
 
 def _done(s: SeriesState) -> bool:
-    """The series reached the end the exchange confirmed (it no longer trades)."""
+    """The series reached the end the exchange confirmed (it does not trade)."""
     return s.ends_at is not None and s.next_start >= s.ends_at
+
+
+def _rechecked(s: SeriesState) -> bool:
+    """Whose status a follow run asks again: a series left at its last candle, or lagging."""
+    return _done(s) or (s.lagging and s.ended is None)

@@ -125,6 +125,14 @@ class Source:
         not) and say where its history starts, so empty history is skipped quickly."""
         return SymbolInfo(symbol)
 
+    def recheck(self, symbols: Sequence[str], timeframe: Timeframe) -> Mapping[str, SymbolInfo]:
+        """For follow runs: :meth:`prepare` again, every few minutes, for the symbols that said
+        they no longer trade (``SymbolInfo.ended``) or that lag: an answer without ``ended`` (a
+        maintenance is over) resumes the series after its last candle, a later ``last_open``
+        extends it, an ``ended`` a lagging series did not have ends it. A source whose look-ups
+        are kept for the run asks the exchange afresh here; a symbol left out is unchanged."""
+        return {symbol: self.prepare(symbol, timeframe) for symbol in symbols}
+
     def page_size(self, timeframe: Timeframe) -> int:
         """Candles per request; the default plan makes one task per page."""
         return 1000

@@ -193,7 +193,8 @@ def test_follow_backfills_a_delisted_symbol_to_its_last_candle_then_leaves_it(en
     assert not thread.is_alive()
     assert rows_of(tmp_path / "OLDUSDT.csv") == expected("OLDUSDT", "1h", "2024-01-22", "2024-01-31", env.config.now)
     assert ("OLDUSDT: last committed candle opens 2024-01-22T23:00:00Z; 24 written this run (delisted (Binance "
-            "exchangeInfo status BREAK): last candle 2024-01-22T23:00:00Z, not followed past it)") in follower.result.summary()
+            "exchangeInfo status BREAK): last candle 2024-01-22T23:00:00Z, not followed past it unless it trades "
+            "again)") in follower.result.summary()
 
 
 def test_a_symbol_listed_but_not_trading_yet(forge, env):

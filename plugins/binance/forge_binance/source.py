@@ -70,12 +70,14 @@ log = get_logger(__name__)
 _WINDOW_SECONDS = {"SECOND": 1, "MINUTE": 60, "HOUR": 3600, "DAY": 86400}
 _SYMBOL_RE = re.compile(r"^[A-Z0-9\-_.]{1,20}$")  # what Binance accepts as a symbol (-1100 otherwise)
 _INFO_BATCH = 100  # symbols asked by name in one exchangeInfo request; more: the whole list
-# exchangeInfo statuses of a symbol whose trading ended or is ending, in words for the summary;
-# spot enums.md, futures "Contract status": USD-M perpetuals delisted go SETTLING. Any other
-# (TRADING, PENDING_TRADING, spot HALT / END_OF_DAY / CANCEL_ONLY, a status new to Forge) only
-# pauses trading at most: it confirms no end, so nothing is cut at the newest candle
-_STATUS_WORDS = {"BREAK": "delisted", "SETTLING": "delisted", "CLOSE": "delisted", "PRE_SETTLE": "delisting",
-                 "DELIVERED": "delivered", "DELIVERING": "delivering", "PRE_DELIVERING": "delivering"}
+# exchangeInfo statuses of a symbol that does not trade, its series cut at the newest candle, in
+# words for the summary; spot enums.md, futures "Contract status": USD-M perpetuals delisted go
+# SETTLING. Spot BREAK is a delisting or a maintenance alike: a follow run asks again (recheck).
+# Any other (TRADING, PENDING_TRADING, spot HALT / END_OF_DAY / CANCEL_ONLY, a status new to
+# Forge) only pauses trading at most, and futures PRE_DELIVERING / PRE_SETTLE still trade until
+# the deliveryDate: they confirm no end, so nothing is cut at the newest candle
+_STATUS_WORDS = {"BREAK": "delisted", "SETTLING": "delisted", "CLOSE": "delisted",
+                 "DELIVERED": "delivered", "DELIVERING": "delivering"}
 # errors.md "10xx - General Server or Network issues": the server failed, not the request, and
 # these come with 400, 408 or 503 as well as 5xx. -1006 and -1007 say "execution status unknown":
 # every request here is a market-data read, so sending it again is safe.
@@ -134,6 +136,7 @@ class BinanceSource(Source):
         # where a series that no longer trades ends (after its last candle; 0: it has none),
         # as exchangeInfo and the newest klines confirmed: nothing at or after it is asked for
         self._stops: dict[tuple[str, str], int] = {}
+        self._firsts: dict[tuple[str, str], int | None] = {}  # each series' first candle, as prepared
         self._now: int | None = None
         self.archive_mode = self.settings["archive"]
         archive_url = self.settings["archive_url"]
@@ -182,9 +185,10 @@ class BinanceSource(Source):
         return self.http.get_json(self.prefix + path, params, cost=cost, parse=parse, raw=raw)
 
     # -- symbols: exchangeInfo --------------------------------------------------------------
-    def _learn(self, symbols: Sequence[str]) -> dict[str, Any]:
-        """exchangeInfo for ``symbols``, once per run: the limiter sized from its ``rateLimits``
-        (the live values change) and each symbol's entry kept (status, listing, delivery).
+    def _learn(self, symbols: Sequence[str], fresh: bool = False) -> dict[str, Any]:
+        """exchangeInfo for ``symbols``, once per run (``fresh``: asked again): the limiter sized
+        from its ``rateLimits`` (the live values change) and each symbol's entry kept (status,
+        listing, delivery).
 
         Spot asks about all of them in one request (``symbols=[...]``, weight 20 like one
         symbol); a -1121 there (one is unknown) asks for the whole list instead, which says
@@ -193,9 +197,9 @@ class BinanceSource(Source):
         every later partition group of the same host and market: N groups cost one request."""
         info = self._info
         cache = run_cache()
-        later = sorted(cache.get(("symbols", self.name, self.market), ())) if cache is not None else []
-        want = [s for s in dict.fromkeys([*symbols, *later]) if s not in info["symbols"]]
-        if info["rateLimits"] is None or (want and not info["complete"]):
+        later = sorted(cache.get(("symbols", self.name, self.market), ())) if cache is not None and not fresh else []
+        want = [s for s in dict.fromkeys([*symbols, *later]) if fresh or s not in info["symbols"]]
+        if fresh or info["rateLimits"] is None or (want and not info["complete"]):
             params: dict[str, Any] = {}
             if self.market == "spot":
                 asked = [s for s in want if _SYMBOL_RE.match(s)]  # a malformed one: klines explains it
@@ -272,12 +276,43 @@ class BinanceSource(Source):
                 first = rows[0][self._open_index] if rows else None
                 if first is None and meta is not None and meta.get("onboardDate"):
                     first = int(meta["onboardDate"])  # a futures contract not trading yet: its listing time
-            status = self._status(meta)
-            if status is None:
-                return SymbolInfo(symbol, first)
-            last, confirmed = self._last_candle(symbol, timeframe, first)
+            self._firsts[(symbol, timeframe.name)] = first
+            return self._end(symbol, timeframe, meta, first)
         except BinanceError as exc:
             raise self._explain(exc, symbol, timeframe) from None
+
+    def recheck(self, symbols: Sequence[str], timeframe: Timeframe) -> dict[str, SymbolInfo]:
+        """exchangeInfo asked again for a follow run (spot: these symbols by name, weight 20;
+        futures: the whole list, weight 1), and the newest candle of each one that still does
+        not trade. Where a page walk found a series' data ending is forgotten once the newest
+        candle is past it (a paused pair's candles come back). A symbol exchangeInfo no longer
+        lists is left out (unchanged)."""
+        try:
+            known = self._learn(symbols, fresh=True)["symbols"]
+            answers = {}
+            for symbol in symbols:
+                key = (symbol, timeframe.name)
+                if symbol not in known:
+                    continue
+                answers[symbol] = info = self._end(symbol, timeframe, known[symbol], self._firsts.get(key))
+                ended_at = self._ends.get(key, {}).get("at")
+                if ended_at is None:
+                    continue
+                newest = info.last_open if info.ended is not None else self._newest(symbol, timeframe)
+                if newest is not None and newest >= ended_at:
+                    del self._ends[key]
+            return answers
+        except BinanceError as exc:
+            raise SourceError(f"Binance {self.market} refused a status look-up: {exc.line}") from None
+
+    def _end(self, symbol: str, timeframe: Timeframe, meta: dict[str, Any] | None, first: int | None) -> SymbolInfo:
+        """The symbol as exchangeInfo's entry says: trading, or not (its newest candle then the
+        end of the series, cut in :attr:`_stops`)."""
+        self._stops.pop((symbol, timeframe.name), None)
+        status = self._status(meta)
+        if status is None:
+            return SymbolInfo(symbol, first)
+        last, confirmed = self._last_candle(symbol, timeframe, first)
         if not confirmed:
             log.warning("last_candle_unconfirmed", symbol=symbol, status=status,
                         reason="the newest klines came back empty although the symbol has candles")
@@ -286,8 +321,8 @@ class BinanceSource(Source):
         return SymbolInfo(symbol, first, last, self._ended_reason(meta, status, last))  # type: ignore[arg-type]
 
     def _status(self, meta: dict[str, Any] | None) -> str | None:
-        """exchangeInfo's status when it says the symbol's trading ended or is ending (None:
-        trading, paused, not yet listed, or not in exchangeInfo). COIN-M calls it ``contractStatus``."""
+        """exchangeInfo's status when it says the symbol does not trade: ended, or a spot BREAK
+        (None: trading, paused at most, or not in exchangeInfo). COIN-M calls it ``contractStatus``."""
         if meta is None:
             return None
         status = meta.get("contractStatus" if self.market == "coinm" else "status", meta.get("status"))
@@ -308,18 +343,23 @@ class BinanceSource(Source):
                 and delivery <= self._now + 366 * DAY else "")  # a perpetual's is 2100-12-25
         return f"{word} ({where} exchangeInfo {field} {status}{when})"
 
-    def _last_candle(self, symbol: str, tf: Timeframe, first: int | None) -> tuple[int | None, bool]:
+    def _newest(self, symbol: str, tf: Timeframe) -> int | None:
         """The open of the newest candle klines has (neither start nor end time: the newest, on
-        every market) and whether that answer is believed: an empty one is asked again, and
+        every market), or None for an empty answer."""
+        rows = self._klines(symbol, tf, {"limit": 1})
+        opens = rows.open_ts if isinstance(rows, TextRows) else [r[self._open_index] for r in rows]
+        return max(opens) if opens else None
+
+    def _last_candle(self, symbol: str, tf: Timeframe, first: int | None) -> tuple[int | None, bool]:
+        """:meth:`_newest` and whether that answer is believed: an empty one is asked again, and
         believed only if it stays empty and the first-candle request found none either (one
         empty answer each is no proof of a symbol without candles)."""
         for attempt in range(3):
             if attempt and self.http.cancelled.wait(0.25 * attempt):
                 return None, False
-            rows = self._klines(symbol, tf, {"limit": 1})
-            if rows:
-                opens = rows.open_ts if isinstance(rows, TextRows) else [r[self._open_index] for r in rows]
-                return max(opens), True
+            newest = self._newest(symbol, tf)
+            if newest is not None:
+                return newest, True
         return None, first is None  # no candle at all, as the first-candle request said too
 
     def page_size(self, timeframe: Timeframe) -> int:

@@ -188,3 +188,75 @@ def test_binances_market_data_host_keeps_the_archive():
             assert src.archive_mode == mode, url
         finally:
             src.close()
+
+
+def with_status(mock: MockExchange, path: str, statuses: dict[str, str]) -> list[str]:
+    """exchangeInfo on ``path`` says these statuses (``status``, as spot and USD-M spell it)."""
+    import json
+
+    def answer(req, real):
+        body = json.loads(real(req).body)
+        for entry in body["symbols"]:
+            entry["status"] = statuses.get(entry["symbol"], entry["status"])
+        return Response.json(body)
+
+    return recorded(mock, path, answer)
+
+
+@pytest.mark.parametrize("status,ended", [("PRE_DELIVERING", None), ("PRE_SETTLE", None),
+                                          ("DELIVERING", "not trading (Binance USD-M exchangeInfo status DELIVERING)")])
+def test_a_contract_before_its_delivery_still_trades(fresh_mock, status, ended):
+    """USD-M PRE_DELIVERING and PRE_SETTLE come before the deliveryDate, while the contract
+    still trades: nothing is cut at the newest candle (a follow left it at the candle open
+    at its start, for the rest of the run). DELIVERING: its trading is over."""
+    with_status(fresh_mock, "/fapi/v1/exchangeInfo", {"BTCUSDT": status})
+    src = BinanceSource(base_url=fresh_mock.url, market="usdm", archive="rest")
+    try:
+        src.server_time()
+        info = src.prepare("BTCUSDT", H1)
+    finally:
+        src.close()
+    assert info.ended == ended and info.first_open is not None
+    assert (info.last_open is None) == (ended is None)
+
+
+def test_recheck_asks_exchange_info_again_and_lifts_the_cut_once_the_pair_trades(fresh_mock, source):
+    """A pair in BREAK ends at its newest candle; recheck (a follow run's look-up every few
+    minutes) asks exchangeInfo again by name and, TRADING again, the cut is gone: the candles
+    after it are fetched."""
+    from forge_core.testing.market import PAUSE
+
+    m1 = parse_timeframe("1m")
+    asked = recorded(fresh_mock, "/api/v3/exchangeInfo")
+    source.server_time()  # 10:20:30, in BREAK since 07:00
+    info = source.prepare("PAUSEUSDT", m1)
+    assert info.ended == "not trading (Binance exchangeInfo status BREAK)" and info.last_open == PAUSE[0] - 60_000
+    span = (PAUSE[0] - 120_000, PAUSE[1] + 120_000)
+    assert [r[3] for r in source._fetch_rest("PAUSEUSDT", m1, *span)] == [PAUSE[0] - 120_000, PAUSE[0] - 60_000]
+
+    assert source.recheck(["PAUSEUSDT"], m1)["PAUSEUSDT"] == info  # still BREAK
+    fresh_mock.config.now = PAUSE[1] + 10 * 60_000 + 30_456  # 10:40:30, trading since 10:30
+    again = source.recheck(["PAUSEUSDT"], m1)["PAUSEUSDT"]
+    assert asked == ["symbol=PAUSEUSDT"] * 3
+    assert again.ended is None and again.first_open == info.first_open
+    assert [r[3] for r in source._fetch_rest("PAUSEUSDT", m1, *span)] == [
+        PAUSE[0] - 120_000, PAUSE[0] - 60_000, PAUSE[1], PAUSE[1] + 60_000]
+
+
+def test_recheck_forgets_where_a_walk_found_no_more_candles_once_the_newest_is_past_it(fresh_mock, source):
+    """A page walk that found nothing after a candle remembers that end for the run (later
+    tasks cost no request); a recheck whose newest candle is past it forgets it: else a follow
+    would never ask that series again after a pause began while it was followed."""
+    from forge_core.testing.market import PAUSE
+
+    fresh_mock.config.now = PAUSE[0] + HOUR  # in the pause: nothing after 06:00 (1h) for now
+    source.server_time()
+    source.prepare_symbols(["PAUSEUSDT"], H1)
+    source.prepare("PAUSEUSDT", H1)
+    source._ends[("PAUSEUSDT", H1.name)] = {"at": PAUSE[0]}  # what the walk's empty tail leaves
+    source.recheck(["PAUSEUSDT"], H1)
+    assert source._fetch_rest("PAUSEUSDT", H1, PAUSE[0], PAUSE[1] + 2 * HOUR) == []
+    fresh_mock.config.now = PAUSE[1] + 2 * HOUR  # trading again: 10:00 and 11:00 (1h) closed
+    assert source.recheck(["PAUSEUSDT"], H1)["PAUSEUSDT"].ended is None
+    assert [r[3] for r in source._fetch_rest("PAUSEUSDT", H1, PAUSE[0], PAUSE[1] + 90 * 60_000)] == [
+        PAUSE[1] - 30 * 60_000, PAUSE[1] + 30 * 60_000]

@@ -1,0 +1,140 @@
+"""A pair paused by a maintenance (Binance spot BREAK, its last candle recent) is not abandoned
+by a follow run: its status is asked again every ``recheck`` seconds and, once it trades again,
+the series goes on from after its last candle, without a gap or a duplicate. A real delisting
+stays where it ended."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from forge_core import Pipeline
+from forge_core.testing.market import PAUSE
+from forge_mock_exchange.expected import as_csv_lines, binance_rows
+
+MINUTE = 60_000
+SINCE = PAUSE[0] - 30 * MINUTE  # 06:30, half an hour before the pause
+
+
+def rows_of(path):
+    from conftest import read_csv
+
+    return read_csv(path)[1]
+
+
+def wait_for(condition, seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def clock_at_recheck(follower, mock, *times: int) -> list[list[int]]:
+    """The mock's clock set to the next of ``times`` as each recheck starts (none meanwhile:
+    a look-up half before, half after the change would see a status and candles of two times);
+    the symbols of each recheck."""
+    real, todo, asked = follower.source.recheck, list(times), []
+
+    def recheck(symbols, timeframe):
+        if todo:
+            mock.config.now = todo.pop(0)
+        asked.append(list(symbols))
+        return real(symbols, timeframe)
+
+    follower.source.recheck = recheck
+    return asked
+
+
+def pages_asked(mock) -> list[int]:
+    """The startTime of every klines page PAUSEUSDT gets from now on."""
+    real, seen = mock.routes["/api/v3/klines"], []
+
+    def route(req):
+        if req.arg("symbol") == "PAUSEUSDT" and req.arg("startTime") is not None:
+            seen.append(int(req.arg("startTime")))
+        return real(req)
+
+    mock.routes["/api/v3/klines"] = route
+    return seen
+
+
+@pytest.fixture
+def follow(fresh_mock, tmp_path):
+    """A follow run of PAUSEUSDT and OLDUSDT (1m) in a thread, the mock's clock re-read every
+    0.1 s (it is frozen, and moved by the tests)."""
+    started: list = []
+
+    def start(*times: int, **options):
+        follower = Pipeline(("binance", {"base_url": fresh_mock.url, "archive": "rest"}),
+                            [("csv", {"output": str(tmp_path / "{symbol}.csv")})]).follow(
+            ["PAUSEUSDT", "OLDUSDT"], "1m", since=SINCE, resync=0.1, **options)
+        asked = clock_at_recheck(follower, fresh_mock, *times)
+        thread = threading.Thread(target=follower.run, daemon=True)
+        thread.start()
+        started.append((follower, thread))
+        return follower, asked
+
+    yield start
+    for follower, thread in started:
+        follower.stop()
+        thread.join(20)
+        assert not thread.is_alive()
+
+
+def test_a_paused_pair_is_followed_again_when_it_trades_again(fresh_mock, follow, tmp_path):
+    """In BREAK at the start (10:20:30, last candle 06:59): left at its last candle, its status
+    asked again, followed again once it trades (10:40:30)."""
+    pages = pages_asked(fresh_mock)
+    trading = PAUSE[1] + 10 * MINUTE + 30_456
+    follower, asked = follow(fresh_mock.config.now, fresh_mock.config.now, trading, recheck=0.2)
+    assert wait_for(lambda: len(asked) >= 2)
+    paused = follower.series["PAUSEUSDT"]
+    assert paused.ended == "not trading (Binance exchangeInfo status BREAK)"
+    assert paused.last_candle == PAUSE[0] - MINUTE and paused.next_start == PAUSE[0]
+    assert asked[0] == ["PAUSEUSDT", "OLDUSDT"]  # one look-up for both
+    assert not [t for t in pages if t >= PAUSE[0]]  # nothing asked past the last candle meanwhile
+
+    assert wait_for(lambda: paused.last_open == PAUSE[1] + 9 * MINUTE)
+    assert paused.ended is None and paused.ends_at is None
+    seen = len(asked)
+    assert wait_for(lambda: len(asked) > seen + 1)
+    assert asked[-1] == ["OLDUSDT"]  # current again: no longer asked about
+    follower.stop()
+    assert rows_of(tmp_path / "PAUSEUSDT.csv") == as_csv_lines(
+        binance_rows("PAUSEUSDT", "1m", SINCE, PAUSE[1] + 10 * MINUTE, trading))
+    old = follower.series["OLDUSDT"]  # delisted a year before: still ended, nothing asked past it
+    assert old.ended == "delisted (Binance exchangeInfo status BREAK)" and old.last_open is None
+
+
+@pytest.mark.slow  # ~9 s: the empty tail after the last candle is re-asked for 7 s before it is believed
+def test_a_pause_that_begins_while_following_ends_the_series_until_it_trades_again(fresh_mock, follow, tmp_path):
+    """Trading at the start (06:50:30), in BREAK from 07:00: the series lags (no candle after
+    06:59), so its status is asked again; BREAK ends it at its last candle (no kline page, no
+    lag warning after that), TRADING (10:35:30) resumes it. Before, the walk that found no
+    candle after 06:59 was remembered as the end of its data for the rest of the run."""
+    fresh_mock.config.now = PAUSE[0] - 10 * MINUTE + 30_456
+    in_break = PAUSE[0] + 60 * MINUTE + 30_456
+    trading = PAUSE[1] + 5 * MINUTE + 30_456
+    follower, asked = follow(recheck=0.2, lag_warning=1.0)
+    assert wait_for(lambda: "PAUSEUSDT" in follower.series and follower.series["PAUSEUSDT"].current)
+    paused = follower.series["PAUSEUSDT"]
+    assert paused.ended is None
+    fresh_mock.config.now = in_break
+    assert wait_for(lambda: paused.ended is not None)
+    assert paused.ended == "not trading (Binance exchangeInfo status BREAK)"
+    assert paused.last_candle == PAUSE[0] - MINUTE and paused.next_start == PAUSE[0]
+    pages = pages_asked(fresh_mock)
+    seen = len(asked)
+    assert wait_for(lambda: len(asked) >= seen + 2)
+    assert pages == [] and not paused.lagging
+
+    clock_at_recheck(follower, fresh_mock, trading)
+    assert wait_for(lambda: paused.last_open == PAUSE[1] + 4 * MINUTE)
+    assert paused.ended is None
+    follower.stop()
+    assert rows_of(tmp_path / "PAUSEUSDT.csv") == as_csv_lines(
+        binance_rows("PAUSEUSDT", "1m", SINCE, PAUSE[1] + 5 * MINUTE, trading))
