@@ -9,6 +9,11 @@ request weight per IP in a fixed window reported in ``X-MBX-USED-WEIGHT-1M``; 42
 ``extra["binance_errors"] = [[status, code], ...]``: the next klines requests answer these, one
 each, in order, with the docs' message for the code (``errors.md`` 10xx, "General Server or
 Network issues": -1000, -1001, -1006, -1007, -1008 can come with 400, 408, 503... not only 5xx).
+
+``extra["binance_future_403"] = True``: klines with a ``startTime`` or ``endTime`` after the
+exchange's clock answer HTTP 403 with an empty body, as one third party reports the live API
+does ("particularly strict for FUTURES_COIN"; ccxt clamps inverse ``endTime`` to now). Doubtful
+(``exchange-apis.md`` F.5), so opt-in: by default such a request is answered as any other.
 """
 
 from __future__ import annotations
@@ -216,6 +221,9 @@ def klines(mock: MockExchange, flavor: Flavor, weights: Weights, pages: PageCach
     limit = min(max(limit, 1), flavor.max_limit)
     start = int(req.arg("startTime")) if req.arg("startTime") else None
     end = int(req.arg("endTime")) if req.arg("endTime") else None
+    if mock.config.extra.get("binance_future_403") and max(start or 0, end or 0) > mock.now():
+        mock.stats["binance.future403"] += 1
+        return Response(403, b"", headers)
     if start is not None and end is not None and start > end:
         if flavor.key != "spot":
             return error(-1023, "Start time is greater than end time.", **headers)

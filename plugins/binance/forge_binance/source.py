@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
 from typing import Any
@@ -138,6 +139,7 @@ class BinanceSource(Source):
         self._stops: dict[tuple[str, str], int] = {}
         self._firsts: dict[tuple[str, str], int | None] = {}  # each series' first candle, as prepared
         self._now: int | None = None
+        self._now_read = 0.0  # time.monotonic() when _now was read
         self.archive_mode = self.settings["archive"]
         archive_url = self.settings["archive_url"]
         if archive_url is None and self.archive_mode == "auto" and base_url.rstrip("/") not in (spec["url"], DATA_API):
@@ -251,7 +253,14 @@ class BinanceSource(Source):
     # -- the Source contract ----------------------------------------------------------------
     def server_time(self) -> int:
         self._now = int(self._get("/time", {}, 1)["serverTime"])
+        self._now_read = time.monotonic()
         return self._now
+
+    def _exchange_now(self) -> int:
+        """The exchange's clock now, from its last reading (the local clock if none yet)."""
+        if self._now is None:
+            return now_ms()
+        return self._now + int((time.monotonic() - self._now_read) * 1000)
 
     def prepare_symbols(self, symbols: Sequence[str], timeframe: Timeframe) -> None:
         """Every symbol of the run in one exchangeInfo request (see :meth:`_learn`)."""
@@ -412,8 +421,10 @@ class BinanceSource(Source):
         def request(cursor: int, stop: int | None) -> Sequence[Row]:
             if stop is None and span is not None:
                 # a probe for the next candle: COIN-M answers a bare startTime with the newest candle
-                # of the 200 days after it, not the first, so ask for one whole window instead
-                stop = cursor + span
+                # of the 200 days after it, not the first, so ask for one whole window instead, but
+                # not past the exchange's clock (nothing opens there; a time in the future is
+                # reported to get a 403 from COIN-M, and ccxt clamps inverse endTime to now)
+                stop = max(cursor + 1, min(cursor + span, self._exchange_now()))
             # futures weight grows with `limit`: ask for no more candles than the window holds
             # (a follow step of a few candles costs 1, not 2)
             fits = limit if stop is None or not tf.ms else max(1, min(limit, -(-(stop - cursor) // tf.ms)))

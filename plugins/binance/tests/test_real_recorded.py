@@ -139,3 +139,39 @@ def test_the_ban_end_is_read_from_binance_s_message(msg):
     until = int(msg.split("until ")[1][:13])
     assert _ban_end(msg, 30.0) == f"banned until {display(until)}; try again after that"  # past: no "in"
     assert "2 minutes to 3 days" in _ban_end("Way too much request weight used.", None)
+
+
+# -- times after the exchange's clock (exchange-apis.md A.2, F.5) ----------------------------
+def test_coinm_never_asks_past_the_exchange_clock(fresh_mock):
+    """A third party reports HTTP 403 for klines asked with a time even 1 ms in the future,
+    "particularly strict for FUTURES_COIN" (ccxt clamps inverse endTime to now). COIN-M's probe
+    after an empty page asked for a whole window from the cursor: near the exchange's clock
+    (the newest candles, every follow step) its endTime was hours ahead, and a 403 is final."""
+    from forge_binance.mock import binance_rows
+    from forge_core import Task
+    from forge_core.testing.market import Market
+
+    fresh_mock.config.extra["binance_future_403"] = True
+    fresh_mock.config.now = None  # the exchange's clock moves, as a real one does
+    real = fresh_mock.routes["/dapi/v1/klines"]
+    emptied: list[str] = []
+
+    def flaky(req):  # the newest page comes back empty once, as real servers occasionally do
+        answer = real(req)
+        if req.arg("endTime") and answer.status == 200 and not emptied:
+            emptied.append(req.raw_query)
+            return Response.json([], **answer.headers)
+        return answer
+
+    fresh_mock.route("/dapi/v1/klines", flaky)
+    src = BinanceSource(base_url=fresh_mock.url, market="coinm", archive="rest")
+    tf = parse_timeframe("1m")
+    try:
+        now = src.server_time()
+        end = tf.floor(now)  # the newest closed candle's end
+        rows = list(src.fetch(Task("BTCUSD_PERP", tf, end - 30 * 60_000, end)))
+    finally:
+        src.close()
+    assert emptied and fresh_mock.stats["binance.future403"] == 0
+    assert rows == binance_rows("BTCUSD_PERP", "1m", end - 30 * 60_000, end, now, Market.binance_coinm())
+    assert len(rows) == 30
