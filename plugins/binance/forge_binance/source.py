@@ -535,15 +535,12 @@ def _raw_klines(content: bytes, columns: tuple[str, ...], fixed: dict[str, str],
     JSON decoder gives. ``None`` for anything else (decoded as usual).
 
     A page of ``ms``-millisecond candles without a hole (the usual page) becomes its CSV
-    records at once (:func:`_steady_text`); any other is held as columns."""
+    records at once (:func:`_steady_text`); any other is held as columns. Both are made from
+    the one cut below."""
     skeleton = content.translate(None, _VALUE_BYTES)
     n, extra = divmod(len(skeleton) - 1, len(_KLINE_SKELETON) + 1)
     if extra or n < 1 or skeleton != b"[" + b",".join([_KLINE_SKELETON] * n) + b"]":
         return None
-    if ms is not None and columns == _TEXT_COLUMNS:
-        rows = _steady_text(content, n, fixed, ms)
-        if rows is not None:
-            return rows
     # Cut at the quotes: 18 pieces a kline. The odd ones are the nine strings (only value
     # bytes, by the skeleton); the even ones hold the form's commas and brackets, and must
     # hold nothing else but the three ints: a value byte outside a value (`"37000.1"9,` or
@@ -554,11 +551,21 @@ def _raw_klines(content: bytes, columns: tuple[str, ...], fixed: dict[str, str],
             or p[14::18] != commas or p[16::18] != commas:
         return None
     heads = "".join(p[0::18])  # "[[OT," "],[OT," ... "]]"
-    if not (heads.startswith("[[") and heads.endswith(",]]")):
+    closes, counts = "".join(p[10::18]), "".join(p[12::18])  # ",ET," ... and ",TR," ...
+    opens, trades = heads[2:-3].split(",],["), _between_commas(counts, n)
+    if not (heads.startswith("[[") and heads.endswith(",]]")) or len(opens) != n or trades is None:
         return None
-    opens = heads[2:-3].split(",],[")
-    ends, trades = _between_commas(p[10::18]), _between_commas(p[12::18])
-    if len(opens) != n or ends is None or trades is None:
+    if ms is not None and columns == _TEXT_COLUMNS and opens[0].isdigit():
+        first = int(opens[0])
+        stop = first + n * ms  # one comparison each with the run a `%` format writes: canonical, in order
+        if (stop < 1 << 63 and heads == "[[" + ("%d,],[" * (n - 1) + "%d,]]") % tuple(range(first, stop, ms))
+                and closes == (",%d," * n) % tuple(range(first + ms - 1, stop, ms))
+                and "" not in trades and "." not in counts and counts.count(",0") == trades.count("0")):
+            rows = _steady_text(p, opens, fixed, first, ms)
+            if rows is not None:
+                return rows
+    ends = _between_commas(closes, n)
+    if ends is None:
         return None  # (the values themselves are checked canonical by from_columns)
     return TextRows.from_columns(columns, {
         "open_ts": opens, "end_ts": ends, "open": p[1::18], "high": p[3::18], "low": p[5::18],
@@ -584,61 +591,35 @@ _TEXT_COLUMNS = CANDLE_COLUMNS + EXTRA_COLUMNS
 _TEXT_INTS = tuple(_TEXT_COLUMNS.index(c) for c in ("open_ts", "end_ts", "trades"))
 
 
-def _steady_text(content: bytes, n: int, fixed: dict[str, str], ms: int) -> TextRows | None:
-    """The ``n`` klines of a body that matched the compact form as CSV records, when their
-    opens are one unbroken run ``ms`` apart, each closing at its candle's last millisecond,
-    and their trades canonical ints; ``None`` otherwise.
-
-    The body is cut at its quotes (18 pieces a kline) and the records are those pieces in
-    their CSV order, joined once: no string per value, no column, no row.
-    The pieces between strings are checked whole: the commas one list comparison, the opens
-    and closes each one comparison with the run one ``%`` format writes (canonical, in
-    order, no byte outside its place), the trades by one split."""
+def _steady_text(p: list[str], opens: list[str], fixed: dict[str, str], first: int, ms: int) -> TextRows | None:
+    """The klines :func:`_raw_klines` cut (``p``, 18 pieces a kline) and found one unbroken
+    run ``ms`` apart from ``first``, each closing at its candle's last millisecond, as CSV
+    records: those pieces in their CSV order, joined once (no string per value, no column,
+    no row). ``None`` when a constant would need quoting."""
     prefix = f"{fixed['source']},{fixed['symbol']},{fixed['timeframe']},"
-    if prefix.count(",") != 3 or any(c in prefix for c in '"\r\n') or not prefix.isascii():
-        return None  # a constant that would need quoting
-    p = content.split(b'"')
-    commas = [b","] * n
-    if p[2::18] != commas or p[4::18] != commas or p[6::18] != commas or p[8::18] != commas \
-            or p[14::18] != commas or p[16::18] != commas:
+    if prefix.count(",") != 3 or any(c in prefix for c in '"\r\n'):
         return None
-    heads = b"".join(p[0::18])  # b"[[OT," b"],[OT," ... b"]]"
-    opens = heads[2:-3].split(b",],[")
-    if not (heads.startswith(b"[[") and heads.endswith(b",]]")) or len(opens) != n or not opens[0].isdigit():
-        return None
-    first = int(opens[0])
-    if first + n * ms >= 1 << 63 or heads != b"[[" + (b"%d,],[" * (n - 1) + b"%d,]]") % tuple(range(first, first + n * ms, ms)):
-        return None
-    closes = p[10::18]  # b",ET,"
-    if b"".join(closes) != (b",%d," * n) % tuple(range(first + ms - 1, first + n * ms, ms)):
-        return None
-    joined = b"".join(p[12::18])  # b",TR,"
-    trades = joined[1:-1].split(b",,")
-    if (joined[:1] != b"," or joined[-1:] != b"," or len(trades) != n or b"" in trades or b"." in joined
-            or joined.count(b",0") != trades.count(b"0")):
-        return None  # not one canonical int between two strings
-    row = prefix.encode()
-    out = [b"\r\n" + row] * (18 * n)  # a record: the prefix, open, ",close,", the five strings, ...
-    out[0] = row
+    n = len(opens)
+    out = ["\r\n" + prefix] * (18 * n)  # a record: the prefix, open, ",close,", the five strings, ...
+    out[0] = prefix
     out[1::18] = opens
-    out[2::18] = closes
+    out[2::18] = p[10::18]
     for k in range(9):  # open "," high "," low "," close "," volume
         out[3 + k::18] = p[1 + k::18]
-    out[12::18] = commas
+    out[12::18] = p[2::18]  # ","
     for k in range(5):  # quote volume ",trades," taker buy base "," taker buy quote
         out[13 + k::18] = p[11 + k::18]
-    out.append(b"\r\n")
-    rows = TextRows(_TEXT_COLUMNS, [b"".join(out).decode("ascii")], [n], ramp(first, n, ms),
-                    ramp(first + ms - 1, n, ms), _TEXT_INTS, dict(fixed))
-    rows.step = ms  # every open one candle after the previous: checked above
+    out.append("\r\n")
+    rows = TextRows(_TEXT_COLUMNS, ["".join(out)], [n], ramp(first, n, ms), ramp(first + ms - 1, n, ms),
+                    _TEXT_INTS, dict(fixed))
+    rows.step = ms  # every open one candle after the previous: checked by the caller
     return rows
 
 
-def _between_commas(pieces: list[str]) -> list[str] | None:
-    """The ints of pieces that must each be ``,digits,`` (an int between two strings), or None."""
-    joined = "".join(pieces)
+def _between_commas(joined: str, n: int) -> list[str] | None:
+    """The ``n`` ints of pieces joined that must each be ``,digits,`` (an int between two strings), or None."""
     values = joined[1:-1].split(",,")
-    if joined[:1] != "," or joined[-1:] != "," or len(values) != len(pieces):
+    if joined[:1] != "," or joined[-1:] != "," or len(values) != n:
         return None
     return values
 
