@@ -152,7 +152,8 @@ class Weights:
                 unit = "1 MINUTE" if self.window == 60 else f"{self.window} SECOND"
                 return error(-1003, f"Too much request weight used; current limit is {self.limit} request weight "
                              f"per {unit}. Please use WebSocket Streams for live updates to avoid polling the API.",
-                             429, **{"Retry-After": str(retry), self.header: str(st["used"])})
+                             429, **{"Retry-After": str(retry), "X-MBX-USED-WEIGHT": str(st["used"]),
+                                        self.header: str(st["used"])})
             return None
 
     def log(self) -> deque[tuple[float, int]]:
@@ -162,6 +163,12 @@ class Weights:
     def used(self) -> str:
         with self.mock.lock:
             return str(self._state()["used"])
+
+    def headers(self) -> dict[str, str]:
+        """The used-weight headers of an answer: the interval's and, as the real API still
+        sends beside it, the bare legacy ``X-MBX-USED-WEIGHT`` (same count)."""
+        used = self.used()
+        return {"X-MBX-USED-WEIGHT": used, self.header: used}
 
 
 def _params(req: Request, flavor: Flavor) -> Response | None:
@@ -193,7 +200,7 @@ def klines(mock: MockExchange, flavor: Flavor, weights: Weights, pages: PageCach
     refused = weights.charge(flavor.weight(limit))
     if refused is not None:
         return refused
-    headers = {weights.header: weights.used()}
+    headers = weights.headers()
     with mock.lock:
         queued = mock.config.extra.get("binance_errors") or []
         injected = queued.pop(0) if queued else None
@@ -317,7 +324,7 @@ def exchange_info(mock: MockExchange, flavor: Flavor, weights: Weights, req: Req
             return error(-1100, "Illegal characters found in parameter 'symbol'; legal range is '^[A-Z0-9-_.]{1,20}$'.")
         listing = flavor.market.get(name)
         if listing is None:
-            return error(-1121, "Invalid symbol.", **{weights.header: weights.used()})
+            return error(-1121, "Invalid symbol.", **weights.headers())
         symbols.append(symbol_info(flavor, listing, mock.now()))
     window = mock.config.weight_window
     interval, num = ("MINUTE", 1) if window == 60 else ("SECOND", window)
@@ -334,7 +341,7 @@ def exchange_info(mock: MockExchange, flavor: Flavor, weights: Weights, req: Req
         ],
         "exchangeFilters": [],
         "symbols": symbols,
-    }, **{weights.header: weights.used()})
+    }, **weights.headers())
 
 
 PERPETUAL_DELIVERY = 4133404800000  # 2100-12-25 08:00 UTC: a perpetual's deliveryDate
@@ -380,11 +387,11 @@ def install(mock: MockExchange) -> None:
 
         def _time(req: Request, w: Weights = weights) -> Response:
             refused = w.charge(1)
-            return refused or Response.json({"serverTime": mock.now()}, **{w.header: w.used()})
+            return refused or Response.json({"serverTime": mock.now()}, **w.headers())
 
         def _ping(req: Request, w: Weights = weights) -> Response:
             refused = w.charge(1)
-            return refused or Response.json({}, **{w.header: w.used()})
+            return refused or Response.json({}, **w.headers())
 
         cache = PageCache()
         mock.route(f"{flavor.prefix}/klines", lambda req, f=flavor, w=weights, c=cache: klines(mock, f, w, c, req))

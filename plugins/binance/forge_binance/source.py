@@ -156,12 +156,16 @@ class BinanceSource(Source):
     # -- HTTP plumbing ----------------------------------------------------------------------
     def _check(self, response: requests.Response, body: Any) -> None:
         status = response.status_code
+        used = None
         for name, value in response.headers.items():
-            if name.lower().startswith("x-mbx-used-weight-"):
+            lowered = name.lower()
+            if lowered.startswith("x-mbx-used-weight-"):  # the interval's: X-MBX-USED-WEIGHT-1M
                 used = _float(value)
-                if used is not None:
-                    self.limiter.observe(used)
                 break
+            if lowered == "x-mbx-used-weight":  # the legacy bare one (the minute's), if alone
+                used = _float(value)
+        if used is not None:
+            self.limiter.observe(used)
         if status < 400:
             return
         code = body.get("code") if isinstance(body, dict) else None

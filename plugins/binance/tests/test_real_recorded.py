@@ -175,3 +175,29 @@ def test_coinm_never_asks_past_the_exchange_clock(fresh_mock):
     assert emptied and fresh_mock.stats["binance.future403"] == 0
     assert rows == binance_rows("BTCUSD_PERP", "1m", end - 30 * 60_000, end, now, Market.binance_coinm())
     assert len(rows) == 30
+
+
+# -- X-MBX-USED-WEIGHT in its real forms (exchange-apis.md A.4) -------------------------------
+@pytest.mark.parametrize("headers,seen", [
+    ({"X-MBX-USED-WEIGHT": "900", "X-MBX-USED-WEIGHT-1m": "900"}, 900),  # as the API sends it today
+    ({"x-mbx-used-weight": "700", "x-mbx-used-weight-1m": "800"}, 800),  # HTTP/2: lower case; the minute's wins
+    ({"x-mbx-used-weight": "500"}, 500),  # the legacy header alone
+    ({}, None),  # none (a proxy dropped it): the limiter's own count only
+])
+def test_the_used_weight_header_is_read_in_its_real_forms(headers, seen):
+    with replay("spot", b"[]", SPOT_INFO, 0, True) as server:
+        server.route("/api/v3/klines", lambda req: Response.json([], **headers))
+        src = BinanceSource(base_url=server.url, archive="rest")
+        try:
+            src._klines("BTCUSDT", parse_timeframe("1m"), {"startTime": 0, "limit": 1})
+            used = src.limiter._used
+        finally:
+            src.close()
+    assert used == (2 if seen is None else seen)  # 2: the request's own weight
+
+
+def test_the_mock_sends_both_used_weight_headers_as_the_real_api(mock):
+    import requests
+
+    answer = requests.get(f"{mock.url}/api/v3/klines", params={"symbol": "BTCUSDT", "interval": "1m", "limit": 1})
+    assert answer.headers["X-MBX-USED-WEIGHT"] == answer.headers["X-MBX-USED-WEIGHT-1M"] != ""
