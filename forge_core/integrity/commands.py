@@ -14,6 +14,7 @@ import click
 
 from ..errors import UsageError
 from ..plugins import Plugins
+from ..timeframes import NAMES, parse_timeframe
 from ..times import ACCEPTED, iso, parse_range
 from .engine import Checker, SeriesReport, hole_json, mark_outages
 from .model import REASON_TEXT, IntegrityStore, LedgerEntry
@@ -61,6 +62,9 @@ def _command(plugins: Plugins, name: str, args: list[str]) -> click.Command:
         store = open_store(plugins, kw["sink"], chosen.route(given, sink_cls))
         try:
             if name == "status":
+                if kw["timeframe"] is not None:
+                    held = {s.source for s in store.series(kw["source"], kw["symbol"], None)}
+                    kw["timeframe"] = _held_timeframe(plugins, held, kw["timeframe"])
                 _status(store, kw)
                 return 0
             assert source_cls is not None
@@ -116,6 +120,24 @@ def _command(plugins: Plugins, name: str, args: list[str]) -> click.Command:
     }
     return click.Command(name, callback=callback, params=params, help=helps[name],
                          context_settings={"max_content_width": 100})
+
+
+def _held_timeframe(plugins: Plugins, sources: set[str], name: str) -> str:
+    """``forge status -t`` in the spellings ``forge run -t`` takes, with its errors: any Forge
+    timeframe (a store may hold resampled periods its exchange does not serve) or the own name
+    for one of a source whose series the store holds (OKX's ``1H``; a source column value is
+    the plugin name, or the name and a market: ``binance-usdm``)."""
+    aliases: dict[str, str] = {}
+    owners = []
+    for plugin in plugins.names("source"):
+        if not any(v == plugin or v.startswith(plugin + "-") for v in sources):
+            continue
+        own = getattr(plugins.get("source", plugin), "timeframe_aliases", None) or {}
+        owners += [plugin] if own else []
+        for alias, forge_name in own.items():
+            if aliases.setdefault(alias, forge_name) != forge_name:  # two sources disagree: neither
+                aliases[alias] = alias
+    return parse_timeframe(name, NAMES, aliases, source=owners[0] if len(owners) == 1 else None).name
 
 
 def _check(store: IntegrityStore, name: str, source_cls: type, source_opts: dict[str, Any], kw: dict[str, Any]) -> int:
