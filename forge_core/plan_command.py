@@ -12,8 +12,9 @@ import click
 from . import partitions as parts
 from .integrity.commands import open_store
 from .plugins import Plugins
-from .timeframes import source_timeframe
-from .times import ACCEPTED, parse_range
+from .sources import Source
+from .timeframes import Timeframe, source_timeframe
+from .times import ACCEPTED, display, parse_range
 
 
 def market_of(settings: dict[str, Any]) -> str:
@@ -34,10 +35,13 @@ def plan_command(plugins: Plugins) -> click.Command:
         source_cls = plugins.get("source", kw["source"])
         source = source_cls(**_route(given, source_cls))
         try:
-            tf = source_timeframe(source, kw["timeframe"]).name
+            timeframe = source_timeframe(source, kw["timeframe"])
+            tf = timeframe.name
             start, end = parse_range(kw["from_"], kw["to"])
-            planned = parts.plan(source.name, market_of(source.settings), _symbols(list(kw["symbol"])), tf,
-                                 start, end)
+            symbols = _symbols(list(kw["symbol"]))
+            ended = _ended(source, symbols, timeframe, end)
+            planned = [p for p in parts.plan(source.name, market_of(source.settings), symbols, tf, start, end)
+                       if p.symbol not in ended or p.start < ended[p.symbol]["stop"]]
             states = (_states(plugins, kw["sink"], _route(given, plugins.get("sink", kw["sink"])), source.source_value,
                               planned) if kw["sink"] else {})
         finally:
@@ -46,7 +50,8 @@ def plan_command(plugins: Plugins) -> click.Command:
         if kw["needs_work"]:
             rows = [r for r in rows if r["state"] not in ("verified", "complete")]
         if kw["as_json"]:
-            click.echo(json.dumps({"partitions": rows}, indent=1))
+            click.echo(json.dumps({"partitions": rows, "ended": {
+                symbol: {k: v for k, v in e.items() if k != "stop"} for symbol, e in ended.items()}}, indent=1))
             return
         for r in rows:
             click.echo(f"{r['key']}  {r['state']}")
@@ -54,6 +59,10 @@ def plan_command(plugins: Plugins) -> click.Command:
         for r in rows:
             counts[r["state"]] = counts.get(r["state"], 0) + 1
         click.echo(f"{len(rows)} partitions: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        for symbol, e in ended.items():
+            click.echo(f"{symbol} {e['reason']}: " + (
+                "no candles at all, no partition" if e["last_open"] is None else
+                f"last candle {e['last_candle']}, no partition after {e['last_candle'][:7]}"))
 
     params: list[click.Parameter] = [
         click.Option(["--source", "-s"], required=True, metavar="NAME",
@@ -70,6 +79,24 @@ def plan_command(plugins: Plugins) -> click.Command:
     return click.Command("plan", callback=callback, params=params, context_settings={"max_content_width": 100},
                          help="List the partitions (series x month) of a request and their state in the store; "
                               "run them with forge run --partition KEY.")
+
+
+def _ended(source: Source, symbols: list[str], tf: Timeframe, end: int) -> dict[str, dict[str, Any]]:
+    """The symbols whose series ends before ``end``, as the exchange confirms it
+    (``SymbolInfo.ended``): where ``forge run`` stops (after the last candle), in its words."""
+    source.server_time()  # (as a run: what has closed, and how old the last candle is)
+    source.prepare_symbols(symbols, tf)
+    out = {}
+    for symbol in symbols:
+        info = source.prepare(symbol, tf)
+        if info.ended is None:
+            continue
+        last = info.last_open
+        stop = 0 if last is None else tf.next_open(tf.floor(last))
+        if stop < end:
+            out[symbol] = {"reason": info.ended, "last_open": last,
+                           "last_candle": None if last is None else display(last), "stop": stop}
+    return out
 
 
 def _states(plugins: Plugins, sink: str, given: dict[str, Any], source_value: str,

@@ -14,6 +14,7 @@ from forge_core.partitions import Partition, parse_key, plan, read_keys
 from forge_core.times import parse_range
 from forge_mock_exchange import MockConfig, MockExchange
 from forge_mock_exchange.expected import binance_rows
+from forge_mock_exchange.market import DELISTED
 
 NOW = 1742034030456
 
@@ -173,3 +174,27 @@ def test_since_gives_series_the_store_lacks_a_start_in_a_daily_auto_run(forge, e
     assert again.code == 0, again
     _, eth = read_csv(in_tmp / "ETHUSDT.csv")
     assert eth[0][3] == str(parse_range("2024-01-02", "2024-01-02")[0]) and len(eth) == 48
+
+
+def test_forge_plan_stops_where_the_run_stops_at_a_delisted_symbols_last_candle(forge, exchange_env, in_tmp):
+    """It listed OLDUSDT's months after its delisting (the archive has no file for them, the run
+    asks for nothing there): the plan now ends with the month of its last candle and says why."""
+    import json as jsonlib
+
+    out = forge("plan", "-s", "binance", "--symbol", "BTCUSDT,OLDUSDT", "-t", "1h", "--from", "2023-12-01",
+                "--to", "2024-03-31")
+    assert out.code == 0, out
+    keys = [line.split()[0] for line in out.out.splitlines() if line.startswith("binance:")]
+    assert keys == [f"binance:spot:BTCUSDT:1h:{m}" for m in ("2023-12", "2024-01", "2024-02", "2024-03")] + [
+        "binance:spot:OLDUSDT:1h:2023-12", "binance:spot:OLDUSDT:1h:2024-01"]
+    assert out.out.rstrip().endswith("OLDUSDT delisted (Binance exchangeInfo status BREAK): last candle "
+                                     "2024-01-22 23:00:00 UTC, no partition after 2024-01")
+    after = forge("plan", "-s", "binance", "--symbol", "OLDUSDT", "-t", "1d", "--from", "2024-03-01", "--json")
+    assert after.code == 0, after
+    planned = jsonlib.loads(after.out)
+    assert planned["partitions"] == [] and planned["ended"] == {"OLDUSDT": {
+        "reason": "delisted (Binance exchangeInfo status BREAK)", "last_open": DELISTED - 86_400_000,
+        "last_candle": "2024-01-22 00:00:00 UTC"}}
+    before = forge("plan", "-s", "binance", "--symbol", "OLDUSDT", "-t", "1h", "--from", "2023-12-01",
+                   "--to", "2024-01-22", "--json")  # a range ending before the last candle: nothing to say
+    assert jsonlib.loads(before.out)["ended"] == {} and len(jsonlib.loads(before.out)["partitions"]) == 2
