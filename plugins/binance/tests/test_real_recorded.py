@@ -6,6 +6,7 @@ is compared with the exchange's own string."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from conftest import read_csv
 from forge_binance.source import BinanceSource, _ban_end
+from forge_core import SourceError, Task
 from forge_core.testing.server import MockExchange, Response
 from forge_core.timeframes import parse_timeframe
 from forge_core.times import display
@@ -148,7 +150,6 @@ def test_coinm_never_asks_past_the_exchange_clock(fresh_mock):
     after an empty page asked for a whole window from the cursor: near the exchange's clock
     (the newest candles, every follow step) its endTime was hours ahead, and a 403 is final."""
     from forge_binance.mock import binance_rows
-    from forge_core import Task
     from forge_core.testing.market import Market
 
     fresh_mock.config.extra["binance_future_403"] = True
@@ -201,3 +202,32 @@ def test_the_mock_sends_both_used_weight_headers_as_the_real_api(mock):
 
     answer = requests.get(f"{mock.url}/api/v3/klines", params={"symbol": "BTCUSDT", "interval": "1m", "limit": 1})
     assert answer.headers["X-MBX-USED-WEIGHT"] == answer.headers["X-MBX-USED-WEIGHT-1M"] != ""
+
+
+# -- the recorded error bodies, each with the status Binance sends it with --------------------
+ERRORS = {e["code"]: e for e in json.loads((REAL / "binance_error_bodies_from_ccxt_comments.json").read_text())}
+
+
+@pytest.mark.parametrize("status,code,market,said", [
+    (400, -1121, "spot", r"^unknown symbol 'BTCUSDT' on Binance spot \(Binance: Invalid symbol\.\)"),
+    (400, -1120, "spot", r"^timeframe '1m' is not offered by Binance spot; choose one of: 1s 1m "),
+    (400, -1104, "spot", r"^Binance spot refused the request for BTCUSDT 1m: HTTP 400 from [^ ]+/api/v3/klines: "
+                         r"-1104 Not all sent parameters were read, read 8 parameters but was sent 9$"),
+    (400, -1023, "usdm", r"^Binance usdm refused the request for BTCUSDT 1m: HTTP 400 from [^ ]+/fapi/v1/klines: "
+                         r"-1023 Start time is greater than end time\.$"),
+    (429, -1003, "spot", r"still failing after 2 attempts .*HTTP 429 -1003 Too much request weight used, current "
+                         r"limit is 1200 request weight per 1 MINUTE\."),
+])
+def test_a_recorded_error_body_is_one_line_naming_it(status, code, market, said):
+    body = json.dumps(ERRORS[code], separators=(",", ":")).encode()
+    with replay(market, b"[]", SPOT_INFO, 0, True) as server:
+        server.route(f"{PREFIX[market]}/klines", lambda req: Response(status, body, {"Retry-After": "0"}))
+        src = BinanceSource(base_url=server.url, market=market, archive="rest")
+        src.http.backoff, src.http.max_attempts = 0.01, 2
+        try:
+            with pytest.raises(SourceError) as caught:
+                src.fetch(Task("BTCUSDT", parse_timeframe("1m"), 1706745600000, 1706745600000 + 60 * 60_000))
+        finally:
+            src.close()
+    line = str(caught.value)
+    assert "\n" not in line and re.search(said, line), line

@@ -1,0 +1,48 @@
+"""Real OKX bodies (``fixtures/``, see PROVENANCE.md) through the real source over real HTTP:
+a local server answers with the recorded bytes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from forge_core.testing.server import MockExchange, Response
+from forge_core.timeframes import parse_timeframe
+from forge_okx.source import HISTORY, INSTRUMENTS, TIME, OkxSource
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+INSTRUMENTS_BODY = (FIXTURES / "okx_public_instruments_spot_nautilus.json").read_bytes()
+TIME_BODY = json.dumps(json.loads((FIXTURES / "ccxt_okx_static_fetchTime.json").read_text())[0]["httpResponse"]).encode()
+EMPTY = b'{"code":"0","msg":"","data":[]}'
+
+
+def server(history_asked: list[dict[str, str]]) -> MockExchange:
+    """The recorded instruments list (all five, whatever ``instId`` asks: the source picks its
+    own), the recorded time, and a history with no bar before anything asked."""
+    mock = MockExchange(routes=[])
+    mock.route(INSTRUMENTS, lambda req: Response(200, INSTRUMENTS_BODY))
+    mock.route(TIME, lambda req: Response(200, TIME_BODY))
+
+    def history(req):
+        history_asked.append({k: v[0] for k, v in req.query.items()})
+        return Response(200, EMPTY)
+
+    mock.route(HISTORY, history)
+    return mock
+
+
+@pytest.mark.parametrize("inst_id,list_time", [("BTC-USD", 1733454000000), ("ETH-USD", 1733455800000),
+                                               ("XRP-USD", 1733797800000)])
+def test_the_recorded_listtime_string_is_the_first_bar_once_nothing_is_older(inst_id, list_time):
+    asked: list[dict[str, str]] = []
+    with server(asked) as mock:
+        src = OkxSource(base_url=mock.url)
+        try:
+            assert src.server_time() == 1712250348676  # data[0].ts, a string
+            info = src.prepare(inst_id, parse_timeframe("1m"))
+        finally:
+            src.close()
+    assert info.first_open == list_time
+    assert asked == [{"instId": inst_id, "bar": "1m", "after": str(list_time), "limit": "1"}]
