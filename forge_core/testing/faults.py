@@ -22,7 +22,8 @@ kind           what the client sees
 ``waf403``     HTTP 403 with an HTML block page (a firewall or CDN in front of the exchange),
                modelled on CloudFront's "The request could not be satisfied" page; not retried
 ``geo451``     HTTP 451 with Binance's restricted-location body (``code`` 0; the words public
-               reports quote from the US and some clouds; Binance paths only); not retried
+               reports quote from the US and some clouds; Binance REST paths only: the archive's
+               ``/data/...`` files and its listing ``/?prefix=`` still answer); not retried
 ``down``       every request from the ``extra["down_after"]``-th on gets HTTP 503 (no rate)
 =============  =================================================================================
 
@@ -112,7 +113,8 @@ def install(mock: MockExchange) -> None:
             edge += faults.get(kind, 0.0)
             if roll < edge:
                 okx = request.path.startswith("/api/v5")
-                if (kind == "okx50011" and not okx) or (kind == "geo451" and okx):
+                archive = request.path.startswith("/data/") or request.path == "/"
+                if (kind == "okx50011" and not okx) or (kind == "geo451" and (okx or archive)):
                     return None
                 return kind
         return None

@@ -19,12 +19,17 @@ SPOT_LISTED = 1502928000000  # 2017-08-17, Binance's first klines
 NEW_LISTED = 1705305600000  # 2024-01-15 08:00 UTC: a symbol listed mid-range
 DELISTED = 1705968000000  # 2024-01-23 00:00 UTC: OLDUSDT's last candle closes here; it stays listed, in BREAK
 SOON_LISTED = 1748822400000  # 2025-06-02 00:00 UTC: SOONUSDT trades from here (after the frozen clock)
+# BTCUSDT_240329 / BTCUSD_240329, quarterly contracts: listed 2023-09-29 08:00 UTC (the
+# previous quarterly's delivery), delivered 2024-03-29 08:00 UTC, then gone from exchangeInfo
+QUARTER_LISTED = 1695974400000
+QUARTER_DELIVERED = 1711699200000
 MAINTENANCE = (1704855600000, 1704864600000)  # 2024-01-10 03:00 to 05:30 UTC: no candles
 # 2025-03-15 07:00 to 10:30 UTC: PAUSEUSDT in BREAK (no market data), around the frozen test clock
 # (10:20:30): exchangeInfo says BREAK until 10:30, then TRADING again, with no candle in between
 PAUSE = (1742022000000, 1742034600000)
 _TEST_SYMBOL = re.compile(r"^T\d{1,4}USDT$")
-__all__ = ["DELISTED", "MAINTENANCE", "NEW_LISTED", "PAUSE", "SOON_LISTED", "SPOT_LISTED", "Listing", "Market", "candle", "has_candle", "mix",
+__all__ = ["DELISTED", "MAINTENANCE", "NEW_LISTED", "PAUSE", "QUARTER_DELIVERED", "QUARTER_LISTED", "SOON_LISTED", "SPOT_LISTED",
+           "Listing", "Market", "candle", "has_candle", "mix",
            "open_times"]
 
 
@@ -55,6 +60,9 @@ class Listing:
     # spot BREAK for a while, then trading again: no candle inside (as ``holes``) and, while the
     # clock is inside one, exchangeInfo status BREAK ("Market data is not generated during BREAK")
     pauses: tuple[tuple[int, int], ...] = ()
+    # a delivery contract past its delivery (``delisted``): gone from exchangeInfo, its archive
+    # files still served; REST klines answer as ``extra["expired_klines"]`` says (see mock.py)
+    expired: bool = False
 
     @property
     def status(self) -> str:
@@ -105,11 +113,15 @@ class Market:
             # deliveryDate moved to the delisting time; klines and archive stop there
             "OLDUSDT": Listing("OLDUSDT", futures, (MAINTENANCE,), 80_000, delisted=DELISTED),
             "SOONUSDT": Listing("SOONUSDT", SOON_LISTED, (), 500),  # PENDING_TRADING until its onboardDate
+            "BTCUSDT_240329": Listing("BTCUSDT_240329", QUARTER_LISTED, (MAINTENANCE,), 4_300_000,
+                                      delisted=QUARTER_DELIVERED, expired=True),
         }, test_symbols=False, source="binance-usdm")
 
     @classmethod
     def binance_coinm(cls) -> Market:
-        return cls({"BTCUSD_PERP": Listing("BTCUSD_PERP", 1597104000000, (MAINTENANCE,), 4_200_000)},
+        return cls({"BTCUSD_PERP": Listing("BTCUSD_PERP", 1597104000000, (MAINTENANCE,), 4_200_000),
+                    "BTCUSD_240329": Listing("BTCUSD_240329", QUARTER_LISTED, (MAINTENANCE,), 4_300_000,
+                                             delisted=QUARTER_DELIVERED, expired=True)},
                    test_symbols=False, source="binance-coinm")
 
     def get(self, symbol: str) -> Listing | None:

@@ -209,6 +209,12 @@ class MockExchange:
                 # client's delayed ACK add ~40 ms to every response
                 self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+            def date_time_string(self, timestamp: float | None = None) -> str:
+                # the Date header tells the mock's clock (frozen or offset), as a server's tells its own
+                from email.utils import formatdate
+
+                return formatdate(mock.now() / 1000 if timestamp is None else timestamp, usegmt=True)
+
             def do_GET(self) -> None:  # noqa: N802
                 parts = urlsplit(self.path)
                 request = Request("GET", parts.path, parse_qs(parts.query, keep_blank_values=True),

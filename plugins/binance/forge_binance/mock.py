@@ -14,6 +14,12 @@ Network issues": -1000, -1001, -1006, -1007, -1008 can come with 400, 408, 503..
 exchange's clock answer HTTP 403 with an empty body, as one third party reports the live API
 does ("particularly strict for FUTURES_COIN"; ccxt clamps inverse ``endTime`` to now). Doubtful
 (``exchange-apis.md`` F.5), so opt-in: by default such a request is answered as any other.
+
+An expired delivery contract (``Listing.expired``: ``BTCUSDT_240329``, ``BTCUSD_240329``) is
+gone from exchangeInfo after its delivery, as Binance removes them; its archive files stay.
+What REST klines answer for it is not documented (unverified): ``extra["expired_klines"]`` =
+``"invalid"`` (default: 400 -1121, as for a symbol never listed: the answer that proves
+nothing, so a client must not lean on it), ``"empty"`` (``[]``) or ``"serve"`` (its candles).
 """
 
 from __future__ import annotations
@@ -194,6 +200,12 @@ def _validate_symbol(req: Request, flavor: Flavor) -> tuple[Listing | None, Resp
     return listing, None
 
 
+def gone(mock: MockExchange, listing: Listing | None) -> bool:
+    """An expired delivery contract after its delivery: not in exchangeInfo any more."""
+    return (listing is not None and listing.expired and listing.delisted is not None
+            and mock.now() >= listing.delisted)
+
+
 def klines(mock: MockExchange, flavor: Flavor, weights: Weights, pages: PageCache, req: Request) -> Response:
     limit_text = req.arg("limit")
     limit = int(limit_text) if limit_text and limit_text.isdigit() else 500
@@ -216,6 +228,9 @@ def klines(mock: MockExchange, flavor: Flavor, weights: Weights, pages: PageCach
     if bad is not None:
         bad.headers.update(headers)
         return bad
+    expired = mock.config.extra.get("expired_klines", "invalid") if gone(mock, listing) else None
+    if expired == "invalid":
+        return error(-1121, "Invalid symbol.", **headers)
     interval = req.arg("interval")
     if not interval:
         return error(-1102, "Mandatory parameter 'interval' was not sent, was empty/null, or malformed.", **headers)
@@ -257,6 +272,8 @@ def klines(mock: MockExchange, flavor: Flavor, weights: Weights, pages: PageCach
         rows = [r for r in select(listing, tf, None, end, limit, now) if r[0] >= start]
     else:
         rows = select(listing, tf, start, end, limit, now)
+    if expired == "empty":
+        rows = []
     mock.count(f"binance.{flavor.key}.candles", len(rows))
     response = Response.json(rows, **headers)
     if closed:
@@ -317,13 +334,13 @@ def exchange_info(mock: MockExchange, flavor: Flavor, weights: Weights, req: Req
             return error(-1100, "Illegal characters found in parameter 'symbols'; legal range is '^\\[(\"[A-Z0-9-_.]{1,20}\"(,\"[A-Z0-9-_.]{1,20}\"){0,}){0,1}\\]$'.")
     if flavor.key != "spot":
         wanted = None  # futures exchangeInfo takes no parameters: always the whole list
-    names = wanted if wanted is not None else list(flavor.market.listings)
+    names = wanted if wanted is not None else [n for n, li in flavor.market.listings.items() if not gone(mock, li)]
     symbols = []
     for name in names:
         if not SYMBOL_RE.match(name):
             return error(-1100, "Illegal characters found in parameter 'symbol'; legal range is '^[A-Z0-9-_.]{1,20}$'.")
         listing = flavor.market.get(name)
-        if listing is None:
+        if listing is None or gone(mock, listing):
             return error(-1121, "Invalid symbol.", **weights.headers())
         symbols.append(symbol_info(flavor, listing, mock.now()))
     window = mock.config.weight_window
@@ -361,8 +378,9 @@ def symbol_info(flavor: Flavor, listing: Listing, now: int) -> dict[str, Any]:
                 "permissions": ["SPOT"]}
     delivery = PERPETUAL_DELIVERY if listing.delisted is None else listing.delisted
     status = listing.status_at(now, flavor.key)
+    contract = "CURRENT_QUARTER" if listing.expired else "PERPETUAL"  # a delivery contract before it expires
     if flavor.key == "usdm":
-        return {"symbol": name, "pair": name, "contractType": "PERPETUAL", "deliveryDate": delivery,
+        return {"symbol": name, "pair": name.partition("_")[0], "contractType": contract, "deliveryDate": delivery,
                 "onboardDate": listing.listed, "status": status,
                 "maintMarginPercent": "2.5000", "requiredMarginPercent": "5.0000", "baseAsset": name[:-4],
                 "quoteAsset": "USDT", "marginAsset": "USDT", "pricePrecision": 2, "quantityPrecision": 3,
@@ -371,7 +389,7 @@ def symbol_info(flavor: Flavor, listing: Listing, now: int) -> dict[str, Any]:
                 "marketTakeBound": "0.30", "filters": [], "orderTypes": ["LIMIT", "MARKET"],
                 "timeInForce": ["GTC", "IOC", "FOK", "GTX"]}
     pair, _, _ = name.partition("_")
-    return {"symbol": name, "pair": pair, "contractType": "PERPETUAL", "deliveryDate": delivery,
+    return {"symbol": name, "pair": pair, "contractType": contract, "deliveryDate": delivery,
             "onboardDate": listing.listed, "contractStatus": status,
             "contractSize": 100, "quoteAsset": "USD", "baseAsset": pair[:-3], "marginAsset": pair[:-3],
             "pricePrecision": 1, "quantityPrecision": 0, "baseAssetPrecision": 8, "quotePrecision": 8,

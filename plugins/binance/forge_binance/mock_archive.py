@@ -26,6 +26,16 @@ Faults for tests, in ``mock.config.extra``:
   re-uploaded with different candles, which only a cross-check against REST finds);
 * ``archive_missing = {"BTCUSDT-1m-2024-02.zip", ...}``: 404 although published.
 
+The bucket listing, ``GET /?prefix=data/.../klines/{SYM}/{iv}/[name start]&marker=...&max-keys=N``,
+answers in the shape of S3's ListObjects (v1) XML: ``ListBucketResult`` with a ``Contents``
+entry (``Key``, ``LastModified``, ``ETag``, ``Size``, ``StorageClass``) for each zip and its
+``.CHECKSUM`` in key order, ``IsTruncated`` past ``max-keys`` (default and at most 1000), the
+next page from ``marker`` (the last key). The real listing is the bucket's own S3 endpoint
+(``https://s3-ap-northeast-1.amazonaws.com/data.binance.vision``, third-party scripts; its
+exact field values are unverified here); ``data.binance.vision/?prefix=`` itself is a browser
+page. The mock lists only prefixes down to a symbol's interval folder (others: no keys), and
+files by the listing and delisting times (a period inside a hole is still listed).
+
 Generated zips are cached in a process-wide LRU (content depends only on the path and the
 corruption kind), so repeated downloads cost nothing.
 """
@@ -200,6 +210,59 @@ def serve(mock: MockExchange, req: Request) -> Response:
     return Response(200, data, content_type="application/zip")
 
 
+LISTING_RE = re.compile(r"^data/(spot|futures/um|futures/cm)/(monthly|daily)/klines/([A-Z0-9_.\-]{1,30})/([0-9a-z]{2,3})/")
+S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+
+
+def listed_keys(mock: MockExchange, prefix: str) -> list[str]:
+    """Every key of the bucket under ``prefix`` (a symbol's interval folder or deeper), sorted."""
+    m = LISTING_RE.match(prefix)
+    if m is None:
+        return []
+    where, kind, symbol, iv = m.groups()
+    listing = MARKETS[where].get(symbol)
+    tf_name = "1M" if iv == "1mo" else iv
+    intervals = NAMES if where == "spot" else tuple(n for n in NAMES if n != "1s")
+    if listing is None or tf_name not in intervals or iv == "1M" or (kind == "daily" and tf_name not in DAILY):
+        return []
+    tf = parse_timeframe(tf_name)
+    now = mock.now()
+    last = min(now, listing.delisted) if listing.delisted is not None else now
+    missing = mock.config.extra.get("archive_missing", ())
+    folder = f"data/{where}/{kind}/klines/{symbol}/{iv}/"
+    keys = []
+    day = _utc(listing.listed).replace(hour=0, minute=0, second=0, microsecond=0)
+    if kind == "monthly":
+        day = day.replace(day=1)
+    while _ms(day) < last:
+        date = day.strftime("%Y-%m-%d" if kind == "daily" else "%Y-%m")
+        start, end, published = period_of(kind, date)  # type: ignore[misc]
+        name = f"{symbol}-{iv}-{date}.zip"
+        if now >= max(published, tf.next_open(tf.floor(end - 1))) and name not in missing and end > listing.listed:
+            keys += [folder + name, folder + name + ".CHECKSUM"]
+        day = _utc(end)
+    return sorted(k for k in keys if k.startswith(prefix))
+
+
+def listing(mock: MockExchange, req: Request) -> Response:
+    from xml.sax.saxutils import escape
+
+    prefix, marker = req.arg("prefix") or "", req.arg("marker") or ""
+    text = req.arg("max-keys") or "1000"
+    limit = min(int(text), 1000) if text.isdigit() else 1000
+    keys = [k for k in listed_keys(mock, prefix) if k > marker]
+    page, truncated = keys[:limit], len(keys) > limit
+    mock.count("archive.listing")
+    contents = "".join(
+        f"<Contents><Key>{escape(k)}</Key><LastModified>2024-04-01T06:12:31.000Z</LastModified>"
+        f"<ETag>&quot;{hashlib.md5(k.encode()).hexdigest()}&quot;</ETag><Size>{100 if k.endswith('CHECKSUM') else 50000}"
+        "</Size><StorageClass>STANDARD</StorageClass></Contents>" for k in page)
+    body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="{S3_NS}"><Name>data.binance.vision</Name>'
+            f"<Prefix>{escape(prefix)}</Prefix><Marker>{escape(marker)}</Marker><MaxKeys>{limit}</MaxKeys>"
+            f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>{contents}</ListBucketResult>")
+    return Response(200, body.encode(), content_type="application/xml")
+
+
 def _missing(mock: MockExchange) -> Response:
     mock.count("archive.404")
     return Response(404, NOT_FOUND, content_type="application/xml")
@@ -207,3 +270,4 @@ def _missing(mock: MockExchange) -> Response:
 
 def install(mock: MockExchange) -> None:
     mock.route_prefix("/data/", lambda req: serve(mock, req))
+    mock.route("/", lambda req: listing(mock, req))
