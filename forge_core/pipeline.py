@@ -93,6 +93,8 @@ class RunResult:
     slots: dict[str, int] = field(default_factory=dict)
     served: dict[str, int] = field(default_factory=dict)
     holes: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    # per symbol whose holes the exchange could not confirm (Source.holes_unconfirmed): why
+    unconfirmed: dict[str, str] = field(default_factory=dict)
     # per symbol whose range goes past its end as the exchange confirmed it (SymbolInfo.ended):
     # the reason, the last candle (None: none at all) and what was not asked for ([start, end) ms)
     ended: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -106,18 +108,23 @@ class RunResult:
 
     def holes_text(self) -> str:
         """``BTCUSDT 44490 of 44640 slots, hole 2024-01-10 03:00..05:29 UTC`` per symbol with
-        holes; empty when the exchange served every slot."""
-        parts = []
+        holes; empty when the exchange served every slot. Holes the source could not have the
+        exchange confirm (:attr:`unconfirmed`) are said to be unconfirmed, with the reason."""
+        parts, doubtful = [], []
         for symbol, holes in self.holes.items():
             if not holes:
                 continue
             shown = ", ".join(_span(a, b) for a, b in holes[:3])
             more = f" and {len(holes) - 3} more" if len(holes) > 3 else ""
-            parts.append(f"{symbol} {self.served.get(symbol, 0)} of {self.slots.get(symbol, 0)} slots, "
-                         f"{'hole' if len(holes) == 1 else 'holes'} {shown}{more} UTC")
-        if not parts:
-            return ""
-        return "; ".join(parts) + " (exchange affirmed empty: candles on both sides)"
+            text = (f"{symbol} {self.served.get(symbol, 0)} of {self.slots.get(symbol, 0)} slots, "
+                    f"{'hole' if len(holes) == 1 else 'holes'} {shown}{more} UTC")
+            why = self.unconfirmed.get(symbol)
+            if why is None:
+                parts.append(text)
+            else:
+                doubtful.append(f"{text} (unconfirmed: {why})")
+        out = "; ".join(parts) + " (exchange affirmed empty: candles on both sides)" if parts else ""
+        return "; ".join(x for x in (out, *doubtful) if x)
 
     def ended_text(self) -> str:
         """``OLDUSDT delisted (Binance status BREAK): last candle 2024-01-22 23:00:00 UTC, none after it``
@@ -280,6 +287,9 @@ class Pipeline:
         finally:
             result.elapsed = time.monotonic() - began
             result.source_stats = source.stats()
+            unconfirmed = getattr(source, "holes_unconfirmed", None)  # optional source hook
+            if callable(unconfirmed):
+                result.unconfirmed = {s: why for s in result.holes if result.holes[s] and (why := unconfirmed(s))}
             _close_sinks(opened, ok)
             result.destinations = [s.describe() for s in self.sinks]
             result.rows_changed = _rows_changed(opened)

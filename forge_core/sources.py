@@ -120,6 +120,12 @@ class Source:
         can look them all up in one request (Binance's exchangeInfo costs the same for one
         symbol or all). Errors about a symbol belong in :meth:`prepare`."""
 
+    def holes_unconfirmed(self, symbol: str) -> str | None:
+        """Optional: why the exchange could not confirm the gaps between the candles served for
+        ``symbol`` (e.g. its REST API was unreachable and they came from files alone), or None.
+        Such holes are reported as unconfirmed, never as the exchange's."""
+        return None
+
     def prepare(self, symbol: str, timeframe: Timeframe) -> SymbolInfo:
         """Check the symbol exists (raise :class:`~forge_core.errors.SourceError` naming it if
         not) and say where its history starts, so empty history is skipped quickly."""

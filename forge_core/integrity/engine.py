@@ -396,6 +396,9 @@ class Checker:
         state_box: dict[str, Any] = {"report": report, "held": held, "tf": tf, "listing": listing, "ledger": ledger,
                                      "entries": entries, "symbol": symbol, "first_open": info.first_open,
                                      "ended": (info.last_open, info.ended) if info.ended else None}
+        doubt = getattr(source, "holes_unconfirmed", None)
+        if callable(doubt):  # asked as each partition is compared: a source learns it while fetching
+            state_box["unconfirmed"] = lambda: doubt(symbol)
         hook = getattr(source, "integrity", None)
         side = hook() if callable(hook) else None  # the source's own cheap exact exchange side (archive files)
         if self.repair and not self.recheck:
@@ -687,7 +690,9 @@ class Checker:
         report: SeriesReport = box["report"]
         state: PartitionState | None = box["held"].get(key)
         opens = ex.opens
-        holes = find_holes(tf, a, b, opens, prev, nxt, box["listing"], box["first_open"], box.get("ended"))
+        doubt = box.get("unconfirmed")
+        holes = find_holes(tf, a, b, opens, prev, nxt, box["listing"], box["first_open"], box.get("ended"),
+                           doubt() if callable(doubt) else None)
         report.holes += holes
         report.notes += ex.notes
         exch_digest = ex.digest()
@@ -819,10 +824,12 @@ def mark_outages(store: IntegrityStore, reports: list[SeriesReport], min_symbols
 
 def find_holes(tf: Timeframe, a: int, b: int, opens: list[int], prev: int | None, nxt: int | None,
                listing: int | None, first_open: int | None,
-               ended: tuple[int | None, str] | None = None) -> list[Hole]:
+               ended: tuple[int | None, str] | None = None, unconfirmed: str | None = None) -> list[Hole]:
     """The grid slots of ``[a, b)`` without an exchange candle, as holes with reason and evidence.
     ``ended``: ``(last_open, why)`` when the exchange confirmed the symbol no longer trades
-    (``SymbolInfo.ended``): slots after that candle are the exchange's, with that evidence."""
+    (``SymbolInfo.ended``): slots after that candle are the exchange's, with that evidence.
+    ``unconfirmed``: why the source could not have the exchange confirm gaps between candles
+    (``Source.holes_unconfirmed``): such a gap is then unconfirmed, not the exchange's."""
     holes: list[Hole] = []
     stop = None if ended is None else (a if ended[0] is None else tf.next_open(tf.floor(ended[0])))
 
@@ -839,7 +846,10 @@ def find_holes(tf: Timeframe, a: int, b: int, opens: list[int], prev: int | None
                         {"last_candle": None if ended[0] is None else iso(ended[0]), "exchange": ended[1]})
             hi = cut
         if lo < hi:
-            if before is not None and after is not None:
+            if before is not None and after is not None and unconfirmed is not None:
+                reason, evidence = UNCONFIRMED, {"candle_before": iso(before), "candle_after": iso(after),
+                                                 "why": unconfirmed}
+            elif before is not None and after is not None:
                 reason, evidence = EXCHANGE_EMPTY, {"candle_before": iso(before), "candle_after": iso(after)}
             elif after is None:
                 reason, evidence = NO_LATER_CANDLE, {"candle_before": iso(before) if before is not None else None}
