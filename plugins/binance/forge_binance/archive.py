@@ -23,11 +23,14 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
 from itertools import repeat
 from operator import itemgetter
 from typing import Any
+from urllib.parse import urlsplit
 
 from forge_core import (
     CANDLE_COLUMNS,
@@ -42,6 +45,7 @@ from forge_core import (
     SourceError,
     TextRows,
     Timeframe,
+    default_check,
     get_logger,
     iso,
     retrying,
@@ -52,6 +56,9 @@ from forge_core.records import ascending, ramp
 log = get_logger(__name__)
 
 ARCHIVE_URL = "https://data.binance.vision"
+# the bucket's own S3 endpoint answers ListObjects (data.binance.vision/?prefix= is a browser
+# page that asks it): third-party scripts list it this way; the exact XML is unverified here
+S3_LISTING = "https://s3-ap-northeast-1.amazonaws.com/data.binance.vision"
 MARKET_DIRS = {"spot": "spot", "usdm": "futures/um", "coinm": "futures/cm"}
 DAILY_TIMEFRAMES = frozenset({"1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d"})
 # When the client assumes a file is published (the mock publishes earlier, see docs):
@@ -173,6 +180,97 @@ def plan_segments(tf: Timeframe, start: int, end: int, now: int, *,
                 ts = d_end
         ts = m_end
     return out
+
+
+# -- the bucket listing -------------------------------------------------------------------------
+def listing_url(archive_url: str) -> str:
+    """Where the archive's S3 listing is: the real bucket's endpoint for the real host; any
+    other root (a mirror, the mock) is taken for a bucket endpoint listing at ``/``."""
+    root = archive_url.rstrip("/")
+    return S3_LISTING if root == ARCHIVE_URL else root + "/"
+
+
+def parse_listing(body: bytes) -> tuple[list[str], bool, str]:
+    """``(keys, truncated, next marker)`` of an S3 ListObjects (v1) ``ListBucketResult``;
+    ValueError for anything else. Namespaces are ignored (S3 sends its 2006-03-01 one)."""
+    from xml.etree import ElementTree
+
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError as exc:
+        raise ValueError(f"archive listing is not XML ({exc})") from None
+
+    def tag(e: Any) -> str:
+        return str(e.tag).rsplit("}", 1)[-1]
+
+    if tag(root) != "ListBucketResult":
+        raise ValueError(f"archive listing is a {tag(root)}, not a ListBucketResult")
+    keys, truncated, marker = [], False, ""
+    for child in root:
+        name = tag(child)
+        if name == "Contents":
+            keys += [(k.text or "") for k in child if tag(k) == "Key"]
+        elif name == "IsTruncated":
+            truncated = (child.text or "").strip().lower() == "true"
+        elif name == "NextMarker":
+            marker = child.text or ""
+    return keys, truncated, marker or (keys[-1] if keys else "")
+
+
+def listed_files(client: ArchiveClient, market: str, symbol: str, tf: Timeframe, period: str,
+                 name_start: str = "") -> list[ArchiveFile]:
+    """The ``period`` (monthly/daily) zips the listing has for the series, ascending; only
+    those whose names start with ``{SYM}-{iv}-`` + ``name_start``."""
+    folder = f"data/{MARKET_DIRS[market]}/{period}/klines/{symbol}/{interval(tf)}/"
+    stem = f"{symbol}-{interval(tf)}-"
+    found: dict[int, ArchiveFile] = {}
+    for key in client.keys(folder + stem + name_start):
+        name = key[len(folder):]
+        if not (key.startswith(folder) and name.endswith(".zip")):
+            continue
+        date = name[len(stem):-4]
+        try:
+            day = datetime.strptime(date, "%Y-%m-%d" if period == "daily" else "%Y-%m").replace(tzinfo=timezone.utc)
+        except ValueError:
+            continue
+        f = (day_file if period == "daily" else month_file)(_ms(day))
+        found[f.start] = f
+    return [found[k] for k in sorted(found)]
+
+
+def archive_extent(client: ArchiveClient, market: str, symbol: str, tf: Timeframe,
+                   until: int) -> tuple[ArchiveFile, ArchiveFile] | None:
+    """The first and the last file the listing has for the series (None: none at all): the
+    first day's file when there are daily files (the smallest file holding the first candle),
+    and the newest daily file after the last month. A few listing requests: the monthly
+    folder, then the daily files of the first month and of the months after the last, up to
+    the month of ``until``."""
+    months = listed_files(client, market, symbol, tf, "monthly")
+    if tf.name not in DAILY_TIMEFRAMES:
+        return (months[0], months[-1]) if months else None
+    if not months:
+        days = listed_files(client, market, symbol, tf, "daily")
+        return (days[0], days[-1]) if days else None
+    first = listed_files(client, market, symbol, tf, "daily", months[0].date)[:1] or months[:1]
+    last = months[-1]
+    ts = last.end
+    while ts <= until:
+        month = month_file(ts)
+        last = ([last] + listed_files(client, market, symbol, tf, "daily", month.date))[-1]
+        ts = month.end
+    return first[0], last
+
+
+def file_opens(client: ArchiveClient, market: str, symbol: str, tf: Timeframe, f: ArchiveFile) -> list[int]:
+    """The candle opens of one verified archive file (ArchiveFailure if it cannot be had)."""
+    data = client.verified(f.path(market, symbol, tf))
+    if data is None:
+        raise ArchiveFailure(f"{f.name(symbol, tf)} is listed but not served (HTTP 404)")
+    try:
+        rows = read_rows(data, "", symbol, tf, f.start, f.end)
+    except (ValueError, IndexError, zipfile.BadZipFile) as exc:
+        raise ArchiveFailure(f"{f.name(symbol, tf)} is not a kline file: {exc}") from None
+    return list(rows.open_ts) if isinstance(rows, TextRows) else [r[OPEN_INDEX] for r in rows]
 
 
 # -- checksum and parsing -----------------------------------------------------------------------
@@ -551,6 +649,9 @@ class ArchiveClient:
 
     def __init__(self, base_url: str) -> None:
         self.http = HttpClient(base_url, headers={"Accept": "*/*"}, envvar="FORGE_BINANCE_ARCHIVE_URL")
+        self.listing = listing_url(base_url)
+        self._listing_http: HttpClient | None = None
+        self.date: int | None = None  # the listing host's clock (its last Date header), epoch ms
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._checksums: dict[str, bytes] = {}  # .CHECKSUM bodies fetched by probe(), used once
@@ -574,6 +675,54 @@ class ArchiveClient:
             raise (ArchiveUnreachable if exc.status is None else ArchiveFailure)(f"{path}: {exc}") from None
         except SourceError as exc:  # a final status, e.g. 403
             raise ArchiveFailure(f"{path}: {exc}") from None
+
+    def keys(self, prefix: str, max_keys: int | None = None) -> list[str]:
+        """Every key under ``prefix`` from the bucket's S3 listing (pages of up to 1000 keys,
+        each from the last key of the one before); ArchiveFailure when it cannot be had."""
+        parts = urlsplit(self.listing)
+        with self._lock:
+            if self._listing_http is None:
+                self._listing_http = HttpClient(f"{parts.scheme}://{parts.netloc}", headers={"Accept": "*/*"},
+                                                check=self._dated)
+            http = self._listing_http
+        out: list[str] = []
+        marker = ""
+        for _ in range(1000):  # a million keys: no folder of one series holds that many
+            params = {"prefix": prefix, **({"marker": marker} if marker else {}),
+                      **({"max-keys": max_keys} if max_keys else {})}
+            try:
+                body = http.get_bytes(parts.path or "/", params)
+            except Cancelled:
+                raise
+            except GaveUp as exc:
+                raise (ArchiveUnreachable if exc.status is None else ArchiveFailure)(
+                    f"listing {self.listing}: {exc}") from None
+            except SourceError as exc:
+                raise ArchiveFailure(f"listing {self.listing}: {exc}") from None
+            if body is None:
+                raise ArchiveFailure(f"listing {self.listing}: HTTP 404")
+            try:
+                keys, truncated, marker = parse_listing(body)
+            except ValueError as exc:
+                raise ArchiveFailure(f"listing {self.listing}: {exc}") from None
+            out += keys
+            if not truncated or not keys or max_keys:
+                break
+        return out
+
+    def _dated(self, response: Any, body: Any) -> None:
+        default_check(response, body)
+        with suppress(KeyError, TypeError, ValueError, IndexError):  # no usable Date: the clock stays unknown
+            self.date = int(parsedate_to_datetime(response.headers["Date"]).timestamp() * 1000)
+
+    def clock(self, market: str) -> int | None:
+        """The archive host's time (the Date header of one small listing), or None if it
+        cannot be had: a clock for a run that REST refuses."""
+        try:
+            self.keys(f"data/{MARKET_DIRS[market]}/monthly/klines/", max_keys=1)
+        except ArchiveFailure:
+            return None
+        return self.date
 
     def probe(self, path: str) -> bool:
         """Whether the zip at ``path`` is in the archive: its ``.CHECKSUM`` is fetched (and kept
@@ -670,6 +819,8 @@ class ArchiveClient:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
         self.http.close()  # a download still running stops retrying
+        if self._listing_http is not None:
+            self._listing_http.close()
 
 
 # -- a task's rows, with fallbacks --------------------------------------------------------------
@@ -684,8 +835,11 @@ class ArchiveFetcher:
 
     def __init__(self, client: ArchiveClient, market: str, source: str, rest: RestFetch, strict: bool,
                  maker: Callable[[str, Timeframe], RowMaker] | None = None,
-                 columns: tuple[str, ...] = COLUMNS) -> None:
+                 columns: tuple[str, ...] = COLUMNS, check: RestFetch | None = None) -> None:
         self.client, self.market, self.source, self.rest, self.strict = client, market, source, rest, strict
+        # REST asked whether a file's gaps hold candles (``rest`` stands in for whole files): the
+        # source may answer [] when REST cannot tell, and then calls those holes unconfirmed
+        self.check = check or rest
         self.columns = columns
         self.maker = maker or (lambda symbol, tf: row_maker(columns, tf, source=source, symbol=symbol))
         self.unreachable: str | None = None  # once the host is down, the other files go to REST at once
@@ -951,7 +1105,7 @@ class ArchiveFetcher:
         extra: list[Row] = []
         for a, b in find_gaps(rows, tf, start, end):
             asked = early.pop((a, b), None)
-            extra += self.rest(symbol, tf, a, b) if asked is None else asked.result()
+            extra += self.check(symbol, tf, a, b) if asked is None else asked.result()
         if extra:
             where = f"{iso(extra[0][OPEN_INDEX])}..{iso(extra[-1][OPEN_INDEX])}"
             if self.strict:
@@ -970,7 +1124,7 @@ class ArchiveFetcher:
 
     def _rest_for(self, symbol: str, tf: Timeframe, start: int, end: int) -> list[Row]:
         with retrying.symbol_context(symbol):  # a retry's display names the symbol
-            return self.rest(symbol, tf, start, end)
+            return self.check(symbol, tf, start, end)
 
     def close(self) -> None:
         with self._order_lock:

@@ -252,7 +252,7 @@ class ArchiveSide:
         piece = Piece(text, opens, "archive", load, text, opens, file)
         extra: list[Row] = []
         for a, b in find_gaps([(t,) for t in opens], tf, start, end, open_index=0):  # type: ignore[misc]
-            extra += src._fetch_rest(symbol, tf, a, b)
+            extra += src._check_gap(symbol, tf, a, b)  # [] when REST cannot tell: holes_unconfirmed says so
         if not extra:
             return piece
         # a short file: the exchange serves candles the file lacks (as the loader, REST fills them)
@@ -293,6 +293,8 @@ class ArchiveSide:
                     return False
             except (ArchiveFailure, ValueError):
                 return False
+        if empty and src.holes_unconfirmed(symbol):
+            return False  # REST cannot say those holes are still empty now
         return all(not src._fetch_rest(symbol, tf, a, b) for a, b in empty)
 
     def rows_at(self, symbol: str, tf: Timeframe, start: int, end: int, wanted: list[int]) -> list[Row] | None:

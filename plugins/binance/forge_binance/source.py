@@ -19,6 +19,7 @@ import json
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timezone
 from itertools import chain
 from typing import Any
 
@@ -51,7 +52,18 @@ from forge_core.partitions import run_cache
 from forge_core.records import ramp
 from forge_core.times import display
 
-from .archive import ARCHIVE_URL, ArchiveClient, ArchiveFetcher, Segment, month_file, plan_segments
+from .archive import (
+    ARCHIVE_URL,
+    DAILY_LAG,
+    ArchiveClient,
+    ArchiveFailure,
+    ArchiveFetcher,
+    Segment,
+    archive_extent,
+    file_opens,
+    month_file,
+    plan_segments,
+)
 
 # Binance's market-data-only host for spot (klines, exchangeInfo, time; no keys): named when
 # api.binance.com refuses a region (HTTP 451), as Binance's market_data_only FAQ offers it
@@ -71,6 +83,11 @@ log = get_logger(__name__)
 _WINDOW_SECONDS = {"SECOND": 1, "MINUTE": 60, "HOUR": 3600, "DAY": 86400}
 _SYMBOL_RE = re.compile(r"^[A-Z0-9\-_.]{1,20}$")  # what Binance accepts as a symbol (-1100 otherwise)
 _INFO_BATCH = 100  # symbols asked by name in one exchangeInfo request; more: the whole list
+# a futures delivery contract (quarterly: BTCUSDT_240329, BTCUSD_240329): Binance removes it from
+# exchangeInfo after its delivery, at 08:00 UTC of the date in its name (COIN-M exchangeInfo
+# deliveryDate values; USD-M assumed alike), while the archive keeps its files
+_DELIVERY_RE = re.compile(r"^[A-Z0-9]{2,16}_(\d{2})(\d{2})(\d{2})$")
+_DELIVERY_HOUR = 8 * 3_600_000
 # exchangeInfo statuses of a symbol that does not trade, its series cut at the newest candle, in
 # words for the summary; spot enums.md, futures "Contract status": USD-M perpetuals delisted go
 # SETTLING. Spot BREAK is a delisting or a maintenance alike: a follow run asks again (recheck).
@@ -140,6 +157,13 @@ class BinanceSource(Source):
         self._firsts: dict[tuple[str, str], int | None] = {}  # each series' first candle, as prepared
         self._now: int | None = None
         self._now_read = 0.0  # time.monotonic() when _now was read
+        # REST refused this location (HTTP 451) and --archive archive goes on from the archive
+        # alone: the refusal's line. Series then end where the archive's listing ends (_extent)
+        self._rest_down: str | None = None
+        self._extent: dict[tuple[str, str], int] = {}
+        self._expired: set[str] = set()  # delivery contracts gone from exchangeInfo, from the archive
+        self._rest_serves: set[str] = set()  # ... of which REST klines still gave the last candle
+        self._unconfirmed: dict[str, str] = {}  # symbol -> why REST could not check its archive gaps
         self.archive_mode = self.settings["archive"]
         archive_url = self.settings["archive_url"]
         if archive_url is None and self.archive_mode == "auto" and base_url.rstrip("/") not in (spec["url"], DATA_API):
@@ -151,7 +175,7 @@ class BinanceSource(Source):
         self.archive_fetcher = ArchiveFetcher(self.archive, self.market, self._source_value, self._fetch_rest,
                                               strict=self.archive_mode == "archive",
                                               maker=lambda symbol, tf: self.row_maker(Task(symbol, tf, 0, 0)),
-                                              columns=tuple(self.columns))
+                                              columns=tuple(self.columns), check=self._check_gap)
 
     # -- HTTP plumbing ----------------------------------------------------------------------
     def _check(self, response: requests.Response, body: Any) -> None:
@@ -184,6 +208,8 @@ class BinanceSource(Source):
         reason = f"{code} {msg}" if isinstance(body, dict) and code not in (None, 0) else msg
         if status == 451 and self.market == "spot" and "data-api.binance.vision" not in (response.url or ""):
             reason += f"; spot market data is also served by {DATA_API} (--base-url {DATA_API})"
+        if status == 451 and self.archive_mode != "archive":
+            reason += "; --archive archive takes the archive's files alone, without REST"
         line = error_line(response, reason)
         raise BinanceError(status, code, msg, line)
 
@@ -256,7 +282,16 @@ class BinanceSource(Source):
 
     # -- the Source contract ----------------------------------------------------------------
     def server_time(self) -> int:
-        self._now = int(self._get("/time", {}, 1)["serverTime"])
+        if self._rest_down is None:
+            try:
+                self._now = int(self._get("/time", {}, 1)["serverTime"])
+                self._now_read = time.monotonic()
+                return self._now
+            except BinanceError as exc:
+                if not self._refused_here(exc):
+                    raise
+        # the archive host's clock (its Date header), else this machine's: the archive only needs the day
+        self._now = self.archive.clock(self.market) or now_ms()
         self._now_read = time.monotonic()
         return self._now
 
@@ -266,19 +301,51 @@ class BinanceSource(Source):
             return now_ms()
         return self._now + int((time.monotonic() - self._now_read) * 1000)
 
+    def _refused_here(self, exc: BinanceError) -> bool:
+        """Whether ``exc`` is REST refusing this location (HTTP 451) with ``--archive archive``:
+        then the run goes on from the archive alone, and one warning says what that loses."""
+        if exc.status != 451 or self.archive_mode != "archive":
+            return False
+        if self._rest_down is None:
+            self._rest_down = exc.line
+            log.warning("rest_unreachable", market=self.market, refused=exc.line,
+                        going_on="--archive archive from the archive's files alone, on the archive host's clock",
+                        lost="the newest days not archived yet; symbols unchecked against exchangeInfo (their "
+                             "range is the archive's listing); the exchange's confirmation of holes: they are "
+                             "reported unconfirmed")
+        return True
+
     def prepare_symbols(self, symbols: Sequence[str], timeframe: Timeframe) -> None:
         """Every symbol of the run in one exchangeInfo request (see :meth:`_learn`)."""
+        if self._rest_down is not None:
+            return
         try:
             self._learn(symbols)
         except BinanceError as exc:
+            if self._refused_here(exc):
+                return
             raise SourceError(f"Binance {self.market} refused exchangeInfo: {exc.line}") from None
 
     def prepare(self, symbol: str, timeframe: Timeframe) -> SymbolInfo:
         """The symbol's first candle, and, when exchangeInfo says it no longer trades (spot
         ``status`` BREAK, USD-M ``status`` SETTLING, COIN-M ``contractStatus`` DELIVERED...), its
-        last candle (the newest klines has): the exchange's confirmation that nothing follows."""
+        last candle (the newest klines has): the exchange's confirmation that nothing follows.
+
+        A futures delivery contract that exchangeInfo no longer lists and whose delivery date
+        (in its name) has passed is taken from the archive (:meth:`_from_archive`); so is
+        every symbol once REST refused this location (``--archive archive``)."""
+        delivery = self._delivery(symbol)
+        if self._rest_down is not None:
+            return self._from_archive(symbol, timeframe, delivery)
         try:
-            meta = self._learn([symbol])["symbols"].get(symbol)
+            try:
+                meta = self._learn([symbol])["symbols"].get(symbol)
+            except BinanceError as exc:
+                if not self._refused_here(exc):
+                    raise
+                return self._from_archive(symbol, timeframe, delivery)
+            if meta is None and delivery is not None and self._info["complete"]:
+                return self._from_archive(symbol, timeframe, delivery)
             if self.market == "coinm":  # end-anchored klines: startTime=0 finds nothing
                 if meta is None:
                     raise BinanceError(400, -1121, "Invalid symbol.")
@@ -332,6 +399,90 @@ class BinanceSource(Source):
             return SymbolInfo(symbol, first)
         self._stops[(symbol, timeframe.name)] = timeframe.next_open(last) if last is not None else 0
         return SymbolInfo(symbol, first, last, self._ended_reason(meta, status, last))  # type: ignore[arg-type]
+
+    def _delivery(self, symbol: str) -> int | None:
+        """The delivery time a futures delivery contract's name gives, once it has passed
+        (None: not such a name, not a date, or not delivered yet by this run's clock)."""
+        m = _DELIVERY_RE.match(symbol) if self.market != "spot" else None
+        if m is None:
+            return None
+        try:
+            day = datetime(2000 + int(m[1]), int(m[2]), int(m[3]), tzinfo=timezone.utc)
+        except ValueError:
+            return None
+        delivery = int(day.timestamp()) * 1000 + _DELIVERY_HOUR
+        now = self._now if self._now is not None else self.server_time()
+        return delivery if delivery <= now else None
+
+    def _from_archive(self, symbol: str, tf: Timeframe, delivery: int | None) -> SymbolInfo:
+        """The series as the archive's listing has it: its first candle from its first file;
+        for an expired delivery contract (``delivery``), its last candle from its last file,
+        and an end (the archive's data confirms it, the name gives the date). A contract of
+        which the archive has no file is an unknown symbol, as exchangeInfo said."""
+        now = self._now if self._now is not None else self.server_time()
+        where = {"spot": "Binance", "usdm": "Binance USD-M", "coinm": "Binance COIN-M"}[self.market]
+        try:
+            extent = archive_extent(self.archive, self.market, symbol, tf, now if delivery is None else delivery)
+            if extent is None:
+                if delivery is not None and self._rest_down is None:
+                    raise self._explain(BinanceError(400, -1121, "Invalid symbol."), symbol, tf)
+                raise SourceError(f"{symbol} has no {tf.name} files in the {where} archive ({self.archive.listing}) "
+                                  "and REST refused this location (HTTP 451): check the symbol's spelling")
+            first_file, last_file = extent
+            first = file_opens(self.archive, self.market, symbol, tf, first_file)[:1]
+            if delivery is None:
+                self._extent[(symbol, tf.name)] = last_file.end
+                return SymbolInfo(symbol, first[0] if first else None)
+            last = file_opens(self.archive, self.market, symbol, tf, last_file)[-1:]
+        except ArchiveFailure as exc:
+            raise SourceError(f"the {where} archive could not say where {symbol} {tf.name} starts and ends: "
+                              f"{exc}") from None
+        self._expired.add(symbol)
+        last_open = last[0] if last else None
+        if last_open is not None:
+            self._ask_rest_about(symbol, tf, last_open)
+        self._stops[(symbol, tf.name)] = tf.next_open(last_open) if last_open is not None else 0
+        if last_open is not None and tf.next_open(last_open) < delivery - DAY:
+            log.warning("delivery_contract_ends_early", symbol=symbol, delivery=display(delivery),
+                        last_candle=display(last_open), file=last_file.name(symbol, tf))
+        log.info("delivery_contract_from_archive", symbol=symbol, delivery=display(delivery),
+                 first=display(first[0]) if first else None, last=display(last_open) if last else None)
+        return SymbolInfo(symbol, first[0] if first else None, last_open,
+                          f"delivered {display(delivery)} (an expired {where} delivery contract: gone from "
+                          "exchangeInfo, its candles from the archive)")
+
+    def _ask_rest_about(self, symbol: str, tf: Timeframe, last_open: int) -> None:
+        """Whether REST still serves an expired contract: its klines up to the archive's last
+        candle (only ``endTime``: the newest before it, on every market) must end with that
+        candle. Binance does not document what it answers (unverified: -1121, ``[]`` or the
+        candles); anything but the candle means REST is not asked about it again, so an empty
+        answer is never taken for the exchange confirming a hole."""
+        try:
+            rows = self._klines(symbol, tf, {"endTime": tf.end_ts(last_open), "limit": 1})
+        except BinanceError as exc:
+            if exc.code != -1121 and not self._refused_here(exc):
+                raise self._explain(exc, symbol, tf) from None
+            rows = []
+        opens = rows.open_ts if isinstance(rows, TextRows) else [r[self._open_index] for r in rows]
+        if list(opens)[-1:] == [last_open]:
+            self._rest_serves.add(symbol)
+        else:
+            self._unconfirmed[symbol] = f"Binance {self.market} REST does not serve the expired contract"
+        log.info("delivery_contract_rest", symbol=symbol, serves=symbol in self._rest_serves)
+
+    def holes_unconfirmed(self, symbol: str) -> str | None:
+        """Why REST could not check the gaps of ``symbol``'s archive files (None: it did): the
+        holes there are not the exchange's word."""
+        if self._rest_down is not None:
+            return f"Binance {self.market} REST refused this location (HTTP 451), the archive's files alone"
+        return self._unconfirmed.get(symbol)
+
+    def _check_gap(self, symbol: str, tf: Timeframe, start: int, end: int) -> list[Row]:
+        """REST's candles in a gap of an archive file; [] when REST cannot tell (refused here,
+        or it does not serve an expired contract): the gap then stays an unconfirmed hole."""
+        if self._rest_down is not None or (symbol in self._expired and symbol not in self._rest_serves):
+            return []
+        return self._fetch_rest(symbol, tf, start, end)
 
     def _status(self, meta: dict[str, Any] | None) -> str | None:
         """exchangeInfo's status when it says the symbol does not trade: ended, or a spot BREAK
@@ -398,14 +549,31 @@ class BinanceSource(Source):
         is published, its later ones are not), rather than a file per day up to the cut."""
         now = self._now if self._now is not None else self.server_time()
         page = self.page_size(tf)
-        worth = None if self.archive_mode == "archive" else (lambda a, b: tf.count(a, b) > page)
+        # an expired contract's files are all there is (REST may not serve it): every one is worth it
+        worth = (None if self.archive_mode == "archive" or symbol in self._expired
+                 else (lambda a, b: tf.count(a, b) > page))
         stop = self._stops.get((symbol, tf.name))
+        if self._rest_down is not None:
+            return self._archive_only(symbol, tf, start, end, now)
         if stop is None or stop > end:
             return plan_segments(tf, start, end, now, worth=worth)
         if stop <= start:
             return []
         planned = plan_segments(tf, start, max(end, month_file(stop - 1).end), now, worth=worth)
         return [Segment(seg.start, min(seg.end, stop), seg.file) for seg in planned if seg.start < stop]
+
+    def _archive_only(self, symbol: str, tf: Timeframe, start: int, end: int, now: int) -> list[Segment]:
+        """The archive's files for ``[start, end)`` once REST refused this location: up to where
+        the archive's listing ends (its files are taken as published, whatever the usual guess
+        says); the newest days, not archived yet, are not fetched."""
+        stop = min(self._extent.get((symbol, tf.name), start), self._stops.get((symbol, tf.name), end))
+        if stop < end:
+            log.info("not_archived_yet", symbol=symbol, timeframe=tf.name, reason="REST unreachable",
+                     not_fetched=f"{display(max(start, stop))}..{display(end - 1)}")
+        if stop <= start:
+            return []
+        planned = plan_segments(tf, start, stop, max(now, stop + DAILY_LAG))
+        return [seg for seg in planned if seg.file is not None]
 
     def fetch(self, task: Task) -> Iterable[Row] | Fetched:
         if task.kind == "archive":
@@ -417,6 +585,10 @@ class BinanceSource(Source):
         end = min(end, self._stops.get((symbol, tf.name), end))
         if start >= end:
             return []
+        if symbol in self._expired and symbol not in self._rest_serves:
+            raise SourceError(f"Binance {self.market} REST does not serve the expired contract {symbol}: its "
+                              f"candles come from the archive alone, which cannot give {display(start)}.."
+                              f"{display(end - 1)}")
         limit = self.page_size(tf)
         make = self.row_maker(Task(symbol, tf, start, end))
         window = MARKETS[self.market].get("window")  # end-anchored API: a window never holds more than a page

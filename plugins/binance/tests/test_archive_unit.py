@@ -564,3 +564,49 @@ def test_gaps_seen_piece_by_piece_are_the_gaps_find_gaps_finds_but_the_last(seed
     inside = [("b", "S", "1m", t, t + 59_999) for t in opens if start <= t < end]
     want = find_gaps(inside, tf, start, end)
     assert reported == want[:len(reported)] and len(reported) >= len(want) - 1
+
+
+# -- the bucket listing (S3 ListObjects v1) ----------------------------------------------------------
+def test_the_listing_is_the_real_buckets_s3_endpoint_or_a_mirrors_root():
+    from forge_binance.archive import ARCHIVE_URL, S3_LISTING, listing_url
+
+    assert listing_url(ARCHIVE_URL) == listing_url(ARCHIVE_URL + "/") == S3_LISTING
+    assert listing_url("http://127.0.0.1:8000") == "http://127.0.0.1:8000/"
+
+
+def test_a_listing_page_is_read_in_s3s_shape():
+    """ListBucketResult as S3's API reference documents it (namespace, Contents/Key,
+    IsTruncated, NextMarker with a delimiter); not a capture of the real bucket (unverified)."""
+    from forge_binance.archive import parse_listing
+
+    key = "data/spot/monthly/klines/BTCUSDT/1h/BTCUSDT-1h-2024-0{}.zip"
+    body = ('<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            "<Name>data.binance.vision</Name><Prefix>data/spot/monthly/klines/BTCUSDT/1h/</Prefix><Marker></Marker>"
+            "<MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated>"
+            + "".join(f"<Contents><Key>{key.format(m)}</Key><Size>1</Size></Contents>" for m in (1, 2))
+            + f"<NextMarker>{key.format(3)}</NextMarker></ListBucketResult>").encode()
+    assert parse_listing(body) == ([key.format(1), key.format(2)], True, key.format(3))
+    assert parse_listing(body.replace(b"<NextMarker>", b"<Other>").replace(b"</NextMarker>", b"</Other>")) == (
+        [key.format(1), key.format(2)], True, key.format(2))  # without NextMarker: from the last key
+    for bad in (b"<html>not xml", b"<Error><Code>AccessDenied</Code></Error>"):
+        with pytest.raises(ValueError):
+            parse_listing(bad)
+
+
+def test_every_page_of_a_long_listing_is_read(mock_exchange_factory):
+    """BTCUSDT's daily 1m folder holds ~5,500 keys: pages of 1000, each from the last key."""
+    from forge_binance.archive import ArchiveClient, listed_files
+    from forge_binance.mock_archive import listed_keys
+
+    mock = mock_exchange_factory()
+    client = ArchiveClient(mock.url)
+    try:
+        prefix = "data/spot/daily/klines/BTCUSDT/1m/"
+        keys = client.keys(prefix)
+        assert keys == listed_keys(mock, prefix) and len(keys) > 5000
+        assert mock.stats["archive.listing"] == -(-len(keys) // 1000)
+        days = listed_files(client, "spot", "BTCUSDT", parse_timeframe("1m"), "daily", "2024-02")
+        assert [d.date for d in days] == [f"2024-02-{d:02d}" for d in range(1, 30)]
+        assert client.date == mock.now() // 1000 * 1000  # the Date header: the mock's clock
+    finally:
+        client.close()

@@ -181,5 +181,6 @@ def test_a_geo_451_is_one_line_naming_the_market_data_host_not_code_0(mock_excha
                            "from a restricted location"), text
     assert " 0 " not in text and "\n" not in text
     assert text.endswith("spot market data is also served by https://data-api.binance.vision "
-                         "(--base-url https://data-api.binance.vision)")
+                         "(--base-url https://data-api.binance.vision); --archive archive takes the archive's "
+                         "files alone, without REST")
     assert mock.stats["fault.geo451"] == 1  # not retried

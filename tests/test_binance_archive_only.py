@@ -1,0 +1,173 @@
+"""Binance series that REST cannot give, taken from the archive alone: an expired delivery
+contract (gone from exchangeInfo after its delivery, its files kept), and any symbol when REST
+refuses this location (HTTP 451) with ``--archive archive``. Their holes are never called the
+exchange's: REST could not confirm them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from forge_core.times import parse_range
+from forge_mock_exchange.expected import as_csv_lines, binance_rows
+from forge_mock_exchange.market import MAINTENANCE, QUARTER_DELIVERED, QUARTER_LISTED, Market
+
+HOUR = 3_600_000
+APRIL = 1711929600000  # 2024-04-01 00:00 UTC
+CONTRACTS = {"usdm": ("BTCUSDT_240329", Market.binance_usdm(), "USD-M"),
+             "coinm": ("BTCUSD_240329", Market.binance_coinm(), "COIN-M")}
+
+
+@pytest.fixture
+def env(fresh_mock, monkeypatch, in_tmp):
+    for name in fresh_mock.environment:
+        monkeypatch.setenv(name, fresh_mock.url)
+    return fresh_mock
+
+
+def rows_of(path):
+    from conftest import read_csv
+
+    return read_csv(path)[1]
+
+
+def expected(symbol, tf, start, end, now, market=None):
+    lo, hi = parse_range(start, end)
+    return as_csv_lines(binance_rows(symbol, tf, lo, hi, now, market))
+
+
+# -- an expired delivery contract ------------------------------------------------------------------
+@pytest.mark.parametrize("archive", ["archive", "auto"])
+@pytest.mark.parametrize("market", ["usdm", "coinm"])
+def test_an_expired_delivery_contract_comes_from_the_archive_and_ends_at_its_last_candle(forge, env, market,
+                                                                                         archive):
+    """BTCUSDT_240329 (USD-M) / BTCUSD_240329 (COIN-M) are gone from exchangeInfo since their
+    delivery; they were 'unknown symbol'. Now: every candle from the archive, exactly, the end
+    named, nothing asked after it, and the maintenance hole unconfirmed (REST answers -1121)."""
+    symbol, mkt, where = CONTRACTS[market]
+    result = forge("run", "-s", "binance", "--market", market, "--symbol", symbol, "-t", "1h", "--from", "2023-01-01",
+                   "--to", "2024-12-31", "--archive", archive, "--output", "q.csv", "--summary-json", "s.json")
+    assert result.code == 0, result
+    assert rows_of("q.csv") == expected(symbol, "1h", "2023-01-01", "2024-12-31", env.config.now, mkt)
+    assert rows_of("q.csv")[0][3] == str(QUARTER_LISTED)
+    assert (f"{symbol} delivered 2024-03-29 08:00:00 UTC (an expired Binance {where} delivery contract: gone from "
+            "exchangeInfo, its candles from the archive): last candle 2024-03-29 07:00:00 UTC, none after it"
+            in result.out)
+    assert (f"hole 2024-01-10 03:00..04:59:59 UTC (unconfirmed: Binance {market} REST does not serve the expired "
+            "contract)") in result.out
+    assert "exchange affirmed empty" not in result.out
+    summary = json.loads(Path("s.json").read_text())
+    assert summary["ended"][symbol]["last_open"] == QUARTER_DELIVERED - HOUR
+    assert env.stats["archive.404"] == 0  # no file after the delivery month is asked for
+    assert env.stats[f"binance.{market}.candles"] == 0, dict(env.stats)  # REST was asked once, refused it
+
+
+def test_an_expired_contract_that_rest_still_serves_has_its_holes_confirmed(forge, env):
+    """What REST answers for an expired contract is undocumented; if it gives the archive's
+    last candle, it is asked about the archive's gaps like any symbol's."""
+    env.config.extra["expired_klines"] = "serve"
+    result = forge("run", "-s", "binance", "--market", "usdm", "--symbol", "BTCUSDT_240329", "-t", "1h",
+                   "--from", "2024-01-01", "--to", "2024-03-31", "--archive", "archive", "--output", "q.csv")
+    assert result.code == 0, result
+    assert "hole 2024-01-10 03:00..04:59:59 UTC (exchange affirmed empty: candles on both sides)" in result.out
+    assert "BTCUSDT_240329 delivered 2024-03-29 08:00:00 UTC" in result.out  # the end, though REST serves it
+    assert rows_of("q.csv") == expected("BTCUSDT_240329", "1h", "2024-01-01", "2024-03-31", env.config.now,
+                                        Market.binance_usdm())
+
+
+def test_an_empty_rest_answer_for_an_expired_contract_confirms_nothing(forge, env):
+    """REST answering [] for the contract (one of the possible real answers) is not taken for
+    the exchange confirming the archive's holes, nor for a file's candles: no REST at all."""
+    env.config.extra["expired_klines"] = "empty"
+    result = forge("run", "-s", "binance", "--market", "coinm", "--symbol", "BTCUSD_240329", "-t", "1h",
+                   "--from", "2024-01-01", "--to", "2024-03-31", "--output", "q.csv")
+    assert result.code == 0, result
+    assert "(unconfirmed: Binance coinm REST does not serve the expired contract)" in result.out
+    assert env.stats["binance.coinm.requests"] == 3  # time, exchangeInfo, the one question about the last candle
+
+
+def test_a_missing_file_of_an_expired_contract_is_an_error_not_a_silent_hole(forge, env):
+    """--archive auto stands REST in for a missing file; REST does not serve the contract, so
+    the run fails naming it instead of leaving the month out."""
+    env.config.extra["archive_missing"] = {"BTCUSDT_240329-1h-2024-02.zip"} | {
+        f"BTCUSDT_240329-1h-2024-02-{d:02d}.zip" for d in range(1, 30)}
+    result = forge("run", "-s", "binance", "--market", "usdm", "--symbol", "BTCUSDT_240329", "-t", "1h",
+                   "--from", "2024-01-01", "--to", "2024-03-31", "-q")
+    assert result.code == 1, result
+    assert "REST does not serve the expired contract BTCUSDT_240329" in result.err, result.err
+
+
+@pytest.mark.parametrize("symbol", ["BTCUSDT_240328", "BTCUSDT_250926"])
+def test_a_delivery_name_the_archive_does_not_have_is_still_an_unknown_symbol(forge, env, symbol):
+    """Not in exchangeInfo and no archive file (a typo, or a contract not delivered yet that
+    exchangeInfo does not list): unknown, as before, with no file read."""
+    result = forge("run", "-s", "binance", "--market", "usdm", "--symbol", symbol, "-t", "1h",
+                   "--from", "2024-01-01", "--to", "2024-03-31", "-q")
+    assert result.code == 1, result
+    assert result.err.startswith(f"forge: error: unknown symbol {symbol!r} on Binance usdm (Binance: Invalid symbol.)")
+    assert env.stats["archive.zip"] == 0
+
+
+def test_verify_calls_the_tail_after_the_delivery_and_not_the_holes_the_exchanges(forge, env):
+    forge("run", "-s", "binance", "--market", "coinm", "--symbol", "BTCUSD_240329", "-t", "1h",
+          "--from", "2024-01-01", "--to", "2024-04-30", "--output", "q.csv", "-q")
+    result = forge("verify", "-s", "binance", "--market", "coinm", "--symbol", "BTCUSD_240329", "-t", "1h",
+                   "--from", "2024-01-01", "--to", "2024-04-30", "--output", "q.csv", "--json")
+    assert result.code == 0, result
+    holes = json.loads(result.out)["series"][0]["holes"]
+    assert [(h["from_ms"], h["reason"]) for h in holes] == [(MAINTENANCE[0], "unconfirmed"),
+                                                           (QUARTER_DELIVERED, "after_last_candle"),
+                                                           (APRIL, "after_last_candle")]  # one a partition
+    assert holes[0]["evidence"]["why"] == "Binance coinm REST does not serve the expired contract"
+
+
+# -- REST refused here (HTTP 451) -------------------------------------------------------------------
+@pytest.fixture
+def geo(mock_exchange_factory, monkeypatch, in_tmp):
+    mock = mock_exchange_factory(faults={"geo451": 1.0})
+    for name in mock.environment:
+        monkeypatch.setenv(name, mock.url)
+    return mock
+
+
+ARCHIVED_TO = "2025-03-14"  # the mock's clock is 2025-03-15 10:20: the newest daily file is the 14th's
+
+
+def test_a_geo_blocked_archive_run_takes_the_archive_alone(forge, geo):
+    """A 451 from api.binance.com stopped --archive archive at its first REST request (the
+    clock). Now the archive host's clock, each symbol's range from the archive's listing, one
+    warning line, the newest days (not archived) left out and every hole unconfirmed."""
+    result = forge("run", "-s", "binance", "--symbol", "BTCUSDT,OLDUSDT", "-t", "1h", "--from", "2024-01-01",
+                   "--to", "now", "--archive", "archive", "--output", "{symbol}.csv")
+    assert result.code == 0, result
+    now = geo.config.now
+    assert rows_of("BTCUSDT.csv") == expected("BTCUSDT", "1h", "2024-01-01", ARCHIVED_TO, now)
+    assert rows_of("OLDUSDT.csv") == expected("OLDUSDT", "1h", "2024-01-01", ARCHIVED_TO, now)
+    assert result.err.count("rest_unreachable") == 1 and result.err.count("[warning") == 1, result.err
+    assert "the newest days not archived yet" in result.err
+    assert "exchange affirmed empty" not in result.out
+    assert ("BTCUSDT 10534 of 10546 slots, hole 2024-01-10 03:00..04:59:59 UTC (unconfirmed: Binance spot REST "
+            "refused this location (HTTP 451), the archive's files alone)") in result.out
+    assert geo.stats["fault.geo451"] == 1  # the clock's request; REST was not asked again
+
+
+def test_a_geo_blocked_verify_calls_no_hole_the_exchanges(forge, geo):
+    forge("run", "-s", "binance", "--symbol", "BTCUSDT", "-t", "1h", "--from", "2024-01-01", "--to", "2024-01-31",
+          "--archive", "archive", "--output", "b.csv", "-q")
+    result = forge("verify", "-s", "binance", "--symbol", "BTCUSDT", "-t", "1h", "--from", "2024-01-01",
+                   "--to", "2024-01-31", "--archive", "archive", "--output", "b.csv", "--json")
+    assert result.code == 0, result
+    holes = json.loads(result.out)["series"][0]["holes"]
+    assert [(h["from_ms"], h["reason"]) for h in holes] == [(MAINTENANCE[0], "unconfirmed")]
+
+
+def test_a_geo_blocked_unknown_symbol_is_one_line(forge, geo):
+    result = forge("run", "-s", "binance", "--symbol", "BTCUSTD", "-t", "1h", "--from", "2024-01-01",
+                   "--to", "2024-01-31", "--archive", "archive", "-q")
+    assert result.code == 1, result
+    *warning, line = result.err.splitlines()
+    assert line == ("forge: error: BTCUSTD has no 1h files in the Binance archive (" + geo.url + "/) and REST "
+                    "refused this location (HTTP 451): check the symbol's spelling"), result.err
+    assert len(warning) == 1 and "rest_unreachable" in warning[0]
