@@ -26,6 +26,10 @@ def test_keys_are_stable_and_bad_keys_are_one_clear_line(tmp_path):
     for bad in ("binance:spot:BTCUSDT:1m:2024-13", "binance:BTCUSDT:1m:2024-03", "binance:spot:BTCUSDT:7m:2024-03"):
         with pytest.raises(UsageError, match="bad partition key"):
             parse_key(bad)
+    with pytest.raises(UsageError) as caught:  # the key is canonical; a spelling gets run -t's hint
+        parse_key("okx:-:BTC-USDT:1H:2024-01")
+    assert str(caught.value) == ("bad partition key 'okx:-:BTC-USDT:1H:2024-01': unsupported timeframe '1H'; choose "
+                                 "one of: 1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M; did you mean 1h?")
     (tmp_path / "keys.txt").write_text("# the first quarter\nokx:-:BTC-USDT:1h:2024-01\nokx:-:BTC-USDT:1h:2024-02\n")
     assert [k.key for k in read_keys([f"@{tmp_path / 'keys.txt'}", "okx:-:BTC-USDT:1h:2024-01"])] == [
         "okx:-:BTC-USDT:1h:2024-01", "okx:-:BTC-USDT:1h:2024-02"]
