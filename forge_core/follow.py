@@ -146,6 +146,7 @@ class SeriesState:
     ended: str | None = None
     ends_at: int | None = None
     last_candle: int | None = None
+    stood_at: int | None = None  # next_start at the last recheck: a lagging series that has not moved is asked about
     # within a pass
     held: list[Row] = field(default_factory=list)
     pending_open: int | None = None  # newest output candle written, not committed yet
@@ -345,6 +346,8 @@ class Follower:
         following. Every ``recheck`` seconds, all of them in one call."""
         self._recheck_at = _local_seconds() + self.recheck
         asked = [s for s in self.series.values() if _rechecked(s)]
+        for s in self.series.values():
+            s.stood_at = s.next_start
         if not asked:
             return
         source = self.source
@@ -796,5 +799,6 @@ def _done(s: SeriesState) -> bool:
 
 
 def _rechecked(s: SeriesState) -> bool:
-    """Whose status a follow run asks again: a series left at its last candle, or lagging."""
-    return _done(s) or (s.lagging and s.ended is None)
+    """Whose status a follow run asks again: a series left at its last candle, or one lagging
+    that has not moved since the last recheck (not one catching up)."""
+    return _done(s) or (s.lagging and s.ended is None and s.next_start == s.stood_at)

@@ -133,7 +133,7 @@ class Source:
 
     def recheck(self, symbols: Sequence[str], timeframe: Timeframe) -> Mapping[str, SymbolInfo]:
         """For follow runs: :meth:`prepare` again, every few minutes, for the symbols that said
-        they no longer trade (``SymbolInfo.ended``) or that lag: an answer without ``ended`` (a
+        they no longer trade (``SymbolInfo.ended``) or that lag without progress: an answer without ``ended`` (a
         maintenance is over) resumes the series after its last candle, a later ``last_open``
         extends it, an ``ended`` a lagging series did not have ends it. A source whose look-ups
         are kept for the run asks the exchange afresh here; a symbol left out is unchanged."""
