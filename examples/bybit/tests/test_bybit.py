@@ -98,3 +98,25 @@ def test_each_category_has_its_own_source_value():
 
     values = {c: BybitSource(category=c).source_value for c in ("spot", "linear", "inverse")}
     assert values == {"spot": "bybit", "linear": "bybit-linear", "inverse": "bybit-inverse"}
+
+
+def test_the_docs_example_body_becomes_its_three_candles(mock_exchange_factory, monkeypatch, tmp_path):
+    """Bybit's documented inverse answer (newest first, volume in USD contracts, turnover in
+    BTC) served as is: three candles, oldest first, volume the base asset's (turnover), each
+    value the exchange's string."""
+    from forge_core.testing.server import Response
+
+    server = mock_exchange_factory(routes=[])
+    server.route("/v5/market/kline", lambda req: Response(200, DOCS_EXAMPLE.read_bytes()))
+    server.route("/v5/market/instruments-info", lambda req: Response.json(
+        {"retCode": 0, "retMsg": "OK", "result": {"category": "inverse", "list": [{"symbol": "BTCUSD"}]}}))
+    server.route("/v5/market/time", lambda req: Response.json(
+        {"retCode": 0, "retMsg": "OK", "result": {"timeNano": "1672025956592000000"}}))  # the example's "time"
+    monkeypatch.setenv("FORGE_BYBIT_URL", server.url)
+    out = tmp_path / "out.csv"
+    assert main(["run", "-s", "bybit", "--category", "inverse", "--symbol", "BTCUSD", "-t", "1h",
+                 "--from", "2022-12-09 16:00:00", "--to", "2022-12-09 18:00:00", "--output", str(out), "-q"]) == 0
+    real = json.loads(DOCS_EXAMPLE.read_text())["result"]["list"]
+    want = [["bybit-inverse", "BTCUSD", "1h", k[0], str(int(k[0]) + 3_599_999), *k[1:5], k[6], k[5]]
+            for k in reversed(real)]
+    assert read(str(out))[1:] == want

@@ -8,7 +8,8 @@ is capped at 300 (history: ``config.okx_history_limit``, 100 = the legacy maximu
 ``candles`` only has the latest 1,440 bars; the bar still open at ``mock.now()`` comes with
 ``confirm "0"``; ``1s`` bars only for the last ``extra["okx_1s_days"]`` (90) days. Plain ``6H 12H 1D 1W 1M`` open on Hong Kong (UTC+8) boundaries, their
 ``utc`` variants on UTC ones; a wrong case (``1h``) is HTTP 400 ``51000``. An unknown
-``instId`` is HTTP **200** ``51001`` with ``"data":[]``; ``candles`` for a settled (expired)
+``instId`` is HTTP **200** ``51001`` with ``"data":[]``; ``instruments`` for ``instType=OPTION``
+without ``instFamily`` (or ``uly``) is HTTP 400 ``50015``; ``candles`` for a settled (expired)
 contract is HTTP 200 ``50047`` (its bars are on ``history-candles`` only). ``extra["okx_timeouts"]
 = N``: the first N candle requests answer HTTP **400** ``50004`` (OKX's endpoint timeout).
 ``extra["okx_errors"] = [[status, code], ...]``: the next candle requests answer these, one each,
@@ -73,6 +74,7 @@ INSTRUMENTS: dict[str, Instrument] = {i.inst_id: i for i in (
     Instrument(Listing("NEW-USDT", NEW_LISTED, (), 150), "SPOT"),  # listed mid-range
     Instrument(Listing("BTC-USDT-SWAP", SWAP_LISTED, (MAINTENANCE,), 4_200_000), "SWAP", "0.01"),
     Instrument(Listing("BTC-USDT-250328", FUTURES_LISTED, (), 4_200_000), "FUTURES", "0.01", FUTURES_EXPIRY),
+    Instrument(Listing("BTC-USD-250328-90000-C", FUTURES_LISTED, (), 4_200_000), "OPTION", "0.01", FUTURES_EXPIRY),
     # expired: gone from /public/instruments, its candles still served up to the expiry
     Instrument(Listing("BTC-USDT-240329", EXPIRED_LISTED, ((EXPIRED, 1 << 62),), 4_200_000), "FUTURES", "0.01",
                EXPIRED),
@@ -263,8 +265,12 @@ def instruments(mock: MockExchange, budget: Budget, req: Request) -> Response:
         return envelope([], "50014", "Parameter instType can not be empty.", 400)
     if inst_type not in ("SPOT", "MARGIN", "SWAP", "FUTURES", "OPTION"):
         return envelope([], "51000", "Parameter instType error", 400)
+    family = req.arg("instFamily") or req.arg("uly")
+    if inst_type == "OPTION" and not family:  # "If instType is OPTION, either uly or instFamily is required"
+        return envelope([], "50015", "Either parameter uly or instFamily is required.", 400)
     wanted = req.arg("instId")
     found = [i for i in INSTRUMENTS.values() if i.inst_type == inst_type and (wanted is None or i.inst_id == wanted)
+             and (family is None or i.inst_id.startswith(family + "-"))
              and (i.exp_time is None or i.exp_time > mock.now())]  # OKX drops expired instruments
     if wanted is not None and not found:
         return envelope([], "51001", "Instrument ID, Instrument ID code, or Spread ID doesn't exist.")
@@ -288,8 +294,9 @@ def _describe(inst: Instrument) -> dict[str, str]:
         "maxLmtSz": "9999999999", "maxMktAmt": "1000000", "maxMktSz": "1000000",
         "maxStopSz": "1000000", "maxTriggerSz": "9999999999.0000000000000000",
         "maxTwapSz": "9999999999.0000000000000000", "minSz": "1" if derivative else "0.00001",
-        "optType": "", "quoteCcy": "" if derivative else quote, "ruleType": "normal",
-        "settleCcy": quote if derivative else "", "state": "live", "stk": "", "tickSz": "0.1",
+        "optType": inst.inst_id[-1] if inst.inst_type == "OPTION" else "", "quoteCcy": "" if derivative else quote, "ruleType": "normal",
+        "settleCcy": quote if derivative else "", "state": "live",
+        "stk": inst.inst_id.split("-")[3] if inst.inst_type == "OPTION" else "", "tickSz": "0.1",
         "uly": f"{base}-{quote}" if derivative else "",
     }
 

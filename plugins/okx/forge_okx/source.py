@@ -187,7 +187,10 @@ class OkxSource(Source):
         """Validate the instrument and find ``listTime``, trusted only once a one-row probe
         finds no bar before it: listTime is when continuous trading started, which need not
         be OKX's first bar, and skipping history that exists would lose candles."""
-        params = {"instType": inst_type(symbol), "instId": symbol}
+        kind = inst_type(symbol)
+        params = {"instType": kind, "instId": symbol}
+        if kind == "OPTION":  # required for options: BTC-USD-250328-90000-C is of family BTC-USD
+            params["instFamily"] = "-".join(symbol.split("-")[:2])
         try:
             try:
                 found = self._get(INSTRUMENTS, params, _data)

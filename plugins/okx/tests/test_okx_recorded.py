@@ -46,3 +46,33 @@ def test_the_recorded_listtime_string_is_the_first_bar_once_nothing_is_older(ins
             src.close()
     assert info.first_open == list_time
     assert asked == [{"instId": inst_id, "bar": "1m", "after": str(list_time), "limit": "1"}]
+
+
+# -- options: instruments needs instFamily (exchange-apis.md C.4) -----------------------------
+def test_an_option_is_looked_up_with_its_instrument_family(fresh_mock):
+    """``/public/instruments`` requires ``instFamily`` (or ``uly``) when ``instType`` is OPTION;
+    without it OKX answers 400 50015 and an option instId could not be backfilled at all."""
+    from forge_core import Task
+    from forge_okx.mock import okx_rows
+
+    src = OkxSource(base_url=fresh_mock.url)
+    tf = parse_timeframe("1h")
+    start = 1735689600000  # 2025-01-01
+    try:
+        src.server_time()
+        info = src.prepare("BTC-USD-250328-90000-C", tf)
+        rows = list(src.fetch(Task("BTC-USD-250328-90000-C", tf, start, start + 48 * 3_600_000)))
+    finally:
+        src.close()
+    assert info.first_open is not None
+    assert rows == okx_rows("BTC-USD-250328-90000-C", "1h", start, start + 48 * 3_600_000, fresh_mock.now())
+    assert len(rows) == 48
+
+
+def test_the_mock_asks_an_instrument_family_for_options(mock):
+    import requests
+
+    answer = requests.get(f"{mock.url}{INSTRUMENTS}", params={"instType": "OPTION", "instId": "BTC-USD-250328-90000-C"})
+    assert answer.status_code == 400 and answer.json()["code"] == "50015"
+    listed = requests.get(f"{mock.url}{INSTRUMENTS}", params={"instType": "OPTION", "instFamily": "BTC-USD"}).json()
+    assert [(i["instId"], i["optType"], i["stk"]) for i in listed["data"]] == [("BTC-USD-250328-90000-C", "C", "90000")]
