@@ -153,6 +153,18 @@ def test_a_geo_blocked_archive_run_takes_the_archive_alone(forge, geo):
     assert geo.stats["fault.geo451"] == 1  # the clock's request; REST was not asked again
 
 
+def test_a_geo_blocked_expired_contract_asks_rest_nothing(forge, geo):
+    """Refused here and gone from exchangeInfo: the contract's range and end from the archive
+    alone, REST asked once (the clock), not again about the contract."""
+    result = forge("run", "-s", "binance", "--market", "usdm", "--symbol", "BTCUSDT_240329", "-t", "1h",
+                   "--from", "2024-03-01", "--to", "2024-04-30", "--archive", "archive", "--output", "q.csv")
+    assert result.code == 0, result
+    assert rows_of("q.csv") == expected("BTCUSDT_240329", "1h", "2024-03-01", "2024-04-30", geo.config.now,
+                                        Market.binance_usdm())
+    assert "BTCUSDT_240329 delivered 2024-03-29 08:00:00 UTC" in result.out
+    assert geo.stats["fault.geo451"] == 1
+
+
 def test_a_geo_blocked_verify_calls_no_hole_the_exchanges(forge, geo):
     forge("run", "-s", "binance", "--symbol", "BTCUSDT", "-t", "1h", "--from", "2024-01-01", "--to", "2024-01-31",
           "--archive", "archive", "--output", "b.csv", "-q")

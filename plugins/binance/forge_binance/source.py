@@ -430,8 +430,8 @@ class BinanceSource(Source):
                                   "and REST refused this location (HTTP 451): check the symbol's spelling")
             first_file, last_file = extent
             first = file_opens(self.archive, self.market, symbol, tf, first_file)[:1]
+            self._extent[(symbol, tf.name)] = last_file.end
             if delivery is None:
-                self._extent[(symbol, tf.name)] = last_file.end
                 return SymbolInfo(symbol, first[0] if first else None)
             last = file_opens(self.archive, self.market, symbol, tf, last_file)[-1:]
         except ArchiveFailure as exc:
@@ -439,7 +439,7 @@ class BinanceSource(Source):
                               f"{exc}") from None
         self._expired.add(symbol)
         last_open = last[0] if last else None
-        if last_open is not None:
+        if last_open is not None and self._rest_down is None:
             self._ask_rest_about(symbol, tf, last_open)
         self._stops[(symbol, tf.name)] = tf.next_open(last_open) if last_open is not None else 0
         if last_open is not None and tf.next_open(last_open) < delivery - DAY:
