@@ -366,7 +366,9 @@ class BinanceSource(Source):
         futures: the whole list, weight 1), and the newest candle of each one that still does
         not trade. Where a page walk found a series' data ending is forgotten once the newest
         candle is past it (a paused pair's candles come back). A symbol exchangeInfo no longer
-        lists is left out (unchanged)."""
+        lists is left out (unchanged), and so is every symbol once REST refused this location."""
+        if self._rest_down is not None:
+            return {}
         try:
             known = self._learn(symbols, fresh=True)["symbols"]
             answers = {}
