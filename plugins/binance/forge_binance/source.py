@@ -82,7 +82,9 @@ ARCHIVE_MODES = ("auto", "archive", "rest")
 log = get_logger(__name__)
 _WINDOW_SECONDS = {"SECOND": 1, "MINUTE": 60, "HOUR": 3600, "DAY": 86400}
 _SYMBOL_RE = re.compile(r"^[A-Z0-9\-_.]{1,20}$")  # what Binance accepts as a symbol (-1100 otherwise)
-_INFO_BATCH = 100  # symbols asked by name in one exchangeInfo request; more: the whole list
+# symbols asked by name in one exchangeInfo request; more go in several (weight 20 each) rather
+# than the whole list (megabytes). The docs give no maximum for `symbols`: 100 is unverified
+_INFO_BATCH = 100
 # a futures delivery contract (quarterly: BTCUSDT_240329, BTCUSD_240329): Binance removes it from
 # exchangeInfo after its delivery, at 08:00 UTC of the date in its name (COIN-M exchangeInfo
 # deliveryDate values; USD-M assumed alike), while the archive keeps its files
@@ -223,7 +225,8 @@ class BinanceSource(Source):
         listing, delivery).
 
         Spot asks about all of them in one request (``symbols=[...]``, weight 20 like one
-        symbol); a -1121 there (one is unknown) asks for the whole list instead, which says
+        symbol), or one per :data:`_INFO_BATCH` when there are more (the whole list is
+        megabytes); a -1121 there (one is unknown) asks for the whole list instead, which says
         which one and what is close. Futures exchangeInfo has no symbol parameter: the whole
         list, weight 1. Within one :func:`forge_core.partitions.run` the answers are kept for
         every later partition group of the same host and market: N groups cost one request."""
@@ -232,31 +235,35 @@ class BinanceSource(Source):
         later = sorted(cache.get(("symbols", self.name, self.market), ())) if cache is not None and not fresh else []
         want = [s for s in dict.fromkeys([*symbols, *later]) if fresh or s not in info["symbols"]]
         if fresh or info["rateLimits"] is None or (want and not info["complete"]):
-            params: dict[str, Any] = {}
+            batches: list[dict[str, Any]] = [{}]
             if self.market == "spot":
                 asked = [s for s in want if _SYMBOL_RE.match(s)]  # a malformed one: klines explains it
                 if len(asked) == 1:
-                    params = {"symbol": asked[0]}
-                elif 1 < len(asked) <= _INFO_BATCH:
-                    params = {"symbols": json.dumps(asked, separators=(",", ":"))}
-                elif not asked and info["rateLimits"] is not None:
+                    batches = [{"symbol": asked[0]}]
+                elif asked:
+                    batches = [{"symbols": json.dumps(asked[i:i + _INFO_BATCH], separators=(",", ":"))}
+                               for i in range(0, len(asked), _INFO_BATCH)]
+                elif info["rateLimits"] is not None:
                     return info
             cost = 20 if self.market == "spot" else 1
-            try:
-                body = self._get("/exchangeInfo", params, cost)
-            except BinanceError as exc:
-                if exc.code != -1121 or not params:
-                    raise
-                params = {}  # one of them is unknown: the whole list tells which, and what is close
-                body = self._get("/exchangeInfo", params, cost)
-            if not isinstance(body, dict):
-                raise SourceError(f"Binance {self.market} exchangeInfo is not a JSON object")
-            entries = body.get("symbols")
-            info["symbols"].update((e["symbol"], e) for e in (entries if isinstance(entries, list) else [])
-                                   if isinstance(e, dict) and isinstance(e.get("symbol"), str))
-            info["complete"] = info["complete"] or not params
-            limits = body.get("rateLimits")
-            info["rateLimits"] = limits if isinstance(limits, list) else []
+            for params in batches:
+                try:
+                    body = self._get("/exchangeInfo", params, cost)
+                except BinanceError as exc:
+                    if exc.code != -1121 or not params:
+                        raise
+                    params = {}  # one of them is unknown: the whole list tells which, and what is close
+                    body = self._get("/exchangeInfo", params, cost)
+                if not isinstance(body, dict):
+                    raise SourceError(f"Binance {self.market} exchangeInfo is not a JSON object")
+                entries = body.get("symbols")
+                info["symbols"].update((e["symbol"], e) for e in (entries if isinstance(entries, list) else [])
+                                       if isinstance(e, dict) and isinstance(e.get("symbol"), str))
+                info["complete"] = info["complete"] or not params
+                limits = body.get("rateLimits")
+                info["rateLimits"] = limits if isinstance(limits, list) else []
+                if not params:
+                    break  # the whole list has them all
         if not self._limits_known:
             self._limits_known = True
             for limit in info["rateLimits"]:

@@ -58,6 +58,18 @@ def test_an_unknown_symbol_asks_for_the_whole_list_once_and_is_named_with_a_clos
     assert len(asked) == 2
 
 
+def test_more_than_a_hundred_symbols_are_asked_by_name_a_hundred_at_a_time(fresh_mock, source):
+    """The whole spot list is megabytes (it was asked past 100 symbols): 150 take two requests
+    by name, weight 20 each. (The docs give no maximum for ``symbols``: 100 is unverified.)"""
+    import json
+
+    names = [f"T{i}USDT" for i in range(1, 151)]
+    asked = recorded(fresh_mock, "/api/v3/exchangeInfo")
+    source.prepare_symbols(names, H1)
+    assert asked == ["symbols=" + json.dumps(part, separators=(",", ":")) for part in (names[:100], names[100:])]
+    assert source.prepare("T150USDT", H1).first_open is not None and len(asked) == 2
+
+
 def test_a_malformed_symbol_is_left_to_klines_and_gets_the_right_spelling(fresh_mock, source):
     asked = recorded(fresh_mock, "/api/v3/exchangeInfo")
     source.prepare_symbols(["BTCUSDT", "ethusdt"], H1)
