@@ -231,3 +231,74 @@ def test_a_recorded_error_body_is_one_line_naming_it(status, code, market, said)
             src.close()
     line = str(caught.value)
     assert "\n" not in line and re.search(said, line), line
+
+
+# -- recorded archive rows, zipped and checksummed as data.binance.vision serves them ----------
+def archive_server(market: str, symbol: str, tf: str, files: dict[str, str], now: int) -> MockExchange:
+    """REST (time, exchangeInfo, and klines answering the first recorded row to the listing
+    probe) and the archive: each of ``files`` (zip name -> CSV text) as the zip holding one CSV
+    of the same name, with its ``.CHECKSUM`` line; any other file 404 as on the real host."""
+    import hashlib
+    import io
+    import zipfile
+
+    blobs: dict[str, bytes] = {}
+    for name, text in files.items():
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(name.replace(".zip", ".csv"), text)
+        blobs[name] = out.getvalue()
+        blobs[name + ".CHECKSUM"] = f"{hashlib.sha256(out.getvalue()).hexdigest()}  {name}\n".encode()
+    first = next(line for text in files.values() for line in text.splitlines() if line[:1].isdigit()).split(",")
+    kline = [int(first[0][:13]), *first[1:6], int(first[6][:13]), first[7], int(first[8]), *first[9:]]
+    server = MockExchange(routes=[])
+    prefix = {"spot": "/api/v3", "usdm": "/fapi/v1", "coinm": "/dapi/v1"}[market]
+    entry = {"symbol": symbol, "status": "TRADING", "contractStatus": "TRADING", "onboardDate": kline[0]}
+    server.route(f"{prefix}/time", lambda req: Response.json({"serverTime": now}))
+    server.route(f"{prefix}/exchangeInfo", lambda req: Response.json({"rateLimits": [], "symbols": [entry]}))
+    server.route(f"{prefix}/klines", lambda req: Response.json([kline] if req.arg("startTime") == "0" else []))
+    directory = {"spot": "spot", "usdm": "futures/um", "coinm": "futures/cm"}[market]
+
+    def archive(req):
+        folder, _, name = req.path.rpartition("/")
+        wanted = f"/data/{directory}/{'daily' if name.count('-') >= 4 else 'monthly'}/klines/{symbol}/{tf}"
+        body = blobs.get(name) if folder == wanted else None
+        return Response(200, body, content_type="application/zip") if body is not None else Response(404, b"")
+
+    server.route_prefix("/data/", archive)
+    return server
+
+
+ARCHIVE_CASES = {  # name: (market, symbol, tf, fixture, zip name, --from, --to)
+    # the README's 2025 spot row: microseconds (an hourly copy of the older 1m example)
+    "spot-2025-us": ("spot", "BTCUSDT", "1h", "binance_vision_spot_kline_row_readme_2025_microseconds.csv",
+                     "BTCUSDT-1h-2025-01-01.zip", "2025-01-01 00:00:00", "2025-01-01 00:00:00"),
+    "spot-ms": ("spot", "BTCUSDT", "1m", "binance_vision_spot_kline_row_readme_pre2025_milliseconds.csv",
+                "BTCUSDT-1m-2020-09-30.zip", "2020-09-30 23:59:00", "2020-09-30 23:59:00"),
+    "um-1w": ("usdm", "BTCUSDT", "1w", "binance_vision_um_kline_row_readme.csv", "BTCUSDT-1w-2017-07.zip",
+              "2017-07-03", "2017-07-09"),
+    "cm-header": ("coinm", "BTCUSD_PERP", "1h", "binance_vision_cm_BTCUSD_PERP_1h_2023-10-27_head_with_header_freqtrade.csv",
+                  "BTCUSD_PERP-1h-2023-10-27.zip", "2023-10-27 00:00:00", "2023-10-27 02:00:00"),
+    "cm-1m": ("coinm", "BTCUSD_PERP", "1m", "binance_vision_cm_kline_row_readme.csv", "BTCUSD_PERP-1m-2020-06-04.zip",
+              "2020-06-04 08:12:00", "2020-06-04 08:12:00"),
+}
+
+
+@pytest.mark.parametrize("case", list(ARCHIVE_CASES))
+def test_a_recorded_archive_row_becomes_exactly_its_candle(forge, monkeypatch, tmp_path, case):
+    market, symbol, tf, fixture, name, start, end = ARCHIVE_CASES[case]
+    text = (FIXTURES / fixture).read_text()
+    env = {"spot": "FORGE_BINANCE_URL", "usdm": "FORGE_BINANCE_FUTURES_URL", "coinm": "FORGE_BINANCE_COINM_URL"}
+    with archive_server(market, symbol, tf, {name: text}, 1735689600000 + 10 * 86_400_000) as server:
+        monkeypatch.setenv(env[market], server.url)
+        out = tmp_path / "out.csv"
+        result = forge("run", "-s", "binance", "--market", market, "--symbol", symbol, "-t", tf, "--from", start,
+                       "--to", end, "--archive", "archive", "--archive-url", server.url, "--output", str(out), "-q")
+    assert result.code == 0, result
+    source = "binance" if market == "spot" else f"binance-{market}"
+    want = []
+    for line in text.splitlines():
+        if line[:1].isdigit():  # not the header
+            v = line.split(",")
+            want.append([source, symbol, tf, v[0][:13], v[6][:13], *v[1:6], v[7], v[8], v[9], v[10]])
+    assert read_csv(out)[1] == want and want
