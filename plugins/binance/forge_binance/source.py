@@ -742,7 +742,8 @@ def _raw_klines(content: bytes, columns: tuple[str, ...], fixed: dict[str, str],
         return None
     if ms is not None and columns == _TEXT_COLUMNS and opens[0].isdigit():
         first = int(opens[0])
-        stop = first + n * ms  # one comparison each with the run a `%` format writes: canonical, in order
+        stop = first + n * ms  # opens and closes: one comparison each with the run a `%` format
+        # writes (canonical, in order); trades: canonical ints (no empty one, no ".", no leading 0)
         if (stop < 1 << 63 and heads == "[[" + ("%d,],[" * (n - 1) + "%d,]]") % tuple(range(first, stop, ms))
                 and closes == (",%d," * n) % tuple(range(first + ms - 1, stop, ms))
                 and "" not in trades and "." not in counts and counts.count(",0") == trades.count("0")):
