@@ -183,3 +183,25 @@ def test_a_geo_blocked_unknown_symbol_is_one_line(forge, geo):
     assert line == ("forge: error: BTCUSTD has no 1h files in the Binance archive (" + geo.url + "/) and REST "
                     "refused this location (HTTP 451): check the symbol's spelling"), result.err
     assert len(warning) == 1 and "rest_unreachable" in warning[0]
+
+
+def test_a_geo_blocked_partitioned_run_is_refused_and_warned_once(forge, geo):
+    """Each partition group has its own source: the later ones knew nothing of the 451 and
+    asked REST (and warned) again, one line per group."""
+    result = forge("run", "--partition", "binance:spot:BTCUSDT:1h:2024-01", "--partition", "binance:spot:ETHUSDT:1h:2024-02",
+                   "--partition", "binance:spot:BTCUSDT:1h:2024-03", "--archive", "archive", "--output", "{symbol}.csv")
+    assert result.code == 0, result
+    assert result.err.count("rest_unreachable") == 1, result.err
+    assert geo.stats["fault.geo451"] == 1
+    assert rows_of("ETHUSDT.csv") == expected("ETHUSDT", "1h", "2024-02-01", "2024-02-29", geo.config.now)
+
+
+def test_a_geo_blocked_deep_verify_is_one_line_saying_why(forge, geo):
+    forge("run", "-s", "binance", "--symbol", "BTCUSDT", "-t", "1h", "--from", "2024-01-01", "--to", "2024-01-31",
+          "--archive", "archive", "--output", "b.csv", "-q")
+    result = forge("verify", "-s", "binance", "--symbol", "BTCUSDT", "-t", "1h", "--from", "2024-01-01",
+                   "--to", "2024-01-31", "--archive", "archive", "--output", "b.csv", "--deep", "2")
+    assert result.code != 0, result
+    assert result.err.splitlines()[-1] == (
+        "forge: error: --deep compares archive files with REST, which refused this location (HTTP 451): verify "
+        "without --deep checks the store against the archive alone"), result.err

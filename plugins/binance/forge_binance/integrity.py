@@ -25,7 +25,7 @@ from itertools import repeat
 from operator import sub
 from typing import TYPE_CHECKING
 
-from forge_core import Row, Timeframe
+from forge_core import Row, SourceError, Timeframe
 from forge_core.integrity.digest import line, normalize
 
 from .archive import (
@@ -369,4 +369,7 @@ class ArchiveSide:
 
     def rest_lines(self, symbol: str, tf: Timeframe, start: int, end: int) -> tuple[bytes, list[int]]:
         """REST's canonical lines for ``[start, end)``."""
+        if self.source._rest_down is not None:
+            raise SourceError("--deep compares archive files with REST, which refused this location (HTTP 451): "
+                              "verify without --deep checks the store against the archive alone")
         return rows_text(self.source._fetch_rest(symbol, tf, start, end))

@@ -289,6 +289,9 @@ class BinanceSource(Source):
 
     # -- the Source contract ----------------------------------------------------------------
     def server_time(self) -> int:
+        cache = run_cache()
+        if self._rest_down is None and cache is not None:  # an earlier partition group was refused
+            self._rest_down = cache.get(("binance.rest_down", *self._info_key[1:]))
         if self._rest_down is None:
             try:
                 self._now = int(self._get("/time", {}, 1)["serverTime"])
@@ -315,6 +318,9 @@ class BinanceSource(Source):
             return False
         if self._rest_down is None:
             self._rest_down = exc.line
+            cache = run_cache()
+            if cache is not None:  # the later partition groups of this run: neither asked nor warned again
+                cache[("binance.rest_down", *self._info_key[1:])] = exc.line
             log.warning("rest_unreachable", market=self.market, refused=exc.line,
                         going_on="--archive archive from the archive's files alone, on the archive host's clock",
                         lost="the newest days not archived yet; symbols unchecked against exchangeInfo (their "
