@@ -302,3 +302,36 @@ def test_a_recorded_archive_row_becomes_exactly_its_candle(forge, monkeypatch, t
             v = line.split(",")
             want.append([source, symbol, tf, v[0][:13], v[6][:13], *v[1:6], v[7], v[8], v[9], v[10]])
     assert read_csv(out)[1] == want and want
+
+
+# -- a 200 that is not the exchange's JSON: retried, never read as candles ----------------------
+@pytest.mark.parametrize("bad", [b"", b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+                                 b'[[1706745600000,"1.5","2.5"', b"[", b"null", b"{}"],
+                         ids=["empty", "html", "truncated", "bracket", "null", "object"])
+def test_a_200_without_klines_is_retried_and_the_rows_stay_exact(fresh_mock, bad):
+    """What CDNs and proxies in front of an exchange answer during an upstream fault (an empty
+    body, an HTML page, a cut or foreign JSON) comes with HTTP 200 too: once, then the real page."""
+    from forge_binance.mock import binance_rows
+    from forge_core.testing.market import Market
+
+    real = fresh_mock.routes["/api/v3/klines"]
+    spoiled: list[str] = []
+
+    def once(req):
+        answer = real(req)
+        if req.arg("endTime") and not spoiled:
+            spoiled.append(req.raw_query)
+            return Response(200, bad, dict(answer.headers), "text/html" if bad.startswith(b"<") else "application/json")
+        return answer
+
+    fresh_mock.route("/api/v3/klines", once)
+    src = BinanceSource(base_url=fresh_mock.url, archive="rest")
+    src.http.backoff = 0.01
+    tf, start = parse_timeframe("1m"), 1706745600000
+    try:
+        rows = list(src.fetch(Task("BTCUSDT", tf, start, start + 300 * 60_000)))
+        stats = src.stats()
+    finally:
+        src.close()
+    assert spoiled and stats["retries"] == 1
+    assert rows == binance_rows("BTCUSDT", "1m", start, start + 300 * 60_000, fresh_mock.now(), Market.binance_spot())

@@ -76,3 +76,35 @@ def test_the_mock_asks_an_instrument_family_for_options(mock):
     assert answer.status_code == 400 and answer.json()["code"] == "50015"
     listed = requests.get(f"{mock.url}{INSTRUMENTS}", params={"instType": "OPTION", "instFamily": "BTC-USD"}).json()
     assert [(i["instId"], i["optType"], i["stk"]) for i in listed["data"]] == [("BTC-USD-250328-90000-C", "C", "90000")]
+
+
+@pytest.mark.parametrize("bad", [b"", b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+                                 b'{"code":"0","msg":"","data":[["1704', b'{"code":"0","msg":""}',
+                                 b'{"code":"0","msg":"","data":null}', b"[]"],
+                         ids=["empty", "html", "truncated", "no-data", "null-data", "list"])
+def test_a_200_without_candles_is_retried_and_the_rows_stay_exact(fresh_mock, bad):
+    from forge_core import Task
+    from forge_okx.mock import okx_rows
+
+    real = fresh_mock.routes[HISTORY]
+    spoiled: list[str] = []
+
+    def once(req):
+        if req.arg("limit") == "300" and not spoiled:
+            spoiled.append(req.raw_query)
+            return Response(200, bad)
+        return real(req)
+
+    fresh_mock.route(HISTORY, once)
+    src = OkxSource(base_url=fresh_mock.url)
+    tf, start = parse_timeframe("1h"), 1704067200000
+    try:
+        src.server_time()
+        for client in src.clients.values():
+            client.backoff = 0.01
+        rows = list(src.fetch(Task("ETH-USDT", tf, start, start + 300 * 3_600_000)))
+        retries = src.stats()["retries"]
+    finally:
+        src.close()
+    assert spoiled and retries == 1
+    assert rows == okx_rows("ETH-USDT", "1h", start, start + 300 * 3_600_000, fresh_mock.now())
