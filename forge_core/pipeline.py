@@ -390,6 +390,7 @@ class Pipeline:
             result.served.setdefault(symbol, 0)
         last_seen: dict[str, int] = {}
         held = Held()
+        stream: Any = None  # the stream of the previous task: no commit inside one (Task.stream)
         for task, rows, origin in _run_ahead(self.source, tasks, self.workers, held=held):
             if task.symbol != current:
                 if current is not None:
@@ -399,6 +400,10 @@ class Pipeline:
                 current = task.symbol
                 for transform in self.transforms:
                     transform.start_series(current, *ranges[current])
+            elif uncommitted >= self.commit_every and task.stream is not stream:
+                self._commit()  # the commit the previous stream's tasks put off
+                uncommitted = 0
+            stream = task.stream
             result.tasks += 1
             clean, dropped = _clean(rows, task, now, i_open, i_end)
             del rows
@@ -421,11 +426,11 @@ class Pipeline:
                     del batch
                     held.release(held_bytes(part))  # the next task may start
                     del part
-                    if uncommitted >= self.commit_every:
+                    if uncommitted >= self.commit_every and stream is None:
                         self._commit()
                         uncommitted = 0
             total_done += tf.count(task.start, task.end)
-            if uncommitted >= self.commit_every:
+            if uncommitted >= self.commit_every and stream is None:
                 self._commit()
                 uncommitted = 0
             if self.on_progress is not None:
@@ -615,6 +620,10 @@ BYTES_AHEAD = 12 << 20
 written yet, and those of the tasks fetched or being fetched (at the most bytes per candle seen
 so far). An archive month of 1m held as text is about 8.3 MB: the next month is read while the
 writer writes one; a REST page of 1,000 candles is 0.6-0.8 MB. One task always runs ahead."""
+STREAM_AHEAD = 2
+"""Tasks of one stream (:attr:`Task.stream`: parts of one file, read in order) fetched or being
+fetched ahead of the one the writer holds: enough to read the next part while one is written;
+more would only hold a file's rows in memory (a month of 1m is 8 MB as text)."""
 ROW_BYTES = 1000
 """Bytes a candle is taken to hold until a task is fetched (a row as a tuple of strings takes
 about 750; as archive text 185): then the most a fetched task's took."""
@@ -674,7 +683,9 @@ def _run_ahead(source: Source, tasks: Iterator[Task], workers: int, rows_ahead: 
         while upcoming is not None:
             n = size(upcoming)
             if pending and (len(pending) >= 2 * workers or ahead + n > rows_ahead
-                            or state.bytes + (ahead + n) * per_row > bytes_ahead):
+                            or state.bytes + (ahead + n) * per_row > bytes_ahead
+                            or (upcoming.stream is not None
+                                and sum(t.stream is upcoming.stream for t, _ in pending) >= STREAM_AHEAD)):
                 return
             pending.append((upcoming, pool.submit(fetch, upcoming)))
             ahead += n

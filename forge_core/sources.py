@@ -29,6 +29,10 @@ class Task:
     """One unit of fetching: candles of ``symbol`` opening in ``[start, end)``.
 
     ``kind`` and ``detail`` are the source's own (e.g. ``"archive"`` and a file URL).
+    ``stream``, when not None, is shared by consecutive tasks that are parts of one sequential
+    read (the slices of one archive file, planned in order): the run loop fetches at most
+    :data:`~forge_core.pipeline.STREAM_AHEAD` of them ahead of the one it writes (reading more
+    of a file ahead only holds its rows), and commits between streams, not inside one.
     """
 
     symbol: str
@@ -37,6 +41,7 @@ class Task:
     end: int
     kind: str = "rest"
     detail: Any = None
+    stream: Any = None
 
 
 @dataclass(frozen=True)

@@ -178,6 +178,65 @@ def test_run_ahead_is_bounded_by_the_bytes_of_the_rows_held(monkeypatch):
     assert source.max_in_flight > 1  # still fetched concurrently
 
 
+
+class StreamSource(FakeSource):
+    """Each day in slices of 100 candles, the slices of a day one stream (as an archive file's
+    slices are): counts the slices of a day fetched and not yet written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outstanding: dict[int, int] = {}
+        self.most_ahead = 0
+
+    def plan(self, symbol, timeframe, start, end):
+        day = 1440 * MINUTE
+        for d in range(start, end, day):
+            stream = object()
+            for a in range(d, min(d + day, end), 100 * MINUTE):
+                yield Task(symbol, timeframe, a, min(a + 100 * MINUTE, d + day, end), stream=stream)
+
+    def fetch(self, task: Task):
+        with self.lock:
+            held = self.outstanding[id(task.stream)] = self.outstanding.get(id(task.stream), 0) + 1
+            self.most_ahead = max(self.most_ahead, held)
+        return [row(task.symbol, ts) for ts in range(task.start, task.end, MINUTE)]
+
+
+class StreamSink(MemorySink):
+    def __init__(self, source: StreamSource) -> None:
+        super().__init__()
+        self.source = source
+        self.committed_at: list[int] = []
+
+    def write(self, batch: Batch) -> None:
+        time.sleep(0.002)  # slower than the source: the read-ahead fills up to its bound
+        with self.source.lock:
+            for stream, n in self.source.outstanding.items():
+                if n:
+                    self.source.outstanding[stream] = n - 1
+                    break
+        super().write(batch)
+
+    def commit(self) -> None:
+        if self.pending:
+            self.committed_at.append(self.pending[-1][3])
+        super().commit()
+
+
+def test_a_stream_is_fetched_at_most_stream_ahead_tasks_ahead_and_committed_between_streams():
+    from forge_core import pipeline
+
+    source = StreamSource()
+    sink = StreamSink(source)
+    run(source, sink, symbols="A", timeframe="1m", start="2024-01-01", end="2024-01-04",
+        pipeline={"workers": 8, "commit_every": 500})
+    assert sink.rows == [row("A", ts) for ts in range(T0, T0 + 4 * 1440 * MINUTE, MINUTE)]
+    # the slice written and STREAM_AHEAD more (15 of a day's with 2 x workers alone)
+    assert source.most_ahead <= 1 + pipeline.STREAM_AHEAD
+    # every 500 rows, but never inside a day: the commits come at the ends of days
+    assert sink.committed_at == [T0 + d * 1440 * MINUTE - MINUTE for d in range(1, 5)]
+
+
 def test_listing_date_skips_empty_history():
     source = FakeSource(listed=T0 + 5 * 1440 * MINUTE + 17)
     result, sink = run(source, symbols="A", timeframe="1m", start="2024-01-01", end="2024-01-06")

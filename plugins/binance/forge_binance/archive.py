@@ -36,6 +36,7 @@ from forge_core import (
     CANDLE_COLUMNS,
     DAY,
     EXTRA_COLUMNS,
+    HOUR,
     Cancelled,
     Fetched,
     GaveUp,
@@ -43,6 +44,7 @@ from forge_core import (
     Row,
     RowMaker,
     SourceError,
+    Task,
     TextRows,
     Timeframe,
     default_check,
@@ -316,49 +318,16 @@ def read_rows(data: bytes, source: str, symbol: str, tf: Timeframe, start: int, 
     inside ``[start, end)`` whose candles the file lacks, before the end of the file (a hint:
     :func:`find_gaps` on the result is what counts)."""
     gaps = _GapWatch(tf, start, end, on_gap) if on_gap is not None and tf.ms is not None else None
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        members = [n for n in zf.namelist() if n.lower().endswith(".csv")]
-        if len(members) != 1:
-            raise ValueError(f"expected one CSV in the zip, found {zf.namelist()}")
-        fixed = {"source": source, "symbol": symbol, "timeframe": tf.name}
-        fast = columns == COLUMNS and tf.ms is not None
-        parts: list[TextRows | list[Row]] = []
-
-        def take(piece: bytes) -> None:
-            nonlocal fast
-            if fast:
-                rows = _text_rows(piece, tf, fixed)
-                if rows is not None:
-                    parts.append(rows)
-                    if gaps is not None:
-                        gaps.see(rows)
-                    return
-                fast = False
-            out: list[Row] = []
-            _rows(piece.decode("utf-8").splitlines(), out, make or row_maker(columns, tf, source=source,
-                                                                              symbol=symbol), tf, start, end)
-            parts.append(out)
-
-        with zf.open(members[0]) as raw:
-            rest, first = b"", True
-            while True:
-                chunk = raw.read(PIECE)
-                if not chunk:
-                    break
-                cut = chunk.rfind(b"\n") + 1
-                if not cut:
-                    rest += chunk
-                    continue
-                piece, rest = rest + chunk[:cut], chunk[cut:]
-                if first:
-                    first = False
-                    if not piece[:1].isdigit():
-                        piece = piece[piece.find(b"\n") + 1:]  # header row (newer futures files)
-                take(piece)
-            if rest.strip():
-                if first and not rest[:1].isdigit():
-                    rest = rest[rest.find(b"\n") + 1:] if b"\n" in rest else b""
-                take(rest if rest.endswith(b"\n") else rest + b"\n")
+    parts: list[TextRows | list[Row]] = []
+    reader = _Reader(data, source, symbol, tf, make, columns)
+    try:
+        while (piece := reader.piece()) is not None:
+            got = reader.parse(piece, start, end)
+            parts.append(got)
+            if gaps is not None and isinstance(got, TextRows):
+                gaps.see(got)
+    finally:
+        reader.close()
     if not parts:
         return []
     if all(isinstance(p, TextRows) for p in parts):
@@ -372,6 +341,130 @@ def read_rows(data: bytes, source: str, symbol: str, tf: Timeframe, start: int, 
     i = columns.index("open_ts")
     for p in parts:
         out += p if isinstance(p, list) else [r for r in p if start <= r[i] < end]
+    return out
+
+
+class _Reader:
+    """The CSV of a verified zip, read :data:`PIECE` bytes at a time: pieces of whole lines
+    (a header row dropped) parsed as :class:`~forge_core.TextRows` while every piece is plain
+    kline CSV, else as tuples from ``make``. :meth:`take` reads a file a slice at a time."""
+
+    def __init__(self, data: bytes, source: str, symbol: str, tf: Timeframe, make: RowMaker | None,
+                 columns: tuple[str, ...]) -> None:
+        self._zf = zipfile.ZipFile(io.BytesIO(data))
+        members = [n for n in self._zf.namelist() if n.lower().endswith(".csv")]
+        if len(members) != 1:
+            self._zf.close()
+            raise ValueError(f"expected one CSV in the zip, found {self._zf.namelist()}")
+        self._raw = self._zf.open(members[0])
+        self.tf, self.columns, self.source, self.symbol, self.make = tf, columns, source, symbol, make
+        self.fixed = {"source": source, "symbol": symbol, "timeframe": tf.name}
+        self.fast = columns == COLUMNS and tf.ms is not None
+        self._rest, self._first, self._done = b"", True, False
+        self._carry: TextRows | list[Row] | None = None  # rows read past the last slice's end
+
+    def piece(self) -> bytes | None:
+        """The next piece of whole lines; None after the last."""
+        while not self._done:
+            chunk = self._raw.read(PIECE)
+            if not chunk:
+                self._done = True
+                rest, self._rest = self._rest, b""
+                if not rest.strip():
+                    return None
+                if self._first and not rest[:1].isdigit():
+                    rest = rest[rest.find(b"\n") + 1:] if b"\n" in rest else b""
+                return rest if rest.endswith(b"\n") else rest + b"\n"
+            cut = chunk.rfind(b"\n") + 1
+            if not cut:
+                self._rest += chunk
+                continue
+            piece, self._rest = self._rest + chunk[:cut], chunk[cut:]
+            if self._first:
+                self._first = False
+                if not piece[:1].isdigit():
+                    piece = piece[piece.find(b"\n") + 1:]  # header row (newer futures files)
+            return piece
+        return None
+
+    def parse(self, piece: bytes, start: int, end: int) -> TextRows | list[Row]:
+        """A piece's rows: all of them as TextRows, or as tuples those opening in ``[start, end)``."""
+        if self.fast:
+            rows = _text_rows(piece, self.tf, self.fixed)
+            if rows is not None:
+                return rows
+            self.fast = False
+        out: list[Row] = []
+        make = self.make or row_maker(self.columns, self.tf, source=self.source, symbol=self.symbol)
+        _rows(piece.decode("utf-8").splitlines(), out, make, self.tf, start, end)
+        return out
+
+    def take(self, start: int, end: int, on_gap: Callable[[int, int], None] | None = None) -> Sequence[Row]:
+        """The rows opening in ``[start, end)`` from the rows not read yet: pieces are read until
+        one reaches ``end``, and its rows from ``end`` on are kept for the next slice. Rows of an
+        earlier slice found later (a file out of order) are dropped: that slice found them
+        missing and asked REST (:func:`find_gaps`). ``on_gap`` as for :func:`read_rows`."""
+        gaps = _GapWatch(self.tf, start, end, on_gap) if on_gap is not None and self.tf.ms is not None else None
+        i = self.columns.index("open_ts")
+        parts: list[TextRows | list[Row]] = []
+        while True:
+            rows, self._carry = self._carry, None
+            if rows is None:
+                piece = self.piece()
+                if piece is None:
+                    break
+                rows = self.parse(piece, start, 1 << 63)
+            if isinstance(rows, TextRows):
+                opens = rows.open_ts
+                if rows.step is not None or ascending(opens):
+                    lo, hi = bisect_left(opens, start), bisect_left(opens, end)
+                    if lo < hi:
+                        parts.append(rows[lo:hi])
+                        if gaps is not None:
+                            gaps.see(parts[-1])
+                    if hi < len(opens):
+                        self._carry = rows[hi:]
+                        break
+                    continue
+                rows = list(rows)
+            mine = [r for r in rows if start <= r[i] < end]
+            later = [r for r in rows if r[i] >= end]
+            if mine:
+                parts.append(mine)
+            if later:
+                self._carry = later
+                break
+        if all(isinstance(p, TextRows) for p in parts):
+            return TextRows.join(parts) if parts else []  # type: ignore[arg-type]
+        return [r for p in parts for r in p]
+
+    def close(self) -> None:
+        self._carry = None
+        self._raw.close()
+        self._zf.close()
+
+
+SLICE_ROWS = 4096
+"""About the candles of one slice of a big file's segment (:func:`slices`): a month of 1m is
+read in 3-day slices of 4,320 candles (0.8 MB as text), a day of 1s in 2-hour ones."""
+
+
+def slices(tf: Timeframe, seg: Segment) -> list[tuple[int, int]]:
+    """``[start, end)`` parts of a file's segment, read one after the other from one download:
+    whole days of a monthly file, whole hours of a daily one, of at least :data:`SLICE_ROWS`
+    candles; one part for a segment of up to twice that (a month of 15m, a day of 1m)."""
+    assert seg.file is not None
+    if tf.ms is None or tf.count(seg.start, seg.end) <= 2 * SLICE_ROWS:
+        return [(seg.start, seg.end)]
+    unit = DAY if seg.file.period == "monthly" else HOUR
+    step = -(-SLICE_ROWS * tf.ms // unit) * unit
+    out, a, cut = [], seg.start, seg.file.start + step
+    while cut < seg.end:
+        if cut > a:
+            out.append((a, cut))
+            a = cut
+        cut += step
+    out.append((a, seg.end))
     return out
 
 
@@ -827,6 +920,22 @@ class ArchiveClient:
 RestFetch = Callable[[str, Timeframe, int, int], list[Row]]
 
 
+class _Stream:
+    """The slices of one file's segment (:meth:`ArchiveFetcher.tasks`, the tasks' ``stream``),
+    read in order from one download by whichever worker fetches the next slice."""
+
+    def __init__(self, seg: Segment) -> None:
+        self.seg = seg
+        self.turn = threading.Condition()
+        self.at = seg.start  # where the next slice to read starts
+        self.reader: _Reader | None = None
+        self.missing = False  # the file was not there: its days' files instead (a monthly file)
+        self.rest: str | None = None  # why the file's remaining slices come from REST
+
+    def __repr__(self) -> str:
+        return f"_Stream({iso(self.seg.start)}..{iso(self.seg.end - 1)})"
+
+
 class ArchiveFetcher:
     """Rows of one archive task. A monthly file that is missing (404) is replaced by the daily
     files of its days; a file that is missing or fails verification is replaced by REST for
@@ -1040,9 +1149,25 @@ class ArchiveFetcher:
                 pool.shutdown(wait=False)
         return {seg: bool(ok) for seg, ok in zip(files, state, strict=True)}
 
-    def fetch(self, symbol: str, tf: Timeframe, f: ArchiveFile, start: int, end: int) -> Fetched:
+    def tasks(self, symbol: str, tf: Timeframe, seg: Segment) -> list[Task]:
+        """The tasks of a file's segment: one, or its :func:`slices` read one after the other
+        from one download (one :class:`_Stream`), so that no month is held whole."""
+        assert seg.file is not None
+        parts = slices(tf, seg)
+        if len(parts) == 1:
+            return [Task(symbol, tf, seg.start, seg.end, "archive", seg.file)]
+        stream = _Stream(seg)
+        return [Task(symbol, tf, a, b, "archive", seg.file, stream) for a, b in parts]
+
+    def fetch(self, symbol: str, tf: Timeframe, f: ArchiveFile, start: int, end: int,
+              stream: _Stream | None = None) -> Fetched:
+        """The rows of ``f`` opening in ``[start, end)``; of the next slice of ``stream``
+        (:meth:`tasks`) when given: slices are read in order, each waiting for the one before."""
         parts: list[tuple[Sequence[Row], str]] = []
-        self._collect(symbol, tf, f, start, end, parts)
+        if stream is None:
+            self._collect(symbol, tf, f, start, end, parts)
+        else:
+            self._slice(symbol, tf, f, start, end, stream, parts)
         out: Sequence[Row] = parts[0][0] if len(parts) == 1 else [r for rows, _ in parts for r in rows]
         if isinstance(out, list) and len(parts) > 1:
             out.sort(key=lambda r: r[OPEN_INDEX])
@@ -1082,17 +1207,88 @@ class ArchiveFetcher:
             for future in early.values():  # asked for a file that is not used after all
                 future.cancel()
 
+    def _slice(self, symbol: str, tf: Timeframe, f: ArchiveFile, start: int, end: int, stream: _Stream,
+               parts: list[tuple[Sequence[Row], str]]) -> None:
+        """One slice of ``stream``, after the slice before it (planned and fetched in order)."""
+        with stream.turn:
+            while stream.at != start:
+                if self.client.http.cancelled.is_set():
+                    raise Cancelled("cancelled")
+                stream.turn.wait(0.25)
+        ok = False
+        try:
+            self._read_slice(symbol, tf, f, start, end, stream, parts)
+            ok = True
+        finally:
+            with stream.turn:
+                if (not ok or end >= stream.seg.end) and stream.reader is not None:
+                    stream.reader.close()  # (a later slice after a failure reads the file again)
+                    stream.reader = None
+                stream.at = end
+                stream.turn.notify_all()
+
+    def _read_slice(self, symbol: str, tf: Timeframe, f: ArchiveFile, start: int, end: int, stream: _Stream,
+                    parts: list[tuple[Sequence[Row], str]]) -> None:
+        """As :meth:`_collect` for one slice: the file is downloaded and verified at the first;
+        a file found missing or unusable is said once, and its later slices follow the first's
+        way (daily files, or REST); the file counts as read at its last slice."""
+        name = f.name(symbol, tf)
+        count = self.client.count
+        if stream.rest is not None:
+            parts.append((self.rest(symbol, tf, start, end), "rest"))
+            return None
+        if stream.missing:
+            return self._with_gaps(symbol, tf, f, start, end, None, {}, parts, said=True)
+        if self.unreachable is not None and stream.reader is None:
+            stream.rest = self.unreachable
+            return self._instead(symbol, tf, name, start, end, self.unreachable, parts, stream.seg.end)
+        early: dict[tuple[int, int], Future[list[Row]]] = {}
+
+        def on_gap(a: int, b: int) -> None:
+            early[(a, b)] = self._gap_pool().submit(self._rest_for, symbol, tf, a, b)
+
+        try:
+            try:
+                if stream.reader is None:
+                    path = f.path(self.market, symbol, tf)
+                    data = self.client.verified(path)
+                    self._ahead_of(path)
+                    if data is None:
+                        stream.missing = True
+                        return self._with_gaps(symbol, tf, f, start, end, None, early, parts)
+                    stream.reader = _Reader(data, self.source, symbol, tf, self.maker(symbol, tf), self.columns)
+                    del data
+                rows = stream.reader.take(start, end, on_gap)
+            except ChecksumMismatch as exc:
+                count("archive_checksum_failures")
+                stream.rest = f"failed verification: {exc}"
+            except ArchiveUnreachable as exc:
+                count("archive_errors")
+                self.unreachable = stream.rest = f"could not be fetched: archive host unreachable ({exc})"
+            except (ArchiveFailure, ValueError, IndexError, zipfile.BadZipFile) as exc:
+                count("archive_errors")
+                stream.rest = f"unusable: {exc}"
+            if stream.rest is not None:
+                return self._instead(symbol, tf, name, start, end, stream.rest, parts, stream.seg.end)
+            return self._with_gaps(symbol, tf, f, start, end, rows, early, parts, counted=end >= stream.seg.end)
+        finally:
+            for future in early.values():
+                future.cancel()
+
     def _with_gaps(self, symbol: str, tf: Timeframe, f: ArchiveFile, start: int, end: int,
                    rows: Sequence[Row] | None, early: dict[tuple[int, int], Future[list[Row]]],
-                   parts: list[tuple[Sequence[Row], str]]) -> None:
-        """The file's ``rows`` (None: it is missing), and from REST the candles it lacks: those
-        asked while it was read (``early``) and any other gap :func:`find_gaps` finds."""
+                   parts: list[tuple[Sequence[Row], str]], *, said: bool = False, counted: bool = True) -> None:
+        """The file's ``rows`` (None: it is missing; ``said``: already counted and logged), and
+        from REST the candles it lacks: those asked while it was read (``early``) and any other
+        gap :func:`find_gaps` finds. ``counted``: the file counts as read (a slice: its last)."""
         name = f.name(symbol, tf)
         count = self.client.count
         if rows is None:
-            count("archive_missing")
+            if not said:
+                count("archive_missing")
             if f.period == "monthly" and tf.name in DAILY_TIMEFRAMES:
-                log.info("archive_monthly_missing", file=name, using="daily files")
+                if not said:
+                    log.info("archive_monthly_missing", file=name, using="daily files")
                 ts = start
                 while ts < end:
                     day = day_file(ts)
@@ -1100,7 +1296,8 @@ class ArchiveFetcher:
                     ts = day.end
                 return None
             return self._instead(symbol, tf, name, start, end, "is not in the archive (HTTP 404)", parts)
-        count("archive_files")
+        if counted:
+            count("archive_files")
         parts.append((rows, "archive"))
         extra: list[Row] = []
         for a, b in find_gaps(rows, tf, start, end):
@@ -1133,8 +1330,10 @@ class ArchiveFetcher:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _instead(self, symbol: str, tf: Timeframe, name: str, start: int, end: int, reason: str,
-                 parts: list[tuple[Sequence[Row], str]]) -> None:
-        where = f"{iso(start)}..{iso(end - 1)}"
+                 parts: list[tuple[Sequence[Row], str]], through: int | None = None) -> None:
+        """REST for ``[start, end)`` in place of the file, said once: ``through`` is the end of
+        what goes to REST with it (the file's later slices), if it goes on past ``end``."""
+        where = f"{iso(start)}..{iso(max(end, through or end) - 1)}"
         if self.strict:
             raise SourceError(f"archive file {name} {reason}; with --archive archive nothing is taken "
                               f"from REST instead: use --archive auto to fetch {where} from REST")

@@ -555,7 +555,7 @@ class BinanceSource(Source):
             if seg.file is None:
                 yield from super().plan(symbol, timeframe, seg.start, seg.end)
             else:
-                yield Task(symbol, timeframe, seg.start, seg.end, "archive", seg.file)
+                yield from self.archive_fetcher.tasks(symbol, timeframe, seg)
 
     def segments(self, symbol: str, tf: Timeframe, start: int, end: int) -> list[Segment]:
         """:func:`~.archive.plan_segments` for ``[start, end)`` in this source's archive mode,
@@ -592,7 +592,8 @@ class BinanceSource(Source):
 
     def fetch(self, task: Task) -> Iterable[Row] | Fetched:
         if task.kind == "archive":
-            return self.archive_fetcher.fetch(task.symbol, task.timeframe, task.detail, task.start, task.end)
+            return self.archive_fetcher.fetch(task.symbol, task.timeframe, task.detail, task.start, task.end,
+                                              task.stream)
         return self._fetch_rest(task.symbol, task.timeframe, task.start, task.end)
 
     def _fetch_rest(self, symbol: str, tf: Timeframe, start: int, end: int) -> list[Row]:

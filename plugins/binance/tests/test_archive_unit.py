@@ -610,3 +610,71 @@ def test_every_page_of_a_long_listing_is_read(mock_exchange_factory):
         assert client.date == mock.now() // 1000 * 1000  # the Date header: the mock's clock
     finally:
         client.close()
+
+# -- a big file read in slices, one download (issue 18: peak memory) -------------------------------
+def full_month(broken_at: int | None = None):
+    """A whole month (2024-01) of 1m candles in one zip; ``broken_at``: that line is not a kline."""
+    import hashlib
+
+    tf = parse_timeframe("1m")
+    files, segments = month_files(1)
+    seg = segments[0]
+    path = seg.file.path("spot", "S", tf)
+    lines = kline_text(31 * 1440, start=seg.start).splitlines(keepends=True)
+    if broken_at is not None:
+        lines[broken_at] = "not,a,kline\n"
+    files[path] = zipped("".join(lines))
+    files[path + ".CHECKSUM"] = f"{hashlib.sha256(files[path]).hexdigest()}  {seg.file.name('S', tf)}\n".encode()
+    return tf, files, seg, path
+
+
+def test_a_month_of_1m_is_read_in_slices_of_days_from_one_download_with_every_row_of_the_file():
+    import threading
+
+    from forge_core.timeframes import DAY
+
+    tf, files, seg, path = full_month()
+    fake = FakeArchive(files)
+    f = fetcher(fake.client)
+    tasks = f.tasks("S", tf, f.resolve("S", tf, [seg])[0])
+    assert len(tasks) == 11 and len({id(t.stream) for t in tasks}) == 1  # one stream: read in order
+    assert [t.end - t.start for t in tasks] == [3 * DAY] * 10 + [DAY] and tasks[-1].end == seg.end
+    got: dict[int, list] = {}
+
+    def fetch(task):
+        got[task.start] = f.fetch("S", tf, task.detail, task.start, task.end, task.stream).rows
+
+    later = threading.Thread(target=fetch, args=(tasks[1],))  # the second slice waits for the first
+    later.start()
+    time.sleep(0.05)
+    for task in [tasks[0], *tasks[2:]]:
+        fetch(task)
+    later.join(5)
+    whole = read_rows(files[path], "binance", "S", tf, seg.start, seg.end)
+    assert [r for t in tasks for r in got[t.start]] == list(whole)
+    assert fake.zips() == [path]  # downloaded once
+    assert fake.client.counts["archive_files"] == 1 and fake.client.counts["archive_fallbacks"] == 0
+    f.close()
+    fake.client.close()
+
+
+def test_a_file_unusable_in_a_later_slice_gives_that_slice_and_the_rest_to_rest_said_once():
+    tf, files, seg, path = full_month(broken_at=10 * 1440)  # on day 11: in the fourth slice
+    fake = FakeArchive(files)
+    asked = []
+
+    def rest(symbol, tf_, start, end):
+        asked.append((start, end))
+        return [("binance", "S", "1m", t, t + 59_999, "1", "1", "1", "1", "1", "1", 1, "1", "1")
+                for t in range(start, end, 60_000)]
+
+    f = fetcher(fake.client, rest)
+    tasks = f.tasks("S", tf, f.resolve("S", tf, [seg])[0])
+    got = [f.fetch("S", tf, t.detail, t.start, t.end, t.stream) for t in tasks]
+    assert [g.origin for g in got] == ["archive"] * 3 + ["rest"] * 8
+    assert asked == [(t.start, t.end) for t in tasks[3:]]
+    assert [r[3] for g in got for r in g.rows] == list(range(seg.start, seg.end, 60_000))
+    assert fake.client.counts["archive_errors"] == 1 and fake.client.counts["archive_fallbacks"] == 1
+    assert fake.zips() == [path]
+    f.close()
+    fake.client.close()
