@@ -397,8 +397,6 @@ class Follower:
     def _follow_step(self, backoff: float) -> None:
         if self.clock.due():
             self.clock.sync()
-        if _local_seconds() >= self._recheck_at:
-            self._recheck()
         self.now = self.clock.now()
         # before fetching too: after an outage ridden out inside one request's retries, the lag
         # it left is seen (lagging, then caught_up) before the catch-up commits hide it
@@ -407,6 +405,8 @@ class Follower:
         due = [s for s in self.series.values() if self._is_due(s, limit)]
         if due:
             self._pass(due, limit)
+        if _local_seconds() >= self._recheck_at and not self.stopping.is_set():
+            self._recheck()  # after the boundary's candles are committed: it may take a while
         if self.result.outages and backoff > 1.0:
             log.warning("exchange_back", detail="the exchange answers again; catching up")
 
