@@ -335,3 +335,80 @@ def test_a_200_without_klines_is_retried_and_the_rows_stay_exact(fresh_mock, bad
         src.close()
     assert spoiled and stats["retries"] == 1
     assert rows == binance_rows("BTCUSDT", "1m", start, start + 300 * 60_000, fresh_mock.now(), Market.binance_spot())
+
+
+# -- the transport real hosts use: gzip (requests asks for it) and chunked bodies ---------------
+class RealTransport:
+    """A front for the mock that answers as api.binance.com and www.okx.com do: the body gzip-
+    (or deflate-) compressed when the client accepts it, sent with ``Transfer-Encoding:
+    chunked`` in small chunks, no Content-Length. The mock itself sends neither."""
+
+    def __init__(self, behind: str, encoding: str, chunk: int) -> None:
+        import gzip
+        import threading
+        import zlib
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        import requests
+
+        compress = {"gzip": gzip.compress, "deflate": zlib.compress, "identity": bytes}[encoding]
+        self.compressed = 0
+        front = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802
+                answer = requests.get(behind + self.path, headers={"Accept-Encoding": "identity"})
+                body = answer.content
+                self.send_response(answer.status_code)
+                for name, value in answer.headers.items():
+                    if name.lower() not in ("content-length", "content-encoding", "transfer-encoding", "connection"):
+                        self.send_header(name, value)
+                if encoding != "identity" and encoding in self.headers.get("Accept-Encoding", ""):
+                    body = compress(body)
+                    self.send_header("Content-Encoding", encoding)
+                    front.compressed += 1
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for i in range(0, len(body), chunk):
+                    piece = body[i:i + chunk]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.write(b"0\r\n\r\n")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("encoding,chunk", [("gzip", 7), ("gzip", 16384), ("deflate", 1000), ("identity", 5)])
+def test_compressed_chunked_answers_give_the_same_rows(fresh_mock, encoding, chunk):
+    from forge_binance.mock import binance_rows
+    from forge_core.testing.market import Market
+    from forge_okx.mock import okx_rows
+    from forge_okx.source import OkxSource
+
+    front = RealTransport(fresh_mock.url, encoding, chunk)
+    binance, okx = BinanceSource(base_url=front.url, archive="rest"), OkxSource(base_url=front.url)
+    m1, h1, start = parse_timeframe("1m"), parse_timeframe("1h"), 1706745600000
+    try:
+        binance.server_time()
+        okx.server_time()
+        spot = list(binance.fetch(Task("BTCUSDT", m1, start, start + 1000 * 60_000)))
+        okx_got = list(okx.fetch(Task("BTC-USDT", h1, start, start + 300 * 3_600_000)))
+        retries = binance.stats()["retries"] + okx.stats()["retries"]
+        assert front.compressed >= (4 if encoding != "identity" else 0)  # time, info, klines; time, candles
+    finally:
+        binance.close()
+        okx.close()
+        front.close()
+    now = fresh_mock.now()
+    assert spot == binance_rows("BTCUSDT", "1m", start, start + 1000 * 60_000, now, Market.binance_spot())
+    assert okx_got == okx_rows("BTC-USDT", "1h", start, start + 300 * 3_600_000, now) and retries == 0
