@@ -99,14 +99,17 @@ def test_a_missing_file_of_an_expired_contract_is_an_error_not_a_silent_hole(for
     assert "REST does not serve the expired contract BTCUSDT_240329" in result.err, result.err
 
 
-@pytest.mark.parametrize("symbol", ["BTCUSDT_240328", "BTCUSDT_250926"])
-def test_a_delivery_name_the_archive_does_not_have_is_still_an_unknown_symbol(forge, env, symbol):
-    """Not in exchangeInfo and no archive file (a typo, or a contract not delivered yet that
-    exchangeInfo does not list): unknown, as before, with no file read."""
+@pytest.mark.parametrize("symbol,hint", [("BTCUSDT_240328", "did you mean 'BTCUSDT_240329'? "),
+                                         ("BTCUSDT_250926", ""), ("ETHUSDT_240329", "")])
+def test_a_delivery_name_the_archive_does_not_have_is_still_an_unknown_symbol(forge, env, symbol, hint):
+    """Not in exchangeInfo and no archive file (a typo, a contract exchangeInfo does not list
+    and not delivered yet): unknown, as before, with no file read; a typo in the date of an
+    archived contract is named (one folder listing of the pair's contracts)."""
     result = forge("run", "-s", "binance", "--market", "usdm", "--symbol", symbol, "-t", "1h",
                    "--from", "2024-01-01", "--to", "2024-03-31", "-q")
     assert result.code == 1, result
-    assert result.err.startswith(f"forge: error: unknown symbol {symbol!r} on Binance usdm (Binance: Invalid symbol.)")
+    assert result.err == (f"forge: error: unknown symbol {symbol!r} on Binance usdm (Binance: Invalid symbol.); "
+                          f"{hint}Binance spells pairs like BTCUSDT\n")
     assert env.stats["archive.zip"] == 0
 
 

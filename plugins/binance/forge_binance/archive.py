@@ -193,8 +193,9 @@ def listing_url(archive_url: str) -> str:
 
 
 def parse_listing(body: bytes) -> tuple[list[str], bool, str]:
-    """``(keys, truncated, next marker)`` of an S3 ListObjects (v1) ``ListBucketResult``;
-    ValueError for anything else. Namespaces are ignored (S3 sends its 2006-03-01 one)."""
+    """``(keys, truncated, next marker)`` of an S3 ListObjects (v1) ``ListBucketResult``, the
+    folders of a ``delimiter`` listing (``CommonPrefixes``) among the keys; ValueError for
+    anything else. Namespaces are ignored (S3 sends its 2006-03-01 one)."""
     from xml.etree import ElementTree
 
     try:
@@ -210,13 +211,13 @@ def parse_listing(body: bytes) -> tuple[list[str], bool, str]:
     keys, truncated, marker = [], False, ""
     for child in root:
         name = tag(child)
-        if name == "Contents":
-            keys += [(k.text or "") for k in child if tag(k) == "Key"]
+        if name in ("Contents", "CommonPrefixes"):
+            keys += [(k.text or "") for k in child if tag(k) in ("Key", "Prefix")]
         elif name == "IsTruncated":
             truncated = (child.text or "").strip().lower() == "true"
         elif name == "NextMarker":
             marker = child.text or ""
-    return keys, truncated, marker or (keys[-1] if keys else "")
+    return sorted(keys), truncated, marker or (max(keys) if keys else "")
 
 
 def listed_files(client: ArchiveClient, market: str, symbol: str, tf: Timeframe, period: str,
@@ -769,9 +770,10 @@ class ArchiveClient:
         except SourceError as exc:  # a final status, e.g. 403
             raise ArchiveFailure(f"{path}: {exc}") from None
 
-    def keys(self, prefix: str, max_keys: int | None = None) -> list[str]:
+    def keys(self, prefix: str, max_keys: int | None = None, delimiter: str | None = None) -> list[str]:
         """Every key under ``prefix`` from the bucket's S3 listing (pages of up to 1000 keys,
-        each from the last key of the one before); ArchiveFailure when it cannot be had."""
+        each from the last key of the one before), or with ``delimiter`` the folders there;
+        ArchiveFailure when it cannot be had."""
         parts = urlsplit(self.listing)
         with self._lock:
             if self._listing_http is None:
@@ -782,7 +784,7 @@ class ArchiveClient:
         marker = ""
         for _ in range(1000):  # a million keys: no folder of one series holds that many
             params = {"prefix": prefix, **({"marker": marker} if marker else {}),
-                      **({"max-keys": max_keys} if max_keys else {})}
+                      **({"max-keys": max_keys} if max_keys else {}), **({"delimiter": delimiter} if delimiter else {})}
             try:
                 body = http.get_bytes(parts.path or "/", params)
             except Cancelled:

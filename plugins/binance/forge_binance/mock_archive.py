@@ -26,7 +26,9 @@ Faults for tests, in ``mock.config.extra``:
   re-uploaded with different candles, which only a cross-check against REST finds);
 * ``archive_missing = {"BTCUSDT-1m-2024-02.zip", ...}``: 404 although published.
 
-The bucket listing, ``GET /?prefix=data/.../klines/{SYM}/{iv}/[name start]&marker=...&max-keys=N``,
+The bucket listing, ``GET /?prefix=data/.../klines/{SYM}/{iv}/[name start]&marker=...&max-keys=N``
+(with ``delimiter=/`` and ``prefix=data/.../klines/[name start]``: the symbol folders, as
+``CommonPrefixes``),
 answers in the shape of S3's ListObjects (v1) XML: ``ListBucketResult`` with a ``Contents``
 entry (``Key``, ``LastModified``, ``ETag``, ``Size``, ``StorageClass``) for each zip and its
 ``.CHECKSUM`` in key order, ``IsTruncated`` past ``max-keys`` (default and at most 1000), the
@@ -34,7 +36,7 @@ next page from ``marker`` (the last key). The real listing is the bucket's own S
 (``https://s3-ap-northeast-1.amazonaws.com/data.binance.vision``, third-party scripts; its
 exact field values are unverified here); ``data.binance.vision/?prefix=`` itself is a browser
 page. The mock lists only prefixes down to a symbol's interval folder (others: no keys), and
-files by the listing and delisting times (a period inside a hole is still listed).
+files by the listing and delisting times (a period wholly inside a hole is still listed).
 
 Generated zips are cached in a process-wide LRU (content depends only on the path and the
 corruption kind), so repeated downloads cost nothing.
@@ -214,6 +216,19 @@ LISTING_RE = re.compile(r"^data/(spot|futures/um|futures/cm)/(monthly|daily)/kli
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 
 
+FOLDERS_RE = re.compile(r"^data/(spot|futures/um|futures/cm)/(monthly|daily)/klines/([A-Z0-9_.\-]{0,30})$")
+
+
+def listed_folders(prefix: str) -> list[str]:
+    """With ``delimiter=/``: the symbol folders under ``data/.../klines/`` whose names start
+    with the rest of ``prefix`` (the market's own symbols, not the load-test ones), sorted."""
+    m = FOLDERS_RE.match(prefix)
+    if m is None:
+        return []
+    where, kind, start = m.groups()
+    return sorted(f"data/{where}/{kind}/klines/{name}/" for name in MARKETS[where].listings if name.startswith(start))
+
+
 def listed_keys(mock: MockExchange, prefix: str) -> list[str]:
     """Every key of the bucket under ``prefix`` (a symbol's interval folder or deeper), sorted."""
     m = LISTING_RE.match(prefix)
@@ -238,7 +253,9 @@ def listed_keys(mock: MockExchange, prefix: str) -> list[str]:
         date = day.strftime("%Y-%m-%d" if kind == "daily" else "%Y-%m")
         start, end, published = period_of(kind, date)  # type: ignore[misc]
         name = f"{symbol}-{iv}-{date}.zip"
-        if now >= max(published, tf.next_open(tf.floor(end - 1))) and name not in missing and end > listing.listed:
+        first = max(tf.ceil(start), tf.floor(listing.listed))  # the period's first candle, holes aside
+        some = first < end and (listing.delisted is None or tf.next_open(first) <= listing.delisted)
+        if now >= max(published, tf.next_open(tf.floor(end - 1))) and name not in missing and some:
             keys += [folder + name, folder + name + ".CHECKSUM"]
         day = _utc(end)
     return sorted(k for k in keys if k.startswith(prefix))
@@ -250,13 +267,19 @@ def listing(mock: MockExchange, req: Request) -> Response:
     prefix, marker = req.arg("prefix") or "", req.arg("marker") or ""
     text = req.arg("max-keys") or "1000"
     limit = min(int(text), 1000) if text.isdigit() else 1000
-    keys = [k for k in listed_keys(mock, prefix) if k > marker]
+    folders = req.arg("delimiter") == "/" and FOLDERS_RE.match(prefix) is not None
+    keys = [k for k in (listed_folders(prefix) if folders else listed_keys(mock, prefix)) if k > marker]
     page, truncated = keys[:limit], len(keys) > limit
     mock.count("archive.listing")
-    contents = "".join(
-        f"<Contents><Key>{escape(k)}</Key><LastModified>2024-04-01T06:12:31.000Z</LastModified>"
-        f"<ETag>&quot;{hashlib.md5(k.encode()).hexdigest()}&quot;</ETag><Size>{100 if k.endswith('CHECKSUM') else 50000}"
-        "</Size><StorageClass>STANDARD</StorageClass></Contents>" for k in page)
+    if folders:  # a folder listing: CommonPrefixes, and NextMarker as S3 sends with a delimiter
+        contents = "".join(f"<CommonPrefixes><Prefix>{escape(k)}</Prefix></CommonPrefixes>" for k in page)
+        contents += f"<NextMarker>{escape(page[-1])}</NextMarker>" if truncated else ""
+    else:
+        contents = "".join(
+            f"<Contents><Key>{escape(k)}</Key><LastModified>2024-04-01T06:12:31.000Z</LastModified>"
+            f"<ETag>&quot;{hashlib.md5(k.encode()).hexdigest()}&quot;</ETag>"
+            f"<Size>{100 if k.endswith('CHECKSUM') else 50000}</Size><StorageClass>STANDARD</StorageClass></Contents>"
+            for k in page)
     body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="{S3_NS}"><Name>data.binance.vision</Name>'
             f"<Prefix>{escape(prefix)}</Prefix><Marker>{escape(marker)}</Marker><MaxKeys>{limit}</MaxKeys>"
             f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>{contents}</ListBucketResult>")

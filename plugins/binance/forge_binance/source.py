@@ -55,6 +55,7 @@ from forge_core.times import display
 from .archive import (
     ARCHIVE_URL,
     DAILY_LAG,
+    MARKET_DIRS,
     ArchiveClient,
     ArchiveFailure,
     ArchiveFetcher,
@@ -440,7 +441,8 @@ class BinanceSource(Source):
             extent = archive_extent(self.archive, self.market, symbol, tf, now if delivery is None else delivery)
             if extent is None:
                 if delivery is not None and self._rest_down is None:
-                    raise self._explain(BinanceError(400, -1121, "Invalid symbol."), symbol, tf)
+                    raise self._explain(BinanceError(400, -1121, "Invalid symbol."), symbol, tf,
+                                        self._archived_like(symbol))
                 raise SourceError(f"{symbol} has no {tf.name} files in the {where} archive ({self.archive.listing}) "
                                   "and REST refused this location (HTTP 451): check the symbol's spelling")
             first_file, last_file = extent
@@ -484,6 +486,18 @@ class BinanceSource(Source):
         else:
             self._unconfirmed[symbol] = f"Binance {self.market} REST does not serve the expired contract"
         log.info("delivery_contract_rest", symbol=symbol, serves=symbol in self._rest_serves)
+
+    def _archived_like(self, symbol: str) -> str:
+        """The delivery contract of the same pair in the archive closest to ``symbol`` (a typo
+        in its date: ``BTCUSDT_240328``), from one folder listing; "" if none is close."""
+        pair = symbol.rpartition("_")[0]
+        try:
+            folders = self.archive.keys(f"data/{MARKET_DIRS[self.market]}/monthly/klines/{pair}_", delimiter="/")
+        except ArchiveFailure:
+            return ""
+        names = [f.rstrip("/").rsplit("/", 1)[-1] for f in folders]
+        found = difflib.get_close_matches(symbol, [n for n in names if _DELIVERY_RE.match(n)], n=1, cutoff=0.75)
+        return found[0] if found else ""
 
     def holes_unconfirmed(self, symbol: str) -> str | None:
         """Why REST could not check the gaps of ``symbol``'s archive files (None: it did): the
@@ -648,10 +662,10 @@ class BinanceSource(Source):
         return self._get("/klines", query, kline_weight(self.market, int(query.get("limit", 500))), parse,
                          lambda content: _raw_klines(content, self.columns, fixed, tf.ms))
 
-    def _explain(self, exc: BinanceError, symbol: str, tf: Timeframe) -> SourceError:
+    def _explain(self, exc: BinanceError, symbol: str, tf: Timeframe, close: str = "") -> SourceError:
         where = f"Binance {self.market}"
         like = "BTCUSD_PERP" if self.market == "coinm" else "BTCUSDT"
-        close = self._close_match(symbol)
+        close = close or self._close_match(symbol)
         hint = f"did you mean {close!r}? " if close else ""
         if exc.code == -1121:
             return SourceError(f"unknown symbol {symbol!r} on {where} (Binance: {exc.msg}); "

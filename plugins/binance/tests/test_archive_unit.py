@@ -588,6 +588,9 @@ def test_a_listing_page_is_read_in_s3s_shape():
     assert parse_listing(body) == ([key.format(1), key.format(2)], True, key.format(3))
     assert parse_listing(body.replace(b"<NextMarker>", b"<Other>").replace(b"</NextMarker>", b"</Other>")) == (
         [key.format(1), key.format(2)], True, key.format(2))  # without NextMarker: from the last key
+    folders = body.replace(b"<Contents><Key>", b"<CommonPrefixes><Prefix>").replace(
+        b"</Key><Size>1</Size></Contents>", b"</Prefix></CommonPrefixes>")
+    assert parse_listing(folders) == ([key.format(1), key.format(2)], True, key.format(3))  # delimiter=/
     for bad in (b"<html>not xml", b"<Error><Code>AccessDenied</Code></Error>"):
         with pytest.raises(ValueError):
             parse_listing(bad)
