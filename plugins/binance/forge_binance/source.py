@@ -213,6 +213,8 @@ class BinanceSource(Source):
             reason += f"; spot market data is also served by {DATA_API} (--base-url {DATA_API})"
         if status == 451 and self.archive_mode != "archive":
             reason += "; --archive archive takes the archive's files alone, without REST"
+        if status == 404 and not isinstance(body, dict):  # no such path: a base URL with a path in it
+            reason += f"; is the base URL the host root, like {MARKETS[self.market]['url']}? (the plugin adds {self.prefix})"
         line = error_line(response, reason)
         raise BinanceError(status, code, msg, line)
 

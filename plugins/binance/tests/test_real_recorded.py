@@ -412,3 +412,15 @@ def test_compressed_chunked_answers_give_the_same_rows(fresh_mock, encoding, chu
     now = fresh_mock.now()
     assert spot == binance_rows("BTCUSDT", "1m", start, start + 1000 * 60_000, now, Market.binance_spot())
     assert okx_got == okx_rows("BTC-USDT", "1h", start, start + 300 * 3_600_000, now) and retries == 0
+
+
+@pytest.mark.parametrize("market,suffix", [("spot", "/api/v3"), ("usdm", "/fapi"), ("coinm", "/dapi/v1")])
+def test_a_base_url_with_the_api_path_in_it_says_to_give_the_host_root(forge, mock, tmp_path, market, suffix):
+    """Binance answers an unknown path 404 (an HTML page, or nothing with Accept: JSON): a
+    --base-url of https://api.binance.com/api/v3 doubled the path, said only as the 404."""
+    symbol = "BTCUSD_PERP" if market == "coinm" else "BTCUSDT"
+    result = forge("run", "-s", "binance", "--market", market, "--symbol", symbol, "-t", "1h", "--from", "2024-01-01",
+                   "--to", "2024-01-01", "--base-url", mock.url + suffix, "--output", str(tmp_path / "o.csv"), "-q")
+    line = result.err.strip()
+    assert result.code != 0 and "\n" not in line and "HTTP 404" in line
+    assert "is the base URL the host root, like https://" in line

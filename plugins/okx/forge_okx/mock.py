@@ -9,7 +9,7 @@ is capped at 300 (history: ``config.okx_history_limit``, 100 = the legacy maximu
 ``confirm "0"``; ``1s`` bars only for the last ``extra["okx_1s_days"]`` (90) days. Plain ``6H 12H 1D 1W 1M`` open on Hong Kong (UTC+8) boundaries, their
 ``utc`` variants on UTC ones; a wrong case (``1h``) is HTTP 400 ``51000``. An unknown
 ``instId`` is HTTP **200** ``51001`` with ``"data":[]``; ``instruments`` for ``instType=OPTION``
-without ``instFamily`` (or ``uly``) is HTTP 400 ``50015``; ``candles`` for a settled (expired)
+without ``instFamily`` (or ``uly``) is HTTP 400 ``50015``, and ``1s`` bars of an option 400 ``51000``; ``candles`` for a settled (expired)
 contract is HTTP 200 ``50047`` (its bars are on ``history-candles`` only). ``extra["okx_timeouts"]
 = N``: the first N candle requests answer HTTP **400** ``50004`` (OKX's endpoint timeout).
 ``extra["okx_errors"] = [[status, code], ...]``: the next candle requests answer these, one each,
@@ -210,6 +210,8 @@ def candles(mock: MockExchange, budget: Budget, req: Request, history: bool) -> 
     inst = INSTRUMENTS.get(inst_id)
     if inst is None:
         return envelope([], "51001", "Instrument ID, Instrument ID code, or Spread ID doesn't exist.")
+    if inst.inst_type == "OPTION" and req.arg("bar") == "1s":  # history's 1s: "not supported for OPTION"
+        return envelope([], "51000", "Parameter bar error", 400)
     now = mock.now()
     if not history and inst.exp_time is not None and inst.exp_time <= now:
         # OKX's error table: 50047 (HTTP 200) "{param0} has already settled. To check the relevant

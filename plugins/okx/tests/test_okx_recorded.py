@@ -108,3 +108,16 @@ def test_a_200_without_candles_is_retried_and_the_rows_stay_exact(fresh_mock, ba
         src.close()
     assert spoiled and retries == 1
     assert rows == okx_rows("ETH-USDT", "1h", start, start + 300 * 3_600_000, fresh_mock.now())
+
+
+def test_1s_bars_of_an_option_are_refused_in_one_line(fresh_mock):
+    """history-candles has 1s bars "(not for OPTION)": OKX's 51000, said as the bar refused."""
+    from forge_core import SourceError
+
+    src = OkxSource(base_url=fresh_mock.url)
+    try:
+        src.server_time()
+        with pytest.raises(SourceError, match=r"^OKX rejected bar '1s' for timeframe '1s': Parameter bar error$"):
+            src.prepare("BTC-USD-250328-90000-C", parse_timeframe("1s"))
+    finally:
+        src.close()
