@@ -55,6 +55,7 @@ from forge_core.times import display
 from .archive import (
     ARCHIVE_URL,
     DAILY_LAG,
+    DAILY_TIMEFRAMES,
     MARKET_DIRS,
     ArchiveClient,
     ArchiveFailure,
@@ -62,6 +63,7 @@ from .archive import (
     Segment,
     archive_extent,
     file_opens,
+    listed_files,
     month_file,
     plan_segments,
 )
@@ -452,6 +454,9 @@ class BinanceSource(Source):
             self._extent[(symbol, tf.name)] = last_file.end
             if delivery is None:
                 return SymbolInfo(symbol, first[0] if first else None)
+            if last_file.period == "monthly" and tf.name in DAILY_TIMEFRAMES:  # its last day: a smaller file
+                last_file = ([last_file] + listed_files(self.archive, self.market, symbol, tf, "daily",
+                                                        last_file.date))[-1]
             last = file_opens(self.archive, self.market, symbol, tf, last_file)[-1:]
         except ArchiveFailure as exc:
             raise SourceError(f"the {where} archive could not say where {symbol} {tf.name} starts and ends: "
