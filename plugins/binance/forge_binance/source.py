@@ -202,8 +202,13 @@ class BinanceSource(Source):
         msg = str(body.get("msg", "")) if isinstance(body, dict) else body_reason(response.content)
         retry_after = parse_retry_after(response)  # seconds or an HTTP date
         if status == 418:
+            until = _ban_until(msg, retry_after)
+            if until is not None and until > now_ms():
+                # every worker, and every process sharing the IP's budget, stays quiet until the
+                # ban's end (the client paused only for Retry-After, or 60 s without one)
+                self.limiter.pause((until - now_ms()) / 1000)
             raise SourceError(f"Binance has banned this IP ({msg}); not retrying, a retry would extend "
-                              f"the ban; {_ban_end(msg, retry_after)}")
+                              f"the ban; {_ban_end(until)}")
         if isinstance(code, int) and code in SERVER_CODES:  # (a list as code would not hash)
             raise RetryableError(f"HTTP {status} {code} {SERVER_CODES[code]}: {msg}", retry_after,
                                  busy=code == -1008)  # every worker backs off together
@@ -864,16 +869,19 @@ def _columns(body: list[Any], columns: tuple[str, ...], fixed: dict[str, str]) -
 _BANNED_UNTIL = re.compile(r"banned until (\d{12,16})\b")
 
 
-def _ban_end(msg: str, retry_after: float | None) -> str:
-    """Until when a 418 ban lasts, in words: from the message's ban-until time (what Binance
-    sends), else from ``Retry-After``; bans last from 2 minutes to 3 days."""
+def _ban_until(msg: str, retry_after: float | None) -> int | None:
+    """When a 418 ban ends (epoch ms): the message's ban-until time (what Binance sends), else
+    ``Retry-After`` from now; None when neither says."""
     found = _BANNED_UNTIL.search(msg)
     if found:
         until = int(found.group(1))
-        until = until // 1000 if until >= 10**15 else until  # microseconds (X-MBX-TIME-UNIT)
-    elif retry_after is not None:
-        until = now_ms() + int(retry_after * 1000)
-    else:
+        return until // 1000 if until >= 10**15 else until  # microseconds (X-MBX-TIME-UNIT)
+    return None if retry_after is None else now_ms() + int(retry_after * 1000)
+
+
+def _ban_end(until: int | None) -> str:
+    """Until when a 418 ban lasts, in words (bans last from 2 minutes to 3 days)."""
+    if until is None:
         return "wait before trying again (Binance bans last from 2 minutes to 3 days)"
     left = (until - now_ms()) // 1000
     when = f" (in {left // 60} min {left % 60} s)" if left > 0 else ""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import read_csv
-from forge_binance.source import BinanceSource, _ban_end
+from forge_binance.source import BinanceSource, _ban_end, _ban_until
 from forge_core import SourceError, Task
 from forge_core.testing.server import MockExchange, Response
 from forge_core.timeframes import parse_timeframe
@@ -139,8 +139,28 @@ def test_the_recorded_exchange_info_sizes_the_weight_limit_and_time_reads(tmp_pa
 ])
 def test_the_ban_end_is_read_from_binance_s_message(msg):
     until = int(msg.split("until ")[1][:13])
-    assert _ban_end(msg, 30.0) == f"banned until {display(until)}; try again after that"  # past: no "in"
-    assert "2 minutes to 3 days" in _ban_end("Way too much request weight used.", None)
+    assert _ban_until(msg, 30.0) == until and _ban_until(f"IP banned until {until * 1000}.", None) == until  # µs
+    assert _ban_end(until) == f"banned until {display(until)}; try again after that"  # past: no "in"
+    assert _ban_until("Way too much request weight used.", None) is None
+    assert "2 minutes to 3 days" in _ban_end(None)
+
+
+def test_a_418_without_retry_after_keeps_every_worker_quiet_until_the_ban_ends():
+    """The client pauses the limiter (and a shared budget) for a 418's Retry-After, 60 s without
+    one: processes sharing the IP went on after a minute, into a ban that lasts until the time
+    its message names."""
+    until = int(time.time() * 1000) + 600_000
+    body = json.dumps({"code": -1003, "msg": f"Way too much request weight used; IP banned until {until}. "
+                       "Please use WebSocket Streams for live updates to avoid bans."}).encode()
+    with replay("spot", b"[]", SPOT_INFO, 0, True) as server:
+        server.route("/api/v3/klines", lambda req: Response(418, body))
+        src = BinanceSource(base_url=server.url, archive="rest")
+        try:
+            with pytest.raises(SourceError, match="banned until"):
+                src._klines("BTCUSDT", parse_timeframe("1m"), {"startTime": 0, "limit": 1})
+            assert 590 < src.limiter.paused_for() <= 600
+        finally:
+            src.close()
 
 
 # -- times after the exchange's clock (exchange-apis.md A.2, F.5) ----------------------------
