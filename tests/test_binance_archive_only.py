@@ -143,7 +143,7 @@ def test_a_geo_blocked_archive_run_takes_the_archive_alone(forge, geo):
     clock). Now the archive host's clock, each symbol's range from the archive's listing, one
     warning line, the newest days (not archived) left out and every hole unconfirmed."""
     result = forge("run", "-s", "binance", "--symbol", "BTCUSDT,OLDUSDT", "-t", "1h", "--from", "2024-01-01",
-                   "--to", "now", "--archive", "archive", "--output", "{symbol}.csv")
+                   "--to", "now", "--archive", "archive", "--output", "{symbol}.csv", "--summary-json", "s.json")
     assert result.code == 0, result
     now = geo.config.now
     assert rows_of("BTCUSDT.csv") == expected("BTCUSDT", "1h", "2024-01-01", ARCHIVED_TO, now)
@@ -154,6 +154,9 @@ def test_a_geo_blocked_archive_run_takes_the_archive_alone(forge, geo):
     assert ("BTCUSDT 10534 of 10546 slots, hole 2024-01-10 03:00..04:59:59 UTC (unconfirmed: Binance spot REST "
             "refused this location (HTTP 451), the archive's files alone)") in result.out
     assert geo.stats["fault.geo451"] == 1  # the clock's request; REST was not asked again
+    unconfirmed = json.loads(Path("s.json").read_text())["unconfirmed"]
+    assert unconfirmed == dict.fromkeys(["BTCUSDT", "OLDUSDT"], "Binance spot REST refused this location (HTTP 451), "
+                                        "the archive's files alone")
 
 
 def test_a_geo_blocked_expired_contract_asks_rest_nothing(forge, geo):
