@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import html
 import json
+import math
 import os
 import random
 import re
@@ -431,7 +432,7 @@ class HttpClient:
         self.limiter = limiter
         self.check = check
         self.timeout = timeout or (5.0, _env_float("FORGE_HTTP_TIMEOUT", 30.0))
-        self.max_attempts = max_attempts or int(_env_float("FORGE_HTTP_MAX_ATTEMPTS", 10))
+        self.max_attempts = max_attempts or int(_env_float("FORGE_HTTP_MAX_ATTEMPTS", 10, whole=True))
         self.give_up_after = give_up_after or _env_float("FORGE_HTTP_GIVE_UP_AFTER", 300.0)
         self.cancelled = threading.Event()
         self.backoff = backoff
@@ -723,14 +724,20 @@ def retry_after_or(response: requests.Response, default: float) -> float:
     return default if value is None else value
 
 
-def _env_float(name: str, default: float) -> float:
+def _env_float(name: str, default: float, whole: bool = False) -> float:
+    """A positive number (a whole one with ``whole``) from the environment, else a usage error."""
     value = os.environ.get(name)
     if not value:
         return default
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
-        raise ForgeError(f"environment variable {name}={value!r} is not a number") from None
+        number = math.nan
+    if not (math.isfinite(number) and number > 0 and (not whole or number.is_integer())):
+        kind = "a whole number >= 1" if whole else "a number of seconds > 0"
+        raise UsageError(f"environment variable {name}={value!r}: give {kind} (default {default:g}), "
+                         f"or unset it")
+    return number
 
 
 def _short(exc: BaseException) -> str:

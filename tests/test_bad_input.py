@@ -189,3 +189,26 @@ def test_a_transform_or_model_module_that_raises_on_import_is_one_line(forge, ex
     assert m.code == 2 and "cannot import model 'boom:Model': RuntimeError: boom at import" in m.err, m
     for r in (t, m):
         assert len(r.err.strip().splitlines()) == 1 and "unexpected" not in r.err
+
+
+@pytest.mark.parametrize("name,value", [("FORGE_HTTP_TIMEOUT", "-1"), ("FORGE_HTTP_TIMEOUT", "abc"),
+                                        ("FORGE_HTTP_MAX_ATTEMPTS", "0"), ("FORGE_HTTP_MAX_ATTEMPTS", "2.5"),
+                                        ("FORGE_HTTP_GIVE_UP_AFTER", "nan"), ("FORGE_HTTP_GIVE_UP_AFTER", "0")])
+def test_a_bad_http_environment_variable_is_a_usage_error(forge, exchange_env, in_tmp, monkeypatch, name, value):
+    """FORGE_HTTP_TIMEOUT=-1 was an 'unexpected ValueError' from requests, MAX_ATTEMPTS=0 a run
+    that 'gave up after 0 attempts', GIVE_UP_AFTER=nan silently accepted."""
+    monkeypatch.setenv(name, value)
+    result = forge(*RUN, *B, *DATES)
+    assert result.code == 2, result
+    assert result.err.strip() == result.err.strip().splitlines()[0]
+    assert f"environment variable {name}={value!r}: give a" in result.err
+    assert not list(in_tmp.glob("*.csv"))
+
+
+def test_a_plugin_left_out_by_forge_load_plugins_says_so(forge, exchange_env, in_tmp, monkeypatch):
+    """It was 'unknown source 'binance'; installed sources: none', as if Binance were not installed."""
+    monkeypatch.setenv("FORGE_LOAD_PLUGINS", "nope")
+    result = forge(*RUN, *B, *DATES)
+    assert result.code == 2, result
+    assert "unknown source 'binance'" in result.err
+    assert "FORGE_LOAD_PLUGINS='nope' loads only those entry points; unset it to load all" in result.err
