@@ -250,6 +250,9 @@ class Plugins:
                              f"{broken.distribution}) but broken: {broken.error}")
         installed = ", ".join(self.names(kind)) or "none"
         others = "".join(f"; broken plugin {b.plugin} ({b.distribution}): {b.error}" for b in self._broken.values())
+        allow = os.environ.get("FORGE_LOAD_PLUGINS") if self._use_entry_points else None
+        if allow is not None and any(ep.name not in self._tried for ep in self._eps or ()):
+            others += f" (FORGE_LOAD_PLUGINS={allow!r} loads only those entry points; unset it to load all)"
         raise UsageError(f"unknown {kind} {name!r}; installed {kind}s: {installed}{others}")
 
     def all(self) -> list[Registration]:
