@@ -89,6 +89,11 @@ def test_default_table_exact_candles_and_safe_rerun(forge, own_schema, db):
     assert table_rows(db, klines) == (expected("BTCUSDT", "2024-01-09", "2024-01-12")
                                         + expected("ETHUSDT", "2024-01-09", "2024-01-11"))
 
+    # a series the table does not hold: the error names the table, not the empty run's counters
+    fourth = run(forge, "--symbol", "SOLUSDT", "--from", "auto", "--to", "2024-01-12")
+    assert fourth.code == 2, fourth
+    assert "table klines holds no binance SOLUSDT 1m candles yet; give --since DATE" in fourth.err
+
 
 def test_other_table_and_small_commits(forge, pg_env, db):
     table = unique()

@@ -226,6 +226,8 @@ class PostgresSink(EmitterMethods, Sink):
         return PostgresIntegrity(self.spec, self.schema, self.table_name)
 
     def describe(self) -> str:
+        if not self.sent:  # also what a '--from auto: ... holds no ...' error calls the table
+            return f"{self.spec.safe_url} table {self._label}"
         key = self._key
         mode = (f"upsert on {','.join(key)}" if key else "plain inserts" if self.conflict is not None
                 else "upsert on the primary key")
