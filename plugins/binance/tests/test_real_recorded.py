@@ -444,3 +444,41 @@ def test_a_base_url_with_the_api_path_in_it_says_to_give_the_host_root(forge, mo
     line = result.err.strip()
     assert result.code != 0 and "\n" not in line and "HTTP 404" in line
     assert "is the base URL the host root, like https://" in line
+
+
+@pytest.mark.parametrize("market", ["spot", "usdm", "coinm"])
+def test_a_run_to_now_through_empty_answers_never_asks_past_the_exchange_clock(
+        forge, mock_exchange_factory, monkeypatch, tmp_path, market):
+    """Every market, the newest candles, a moving clock, every page wrongly empty the first time
+    (each one re-checked with probes): no request names a time after the exchange's clock, and
+    the candles are exact."""
+    from forge_binance.mock import binance_rows
+    from forge_core.testing.market import Market
+
+    server = mock_exchange_factory(now=None, extra={"binance_future_403": True})
+    prefix = {"spot": "/api/v3", "usdm": "/fapi/v1", "coinm": "/dapi/v1"}[market]
+    real = server.routes[f"{prefix}/klines"]
+    seen: set[str | None] = set()
+
+    def empty_once(req):
+        answer = real(req)
+        if req.arg("endTime") and answer.status == 200 and req.arg("startTime") not in seen:
+            seen.add(req.arg("startTime"))  # each page's first answer: the probes after it are answered
+            return Response.json([], **answer.headers)
+        return answer
+
+    server.route(f"{prefix}/klines", empty_once)
+    for name in ("FORGE_BINANCE_URL", "FORGE_BINANCE_FUTURES_URL", "FORGE_BINANCE_COINM_URL"):
+        monkeypatch.setenv(name, server.url)
+    symbol = "BTCUSD_PERP" if market == "coinm" else "BTCUSDT"
+    start = (int(time.time() * 1000) // 60_000 - 900) * 60_000  # 15 hours back
+    out = tmp_path / "out.csv"
+    result = forge("run", "-s", "binance", "--market", market, "--symbol", symbol, "-t", "1m",
+                   "--from", str(start), "--to", "now", "--output", str(out), "-q")
+    assert result.code == 0, result
+    assert server.stats["binance.future403"] == 0 and seen
+    rows = read_csv(out)[1]
+    end = int(rows[-1][3]) + 60_000
+    market_of = {"spot": Market.binance_spot, "usdm": Market.binance_usdm, "coinm": Market.binance_coinm}[market]()
+    want = binance_rows(symbol, "1m", start, end, end + 60_000, market_of)
+    assert rows == [[str(v) for v in r] for r in want] and len(rows) >= 899
