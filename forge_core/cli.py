@@ -189,6 +189,10 @@ def run_command(plugins: Plugins, args: list[str] | None = None) -> click.Comman
             kw["source"] = source_name  # as the first key names it
         source_cls = plugins.get("source", kw["source"])
         sink_classes = [plugins.get("sink", name) for name in (kw["sink"] or ("csv",))]
+        twice = next((name for i, name in enumerate(kw["sink"]) if name in kw["sink"][:i]), None)
+        if twice is not None:  # one set of options per plugin: both would write the same place
+            raise UsageError(f"--sink {twice} is given twice; a run writes each sink once "
+                             "(two destinations of one sink are two runs, or Pipeline(sinks=[...]))")
         transform_specs: list[Any] = []
         for name in kw["transform"]:
             transform_specs.append(_load_transform(plugins, name))

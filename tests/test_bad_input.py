@@ -80,6 +80,8 @@ CLI_CASES = [
      "--since 2023-01-01 applies only with --from auto or --follow (--from 2024-01-01 says where the run starts)"),
     ("follow with partition", ["--partition", "binance:spot:BTCUSDT:1h:2024-01", "--follow"], 2,
      "--follow keeps series current until stopped, --partition runs fixed months"),
+    ("parquet sink twice", [*B, *DATES, "--sink", "parquet", "--sink", "parquet", "--root", "pq"], 2,
+     "--sink parquet is given twice; a run writes each sink once"),
     ("from auto with csv", [*B, "--from", "auto", "--to", "2024-01-02"], 2, "--from auto: "),
 ]
 
@@ -93,6 +95,7 @@ def test_cli_bad_input(forge, exchange_env, in_tmp, args, code, text):
     assert text in lines[0], result.err
     assert "Traceback" not in result.err
     assert not list(in_tmp.glob("*.csv")), "no partial output"
+    assert not (in_tmp / "pq").exists()
 
 
 def test_a_raising_transform_names_itself(forge, exchange_env, in_tmp, tmp_path, monkeypatch):

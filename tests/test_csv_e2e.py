@@ -239,7 +239,7 @@ def test_sink_csv_given_twice_is_one_clear_line(forge, monkeypatch, in_tmp, only
     with MockExchange(MockConfig(now=NOW)) as mock:
         result = run(forge, monkeypatch, mock, "--sink", "csv", "--sink", "csv", "--symbol", "BTCUSDT",
                      "--from", "2024-01-01", "--to", "2024-01-01")
-    assert result.code == 1 and "is --sink csv given twice?" in result.err, result
+    assert result.code == 2 and "--sink csv is given twice; a run writes each sink once" in result.err, result
     assert len(result.err.strip().splitlines()) == 1
     assert not list(in_tmp.iterdir())
 
