@@ -390,8 +390,15 @@ def _run_partitions(plugins: Plugins, kw: dict[str, Any], source_options: dict[s
     if kw["to"] != "now":
         raise UsageError("--partition names the symbols and months itself; drop --to")
     sources = {k.source for k in keys}
-    if kw["source"] and sources != {kw["source"]} or len(sources) > 1:
+    if len(sources) > 1:
         raise UsageError(f"all partitions of one run must have one source; got {', '.join(sorted(sources))}")
+    if kw["source"] and sources != {kw["source"]}:
+        raise UsageError(f"--source {kw['source']} is not the source of the partition keys ({', '.join(sources)}); "
+                         "drop --source: the keys name it")
+    markets = {k.market for k in keys}
+    if source_options.get("market") is not None and markets != {source_options["market"]}:
+        raise UsageError(f"--market {source_options['market']} is not the market of the partition keys "
+                         f"({', '.join(sorted(markets))}); drop --market: the keys name it")
     source_options = {k: v for k, v in source_options.items() if k != "market"}  # the keys name the market
     results = partitions.run(keys, sinks, plugins=plugins, transforms=transforms, source_options=source_options,
                              rate_budget=kw["rate_budget"], workers=kw["workers"], commit_every=kw["commit_every"])

@@ -82,6 +82,10 @@ CLI_CASES = [
      "--follow keeps series current until stopped, --partition runs fixed months"),
     ("parquet sink twice", [*B, *DATES, "--sink", "parquet", "--sink", "parquet", "--root", "pq"], 2,
      "--sink parquet is given twice; a run writes each sink once"),
+    ("partition with another source", ["--partition", "binance:spot:BTCUSDT:1h:2024-01", "-s", "okx"], 2,
+     "--source okx is not the source of the partition keys (binance); drop --source"),
+    ("partition with another market", ["--partition", "binance:spot:BTCUSDT:1h:2024-01", "--market", "usdm"], 2,
+     "--market usdm is not the market of the partition keys (spot); drop --market"),
     ("from auto with csv", [*B, "--from", "auto", "--to", "2024-01-02"], 2, "--from auto: "),
 ]
 
