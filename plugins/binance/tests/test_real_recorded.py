@@ -408,7 +408,7 @@ class RealTransport:
         self.server.server_close()
 
 
-@pytest.mark.parametrize("encoding,chunk", [("gzip", 7), ("gzip", 16384), ("deflate", 1000), ("identity", 5)])
+@pytest.mark.parametrize("encoding,chunk", [("gzip", 7), ("gzip", 16384), ("deflate", 1000), ("identity", 61)])
 def test_compressed_chunked_answers_give_the_same_rows(fresh_mock, encoding, chunk):
     from forge_binance.mock import binance_rows
     from forge_core.testing.market import Market
