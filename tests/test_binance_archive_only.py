@@ -148,7 +148,8 @@ def test_a_geo_blocked_archive_run_takes_the_archive_alone(forge, geo):
     now = geo.config.now
     assert rows_of("BTCUSDT.csv") == expected("BTCUSDT", "1h", "2024-01-01", ARCHIVED_TO, now)
     assert rows_of("OLDUSDT.csv") == expected("OLDUSDT", "1h", "2024-01-01", ARCHIVED_TO, now)
-    assert result.err.count("rest_unreachable") == 1 and result.err.count("[warning") == 1, result.err
+    assert result.err.count("rest_unreachable") == 1 and result.err.count("[warning") == 2, result.err
+    assert "archive_ends_early" in result.err and "last_file=OLDUSDT-1h-2024-01.zip" in result.err  # not BTCUSDT
     assert "the newest days not archived yet" in result.err
     assert "exchange affirmed empty" not in result.out
     assert ("BTCUSDT 10534 of 10546 slots, hole 2024-01-10 03:00..04:59:59 UTC (unconfirmed: Binance spot REST "

@@ -458,6 +458,10 @@ class BinanceSource(Source):
             first = file_opens(self.archive, self.market, symbol, tf, first_file)[:1]
             self._extent[(symbol, tf.name)] = last_file.end
             if delivery is None:
+                if last_file.end < now - 3 * DAY:  # far more than the archive's publication lag
+                    log.warning("archive_ends_early", symbol=symbol, timeframe=tf.name, last_file=last_file.name(symbol, tf),
+                                meaning="no file after it: delisted? REST, which would confirm it, refused this "
+                                        "location; nothing after it is fetched")
                 return SymbolInfo(symbol, first[0] if first else None)
             if last_file.period == "monthly" and tf.name in DAILY_TIMEFRAMES:  # its last day: a smaller file
                 last_file = ([last_file] + listed_files(self.archive, self.market, symbol, tf, "daily",
