@@ -16,7 +16,8 @@ kind           what the client sees
 ``okx50011``   HTTP 200 with OKX's ``{"code":"50011",...}`` envelope (OKX paths only)
 ``empty``      HTTP 200 with the page's candles taken out although the range has some: ``[]``
                (Binance), ``"data":[]`` (OKX), ``"list":[]`` (Bybit-style ``result``); only
-               pages that had candles are hit
+               pages that had candles are hit; with ``extra["empty_once"]`` each request (path
+               and query) at most once, a one-off wrong answer that a re-ask gets right
 ``trickle``    the normal answer, its body sent one byte at a time, ``extra["trickle_seconds"]``
                (default 0.05 s) apart: a read timeout per byte never fires
 ``waf403``     HTTP 403 with an HTML block page (a firewall or CDN in front of the exchange),
@@ -28,13 +29,16 @@ kind           what the client sees
 =============  =================================================================================
 
 Faults hit exchange paths only (never ``/mock/...``). ``mock.stats`` counts them as
-``fault.<kind>``. Rates are probabilities per request (0 to 1; their sum at most 1).
+``fault.<kind>``. Rates are probabilities per request (0 to 1; their sum at most 1). The faults
+that rewrite a page (``duplicate``, ``short``, ``empty``) keep every JSON number's text as the
+route sent it (``12345678901234567890.123456789`` stays whole, ``1.50`` stays ``1.50``).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -119,10 +123,25 @@ def install(mock: MockExchange) -> None:
                 return kind
         return None
 
+    emptied: set[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]]] = set()
+
+    def empty_again(request: Request) -> bool:
+        """With ``extra["empty_once"]``: this request was answered empty before."""
+        if not mock.config.extra.get("empty_once"):
+            return False
+        key = (request.path, tuple(sorted((k, tuple(v)) for k, v in request.query.items())))
+        with mock.lock:
+            if key in emptied:
+                return True
+            emptied.add(key)
+            return False
+
     def before_send(handler: BaseHTTPRequestHandler, request: Request, response: Response) -> bool:
         if request.path.startswith("/mock/"):
             return False
         kind = draw(request)
+        if kind == "empty" and (not _is_page(response) or empty_again(request)):
+            return False
         if kind is None or (kind == "empty" and not _cut_rows(response, 0)):
             return False
         if kind == "short" and not _cut_rows(response, 0.5):
@@ -167,9 +186,33 @@ def install(mock: MockExchange) -> None:
     mock.before_send = before_send
 
 
+_NUMBER = "\x00number:"  # a JSON number's text, carried through json as a marked string
+
+
+def _load(body: bytes) -> Any:
+    """A page, its numbers kept as their text (``json.loads`` would make floats of them)."""
+    return json.loads(body, parse_float=lambda text: _NUMBER + text)
+
+
+def _dump(payload: Any) -> bytes:
+    text = json.dumps(payload, separators=(",", ":"))
+    return re.sub(r'"\\u0000number:([^"]*)"', r"\1", text).encode()
+
+
+def _is_page(response: Response) -> bool:
+    """A successful answer with candle rows (JSON arrays) in it."""
+    if response.status != 200:
+        return False
+    try:
+        rows = _rows_of(_load(response.body))
+    except ValueError:
+        return False
+    return bool(rows) and isinstance(rows[0], list)
+
+
 def _duplicate_rows(response: Response, rng: random.Random) -> None:
     try:
-        payload: Any = json.loads(response.body)
+        payload: Any = _load(response.body)
     except ValueError:
         return
     rows = payload if isinstance(payload, list) else payload.get("data") if isinstance(payload, dict) else None
@@ -178,7 +221,7 @@ def _duplicate_rows(response: Response, rng: random.Random) -> None:
     for _ in range(max(1, len(rows) // 50)):
         i = rng.randrange(len(rows))
         rows.insert(i, list(rows[i]))
-    response.body = json.dumps(payload, separators=(",", ":")).encode()
+    response.body = _dump(payload)
 
 
 def _rows_of(payload: Any) -> list[Any] | None:
@@ -200,7 +243,7 @@ def _cut_rows(response: Response, keep: float) -> bool:
     if response.status != 200:
         return False
     try:
-        payload: Any = json.loads(response.body)
+        payload: Any = _load(response.body)
     except ValueError:
         return False
     rows = _rows_of(payload)
@@ -212,7 +255,7 @@ def _cut_rows(response: Response, keep: float) -> bool:
         del rows[max(1, int(len(rows) * keep)):]
     else:
         rows.clear()
-    response.body = json.dumps(payload, separators=(",", ":")).encode()
+    response.body = _dump(payload)
     return True
 
 

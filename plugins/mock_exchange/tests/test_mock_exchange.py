@@ -114,6 +114,32 @@ def test_short_fault_serves_the_first_half_of_the_page():
         assert short == full[: len(full) // 2] and mock.stats["fault.short"] == 1
 
 
+def test_empty_once_answers_each_request_empty_at_most_once():
+    config = MockConfig(now=FROZEN_NOW, faults={"empty": 1.0}, extra={"empty_once": True})
+    with MockExchange(config) as mock:
+        first, again = (rows_of(page(mock, "/api/v3/klines", BINANCE).json()) for _ in range(2))
+        other = rows_of(page(mock, "/api/v3/klines", {**BINANCE, "limit": 999}).json())
+        assert (first, other) == ([], []) and len(again) == 1000 and mock.stats["fault.empty"] == 2
+
+
+# a page of a venue that sends prices as JSON numbers (Coinbase's order: time, low, high, open, close, volume)
+NUMBERS = b"[[1710331200,73241.50,73402.47,73243.330,12345678901234567890.123456789,1.56794406],"  \
+          b"[1710327600,1E-8,0.10,2,3.0e5,0.00000001]]"
+
+
+@pytest.mark.parametrize("fault", ["duplicate", "short"])
+def test_faults_that_rewrite_a_page_keep_its_numbers_as_sent(fault):
+    from forge_core.testing import Response
+
+    with MockExchange(MockConfig(now=FROZEN_NOW, faults={fault: 1.0})) as mock:
+        mock.route("/products/X/candles", lambda req: Response(200, NUMBERS))
+        text = requests.get(f"{mock.url}/products/X/candles", timeout=10).text
+    assert mock.stats[f"fault.{fault}"] == 1
+    assert text.startswith("[[1710331200,73241.50,73402.47,73243.330,12345678901234567890.123456789,1.56794406]")
+    if fault == "duplicate":
+        assert "[1710327600,1E-8,0.10,2,3.0e5,0.00000001]" in text
+
+
 def test_trickle_fault_sends_the_body_one_byte_at_a_time():
     config = MockConfig(now=FROZEN_NOW, faults={"trickle": 1.0}, extra={"trickle_seconds": 0.02})
     with MockExchange(MockConfig(now=FROZEN_NOW)) as healthy:
