@@ -72,8 +72,38 @@ def test_doc_sink_resumes_an_interrupted_run_exactly(exchange_env, tmp_path):
     with pytest.raises(RuntimeError):
         Pipeline("binance", [sink_spec, Boom()], plugins=plugins(), commit_every=200).run(
             "BTCUSDT", "1h", "2024-01-01", "2024-03-31")
-    partial = read(out)
+    assert not out.exists()  # the file appears complete or not at all
+    partial = read(Path(str(out) + ".part"))
     assert 1000 < len(partial) < 2184  # two pages written, only the first committed
     result = Pipeline("binance", [sink_spec], plugins=plugins()).run("BTCUSDT", "1h", "2024-01-01", "2024-03-31")
     assert result.resumed
     assert read(out) == expected("2024-01-01", "2024-03-31", exchange_env.config.now)
+    assert not Path(str(out) + ".part").exists()
+
+
+def test_a_failed_rerun_keeps_the_finished_file(exchange_env, tmp_path):
+    out = tmp_path / "btc.jsonl"
+    spec = ("jsonl", {"jsonl_path": str(out)})
+    Pipeline("binance", [spec], plugins=plugins()).run("BTCUSDT", "1h", "2024-01-01", "2024-01-31")
+    finished = out.read_bytes()
+
+    class Boom(Sink):
+        name = "boom"
+
+        def write(self, batch):
+            raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        Pipeline("binance", [spec, Boom()], plugins=plugins()).run("BTCUSDT", "1h", "2024-01-01", "2024-01-31")
+    assert out.read_bytes() == finished
+
+
+# docs/testing-plugins.md's SinkContract suite, run on the docs' sink
+TESTING_DOC = DOC.parent / "testing-plugins.md"
+_suite: dict = {}
+exec(compile(re.search(r"```python\n# tests/test_contract.py\n(import json\n.*?)```", TESTING_DOC.read_text(),
+                       re.S).group(1), str(TESTING_DOC), "exec"), _suite)
+
+
+class TestDocsSinkContract(_suite["TestJsonLinesSink"]):
+    sink = doc_plugin().JsonLinesSink
