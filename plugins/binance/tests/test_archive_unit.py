@@ -615,7 +615,7 @@ def test_every_page_of_a_long_listing_is_read(mock_exchange_factory):
         client.close()
 
 # -- a big file read in slices, one download (issue 18: peak memory) -------------------------------
-def full_month(broken_at: int | None = None):
+def full_month(broken_at: int | None = None, newline: str = "\n"):
     """A whole month (2024-01) of 1m candles in one zip; ``broken_at``: that line is not a kline."""
     import hashlib
 
@@ -626,7 +626,7 @@ def full_month(broken_at: int | None = None):
     lines = kline_text(31 * 1440, start=seg.start).splitlines(keepends=True)
     if broken_at is not None:
         lines[broken_at] = "not,a,kline\n"
-    files[path] = zipped("".join(lines))
+    files[path] = zipped("".join(lines).replace("\n", newline))
     files[path + ".CHECKSUM"] = f"{hashlib.sha256(files[path]).hexdigest()}  {seg.file.name('S', tf)}\n".encode()
     return tf, files, seg, path
 
@@ -678,6 +678,22 @@ def test_a_file_unusable_in_a_later_slice_gives_that_slice_and_the_rest_to_rest_
     assert asked == [(t.start, t.end) for t in tasks[3:]]
     assert [r[3] for g in got for r in g.rows] == list(range(seg.start, seg.end, 60_000))
     assert fake.client.counts["archive_errors"] == 1 and fake.client.counts["archive_fallbacks"] == 1
+    assert fake.zips() == [path]
+    f.close()
+    fake.client.close()
+
+
+def test_a_month_not_in_the_plain_form_is_read_in_slices_with_every_row_of_the_file():
+    """CRLF lines (not the plain form: rows as tuples): the rows a piece holds past a slice's
+    end are the next slice's, not lost to it (it then asked REST for them as a gap)."""
+    tf, files, seg, path = full_month(newline="\r\n")
+    fake = FakeArchive(files)
+    asked = []
+    f = fetcher(fake.client, lambda *a: asked.append(a[2:]) or [])
+    tasks = f.tasks("S", tf, f.resolve("S", tf, [seg])[0])
+    got = [f.fetch("S", tf, t.detail, t.start, t.end, t.stream) for t in tasks]
+    assert [r[3] for g in got for r in g.rows] == list(range(seg.start, seg.end, 60_000))
+    assert asked == [] and [g.origin for g in got] == ["archive"] * len(tasks)
     assert fake.zips() == [path]
     f.close()
     fake.client.close()
