@@ -311,3 +311,32 @@ def test_a_destination_down_inside_write_ends_the_follow_instead_of_sending_rows
     assert not isinstance(caught.value, SinkUnavailable)  # not waited out: the next pass would resend
     opens = [r[3] for r in first.rows]
     assert len(opens) == len(set(opens))  # the sink before it got no row twice
+
+
+class AskedSource(StillSource):
+    """Records the symbols each recheck asks about."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.asked: list[list[str]] = []
+
+    def recheck(self, symbols, timeframe):  # type: ignore[no-untyped-def]
+        self.asked.append(list(symbols))
+        return {}
+
+
+def test_a_lagging_series_is_rechecked_only_when_it_made_no_progress_since_the_last_recheck() -> None:
+    """A series catching up is not asked about (400 symbols backfilling asked the whole
+    exchangeInfo every 5 minutes); one that lags without moving is, and so is one at its end."""
+    source = AskedSource()
+    follower = Pipeline(source, [ListSink()]).follow(["A", "B", "C"], "1m", since=0)
+    a = follower.series["A"] = SeriesState("A", 0)
+    b = follower.series["B"] = SeriesState("B", 0)
+    c = follower.series["C"] = SeriesState("C", 5 * MINUTE)
+    a.lagging = b.lagging = True
+    c.ended, c.ends_at = "delisted", 5 * MINUTE  # at its end
+    follower._recheck()  # where each lagging series stands
+    assert source.asked == [["C"]]
+    a.next_start += MINUTE  # A catches up, B stands still
+    follower._recheck()
+    assert source.asked[1] == ["B", "C"]
