@@ -212,3 +212,16 @@ def test_a_geo_blocked_deep_verify_is_one_line_saying_why(forge, geo):
     assert result.err.splitlines()[-1] == (
         "forge: error: --deep compares archive files with REST, which refused this location (HTTP 451): verify "
         "without --deep checks the store against the archive alone"), result.err
+
+
+def test_an_expired_contract_without_its_delivery_days_file_still_ends_at_its_last_candle(forge, env):
+    """The last candle is read from the delivery day's file when the archive lists it; without
+    it (a daily file missing, as happens), from the month's file: the last daily file listed
+    (the 28th) would end the series 8 candles early, those candles silently left out."""
+    env.config.extra["archive_missing"] = {"BTCUSDT_240329-1h-2024-03-29.zip"}
+    result = forge("run", "-s", "binance", "--market", "usdm", "--symbol", "BTCUSDT_240329", "-t", "1h",
+                   "--from", "2024-03-01", "--to", "2024-04-30", "--archive", "archive", "--output", "q.csv")
+    assert result.code == 0, result
+    assert "last candle 2024-03-29 07:00:00 UTC, none after it" in result.out
+    assert rows_of("q.csv") == expected("BTCUSDT_240329", "1h", "2024-03-01", "2024-04-30", env.config.now,
+                                        Market.binance_usdm())

@@ -62,6 +62,7 @@ from .archive import (
     ArchiveFetcher,
     Segment,
     archive_extent,
+    day_file,
     file_opens,
     listed_files,
     month_file,
@@ -463,9 +464,13 @@ class BinanceSource(Source):
                                 meaning="no file after it: delisted? REST, which would confirm it, refused this "
                                         "location; nothing after it is fetched")
                 return SymbolInfo(symbol, first[0] if first else None)
-            if last_file.period == "monthly" and tf.name in DAILY_TIMEFRAMES:  # its last day: a smaller file
-                last_file = ([last_file] + listed_files(self.archive, self.market, symbol, tf, "daily",
-                                                        last_file.date))[-1]
+            if last_file.period == "monthly" and tf.name in DAILY_TIMEFRAMES:
+                # the delivery day's file, a smaller one, if listed; not the last daily file listed:
+                # with a daily file missing, that one would end the series early
+                day = day_file(delivery - 1)
+                if day.start >= last_file.start and listed_files(self.archive, self.market, symbol, tf, "daily",
+                                                                 day.date) == [day]:
+                    last_file = day
             last = file_opens(self.archive, self.market, symbol, tf, last_file)[-1:]
         except ArchiveFailure as exc:
             raise SourceError(f"the {where} archive could not say where {symbol} {tf.name} starts and ends: "
