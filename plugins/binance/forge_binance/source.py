@@ -29,6 +29,7 @@ from forge_core import (
     CANDLE_COLUMNS,
     DAY,
     EXTRA_COLUMNS,
+    MINUTE,
     NAMES,
     Fetched,
     HttpClient,
@@ -663,7 +664,31 @@ class BinanceSource(Source):
                 raise self._explain(exc, symbol, tf) from None
 
         ends = self._ends.setdefault((symbol, tf.name), {})  # where this series' data ends, if affirmed
-        return forward_pages(request, tf, start, end, open_index=self._open_index, end_of_data=ends, window=span)
+        rows = forward_pages(request, tf, start, end, open_index=self._open_index, end_of_data=ends, window=span)
+        at = ends.get("at")
+        if at is not None and at < end and self._now is not None and at < self._now - MINUTE:
+            self._confirm_end(symbol, tf, at)
+        return rows
+
+    def _confirm_end(self, symbol: str, tf: Timeframe, at: int) -> None:
+        """A page walk found no candle from ``at`` on, a minute or more before the exchange's
+        clock: believed only if exchangeInfo, asked again, now says the symbol no longer trades
+        (a maintenance began, or a delisting) with its last candle before ``at``. An exchange that
+        says it trades but answers empty for its past is failing: a retryable error (a follow
+        rides it out; a backfill stops loudly with what it wrote kept), never a silent tail loss."""
+        key = (symbol, tf.name)
+        try:
+            meta = self._learn([symbol], fresh=True)["symbols"].get(symbol)
+        except BinanceError as exc:
+            raise self._explain(exc, symbol, tf) from None
+        if meta is not None and symbol not in self._expired:
+            self._end(symbol, tf, meta, self._firsts.get(key))
+        stop = self._stops.get(key)
+        if stop is not None and stop <= at:
+            return
+        self._ends.pop(key, None)
+        raise RetryableError(f"Binance {self.market} answers no {tf.name} candle of {symbol} from {display(at)} on, "
+                             f"though its exchangeInfo says it trades; try again later")
 
     def _klines(self, symbol: str, tf: Timeframe, params: dict[str, Any], make: Any = None) -> Sequence[Row]:
         query = {"symbol": symbol, "interval": tf.name, **params}

@@ -272,3 +272,48 @@ def test_recheck_forgets_where_a_walk_found_no_more_candles_once_the_newest_is_p
     assert source.recheck(["PAUSEUSDT"], H1)["PAUSEUSDT"].ended is None
     assert [r[3] for r in source._fetch_rest("PAUSEUSDT", H1, PAUSE[0], PAUSE[1] + 90 * 60_000)] == [
         PAUSE[1] - 30 * 60_000, PAUSE[1] + 30 * 60_000]
+
+
+def test_a_walk_that_meets_a_pause_begun_since_exchange_info_ends_at_the_last_candle(fresh_mock, source):
+    """exchangeInfo said TRADING when the run began (the cut is lifted here to say so), then the
+    page walk finds nothing after 06:59: exchangeInfo asked again says BREAK, so the series ends
+    at its last candle, as the exchange confirms it."""
+    from forge_core.testing.market import PAUSE
+
+    m1 = parse_timeframe("1m")
+    source.server_time()  # 10:20:30, in BREAK since 07:00
+    source.prepare("PAUSEUSDT", m1)
+    del source._stops[("PAUSEUSDT", m1.name)]  # as if it traded at the start
+    asked = recorded(fresh_mock, "/api/v3/exchangeInfo")
+    span = (PAUSE[0] - 120_000, PAUSE[0] + 30 * 60_000)
+    assert [r[3] for r in source._fetch_rest("PAUSEUSDT", m1, *span)] == [PAUSE[0] - 120_000, PAUSE[0] - 60_000]
+    assert asked == ["symbol=PAUSEUSDT"] and source._stops[("PAUSEUSDT", m1.name)] == PAUSE[0]
+
+
+def test_a_trading_pair_answered_empty_for_its_past_is_an_outage_not_the_end_of_its_data():
+    """A pair exchangeInfo says trades, whose klines come back empty (every page and every
+    probe) for a range long before the exchange's clock: a retryable error naming it, never a
+    run that ends there with its tail silently missing; once the answers come back, so do the
+    candles (the walk's end of data is not remembered)."""
+    from forge_core import RetryableError, paging
+    from forge_core.testing.server import MockConfig
+
+    h1, start = parse_timeframe("1h"), 1704067200000
+    with MockExchange(MockConfig(faults={"empty": 0.0})) as mock:
+        src = BinanceSource(base_url=mock.url, archive="rest")
+        try:
+            src.server_time()
+            src.prepare("BTCUSDT", h1)
+            good = src._fetch_rest("BTCUSDT", h1, start, start + 48 * HOUR)
+            mock.config.faults["empty"] = 1.0
+            asked = recorded(mock, "/api/v3/exchangeInfo")
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(paging, "AFFIRM_BACKOFF", (0.0, 0.01))
+                with pytest.raises(RetryableError, match=r"no 1h candle of BTCUSDT from 2024-01-01 00:00:00 UTC on, "
+                                                         r"though its exchangeInfo says it trades"):
+                    src._fetch_rest("BTCUSDT", h1, start, start + 48 * HOUR)
+            assert asked == ["symbol=BTCUSDT"]
+            mock.config.faults["empty"] = 0.0
+            assert len(good) == 48 and src._fetch_rest("BTCUSDT", h1, start, start + 48 * HOUR) == good
+        finally:
+            src.close()
