@@ -8,9 +8,9 @@ Found through the entry point group ``forge_etl_mock`` (see ``pyproject.toml``),
 
 from __future__ import annotations
 
+from forge_core import parse_timeframe
 from forge_core.testing import MockExchange, Request, Response
 from forge_core.testing.market import MAINTENANCE, Listing, candle, has_candle, open_times
-from forge_core.timeframes import parse_timeframe
 
 ENVIRONMENT = ("FORGE_BYBIT_URL",)  # the source's base-URL override: set to the mock's URL
 LISTINGS = {"BTCUSDT": Listing("BTCUSDT", 1625443200000, (MAINTENANCE,), 4_200_000)}  # 2021-07-05

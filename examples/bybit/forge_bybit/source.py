@@ -100,14 +100,16 @@ class BybitSource(Source):
         make = self.row_maker(task)  # fills source, symbol, timeframe and end_ts; columns by name
         base, quote = (6, 5) if self.category == "inverse" else (5, 6)  # volume must be base asset
 
-        def request(before: int) -> list[Row]:
-            # [startTime, open, high, low, close, volume, turnover], newest first; both ends inclusive
-            page = self._get("/v5/market/kline", {
+        def rows(body: Any) -> list[Row]:  # in parse: a body of the wrong shape is retried as malformed
+            # [startTime, open, high, low, close, volume, turnover], newest first
+            return [make(open_ts=int(k[0]), open=k[1], high=k[2], low=k[3], close=k[4], volume=k[base],
+                         quote_volume=k[quote]) for k in body["result"]["list"]]
+
+        def request(before: int) -> list[Row]:  # both ends inclusive
+            return self.http.get_json("/v5/market/kline", {
                 "category": self.category, "symbol": task.symbol, "interval": INTERVALS[task.timeframe.name],
                 "start": task.start, "end": before - 1, "limit": PAGE,
-            })["list"]
-            return [make(open_ts=int(k[0]), open=k[1], high=k[2], low=k[3], close=k[4], volume=k[base],
-                         quote_volume=k[quote]) for k in page]
+            }, parse=rows)
 
         # the core's backward walk: continues below a short page, re-asks an empty one
         return backward_pages(request, task.timeframe, task.start, task.end,
