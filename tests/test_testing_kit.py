@@ -118,9 +118,9 @@ def test_a_sink_that_loses_uncommitted_state_fails_the_contract(tmp_path):
                     if line.startswith("FAILED"))
     assert failed == ["test_commit_is_durable_without_close", "test_failed_run_keeps_only_what_was_committed",
                       "test_resume_after_the_end_moved_later"], result.stdout[-3000:]
-    # passed: read back, rerun, two symbols, failed rerun; skipped: bad destination (no fixture),
-    # --from auto (no last_open), integrity (none)
-    assert "4 passed" in result.stdout and "4 skipped" in result.stdout
+    # passed: read back, rerun, columns by name, two symbols, failed rerun; skipped: bad
+    # destination (no fixture), --from auto (no last_open), integrity (none)
+    assert "5 passed" in result.stdout and "4 skipped" in result.stdout
 
 
 def failures(result: subprocess.CompletedProcess) -> list[str]:
@@ -276,6 +276,12 @@ SINKS = """
             self.save()
 
 
+    class ByPosition(Store):  # takes the columns in the source's order, not the batch's
+        def write(self, batch):
+            from forge_core.testing import SyntheticSource
+            self.pending += [dict(zip(SyntheticSource.columns, row)) for row in batch.rows]
+
+
     class SaysNothingChanged(Store):
         def rows_changed(self):
             return 0
@@ -303,12 +309,14 @@ SINKS = """
 """
 
 
-def test_sinks_that_mix_symbols_empty_on_rerun_show_uncommitted_rows_or_miscount_fail_the_contract(tmp_path):
-    classes = ("Store", "MixesSymbols", "EmptiesOnOpen", "ShowsUncommitted", "SaysNothingChanged", "OldestAsNewest")
+def test_sinks_that_mix_symbols_empty_on_rerun_show_uncommitted_rows_miscount_or_read_by_position_fail(tmp_path):
+    classes = ("Store", "MixesSymbols", "EmptiesOnOpen", "ShowsUncommitted", "SaysNothingChanged", "OldestAsNewest",
+               "ByPosition")
     suites = "".join(f"\n\nclass Test{name}(Base):\n    sink = {name}\n" for name in classes)
-    new = "symbols_stay_apart or failed_rerun or from_auto or rerun_of or durable or read_back"
+    new = "symbols_stay_apart or failed_rerun or from_auto or rerun_of or durable or read_back or by_name"
     result = pytest_in(tmp_path, {"test_sinks.py": textwrap.dedent(SINKS) + suites}, args=("-k", new))
     assert failures(result) == [
+        "TestByPosition::test_columns_are_read_by_name",
         "TestEmptiesOnOpen::test_a_failed_rerun_keeps_the_finished_rows",
         "TestEmptiesOnOpen::test_from_auto_continues_after_the_newest_candle",
         "TestMixesSymbols::test_symbols_stay_apart",

@@ -551,6 +551,15 @@ class SinkContract:
         assert changed[0] in (None, len(want)), f"the first run reported {changed[0]} rows changed of {len(want)}"
         assert changed[1] in (None, 0), f"an identical re-run reported {changed[1]} rows changed, not 0"
 
+    def test_columns_are_read_by_name(self, sink_options: dict[str, Any]) -> None:
+        """The ``select`` transform hands the sink every column in reverse order (as
+        ``--transform select --columns ...`` may): a sink reading a column by position, not by
+        ``batch.index(name)``, writes wrong values or fails."""
+        columns = ",".join(reversed(SyntheticSource.columns))
+        Pipeline(SyntheticSource(), sinks=[self.make_sink(sink_options)], transforms=[("select", {"columns": columns})],
+                 workers=1, commit_every=self.commit_every).run([self.symbol], self.timeframe, self.start, self.end)
+        self.assert_same(self.held(sink_options), synthetic_rows(self.symbol, self.timeframe, self.start, self.end))
+
     def test_symbols_stay_apart(self, sink_options: dict[str, Any]) -> None:
         """Two symbols in one run: each reads back as its own exact rows (nothing of one is
         written over, or mixed into, the other's)."""
