@@ -618,8 +618,9 @@ month of 1m 44,640): memory stays flat whatever the range and ``workers``."""
 BYTES_AHEAD = 12 << 20
 """And at most about this many bytes of rows: those of the task the writer holds that it has not
 written yet, and those of the tasks fetched or being fetched (at the most bytes per candle seen
-so far). An archive month of 1m held as text is about 8.3 MB: the next month is read while the
-writer writes one; a REST page of 1,000 candles is 0.6-0.8 MB. One task always runs ahead."""
+so far). A REST page of 1,000 candles is 0.6-0.8 MB; an archive slice of 4,320 1m candles held
+as text 0.8 MB (a month, 8.3 MB, is read in slices: :data:`STREAM_AHEAD`). One task always runs
+ahead."""
 STREAM_AHEAD = 2
 """Tasks of one stream (:attr:`Task.stream`: parts of one file, read in order) fetched or being
 fetched ahead of the one the writer holds: enough to read the next part while one is written;
