@@ -110,12 +110,15 @@ def test_a_paused_pair_is_followed_again_when_it_trades_again(fresh_mock, follow
     assert old.ended == "delisted (Binance exchangeInfo status BREAK)" and old.last_open is None
 
 
-@pytest.mark.slow  # ~9 s: the empty tail after the last candle is re-asked for 7 s before it is believed
-def test_a_pause_that_begins_while_following_ends_the_series_until_it_trades_again(fresh_mock, follow, tmp_path):
+def test_a_pause_that_begins_while_following_ends_the_series_until_it_trades_again(fresh_mock, follow, tmp_path,
+                                                                                   monkeypatch):
     """Trading at the start (06:50:30), in BREAK from 07:00: the series lags (no candle after
     06:59), so its status is asked again; BREAK ends it at its last candle (no kline page, no
     lag warning after that), TRADING (10:35:30) resumes it. Before, the walk that found no
     candle after 06:59 was remembered as the end of its data for the rest of the run."""
+    from forge_core import paging
+
+    monkeypatch.setattr(paging, "AFFIRM_BACKOFF", (0.0, 0.01))  # the empty tail believed sooner (7 s otherwise)
     fresh_mock.config.now = PAUSE[0] - 10 * MINUTE + 30_456
     in_break = PAUSE[0] + 60 * MINUTE + 30_456
     trading = PAUSE[1] + 5 * MINUTE + 30_456
@@ -138,3 +141,4 @@ def test_a_pause_that_begins_while_following_ends_the_series_until_it_trades_aga
     follower.stop()
     assert rows_of(tmp_path / "PAUSEUSDT.csv") == as_csv_lines(
         binance_rows("PAUSEUSDT", "1m", SINCE, PAUSE[1] + 5 * MINUTE, trading))
+    assert follower.result.outages == 0  # resumed without first taking the empty walk for an outage

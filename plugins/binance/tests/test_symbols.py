@@ -274,11 +274,14 @@ def test_recheck_forgets_where_a_walk_found_no_more_candles_once_the_newest_is_p
         PAUSE[1] - 30 * 60_000, PAUSE[1] + 30 * 60_000]
 
 
-def test_a_walk_that_meets_a_pause_begun_since_exchange_info_ends_at_the_last_candle(fresh_mock, source):
+def test_a_walk_that_meets_a_pause_begun_since_exchange_info_ends_at_the_last_candle(fresh_mock, source, monkeypatch):
     """exchangeInfo said TRADING when the run began (the cut is lifted here to say so), then the
     page walk finds nothing after 06:59: exchangeInfo asked again says BREAK, so the series ends
     at its last candle, as the exchange confirms it."""
+    from forge_core import paging
     from forge_core.testing.market import PAUSE
+
+    monkeypatch.setattr(paging, "AFFIRM_BACKOFF", (0.0, 0.01))  # the empty tail believed sooner (7 s otherwise)
 
     m1 = parse_timeframe("1m")
     source.server_time()  # 10:20:30, in BREAK since 07:00
