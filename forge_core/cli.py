@@ -114,14 +114,15 @@ def plugin_args(args: list[str]) -> tuple[str | None, list[str], list[str]]:
 class _Chosen:
     """The plugins of one ``forge run``, and the options they declare, by option name."""
 
-    def __init__(self, plugins: Plugins, source: str | None, sinks: list[str], transforms: list[str]) -> None:
+    def __init__(self, plugins: Plugins, source: str | None, sinks: list[str], transforms: list[str] | None) -> None:
+        """``transforms=None``: a command that takes none (verify, repair, status)."""
         self.regs: list[Registration] = []
         if source is None:  # forge run --help (or a run missing --source): every plugin, by section
-            self.regs = plugins.all()
+            self.regs = [r for r in plugins.all() if transforms is not None or r.kind != "transform"]
             self.everything = True
         else:
             self.everything = False
-            for kind, names in (("source", [source]), ("sink", sinks or ["csv"]), ("transform", transforms)):
+            for kind, names in (("source", [source]), ("sink", sinks or ["csv"]), ("transform", transforms or [])):
                 for name in names:
                     reg = plugins.find(kind, name)
                     if reg is not None and reg not in self.regs:
@@ -638,7 +639,10 @@ def main(argv: list[str] | None = None, plugins: Plugins | None = None) -> int:
         message = exc.format_message()
         if isinstance(exc, click.NoSuchOption) and where in ("forge run", "forge verify", "forge repair", "forge status"):
             owner = _owner_of(plugins, exc.option_name)
-            if owner is not None:
+            if owner is not None and where != "forge run" and owner.startswith("transform "):
+                message = (f"option {exc.option_name} belongs to {owner}; {where} checks the exchange's own "
+                           "candles and takes no transforms")
+            elif owner is not None:
                 what = "this run's source or sinks" if where == "forge run" else f"this {where[6:]}'s source or sink"
                 message = (f"option {exc.option_name} belongs to {owner}, not to {what} "
                            f"(choose that plugin, e.g. --{owner.split()[0]} {owner.split()[1].rstrip(',')})")

@@ -549,6 +549,18 @@ def test_deep_finds_where_the_archive_and_rest_disagree(forge, mock_exchange_fac
         assert "deep: 3 day(s) of archive files cross-checked against REST, 0 candle(s) disagree" in text.out
 
 
+@pytest.mark.parametrize("command", ["verify", "repair", "status"])
+def test_commands_without_transforms_neither_list_nor_suggest_them(forge, loaded_csv, command):
+    """verify --help listed --resample-to and --columns, which the command then refused with
+    'choose that plugin, e.g. --transform resample': an option verify does not have."""
+    assert "--resample-to" not in forge(command, "--help").out
+    res = forge(command, *(("-s", "binance", *RANGE) if command != "status" else ()), "--output", "btc.csv",
+                "--resample-to", "1h")
+    assert res.code == 2 and len(res.err.strip().splitlines()) == 1, res
+    assert (f"option --resample-to belongs to transform resample; forge {command} checks the exchange's own "
+            "candles and takes no transforms") in res.err
+
+
 def test_deep_and_options_belong_to_the_plugins_chosen(forge, loaded_csv, monkeypatch):
     """verify takes only the chosen source's and sink's options (the CLI's scoped resolution);
     --deep needs archive files."""

@@ -46,7 +46,7 @@ def _command(plugins: Plugins, name: str, args: list[str]) -> click.Command:
     source_name, sink_names, _ = plugin_args(args)
     if name == "status":  # --source is a column value there, not a plugin: only the sink's options
         source_name = ""
-    chosen = _Chosen(plugins, source_name, sink_names[-1:] or ["csv"], [])
+    chosen = _Chosen(plugins, source_name, sink_names[-1:] or ["csv"], None)
     declared = chosen.options
 
     def callback(**kw: Any) -> int:
