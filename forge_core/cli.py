@@ -338,6 +338,11 @@ def _follow_only_options(ctx: click.Context, kw: dict[str, Any]) -> None:
     if kw["follow"] and kw["partition"]:
         raise UsageError("--follow keeps series current until stopped, --partition runs fixed months: "
                          "give one of them")
+    if kw["summary_json"]:
+        if kw["follow"] or kw["partition"]:
+            raise UsageError(f"--summary-json applies to one bounded run, not to --{'follow' if kw['follow'] else 'partition'}"
+                             "; drop --summary-json")
+        _check_writable(kw["summary_json"])
     if not kw["follow"]:
         for name in sorted(given):
             flag = "--" + name.replace("_", "-")
@@ -346,6 +351,20 @@ def _follow_only_options(ctx: click.Context, kw: dict[str, Any]) -> None:
         if kw["since"] and not auto:
             where = f" (--from {kw['from_']} says where the run starts)" if kw["from_"] else ""
             raise UsageError(f"--since {kw['since']} applies only with --from auto or --follow{where}; drop --since")
+
+
+def _check_writable(path: str) -> None:
+    """Before the run, not after it: a summary that cannot be written fails the run at its end."""
+    tmp = f"{path}.tmp"  # what _write_json writes first
+    try:
+        with open(tmp, "x"):
+            pass
+        os.remove(tmp)
+    except FileExistsError:
+        pass  # left by an earlier run: _write_json replaces it
+    except OSError as exc:
+        raise UsageError(f"cannot write --summary-json {path}: {exc.strerror or exc}; "
+                         "give a file path in a writable directory") from None
 
 
 def run_result_dict(result: RunResult) -> dict[str, Any]:

@@ -86,6 +86,13 @@ CLI_CASES = [
      "--source okx is not the source of the partition keys (binance); drop --source"),
     ("partition with another market", ["--partition", "binance:spot:BTCUSDT:1h:2024-01", "--market", "usdm"], 2,
      "--market usdm is not the market of the partition keys (spot); drop --market"),
+    ("summary json unwritable", [*B, *DATES, "--summary-json", "/proc/forge/s.json"], 2,
+     "cannot write --summary-json /proc/forge/s.json: No such file or directory; give a file path"),
+    # FOOBAR: a follow run that ignored --summary-json would fail on it at once, not follow
+    ("summary json with follow", ["-s", "binance", "--symbol", "FOOBAR", "--from", "auto", "--since", "2024-01-01", "--follow", "--summary-json", "s.json"], 2,
+     "--summary-json applies to one bounded run, not to --follow; drop --summary-json"),
+    ("summary json with partition", ["--partition", "binance:spot:BTCUSDT:1h:2024-01", "--summary-json", "s.json"], 2,
+     "--summary-json applies to one bounded run, not to --partition"),
     ("from auto with csv", [*B, "--from", "auto", "--to", "2024-01-02"], 2, "--from auto: "),
 ]
 
