@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from forge_core import hookimpl
+from forge_core import ForgeError, hookimpl
 from forge_core.times import parse_instant
 
 
@@ -33,10 +33,10 @@ def parse_faults(items: tuple[str, ...]) -> dict[str, float]:
 @hookimpl
 def forge_register_commands(cli: Any) -> None:
     @cli.command(name="mock-exchange")
-    @click.option("--port", type=int, default=8000, show_default=True, help="Port on 127.0.0.1 (0 = any free port).")
-    @click.option("--latency", type=float, default=0.05, show_default=True, help="Seconds added to every response.")
+    @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port on 127.0.0.1 (0 = any free port).")
+    @click.option("--latency", type=click.FloatRange(0), default=0.05, show_default=True, help="Seconds added to every response.")
     @click.option("--now", "now", default=None, help="Freeze the exchanges' clock at this time (default: real time).")
-    @click.option("--weight-window", type=int, default=60, show_default=True,
+    @click.option("--weight-window", type=click.IntRange(1), default=60, show_default=True,
                   help="Binance rate-limit window in seconds (60 = the real one-minute window).")
     @click.option("--fault", "faults", multiple=True, metavar="KIND=RATE",
                   help="Inject faults, e.g. --fault http500=0.02 --fault empty=0.01 (kinds: docs/mock-exchange.md).")
@@ -51,7 +51,12 @@ def forge_register_commands(cli: Any) -> None:
         rates = parse_faults(faults)
         config = MockConfig(latency=latency, now=parse_instant(now)[0] if now else None,
                             weight_window=weight_window, faults=rates, fault_seed=fault_seed)
-        with MockExchange(config, port=port) as mock:
+        try:
+            mock = MockExchange(config, port=port).start()
+        except OSError as exc:  # the port is taken (or not ours to bind)
+            raise ForgeError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}; "
+                             "choose another --port, or --port 0 for any free one") from None
+        try:
             served = ", ".join(mock.modules) or "no exchanges (no installed plugin ships mock routes)"
             click.echo(f"mock exchange on {mock.url} serving {served}; Ctrl-C to stop", err=True)
             for name, value in mock.environment.items():
@@ -61,3 +66,5 @@ def forge_register_commands(cli: Any) -> None:
                     time.sleep(3600)
             except KeyboardInterrupt:
                 pass
+        finally:
+            mock.stop()

@@ -170,6 +170,28 @@ def test_a_bad_fault_is_a_one_line_usage_error(forge, fault, named):
     assert named in line and "--fault" in line and "unexpected" not in line
 
 
+@pytest.mark.parametrize("option,value", [("--port", "99999"), ("--latency", "-1"),
+                                          ("--weight-window", "0")])
+def test_a_bad_number_is_a_one_line_usage_error(forge, option, value):
+    """--port 99999 was an 'unexpected OverflowError' (and --port -1 hung); a negative latency or a
+    0 s weight window started a server that cannot answer."""
+    result = forge("mock-exchange", option, value)
+    assert result.code == 2, result
+    [line] = result.err.strip().splitlines()
+    assert f"Invalid value for '{option}': {value}" in line
+
+
+def test_a_port_in_use_is_one_line_naming_it():
+    """It was 'unexpected OSError: [Errno 98] Address already in use'."""
+    with MockExchange(MockConfig(latency=0)) as taken:
+        port = taken.url.rsplit(":", 1)[1]
+        proc = subprocess.run([sys.executable, "-m", "forge_core.cli", "mock-exchange", "--port", port],
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 1, proc
+    assert proc.stderr.strip() == (f"forge: error: cannot listen on 127.0.0.1:{port}: Address already in use; "
+                                   "choose another --port, or --port 0 for any free one")
+
+
 def test_help_points_to_a_doc_that_exists(forge):
     result = forge("mock-exchange", "--help")
     assert result.code == 0 and "docs/mock-exchange.md" in result.out
