@@ -33,10 +33,10 @@ def parse_faults(items: tuple[str, ...]) -> dict[str, float]:
 @hookimpl
 def forge_register_commands(cli: Any) -> None:
     @cli.command(name="mock-exchange")
-    @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port on 127.0.0.1 (0 = any free port).")
-    @click.option("--latency", type=click.FloatRange(0), default=0.05, show_default=True, help="Seconds added to every response.")
+    @click.option("--port", type=click.IntRange(0, 65535), default=8000, metavar="N", show_default=True, help="Port on 127.0.0.1 (0 = any free port).")
+    @click.option("--latency", type=click.FloatRange(0), default=0.05, metavar="S", show_default=True, help="Seconds added to every response.")
     @click.option("--now", "now", default=None, help="Freeze the exchanges' clock at this time (default: real time).")
-    @click.option("--weight-window", type=click.IntRange(1), default=60, show_default=True,
+    @click.option("--weight-window", type=click.IntRange(1), default=60, metavar="S", show_default=True,
                   help="Binance rate-limit window in seconds (60 = the real one-minute window).")
     @click.option("--fault", "faults", multiple=True, metavar="KIND=RATE",
                   help="Inject faults, e.g. --fault http500=0.02 --fault empty=0.01 (kinds: docs/mock-exchange.md).")
