@@ -124,6 +124,9 @@ def test_verify_calls_the_tail_after_the_delivery_and_not_the_holes_the_exchange
                                                            (QUARTER_DELIVERED, "after_last_candle"),
                                                            (APRIL, "after_last_candle")]  # one a partition
     assert holes[0]["evidence"]["why"] == "Binance coinm REST does not serve the expired contract"
+    text = forge("verify", "-s", "binance", "--market", "coinm", "--symbol", "BTCUSD_240329", "-t", "1h",
+                 "--from", "2024-01-01", "--to", "2024-04-30", "--output", "q.csv")
+    assert text.out.splitlines()[-1].endswith("; 2 exchange hole(s), 1 unconfirmed: identical"), text.out
 
 
 # -- REST refused here (HTTP 451) -------------------------------------------------------------------

@@ -16,8 +16,8 @@ from ..errors import UsageError
 from ..plugins import Plugins
 from ..timeframes import NAMES, parse_timeframe
 from ..times import ACCEPTED, iso, parse_range
-from .engine import Checker, SeriesReport, hole_json, mark_outages
-from .model import REASON_TEXT, IntegrityStore, LedgerEntry
+from .engine import UNCONFIRMED, Checker, SeriesReport, hole_json, mark_outages
+from .model import FETCH_FAILED, REASON_TEXT, IntegrityStore, LedgerEntry
 
 KINDS = ("missing", "extra", "duplicate", "changed")
 
@@ -226,7 +226,9 @@ def _summary(name: str, reports: list[SeriesReport], totals: dict[str, int], fai
             by_status[p.status] = by_status.get(p.status, 0) + 1
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
     counts = ", ".join(f"{k} {totals[k]}" for k in KINDS)
-    holes = sum(len(r.holes) for r in reports)
+    holes = [h for r in reports for h in r.holes]
+    doubtful = sum(h.reason in (UNCONFIRMED, FETCH_FAILED) for h in holes)  # not the exchange's word
+    hole_text = f"{len(holes) - doubtful} exchange hole(s)" + (f", {doubtful} unconfirmed" if doubtful else "")
     tail = ""
     if name == "repair":
         tail = (f"; wrote {sum(r.written for r in reports)}, deleted {sum(r.deleted for r in reports)}; "
@@ -235,8 +237,7 @@ def _summary(name: str, reports: list[SeriesReport], totals: dict[str, int], fai
                f"{failed} partition(s) not checked" if failed else "differences found")
     if name == "repair" and not failed:
         verdict = "repaired" if any(totals.values()) else "nothing to repair"
-    return (f"{name}: {len(reports)} series, {parts} partitions ({statuses}); {counts}; {holes} exchange "
-            f"hole(s){tail}: {verdict}")
+    return f"{name}: {len(reports)} series, {parts} partitions ({statuses}); {counts}; {hole_text}{tail}: {verdict}"
 
 
 def _status(store: IntegrityStore, kw: dict[str, Any]) -> None:
