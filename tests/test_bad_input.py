@@ -226,3 +226,12 @@ def test_a_plugin_left_out_by_forge_load_plugins_says_so(forge, exchange_env, in
     assert result.code == 2, result
     assert "unknown source 'binance'" in result.err
     assert "FORGE_LOAD_PLUGINS='nope' loads only those entry points; unset it to load all" in result.err
+
+
+@pytest.mark.parametrize("args", [["-s", "binance", "--symbol", "FOOBAR", *DATES],
+                                  [*B, "--from", "2030-01-01", "--to", "2030-01-02"]], ids=["unknown symbol", "future"])
+def test_a_failed_run_leaves_no_directory_it_created(forge, exchange_env, in_tmp, args):
+    """--output 'a/b/{symbol}.csv' of a run that wrote nothing left the empty a/b behind."""
+    result = forge(*RUN, *args, "--output", "a/b/{symbol}.csv")
+    assert result.code in (1, 2), result
+    assert list(in_tmp.iterdir()) == []

@@ -177,6 +177,7 @@ class CsvSink(Sink):
     def open(self, run: RunInfo) -> None:
         self.run = run
         self.targets, self.by_symbol = [], {}
+        self._made: list[str] = []  # directories this run created, deepest first
         wait = _seconds(self.settings["wait_for_lock"])
         groups: dict[str, list[str]] = {}
         for symbol in run.symbols:
@@ -189,7 +190,15 @@ class CsvSink(Sink):
                     self.by_symbol[symbol] = target
         except BaseException:
             self._release()
+            self._remove_made()
             raise
+
+    def _remove_made(self) -> None:
+        """The directories this run created and left empty (it failed before writing a row)."""
+        for folder in getattr(self, "_made", ()):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        self._made = []
 
     def _target(self, run: RunInfo, path: str, symbols: list[str], wait: float) -> _Target:
         if path == "-":
@@ -217,6 +226,10 @@ class CsvSink(Sink):
                 return t
             raise UsageError(f"--output {path} is not a regular file, device or FIFO; give a file path")
         t = _Target(path, real, symbols, "file", gz)
+        folder = os.path.dirname(real) or "."
+        while folder and not os.path.lexists(folder):  # removed again by a run that wrote nothing
+            self._made.append(folder)
+            folder = os.path.dirname(folder)
         try:
             os.makedirs(os.path.dirname(real) or ".", exist_ok=True)
         except OSError as exc:
@@ -593,6 +606,8 @@ class CsvSink(Sink):
                     self._abandon(t)
         finally:
             self._release()
+            if not ok:
+                self._remove_made()
 
     def _finish(self, t: _Target) -> None:
         assert self.run is not None
