@@ -89,9 +89,12 @@ def test_a_paused_pair_is_followed_again_when_it_trades_again(fresh_mock, follow
     """In BREAK at the start (10:20:30, last candle 06:59): left at its last candle, its status
     asked again, followed again once it trades (10:40:30)."""
     pages = pages_asked(fresh_mock)
+    real_info, info = fresh_mock.routes["/api/v3/exchangeInfo"], []
+    fresh_mock.routes["/api/v3/exchangeInfo"] = lambda req: info.append(req.arg("symbols")) or real_info(req)
     trading = PAUSE[1] + 10 * MINUTE + 30_456
     follower, asked = follow(fresh_mock.config.now, fresh_mock.config.now, trading, recheck=0.2)
     assert wait_for(lambda: len(asked) >= 2)
+    assert info[0] == '["PAUSEUSDT","OLDUSDT"]'  # the start: one exchangeInfo for both, as a bounded run
     paused = follower.series["PAUSEUSDT"]
     assert paused.ended == "not trading (Binance exchangeInfo status BREAK)"
     assert paused.last_candle == PAUSE[0] - MINUTE and paused.next_start == PAUSE[0]
