@@ -102,6 +102,14 @@ def exchange_env(monkeypatch: pytest.MonkeyPatch, mock: MockExchange) -> MockExc
 
 
 @pytest.fixture
+def fresh_exchange_env(monkeypatch: pytest.MonkeyPatch, fresh_mock: MockExchange) -> MockExchange:
+    """A mock of the test's own (its counters start at 0), every source pointed at it."""
+    for name in (*ENV_URLS, *fresh_mock.environment):
+        monkeypatch.setenv(name, fresh_mock.url)
+    return fresh_mock
+
+
+@pytest.fixture
 def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     return tmp_path

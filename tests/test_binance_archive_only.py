@@ -21,10 +21,8 @@ CONTRACTS = {"usdm": ("BTCUSDT_240329", Market.binance_usdm(), "USD-M"),
 
 
 @pytest.fixture
-def env(fresh_mock, monkeypatch, in_tmp):
-    for name in fresh_mock.environment:
-        monkeypatch.setenv(name, fresh_mock.url)
-    return fresh_mock
+def env(fresh_exchange_env, in_tmp):
+    return fresh_exchange_env
 
 
 def rows_of(path):

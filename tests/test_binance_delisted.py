@@ -16,11 +16,8 @@ LAST_1H = "2024-01-22 23:00:00 UTC"  # OLDUSDT's last 1h candle opens here (it c
 
 
 @pytest.fixture
-def env(fresh_mock, monkeypatch, in_tmp):
-    """A mock of the test's own (its counters start at 0), every Binance host pointed at it."""
-    for name in fresh_mock.environment:
-        monkeypatch.setenv(name, fresh_mock.url)
-    return fresh_mock
+def env(fresh_exchange_env, in_tmp):
+    return fresh_exchange_env
 
 
 def rows_of(path):
