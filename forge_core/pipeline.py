@@ -273,7 +273,9 @@ class Pipeline:
                     opened.append(sink)
                 starts = self._starts(symbols, tf, out_tf, start_ms, auto, since is not None, result)
                 now = source.server_time()
-                if str(end).strip().lower() == "now":  # the exchange's now, not this machine's clock
+                # the exchange's now, not this machine's clock; a later --to is now too, so the
+                # file is not named after days the run could not fetch
+                if str(end).strip().lower() == "now" or end_ms > now + 1:
                     end_ms = result.end = now + 1
                     info = replace(info, end=end_ms)
                     for sink in opened:

@@ -118,3 +118,13 @@ def test_results_do_not_depend_on_local_time_zone(monkeypatch):
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_a_to_date_after_the_exchanges_now_names_the_file_by_that_now(forge, exchange_env, in_tmp):
+    """--to 2030-01-01 fetched up to the exchange's now but named the file ..._2030-01-01.csv,
+    days it does not hold; now it is named as --to now names it."""
+    result = forge("run", "-q", "-s", "binance", "--symbol", "BTCUSDT", "-t", "1d", "--from", "2025-03-10",
+                   "--to", "2030-01-01")
+    assert result.code == 0, result
+    assert [p.name for p in in_tmp.iterdir()] == ["Binance-BTCUSDT-1d-2025-03-10_2025-03-15.csv"]
+    assert len((in_tmp / "Binance-BTCUSDT-1d-2025-03-10_2025-03-15.csv").read_text().splitlines()) == 1 + 5
