@@ -10,11 +10,12 @@ from typing import Any
 import click
 
 from . import partitions as parts
+from .errors import UsageError
 from .integrity.commands import open_store
 from .plugins import Plugins
 from .sources import Source
 from .timeframes import Timeframe, source_timeframe
-from .times import ACCEPTED, display, parse_range
+from .times import ACCEPTED, display, iso, parse_range
 
 
 def market_of(settings: dict[str, Any]) -> str:
@@ -39,6 +40,10 @@ def plan_command(plugins: Plugins) -> click.Command:
             tf = timeframe.name
             start, end = parse_range(kw["from_"], kw["to"])
             symbols = _symbols(list(kw["symbol"]))
+            now = source.server_time()  # as a run: what has closed, and how old the last candle is
+            if start > now:  # the run's own refusal, and no partition after the exchange's now
+                raise UsageError(f"from date {iso(start)} is in the future (exchange time {iso(now)})")
+            end = min(end, now + 1)
             ended = _ended(source, symbols, timeframe, end)
             planned = [p for p in parts.plan(source.name, market_of(source.settings), symbols, tf, start, end)
                        if p.symbol not in ended or p.start < ended[p.symbol]["stop"]]
@@ -84,7 +89,6 @@ def plan_command(plugins: Plugins) -> click.Command:
 def _ended(source: Source, symbols: list[str], tf: Timeframe, end: int) -> dict[str, dict[str, Any]]:
     """The symbols whose series ends before ``end``, as the exchange confirms it
     (``SymbolInfo.ended``): where ``forge run`` stops (after the last candle), in its words."""
-    source.server_time()  # (as a run: what has closed, and how old the last candle is)
     source.prepare_symbols(symbols, tf)
     out = {}
     for symbol in symbols:

@@ -202,3 +202,14 @@ def test_forge_plan_stops_where_the_run_stops_at_a_delisted_symbols_last_candle(
     before = forge("plan", "-s", "binance", "--symbol", "OLDUSDT", "-t", "1h", "--from", "2023-12-01",
                    "--to", "2024-01-22", "--json")  # a range ending before the last candle: nothing to say
     assert jsonlib.loads(before.out)["ended"] == {} and len(jsonlib.loads(before.out)["partitions"]) == 2
+
+
+def test_forge_plan_stops_at_the_exchanges_now(forge, exchange_env, in_tmp):
+    """It listed months after the exchange's now as 'missing' (--to 2025-06-30), and a range wholly
+    in the future, which forge run refuses, as partitions to run."""
+    out = forge("plan", "-s", "binance", "--symbol", "BTCUSDT", "-t", "1h", "--from", "2025-02-01", "--to", "2025-06-30")
+    assert out.code == 0, out
+    keys = [line.split()[0] for line in out.out.splitlines() if line.startswith("binance:")]
+    assert keys == ["binance:spot:BTCUSDT:1h:2025-02", "binance:spot:BTCUSDT:1h:2025-03"]  # the mock's now: 03-15
+    future = forge("plan", "-s", "binance", "--symbol", "BTCUSDT", "-t", "1h", "--from", "2030-01-01", "--to", "2030-02-01")
+    assert future.code == 2 and "from date 2030-01-01T00:00:00Z is in the future (exchange time" in future.err
