@@ -796,6 +796,7 @@ class ArchiveClient:
                 raise ArchiveFailure(f"listing {self.listing}: {exc}") from None
             if body is None:
                 raise ArchiveFailure(f"listing {self.listing}: HTTP 404")
+            before = marker
             try:
                 keys, truncated, marker = parse_listing(body)
             except ValueError as exc:
@@ -803,6 +804,8 @@ class ArchiveClient:
             out += keys
             if not truncated or not keys or max_keys:
                 break
+            if marker <= before:  # a host that ignores ``marker`` answers the same page for ever
+                raise ArchiveFailure(f"listing {self.listing}: page after {before!r} starts over (marker ignored)")
         return out
 
     def _dated(self, response: Any, body: Any) -> None:

@@ -614,6 +614,26 @@ def test_every_page_of_a_long_listing_is_read(mock_exchange_factory):
     finally:
         client.close()
 
+def test_a_listing_host_that_ignores_the_marker_is_a_failure_not_a_thousand_requests(mock_exchange_factory):
+    """A mirror answering every page as the first (``marker`` ignored, IsTruncated true) was
+    asked 1000 times for the same keys; the second page that does not move on stops it."""
+    from dataclasses import replace
+
+    from forge_binance.archive import ArchiveClient, ArchiveFailure
+
+    mock = mock_exchange_factory()
+    real = mock.routes["/"]
+    mock.routes["/"] = lambda req: real(replace(req, query={
+        **{k: v for k, v in req.query.items() if k != "marker"}, "max-keys": ["2"]}))
+    client = ArchiveClient(mock.url)
+    try:
+        with pytest.raises(ArchiveFailure, match="marker ignored"):
+            client.keys("data/spot/monthly/klines/BTCUSDT/1h/")
+        assert mock.stats["archive.listing"] == 2
+    finally:
+        client.close()
+
+
 # -- a big file read in slices, one download (issue 18: peak memory) -------------------------------
 def full_month(broken_at: int | None = None, newline: str = "\n"):
     """A whole month (2024-01) of 1m candles in one zip; ``broken_at``: that line is not a kline."""
