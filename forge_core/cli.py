@@ -556,6 +556,11 @@ def _logging_args(args: list[str]) -> tuple[int, str]:
     return verbosity, fmt if fmt in ("console", "json") else "console"
 
 
+def _env_flag(name: str) -> bool:
+    """``FORGE_DEBUG=1`` is on; unset, empty, ``0``, ``false``, ``no`` and ``off`` are off."""
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def _owner_of(plugins: Plugins, flag: str) -> str | None:
     """``sink postgres`` for ``--table``: which installed plugins declare an option."""
     owners = [f"{r.kind} {r.name}" for r in plugins.all()
@@ -636,7 +641,7 @@ def tune_allocator() -> None:
 def main(argv: list[str] | None = None, plugins: Plugins | None = None) -> int:
     tune_allocator()
     args = sys.argv[1:] if argv is None else argv
-    verbose = any(a in ("-v", "-vv", "--verbose") for a in args) or bool(os.environ.get("FORGE_DEBUG"))
+    verbose = any(a in ("-v", "-vv", "--verbose") for a in args) or _env_flag("FORGE_DEBUG")
     # logging must be ready before plugins load (a broken plugin logs a warning)
     configure(*_logging_args(args))
     plugins = plugins or Plugins()

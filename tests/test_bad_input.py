@@ -122,6 +122,14 @@ def test_traceback_only_with_verbose(forge, exchange_env, in_tmp):
     assert result.code == 1 and "Traceback" in result.err
 
 
+@pytest.mark.parametrize("value,traceback", [("1", True), ("yes", True), ("0", False), ("false", False), ("", False)])
+def test_forge_debug_is_a_flag(forge, exchange_env, in_tmp, monkeypatch, value, traceback):
+    """FORGE_DEBUG=0 (and =false) turned tracebacks on: any non-empty value did."""
+    monkeypatch.setenv("FORGE_DEBUG", value)
+    result = forge(*RUN, "-s", "binance", "--symbol", "FOOBAR", *DATES)
+    assert result.code == 1 and ("Traceback" in result.err) == traceback, result
+
+
 @pytest.mark.parametrize("case", ["wrong password", "unreachable server", "missing database", "malformed url"])
 def test_database_errors_name_host_port_db_never_the_password(forge, exchange_env, in_tmp, db, case):
     url = {
