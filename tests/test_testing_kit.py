@@ -177,6 +177,43 @@ def test_a_source_that_believes_an_empty_page_or_ends_on_a_503_fails_the_contrac
                                 "TestEndsOnAnyError::test_transient_errors_are_retried"], result.stdout[-3000:]
 
 
+
+def test_a_source_whose_recheck_or_holes_unconfirmed_says_other_than_the_docs_fails_the_contract(tmp_path):
+    result = pytest_in(tmp_path, {"test_hooks.py": """
+        from forge_bybit.mock import bybit_rows
+        from forge_bybit.source import BybitSource
+        from forge_core import SymbolInfo
+        from forge_core.testing import SourceContract
+
+
+        class RecheckEndsThemAll(BybitSource):
+            def recheck(self, symbols, timeframe):  # a follow run would stop following each series it asks about
+                return {s: SymbolInfo(s, ended="delisted") for s in symbols}
+
+
+        class DoubtWithoutWords(BybitSource):
+            def holes_unconfirmed(self, symbol):  # the summary would print '(unconfirmed: False)'
+                return False
+
+
+        class Base(SourceContract):
+            symbol, timeframe, start, end = "BTCUSDT", "1h", "2023-09-01", "2024-02-29"
+            mock_routes = ("bybit",)
+
+            def expected_rows(self, symbol, timeframe, start, end, now):
+                return bybit_rows(symbol, timeframe, start, end, now)
+
+
+        class TestRecheckEndsThemAll(Base):
+            source = RecheckEndsThemAll
+
+
+        class TestDoubtWithoutWords(Base):
+            source = DoubtWithoutWords
+    """}, args=("-k", "exact_range or recheck"))
+    assert failures(result) == ["TestDoubtWithoutWords::test_recheck_answers_as_prepare",
+                                "TestRecheckEndsThemAll::test_recheck_answers_as_prepare"], result.stdout[-3000:]
+
 SINKS = """
     import json, os
     import pytest

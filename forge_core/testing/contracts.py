@@ -369,6 +369,32 @@ class SourceContract:
         assert sink.rows() == []
 
 
+    def test_recheck_answers_as_prepare(self, exchange: Callable[..., Any]) -> None:
+        """``recheck(symbols, tf)`` (asked by a follow run every few minutes about the series
+        that do not trade or lag) answers by symbol what ``prepare`` says, leaving out only a
+        symbol it can say nothing about; ``holes_unconfirmed(symbol)`` is None or the reason in
+        words (the run summary and ``verify`` print it)."""
+        from forge_core.timeframes import source_timeframe
+
+        source = self.pipeline(exchange(), MemorySink()).source
+        try:
+            tf = source_timeframe(source, self.timeframe)
+            source.server_time()
+            source.prepare_symbols([self.symbol], tf)
+            info = source.prepare(self.symbol, tf)
+            again = source.recheck([self.symbol], tf)
+            assert isinstance(again, Mapping) and set(again) <= {self.symbol}, (
+                f"recheck([{self.symbol!r}], tf) answered {again!r}: a mapping of the symbols asked about to SymbolInfo")
+            if self.symbol in again:
+                got = again[self.symbol]
+                assert isinstance(got, SymbolInfo) and (got.symbol, got.first_open, got.last_open, got.ended) == (
+                    info.symbol, info.first_open, info.last_open, info.ended), f"recheck said {got!r}, prepare {info!r}"
+            why = source.holes_unconfirmed(self.symbol)
+            assert why is None or (isinstance(why, str) and why.strip() != ""), (
+                f"holes_unconfirmed({self.symbol!r}) gave {why!r}: None, or why the exchange could not confirm them")
+        finally:
+            source.close()
+
 # -- the sink contract --------------------------------------------------------------------------
 class _Recording(Sink):
     """Passes every call on to the sink under test and records what it was asked to make
