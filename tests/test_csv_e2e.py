@@ -386,3 +386,19 @@ def test_an_interrupted_run_to_now_resumes_under_the_exchange_s_day(forge, monke
     assert again.code == 0 and "resumed BTCUSDT after" in again.out, again
     assert sorted(p.name for p in in_tmp.iterdir()) == [name]
     assert rows_of((in_tmp / name).read_text())[1:] == expected("BTCUSDT", "1m", "2025-03-13", str(NOW))
+
+
+def test_a_file_of_another_series_is_not_replaced(forge, exchange_env, in_tmp):
+    """--output x.csv naming the file of another symbol or timeframe replaced it without a word;
+    the same series is rewritten as before."""
+    base = ("run", "-q", "-s", "binance", "--from", "2024-01-01", "--to", "2024-01-02", "--output", "x.csv")
+    assert forge(*base, "--symbol", "ETHUSDT", "-t", "1h").code == 0
+    held = (in_tmp / "x.csv").read_bytes()
+    for other in (("--symbol", "BTCUSDT", "-t", "1h"), ("--symbol", "ETHUSDT", "-t", "4h")):
+        result = forge(*base, *other)
+        assert result.code == 1, result
+        assert "x.csv holds binance ETHUSDT 1h candles, not this run's binance" in result.err
+        assert (in_tmp / "x.csv").read_bytes() == held
+        assert sorted(p.name for p in in_tmp.iterdir()) == ["x.csv"]
+    again = forge(*base, "--symbol", "ETHUSDT", "-t", "1h")
+    assert again.code == 0 and "0 rows changed" in again.out, again

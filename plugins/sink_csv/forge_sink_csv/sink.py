@@ -453,6 +453,8 @@ class CsvSink(Sink):
         if t.prepared:
             return
         t.prepared = True
+        if not t.auto and os.path.isfile(t.real):
+            self._check_same_series(t)
         identity = self._identity(t)
         try:
             found = self._find_part(t, identity)
@@ -476,6 +478,31 @@ class CsvSink(Sink):
         except OSError as exc:
             raise SinkError(f"cannot write CSV {t.part}: {exc.strerror}") from None
         self._wrap(t)
+
+    def _check_same_series(self, t: _Target) -> None:
+        """A file about to be replaced holds this run's series, not another's: ``--output x.csv``
+        naming the file of another symbol, timeframe or exchange would silently destroy it."""
+        assert self.run is not None
+        try:
+            if t.gzip:
+                import gzip
+
+                with gzip.open(t.real, "rt", encoding="utf-8", newline="") as f:
+                    head = f.read(1 << 16)
+            else:
+                with open(t.real, encoding="utf-8", newline="") as f:
+                    head = f.read(1 << 16)
+            records = list(csv.reader(io.StringIO(head)))[:2]
+        except (OSError, EOFError, UnicodeDecodeError, csv.Error, zlib.error):
+            return  # not a CSV Forge can read: the run's own checks say what it is
+        if len(records) < 2 or not {"source", "symbol", "timeframe"} <= set(records[0]):
+            return
+        row = dict(zip(records[0], records[1], strict=False))
+        held = (row.get("source"), row.get("symbol"), row.get("timeframe"))
+        if held[0] != self.run.source or held[1] not in t.symbols or held[2] != _out_tf(self.run):
+            raise SinkError(f"{t.path} holds {' '.join(str(v) for v in held)} candles, not this run's "
+                            f"{self.run.source} {','.join(t.symbols)} {_out_tf(self.run)}; give another "
+                            "--output, or delete the file to replace it")
 
     def _copy_base(self, t: _Target) -> None:
         assert t.file is not None and t.base is not None
