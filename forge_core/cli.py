@@ -643,8 +643,18 @@ def main(argv: list[str] | None = None, plugins: Plugins | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     verbose = any(a in ("-v", "-vv", "--verbose") for a in args) or _env_flag("FORGE_DEBUG")
     # logging must be ready before plugins load (a broken plugin logs a warning)
-    configure(*_logging_args(args))
+    verbosity, log_format = _logging_args(args)
+    configure(verbosity, log_format)
     plugins = plugins or Plugins()
+
+    def fail(line: str, code: int) -> int:
+        """The one error line; with --log-format json one JSON object, as the logs and summary are."""
+        if log_format == "json":
+            message = line.removeprefix("forge: error: ").removeprefix("forge: ")
+            line = json.dumps({"event": "error", "level": "error", "message": message, "exit": code})
+        click.echo(line, err=True)
+        return code
+
     try:
         cli = build_cli(plugins, args)
         if sys.stderr.isatty():  # for the person who typed it; scripts read errors as one line
@@ -656,8 +666,7 @@ def main(argv: list[str] | None = None, plugins: Plugins | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort as exc:
-        click.echo("forge: interrupted", err=True)
-        return signal_exit_code(exc)
+        return fail("forge: interrupted", signal_exit_code(exc))
     except click.UsageError as exc:  # one line, like every other error
         where = f"forge {exc.ctx.info_name}" if exc.ctx is not None and exc.ctx.info_name != "forge" else "forge"
         message = exc.format_message()
@@ -670,24 +679,21 @@ def main(argv: list[str] | None = None, plugins: Plugins | None = None) -> int:
                 what = "this run's source or sinks" if where == "forge run" else f"this {where[6:]}'s source or sink"
                 message = (f"option {exc.option_name} belongs to {owner}, not to {what} "
                            f"(choose that plugin, e.g. --{owner.split()[0]} {owner.split()[1].rstrip(',')})")
-        click.echo(f"forge: error: {message} (see '{where} --help')", err=True)
-        return exc.exit_code
+        return fail(f"forge: error: {message} (see '{where} --help')", exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        click.echo("forge: interrupted; everything committed before this is kept, run again to resume", err=True)
-        return signal_exit_code(exc)
+        return fail("forge: interrupted; everything committed before this is kept, run again to resume",
+                    signal_exit_code(exc))
     except ForgeError as exc:
         if verbose:
             traceback.print_exc()
-        click.echo(f"forge: error: {exc}", err=True)
-        return exc.exit_code
+        return fail(f"forge: error: {exc}", exc.exit_code)
     except Exception as exc:  # a bug or an unexpected failure: still one line unless -v
         if verbose:
             traceback.print_exc()
-        click.echo(f"forge: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)", err=True)
-        return 1
+        return fail(f"forge: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)", 1)
 
 
 if __name__ == "__main__":  # pragma: no cover

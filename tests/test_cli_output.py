@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
+
 from conftest import NOW
 from forge_core.pipeline import Progress
 from forge_core.progress import ProgressLine
@@ -14,6 +16,19 @@ from forge_mock_exchange import MockConfig, MockExchange
 
 RUN = ["run", "-q", "-s", "binance", "--symbol", "BTCUSDT,ETHUSDT", "-t", "1h", "--from", "2024-01-01",
        "--to", "2024-01-02"]
+
+
+@pytest.mark.parametrize("bad,code,text", [(["--symbol", "FOOBAR"], 1, "unknown symbol 'FOOBAR' on Binance spot"),
+                                           (["-t", "60m"], 2, "did you mean 1h?"),
+                                           (["--colour", "red"], 2, "No such option")])
+def test_log_format_json_prints_an_error_as_one_json_object(forge, exchange_env, in_tmp, bad, code, text):
+    """It was the plain 'forge: error: ...' line amid JSON logs."""
+    result = forge(*RUN, *bad, "--log-format", "json")
+    assert result.code == code, result
+    [line] = result.err.strip().splitlines()
+    error = json.loads(line)
+    assert error["event"] == "error" and error["level"] == "error" and error["exit"] == code
+    assert text in error["message"] and not error["message"].startswith("forge")
 
 
 def test_log_format_json_prints_the_summary_as_fields(forge, exchange_env, in_tmp):
