@@ -65,6 +65,8 @@ from .times import iso, parse_instant
 
 log = get_logger(__name__)
 
+FAILED_RETRY_MS = 5_000
+"""A series whose fetch failed while others went on is asked again this much later."""
 TRANSIENT = (GaveUp, RetryableError, requests.exceptions.RequestException, ConnectionError, TimeoutError)
 """Failures of the exchange a follow run outlives: retried with backoff, forever."""
 
@@ -501,14 +503,18 @@ class Follower:
         by_symbol = {s.symbol: s for s in due}
         current: SeriesState | None = None
         done: set[str] = set()
+        failed: dict[str, Exception] = {}  # series the exchange failed this pass: asked again next pass
         try:
-            for task, rows in self._fetch(tasks):
+            for task, rows, error in self._fetch(tasks):
                 s = by_symbol[task.symbol]
                 if s is not current:
                     if current is not None:
                         self._finish(current, limit)
                         done.add(current.symbol)
                     current = s
+                if error is not None or s.symbol in failed:
+                    failed.setdefault(s.symbol, error)  # type: ignore[arg-type]
+                    continue
                 clean, _ = _clean(rows, task, self.now, self._open, self._end)
                 self._take(s, list(clean), limit)
                 if self._uncommitted >= self.commit_every:
@@ -518,20 +524,28 @@ class Follower:
         finally:
             if current is not None and current.symbol not in done:
                 self._finish(current, limit)
+        if failed and len(failed) == len(due):
+            raise next(iter(failed.values()))  # the exchange is down: the outage backoff
+        for symbol, error in failed.items():  # one series failing does not hold back the others
+            log.warning("series_failed", symbol=symbol, error=str(error)[:300],
+                        detail="the other series went on; this one is asked again")
         if not self.stopping.is_set():
             for s in due:
                 if s.next_start >= limit:
                     continue
-                if s.waiting_for == limit:
+                if s.symbol in failed:  # asked again in a few seconds, not at the next boundary only
+                    s.waiting_for, s.repoll_at = limit, self.now + FAILED_RETRY_MS
+                elif s.waiting_for == limit:
                     s.repoll_at = None  # one quick second try per boundary, then the next boundary
                 else:  # the exchange lacked the newest candle: ask once more shortly
                     s.waiting_for = limit
                     s.repoll_at = self.now + min(1000, max(200, (self.tf.ms or 60_000) // 4))
         self._commit()
 
-    def _fetch(self, tasks: list[Task]) -> Iterator[tuple[Task, list[Row]]]:
-        """Fetch concurrently, yield in task order; between waits, update the status and see
-        whether a stop was asked."""
+    def _fetch(self, tasks: list[Task]) -> Iterator[tuple[Task, list[Row] | None, Exception | None]]:
+        """Fetch concurrently, yield in task order (with the exchange's failure instead of rows
+        when a task's retries gave up); between waits, update the status and see whether a stop
+        was asked."""
         assert self._pool is not None
         source = self.source
         pending: deque[tuple[Task, Future[list[Row]]]] = deque()
@@ -548,6 +562,7 @@ class Follower:
         fill()
         while pending:
             task, future = pending[0]
+            error: Exception | None = None
             while True:
                 try:
                     rows = future.result(timeout=0.25)
@@ -556,9 +571,12 @@ class Follower:
                     self._tick()
                     if self.stopping.is_set():
                         return
+                except TRANSIENT as exc:
+                    rows, error = None, exc
+                    break
             pending.popleft()
             fill()
-            yield task, rows
+            yield task, rows, error
 
     def _take(self, s: SeriesState, rows: list[Row], limit: int) -> None:
         """Hand on the complete output periods among ``s.held + rows``; hold the last one back

@@ -145,3 +145,42 @@ def test_a_pause_that_begins_while_following_ends_the_series_until_it_trades_aga
     assert rows_of(tmp_path / "PAUSEUSDT.csv") == as_csv_lines(
         binance_rows("PAUSEUSDT", "1m", SINCE, PAUSE[1] + 5 * MINUTE, trading))
     assert follower.result.outages == 0  # resumed without first taking the empty walk for an outage
+
+
+def test_a_pair_answered_empty_while_trading_holds_back_no_other_series(fresh_mock, tmp_path, monkeypatch):
+    """ETHUSDT's klines come back empty while exchangeInfo says it trades (the source calls that
+    a failure, not the end of its data): BTCUSDT is followed meanwhile, ETHUSDT asked again each
+    pass, and once its answers come back it catches up without a gap or a duplicate."""
+    from forge_core import paging
+
+    monkeypatch.setattr(paging, "AFFIRM_BACKOFF", (0.0, 0.01))
+    now = fresh_mock.config.now
+    since = now - 30 * MINUTE
+    real, broken = fresh_mock.routes["/api/v3/klines"], threading.Event()
+    broken.set()
+
+    def route(req):  # every page and probe of ETHUSDT in the followed range: []
+        response = real(req)
+        if broken.is_set() and req.arg("symbol") == "ETHUSDT" and int(req.arg("startTime") or 0) >= since:
+            response.body = b"[]"
+        return response
+
+    fresh_mock.routes["/api/v3/klines"] = route
+    follower = Pipeline(("binance", {"base_url": fresh_mock.url, "archive": "rest"}),
+                        [("csv", {"output": str(tmp_path / "{symbol}.csv")})]).follow(
+        ["ETHUSDT", "BTCUSDT"], "1m", since=since, resync=0.1)
+    thread = threading.Thread(target=follower.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: "BTCUSDT" in follower.series and follower.series["BTCUSDT"].current)
+        eth = follower.series["ETHUSDT"]
+        assert eth.written == 0 and not eth.current
+        broken.clear()
+        fresh_mock.config.now = now = now + 6_000  # the series' retry is due (5 s of the exchange's clock)
+        assert wait_for(lambda: follower.series["ETHUSDT"].current)
+    finally:
+        follower.stop()
+        thread.join(20)
+    assert not thread.is_alive()
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        assert rows_of(tmp_path / f"{symbol}.csv") == as_csv_lines(binance_rows(symbol, "1m", since, now, now))
