@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from forge_core.times import parse_range
-from forge_mock_exchange.expected import as_csv_lines, binance_rows
+from forge_mock_exchange.expected import binance_csv_lines
 from forge_mock_exchange.market import MAINTENANCE, QUARTER_DELIVERED, QUARTER_LISTED, Market
 
 HOUR = 3_600_000
@@ -31,9 +30,7 @@ def rows_of(path):
     return read_csv(path)[1]
 
 
-def expected(symbol, tf, start, end, now, market=None):
-    lo, hi = parse_range(start, end)
-    return as_csv_lines(binance_rows(symbol, tf, lo, hi, now, market))
+expected = binance_csv_lines
 
 
 # -- an expired delivery contract ------------------------------------------------------------------

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from forge_core.times import parse_range
-from forge_mock_exchange.expected import as_csv_lines, binance_rows
+from forge_mock_exchange.expected import binance_csv_lines
 from forge_mock_exchange.market import DELISTED, Market
 
 LAST_1H = "2024-01-22 23:00:00 UTC"  # OLDUSDT's last 1h candle opens here (it closes at DELISTED)
@@ -26,9 +25,7 @@ def rows_of(path):
     return read_csv(path)[1]
 
 
-def expected(symbol, tf, start, end, now, market=None):
-    lo, hi = parse_range(start, end)
-    return as_csv_lines(binance_rows(symbol, tf, lo, hi, now, market))
+expected = binance_csv_lines
 
 
 @pytest.mark.parametrize("archive", ["archive", "auto", "rest"])

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from forge_core.times import parse_range
-from forge_mock_exchange.expected import as_csv_lines, binance_rows
+from forge_mock_exchange.expected import binance_csv_lines
 from forge_mock_exchange.market import DELISTED, MAINTENANCE, NEW_LISTED, Market
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "real"  # real responses; see PROVENANCE.md
@@ -22,9 +21,7 @@ def read(path: Path):
     return read_csv(path)
 
 
-def expected(symbol, tf, start, end, now, market=None):
-    lo, hi = parse_range(start, end)
-    return as_csv_lines(binance_rows(symbol, tf, lo, hi, now, market))
+expected = binance_csv_lines
 
 
 @pytest.mark.parametrize("tf,start,end", [
