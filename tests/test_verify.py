@@ -327,7 +327,10 @@ def test_postgres_repair_of_a_verified_store_fetches_only_what_went_missing(forg
     assert report["summary"]["written"] == 3 and counts(report)["missing"] == 3
     served = {k: exchange_env.stats[k] - before.get(k, 0) for k in exchange_env.stats}
     assert served.get("archive.zip", 0) == 0  # no month downloaded again
-    assert served["binance.spot.requests"] == 6  # time twice, exchangeInfo, first candle, one page per month
+    assert served["archive.checksum"] == 2  # each month's file is still the one the ledger recorded
+    # time twice, exchangeInfo, first candle, one page per month, and the maintenance hole still
+    # empty at REST (its page and the probe after it): January's file is the one recorded
+    assert served["binance.spot.requests"] == 8
     code, report = verify(forge, "--sink", "postgres")
     assert code == 0 and counts(report) == {"missing": 0, "extra": 0, "duplicate": 0, "changed": 0}
 
@@ -517,6 +520,36 @@ def test_the_same_hole_in_several_symbols_is_the_venues_outage(forge, exchange_e
     assert text.code == 0
     assert "binance ETHUSDT 1h: hole 2024-01-10 03:00 .. 2024-01-10 04:00, 2 slots (the same hole in 2 symbols of the venue: an outage)" \
         in text.out
+
+
+def test_repair_finds_an_archive_file_republished_since_the_last_check(forge, fresh_exchange_env, in_tmp):
+    """Binance re-published February's file with other closes (a new .CHECKSUM) after the store
+    was verified: verify sees it; repair skipped the month (its store digest was the one the
+    ledger recorded) and left it. Now repair asks each file's .CHECKSUM: the changed month is
+    fetched and exactly its 10 rows rewritten, the unchanged one is skipped without a download."""
+    mock = fresh_exchange_env
+    args = (*RANGE, "--output", "btc.csv")
+    assert forge("run", "-s", "binance", *args, "-q").code == 0
+    assert forge("verify", "-s", "binance", *args).code == 0
+    ledger = (in_tmp / "btc.csv.ledger.json").read_text()
+    mock.config.extra["archive_corrupt"] = {"BTCUSDT-5m-2024-02.zip": "values"}  # the mock re-publishes it
+    code, report = verify(forge, "--output", "btc.csv")
+    assert code == 1 and counts(report) == {"missing": 0, "extra": 0, "duplicate": 0, "changed": 10}
+    assert ranges(report, "changed") == [("2024-02-01T00:50:00Z", "2024-02-01T01:35:00Z", 10, "", ("close",))]
+    (in_tmp / "btc.csv.ledger.json").write_text(ledger)  # as a repair from cron finds it: no verify since
+
+    zips = mock.stats["archive.zip"]
+    repaired = forge("repair", "-s", "binance", *args, "--json")
+    assert repaired.code == 0, repaired
+    report = json.loads(repaired.out)
+    assert [p["status"] for p in report["series"][0]["partitions"]] == ["skipped", "repaired"]
+    assert ranges(report, "changed") == [("2024-02-01T00:50:00Z", "2024-02-01T01:35:00Z", 10, "", ("close",))]
+    assert (report["summary"]["written"], report["summary"]["deleted"]) == (10, 0)
+    assert mock.stats["archive.zip"] - zips == 1  # February's new file only
+    code, report = verify(forge, "--output", "btc.csv")
+    assert code == 0 and counts(report) == {"missing": 0, "extra": 0, "duplicate": 0, "changed": 0}
+    again = json.loads(forge("repair", "-s", "binance", *args, "--json").out)
+    assert [p["status"] for p in again["series"][0]["partitions"]] == ["skipped", "skipped"]
 
 
 @pytest.mark.parametrize("defect", ["values", "short"])

@@ -3,7 +3,8 @@
 1. The store summarizes its partitions itself (count, first/last open, digest; PostgreSQL in
    SQL), so an intact store sends a few dozen bytes per month, never its rows.
 2. ``repair`` skips partitions whose store digest still equals the one the ledger recorded
-   right after an earlier check (nothing to fetch); ``verify`` always asks the exchange.
+   right after an earlier check and whose exchange side is provably the recorded one (archive
+   files with the recorded ``.CHECKSUM``); ``verify`` always asks the exchange.
 3. The exchange side is an ordinary :class:`~forge_core.Pipeline` run of the source over the
    partitions left (archive files where the source uses them), one slot wider on both sides
    for hole evidence, into an in-memory :class:`Collector` that digests each month as it
@@ -379,6 +380,11 @@ class Checker:
             source.close()
             raise UsageError(f"{self.store.describe()} holds no {sv} {symbol} {tf.name} candles from "
                              f"{iso(start)} to {iso(tf.floor(limit - 1))}; 'forge status' lists what it holds")
+        hook = getattr(source, "integrity", None)
+        side = hook() if callable(hook) else None  # the source's own cheap exact exchange side (archive files)
+        # repair: which partitions' exchange side is provably what the ledger recorded (their archive
+        # files' .CHECKSUM); only those may be skipped or repaired against the ledger's digest
+        same = self._exchange_same(side, symbol, tf, parts, ledger, listing) if self.repair and not self.recheck else {}
         need: list[tuple[str, int, int]] = []
         for part in parts:
             key, a, b = part
@@ -386,7 +392,7 @@ class Checker:
             current = state.digest if state else EMPTY_DIGEST
             if (self.repair and not self.recheck and entry is not None and (entry.start, entry.end) == (a, b)
                     and entry.store_digest == current and entry.status in ("identical", "repaired")
-                    and not (self.delete_extra and entry.extras_kept)):
+                    and not (self.delete_extra and entry.extras_kept) and same.get(key)):
                 report.partitions.append(PartitionResult(key, a, b, "skipped", state.rows if state else 0,
                                                          entry.rows, False))
                 report.holes += entry.holes
@@ -395,14 +401,13 @@ class Checker:
         entries: list[LedgerEntry] = []
         state_box: dict[str, Any] = {"report": report, "held": held, "tf": tf, "listing": listing, "ledger": ledger,
                                      "entries": entries, "symbol": symbol, "first_open": info.first_open,
-                                     "ended": (info.last_open, info.ended) if info.ended else None}
+                                     "ended": (info.last_open, info.ended) if info.ended else None,
+                                     "same": same}
         doubt = getattr(source, "holes_unconfirmed", None)
         if callable(doubt):  # asked as each partition is compared: a source learns it while fetching
             state_box["unconfirmed"] = lambda: doubt(symbol)
-        hook = getattr(source, "integrity", None)
-        side = hook() if callable(hook) else None  # the source's own cheap exact exchange side (archive files)
         if self.repair and not self.recheck:
-            done = self._guided(source, side, need, ledger, held, tf, symbol, report)
+            done = self._guided(source, side, [p for p in need if same.get(p[0])], ledger, held, tf, symbol, report)
             need = [part for part in need if part[0] not in done]
             for group in _contiguous([p for p in need if p[0] in lost]):  # their digest, now, for the full path
                 held.update(self.store.partitions(sv, symbol, tf.name, group[0][1], group[-1][2]))
@@ -428,6 +433,43 @@ class Checker:
         report.holes.sort(key=lambda h: h.first)
         report.issues.sort(key=lambda i: (i.first, i.kind))
         return report
+
+    def _exchange_same(self, side: Any, symbol: str, tf: Timeframe, parts: list[tuple[str, int, int]],
+                       ledger: dict[str, LedgerEntry], listing: int | None) -> dict[str, bool]:
+        """Per partition the ledger knows (same range): whether the exchange side is provably the
+        one its entry recorded. A partition wholly before the listing has no candle to change;
+        one taken from archive files is the same when every file's ``.CHECKSUM`` still is the
+        recorded sha256 and REST still has no candle in its affirmed holes (the source's
+        ``unchanged``, asked concurrently). Anything else (REST, no archive) proves nothing: it is
+        fetched again, as verify does, so repair acts on whatever verify would report (a file
+        Binance re-published with other candles, whose store digest has not changed)."""
+        unchanged = getattr(side, "unchanged", None)
+        asked: list[tuple[str, int, int, LedgerEntry]] = []
+        out: dict[str, bool] = {}
+        for key, a, b in parts:
+            entry = ledger.get(key)
+            if entry is None or (entry.start, entry.end) != (a, b):
+                continue
+            if listing is not None and b <= listing and not entry.rows:
+                out[key] = True
+            elif unchanged is not None and entry.origin == "archive" and entry.files:
+                asked.append((key, a, b, entry))
+            else:
+                out[key] = False
+
+        def one(item: tuple[str, int, int, LedgerEntry]) -> bool:
+            _, a, b, entry = item
+            empty = [(h.first, tf.next_open(h.last)) for h in entry.holes if h.reason == EXCHANGE_EMPTY]
+            try:
+                return bool(unchanged(symbol, tf, a, b, entry.files, empty))
+            except (SourceError, RetryableError) as exc:
+                log.info("integrity_unchanged_unknown", symbol=symbol, partition=item[0], error=str(exc))
+                return False
+
+        if asked:
+            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="forge-checksum") as pool:
+                out.update(zip((k for k, *_ in asked), pool.map(one, asked), strict=True))
+        return out
 
     # -- repair guided by the ledger: fetch only the candles that went missing --------------
     def _repair_states(self, sv: str, symbol: str, tf: Timeframe, start: int, end: int,
@@ -613,7 +655,8 @@ class Checker:
             if (unchanged is not None and not self.recheck and entry is not None and entry.files
                     and entry.origin == "archive" and (entry.start, entry.end) == (a, b)):
                 empty = [(h.first, tf.next_open(h.last)) for h in entry.holes if h.reason == EXCHANGE_EMPTY]
-                if unchanged(symbol, tf, a, b, entry.files, empty):
+                known = box["same"].get(key)  # repair asked already
+                if known if known is not None else unchanged(symbol, tf, a, b, entry.files, empty):
                     recorded = _Recorded(entry, tf, lambda: side.partition(symbol, tf, a, b))
                     if len(recorded.opens) == entry.rows:
                         return recorded

@@ -26,6 +26,10 @@ Faults for tests, in ``mock.config.extra``:
   re-uploaded with different candles, which only a cross-check against REST finds);
 * ``archive_missing = {"BTCUSDT-1m-2024-02.zip", ...}``: 404 although published.
 
+Both are read on every request: setting ``short`` or ``values`` while the mock runs (after a
+load) is Binance re-publishing the file, with a new ``.CHECKSUM``; removing it again re-publishes
+the intact one.
+
 The bucket listing, ``GET /?prefix=data/.../klines/{SYM}/{iv}/[name start]&marker=...&max-keys=N``
 (with ``delimiter=/`` and ``prefix=data/.../klines/[name start]``: the symbol folders, as
 ``CommonPrefixes``),
