@@ -94,6 +94,8 @@ CLI_CASES = [
     ("summary json with partition", ["--partition", "binance:spot:BTCUSDT:1h:2024-01", "--summary-json", "s.json"], 2,
      "--summary-json applies to one bounded run, not to --partition"),
     ("from auto with csv", [*B, "--from", "auto", "--to", "2024-01-02"], 2, "--from auto: "),
+    ("wait for lock not seconds", [*B, *DATES, "--wait-for-lock", "-5"], 2,
+     "option wait_for_lock (--wait-for-lock): '-5' is not accepted: give seconds to wait, a number >= 0, e.g. 60"),
 ]
 
 
@@ -107,6 +109,17 @@ def test_cli_bad_input(forge, exchange_env, in_tmp, args, code, text):
     assert "Traceback" not in result.err
     assert not list(in_tmp.glob("*.csv")), "no partial output"
     assert not (in_tmp / "pq").exists()
+
+
+@pytest.mark.parametrize("command", ["verify", "repair"])
+@pytest.mark.parametrize("value", ["soon", "-1", "nan"])
+def test_verify_and_repair_check_wait_for_lock(forge, in_tmp, command, value):
+    """They take the CSV sink's --wait-for-lock and accepted any value unread (exit 0)."""
+    (in_tmp / "btc.csv").write_text("source,symbol,timeframe,open_ts,end_ts,open,high,low,close,volume\n")
+    result = forge(command, *B, "-t", "1h", *DATES, "--output", "btc.csv", "--wait-for-lock", value)
+    assert result.code == 2, result
+    assert result.err == (f"forge: error: sink 'csv' option wait_for_lock (--wait-for-lock): {value!r} is not "
+                          "accepted: give seconds to wait, a number >= 0, e.g. 60\n")
 
 
 def test_a_raising_transform_names_itself(forge, exchange_env, in_tmp, tmp_path, monkeypatch):

@@ -137,6 +137,18 @@ class _Target:
         return self.real + ".part"
 
 
+def _seconds(value: Any) -> float:
+    """``--wait-for-lock``, checked when the sink is built: by ``forge verify`` and ``repair`` too,
+    which take the option and used to accept any value unread."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ValueError("give seconds to wait, a number >= 0, e.g. 60")
+    return seconds
+
+
 class CsvSink(Sink):
     name = "csv"
     description = "CSV files (.csv or .csv.gz), complete or absent (atomic rename); the default sink"
@@ -145,7 +157,7 @@ class CsvSink(Sink):
         Option("output", f"CSV path, '-' for stdout, or a template ({PLACEHOLDERS}); .gz writes gzip; "
                "default Label-SYMBOL-TF-FROM_TO.csv per symbol.", metavar="PATH"),
         Option("wait_for_lock", "Seconds to wait for another run writing the same CSV (default: fail at once).",
-               metavar="SECONDS"),
+               metavar="SECONDS", type=_seconds),
     )
 
     def __init__(self, **options: Any) -> None:
@@ -178,7 +190,7 @@ class CsvSink(Sink):
         self.run = run
         self.targets, self.by_symbol = [], {}
         self._made: list[str] = []  # directories this run created, deepest first
-        wait = _seconds(self.settings["wait_for_lock"])
+        wait = self.settings["wait_for_lock"] or 0.0
         groups: dict[str, list[str]] = {}
         for symbol in run.symbols:
             groups.setdefault("-" if self.template == "-" else self.path_for(run, symbol), []).append(symbol)
@@ -382,7 +394,7 @@ class CsvSink(Sink):
         t.real = os.path.realpath(t.path)
         key = self._key(run, symbol, new_start)
         if key != t.key:
-            t.locks.append(acquire(key, t.path, t.part, _seconds(self.settings["wait_for_lock"])))
+            t.locks.append(acquire(key, t.path, t.part, self.settings["wait_for_lock"] or 0.0))
             t.key = key
 
     def _newest(self, path: str, source: str, symbol: str, timeframes: set[str]) -> int | None:
@@ -742,18 +754,6 @@ def _complete_end(f: IO[bytes], size: int, gz: bool, where: str) -> int:
             return start + tail.rfind(b"\n") + 1
     f.seek(0)
     return complete_prefix(f.read(), gz, where).keep
-
-
-def _seconds(value: Any) -> float:
-    if value in (None, ""):
-        return 0.0
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = -1.0
-    if not seconds >= 0:
-        raise UsageError(f"--wait-for-lock {value!r}: give seconds to wait, e.g. 60")
-    return seconds
 
 
 def _dates_regex(pattern: str) -> re.Pattern[str]:
