@@ -71,6 +71,8 @@ class Source:
     * ``timeframe_aliases``: the exchange's own names for some of them that users may type,
       e.g. OKX's ``{"1H": "1h"}``; only names meaning exactly that Forge timeframe (same
       length, same alignment). Results always carry the Forge name;
+    * ``timeframe_notes``: why a Forge timeframe is not served, said when it is asked for, e.g.
+      Binance USD-M's ``{"1s": "Binance USD-M futures has no 1s klines; 1s exists on spot"}``;
     * ``columns``: the canonical columns, then any extras the rows carry;
     * ``options``: keyword arguments of ``__init__``, shown as CLI options.
 
@@ -83,6 +85,7 @@ class Source:
     description: ClassVar[str] = ""
     timeframes: ClassVar[tuple[str, ...]] = NAMES
     timeframe_aliases: ClassVar[Mapping[str, str]] = {}
+    timeframe_notes: ClassVar[Mapping[str, str]] = {}
     columns: ClassVar[tuple[str, ...]] = CANDLE_COLUMNS
     options: ClassVar[tuple[Option, ...]] = ()
 

@@ -90,24 +90,29 @@ class Timeframe:
 
 
 def parse_timeframe(name: str, allowed: tuple[str, ...] | None = None,
-                    aliases: Mapping[str, str] | None = None, *, source: str | None = None) -> Timeframe:
+                    aliases: Mapping[str, str] | None = None, *, source: str | None = None,
+                    notes: Mapping[str, str] | None = None) -> Timeframe:
     """Parse the user's notation; ``allowed`` narrows it to what one exchange supports and
     ``aliases`` adds that exchange's own spellings of them (OKX's ``1H`` for ``1h``). A name
-    that is not allowed is a :class:`UsageError` naming it, the allowed ones and, when the name
-    is another spelling of one of them (``1H``, ``60m``, ``1hour``), ``did you mean 1h?``."""
+    that is not allowed is a :class:`UsageError` naming it, the allowed ones, the exchange's
+    ``notes`` on it (why it lacks it) and, when the name is another spelling of one of them
+    (``1H``, ``60m``, ``1hour``), ``did you mean 1h?``."""
     allowed = allowed or NAMES
     name = aliases.get(name, name) if aliases else name
     if name not in allowed:
         month = " (1M is a month, 1m a minute)" if name.lower() in ("1mo", "1mon", "1month") else ""
-        raise UsageError(f"unsupported timeframe {name!r}{month}; choose one of: {' '.join(allowed)}"
+        note = f": {notes[name]}" if notes and name in notes else ""
+        raise UsageError(f"unsupported timeframe {name!r}{month}{note}; choose one of: {' '.join(allowed)}"
                          f"{_hint(name, allowed, aliases, source)}")
     return Timeframe(name, _FIXED_MS.get(name))
 
 
 def source_timeframe(source: Any, name: str) -> Timeframe:
-    """``name`` as one source serves it: its ``timeframes``, its ``timeframe_aliases``."""
+    """``name`` as one source serves it: its ``timeframes``, its ``timeframe_aliases``, and its
+    ``timeframe_notes`` in the error for one it lacks."""
     return parse_timeframe(str(name), source.timeframes, getattr(source, "timeframe_aliases", None),
-                           source=getattr(source, "name", None) or None)
+                           source=getattr(source, "name", None) or None,
+                           notes=getattr(source, "timeframe_notes", None))
 
 
 _SPELLED = re.compile(r"(\d+)\s*([a-zA-Z]+)")

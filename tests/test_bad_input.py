@@ -47,7 +47,11 @@ CLI_CASES = [
     ("binance okx-style symbol", ["-s", "binance", "--symbol", "BTC-USDT", *DATES], 1, "'BTC-USDT'"),
     ("okx unknown instrument", ["-s", "okx", "--symbol", "BTCUSDT", *DATES], 1, "BTC-USDT"),
     ("okx nonsense instrument", ["-s", "okx", "--symbol", "NOPE-NOPE", *DATES], 1, "NOPE-NOPE"),
-    ("usdm has no 1s", [*B, "--market", "usdm", "-t", "1s", *DATES], 2, "unsupported timeframe '1s'; choose one of: 1m"),
+    ("usdm has no 1s", [*B, "--market", "usdm", "-t", "1s", *DATES], 2,
+     "unsupported timeframe '1s': Binance USD-M futures has no 1s klines; 1s exists on spot (--market spot); "
+     "choose one of: 1m"),
+    ("coinm has no 1s", ["-s", "binance", "--market", "coinm", "--symbol", "BTCUSD_PERP", "-t", "1s", *DATES], 2,
+     "unsupported timeframe '1s': Binance COIN-M futures has no 1s klines; 1s exists on spot"),
     ("okx has no 8h", ["-s", "okx", "--symbol", "BTC-USDT", "-t", "8h", *DATES], 2, "unsupported timeframe '8h'"),
     ("timeframe typo", [*B, "-t", "1hour", *DATES], 2, "unsupported timeframe '1hour'; choose one of"),
     ("month as 1mo", [*B, "-t", "1mo", *DATES], 2, "(1M is a month, 1m a minute)"),

@@ -130,7 +130,7 @@ def test_output_template_and_combined_file(forge, exchange_env, in_tmp):
 @pytest.mark.parametrize("args,code,message", [
     (["--symbol", "FOOBAR"], 1, "unknown symbol 'FOOBAR' on Binance spot (Binance: Invalid symbol.)"),
     (["--symbol", "btcusdt"], 1, "symbol 'btcusdt' is not valid on Binance spot: use upper case"),
-    (["--symbol", "BTCUSDT", "--market", "usdm", "-t", "1s"], 2, "unsupported timeframe '1s'; choose one of: 1m"),
+    (["--symbol", "BTCUSDT", "--market", "usdm", "-t", "1s"], 2, "unsupported timeframe '1s': Binance USD-M futures has no 1s klines"),
     (["--symbol", "BTCUSDT", "-t", "1mo"], 2, "unsupported timeframe '1mo' (1M is a month, 1m a minute)"),
     (["--symbol", "BTCUSDT", "--from", "2024-02-30"], 2, "bad from date '2024-02-30'"),
     (["--symbol", "BTCUSDT", "--from", "2024-03-01", "--to", "2024-02-01"], 2,

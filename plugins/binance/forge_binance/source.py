@@ -84,6 +84,7 @@ MARKETS: dict[str, dict[str, Any]] = {
               "window": 200 * DAY},  # end-anchored: at most 200 days per request
 }
 ARCHIVE_MODES = ("auto", "archive", "rest")
+_MARKET_WORDS = {"spot": "spot", "usdm": "USD-M futures", "coinm": "COIN-M futures"}
 log = get_logger(__name__)
 _WINDOW_SECONDS = {"SECOND": 1, "MINUTE": 60, "HOUR": 3600, "DAY": 86400}
 _SYMBOL_RE = re.compile(r"^[A-Z0-9\-_.]{1,20}$")  # what Binance accepts as a symbol (-1100 otherwise)
@@ -150,6 +151,9 @@ class BinanceSource(Source):
         self.label = "Binance" if self.market == "spot" else f"Binance-{self.market.upper()}"
         self.prefix = spec["prefix"]
         self.timeframes = spec["timeframes"]
+        if self.market != "spot":
+            self.timeframe_notes = {"1s": f"Binance {_MARKET_WORDS[self.market]} has no 1s klines; "
+                                          "1s exists on spot (--market spot)"}
         base_url = self.settings["base_url"] or spec["url"]  # the core read the market's variable
         # a tenth of the published weight until exchangeInfo tells this IP's real limit
         self.limiter = RateLimiter(spec["weight_limit"] * 0.95, 61.0, name=f"binance-{self.market}",
