@@ -121,6 +121,30 @@ def test_okx_bar_names_are_accepted_and_written_as_forge_timeframes(forge, excha
         assert rows == expected("BTC-USDT", tf, "2024-01-01", "2024-01-03", exchange_env.config.now)
 
 
+def test_resample_to_takes_the_spellings_of_t(forge, exchange_env, in_tmp):
+    """--resample-to 4H with OKX was 'did you mean 4h?', where -t 4H is OKX's bar: the same
+    spellings, the same file as --resample-to 4h."""
+    for typed in ("4h", "4H"):
+        result = run(forge, "--symbol", "BTC-USDT", "-t", "1H", "--from", "2024-01-01", "--to", "2024-01-02",
+                     "--transform", "resample", "--resample-to", typed, "--output", f"r{typed}.csv")
+        assert result.code == 0, result
+        assert result.out.startswith("12 4h candles from okx")
+    assert (in_tmp / "r4H.csv").read_bytes() == (in_tmp / "r4h.csv").read_bytes()
+
+
+@pytest.mark.parametrize("source,args,typed,meant", [
+    ("okx", ["--symbol", "BTC-USDT"], "1D", "1d (okx's 1Dutc)"),
+    ("binance", ["--symbol", "BTCUSDT"], "4H", "4h"),
+])
+def test_resample_to_spelled_otherwise_says_what_t_says(forge, exchange_env, in_tmp, source, args, typed, meant):
+    result = forge("run", "-s", source, "-q", *args, "-t", "1h", "--from", "2024-01-01", "--to", "2024-01-02",
+                   "--transform", "resample", "--resample-to", typed)
+    assert result.code == 2, result
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"forge: error: unsupported timeframe {typed!r}; choose one of: ")
+    assert lines[0].endswith(f"; did you mean {meant}?")
+
+
 @pytest.mark.parametrize("source,args,typed,meant", [
     ("okx", ["--symbol", "BTC-USDT"], "1D", "1d (okx's 1Dutc)"),  # OKX's plain 1D opens on Hong Kong time
     ("okx", ["--symbol", "BTC-USDT"], "60m", "1h"),
