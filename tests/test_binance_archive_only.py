@@ -158,6 +158,46 @@ def test_a_geo_blocked_archive_run_takes_the_archive_alone(forge, geo):
                                         "the archive's files alone")
 
 
+def test_a_geo_blocked_auto_run_goes_on_from_the_archive_saying_what_is_lost(forge, geo):
+    """--archive auto under a 451 stopped with a hint to use --archive archive, which then did
+    the run. Now auto does it the same way: the same rows, one warning naming what is lost, the
+    holes unconfirmed in the summary and --summary-json. --archive rest still stops (it asked
+    for REST)."""
+    args = ("--symbol", "BTCUSDT", "-t", "1h", "--from", "2024-01-01", "--to", "2024-02-29")
+    result = forge("run", "-s", "binance", *args, "--output", "auto.csv", "--summary-json", "s.json")
+    assert result.code == 0, result
+    assert rows_of("auto.csv") == expected("BTCUSDT", "1h", "2024-01-01", "2024-02-29", geo.config.now)
+    assert result.err.count("[warning") == 1 and "rest_unreachable" in result.err, result.err
+    assert 'going_on="--archive auto from the archive\'s files alone' in result.err
+    assert "the exchange's confirmation of holes: they are reported unconfirmed" in result.err
+    assert ("BTCUSDT 1438 of 1440 slots, hole 2024-01-10 03:00..04:59:59 UTC (unconfirmed: Binance spot REST "
+            "refused this location (HTTP 451), the archive's files alone)") in result.out
+    assert "exchange affirmed empty" not in result.out
+    summary = json.loads(Path("s.json").read_text())
+    assert summary["unconfirmed"] == {"BTCUSDT": "Binance spot REST refused this location (HTTP 451), the "
+                                                 "archive's files alone"}
+    assert summary["status"] == "ok"
+    assert geo.stats["fault.geo451"] == 1  # the clock's request; REST was not asked again
+
+    refused = forge("run", "-s", "binance", *args, "--archive", "rest", "-q")
+    assert refused.code == 1 and len(refused.err.splitlines()) == 1, refused
+    assert "HTTP 451" in refused.err and "--archive archive takes the archive's files alone" in refused.err
+
+
+def test_a_geo_blocked_auto_run_needing_rest_for_a_missing_file_says_so(forge, geo):
+    """A file the archive lacks is fetched from REST under auto; REST refused here: one line
+    naming the range and both refusals, not the archive-mode advice to use --archive auto."""
+    geo.config.extra["archive_missing"] = {"BTCUSDT-1h-2024-02.zip"} | {
+        f"BTCUSDT-1h-2024-02-{d:02d}.zip" for d in range(1, 30)}
+    result = forge("run", "-s", "binance", "--symbol", "BTCUSDT", "-t", "1h", "--from", "2024-01-01",
+                   "--to", "2024-03-31", "-q")
+    assert result.code == 1, result
+    line = result.err.splitlines()[-1]
+    assert line.startswith("forge: error: BTCUSDT 1h 2024-02-01 00:00:00 UTC..") and "is not in the Binance archive, " \
+        "and REST refused this location: HTTP 451" in line, result.err
+    assert "use --archive auto" not in result.err
+
+
 def test_a_geo_blocked_expired_contract_asks_rest_nothing(forge, geo):
     """Refused here and gone from exchangeInfo: the contract's range and end from the archive
     alone, REST asked once (the clock), not again about the contract."""
@@ -178,6 +218,38 @@ def test_a_geo_blocked_verify_calls_no_hole_the_exchanges(forge, geo):
     assert result.code == 0, result
     holes = json.loads(result.out)["series"][0]["holes"]
     assert [(h["from_ms"], h["reason"]) for h in holes] == [(MAINTENANCE[0], "unconfirmed")]
+
+
+def test_a_geo_blocked_auto_verify_claims_no_hole_and_deletes_no_row_it_cannot_check(forge, geo,
+                                                                                    mock_exchange_factory,
+                                                                                    monkeypatch):
+    """verify under a 451 with --archive auto: the maintenance hole and the days not archived
+    yet are both unconfirmed (the tail was 'no later candle at the exchange yet', counted as the
+    exchange's); a store row there, loaded where REST answered, is an extra the exchange may
+    have: reported, never deleted, even with --delete-extra."""
+    args = ("--symbol", "BTCUSDT", "-t", "1h", "--from", "2025-03-01", "--to", "now", "--output", "b.csv")
+    free = mock_exchange_factory()  # the same market, REST answering: the store gets the newest hours
+    for name in free.environment:
+        monkeypatch.setenv(name, free.url)
+    assert forge("run", "-s", "binance", *args, "-q").code == 0
+    for name in geo.environment:
+        monkeypatch.setenv(name, geo.url)
+    res = forge("verify", "-s", "binance", *args, "--json")
+    assert res.code == 1, res
+    series = json.loads(res.out)["series"][0]
+    why = "Binance spot REST refused this location (HTTP 451), the archive's files alone"
+    assert [(h["from"], h["slots"], h["reason"], h["evidence"].get("why")) for h in series["holes"]] == [
+        ("2025-03-15T00:00:00Z", 10, "unconfirmed", why)]  # after the archive's last file, the 14th
+    assert series["counts"] == {"missing": 0, "extra": 10, "duplicate": 0, "changed": 0}
+    assert [(e["from"], e["count"], e["reason"]) for e in series["extra"]] == [
+        ("2025-03-15T00:00:00Z", 10, "in_unconfirmed_hole")]
+    text = forge("verify", "-s", "binance", *args)
+    assert text.out.splitlines()[-1].endswith("; 0 exchange hole(s), 1 unconfirmed: differences found"), text.out
+
+    repaired = forge("repair", "-s", "binance", *args, "--delete-extra")
+    assert repaired.code == 0, repaired
+    assert "extra 10: 2025-03-15 00:00 .. 2025-03-15 09:00 (in unconfirmed hole, kept)" in repaired.out
+    assert len(rows_of("b.csv")) == 14 * 24 + 10
 
 
 def test_a_geo_blocked_unknown_symbol_is_one_line(forge, geo):

@@ -194,7 +194,8 @@ def _lines(report: SeriesReport, name: str, delete_extra: bool) -> list[str]:
         what = {"missing": "missing", "extra": "extra", "duplicate": "duplicate", "changed": "changed"}[issue.kind]
         detail = ""
         if issue.reason:
-            detail = f" ({issue.reason.replace('_', ' ')}{', kept' if name == 'repair' and not delete_extra else ''})"
+            kept = name == "repair" and (not delete_extra or issue.reason == "in_unconfirmed_hole")
+            detail = f" ({issue.reason.replace('_', ' ')}{', kept' if kept else ''})"
         if issue.fields:
             detail = f" ({', '.join(issue.fields)})"
         out.append(f"{head}: {what} {issue.count}: {_range(issue.first, issue.last)}{detail}")

@@ -63,7 +63,7 @@ class Issue:
     first: int
     last: int
     count: int
-    reason: str = ""  # extra: off_grid | before_listing | in_exchange_hole | not_at_exchange
+    reason: str = ""  # extra: off_grid | before_listing | in_exchange_hole | in_unconfirmed_hole | not_at_exchange
     fields: list[str] = field(default_factory=list)  # changed: which fields differ
     file: str = ""  # --deep: the archive file
 
@@ -894,6 +894,9 @@ def find_holes(tf: Timeframe, a: int, b: int, opens: list[int], prev: int | None
                                                  "why": unconfirmed}
             elif before is not None and after is not None:
                 reason, evidence = EXCHANGE_EMPTY, {"candle_before": iso(before), "candle_after": iso(after)}
+            elif after is None and unconfirmed is not None:  # e.g. not archived yet, and REST refused
+                reason, evidence = UNCONFIRMED, {"candle_before": iso(before) if before is not None else None,
+                                                 "why": unconfirmed}
             elif after is None:
                 reason, evidence = NO_LATER_CANDLE, {"candle_before": iso(before) if before is not None else None}
             else:
@@ -935,6 +938,9 @@ def diff(tf: Timeframe, fetched: Any, stored: list[StoredRow], holes: list[Hole]
     extras: dict[str, list[int]] = defaultdict(list)
     kept = 0
     affirmed = [(h.first, h.last) for h in holes if h.reason == EXCHANGE_EMPTY]
+    # holes the source could not have the exchange confirm (Source.holes_unconfirmed says why):
+    # the exchange was not asked about their slots, so a row there may well be the exchange's
+    doubted = [(h.first, h.last) for h in holes if h.reason == UNCONFIRMED and "why" in h.evidence]
     for ts in sorted(by_ts):
         copies = by_ts[ts]
         if len(copies) > 1:
@@ -958,10 +964,12 @@ def diff(tf: Timeframe, fetched: Any, stored: list[StoredRow], holes: list[Hole]
             reason = "before_listing"
         elif any(lo <= ts <= hi for lo, hi in affirmed):
             reason = "in_exchange_hole"
+        elif any(lo <= ts <= hi for lo, hi in doubted):
+            reason = "in_unconfirmed_hole"  # the exchange may have it: never deleted
         else:
             reason = "not_at_exchange"
         extras[reason].append(ts)
-        if delete_extra:
+        if delete_extra and reason != "in_unconfirmed_hole":
             deletes.append(copies[0].ref)
         else:
             kept += 1

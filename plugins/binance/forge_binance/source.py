@@ -224,7 +224,7 @@ class BinanceSource(Source):
         reason = f"{code} {msg}" if isinstance(body, dict) and code not in (None, 0) else msg
         if status == 451 and self.market == "spot" and "data-api.binance.vision" not in (response.url or ""):
             reason += f"; spot market data is also served by {DATA_API} (--base-url {DATA_API})"
-        if status == 451 and self.archive_mode != "archive":
+        if status == 451 and self.archive_mode == "rest":  # auto and archive go on without REST
             reason += "; --archive archive takes the archive's files alone, without REST"
         if status == 404 and not isinstance(body, dict):  # no such path: a base URL with a path in it
             reason += f"; is the base URL the host root, like {MARKETS[self.market]['url']}? (the plugin adds {self.prefix})"
@@ -328,9 +328,10 @@ class BinanceSource(Source):
         return self._now + int((time.monotonic() - self._now_read) * 1000)
 
     def _refused_here(self, exc: BinanceError) -> bool:
-        """Whether ``exc`` is REST refusing this location (HTTP 451) with ``--archive archive``:
-        then the run goes on from the archive alone, and one warning says what that loses."""
-        if exc.status != 451 or self.archive_mode != "archive":
+        """Whether ``exc`` is REST refusing this location (HTTP 451) with ``--archive archive`` or
+        ``auto``: then the run goes on from the archive alone, and one warning says what that
+        loses (``--archive rest`` asked for REST: it stops with the refusal's line)."""
+        if exc.status != 451 or self.archive_mode == "rest":
             return False
         if self._rest_down is None:
             self._rest_down = exc.line
@@ -338,7 +339,8 @@ class BinanceSource(Source):
             if cache is not None:  # the later partition groups of this run: neither asked nor warned again
                 cache[("binance.rest_down", *self._info_key[1:])] = exc.line
             log.warning("rest_unreachable", market=self.market, refused=exc.line,
-                        going_on="--archive archive from the archive's files alone, on the archive host's clock",
+                        going_on=f"--archive {self.archive_mode} from the archive's files alone, on the archive "
+                                 "host's clock",
                         lost="the newest days not archived yet; symbols unchecked against exchangeInfo (their "
                              "range is the archive's listing); the exchange's confirmation of holes: they are "
                              "reported unconfirmed")
@@ -641,6 +643,9 @@ class BinanceSource(Source):
         end = min(end, self._stops.get((symbol, tf.name), end))
         if start >= end:
             return []
+        if self._rest_down is not None:  # --archive auto standing REST in for a file the archive lacks
+            raise SourceError(f"{symbol} {tf.name} {display(start)}..{display(end - 1)} is not in the Binance "
+                              f"archive, and REST refused this location: {self._rest_down}")
         if symbol in self._expired and symbol not in self._rest_serves:
             raise SourceError(f"Binance {self.market} REST does not serve the expired contract {symbol}: its "
                               f"candles come from the archive alone, which cannot give {display(start)}.."
