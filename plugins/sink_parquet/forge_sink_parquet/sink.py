@@ -17,6 +17,7 @@ transforms; not the end) is started again, and a run that finishes deletes it.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -91,6 +92,8 @@ class ParquetSink(Sink):
         self.files_written = 0
         self.changed = 0  # rows inserted or stored with other values, this run
         self._lock: IO[str] | None = None
+        self._lock_path = ""
+        self._made: list[str] = []  # directories this run created
         self._state_path = ""
         self._tmp = ""
 
@@ -111,21 +114,17 @@ class ParquetSink(Sink):
             raise SinkError(f"parquet root {self.root} is a file, not a directory")
         state = layout.state_dir(self.root)
         self._tmp = os.path.join(state, "tmp")
-        try:
-            layout.makedirs_durable(self.root)
-            layout.makedirs_durable(self._tmp)
-            layout.makedirs_durable(os.path.join(state, "runs"))
-            if not os.access(self.root, os.W_OK):
-                raise PermissionError(13, "Permission denied")
-            self._lock = open(os.path.join(state, "lock"), "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
-        except OSError as exc:
-            raise SinkError(f"cannot write the parquet dataset at {self.root}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        self._lock_path = os.path.join(state, "lock")
+        self._made = []
+        while True:
+            self._lock_dirs(state)
+            try:
+                # a run that removed what it made as this one opened the lock: lock the new one
+                if os.fstat(self._lock.fileno()).st_ino == os.stat(self._lock_path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             self._release()
-            raise SinkError(f"another forge run is writing the parquet dataset at {self.root}; "
-                            "wait for it to finish or use another --root") from None
         try:
             if os.stat(self.root).st_dev != os.stat(self._tmp).st_dev:
                 raise SinkError(f"parquet root {self.root} is on another filesystem than {state}, so files "
@@ -137,8 +136,48 @@ class ParquetSink(Sink):
             self._state_path = os.path.join(state, "runs", _run_id(run, self._timeframe(run)) + ".json")
             self.resume = self._read_state()
         except BaseException:
+            self._remove_made()
             self._release()
             raise
+
+    def _lock_dirs(self, state: str) -> None:
+        """Create the root and the bookkeeping directories (noting those this run made) and
+        take the dataset's lock, or one line saying why not."""
+        try:
+            for path in (self.root, self._tmp, os.path.join(state, "runs")):
+                missing = []
+                folder = path
+                while folder and not os.path.lexists(folder):
+                    missing.append(folder)
+                    folder = os.path.dirname(folder)
+                layout.makedirs_durable(path)
+                self._made += [m for m in missing if m not in self._made]
+            if not os.access(self.root, os.W_OK):
+                raise PermissionError(13, "Permission denied")
+            self._lock = open(self._lock_path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        except OSError as exc:
+            self._remove_made()
+            raise SinkError(f"cannot write the parquet dataset at {self.root}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._release()
+            self._remove_made()
+            raise SinkError(f"another forge run is writing the parquet dataset at {self.root}; "
+                            "wait for it to finish or use another --root") from None
+
+    def _remove_made(self) -> None:
+        """A run that wrote nothing removes the directories it created (the root, the
+        bookkeeping directory beside it, their parents), as they were before it; called while it
+        holds the lock, so the lock file goes with the bookkeeping directory it made."""
+        if not self._made or self.files_written or (self._state_path and os.path.exists(self._state_path)):
+            return
+        if layout.state_dir(self.root) in self._made:
+            remove(self._lock_path)
+        for folder in sorted(self._made, key=lambda f: f.count(os.sep), reverse=True):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        self._made = []
 
     def _dataset_schema(self) -> pa.Schema | None:
         """The schema of the files already in the root (all have the same), checked to be Forge's
@@ -234,6 +273,8 @@ class ParquetSink(Sink):
                 self._clear_state()
         finally:
             self._abort()  # not ok: what was not committed is dropped
+            if not ok:
+                self._remove_made()
             self._release()
 
     def describe(self) -> str:

@@ -317,6 +317,47 @@ def test_bad_roots_fail_before_any_exchange_request(forge, fresh_mock, tmp_path,
     assert fresh_mock.stats.get("binance.spot.candles", 0) == 0
 
 
+def test_a_failed_run_that_wrote_nothing_leaves_nothing_it_created(forge, exchange_env, tmp_path):
+    """The source fails before any row: the root it created, the bookkeeping directory beside it
+    (.NAME.forge) and their parents were left behind, empty. A root that was there stays, and
+    so does what a run before wrote."""
+    fail = ("--symbol", "FOOBAR", "--from", "2024-01-01", "--to", "2024-01-01")
+    result = run(forge, tmp_path / "a" / "b" / "data", *fail)
+    assert result.code == 1 and "unknown symbol 'FOOBAR'" in one_line(result)
+    assert list(tmp_path.iterdir()) == []
+
+    (tmp_path / "mine").mkdir()
+    assert run(forge, tmp_path / "mine", *fail).code == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"] and list((tmp_path / "mine").iterdir()) == []
+
+    ok = run(forge, tmp_path / "data", "--symbol", "BTCUSDT", "--from", "2024-01-01", "--to", "2024-01-01")
+    assert ok.code == 0, ok
+    before = files(tmp_path)
+    assert run(forge, tmp_path / "data", *fail).code == 1
+    assert files(tmp_path) == before and (tmp_path / ".data.forge" / "runs").is_dir()
+
+
+def test_a_run_locks_the_new_lock_file_after_another_removed_it(tmp_path, monkeypatch):
+    """A run that wrote nothing removes the bookkeeping directory and its lock file; one that
+    opened that file just before takes the new one, so two runs never hold different locks."""
+    import forge_sink_parquet.sink as module
+
+    first = ParquetSink(root=str(tmp_path / "data"))
+    first.open(_run_info())
+    stale = open(tmp_path / ".data.forge" / "lock", "a")  # noqa: SIM115 (the next run's, opened in time)
+    first.close(False)
+    assert not (tmp_path / "data").exists() and not (tmp_path / ".data.forge").exists()
+    real = open
+    monkeypatch.setattr(module, "open", lambda path, *a, **kw: stale if not stale.closed else real(path, *a, **kw),
+                        raising=False)
+    second = ParquetSink(root=str(tmp_path / "data"))
+    second.open(_run_info())
+    assert stale.closed and (tmp_path / ".data.forge" / "lock").is_file()
+    with pytest.raises(SinkError, match="another forge run is writing"):
+        ParquetSink(root=str(tmp_path / "data")).open(_run_info())
+    second.close(True)
+
+
 def test_number_type_conflicts_with_the_dataset_are_refused(forge, exchange_env, tmp_path):
     args = ("--symbol", "BTCUSDT", "--from", "2024-01-01 00:00", "--to", "2024-01-01 01:00")
     floats, decimals = tmp_path / "floats", tmp_path / "decimals"
