@@ -362,6 +362,10 @@ class Pipeline:
         if info.ended is None:
             return end
         last = info.last_open
+        if last is None and info.first_open is None:  # a pair announced, not open (Binance spot BREAK)
+            raise SourceError(f"{self.source.name} has no {symbol} candles at all, and it is {info.ended}: it has "
+                              "not opened for trading yet, so no range has any (the exchange gives no listing "
+                              "date); run it once it trades")
         stop = min(end, first if last is None else tf.next_open(tf.floor(last)))
         if stop < end and first < end:
             skipped = (max(first, stop), end)

@@ -191,15 +191,18 @@ def test_follow_backfills_a_delisted_symbol_to_its_last_candle_then_leaves_it(en
             "again)") in follower.result.summary()
 
 
-def test_a_symbol_listed_but_not_trading_yet(forge, env):
-    """Spot lists a pair before it trades (status BREAK, no candle): 0 candles and the reason,
-    at once (it used to re-ask the empty range for 7 s). A USD-M contract not trading yet
+def test_a_symbol_listed_but_not_trading_yet(forge, env, tmp_path):
+    """Spot lists a pair before it trades (status BREAK, no candle): an error at once, as a range
+    before a listing is on every market (it used to re-ask the empty range for 7 s, then it
+    was 0 candles and exit 0 where USD-M said exit 1). A USD-M contract not trading yet
     (PENDING_TRADING) has its onboardDate: a range before it is the usual error naming it."""
     spot = forge("run", "-s", "binance", "--symbol", "SOONUSDT", "-t", "1d", "--from", "2025-01-01",
                  "--to", "2025-03-14", "--output", "soon.csv", "-q")
-    assert spot.code == 0, spot
-    assert spot.out.startswith("0 1d candles from binance (SOONUSDT 0)")
-    assert spot.out.rstrip().endswith("SOONUSDT not trading (Binance exchangeInfo status BREAK): no candles at all")
+    assert spot.code == 1, spot
+    assert spot.err == ("forge: error: binance has no SOONUSDT candles at all, and it is not trading (Binance "
+                        "exchangeInfo status BREAK): it has not opened for trading yet, so no range has any (the "
+                        "exchange gives no listing date); run it once it trades\n")
+    assert not (tmp_path / "soon.csv").exists()
     # exchangeInfo, time, the first candle, the newest three times (an empty answer is asked again)
     assert env.stats["binance.spot.requests"] == 6 and env.stats["binance.spot.candles"] == 0
     perp = forge("run", "-s", "binance", "--market", "usdm", "--symbol", "SOONUSDT", "-t", "1d",
