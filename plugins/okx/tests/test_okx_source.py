@@ -372,3 +372,90 @@ def test_the_retry_display_names_the_okx_code(fresh_mock):
     finally:
         stop()
     assert seen == ["HTTP 410 50005", "HTTP 400 50004"]
+
+
+# -- 1s bars: OKX keeps them for a few months only (exchange-apis.md C.2) -----------------------
+def test_a_1s_range_older_than_okx_keeps_is_refused_in_a_few_requests(fresh_mock):
+    """"It is last 3 months supported for 1s candlestick": a day of 1s bars before that was 288
+    requests of 300-bar pages answering nothing (580 and 63 s against the mock with latency),
+    then '0 candles' and exit 0. Now a bisection finds OKX's oldest 1s bar and the run is
+    refused, naming it."""
+    from forge_core import Pipeline
+    from forge_core.testing import MemorySink
+
+    fresh_mock.config.extra["okx_1s_days"] = 2
+    with pytest.raises(SourceError) as caught:
+        Pipeline(("okx", {"base_url": fresh_mock.url}), [MemorySink()]).run(
+            "BTC-USDT", "1s", "2025-03-01", "2025-03-01")
+    kept = NOW - 2 * DAY + 1000 - NOW % 1000  # the mock's oldest 1s bar
+    assert str(caught.value) == (
+        "OKX keeps 1s candles for a few months only (its docs: the last 3 months): OKX serves no BTC-USDT 1s "
+        "candle before 2025-03-02T00:00:00Z, where the range ends (its oldest opens 2025-03-13T10:20:31Z); "
+        "choose --from 2025-03-13T10:20:31Z or later, or a longer timeframe (1m goes back years)")
+    assert kept == 1741861231000
+    assert fresh_mock.stats["okx.history.requests"] < 25
+
+
+def test_a_1s_range_reaching_below_what_okx_keeps_names_that_part_an_unconfirmed_hole(fresh_mock):
+    """The part of the range OKX no longer keeps is not asked for, and the summary says the
+    hole is not the exchange's: before, it was walked page by page and reported as 'exchange
+    affirmed empty: candles on both sides'."""
+    from forge_core import Pipeline
+    from forge_core.testing import MemorySink
+
+    fresh_mock.config.extra["okx_1s_days"] = 1
+    kept = NOW - DAY + 1000 - NOW % 1000
+    start, end = kept - 3 * DAY, kept + 600_000
+    sink = MemorySink()
+    result = Pipeline(("okx", {"base_url": fresh_mock.url}), [sink]).run("BTC-USDT", "1s", start, end - 1)
+    assert [tuple(r.values()) for r in sink.rows("BTC-USDT")] == okx_rows("BTC-USDT", "1s", kept, end, NOW)
+    assert result.holes["BTC-USDT"] == [(start, kept)]
+    assert result.unconfirmed["BTC-USDT"] == ("OKX keeps 1s candles for a few months only (its docs: the last "
+                                              "3 months); none served before 2025-03-14T10:20:31Z")
+    assert "exchange affirmed" not in result.summary()
+    assert fresh_mock.stats["okx.history.requests"] < 25  # 3 days below it: 864 pages before
+
+
+def test_a_wrong_empty_answer_does_not_mislead_the_search_for_the_oldest_1s_bar(fresh_mock):
+    """A server under load may answer ``[]`` where it has bars: the search's last probe below
+    the bar it found must stay empty, else the search is not used (and no bar is lost)."""
+    fresh_mock.config.extra["okx_1s_days"] = 1
+    real = fresh_mock.routes[HISTORY]
+    probes: list[int] = []
+
+    def one_wrong_empty(req):
+        if req.arg("limit") == "1" and req.arg("bar") == "1s":
+            probes.append(int(req.arg("after")))
+            if len(probes) == 4:  # the bisection's first (after the listing's, the range's, the newest)
+                return Response.json({"code": "0", "msg": "", "data": []})
+        return real(req)
+
+    fresh_mock.route(HISTORY, one_wrong_empty)
+    src = source(fresh_mock)
+    tf = parse_timeframe("1s")
+    kept = NOW - DAY + 1000 - NOW % 1000
+    start = kept - 600_000
+    src.prepare("BTC-USDT", tf)
+    tasks = list(src.plan("BTC-USDT", tf, start, kept + 600_000))
+    assert src.holes_unconfirmed("BTC-USDT") is None  # no cut was believed
+    rows = [r for t in tasks for r in src.fetch(t)]
+    assert rows == okx_rows("BTC-USDT", "1s", kept, kept + 600_000, NOW)  # the mock has none before kept
+
+
+def test_a_later_plan_of_a_cut_1s_series_asks_and_says_nothing_more(fresh_mock, caplog):
+    """A follow plans its series again each pass: OKX's oldest 1s bar is not searched again,
+    and the part before it is not named again (it was, as an empty span)."""
+    import logging
+
+    fresh_mock.config.extra["okx_1s_days"] = 1
+    src = source(fresh_mock)
+    tf = parse_timeframe("1s")
+    kept = NOW - DAY + 1000 - NOW % 1000
+    src.prepare("BTC-USDT", tf)
+    with caplog.at_level(logging.WARNING, logger="forge"):
+        list(src.plan("BTC-USDT", tf, kept - HOUR, kept + 600_000))
+        assert caplog.text.count("okx_1s_not_kept") == 1
+        asked = fresh_mock.stats["okx.history.requests"]
+        assert list(src.plan("BTC-USDT", tf, kept + 600_000, kept + 900_000))
+        assert fresh_mock.stats["okx.history.requests"] == asked
+        assert caplog.text.count("okx_1s_not_kept") == 1
