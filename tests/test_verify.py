@@ -293,6 +293,69 @@ def test_postgres_interrupted_repair_resumes(forge, pg_loaded, db, monkeypatch):
     assert counts(report) == {"missing": 0, "extra": 2, "duplicate": 0, "changed": 0}
 
 
+def test_postgres_repair_by_a_role_that_may_not_write_the_ledger(forge, pg_loaded, db, pg_url, monkeypatch):
+    """A role that may write the data table but not the ledger (no CREATE on the schema): verify
+    warned and went on, repair failed whole ('permission denied for schema') with nothing written.
+    Now the rows are repaired and one warning says the ledger was not; once the owner has made
+    the ledger and granted its rows, that role's repair records it (CREATE TABLE IF NOT EXISTS
+    needed CREATE on the schema even with the table there)."""
+    role = f"w_{uuid.uuid4().hex[:10]}"
+    db.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+    try:
+        db.execute(f"GRANT USAGE ON SCHEMA {pg_loaded} TO {role}")
+        db.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {pg_loaded}.klines TO {role}")
+        url = make_url(pg_url).set(username=role, password="pw").update_query_dict(
+            {"options": f"-csearch_path={pg_loaded}"})
+        monkeypatch.setenv("FORGE_DATABASE_URL", url.render_as_string(hide_password=False))
+        db.execute(f"DELETE FROM {pg_loaded}.klines WHERE open_ts IN (%s, %s)", (JAN3, FEB5))
+        repaired = forge("repair", "-s", "binance", *RANGE, "--sink", "postgres", "--json")
+        assert repaired.code == 0, repaired
+        assert json.loads(repaired.out)["summary"]["written"] == 2
+        assert repaired.err.count("ledger_not_saved") == 1 and "permission denied for schema" in repaired.err
+        db.execute(f"SELECT count(*) FROM {pg_loaded}.klines")
+        assert db.fetchone()[0] == SLOTS - HOLE_SLOTS
+        db.execute(f"SELECT to_regclass('{pg_loaded}.forge_ledger')")
+        assert db.fetchone()[0] is None
+
+        db.execute(f"SET search_path = {pg_loaded}")
+        db.execute("CREATE TABLE forge_ledger (target text NOT NULL, source text NOT NULL, symbol text NOT NULL, "
+                   "timeframe text NOT NULL, partition text NOT NULL, range_start bigint NOT NULL, range_end bigint "
+                   "NOT NULL, entry jsonb NOT NULL, store_digest text NOT NULL, verified_at timestamptz NOT NULL "
+                   "DEFAULT now(), PRIMARY KEY (target, source, symbol, timeframe, partition))")
+        db.execute("RESET search_path")
+        db.execute(f"GRANT SELECT, INSERT, UPDATE ON {pg_loaded}.forge_ledger TO {role}")
+        db.execute(f"DELETE FROM {pg_loaded}.klines WHERE open_ts = %s", (JAN3,))
+        repaired = forge("repair", "-s", "binance", *RANGE, "--sink", "postgres", "--json")
+        assert repaired.code == 0 and "ledger_not_saved" not in repaired.err, repaired
+        db.execute(f"SELECT partition, entry->>'status' FROM {pg_loaded}.forge_ledger ORDER BY 1")
+        assert db.fetchall() == [("2024-01", "repaired"), ("2024-02", "identical")]
+    finally:
+        db.execute(f"DROP OWNED BY {role}")
+        db.execute(f"DROP ROLE {role}")
+
+
+def test_csv_repair_with_a_ledger_that_cannot_be_written(forge, loaded_csv, monkeypatch):
+    """The sidecar ledger cannot be replaced (a read-only file system, a full disk): repair wrote
+    the CSV and then failed on the ledger, exit 1 and no report, the file repaired. Now the
+    report, exit 0 and one warning; the next run checks those partitions again."""
+    real = os.replace
+
+    def denied(a, b, *args, **kwargs):
+        if str(b).endswith(".ledger.json"):
+            raise OSError(30, "Read-only file system", str(b))
+        return real(a, b, *args, **kwargs)
+
+    damage_csv(loaded_csv)
+    monkeypatch.setattr(os, "replace", denied)
+    repaired = forge("repair", "-s", "binance", *RANGE, "--output", "btc.csv")
+    assert repaired.code == 0, repaired
+    assert repaired.out.splitlines()[-1].endswith("; wrote 6, deleted 1; 1 fetch from the exchange: repaired")
+    assert repaired.err.count("ledger_not_saved") == 1 and "Read-only file system" in repaired.err, repaired.err
+    monkeypatch.setattr(os, "replace", real)
+    code, report = verify(forge, "--output", "btc.csv")
+    assert counts(report) == {"missing": 0, "extra": 2, "duplicate": 0, "changed": 0}
+
+
 def test_postgres_bad_input(forge, pg_loaded, monkeypatch):
     res = forge("verify", "-s", "binance", "--symbol", "SOLUSDT", "-t", "5m", "--from", "2024-01-01",
                 "--to", "2024-01-31", "--sink", "postgres")

@@ -348,6 +348,7 @@ class Checker:
         self.workers = workers
         self.deep, self.deep_seed = deep, deep_seed  # --deep: days cross-checked, archive against REST
         self.fetches = 0  # pipeline runs (or guided fetches) against the exchange
+        self._unsaved = False  # the store could not write the ledger (warned once)
 
     def run(self, symbol: str, timeframe: str, start: int, end: int) -> SeriesReport:
         source = self.make_source()
@@ -425,14 +426,25 @@ class Checker:
                 source.close()
         held.result()  # never leave the store's connection busy in the digest thread
         if entries:
-            try:
-                self.store.save_ledger(entries)
-            except SinkError as exc:  # e.g. a read-only role: the report stands without the ledger
-                log.warning("ledger_not_saved", store=self.store.describe(), error=str(exc))
+            self._save_ledger(entries)
+        unsaved = getattr(self.store, "ledger_unsaved", None)  # optional: apply wrote rows, not the ledger
+        if unsaved and not self._unsaved:
+            log.warning("ledger_not_saved", store=self.store.describe(), error=unsaved)
+            self._unsaved = True
         report.partitions.sort(key=lambda p: p.start)
         report.holes.sort(key=lambda h: h.first)
         report.issues.sort(key=lambda i: (i.first, i.kind))
         return report
+
+    def _save_ledger(self, entries: list[LedgerEntry]) -> None:
+        """The ledger entries, or one warning when the store cannot write them (a read-only role,
+        file or folder): the report stands, and the partitions are only checked again next time."""
+        try:
+            self.store.save_ledger(entries)
+        except SinkError as exc:
+            if not self._unsaved:
+                log.warning("ledger_not_saved", store=self.store.describe(), error=str(exc))
+            self._unsaved = True
 
     def _exchange_same(self, side: Any, symbol: str, tf: Timeframe, parts: list[tuple[str, int, int]],
                        ledger: dict[str, LedgerEntry], listing: int | None) -> dict[str, bool]:
@@ -633,7 +645,7 @@ class Checker:
             report.partitions.append(PartitionResult(key, a, b, "repaired", state.rows, entry.rows, True))
             done.add(key)
         if proven:
-            self.store.save_ledger(proven)
+            self._save_ledger(proven)
         return done
 
     # -- the exchange side ------------------------------------------------------------------
@@ -749,7 +761,7 @@ class Checker:
         if exch_digest == store_digest:
             report.partitions.append(PartitionResult(key, a, b, "identical", store_rows, len(opens), True))
             if self.repair:
-                self.store.save_ledger([entry])
+                self._save_ledger([entry])
             else:
                 box["entries"].append(entry)
             return

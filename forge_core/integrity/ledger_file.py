@@ -20,6 +20,7 @@ class LedgerFile:
     def __init__(self, path: str, meta: dict[str, Any], *, label: str | None = None, tmp_dir: str | None = None) -> None:
         self.path, self.meta, self.label = path, meta, label or path
         self.tmp = os.path.join(tmp_dir or os.path.dirname(path) or ".", os.path.basename(path) + ".tmp")
+        self.unsaved: str | None = None  # why a save_after_write failed
 
     def entries(self) -> list[LedgerEntry]:
         try:
@@ -60,3 +61,13 @@ class LedgerFile:
                 os.close(directory)
         except OSError as exc:
             raise SinkError(f"cannot write {self.label}: {exc.strerror or exc}") from None
+
+    def save_after_write(self, entries: Sequence[LedgerEntry]) -> None:
+        """:meth:`save` right after a repair wrote the rows: a ledger that cannot be written (a
+        read-only file or folder) does not fail the repair whose rows are written; why is kept in
+        :attr:`unsaved` (the store's ``ledger_unsaved``, which the command warns about once).
+        Without the entry the partition is only checked again next time."""
+        try:
+            self.save(entries)
+        except SinkError as exc:
+            self.unsaved = str(exc)

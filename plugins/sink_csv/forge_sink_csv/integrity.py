@@ -134,6 +134,11 @@ class CsvIntegrity:
     def save_ledger(self, entries: Sequence[LedgerEntry]) -> None:
         self.ledger_file.save(entries)
 
+    @property
+    def ledger_unsaved(self) -> str | None:
+        """Why a repair's ledger entry could not be written after its rows were (optional hook)."""
+        return self.ledger_file.unsaved
+
     # -- repairing --------------------------------------------------------------------------
     def apply(self, source: str, symbol: str, timeframe: str, columns: tuple[str, ...], upserts: list[Row],
               deletes: list[Any], entry: LedgerEntry) -> str:
@@ -171,7 +176,7 @@ class CsvIntegrity:
         self._load()
         state = self.partitions(source, symbol, timeframe, entry.start, entry.end).get(entry.partition)
         entry.store_digest = state.digest if state else digest([])
-        self.save_ledger([entry])
+        self.ledger_file.save_after_write([entry])  # the rows are written: an unwritable ledger only warns
         return entry.store_digest
 
     def close(self) -> None:

@@ -139,6 +139,11 @@ class ParquetIntegrity:
         self._locked()
         self.ledger_file.save(entries)
 
+    @property
+    def ledger_unsaved(self) -> str | None:
+        """Why a repair's ledger entry could not be written after its rows were (optional hook)."""
+        return self.ledger_file.unsaved
+
     # -- repairing --------------------------------------------------------------------------
     def apply(self, source: str, symbol: str, timeframe: str, columns: tuple[str, ...], upserts: list[Row],
               deletes: list[Any], entry: LedgerEntry) -> str:
@@ -166,7 +171,7 @@ class ParquetIntegrity:
                 layout.fsync_dir(os.path.dirname(path))
         state = self.partitions(source, symbol, timeframe, entry.start, entry.end).get(entry.partition)
         entry.store_digest = state.digest if state else EMPTY_DIGEST
-        self.save_ledger([entry])
+        self.ledger_file.save_after_write([entry])  # the rows are written: an unwritable ledger only warns
         return entry.store_digest
 
     def _locked(self) -> None:

@@ -53,6 +53,7 @@ class PostgresIntegrity:
         self._free: list[psycopg2.extensions.connection] = []
         self._free_cond = threading.Condition()
         self.label = f"{schema}.{table}" if schema else table
+        self.ledger_unsaved: str | None = None  # why a repair's ledger entry was not written (see apply)
         self.conn = spec.connect_or_fail()
         self._free.append(self.conn)
         try:
@@ -249,8 +250,12 @@ class PostgresIntegrity:
 
     # -- the ledger -------------------------------------------------------------------------
     def _ensure_ledger(self, cur: Any) -> None:
-        cur.execute(DDL_LOCK)
-        cur.execute(sql.SQL(LEDGER_DDL).format(self.ledger_ident))
+        # created only when missing: CREATE ... IF NOT EXISTS needs CREATE on the schema even when the
+        # table is there, which a role granted only the ledger's rows lacks
+        cur.execute("SELECT to_regclass(%s)", (self.ledger_ident.as_string(cur),))
+        if cur.fetchone()[0] is None:
+            cur.execute(DDL_LOCK)
+            cur.execute(sql.SQL(LEDGER_DDL).format(self.ledger_ident))
 
     def ledger(self, source: str, symbol: str, timeframe: str) -> dict[str, LedgerEntry]:
         def work(cur: Any) -> dict[str, LedgerEntry]:
@@ -289,6 +294,21 @@ class PostgresIntegrity:
     def save_ledger(self, entries: Sequence[LedgerEntry]) -> None:
         self._run("ledger", lambda cur: self._save(cur, entries))
 
+    def _save_after_write(self, cur: Any, entry: LedgerEntry) -> None:
+        """A repair's ledger entry, in its transaction but in a savepoint: a role that may write the
+        data table and not the ledger (no CREATE on the schema, no INSERT on ``forge_ledger``)
+        still gets the repaired rows committed; why is kept in :attr:`ledger_unsaved`, which the
+        command warns about once, and the partition is only checked again next time."""
+        cur.execute("SAVEPOINT forge_ledger")
+        try:
+            self._save(cur, [entry])
+        except psycopg2.Error as exc:
+            cur.execute("ROLLBACK TO SAVEPOINT forge_ledger")
+            self.ledger_unsaved = (f"PostgreSQL {self.spec.where} table {self.label}: ledger not written: "
+                                   f"{self.spec.reason(exc)}")
+        else:
+            cur.execute("RELEASE SAVEPOINT forge_ledger")
+
     # -- repairing --------------------------------------------------------------------------
     def apply(self, source: str, symbol: str, timeframe: str, columns: tuple[str, ...], upserts: list[Row],
               deletes: list[Any], entry: LedgerEntry, proven: str | None = None) -> str:
@@ -326,12 +346,12 @@ class PostgresIntegrity:
                             (source, symbol, timeframe, entry.start, entry.end))
                 if int(cur.fetchone()[0]) == entry.rows:
                     entry.store_digest = proven
-                    self._save(cur, [entry])
+                    self._save_after_write(cur, entry)
                     return entry.store_digest
             cur.execute(self._partitions_sql(), (source, symbol, timeframe, entry.start, entry.end))
             found = self._fetch(cur)
             entry.store_digest = found[0][4] if found else EMPTY_DIGEST
-            self._save(cur, [entry])
+            self._save_after_write(cur, entry)
             return entry.store_digest
 
         with self._borrow() as conn:  # applies of several partitions may run at once (concurrent_apply)
