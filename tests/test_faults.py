@@ -34,6 +34,8 @@ MATRIX = {
     "truncated": {"truncated": 0.15},
     "duplicate": {"duplicate": 0.3},
     "burst429": {"burst429": 0.1},
+    "bare429": {"bare429": 0.05},
+    "bodies": {"blank": 0.05, "badlength": 0.05, "gzipcut": 0.05},
     "all": {"http500": 0.03, "reset": 0.03, "slow": 0.02, "malformed": 0.03, "truncated": 0.03,
             "duplicate": 0.05, "burst429": 0.03},
 }
@@ -87,6 +89,24 @@ def test_a_fault_that_never_clears_fails_cleanly_and_the_next_run_resumes(forge,
     assert rows == want()
     assert klines < len(want()) - len(kept) + 1500  # what was done was not fetched again
     assert served_first > 12
+
+
+def test_a_418_ban_is_not_retried_and_a_run_after_it_resumes(forge, monkeypatch, in_tmp):
+    from conftest import read_csv
+
+    config = MockConfig(now=NOW, faults={"ban418": 0.04}, fault_seed=3)
+    with MockExchange(config) as mock:
+        first = backfill(forge, monkeypatch, mock, "--workers", "1", "--commit-every", "1000")
+        stats = dict(mock.stats)
+    assert first.code == 1
+    [line] = first.err.strip().splitlines()
+    assert "Binance has banned this IP" in line and "banned until 2025-03-15 10:22:30 UTC" in line
+    assert stats["fault.ban418"] == 1  # not asked again
+    with MockExchange(MockConfig(now=NOW)) as healthy:
+        second = backfill(forge, monkeypatch, healthy)
+    assert second.code == 0 and "resumed BTCUSDT after" in second.out, second
+    _, rows = read_csv(in_tmp / NAME)
+    assert rows == want()
 
 
 def test_unknown_fault_kind_is_refused():

@@ -25,7 +25,17 @@ kind           what the client sees
 ``geo451``     HTTP 451 with Binance's restricted-location body (``code`` 0; the words public
                reports quote from the US and some clouds; Binance REST paths only: the archive's
                ``/data/...`` files and its listing ``/?prefix=`` still answer); not retried
-``down``       every request from the ``extra["down_after"]``-th on gets HTTP 503 (no rate)
+``bare429``    HTTP 429 without ``Retry-After`` (Binance -1003 body, or OKX 50011 on /api/v5): the
+               client must back off on its own
+``ban418``     HTTP 418 with ``Retry-After: 120`` and Binance's "IP banned until <ms>" -1003 body
+               (Binance REST paths only); retrying extends a real ban
+``blank``      HTTP 200 with an empty body (``Content-Length: 0``)
+``badlength``  HTTP 200 whose ``Content-Length`` announces fewer bytes than the body sent: the
+               client reads a cut body and the rest is left on the connection
+``gzipcut``    HTTP 200, ``Content-Encoding: gzip``, the compressed body cut in half (the
+               ``Content-Length`` matches the cut): the decoder ends early without an error
+``down``       every request after the first ``extra["down_after"]`` (default 0: every one) gets
+               HTTP 503 (the rate is ignored)
 =============  =================================================================================
 
 Faults hit exchange paths only (never ``/mock/...``). ``mock.stats`` counts them as
@@ -36,6 +46,7 @@ route sent it (``12345678901234567890.123456789`` stays whole, ``1.50`` stays ``
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import re
@@ -46,7 +57,7 @@ from typing import Any
 from .server import MockExchange, Request, Response, send_head
 
 KINDS = ("http500", "reset", "slow", "malformed", "truncated", "duplicate", "burst429", "okx50011", "empty",
-         "trickle", "short", "waf403", "geo451")
+         "trickle", "short", "waf403", "geo451", "bare429", "ban418", "blank", "badlength", "gzipcut")
 ALL_KINDS = (*KINDS, "down")
 __all__ = ["ALL_KINDS", "KINDS", "WAF_PAGE", "check_faults", "install"]
 
@@ -109,8 +120,7 @@ def install(mock: MockExchange) -> None:
             served["n"] += 1
             n = served["n"]
             roll = rng.random()
-        down_after = mock.config.extra.get("down_after")
-        if "down" in faults and down_after is not None and n > int(down_after):
+        if "down" in faults and n > int(mock.config.extra.get("down_after", 0)):
             return "down"
         edge = 0.0
         for kind in KINDS:
@@ -118,7 +128,7 @@ def install(mock: MockExchange) -> None:
             if roll < edge:
                 okx = request.path.startswith("/api/v5")
                 archive = request.path.startswith("/data/") or request.path == "/"
-                if (kind == "okx50011" and not okx) or (kind == "geo451" and (okx or archive)):
+                if (kind == "okx50011" and not okx) or (kind in ("geo451", "ban418") and (okx or archive)):
                     return None
                 return kind
         return None
@@ -159,6 +169,17 @@ def install(mock: MockExchange) -> None:
         if kind == "duplicate":
             _duplicate_rows(response, rng)
             return False
+        if kind == "badlength":
+            if len(response.body) < 2:
+                return False
+            _send(handler, response.status, response.body[: len(response.body) // 2], response.headers,
+                  response.content_type, body_override=response.body)
+            return True  # the connection stays open, the rest of the body in it
+        if kind == "gzipcut":
+            packed = gzip.compress(response.body)
+            _send(handler, response.status, packed[: max(1, len(packed) // 2)],
+                  {**response.headers, "Content-Encoding": "gzip"}, response.content_type)
+            return True
         if kind == "reset":
             body = response.body[: max(1, len(response.body) // 2)]
             _send(handler, response.status, response.body, response.headers, response.content_type, body_override=body)
@@ -177,6 +198,13 @@ def install(mock: MockExchange) -> None:
                                  if okx else Response.json({"code": -1003, "msg": "Too much request weight used; "
                                                             "current limit is 6000 request weight per 1 MINUTE."},
                                                            429, **{"Retry-After": "1"})),
+            "bare429": lambda: (Response.json({"msg": "Too Many Requests", "code": "50011"}, 429) if okx
+                                else Response.json({"code": -1003, "msg": "Too much request weight used; current "
+                                                    "limit is 6000 request weight per 1 MINUTE."}, 429)),
+            "ban418": lambda: Response.json({"code": -1003, "msg": "Way too much request weight used; IP banned until "
+                                             f"{mock.now() + 120_000}. Please use WebSocket Streams for live updates "
+                                             "to avoid bans."}, 418, **{"Retry-After": "120"}),
+            "blank": lambda: Response(200, b""),
             "okx50011": lambda: Response.json({"code": "50011", "msg": "Rate limit reached. Please refer to API "
                                                "documentation and throttle requests accordingly.", "data": []}),
         }[kind]()

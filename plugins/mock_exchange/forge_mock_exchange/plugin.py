@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -30,6 +31,21 @@ def parse_faults(items: tuple[str, ...]) -> dict[str, float]:
     return rates
 
 
+def parse_extra(items: tuple[str, ...]) -> dict[str, Any]:
+    """``("down_after=12", 'archive_missing=["BTCUSDT-1m-2024-02.zip"]')`` -> ``MockConfig.extra``:
+    each VALUE is JSON if it parses, else the text itself."""
+    extra: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r}: use KEY=VALUE, e.g. down_after=12", param_hint="--extra")
+        try:
+            extra[key.strip()] = json.loads(value)
+        except ValueError:
+            extra[key.strip()] = value
+    return extra
+
+
 @hookimpl
 def forge_register_commands(cli: Any) -> None:
     @cli.command(name="mock-exchange")
@@ -41,8 +57,11 @@ def forge_register_commands(cli: Any) -> None:
     @click.option("--fault", "faults", multiple=True, metavar="KIND=RATE",
                   help="Inject faults, e.g. --fault http500=0.02 --fault empty=0.01 (kinds: docs/mock-exchange.md).")
     @click.option("--fault-seed", type=int, default=0, show_default=True, help="Seed for fault injection.")
+    @click.option("--extra", "extra", multiple=True, metavar="KEY=VALUE",
+                  help="A fault's setting (VALUE as JSON, else text), e.g. --extra down_after=12 "
+                       "--extra trickle_seconds=1 (keys: docs/mock-exchange.md).")
     def mock_exchange(port: int, latency: float, now: str | None, weight_window: int,
-                      faults: tuple[str, ...], fault_seed: int) -> None:
+                      faults: tuple[str, ...], fault_seed: int, extra: tuple[str, ...]) -> None:
         """Serve market data with deterministic candles on 127.0.0.1, for every exchange whose
         installed plugin ships mock routes (entry point group forge_etl_mock). Prints the
         environment variables that point each source at it."""
@@ -50,7 +69,8 @@ def forge_register_commands(cli: Any) -> None:
 
         rates = parse_faults(faults)
         config = MockConfig(latency=latency, now=parse_instant(now)[0] if now else None,
-                            weight_window=weight_window, faults=rates, fault_seed=fault_seed)
+                            weight_window=weight_window, faults=rates, fault_seed=fault_seed,
+                            extra=parse_extra(extra))
         try:
             mock = MockExchange(config, port=port).start()
         except OSError as exc:  # the port is taken (or not ours to bind)

@@ -152,6 +152,94 @@ def test_trickle_fault_sends_the_body_one_byte_at_a_time():
         assert mock.stats["fault.trickle"] == 1
 
 
+def raw_get(mock: MockExchange, target: str) -> tuple[bytes, bytes]:
+    """One GET on a fresh socket: the head and every byte of the body the server sent before
+    it closed or went quiet for 0.5 s (whatever its Content-Length says)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", int(mock.url.rsplit(":", 1)[1])), timeout=0.5) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except TimeoutError:
+            pass
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body
+
+
+KLINES = "/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime=1704758400000&limit=50"
+
+
+@pytest.mark.parametrize("fault", ["bare429", "ban418", "blank", "badlength", "gzipcut"])
+def test_the_faults_of_the_fault_drill_send_what_they_say(fault):
+    import gzip
+    import zlib
+
+    with MockExchange(MockConfig(now=FROZEN_NOW)) as healthy:
+        _, want = raw_get(healthy, KLINES)
+    with MockExchange(MockConfig(now=FROZEN_NOW, faults={fault: 1.0})) as mock:
+        head, body = raw_get(mock, KLINES)
+        assert mock.stats[f"fault.{fault}"] == 1
+    lines = head.decode().lower().split("\r\n")
+    length = int(next(h for h in lines if h.startswith("content-length:")).split(":")[1])
+    if fault == "bare429":
+        assert lines[0].endswith("429 too many requests") and not any(h.startswith("retry-after") for h in lines)
+        assert b'"code":-1003' in body
+    elif fault == "ban418":
+        assert " 418 " in lines[0] and "retry-after: 120" in lines
+        assert f"ip banned until {FROZEN_NOW + 120_000}.".encode() in body.lower()
+    elif fault == "blank":
+        assert lines[0].endswith("200 ok") and length == 0 and body == b""
+    elif fault == "badlength":
+        assert body == want and length == len(want) // 2  # all of it sent, half of it announced
+    else:
+        assert "content-encoding: gzip" in lines and length == len(body)
+        with pytest.raises(EOFError):
+            gzip.decompress(body)
+        partial = zlib.decompressobj(wbits=31).decompress(body)
+        assert want.startswith(partial) and len(partial) < len(want)
+
+
+def test_down_without_down_after_fails_every_request():
+    """``forge mock-exchange --fault down`` could not set ``down_after``: it served no fault."""
+    with MockExchange(MockConfig(now=FROZEN_NOW, faults={"down": 1.0})) as mock:
+        assert requests.get(f"{mock.url}/api/v3/time", timeout=10).status_code == 503
+        assert mock.stats["fault.down"] == 1
+
+
+def test_forge_mock_exchange_sets_fault_settings_with_extra():
+    """``--extra KEY=VALUE`` fills ``MockConfig.extra`` (JSON, else text) from the command line:
+    here the request count before ``down``, and an archive file whose checksum is wrong."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    corrupt = '{"BTCUSDT-1m-2024-02.zip": "checksum"}'
+    proc = subprocess.Popen([sys.executable, "-m", "forge_core.cli", "mock-exchange", "--port", "0", "--latency", "0",
+                             "--now", "2025-03-15", "--fault", "down", "--extra", "down_after=2",
+                             "--extra", f"archive_corrupt={corrupt}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = proc.stderr.readline().split(" on ", 1)[1].split()[0]
+        zip_path = "/data/spot/monthly/klines/BTCUSDT/1m/BTCUSDT-1m-2024-02.zip"
+        archive = requests.get(url + zip_path, timeout=10)
+        digest = requests.get(url + zip_path + ".CHECKSUM", timeout=10)
+        third = requests.get(url + "/api/v3/time", timeout=10)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+    import hashlib
+
+    assert (archive.status_code, digest.status_code, third.status_code) == (200, 200, 503)
+    assert "BTCUSDT-1m-2024-02.zip" in digest.text
+    assert hashlib.sha256(archive.content).hexdigest() not in digest.text
+
+
+def test_a_bad_extra_is_a_one_line_usage_error(forge):
+    result = forge("mock-exchange", "--port", "0", "--extra", "down_after")
+    [line] = result.err.strip().splitlines()
+    assert result.code == 2 and "'down_after': use KEY=VALUE" in line and "--extra" in line
+
+
 def test_fault_config_is_checked():
     for faults, message in (({"meteor": 1.0}, "unknown fault kind 'meteor'; known: http500, "),
                             ({"http500": 1.5}, "fault rate http500=1.5 is not a probability"),
