@@ -600,8 +600,9 @@ class HttpClient:
         :class:`RetryableError` (try again) or another :class:`ForgeError` (final).
         Each attempt has ``timeout`` for its whole response; all attempts ``give_up_after``."""
         url = self.base_url + path
-        started = time.monotonic()
-        give_up_at = started + self.give_up_after
+        # the give-up clock starts at the first send: waiting for the rate limiter or behind
+        # another request's backoff is not this request failing
+        started = give_up_at = math.inf
         last_error, last_status = "no attempt made", None
         attempt = 0
         for attempt in range(1, self.max_attempts + 1):
@@ -612,10 +613,19 @@ class HttpClient:
             retry_after: float | None = None
             kind = "error"
             gate = self.backoff_gate
-            if gate.level and not gate.wait(self.cancelled):  # the server is busy: everyone waits
-                raise Cancelled("cancelled")
+            if gate.level and not gate.wait(self.cancelled, give_up_at):  # the server is busy: everyone waits
+                if self.cancelled.is_set():
+                    raise Cancelled("cancelled")
+                last_error += f" (every worker is backing off after {gate.why or 'a busy answer'}, past " \
+                              f"FORGE_HTTP_GIVE_UP_AFTER={self.give_up_after:g}s)"
+                break
             status, together = None, 0.0
             sent = time.monotonic()
+            if attempt == 1:
+                started, give_up_at = sent, sent + self.give_up_after
+            elif sent >= give_up_at:  # the limiter held this retry past the deadline
+                last_error += f" (the next attempt would be after FORGE_HTTP_GIVE_UP_AFTER={self.give_up_after:g}s)"
+                break
             try:
                 budget = min(self.timeout[1], give_up_at - sent)
                 response = self._send(url, params, cost, budget)

@@ -207,10 +207,11 @@ class Backoff:
     def probe_window(self) -> float:
         return min(self.cap, max(2.0, self.base * 2 ** self.level))
 
-    def wait(self, cancel: threading.Event | None = None) -> bool:
+    def wait(self, cancel: threading.Event | None = None, deadline: float | None = None) -> bool:
         """Wait until this thread may send: the pause is over and either the gate is open or
-        this request is the probe. False if ``cancel`` was set meanwhile. A wait of
-        :data:`THROTTLE_SHOWN` seconds or more is announced to displays."""
+        this request is the probe. False if ``cancel`` was set meanwhile, or ``deadline``
+        (``time.monotonic()``) came first. A wait of :data:`THROTTLE_SHOWN` seconds or more is
+        announced to displays."""
         announced = False
         try:
             while True:
@@ -221,12 +222,16 @@ class Backoff:
                     if now >= self.until:  # this one goes first; the others wait for its answer
                         self.until = now + self.probe_window()
                         return True
+                    if deadline is not None and now >= deadline:
+                        return False
                     left = self.until - now
                 if not announced and left >= THROTTLE_SHOWN:
                     throttle(Throttled(self.name, current_symbol(), time.time() + left,
                                        why=f"backoff after {self.why}" if self.why else "backoff"))
                     announced = True
                 step = min(left, 0.05)  # an answer to the probe opens the gate at any moment
+                if deadline is not None:
+                    step = max(min(step, deadline - now), 0.001)
                 if cancel is None:
                     time.sleep(step)
                 elif cancel.wait(step):

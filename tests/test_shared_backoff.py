@@ -154,3 +154,34 @@ def test_okx_50013_is_busy():
         source._check(_response(200, b""), {"code": "50013", "msg": "Systems are busy. Please try again later."},
                       limiter)
     assert caught.value.busy
+
+
+def test_the_give_up_deadline_holds_for_a_retry_waiting_behind_the_shared_backoff(server):
+    """8 workers, a server answering 503 for good, FORGE_HTTP_GIVE_UP_AFTER 2 s. A retry
+    waiting at the shared backoff gate waited past its deadline (each worker in turn behind a
+    doubling pause), then went out with a negative budget: requests gave up after up to 57 s,
+    with 'no complete response within -45.5s' or 'Read timed out. (read timeout=0.001)'
+    instead of the server's HTTP 503."""
+    from forge_core.http import GaveUp
+
+    server.route("/down", lambda req: Response.json({"code": -1000, "msg": "Service unavailable."}, 503))
+    client = HttpClient(server.url, give_up_after=2)
+    failures: list[tuple[float, str]] = []
+
+    def worker():
+        began = time.monotonic()
+        try:
+            client.get_json("/down")
+        except GaveUp as exc:
+            failures.append((time.monotonic() - began, str(exc)))
+
+    pool = [threading.Thread(target=worker) for _ in range(8)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(60)
+    assert len(failures) == 8
+    for _, message in failures:
+        assert "HTTP 503" in message and "within -" not in message and "timeout=0.001" not in message, message
+    retried = [took for took, message in failures if "after 1 attempts" not in message]
+    assert retried and max(retried) < 2 + 1.5, failures  # the deadline, and one backoff step at most
