@@ -34,6 +34,15 @@ def plan_command(plugins: Plugins) -> click.Command:
 
         given = {k: v for k, v in kw.items() if k in declared and v not in (None, ())}
         source_cls = plugins.get("source", kw["source"])
+        sink_cls = plugins.get("sink", kw["sink"]) if kw["sink"] else None
+        used = set(_route(given, source_cls)) | (set(_route(given, sink_cls)) if sink_cls else set())
+        for opt in given:  # --output without --sink read nothing: every partition 'unknown'
+            if opt not in used:
+                owners = [f"{r.kind} {r.name}" for r, _ in declared[opt]]
+                sinks = [o.split(" ", 1)[1] for o in owners if o.startswith("sink ")]
+                hint = f"; add --sink {sinks[0]} to read the partitions' state from it" if sinks and not kw["sink"] else ""
+                raise UsageError(f"option --{opt.replace('_', '-')} belongs to {', '.join(owners)}, not to this "
+                                 f"command's source or sink{hint}")
         source = source_cls(**_route(given, source_cls))
         try:
             timeframe = source_timeframe(source, kw["timeframe"])

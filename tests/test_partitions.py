@@ -213,3 +213,14 @@ def test_forge_plan_stops_at_the_exchanges_now(forge, exchange_env, in_tmp):
     assert keys == ["binance:spot:BTCUSDT:1h:2025-02", "binance:spot:BTCUSDT:1h:2025-03"]  # the mock's now: 03-15
     future = forge("plan", "-s", "binance", "--symbol", "BTCUSDT", "-t", "1h", "--from", "2030-01-01", "--to", "2030-02-01")
     assert future.code == 2 and "from date 2030-01-01T00:00:00Z is in the future (exchange time" in future.err
+
+
+def test_forge_plan_refuses_a_store_option_without_its_sink(forge, exchange_env, in_tmp):
+    """--output btc.csv without --sink csv was ignored: every partition 'unknown', exit 0, as if
+    the file held nothing. An option of a plugin the command does not use is one line."""
+    args = ("plan", "-s", "binance", "--symbol", "BTCUSDT", "-t", "1h", "--from", "2024-01-01", "--to", "2024-01-31")
+    out = forge(*args, "--output", "btc.csv")
+    assert out.code == 2 and out.err == ("forge: error: option --output belongs to sink csv, not to this command's "
+                                         "source or sink; add --sink csv to read the partitions' state from it\n")
+    other = forge(*args, "--sink", "csv", "--output", "btc.csv", "--root", "pq")
+    assert other.code == 2 and "option --root belongs to sink parquet, not to this command's source or sink\n" in other.err
