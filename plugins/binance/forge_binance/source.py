@@ -19,6 +19,7 @@ import json
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from itertools import chain
 from typing import Any
@@ -46,8 +47,9 @@ from forge_core import (
     forward_pages,
     get_logger,
     now_ms,
+    retrying,
 )
-from forge_core.http import body_reason, error_line
+from forge_core.http import Cancelled, body_reason, error_line
 from forge_core.http import retry_after as parse_retry_after
 from forge_core.partitions import run_cache
 from forge_core.records import ramp
@@ -91,6 +93,7 @@ _SYMBOL_RE = re.compile(r"^[A-Z0-9\-_.]{1,20}$")  # what Binance accepts as a sy
 # symbols asked by name in one exchangeInfo request; more go in several (weight 20 each) rather
 # than the whole list (megabytes). The docs give no maximum for `symbols`: 100 is unverified
 _INFO_BATCH = 100
+PROBES_AHEAD = 8  # first-candle probes asked at once (prepare_symbols)
 # a futures delivery contract (quarterly: BTCUSDT_240329, BTCUSD_240329): Binance removes it from
 # exchangeInfo after its delivery, at 08:00 UTC of the date in its name (COIN-M exchangeInfo
 # deliveryDate values; USD-M assumed alike), while the archive keeps its files
@@ -166,6 +169,8 @@ class BinanceSource(Source):
         # as exchangeInfo and the newest klines confirmed: nothing at or after it is asked for
         self._stops: dict[tuple[str, str], int] = {}
         self._firsts: dict[tuple[str, str], int | None] = {}  # each series' first candle, as prepared
+        self._probes: dict[tuple[str, str], Future[Sequence[Row]]] = {}  # first-candle probes asked ahead
+        self._probe_pool: ThreadPoolExecutor | None = None
         self._now: int | None = None
         self._now_read = 0.0  # time.monotonic() when _now was read
         # REST refused this location (HTTP 451) and --archive archive goes on from the archive
@@ -347,9 +352,11 @@ class BinanceSource(Source):
         return True
 
     def prepare_symbols(self, symbols: Sequence[str], timeframe: Timeframe) -> None:
-        """Every symbol of the run in one exchangeInfo request (see :meth:`_learn`)."""
+        """Every symbol of the run in one exchangeInfo request (see :meth:`_learn`), while the
+        first-candle probes :meth:`prepare` will need are asked in the background."""
         if self._rest_down is not None:
             return
+        self._probe_ahead(symbols, timeframe)
         try:
             self._learn(symbols)
         except BinanceError as exc:
@@ -383,7 +390,7 @@ class BinanceSource(Source):
                 onboard = meta.get("onboardDate")
                 first: int | None = int(onboard) if onboard else None
             else:
-                rows = self._klines(symbol, timeframe, {"startTime": 0, "limit": 1})
+                rows = self._first_rows(symbol, timeframe)
                 first = rows[0][self._open_index] if rows else None
                 if first is None and meta is not None and meta.get("onboardDate"):
                     first = int(meta["onboardDate"])  # a futures contract not trading yet: its listing time
@@ -391,6 +398,38 @@ class BinanceSource(Source):
             return self._end(symbol, timeframe, meta, first)
         except BinanceError as exc:
             raise self._explain(exc, symbol, timeframe) from None
+
+    def _probe_ahead(self, symbols: Sequence[str], timeframe: Timeframe) -> None:
+        """Ask the first-candle probes :meth:`prepare` will need, on :data:`PROBES_AHEAD`
+        threads, while exchangeInfo answers: a run's symbols are not prepared one round trip
+        after the other. Not for COIN-M (its listing comes from exchangeInfo), a malformed name
+        (klines would explain it: prepare asks) or a delivery contract past its delivery (it may
+        be gone from exchangeInfo: the archive then says where it starts)."""
+        if self.market == "coinm":
+            return
+        todo = [s for s in dict.fromkeys(symbols) if _SYMBOL_RE.match(s) and self._delivery(s) is None
+                and (s, timeframe.name) not in self._probes]
+        if not todo:
+            return
+        if self._probe_pool is None:
+            self._probe_pool = ThreadPoolExecutor(PROBES_AHEAD, thread_name_prefix="forge-binance-probe")
+
+        def probe(symbol: str) -> Sequence[Row]:
+            with retrying.symbol_context(symbol):  # a retry's display names the symbol
+                return self._klines(symbol, timeframe, {"startTime": 0, "limit": 1})
+
+        for symbol in todo:
+            self._probes[(symbol, timeframe.name)] = self._probe_pool.submit(probe, symbol)
+
+    def _first_rows(self, symbol: str, timeframe: Timeframe) -> Sequence[Row]:
+        """The symbol's first candle (klines from time 0, one row): the probe asked ahead, or now."""
+        ahead = self._probes.pop((symbol, timeframe.name), None)
+        if ahead is None:
+            return self._klines(symbol, timeframe, {"startTime": 0, "limit": 1})
+        try:
+            return ahead.result()
+        except CancelledError:
+            raise Cancelled("cancelled") from None
 
     def recheck(self, symbols: Sequence[str], timeframe: Timeframe) -> dict[str, SymbolInfo]:
         """exchangeInfo asked again for a follow run (spot: these symbols by name, weight 20;
@@ -766,6 +805,8 @@ class BinanceSource(Source):
         return out
 
     def close(self) -> None:
+        if self._probe_pool is not None:
+            self._probe_pool.shutdown(wait=False, cancel_futures=True)
         self.archive_fetcher.close()
         self.http.close()
         self.archive.close()

@@ -320,3 +320,33 @@ def test_a_trading_pair_answered_empty_for_its_past_is_an_outage_not_the_end_of_
             assert len(good) == 48 and src._fetch_rest("BTCUSDT", h1, start, start + 48 * HOUR) == good
         finally:
             src.close()
+
+
+def test_first_candle_probes_are_asked_while_exchange_info_answers_once_each(fresh_mock, source):
+    """A run's symbols are not prepared one round trip after the other: every first-candle probe
+    (klines from time 0) is asked while exchangeInfo is still answering, and prepare uses it."""
+    import threading
+
+    held = threading.Event()
+    probes = recorded(fresh_mock, "/api/v3/klines")
+
+    def slow_info(req, real):
+        # exchangeInfo answers only once every probe has arrived (or after 5 s: then the assert fails)
+        held.wait(5)
+        return real(req)
+
+    def probe(req, real):
+        reply = real(req)
+        if sum("startTime=0&" in q for q in probes) == 3:
+            held.set()
+        return reply
+
+    info = recorded(fresh_mock, "/api/v3/exchangeInfo", slow_info)
+    fresh_mock.routes["/api/v3/klines"] = lambda req, real=fresh_mock.routes["/api/v3/klines"]: probe(req, real)
+    symbols = ["BTCUSDT", "ETHUSDT", "OLDUSDT"]
+    source.prepare_symbols(symbols, H1)
+    assert held.is_set()  # the three probes came before exchangeInfo's answer
+    firsts = {s: source.prepare(s, H1).first_open for s in symbols}
+    assert all(isinstance(first, int) for first in firsts.values())
+    assert sorted(q.split("&")[0] for q in probes if "startTime=0&" in q) == sorted(f"symbol={s}" for s in symbols)
+    assert len(info) == 1
