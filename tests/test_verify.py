@@ -293,6 +293,31 @@ def test_postgres_interrupted_repair_resumes(forge, pg_loaded, db, monkeypatch):
     assert counts(report) == {"missing": 0, "extra": 2, "duplicate": 0, "changed": 0}
 
 
+def test_csv_repair_stopped_by_sigterm_exits_143_and_resumes(loaded_csv, forge, in_tmp):
+    """A scheduler's SIGTERM while repair writes its second partition: the process died of the
+    signal (no line, no cleanup) unless a pipeline run happened to be in progress, as the
+    archive's fast path never is. Now exit 143 and one line; the first partition is kept and
+    the same command repairs the rest without fetching the first again."""
+    import subprocess
+
+    damage_csv(loaded_csv)
+    hook = Path(__file__).parent / "fixtures" / "term_at_apply"  # sitecustomize: SIGTERM at the 2nd write
+    env = {**os.environ, "PYTHONPATH": str(hook), "FORGE_TEST_TERM_AT_APPLY": "2"}
+    stopped = subprocess.run(["forge", "repair", "-s", "binance", *RANGE, "--output", "btc.csv"], env=env,
+                             cwd=in_tmp, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert stopped.returncode == 143, stopped
+    assert stopped.stderr == ("forge: error: interrupted: every partition repaired before it is kept; run the same "
+                              "command again to resume\n")
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["btc.csv", "btc.csv.ledger.json"]
+    resumed = forge("repair", "-s", "binance", *RANGE, "--output", "btc.csv", "--json")
+    assert resumed.code == 0, resumed
+    report = json.loads(resumed.out)
+    assert [p["status"] for p in report["series"][0]["partitions"]] == ["skipped", "repaired"]
+    assert counts(report) == {"missing": 1, "extra": 0, "duplicate": 0, "changed": 1}  # February's damage
+    code, report = verify(forge, "--output", "btc.csv")
+    assert counts(report) == {"missing": 0, "extra": 2, "duplicate": 0, "changed": 0}  # extras are kept
+
+
 def test_postgres_repair_by_a_role_that_may_not_write_the_ledger(forge, pg_loaded, db, pg_url, monkeypatch):
     """A role that may write the data table but not the ledger (no CREATE on the schema): verify
     warned and went on, repair failed whole ('permission denied for schema') with nothing written.

@@ -141,6 +141,20 @@ def _held_timeframe(plugins: Plugins, sources: set[str], name: str) -> str:
 
 
 def _check(store: IntegrityStore, name: str, source_cls: type, source_opts: dict[str, Any], kw: dict[str, Any]) -> int:
+    from ..cli import Interrupted, signal_exit_code
+    from ..pipeline import _stop_signals
+
+    try:
+        with _stop_signals():  # SIGTERM and SIGHUP stop it as Ctrl-C does (exit 143, 129)
+            return _checked(store, name, source_cls, source_opts, kw)
+    except KeyboardInterrupt as exc:
+        kept = ("every partition repaired before it is kept"
+                if name == "repair" else "the store was not changed")
+        raise Interrupted(f"interrupted: {kept}; run the same command again to resume", signal_exit_code(exc)) from None
+
+
+def _checked(store: IntegrityStore, name: str, source_cls: type, source_opts: dict[str, Any],
+             kw: dict[str, Any]) -> int:
     from ..pipeline import _symbols
 
     start, end = parse_range(kw["from_"], kw["to"])

@@ -9,6 +9,7 @@ file's digests, which the next run notices and checks again.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import os
@@ -173,6 +174,9 @@ class CsvIntegrity:
             os.replace(tmp, self.path)
         except OSError as exc:
             raise SinkError(f"cannot rewrite CSV {self.label}: {exc.strerror}") from None
+        finally:  # interrupted or failed before the rename: no half-written copy left beside the file
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
         self._load()
         state = self.partitions(source, symbol, timeframe, entry.start, entry.end).get(entry.partition)
         entry.store_digest = state.digest if state else digest([])
