@@ -1,8 +1,9 @@
 """The synthetic market: which symbols exist since when, where the holes are, and the candles.
 
 Every candle is a pure function of ``(symbol, timeframe, open_ts)``, so the mock needs no
-storage and tests can compute exactly what an exchange would have served. Consecutive candles
-chain (a candle's close is the next one's open), roughly one in 500 has no trades.
+storage and tests can compute exactly what an exchange would have served. 1s and 1m candles
+are drawn from a hash: consecutive ones chain (a candle's close is the next one's open), roughly
+one in 500 has no trades. Coarser ones are, as on an exchange, their 1m candles aggregated.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from forge_core.timeframes import Timeframe
+from forge_core.timeframes import DAY, HOUR, MINUTE, Timeframe
 
 M64 = (1 << 64) - 1
 SPOT_LISTED = 1502928000000  # 2017-08-17, Binance's first klines
@@ -131,6 +132,9 @@ class Market:
         return listing
 
 
+_1M = Timeframe("1m", MINUTE)
+
+
 def has_candle(listing: Listing, tf: Timeframe, open_ts: int) -> bool:
     """A candle exists if its period ends after the listing and is not wholly inside a hole."""
     close = tf.next_open(open_ts)
@@ -156,23 +160,99 @@ def _qty(units: int) -> str:
     return f"{whole}.{frac:08d}"
 
 
-def candle(listing: Listing, tf: Timeframe, open_ts: int) -> tuple[str, str, str, str, str, str, int, str, str]:
-    """``(open, high, low, close, volume, quote_volume, trades, taker_base, taker_quote)``."""
-    close_ts = tf.next_open(open_ts)
-    h = mix(_seed(listing.symbol + tf.name) ^ open_ts)
+Candle = tuple[str, str, str, str, str, str, int, str, str]
+Sums = tuple[int, int, int, int, int, int, int, int, int]  # the same in cents / 1e-8 units
+PARTIAL = (4_734_000, 287_311_720_000, 7, 2_000_000, 121_388_000_000)
+"""The still-open 1s/1m candle's volumes so far (0.04734 BTC, 7 trades: a real one's, A.3)."""
+
+
+def _own(listing: Listing, name: str, open_ts: int, close_ts: int) -> Sums:
+    """A 1s or 1m candle, drawn from its own hash (coarser ones are sums of 1m candles)."""
+    h = mix(_seed(listing.symbol + name) ^ open_ts)
     o = _price(listing, open_ts)
     c = _price(listing, close_ts)
     if h % 500 == 0:  # no trades in this period: flat candle at the previous close
-        p = _money(o)
-        return p, p, p, p, "0.00000000", "0.00000000", 0, "0.00000000", "0.00000000"
+        return o, o, o, o, 0, 0, 0, 0, 0
     spread = max(1, max(o, c) * ((h >> 8) % 300) // 100_000)
     hi = max(o, c) + spread
     lo = max(1, min(o, c) - spread * ((h >> 20) % 3) // 2)
     volume = (h >> 24) % 5_000_000_000 + 1_000_000  # 0.01 .. 50 units
     quote = volume * c // 100
     taker = volume * ((h >> 40) % 100) // 100
-    return (_money(o), _money(hi), _money(lo), _money(c), _qty(volume), _qty(quote),
-            (h >> 48) % 2000 + 1, _qty(taker), _qty(taker * c // 100))
+    return o, hi, lo, c, volume, quote, (h >> 48) % 2000 + 1, taker, taker * c // 100
+
+
+def _text(s: Sums) -> Candle:
+    return (_money(s[0]), _money(s[1]), _money(s[2]), _money(s[3]), _qty(s[4]), _qty(s[5]), s[6],
+            _qty(s[7]), _qty(s[8]))
+
+
+def _join(a: Sums | None, b: Sums | None) -> Sums | None:
+    """The candle of two consecutive stretches: ``a``'s open, ``b``'s close, extremes, sums."""
+    if a is None or b is None:
+        return a or b
+    return (a[0], max(a[1], b[1]), min(a[2], b[2]), b[3], a[4] + b[4], a[5] + b[5], a[6] + b[6],
+            a[7] + b[7], a[8] + b[8])
+
+
+def _minutes(listing: Listing, start: int, stop: int) -> Sums | None:
+    """The 1m candles opening in ``[start, stop)`` (minute-aligned) aggregated, one by one:
+    the reference the bulk path (:mod:`._minutes`) must equal, and the path without numpy."""
+    acc = None
+    for ts in range(start, stop, MINUTE):
+        if has_candle(listing, _1M, ts):
+            acc = _join(acc, _own(listing, "1m", ts, ts + MINUTE))
+    return acc
+
+
+@lru_cache(maxsize=1 << 16)
+def _span(listing: Listing, start: int, stop: int) -> Sums | None:
+    """The 1m candles opening in ``[start, stop)`` aggregated, None if there is none; whole UTC
+    days from a per-day cache, the rest from a day's minutes computed at once."""
+    try:
+        from ._minutes import day_hours, day_part, whole_day
+    except ImportError:  # no numpy: one minute at a time (slow for long periods, same values)
+        return _minutes(listing, start, stop)
+    acc = None
+    while start < stop:
+        day = start - start % DAY
+        upto = min(stop, day + DAY)
+        if start == day and upto == day + DAY:
+            acc = _join(acc, whole_day(listing, day))
+        elif start % HOUR == 0 and upto % HOUR == 0:
+            for part in day_hours(listing, day)[(start - day) // HOUR:(upto - day) // HOUR]:
+                acc = _join(acc, part)
+        else:
+            acc = _join(acc, day_part(listing, day, start, upto))
+        start = upto
+    return acc
+
+
+def candle(listing: Listing, tf: Timeframe, open_ts: int, now: int | None = None) -> Candle:
+    """``(open, high, low, close, volume, quote_volume, trades, taker_base, taker_quote)``.
+
+    A candle coarser than 1m is the exchange's aggregate of the 1m candles in its period that
+    exist (holes, the listing and the delisting left out): open of the first, close of the
+    last, high/low the extremes, the rest summed. With ``now`` inside the period, the candle
+    so far: the open 1m candle with :data:`PARTIAL` volumes, the later minutes not yet."""
+    close_ts = tf.next_open(open_ts)
+    still_open = now is not None and close_ts > now
+    if tf.name in ("1s", "1m"):
+        sums = _own(listing, tf.name, open_ts, close_ts)
+        return _text((*sums[:4], *PARTIAL) if still_open else sums)  # type: ignore[arg-type]
+    if not still_open:
+        sums = _span(listing, open_ts, close_ts)
+    else:
+        assert now is not None
+        minute = now - now % MINUTE
+        sums = _minutes(listing, minute, minute + MINUTE)  # the open minute, if it has a candle
+        if sums is not None:
+            sums = (*sums[:4], *PARTIAL)
+        sums = _join(_span(listing, open_ts, minute), sums)
+    if sums is None:  # no minute of the period has come yet (a listing after now): no trades
+        p = _price(listing, open_ts)
+        sums = (p, p, p, p, 0, 0, 0, 0, 0)
+    return _text(sums)
 
 
 def open_times(listing: Listing, tf: Timeframe, start: int, end: int) -> list[int]:

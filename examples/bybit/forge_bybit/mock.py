@@ -44,7 +44,7 @@ def install(mock: MockExchange) -> None:
         ts = tf.floor(min(end, now))
         while listing and ts >= start and len(rows) < limit:
             if has_candle(listing, tf, ts):
-                o, h, lo, c, volume, turnover, *_ = candle(listing, tf, ts)
+                o, h, lo, c, volume, turnover, *_ = candle(listing, tf, ts, now)
                 rows.append([str(ts), o, h, lo, c, volume, turnover])
             ts = tf.floor(ts - 1)
         return ok({"symbol": req.arg("symbol"), "category": req.arg("category"), "list": rows})

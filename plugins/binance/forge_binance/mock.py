@@ -282,11 +282,8 @@ def klines(mock: MockExchange, flavor: Flavor, weights: Weights, pages: PageCach
 
 
 def kline_row(listing: Listing, tf: Any, ts: int, now: int) -> list[Any]:
-    o, h, lo, c, v, qv, n, tb, tq = candle(listing, tf, ts)
-    close_ts = tf.end_ts(ts)
-    if close_ts >= now:  # the still-open candle: partial volume, close is the last price so far
-        v, qv, n, tb, tq = "0.04734000", "2873.11720000", 7, "0.02000000", "1213.88000000"
-    return [ts, o, h, lo, c, v, close_ts, qv, n, tb, tq, "0"]
+    o, h, lo, c, v, qv, n, tb, tq = candle(listing, tf, ts, now)  # the candle so far if still open
+    return [ts, o, h, lo, c, v, tf.end_ts(ts), qv, n, tb, tq, "0"]
 
 
 def select(listing: Listing, tf: Any, start: int | None, end: int | None, limit: int, now: int) -> list[list[Any]]:

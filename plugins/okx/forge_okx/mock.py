@@ -126,10 +126,8 @@ def plain(number: str) -> str:
 
 def okx_row(inst: Instrument, tf: Any, ts: int, now: int) -> list[str]:
     """``[ts, o, h, l, c, vol, volCcy, volCcyQuote, confirm]`` of one bar."""
-    o, h, lo, c, base, quote, *_ = candle(inst.listing, tf, ts)
+    o, h, lo, c, base, quote, *_ = candle(inst.listing, tf, ts, now)  # the bar so far if still open
     confirm = "1" if tf.next_open(ts) <= now else "0"
-    if confirm == "0":  # still open: only part of the period's volume so far
-        base, quote = "0.04734", "2873.1172"
     if inst.inst_type == "SPOT":  # vol is base currency, volCcy quote currency
         vol, vol_ccy = base, quote
     else:  # derivatives: vol is contracts, volCcy base currency
