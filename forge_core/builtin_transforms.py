@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 from .errors import UsageError
@@ -18,6 +18,15 @@ from .options import Option
 from .records import CANDLE_COLUMNS, Batch, Row
 from .timeframes import DAY, Timeframe, parse_timeframe
 from .transforms import Transform
+
+_EXACT = Context(prec=100)  # sums of many 20-digit volumes: no rounding at the default 28 digits
+
+
+def _pads(number: Any) -> bool:
+    """Whether the source writes decimals padded to a fixed scale (Binance's ``42000.01000000``)
+    rather than without trailing zeros (OKX's ``42000.01``)."""
+    return isinstance(number, str) and "." in number and number.endswith("0")
+
 
 _SUMMED = ("volume", "quote_volume", "trades", "taker_buy_base_volume", "taker_buy_quote_volume")
 """Extra columns that add up over a period; others are dropped by ``resample``."""
@@ -65,8 +74,10 @@ class Resample(Transform):
         self._folds = []
         for column in _SUMMED:
             if column in self._idx:
-                add = (lambda a, b: a + b) if column == "trades" else (lambda a, b: a + Decimal(b))
+                add = (lambda a, b: a + b) if column == "trades" else (lambda a, b: _EXACT.add(a, Decimal(b)))
                 self._folds.append((self._idx[column], add))
+        self._padded = False
+        self._numbers = [self._idx[c] for c in ("open", "high", "low", "close", *_SUMMED) if c in self._idx]
         self._template = replace(batch.with_rows([], cols), timeframe=self.target.name)
 
     def apply(self, batch: Batch) -> Batch:
@@ -79,6 +90,8 @@ class Resample(Transform):
         for row in batch.rows:
             if len(keep) != len(row):
                 row = tuple(row[k] for k in keep)
+            if not self._padded:
+                self._padded = any(_pads(row[k]) for k in self._numbers)
             period = self.target.floor(row[o_])
             if period != self._open:
                 if self._acc is not None:
@@ -113,6 +126,9 @@ class Resample(Transform):
         acc[i["timeframe"]] = self.target.name
         acc[i["end_ts"]] = self.target.end_ts(period)
         acc[i["open_ts"]] = period
+        for idx, _ in self._folds:  # a sum as the source writes numbers: 8 decimals, or none padded
+            if isinstance(acc[idx], Decimal) and not self._padded:
+                acc[idx] = acc[idx].normalize(_EXACT)
         out.append(tuple(format(v, "f") if isinstance(v, Decimal) else v for v in acc))
 
     def end_series(self) -> Batch | None:

@@ -341,6 +341,7 @@ class Pipeline:
 
     def _plan(self, symbols: list[str], tf: Timeframe, starts: dict[str, int], end: int) -> list[tuple[str, list[Task], int]]:
         plans = []
+        self._asked_from = starts
         name = self.source.name
         _call_plugin("source", name, getattr(self.source, "prepare_symbols", _no_hook), symbols, tf)
         for symbol in symbols:
@@ -405,7 +406,8 @@ class Pipeline:
                     uncommitted = 0
                 current = task.symbol
                 for transform in self.transforms:
-                    transform.start_series(current, *ranges[current])
+                    first, stop = ranges[current]  # from before the listing: its period is whole
+                    transform.start_series(current, min(first, self._asked_from.get(current, first)), stop)
             elif uncommitted >= self.commit_every and task.stream is not stream:
                 self._commit()  # the commit the previous stream's tasks put off
                 uncommitted = 0

@@ -162,3 +162,51 @@ def test_resample_refuses_periods_that_do_not_nest(source_tf, target):
     cols = ("source", "symbol", "timeframe", "open_ts", "end_ts", "open", "high", "low", "close", "volume")
     with pytest.raises(UsageError, match=f"cannot resample {source_tf} candles to {target}"):
         Resample(resample_to=target).apply(Batch("x", "S", source_tf, cols, [("x", "S", source_tf, 0, 1, "1", "1", "1", "1", "1")]))
+
+
+def _hour_of(volumes: list[str], price: str = "42000.1") -> tuple:
+    from forge_core.builtin_transforms import Resample
+    from forge_core.records import CANDLE_COLUMNS, Batch
+
+    rows = [("okx", "X", "1m", i * 60_000, i * 60_000 + 59_999, price, price, price, price, v)
+            for i, v in enumerate(volumes)]
+    resample = Resample(resample_to="1h")
+    resample.start_series("X", 0, 3_600_000)
+    resample.apply(Batch("okx", "X", "1m", CANDLE_COLUMNS, rows, "rest"))
+    last = resample.end_series()
+    assert last is not None
+    return last.rows[0]
+
+
+def test_resample_sums_in_the_sources_number_format():
+    """OKX writes decimals without padding zeros: its 1h volume of 0.15 + 0.25 is 0.4, not the
+    0.40 a plain Decimal sum prints; Binance pads to 8 decimals, and so does the sum."""
+    assert _hour_of(["0.15", "0.25", "100"])[9] == "100.4"
+    assert _hour_of(["0.15", "0.85"])[9] == "1"
+    assert _hour_of(["0.15000000", "0.25000000"], "42000.10000000")[9] == "0.40000000"
+
+
+def test_resample_sums_do_not_round_at_28_digits():
+    big = "98765432109876543210.12345678"  # 28 digits: the sum has 29, Decimal's default precision 28
+    assert _hour_of([big, big])[9] == "197530864219753086420.24691356"
+
+
+def test_resample_keeps_the_listing_period_of_a_range_from_before_the_listing(exchange_env):
+    """NEWUSDT trades from 2024-01-15 08:00: asked from 2024-01-14, its first day is whole (there is
+    no candle before the listing to miss), as the exchange's own 1d candle of that day is."""
+    from forge_core import Sink
+
+    rows: list = []
+
+    class Memory(Sink):
+        name = "memory"
+
+        def write(self, batch):
+            rows.extend(batch.rows)
+
+    Pipeline("binance", [Memory()], [("resample", {"resample_to": "1d"})]).run(
+        "NEWUSDT", "1m", "2024-01-14", "2024-01-16 23:59")
+    lo, hi = parse_range("2024-01-14", "2024-01-16 23:59")
+    native = binance_rows("NEWUSDT", "1d", lo, hi, exchange_env.config.now)
+    assert [r[3] for r in native] == [1705276800000, 1705363200000]  # 2024-01-15 and -16
+    assert rows == native
