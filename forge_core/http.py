@@ -589,7 +589,9 @@ class HttpClient:
             what = "connection refused by a host that has not answered in this run"
         else:
             return None
-        advice = f"is the host right? {self.envvar} sets it" if self.envvar else "is the base URL right?"
+        # as the bad-URL error: the URL may come from the option (--base-url, --archive-url) as well
+        advice = (f"is the host right? the base URL option or {self.envvar} sets it" if self.envvar
+                  else "is the base URL right?")
         if self.hint:
             advice += f"; {self.hint}"
         return Unreachable(f"{self.host}{urlsplit(url).path}: {what} ({_short(exc)}); not retried ({advice})")

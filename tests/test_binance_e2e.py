@@ -185,8 +185,13 @@ def test_unreachable_exchange_fails_cleanly(forge, in_tmp, monkeypatch):
     assert result.code == 1
     # nothing ever answered there: not retried (issue 16), and the message names the variable
     assert "127.0.0.1:9/api/v3/time: connection refused" in result.err and "Connection refused" in result.err
-    assert "not retried" in result.err and "FORGE_BINANCE_URL" in result.err
+    assert "not retried (is the host right? the base URL option or FORGE_BINANCE_URL sets it)" in result.err
     assert "Traceback" not in result.err and not list(in_tmp.glob("*.csv"))
+    # given as --base-url, not in the environment: it named only the variable, which was not set
+    monkeypatch.delenv("FORGE_BINANCE_URL")
+    given = forge("run", "-s", "binance", "--symbol", "BTCUSDT", "--from", "2024-01-01", "--to", "2024-01-02",
+                  "--base-url", "http://127.0.0.1:9")
+    assert given.code == 1 and "the base URL option or FORGE_BINANCE_URL sets it" in given.err, given
 
 
 def _fast_fail(real):
