@@ -177,6 +177,20 @@ def test_csv_bad_input(forge, loaded_csv):
     assert res.code == 2 and "--output FILE is required" in res.err
 
 
+@pytest.mark.parametrize("command", ["verify", "repair"])
+def test_symbols_the_store_does_not_hold_are_refused_before_any_is_checked(forge, loaded_csv, exchange_env, command):
+    """Among several symbols, one the store does not hold (or a typo) was refused after the
+    symbols before it were checked against the exchange, their reports lost; now first, all of
+    them named, no candle asked for."""
+    before = dict(exchange_env.stats)
+    res = forge(command, "-s", "binance", "--symbol", "BTCUSDT,ETHUSDT,BTCUSTD", "-t", "5m", "--from", "2024-01-01",
+                "--to", "2024-02-29", "--output", "btc.csv")
+    assert res.code == 2 and len(res.err.strip().splitlines()) == 1, res
+    assert "CSV file btc.csv holds no binance ETHUSDT, BTCUSTD 5m candles from 2024-01-01T00:00:00Z" in res.err
+    served = {k: exchange_env.stats[k] - before.get(k, 0) for k in exchange_env.stats}
+    assert served.get("binance.spot.candles", 0) == 0 and served.get("archive.zip", 0) == 0, served
+
+
 def test_sink_without_hooks_is_refused(forge, exchange_env, monkeypatch):
     import forge_core.cli
     from forge_core import Sink, hookimpl

@@ -162,7 +162,10 @@ def _checked(store: IntegrityStore, name: str, source_cls: type, source_opts: di
                       delete_extra=bool(kw.get("delete_extra")), recheck=bool(kw.get("recheck")),
                       workers=kw["workers"], deep=kw.get("deep") or 0, deep_seed=kw.get("deep_seed") or 0)
     reports: list[SeriesReport] = []
-    for symbol in _symbols(list(kw["symbol"])):
+    symbols = _symbols(list(kw["symbol"]))
+    if len(symbols) > 1:  # one alone is refused as cheaply by run()
+        checker.check_held(symbols, kw["timeframe"], start, end)
+    for symbol in symbols:
         reports.append(checker.run(symbol, kw["timeframe"], start, end))
     mark_outages(store, reports)  # the same hole in several symbols: the venue's outage
     if not kw["as_json"]:

@@ -350,6 +350,34 @@ class Checker:
         self.fetches = 0  # pipeline runs (or guided fetches) against the exchange
         self._unsaved = False  # the store could not write the ledger (warned once)
 
+    def _holds(self, sv: str, symbol: str, tf: Timeframe, start: int, limit: int) -> bool:
+        """Whether the store holds a row of the series in ``[start, limit)`` (optional hook
+        ``holds``: a cheap existence check; else its series' extents)."""
+        holds = getattr(self.store, "holds", None)
+        if holds is not None:
+            return bool(holds(sv, symbol, tf.name, start, limit))
+        return any(s.first_open < limit and s.last_open >= start for s in self.store.series(sv, symbol, tf.name))
+
+    def check_held(self, symbols: list[str], timeframe: str, start: int, end: int) -> None:
+        """Refuse, before any series is checked, symbols of which the store holds nothing in the
+        range and has no ledger entry (else the refusal came after the series before it were
+        checked, their reports lost)."""
+        source = self.make_source()
+        try:
+            tf = source_timeframe(source, timeframe)
+            sv = source.source_value
+            limit = min(end, tf.floor(source.server_time()))
+        finally:
+            source.close()
+        if start >= limit:
+            return  # run() says so
+        keys = [key for key, _, _ in partitions(start, limit)]
+        absent = [s for s in symbols if not self._holds(sv, s, tf, start, limit)
+                  and not any(key in self.store.ledger(sv, s, tf.name) for key in keys)]
+        if absent:
+            raise UsageError(f"{self.store.describe()} holds no {sv} {', '.join(absent)} {tf.name} candles from "
+                             f"{iso(start)} to {iso(tf.floor(limit - 1))}; 'forge status' lists what it holds")
+
     def run(self, symbol: str, timeframe: str, start: int, end: int) -> SeriesReport:
         source = self.make_source()
         try:
@@ -372,9 +400,7 @@ class Checker:
             held: _Held = _Held(self._repair_states(sv, symbol, tf, start, limit, parts, ledger, lost))
             found = bool(held.result())
         else:  # the store digests its partitions while the exchange side downloads
-            holds = getattr(self.store, "holds", None)  # optional hook: a cheap existence check
-            found = (holds(sv, symbol, tf.name, start, limit) if holds is not None else
-                     any(s.first_open < limit and s.last_open >= start for s in self.store.series(sv, symbol, tf.name)))
+            found = self._holds(sv, symbol, tf, start, limit)
             held = _Held(pool.submit(self.store.partitions, sv, symbol, tf.name, start, limit) if found else {})
         pool.shutdown(wait=False)
         if not found and not any(key in ledger for key, _, _ in parts):
