@@ -6,7 +6,8 @@
 interval are served, so ``before`` alone gives the latest page. ``limit`` defaults to 100 and
 is capped at 300 (history: ``config.okx_history_limit``, 100 = the legacy maximum).
 ``candles`` only has the latest 1,440 bars; the bar still open at ``mock.now()`` comes with
-``confirm "0"``; ``1s`` bars only for the last ``extra["okx_1s_days"]`` (90) days. Plain ``6H 12H 1D 1W 1M`` open on Hong Kong (UTC+8) boundaries, their
+``confirm "0"``; ``1s`` bars only for the last ``extra["okx_1s_days"]`` (90) days; LTC-USDT's
+bars shorter than a day only from 2018-01-11 11:12 UTC, months after its listTime (C.2). Plain ``6H 12H 1D 1W 1M`` open on Hong Kong (UTC+8) boundaries, their
 ``utc`` variants on UTC ones; a wrong case (``1h``) is HTTP 400 ``51000``. An unknown
 ``instId`` is HTTP **200** ``51001`` with ``"data":[]``; ``instruments`` for ``instType=OPTION``
 without ``instFamily`` (or ``uly``) is HTTP 400 ``50015``, and ``1s`` bars of an option 400 ``51000``; ``candles`` for a settled (expired)
@@ -46,6 +47,8 @@ ENVIRONMENT = ("FORGE_OKX_URL",)  # what `forge mock-exchange` tells users to ex
 
 SPOT_LISTED = 1515628800000  # 2018-01-11: the oldest BTC-USDT 1m bar OKX serves
 SWAP_LISTED = 1575936000000  # 2019-12-10
+OLD_LISTED = 1507593600000  # 2017-10-10: LTC-USDT's listTime and first daily bar
+INTRADAY_FROM = 1515669120000  # 2018-01-11 11:12 UTC: its first 1m bar (DSM's BTC-USDT 1m, C.2)
 FUTURES_LISTED = 1734076800000  # 2024-12-13 08:00 UTC
 FUTURES_EXPIRY = 1743148800000  # 2025-03-28 08:00 UTC
 EXPIRED_LISTED = 1703232000000  # 2023-12-22 08:00 UTC
@@ -62,6 +65,9 @@ class Instrument:
     inst_type: str  # SPOT | SWAP | FUTURES
     ct_val: str = ""  # contract size in base currency, derivatives only
     exp_time: int | None = None
+    # history-candles keeps bars shorter than a day only from here (exchange-apis.md C.2, "How far
+    # back", a third party's measurement: BTC-USDT 1m back to 2018-01-11 11:12 UTC, 1D to 2017-10-10)
+    intraday_from: int | None = None
 
     @property
     def inst_id(self) -> str:
@@ -72,6 +78,8 @@ INSTRUMENTS: dict[str, Instrument] = {i.inst_id: i for i in (
     Instrument(Listing("BTC-USDT", SPOT_LISTED, (MAINTENANCE,), 4_200_000), "SPOT"),
     Instrument(Listing("ETH-USDT", SPOT_LISTED, (MAINTENANCE,), 250_000), "SPOT"),
     Instrument(Listing("NEW-USDT", NEW_LISTED, (), 150), "SPOT"),  # listed mid-range
+    # listTime 2017-10-10 and daily bars from it, but minutes and hours only from 2018-01-11 11:12
+    Instrument(Listing("LTC-USDT", OLD_LISTED, (), 5_000), "SPOT", intraday_from=INTRADAY_FROM),
     Instrument(Listing("BTC-USDT-SWAP", SWAP_LISTED, (MAINTENANCE,), 4_200_000), "SWAP", "0.01"),
     Instrument(Listing("BTC-USDT-250328", FUTURES_LISTED, (), 4_200_000), "FUTURES", "0.01", FUTURES_EXPIRY),
     Instrument(Listing("BTC-USD-250328-90000-C", FUTURES_LISTED, (), 4_200_000), "OPTION", "0.01", FUTURES_EXPIRY),
@@ -232,7 +240,7 @@ def candles(mock: MockExchange, budget: Budget, req: Request, history: bool) -> 
         return envelope([], "50004", "API endpoint request timeout. (does not mean that the request was "
                         "successful or failed, please check the request result).", 400)
     latest = tf.floor(now)
-    oldest = tf.floor(inst.listing.listed)
+    oldest = first_bar(inst, tf)
     if not history:  # /market/candles keeps the latest 1,440 bars only
         oldest = max(oldest, tf.floor(_back(tf, latest, RECENT_BARS - 1)))
     elif req.arg("bar") == "1s":  # "It is last 3 months supported for 1s candlestick"
@@ -246,6 +254,16 @@ def candles(mock: MockExchange, budget: Budget, req: Request, history: bool) -> 
         ts = tf.floor(ts - 1)
     mock.count(f"okx.{budget.key}.rows", len(rows))
     return envelope(rows)
+
+
+def first_bar(inst: Instrument, tf: Any) -> int:
+    """The oldest bar history-candles serves: the listing's, later for intraday bars of an
+    instrument whose minutes OKX keeps for a shorter time than its days."""
+    first = tf.floor(inst.listing.listed)
+    ms = getattr(tf, "ms", None) or getattr(getattr(tf, "utc", None), "ms", None)
+    if inst.intraday_from is not None and ms is not None and ms < 86_400_000:
+        first = max(first, tf.ceil(inst.intraday_from))
+    return first
 
 
 def _back(tf: Any, ts: int, count: int) -> int:
@@ -329,7 +347,7 @@ def okx_rows(inst_id: str, timeframe: str, start: int, end: int, now: int) -> li
     inst = INSTRUMENTS[inst_id]
     tf = parse_timeframe(timeframe)
     rows = []
-    for ts in open_times(inst.listing, tf, start, end):
+    for ts in open_times(inst.listing, tf, max(start, first_bar(inst, tf)), end):
         close = tf.end_ts(ts)
         if close >= now:
             break

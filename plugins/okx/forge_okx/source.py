@@ -138,6 +138,7 @@ class OkxSource(Source):
         self._settled: set[str] = set()  # expired contracts: /market/candles answers 50047
         # symbol -> (OKX's oldest 1s bar, monotonic time it was found) for 1s ranges reaching below it
         self._kept_1s: dict[str, tuple[int, float]] = {}
+        self._first: dict[tuple[str, str], int] = {}  # (symbol, timeframe) -> OKX's first bar, once found
 
     def _client(self, base_url: str, per_window: int, name: str) -> HttpClient:
         limiter = RateLimiter(per_window, WINDOW + SLACK, name=f"okx-{name}")
@@ -194,9 +195,13 @@ class OkxSource(Source):
         return self._now
 
     def prepare(self, symbol: str, timeframe: Timeframe) -> SymbolInfo:
-        """Validate the instrument and find ``listTime``, trusted only once a one-row probe
-        finds no bar before it: listTime is when continuous trading started, which need not
-        be OKX's first bar, and skipping history that exists would lose candles."""
+        """Validate the instrument and find its first bar from ``listTime``. listTime is when
+        continuous trading started, which need not be OKX's first bar either way: bars before
+        it (skipping them would lose candles) or none for months after it (OKX keeps ``1m``
+        bars of BTC-USDT from 2018-01-11 but ``1D`` from 2017-10-10, exchange-apis.md C.2). One
+        page of the 100 bars from one before the listing tells both; when it is empty, a
+        bisection finds the first bar (a walk believed the listing's bar to exist, and an empty
+        answer above it failed the run after 7 s of re-asking)."""
         kind = inst_type(symbol)
         params = {"instType": kind, "instId": symbol}
         if kind == "OPTION":  # required for options: BTC-USD-250328-90000-C is of family BTC-USD
@@ -216,13 +221,29 @@ class OkxSource(Source):
             if not listed:
                 return SymbolInfo(symbol)
             first = timeframe.floor(int(listed))
-            older, _ = self._page(HISTORY, symbol, timeframe, first, limit=1)
+            if timeframe.name == "1s":  # 1s bars as old as the listing are long gone: see plan
+                _, older = self._page(HISTORY, symbol, timeframe, first, limit=1)
+                return SymbolInfo(symbol, None if older is not None else first)
+            # 99 bars from the listing and the one before it: the page holds a bar before the
+            # listing if there is one, and else the first bar, whatever the server's cap (100)
+            window = timeframe.next_open(first, LEGACY - 1)
+            _, oldest = self._page(HISTORY, symbol, timeframe, window, limit=LEGACY)
+            sure = True
+            if oldest is None and window <= self._now:
+                oldest, sure = self._oldest(symbol, timeframe, window)
         except OkxError as exc:
             raise self._explain(exc, symbol, timeframe) from None
-        # a bar known to exist: an empty answer for bars before a later time is never believed
-        if timeframe.name != "1s":  # 1s bars as old as the listing are long gone: see plan
-            self._known[(symbol, timeframe.name)] = older[0][self._open_index] if older else first
-        return SymbolInfo(symbol, None if older else first)
+        key = (symbol, timeframe.name)
+        if oldest is not None and oldest < first:  # bars before the listing: it is not the first
+            self._known[key] = oldest  # a bar known to exist: an empty answer above it is never believed
+            return SymbolInfo(symbol)
+        if oldest is None or not sure:  # no bar yet (a listing to come), or a search misled
+            return SymbolInfo(symbol, first)
+        self._known[key] = self._first[key] = oldest
+        if oldest > first:
+            log.warning("okx_first_candle_after_listing", symbol=symbol, timeframe=timeframe.name,
+                        listed=iso(first), first_candle=iso(oldest))
+        return SymbolInfo(symbol, oldest)
 
     def page_size(self, timeframe: Timeframe) -> int:
         return PAGE
@@ -230,7 +251,38 @@ class OkxSource(Source):
     def plan(self, symbol: str, timeframe: Timeframe, start: int, end: int) -> Any:
         if timeframe.name == "1s" and start < end:
             self._find_kept_1s(symbol, timeframe, start, end)
+        elif start < end:
+            start = self._find_first(symbol, timeframe, start, end)
         return super().plan(symbol, timeframe, start, end)
+
+    def _find_first(self, symbol: str, tf: Timeframe, start: int, end: int) -> int:
+        """Where to start asking: ``start``, or OKX's first bar when none is before ``start``
+        and the first is not known yet (an expired contract, no longer listed; a listTime after
+        OKX's first bar). Before, a walk believed every empty answer below a bar it knew of:
+        a range before the first bar was 0 rows, exit 0, or a leading hole 'affirmed' by the
+        exchange with no candle on its near side."""
+        key = (symbol, tf.name)
+        known = self._known.get(key)
+        if (known is not None and known <= start) or key in self._first:
+            return start
+        try:
+            _, below = self._page(HISTORY, symbol, tf, start, limit=1)
+            if below is not None:
+                self._known[key] = below
+                return start
+            oldest, sure = self._oldest(symbol, tf, start, known)
+        except OkxError as exc:
+            raise self._explain(exc, symbol, tf) from None
+        if not sure:
+            return start
+        if oldest is None or oldest >= end:
+            first = "none at all" if oldest is None else f"its first opens {iso(oldest)}"
+            raise SourceError(f"OKX has no {symbol} {tf.name} candle before {iso(end)}, where the range ends "
+                              f"({first}); choose a later range")
+        self._known[key] = self._first[key] = oldest
+        log.warning("okx_first_candle", symbol=symbol, timeframe=tf.name, first_candle=iso(oldest),
+                    not_asked=f"{iso(start)}..{iso(oldest - 1)}")
+        return oldest
 
     def _find_kept_1s(self, symbol: str, tf: Timeframe, start: int, end: int) -> None:
         """Where OKX's ``1s`` history of ``symbol`` begins, if ``[start, end)`` reaches below it.
@@ -253,7 +305,7 @@ class OkxSource(Source):
             if below is not None:
                 self._known[key] = below
                 return
-            oldest, sure = self._oldest_1s(symbol, tf, start)
+            oldest, sure = self._oldest(symbol, tf, start)
         except OkxError as exc:
             raise self._explain(exc, symbol, tf) from None
         if not sure:  # a wrong empty answer misled the search: walk as if nothing were known
@@ -269,13 +321,17 @@ class OkxSource(Source):
         log.warning("okx_1s_not_kept", symbol=symbol, not_available=f"{iso(start)}..{iso(kept[0] - 1)}",
                     oldest_1s=iso(kept[0]))
 
-    def _oldest_1s(self, symbol: str, tf: Timeframe, start: int) -> tuple[int | None, bool]:
-        """OKX's oldest 1s bar (None: it has none), known to have none before ``start``; and
-        whether a last probe below it confirms it is the oldest."""
-        lo, hi = start, tf.floor(self._now) + tf.ms  # no bar before lo; the newest before hi
-        if self._page(HISTORY, symbol, tf, hi, limit=1)[1] is None:
-            return None, True
-        while hi - lo > LEGACY * tf.ms:
+    def _oldest(self, symbol: str, tf: Timeframe, start: int, known: int | None = None) -> tuple[int | None, bool]:
+        """OKX's oldest bar (None: it has none), known to have none before ``start`` (a bar at
+        ``known``, if given); and whether a last probe below it confirms it is the oldest."""
+        lo = start  # no bar before lo; one before hi
+        if known is not None:
+            hi = tf.next_open(known)
+        else:
+            hi = tf.next_open(tf.floor(self._now))
+            if self._page(HISTORY, symbol, tf, hi, limit=1)[1] is None:
+                return None, True
+        while tf.count(lo, hi) > LEGACY:
             mid = tf.floor((lo + hi) // 2)
             if self._page(HISTORY, symbol, tf, mid, limit=1)[1] is None:
                 lo = mid

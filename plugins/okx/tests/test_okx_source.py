@@ -459,3 +459,57 @@ def test_a_later_plan_of_a_cut_1s_series_asks_and_says_nothing_more(fresh_mock, 
         assert list(src.plan("BTC-USDT", tf, kept + 600_000, kept + 900_000))
         assert fresh_mock.stats["okx.history.requests"] == asked
         assert caplog.text.count("okx_1s_not_kept") == 1
+
+
+# -- the first bar: listTime need not be it (exchange-apis.md C.2 "How far back") ---------------
+LTC_LISTED = 1507593600000  # the mock's LTC-USDT: listTime 2017-10-10, daily bars from it
+LTC_MINUTES = 1515669120000  # ... and 1m bars only from 2018-01-11 11:12 UTC (DSM's BTC-USDT 1m)
+
+
+def test_the_first_1m_bar_months_after_the_listing_is_found(fresh_mock):
+    """OKX keeps BTC-USDT 1m bars from 2018-01-11 but 1D bars from 2017-10-10: the listing was
+    taken as a bar known to exist, so a 1m range after it failed after 7 s of re-asking
+    ('keeps answering empty ... though it has candles from 2017-10-10')."""
+    from forge_core import Pipeline
+    from forge_core.testing import MemorySink
+
+    src = source(fresh_mock)
+    assert src.prepare("LTC-USDT", parse_timeframe("1m")).first_open == LTC_MINUTES
+    assert src.prepare("LTC-USDT", parse_timeframe("1d")).first_open == LTC_LISTED
+    assert src.prepare("LTC-USDT", parse_timeframe("1h")).first_open == LTC_MINUTES + 48 * 60_000
+    sink = MemorySink()
+    result = Pipeline(("okx", {"base_url": fresh_mock.url}), [sink]).run(
+        "LTC-USDT", "1m", "2017-12-01", "2018-01-11T12:00")
+    assert [tuple(r.values()) for r in sink.rows("LTC-USDT")] == okx_rows(
+        "LTC-USDT", "1m", LTC_MINUTES, LTC_MINUTES + 48 * 60_000 + 60_000, NOW)
+    assert not result.holes.get("LTC-USDT")
+
+
+def test_a_range_before_the_first_bar_of_an_unlisted_contract_is_refused(fresh_mock):
+    """An expired contract is gone from /public/instruments, so no listTime: a range before its
+    first bar was 0 candles and exit 0; now one line naming the first bar."""
+    from forge_core import Pipeline
+    from forge_core.testing import MemorySink
+
+    with pytest.raises(SourceError) as caught:
+        Pipeline(("okx", {"base_url": fresh_mock.url}), [MemorySink()]).run(
+            "BTC-USDT-240329", "1h", "2023-11-01", "2023-11-30")
+    assert str(caught.value) == ("OKX has no BTC-USDT-240329 1h candle before 2023-12-01T00:00:00Z, where the "
+                                 "range ends (its first opens 2023-12-22T08:00:00Z); choose a later range")
+    assert fresh_mock.stats["okx.history.requests"] < 20
+
+
+def test_a_range_reaching_before_the_first_bar_of_an_unlisted_contract_claims_no_hole(fresh_mock):
+    """The part before its first bar was reported as a hole 'exchange affirmed empty: candles on
+    both sides', with no candle on its near side."""
+    from forge_core import Pipeline
+    from forge_core.testing import MemorySink
+
+    sink = MemorySink()
+    result = Pipeline(("okx", {"base_url": fresh_mock.url}), [sink]).run(
+        "BTC-USDT-240329", "1h", "2023-12-20", "2023-12-23")
+    first = 1703232000000  # 2023-12-22 08:00 UTC
+    assert [tuple(r.values()) for r in sink.rows("BTC-USDT-240329")] == okx_rows(
+        "BTC-USDT-240329", "1h", first, first + 40 * HOUR, NOW)
+    assert not result.holes.get("BTC-USDT-240329")
+    assert "affirmed" not in result.summary()
