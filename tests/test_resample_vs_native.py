@@ -18,9 +18,11 @@ CASES = [
     ("binance", "spot", "ETHUSDT", "1d", "2024-01-01", "2024-01-31"),  # the hole inside a day
     ("binance", "spot", "BTCUSDT", "1h", "2025-03-14", "now"),  # ends now: the open hour is left out
     ("binance", "usdm", "BTCUSDT", "4h", "2024-01-08", "2024-01-12"),
+    ("binance", "spot", "BTCUSDT", "1w", "2024-01-01", "2024-01-28"),  # Monday to Sunday, 4 weeks
+    ("binance", "spot", "ADAUSDT", "1M", "2024-02-01", "2024-02-29"),  # a calendar month, leap February
     ("binance", "coinm", "BTCUSD_PERP", "1d", "2024-01-01", "2024-01-20"),
     ("okx", "", "BTC-USDT", "1h", "2024-01-09", "2024-01-11"),
-    ("okx", "", "BTC-USDT-SWAP", "1d", "2024-01-01", "2024-01-20"),  # OKX's UTC day (1Dutc)
+    ("okx", "", "BTC-USDT-SWAP", "1d", "2024-01-09", "2024-01-11"),  # OKX's UTC day (1Dutc), the hole
 ]
 
 
