@@ -53,9 +53,12 @@ def plan_command(plugins: Plugins) -> click.Command:
             if start > now:  # the run's own refusal, and no partition after the exchange's now
                 raise UsageError(f"from date {iso(start)} is in the future (exchange time {iso(now)})")
             end = min(end, now + 1)
-            ended = _ended(source, symbols, timeframe, end)
-            planned = [p for p in parts.plan(source.name, market_of(source.settings), symbols, tf, start, end)
-                       if p.symbol not in ended or p.start < ended[p.symbol]["stop"]]
+            listed, ended = _bounds(source, symbols, timeframe, start, end)
+            every = parts.plan(source.name, market_of(source.settings), symbols, tf, start, end)
+            before = {p.symbol for p in every if p.symbol in listed and p.end <= listed[p.symbol]["first_open"]}
+            listed = {symbol: first for symbol, first in listed.items() if symbol in before}
+            planned = [p for p in every if (p.symbol not in ended or p.start < ended[p.symbol]["stop"])
+                       and (p.symbol not in listed or p.end > listed[p.symbol]["first_open"])]
             states = (_states(plugins, kw["sink"], _route(given, plugins.get("sink", kw["sink"])), source.source_value,
                               planned) if kw["sink"] else {})
         finally:
@@ -64,7 +67,7 @@ def plan_command(plugins: Plugins) -> click.Command:
         if kw["needs_work"]:
             rows = [r for r in rows if r["state"] not in ("verified", "complete")]
         if kw["as_json"]:
-            click.echo(json.dumps({"partitions": rows, "ended": {
+            click.echo(json.dumps({"partitions": rows, "listed": listed, "ended": {
                 symbol: {k: v for k, v in e.items() if k != "stop"} for symbol, e in ended.items()}}, indent=1))
             return
         for r in rows:
@@ -72,7 +75,11 @@ def plan_command(plugins: Plugins) -> click.Command:
         counts: dict[str, int] = {}
         for r in rows:
             counts[r["state"]] = counts.get(r["state"], 0) + 1
-        click.echo(f"{len(rows)} partitions: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        click.echo(f"{len(rows)} partitions" + "".join(
+            f"{': ' if i == 0 else ', '}{n} {state}" for i, (state, n) in enumerate(sorted(counts.items()))))
+        for symbol, first in listed.items():
+            click.echo(f"{symbol} first candle {first['first_candle']} (its listing): no partition before "
+                       f"{first['first_candle'][:7]}")
         for symbol, e in ended.items():
             click.echo(f"{symbol} {e['reason']}: " + (
                 "no candles at all, no partition" if e["last_open"] is None else
@@ -95,21 +102,27 @@ def plan_command(plugins: Plugins) -> click.Command:
                               "run them with forge run --partition KEY.")
 
 
-def _ended(source: Source, symbols: list[str], tf: Timeframe, end: int) -> dict[str, dict[str, Any]]:
-    """The symbols whose series ends before ``end``, as the exchange confirms it
-    (``SymbolInfo.ended``): where ``forge run`` stops (after the last candle), in its words."""
+def _bounds(source: Source, symbols: list[str], tf: Timeframe, start: int,
+            end: int) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Where ``forge run`` starts and stops each series, as the exchange says: the symbols
+    listed after ``start`` (no partition before the month of their first candle, which a run
+    of it refuses) and those whose series ends before ``end`` (``SymbolInfo.ended``: none after
+    the last candle), in its words."""
     source.prepare_symbols(symbols, tf)
-    out = {}
+    listed, ended = {}, {}
     for symbol in symbols:
         info = source.prepare(symbol, tf)
+        if info.first_open is not None and tf.floor(info.first_open) > start:
+            first = tf.floor(info.first_open)
+            listed[symbol] = {"first_open": first, "first_candle": display(first)}
         if info.ended is None:
             continue
         last = info.last_open
         stop = 0 if last is None else tf.next_open(tf.floor(last))
         if stop < end:
-            out[symbol] = {"reason": info.ended, "last_open": last,
-                           "last_candle": None if last is None else display(last), "stop": stop}
-    return out
+            ended[symbol] = {"reason": info.ended, "last_open": last,
+                             "last_candle": None if last is None else display(last), "stop": stop}
+    return listed, ended
 
 
 def _states(plugins: Plugins, sink: str, given: dict[str, Any], source_value: str,

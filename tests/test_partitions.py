@@ -224,3 +224,28 @@ def test_forge_plan_refuses_a_store_option_without_its_sink(forge, exchange_env,
                                          "source or sink; add --sink csv to read the partitions' state from it\n")
     other = forge(*args, "--sink", "csv", "--output", "btc.csv", "--root", "pq")
     assert other.code == 2 and "option --root belongs to sink parquet, not to this command's source or sink\n" in other.err
+
+
+def test_forge_plan_starts_where_the_run_starts_at_a_listing(forge, exchange_env, in_tmp):
+    """It listed the months before a symbol's listing, which `forge run --partition` then
+    refuses (exit 1, 'no NEWUSDT candles before ...'): an orchestrator's every such task failed.
+    The plan now starts at the month of the first candle and says why, as it stops at a delisting."""
+    import json as jsonlib
+
+    out = forge("plan", "-s", "binance", "--symbol", "NEWUSDT,BTCUSDT", "-t", "1h", "--from", "2023-11-01",
+                "--to", "2024-01-31")
+    assert out.code == 0, out
+    keys = [line.split()[0] for line in out.out.splitlines() if line.startswith("binance:")]
+    assert keys == ["binance:spot:NEWUSDT:1h:2024-01"] + [
+        f"binance:spot:BTCUSDT:1h:{m}" for m in ("2023-11", "2023-12", "2024-01")]
+    assert out.out.rstrip().endswith("NEWUSDT first candle 2024-01-15 08:00:00 UTC (its listing): no partition "
+                                     "before 2024-01")
+    assert forge("run", "--partition", keys[0], "-q").code == 0
+    soon = forge("plan", "-s", "binance", "--market", "usdm", "--symbol", "SOONUSDT", "-t", "1d",
+                 "--from", "2024-01-01", "--to", "2024-03-31", "--json")
+    assert soon.code == 0, soon
+    assert jsonlib.loads(soon.out) == {"partitions": [], "ended": {}, "listed": {"SOONUSDT": {
+        "first_open": 1748822400000, "first_candle": "2025-06-02 00:00:00 UTC"}}}
+    within = forge("plan", "-s", "binance", "--symbol", "NEWUSDT", "-t", "1h", "--from", "2024-01-02", "--to",
+                   "2024-01-31", "--json")  # the listing inside the first month: nothing left out, nothing said
+    assert jsonlib.loads(within.out)["listed"] == {} and len(jsonlib.loads(within.out)["partitions"]) == 1
