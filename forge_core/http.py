@@ -666,7 +666,9 @@ class HttpClient:
                 if self.limiter is not None:
                     self.limiter.pause(retry_after)
             if now + delay > give_up_at:
-                last_error += f" (the next attempt would be after FORGE_HTTP_GIVE_UP_AFTER={self.give_up_after:g}s)"
+                asked = f"the exchange asks to wait {retry_after:.0f}s (Retry-After); " \
+                    if retry_after is not None and retry_after >= delay else ""
+                last_error += f" ({asked}the next attempt would be after FORGE_HTTP_GIVE_UP_AFTER={self.give_up_after:g}s)"
                 break
             self.stats.count(retry=True)
             wall = time.time()

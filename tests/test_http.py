@@ -7,7 +7,7 @@ import time
 import pytest
 
 from forge_core.errors import SourceError
-from forge_core.http import HttpClient, RateLimiter
+from forge_core.http import GaveUp, HttpClient, RateLimiter
 from forge_mock_exchange.server import MockExchange, Response
 
 
@@ -83,6 +83,17 @@ def test_honours_retry_after_on_429(server):
     assert client.get_json("/limited") == {"ok": 1}
     assert time.monotonic() - started >= 0.95
     assert client.stats.as_dict()["http_429"] == 1
+
+
+def test_a_retry_after_past_the_give_up_deadline_fails_at_once_saying_so(server):
+    """It said only 'HTTP 429 (the next attempt would be after FORGE_HTTP_GIVE_UP_AFTER=60s)'
+    after 1 attempt over 0 s: nothing told that the exchange had asked for 600 s."""
+    server.route("/banned", lambda req: Response.json({"code": -1003}, 429, **{"Retry-After": "600"}))
+    client = HttpClient(server.url, give_up_after=60, limiter=RateLimiter(100, 1))
+    with pytest.raises(GaveUp, match=r"after 1 attempts over 0s: HTTP 429 \(the exchange asks to wait 600s "
+                                     r"\(Retry-After\); the next attempt would be after FORGE_HTTP_GIVE_UP_AFTER=60s\)"):
+        client.get_json("/banned")
+    assert 590 < client.limiter.paused_for() <= 600  # every other worker still waits as asked
 
 
 def test_gives_up_with_the_last_error_after_bounded_attempts(server):
