@@ -653,6 +653,17 @@ def test_repair_finds_an_archive_file_republished_since_the_last_check(forge, fr
     again = json.loads(forge("repair", "-s", "binance", *args, "--json").out)
     assert [p["status"] for p in again["series"][0]["partitions"]] == ["skipped", "skipped"]
 
+    # re-published again (the intact file) while the store lost a candle: writing that candle
+    # back made the store equal the ledger's digest, which no longer is the exchange's
+    mock.config.extra["archive_corrupt"] = {}
+    with open(in_tmp / "btc.csv", newline="") as f:
+        header, *rows = list(csv.reader(f))
+    with open(in_tmp / "btc.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *(r for r in rows if int(r[header.index("open_ts")]) != FEB5)])
+    repaired = json.loads(forge("repair", "-s", "binance", *args, "--json").out)
+    assert counts(repaired) == {"missing": 1, "extra": 0, "duplicate": 0, "changed": 10}
+    assert verify(forge, "--output", "btc.csv")[0] == 0
+
 
 @pytest.mark.parametrize("defect", ["values", "short"])
 def test_deep_finds_where_the_archive_and_rest_disagree(forge, mock_exchange_factory, monkeypatch, in_tmp, defect):
