@@ -196,6 +196,10 @@ def test_a_geo_blocked_auto_run_needing_rest_for_a_missing_file_says_so(forge, g
     assert line.startswith("forge: error: BTCUSDT 1h 2024-02-01 00:00:00 UTC..") and "is not in the Binance archive, " \
         "and REST refused this location: HTTP 451" in line, result.err
     assert "use --archive auto" not in result.err
+    strict = forge("run", "-s", "binance", "--symbol", "BTCUSDT", "-t", "1h", "--from", "2024-01-01",
+                   "--to", "2024-03-31", "--archive", "archive", "-q")  # advised --archive auto, refused as well
+    assert strict.code == 1 and "use --archive auto" not in strict.err, strict
+    assert "cannot come from REST either, which refused this location (HTTP 451" in strict.err.splitlines()[-1]
 
 
 def test_a_geo_blocked_expired_contract_asks_rest_nothing(forge, geo):

@@ -958,6 +958,7 @@ class ArchiveFetcher:
                  maker: Callable[[str, Timeframe], RowMaker] | None = None,
                  columns: tuple[str, ...] = COLUMNS, check: RestFetch | None = None) -> None:
         self.client, self.market, self.source, self.rest, self.strict = client, market, source, rest, strict
+        self.no_rest: str | None = None  # REST refused this location (HTTP 451): the refusal's line
         # REST asked whether a file's gaps hold candles (``rest`` stands in for whole files): the
         # source may answer [] when REST cannot tell, and then calls those holes unconfirmed
         self.check = check or rest
@@ -1038,8 +1039,8 @@ class ArchiveFetcher:
             first = gone[0]
             where = f"{iso(first.start)}..{iso(first.end - 1)}"
             reason = self.unreachable or "is not in the archive (HTTP 404)"
-            raise SourceError(f"archive file {first.file.name(symbol, tf)} {reason}; with --archive archive "  # type: ignore[union-attr]
-                              f"nothing is taken from REST instead: use --archive auto to fetch {where} from REST")
+            raise SourceError(f"archive file {first.file.name(symbol, tf)} {reason}; "  # type: ignore[union-attr]
+                              + self._no_rest_advice(where))
         self.client.count("archive_fallbacks", len(gone))
         merged: list[Segment] = []
         for seg in out:
@@ -1351,14 +1352,19 @@ class ArchiveFetcher:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
 
+    def _no_rest_advice(self, where: str) -> str:
+        """Why ``where`` is not taken from REST instead (``strict``), and what would."""
+        if self.no_rest is not None:  # REST refused this location: --archive auto would not help
+            return f"{where} cannot come from REST either, which refused this location ({self.no_rest})"
+        return f"with --archive archive nothing is taken from REST instead: use --archive auto to fetch {where} from REST"
+
     def _instead(self, symbol: str, tf: Timeframe, name: str, start: int, end: int, reason: str,
                  parts: list[tuple[Sequence[Row], str]], through: int | None = None) -> None:
         """REST for ``[start, end)`` in place of the file, said once: ``through`` is the end of
         what goes to REST with it (the file's later slices), if it goes on past ``end``."""
         where = f"{iso(start)}..{iso(max(end, through or end) - 1)}"
         if self.strict:
-            raise SourceError(f"archive file {name} {reason}; with --archive archive nothing is taken "
-                              f"from REST instead: use --archive auto to fetch {where} from REST")
+            raise SourceError(f"archive file {name} {reason}; " + self._no_rest_advice(where))
         self.client.count("archive_fallbacks")
         log.warning("archive_fallback", file=name, reason=reason, rest=where)
         parts.append((self.rest(symbol, tf, start, end), "rest"))

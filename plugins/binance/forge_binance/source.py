@@ -662,6 +662,7 @@ class BinanceSource(Source):
         """The archive's files for ``[start, end)`` once REST refused this location: up to where
         the archive's listing ends (its files are taken as published, whatever the usual guess
         says); the newest days, not archived yet, are not fetched."""
+        self.archive_fetcher.no_rest = self._rest_down  # a missing file's error says REST cannot stand in
         stop = min(self._extent.get((symbol, tf.name), start), self._stops.get((symbol, tf.name), end))
         if stop < end:
             log.info("not_archived_yet", symbol=symbol, timeframe=tf.name, reason="REST unreachable",
