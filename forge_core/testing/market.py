@@ -61,6 +61,9 @@ class Listing:
     # spot BREAK for a while, then trading again: no candle inside (as ``holes``) and, while the
     # clock is inside one, exchangeInfo status BREAK ("Market data is not generated during BREAK")
     pauses: tuple[tuple[int, int], ...] = ()
+    # the status during them: BREAK, or CANCEL_ONLY ("Market data is still generated on this
+    # trading status (except for klines)", binance-spot-api-docs faqs/spot_glossary.md)
+    pause_status: str = "BREAK"
     # a delivery contract past its delivery (``delisted``): gone from exchangeInfo, its archive
     # files still served; REST klines answer as ``extra["expired_klines"]`` says (see mock.py)
     expired: bool = False
@@ -79,7 +82,7 @@ class Listing:
         if self.delisted is not None:
             return {"spot": "BREAK", "usdm": "SETTLING"}.get(market, "DELIVERED")
         if market == "spot" and any(a <= now < b for a, b in self.pauses):
-            return "BREAK"
+            return self.pause_status
         return "TRADING"
 
 
@@ -102,6 +105,9 @@ class Market:
             "OLDUSDT": Listing("OLDUSDT", SPOT_LISTED, (MAINTENANCE,), 80_000, delisted=DELISTED),
             "SOONUSDT": Listing("SOONUSDT", SOON_LISTED, (), 500),  # in exchangeInfo before it trades
             "PAUSEUSDT": Listing("PAUSEUSDT", SPOT_LISTED, (MAINTENANCE,), 1_200, pauses=(PAUSE,)),
+            # cancel-only over the same hours: no klines, exchangeInfo status CANCEL_ONLY
+            "CANCELUSDT": Listing("CANCELUSDT", SPOT_LISTED, (MAINTENANCE,), 900, pauses=(PAUSE,),
+                                  pause_status="CANCEL_ONLY"),
         })
 
     @classmethod

@@ -102,11 +102,13 @@ _DELIVERY_HOUR = 8 * 3_600_000
 # exchangeInfo statuses of a symbol that does not trade, its series cut at the newest candle, in
 # words for the summary; spot enums.md, futures "Contract status": USD-M perpetuals delisted go
 # SETTLING. Spot BREAK is a delisting or a maintenance alike: a follow run asks again (recheck).
-# Any other (TRADING, PENDING_TRADING, spot HALT / END_OF_DAY / CANCEL_ONLY, a status new to
-# Forge) only pauses trading at most, and futures PRE_DELIVERING / PRE_SETTLE still trade until
-# the deliveryDate: they confirm no end, so nothing is cut at the newest candle
+# Spot CANCEL_ONLY makes market data "except for klines" (spot_glossary.md): no candle while it
+# lasts, as in BREAK. Any other (TRADING, PENDING_TRADING, spot HALT, which still makes market
+# data, END_OF_DAY, a status new to Forge) only pauses trading at most, and futures
+# PRE_DELIVERING / PRE_SETTLE still trade until the deliveryDate: they confirm no end, so
+# nothing is cut at the newest candle
 _STATUS_WORDS = {"BREAK": "delisted", "SETTLING": "delisted", "CLOSE": "delisted",
-                 "DELIVERED": "delivered", "DELIVERING": "delivering"}
+                 "DELIVERED": "delivered", "DELIVERING": "delivering", "CANCEL_ONLY": "not trading"}
 # errors.md "10xx - General Server or Network issues": the server failed, not the request, and
 # these come with 400, 408 or 503 as well as 5xx. -1006 and -1007 say "execution status unknown":
 # every request here is a market-data read, so sending it again is safe.

@@ -121,11 +121,11 @@ def test_a_pair_in_break_for_hours_is_not_called_delisted(mock_exchange_factory)
     assert info.last_open == DELISTED - HOUR and info.ended == "not trading (Binance exchangeInfo status BREAK)"
 
 
-@pytest.mark.parametrize("status", ["HALT", "END_OF_DAY", "CANCEL_ONLY", "SOMETHING_NEW"])
+@pytest.mark.parametrize("status", ["HALT", "END_OF_DAY", "SOMETHING_NEW"])
 def test_a_pause_of_trading_is_not_the_end_of_the_series(fresh_mock, source, status):
-    """HALT, END_OF_DAY and CANCEL_ONLY (spot enums.md) pause trading; they do not end it, and
-    neither does a status Forge does not know: nothing is cut at the newest candle (a follow
-    would otherwise leave the symbol alone for the rest of its run)."""
+    """HALT ("Market data is still generated during HALT") and END_OF_DAY (spot enums.md) pause
+    trading; they do not end it, and neither does a status Forge does not know: nothing is cut at
+    the newest candle (a follow would otherwise leave the symbol alone for the rest of its run)."""
     import json
 
     def paused(req, real):
@@ -350,3 +350,20 @@ def test_first_candle_probes_are_asked_while_exchange_info_answers_once_each(fre
     assert all(isinstance(first, int) for first in firsts.values())
     assert sorted(q.split("&")[0] for q in probes if "startTime=0&" in q) == sorted(f"symbol={s}" for s in symbols)
     assert len(info) == 1
+
+
+def test_cancel_only_makes_no_klines_so_the_series_ends_at_its_newest_candle(fresh_exchange_env, tmp_path):
+    """CANCEL_ONLY: "Market data is still generated on this trading status (except for klines)"
+    (binance-spot-api-docs faqs/spot_glossary.md). It was taken for a pause with candles still
+    coming: a backfill to now found the empty tail, asked exchangeInfo again, was told the pair
+    trades, and failed ("answers empty for its past"). Now the tail is the exchange's, named."""
+    from forge_core import Pipeline
+    from forge_core.testing import MemorySink
+    from forge_core.testing.market import PAUSE
+
+    sink = MemorySink()
+    result = Pipeline(("binance", {"base_url": fresh_exchange_env.url, "archive": "rest"}), [sink]).run(
+        "CANCELUSDT", "1m", PAUSE[0] - 10 * 60_000, "now")
+    assert [r["open_ts"] for r in sink.rows("CANCELUSDT")] == [PAUSE[0] - (10 - i) * 60_000 for i in range(10)]
+    assert result.ended["CANCELUSDT"]["reason"] == "not trading (Binance exchangeInfo status CANCEL_ONLY)"
+    assert "CANCELUSDT not trading (Binance exchangeInfo status CANCEL_ONLY): last candle" in result.summary()
