@@ -247,6 +247,8 @@ def test_a_geo_blocked_auto_verify_claims_no_hole_and_deletes_no_row_it_cannot_c
     assert series["counts"] == {"missing": 0, "extra": 10, "duplicate": 0, "changed": 0}
     assert [(e["from"], e["count"], e["reason"]) for e in series["extra"]] == [
         ("2025-03-15T00:00:00Z", 10, "in_unconfirmed_hole")]
+    summary = json.loads(res.out)["summary"]
+    assert (summary["exchange_holes"], summary["unconfirmed_holes"]) == (0, 1)
     text = forge("verify", "-s", "binance", *args)
     assert text.out.splitlines()[-1].endswith("; 0 exchange hole(s), 1 unconfirmed: differences found"), text.out
 

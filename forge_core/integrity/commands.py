@@ -187,6 +187,8 @@ def _checked(store: IntegrityStore, name: str, source_cls: type, source_opts: di
                                "series": [r.as_json() for r in reports],
                                "summary": {**totals, "series": len(reports), "failed_partitions": failed,
                                            **({"deep_disagreements": disagreements} if checker.deep else {}),
+                                           "exchange_holes": sum(len(r.holes) for r in reports) - _doubtful(reports),
+                                           "unconfirmed_holes": _doubtful(reports),
                                            "fetches": checker.fetches,
                                            "written": sum(r.written for r in reports),
                                            "deleted": sum(r.deleted for r in reports), "text": summary}},
@@ -236,6 +238,11 @@ def _lines(report: SeriesReport, name: str, delete_extra: bool) -> list[str]:
     return out
 
 
+def _doubtful(reports: list[SeriesReport]) -> int:
+    """Holes that are not the exchange's word (unconfirmed, fetch failed)."""
+    return sum(h.reason in (UNCONFIRMED, FETCH_FAILED) for r in reports for h in r.holes)
+
+
 def _summary(name: str, reports: list[SeriesReport], totals: dict[str, int], failed: int, fetches: int) -> str:
     parts = sum(len(r.partitions) for r in reports)
     by_status: dict[str, int] = {}
@@ -245,7 +252,7 @@ def _summary(name: str, reports: list[SeriesReport], totals: dict[str, int], fai
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
     counts = ", ".join(f"{k} {totals[k]}" for k in KINDS)
     holes = [h for r in reports for h in r.holes]
-    doubtful = sum(h.reason in (UNCONFIRMED, FETCH_FAILED) for h in holes)  # not the exchange's word
+    doubtful = _doubtful(reports)
     hole_text = f"{len(holes) - doubtful} exchange hole(s)" + (f", {doubtful} unconfirmed" if doubtful else "")
     tail = ""
     if name == "repair":
