@@ -66,7 +66,9 @@ from .times import iso, parse_instant
 log = get_logger(__name__)
 
 FAILED_RETRY_MS = 5_000
-"""A series whose fetch failed while others went on is asked again this much later."""
+"""A series whose fetch failed while others went on is asked again this much later (exchange
+time), then after twice as long at each failure in a row, up to :data:`FAILED_RETRY_MAX_MS`."""
+FAILED_RETRY_MAX_MS = 300_000
 TRANSIENT = (GaveUp, RetryableError, requests.exceptions.RequestException, ConnectionError, TimeoutError)
 """Failures of the exchange a follow run outlives: retried with backoff, forever."""
 
@@ -156,6 +158,13 @@ class SeriesState:
     started: bool = False
     waiting_for: int | None = None  # a boundary whose newest candle the exchange did not have yet
     repoll_at: int | None = None
+    # the exchange failed this series while serving others: since when (exchange time, the
+    # first failure in a row), how often, and when it is asked again (not before, whatever
+    # boundary comes); reset when it is served
+    failing_since: int | None = None
+    failures: int = 0
+    retry_at: int | None = None
+    last_error: str = ""
 
 
 @dataclass
@@ -185,7 +194,10 @@ class FollowResult:
                 f" ({st.ended}: " + ("no candles at all" if st.last_candle is None else
                                      f"last candle {iso(st.last_candle)}") + ", not followed past it unless "
                 "it trades again)")
-            lines.append(f"  {symbol}: last committed candle opens {last}; {st.committed} written this run{ended}")
+            failing = "" if st.failing_since is None else (
+                f" (failing since {iso(st.failing_since)}, {st.failures} failure(s) in a row: {st.last_error})")
+            lines.append(f"  {symbol}: last committed candle opens {last}; {st.committed} written this run{ended}"
+                         f"{failing}")
         stats = ", ".join(f"{k} {v}" for k, v in self.source_stats.items())
         head = (f"followed {len(self.series)} {self.timeframe} series from {self.source} for {self.elapsed:.1f}s"
                 f"{f', stopped by {self.stopped_by}' if self.stopped_by else ''}; {stats}; "
@@ -449,6 +461,8 @@ class Follower:
     def _is_due(self, s: SeriesState, limit: int) -> bool:
         if s.next_start >= limit or _done(s):
             return False
+        if s.retry_at is not None and self.now < s.retry_at:  # failing: backing off
+            return False
         if s.waiting_for == limit:  # the exchange lacked this boundary's newest candle a moment ago
             return s.repoll_at is not None and self.now >= s.repoll_at
         return True
@@ -459,6 +473,9 @@ class Follower:
         wake = self.out_tf.next_open(limit) + int(self.poll_delay * 1000)
         for s in self.series.values():
             if _done(s):
+                continue
+            if s.retry_at is not None and s.retry_at > now and s.next_start < limit:
+                wake = min(wake, s.retry_at)
                 continue
             if s.waiting_for == limit and s.repoll_at is not None:
                 wake = min(wake, s.repoll_at)
@@ -524,23 +541,39 @@ class Follower:
         finally:
             if current is not None and current.symbol not in done:
                 self._finish(current, limit)
-        if failed and len(failed) == len(due):
+        if failed and len(failed) == len(due) and any(s.failing_since is None for s in due):
             raise next(iter(failed.values()))  # the exchange is down: the outage backoff
-        for symbol, error in failed.items():  # one series failing does not hold back the others
-            log.warning("series_failed", symbol=symbol, error=str(error)[:300],
-                        detail="the other series went on; this one is asked again")
-        if not self.stopping.is_set():
+        if not self.stopping.is_set():  # (a pass cut short by a stop served some series only)
             for s in due:
-                if s.next_start >= limit:
+                if s.symbol in failed:
+                    self._failed(s, failed[s.symbol])
+                elif s.failing_since is not None:
+                    log.warning("series_back", symbol=s.symbol, failing_since=iso(s.failing_since),
+                                failures=s.failures, detail="the exchange serves it again")
+                    s.failing_since, s.failures, s.retry_at, s.last_error = None, 0, None, ""
+            for s in due:
+                if s.next_start >= limit or s.symbol in failed:
                     continue
-                if s.symbol in failed:  # asked again in a few seconds, not at the next boundary only
-                    s.waiting_for, s.repoll_at = limit, self.now + FAILED_RETRY_MS
-                elif s.waiting_for == limit:
+                if s.waiting_for == limit:
                     s.repoll_at = None  # one quick second try per boundary, then the next boundary
                 else:  # the exchange lacked the newest candle: ask once more shortly
                     s.waiting_for = limit
                     s.repoll_at = self.now + min(1000, max(200, (self.tf.ms or 60_000) // 4))
         self._commit()
+
+    def _failed(self, s: SeriesState, error: Exception) -> None:
+        """One series failing does not hold back the others: it is asked again after a backoff
+        of its own (5 s of exchange time, doubling to 5 minutes), so a pair the exchange keeps
+        failing costs one attempt every 5 minutes, not an exchangeInfo and a round of retries every 5 s."""
+        if s.failing_since is None:
+            s.failing_since = self.now
+        retry_ms = min(FAILED_RETRY_MS * 2 ** min(s.failures, 16), FAILED_RETRY_MAX_MS)
+        s.failures += 1
+        s.retry_at, s.last_error = self.now + retry_ms, str(error)[:300]
+        s.waiting_for = s.repoll_at = None
+        log.warning("series_failed", symbol=s.symbol, error=s.last_error, failing_since=iso(s.failing_since),
+                    failures=s.failures, retry_in=retry_ms / 1000,
+                    detail="the other series went on; this one is asked again after the backoff")
 
     def _fetch(self, tasks: list[Task]) -> Iterator[tuple[Task, list[Row] | None, Exception | None]]:
         """Fetch concurrently, yield in task order (with the exchange's failure instead of rows
@@ -764,12 +797,17 @@ class StatusLine:
         parts = []
         for sym, s in follower.series.items():
             last = iso(s.last_open)[11:19] if s.last_open is not None else "-"
-            parts.append(f"{sym} {last} lag {lags[sym]:.1f}s")
+            failing = "" if s.failing_since is None else f" failing since {iso(s.failing_since)[11:19]}"
+            parts.append(f"{sym} {last} lag {lags[sym]:.1f}s{failing}")
         line = "following: " + " | ".join(parts)
         if len(line) > width:
             behind = sum(1 for lag in lags.values() if lag > (follower.out_tf.ms or 0) / 1000 + 2)
+            failing = [s for s in follower.series.values() if s.failing_since is not None]
             line = (f"following {len(parts)} series, {len(parts) - behind} current, max lag "
                     f"{max(lags.values(), default=0):.1f}s")
+            if failing:
+                first = min(failing, key=lambda s: s.failing_since or 0)
+                line += f", {len(failing)} failing ({first.symbol} since {iso(first.failing_since)[11:19]})"
         return line
 
     def finish(self) -> None:

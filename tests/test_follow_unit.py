@@ -340,3 +340,58 @@ def test_a_lagging_series_is_rechecked_only_when_it_made_no_progress_since_the_l
     a.next_start += MINUTE  # A catches up, B stands still
     follower._recheck()
     assert source.asked[1] == ["B", "C"]
+
+
+class FailsFor(Minutes):
+    """Serves minutes, except for ``BAD`` while ``failing``: its retries give up (GaveUp)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.failing, self.asked = True, []
+
+    def fetch(self, task):
+        from forge_core.http import GaveUp
+
+        if task.symbol == "BAD":
+            self.asked.append(self.clock[0])
+            if self.failing:
+                raise GaveUp("HTTP 503 after 10 attempts", 503)
+        return [("still", task.symbol, *minute(ts)[2:])
+                for ts in range(task.start, task.end, MINUTE)]
+
+
+def test_a_series_the_exchange_keeps_failing_backs_off_alone_and_resets_when_served() -> None:
+    """BAD fails at every try: asked again after 5, 10, 20 ... s of exchange time, at most 5
+    minutes apart (it was every 5 s for ever: an exchangeInfo and ~7 s of retries each); GOOD
+    is served at every boundary meanwhile; its lone retry failing is no outage of the exchange.
+    Served again, the backoff starts over, and the status line and the summary say since when."""
+    source = FailsFor(clock=[HOUR])
+    follower = Pipeline(source, [ListSink()]).follow(["GOOD", "BAD"], "1m", since=HOUR - MINUTE)
+    follower._pool = ThreadPoolExecutor(4)
+    follower.pipeline.result = RunResult("still", "1m", 0, 0)
+    follower._setup()
+
+    def run_until(t: int) -> None:
+        while source.clock[0] < t:
+            source.clock[0] += 1000
+            follower.clock.stale = True  # read the exchange's clock at each step
+            follower._follow_step(1.0)
+
+    run_until(HOUR + 20 * MINUTE)
+    gaps = [b - a for a, b in zip(source.asked, source.asked[1:], strict=False)]
+    assert gaps[:6] == [5_000, 10_000, 20_000, 40_000, 80_000, 160_000] and set(gaps[6:]) == {300_000}
+    bad, good = follower.series["BAD"], follower.series["GOOD"]
+    assert bad.failing_since == HOUR + 995 and bad.failures == len(source.asked)  # (the clock's 5 ms margin)
+    assert good.last_open == HOUR + 18 * MINUTE and follower.result.outages == 0
+    assert (f"BAD: last committed candle opens none yet; 0 written this run (failing since "
+            f"1970-01-01T01:00:00.995Z, {bad.failures} failure(s) in a row: HTTP 503") in follower.result.summary()
+    stream = Tty()
+    StatusLine(stream)(follower)
+    assert "BAD - lag" in stream.getvalue() and "failing since 01:00:00" in stream.getvalue()
+
+    source.failing = False
+    run_until(source.asked[-1] + 300_000)
+    assert bad.failing_since is None and bad.last_open == good.last_open  # caught up
+    source.failing, tries = True, len(source.asked)
+    run_until(source.clock[0] + 2 * MINUTE)
+    assert [b - a for a, b in zip(source.asked[tries:], source.asked[tries + 1:], strict=False)][:2] == [5_000, 10_000]
