@@ -460,6 +460,32 @@ def test_verify_and_repair_a_parquet_dataset(forge, exchange_env, tmp_path):
     assert res.code == 2 and "parquet root" in one_line(res) and "does not exist" in res.err
 
 
+def test_repair_with_a_ledger_that_cannot_be_written(forge, exchange_env, tmp_path, monkeypatch):
+    """The ledger beside the dataset cannot be replaced (read-only, disk full): repair wrote the
+    month and then failed on the ledger, exit 1 and no report. Now the report, exit 0, one
+    warning; the month is repaired."""
+    import os
+
+    root = tmp_path / "data"
+    assert run(forge, root, *VRANGE).code == 0
+    feb = root / "source=binance/symbol=BTCUSDT/timeframe=5m/year=2024/month=2/part-0.parquet"
+    damage(feb, drop={FEB5}, change={}, add=[])
+    real = os.replace
+
+    def denied(a, b, *args, **kwargs):
+        if str(b).endswith("ledger.json"):
+            raise OSError(30, "Read-only file system", str(b))
+        return real(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", denied)
+    result = forge("repair", "-s", "binance", *VRANGE, "--sink", "parquet", "--root", str(root))
+    assert result.code == 0, result
+    assert result.out.splitlines()[-1].endswith("; wrote 1, deleted 0; 1 fetch from the exchange: repaired")
+    assert result.err.count("ledger_not_saved") == 1 and "Read-only file system" in result.err, result.err
+    monkeypatch.setattr(os, "replace", real)
+    assert verify(forge, root)[0] == 0
+
+
 # -- memory: rows are written as they come, no pandas --------------------------------------------
 def _text_batch(start: str, end: str, symbol: str = "BTCUSDT") -> Batch:
     """The rows of :func:`_batch` held as CSV text, as Binance's archive hands them on."""
