@@ -196,3 +196,29 @@ def test_limiter_keeps_a_legacy_server_free_of_50011(forge, fresh_mock, in_tmp, 
 def test_plugins_command_lists_the_okx_distribution(forge):
     [line] = [x for x in forge("plugins").out.splitlines() if x.split()[:2] == ["source", "okx"]]
     assert "forge-etl-okx 0.1.0" in line
+
+
+def test_1s_rows_okx_no_longer_keeps_are_never_deleted_by_repair(forge, fresh_exchange_env, in_tmp):
+    """OKX keeps 1s bars for a few months (exchange-apis.md C.2): rows stored while it had them
+    are, once it has dropped them, extras in an unconfirmed hole, kept even by repair
+    --delete-extra. They were 'not at exchange' (the hole before OKX's oldest 1s bar has no
+    candle before it, so the source's reason was not attached) and deleted."""
+    import json
+
+    mock = fresh_exchange_env
+    now = mock.config.now
+    mock.config.extra["okx_1s_days"] = 2
+    kept = now - 86_400_000 + 1000 - now % 1000  # OKX's oldest 1s bar once it keeps one day
+    args = ("--symbol", "BTC-USDT", "-t", "1s", "--from", str(kept - 600_000), "--to", str(kept + 299_999),
+            "--output", "s.csv")
+    assert run(forge, *args).code == 0
+    mock.config.extra["okx_1s_days"] = 1  # a day later, as it were: the first 10 minutes are gone
+    res = forge("verify", "-s", "okx", *args, "--json")
+    assert res.code == 1, res
+    series = json.loads(res.out)["series"][0]
+    assert [(e["count"], e["reason"]) for e in series["extra"]] == [(600, "in_unconfirmed_hole")]
+    assert [(h["slots"], h["reason"], "OKX keeps 1s" in h["evidence"].get("why", "")) for h in series["holes"]] == [
+        (600, "unconfirmed", True)]
+    assert forge("repair", "-s", "okx", *args, "--delete-extra").code == 0
+    _, rows = read(in_tmp / "s.csv")
+    assert len(rows) == 900

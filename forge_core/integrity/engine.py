@@ -937,8 +937,10 @@ def find_holes(tf: Timeframe, a: int, b: int, opens: list[int], prev: int | None
                                                  "why": unconfirmed}
             elif after is None:
                 reason, evidence = NO_LATER_CANDLE, {"candle_before": iso(before) if before is not None else None}
-            else:
+            else:  # no candle before it: with the source's reason, a row there is never deleted
                 reason, evidence = UNCONFIRMED, {"candle_after": iso(after)}
+                if unconfirmed is not None:  # e.g. OKX no longer keeps these 1s bars
+                    evidence["why"] = unconfirmed
             holes.append(Hole(lo, tf.floor(hi - 1), tf.count(lo, hi), reason, evidence))
         if tail is not None:
             holes.append(tail)
