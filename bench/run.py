@@ -572,33 +572,82 @@ def _peer(name: str, venv: str, packages: list[str], script: str, mock: MockProc
 def case_tools(mock: MockProcess, args: argparse.Namespace, start: str, end: str, tmp: Path,
                forge_rest: Result) -> list[Result]:
     """Forge (``forge run``, whole process) and the tools users come from, REST and archive,
-    on the same symbol-year; every output checked candle by candle against the mock's market."""
+    on the same symbol-year; every output checked candle by candle against the mock's market.
+
+    freqtrade, the target's peer, runs in ``--tool-pairs`` pairs with Forge on the same path,
+    in turn (Forge, freqtrade, Forge, freqtrade...): the ratio is the median pair's, so a
+    machine whose speed drifts moves both sides of a pair alike. ccxt and streamforge run once."""
     out: list[Result] = []
     expected = expected_candles(start, end)
     warm_archive(mock.url, start, end)
-    forge: dict[str, dict[str, Any]] = {}
-    for path in ("rest", "archive"):
+    pairs = max(1, 1 if args.quick else args.tool_pairs)
+    forge: dict[str, list[dict[str, Any]]] = {"rest": [], "archive": []}
+    trade: dict[str, list[dict[str, Any]]] = {"rest": [], "archive": []}
+
+    def forge_once(path: str) -> None:
         mock.reset()
         run = forge_cli(mock.url, start, end, args.workers, tmp, archive=path == "archive")
         if "error" not in run:
             run["exact"] = check_forge_csv(Path(run["csv"]), expected)
-            run["candles_per_s"] = len(expected) / run["seconds"]
-        forge[path] = run
+        forge[path].append(run)
+
+    for path in ("rest", "archive"):
+        for _ in range(pairs):
+            forge_once(path)
+            data = _peer("freqtrade", "freqtrade", FREQTRADE, "compare_freqtrade.py", mock, "BTC/USDT", start, end,
+                         tmp, ["--path", path])
+            if "error" not in data:
+                columns, per_ms = PEER_COLUMNS["freqtrade"]
+                data["exact"] = check_peer_csv(Path(data["csv"]), expected, columns[0], columns[1:], per_ms)
+                data["whole_seconds"] = data["seconds"] + data.get("import_seconds", 0.0)
+            trade[path].append(data)
+            if "error" in data:
+                break
+
+    base: dict[str, dict[str, Any]] = {}
+    for path in ("rest", "archive"):
+        runs = forge[path]
         label = f"7{'a' if path == 'rest' else 'b'}. Forge forge run, {path}"
-        if "error" in run:
-            out.append(Result(label, "not available", "", None, "", None, run["error"], run))
+        bad = next((r for r in runs if "error" in r), None)
+        if bad is not None:
+            out.append(Result(label, "not available", "", None, "", None, bad["error"], bad))
             continue
-        exact = "exact" if run["exact"] is None else f"**not exact: {run['exact']}**"
-        out.append(Result(label, f"{run['candles_per_s']:,.0f} candles/s", "", None, "output exact",
-                          run["exact"] is None, f"{len(expected):,} candles in {run['seconds']:.2f} s (whole process, "
-                          f"{args.workers} workers), {exact}; {run['summary'][:160]}",
-                          {**run, "plot": f"Forge {path}"}))
+        seconds = statistics.median(r["seconds"] for r in runs)
+        inexact = next((r["exact"] for r in runs if r["exact"] is not None), None)
+        run = {**runs[-1], "seconds": seconds, "runs": [round(r["seconds"], 3) for r in runs], "exact": inexact,
+               "candles_per_s": len(expected) / seconds, "plot": f"Forge {path}"}
+        base[path] = run
+        exact = "exact" if inexact is None else f"**not exact: {inexact}**"
+        out.append(Result(label, f"{run['candles_per_s']:,.0f} candles/s", "", None, "output exact", inexact is None,
+                          f"{len(expected):,} candles in {seconds:.2f} s (median of {len(runs)}: "
+                          f"{', '.join(f'{x:.2f}' for x in run['runs'])} s; whole process, {args.workers} workers), "
+                          f"{exact}; {run['summary'][:160]}", run))
+
+    for path, label in (("rest", "7c. freqtrade download-data, rest"),
+                        ("archive", "7d. freqtrade download-data, archive (daily zips)")):
+        runs = trade[path]
+        bad = next((r for r in runs if "error" in r), None)
+        if bad is not None or path not in base:
+            why = bad["error"] if bad is not None else "Forge's run failed"
+            out.append(Result(label, "not available", "", None, "", None, why, bad or {}))
+            continue
+        ratios = [t["whole_seconds"] / f["seconds"] for t, f in zip(runs, forge[path], strict=False)]
+        ratio = statistics.median(ratios)
+        seconds = statistics.median(t["whole_seconds"] for t in runs)
+        inexact = next((t["exact"] for t in runs if t["exact"] is not None), None)
+        exact = "exact" if inexact is None else f"**not exact: {inexact}**"
+        data = {**runs[-1], "exact": inexact, "candles_per_s": len(expected) / seconds, "plot": PLOT_LABELS[label[:3]],
+                "whole_seconds": seconds, "pair_ratios": [round(r, 2) for r in ratios]}
+        stored = data.get("stored", data["rows"])
+        out.append(Result(
+            label, f"{data['candles_per_s']:,.0f} candles/s",
+            f"Forge {path} {base[path]['candles_per_s']:,.0f} candles/s", ratio, "Forge / freqtrade >= 3 (issue 18)",
+            ratio >= 3, f"{data['rows']:,} candles in {seconds:.2f} s (median of {len(runs)} runs, each in turn with "
+            f"Forge's; pair ratios {', '.join(f'{r:.2f}' for r in ratios)}; last run: import "
+            f"{runs[-1].get('import_seconds', 0):.2f} s + work {runs[-1]['seconds']:.2f} s), {exact}"
+            + (f"; it stored {stored:,} rows (a page past the range)" if stored != data["rows"] else ""), data))
 
     peers = [
-        ("freqtrade", "freqtrade", FREQTRADE, "compare_freqtrade.py", "BTC/USDT", ["--path", "rest"], "rest",
-         "7c. freqtrade download-data, rest"),
-        ("freqtrade", "freqtrade", FREQTRADE, "compare_freqtrade.py", "BTC/USDT", ["--path", "archive"], "archive",
-         "7d. freqtrade download-data, archive (daily zips)"),
         ("ccxt", "ccxt", CCXT, "compare_ccxt.py", "BTC/USDT", [], "rest", "7e. ccxt fetch_ohlcv loop, rest"),
         ("streamforge", "streamforge", STREAMFORGE, "compare_streamforge.py", "BTCUSDT", [], "archive",
          "7f. streamforge 0.1.3, archive (monthly zips)"),
@@ -612,17 +661,14 @@ def case_tools(mock: MockProcess, args: argparse.Namespace, start: str, end: str
         columns, per_ms = PEER_COLUMNS[name]
         data["exact"] = check_peer_csv(Path(data["csv"]), expected, columns[0], columns[1:], per_ms)
         rate = len(expected) / seconds
-        base = forge.get(path, {})
-        ratio = base["seconds"] and seconds / base["seconds"] if "seconds" in base else None
-        target = ">= 3 (issue 18)" if name == "freqtrade" else ""
+        ref = base.get(path, {})
+        ratio = seconds / ref["seconds"] if "seconds" in ref else None
         exact = "exact" if data["exact"] is None else f"**not exact: {data['exact']}**"
         out.append(Result(
-            label, f"{rate:,.0f} candles/s", f"Forge {path} {len(expected) / base['seconds']:,.0f} candles/s"
-            if "seconds" in base else "", ratio, f"Forge / {name} {target}".strip(),
-            (ratio >= 3 if ratio is not None else None) if name == "freqtrade" else None,
+            label, f"{rate:,.0f} candles/s", f"Forge {path} {ref['candles_per_s']:,.0f} candles/s" if ref else "",
+            ratio, f"Forge / {name}", None,
             f"{data['rows']:,} candles in {seconds:.2f} s (import {data.get('import_seconds', 0):.2f} s + work "
-            f"{data['seconds']:.2f} s), {exact}" + (f"; it stored {data['stored']:,} rows (a page past the range)"
-                                                     if data.get("stored", data["rows"]) != data["rows"] else ""),
+            f"{data['seconds']:.2f} s), {exact}",
             {**data, "candles_per_s": rate, "plot": PLOT_LABELS[label[:3]], "whole_seconds": seconds}))
     return out
 
@@ -693,6 +739,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compare", action="store_true", help="skip case 7 (forge run vs freqtrade, ccxt, streamforge)")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--pg-rows", type=int, default=500_000, help="rows of the PostgreSQL case")
+    parser.add_argument("--tool-pairs", type=int, default=3,
+                        help="case 7: Forge / freqtrade pairs run in turn on each path (the median pair's ratio)")
     parser.add_argument("--cpu-pairs", type=int, default=3,
                         help="case 1c: bare client / Forge pairs run in turn (the median pair's ratio)")
     parser.add_argument("--pg-rounds", type=int, default=3, help="rounds of the PostgreSQL case (pairs per target)")
