@@ -95,8 +95,8 @@ def _command(plugins: Plugins, name: str, args: list[str]) -> click.Command:
             click.Option(["--workers"], type=click.IntRange(1, 64), default=4, show_default=True,
                          help="Concurrent requests to the exchange."),
             click.Option(["--recheck"], is_flag=True,
-                         help="Fetch every partition again, even those the ledger says are verified "
-                              "(repair) or whose archive files' .CHECKSUM is unchanged (verify)."),
+                         help="Fetch every partition again, downloading archive files whose .CHECKSUM is "
+                              "still the one the ledger recorded (repair skips, verify trusts those)."),
         ]
     if name == "verify":
         params += [
