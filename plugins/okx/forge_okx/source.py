@@ -262,27 +262,31 @@ class OkxSource(Source):
         a range before the first bar was 0 rows, exit 0, or a leading hole 'affirmed' by the
         exchange with no candle on its near side."""
         key = (symbol, tf.name)
-        known = self._known.get(key)
-        if (known is not None and known <= start) or key in self._first:
-            return start
-        try:
-            _, below = self._page(HISTORY, symbol, tf, start, limit=1)
-            if below is not None:
-                self._known[key] = below
+        first = self._first.get(key)
+        if first is None:
+            known = self._known.get(key)
+            if known is not None and known <= start:
                 return start
-            oldest, sure = self._oldest(symbol, tf, start, known)
-        except OkxError as exc:
-            raise self._explain(exc, symbol, tf) from None
-        if not sure:
-            return start
-        if oldest is None or oldest >= end:
-            first = "none at all" if oldest is None else f"its first opens {iso(oldest)}"
+            try:
+                _, below = self._page(HISTORY, symbol, tf, start, limit=1)
+                if below is not None:
+                    self._known[key] = below
+                    return start
+                oldest, sure = self._oldest(symbol, tf, start, known)
+            except OkxError as exc:
+                raise self._explain(exc, symbol, tf) from None
+            if not sure:
+                return start
+            if oldest is None:
+                raise SourceError(f"OKX has no {symbol} {tf.name} candle at all before {iso(self._now)}")
+            first = self._known[key] = self._first[key] = oldest
+            if start < first < end:
+                log.warning("okx_first_candle", symbol=symbol, timeframe=tf.name, first_candle=iso(first),
+                            not_asked=f"{iso(start)}..{iso(first - 1)}")
+        if first >= end:
             raise SourceError(f"OKX has no {symbol} {tf.name} candle before {iso(end)}, where the range ends "
-                              f"({first}); choose a later range")
-        self._known[key] = self._first[key] = oldest
-        log.warning("okx_first_candle", symbol=symbol, timeframe=tf.name, first_candle=iso(oldest),
-                    not_asked=f"{iso(start)}..{iso(oldest - 1)}")
-        return oldest
+                              f"(its first opens {iso(first)}); choose a later range")
+        return max(start, first)
 
     def _find_kept_1s(self, symbol: str, tf: Timeframe, start: int, end: int) -> None:
         """Where OKX's ``1s`` history of ``symbol`` begins, if ``[start, end)`` reaches below it.
@@ -293,33 +297,33 @@ class OkxSource(Source):
         Asked again below it, the answer must stay empty, or the search believed a wrong empty
         answer and is not used. Walking 300-bar pages through the months OKX no longer keeps
         took 580 requests (63 s) for one day of nothing."""
-        key = (symbol, tf.name)
-        known = self._known.get(key)
-        if known is not None and known <= start:
-            return
         kept = self._kept_1s.get(symbol)
-        if kept is not None and kept[0] <= start:
-            return  # a later plan of the same series (a follow's next pass)
-        try:
-            _, below = self._page(HISTORY, symbol, tf, start, limit=1)
-            if below is not None:
-                self._known[key] = below
+        if kept is None:
+            key = (symbol, tf.name)
+            known = self._known.get(key)
+            if known is not None and known <= start:
                 return
-            oldest, sure = self._oldest(symbol, tf, start)
-        except OkxError as exc:
-            raise self._explain(exc, symbol, tf) from None
-        if not sure:  # a wrong empty answer misled the search: walk as if nothing were known
-            log.info("okx_1s_search_unsure", symbol=symbol)
-            return
-        kept = None if oldest is None else (oldest, time.monotonic())
-        if kept is None or kept[0] >= end:
-            oldest_text = "none at all" if kept is None else f"its oldest opens {iso(kept[0])}"
-            later = "" if kept is None else f"choose --from {iso(kept[0])} or later, or "
+            try:
+                _, below = self._page(HISTORY, symbol, tf, start, limit=1)
+                if below is not None:
+                    self._known[key] = below
+                    return
+                oldest, sure = self._oldest(symbol, tf, start)
+            except OkxError as exc:
+                raise self._explain(exc, symbol, tf) from None
+            if not sure:  # a wrong empty answer misled the search: walk as if nothing were known
+                log.info("okx_1s_search_unsure", symbol=symbol)
+                return
+            if oldest is None:
+                raise SourceError(f"{KEPT_1S}: OKX serves no {symbol} 1s candle at all")
+            kept = self._kept_1s[symbol] = (oldest, time.monotonic())
+            if start < oldest < end:
+                log.warning("okx_1s_not_kept", symbol=symbol, not_available=f"{iso(start)}..{iso(oldest - 1)}",
+                            oldest_1s=iso(oldest))
+        if kept[0] >= end:
             raise SourceError(f"{KEPT_1S}: OKX serves no {symbol} 1s candle before {iso(end)}, where the "
-                              f"range ends ({oldest_text}); {later}a longer timeframe (1m goes back years)")
-        self._kept_1s[symbol] = kept
-        log.warning("okx_1s_not_kept", symbol=symbol, not_available=f"{iso(start)}..{iso(kept[0] - 1)}",
-                    oldest_1s=iso(kept[0]))
+                              f"range ends (its oldest opens {iso(kept[0])}); choose --from {iso(kept[0])} "
+                              "or later, or a longer timeframe (1m goes back years)")
 
     def _oldest(self, symbol: str, tf: Timeframe, start: int, known: int | None = None) -> tuple[int | None, bool]:
         """OKX's oldest bar (None: it has none), known to have none before ``start`` (a bar at

@@ -515,3 +515,19 @@ def test_a_range_reaching_before_the_first_bar_of_an_unlisted_contract_claims_no
         "BTC-USDT-240329", "1h", first, first + 40 * HOUR, NOW)
     assert not result.holes.get("BTC-USDT-240329")
     assert "affirmed" not in result.summary()
+
+
+def test_the_first_bar_found_once_answers_later_plans_without_a_request(fresh_mock):
+    """verify plans small windows one after the other: a window before the first bar is refused
+    from what the first search found (each one searched again, about 20 requests)."""
+    src = source(fresh_mock)
+    tf = parse_timeframe("1h")
+    first = 1703232000000  # BTC-USDT-240329's first bar, 2023-12-22 08:00 UTC
+    src.prepare("BTC-USDT-240329", tf)
+    assert next(iter(src.plan("BTC-USDT-240329", tf, first - DAY, first + DAY))).start == first
+    asked = fresh_mock.stats["okx.history.requests"]
+    for _ in range(2):
+        with pytest.raises(SourceError, match="its first opens 2023-12-22T08:00:00Z"):
+            list(src.plan("BTC-USDT-240329", tf, first - 2 * DAY, first - DAY))
+    assert next(iter(src.plan("BTC-USDT-240329", tf, first - HOUR, first + HOUR))).start == first
+    assert fresh_mock.stats["okx.history.requests"] == asked
