@@ -151,6 +151,7 @@ class SeriesState:
     ends_at: int | None = None
     last_candle: int | None = None
     stood_at: int | None = None  # next_start at the last recheck: a lagging series that has not moved is asked about
+    final: bool = False  # ended for good (SymbolInfo.final): never asked about again
     # within a pass
     held: list[Row] = field(default_factory=list)
     pending_open: int | None = None  # newest output candle written, not committed yet
@@ -192,8 +193,8 @@ class FollowResult:
             last = iso(st.last_open) if st.last_open is not None else "none yet"
             ended = "" if st.ended is None else (
                 f" ({st.ended}: " + ("no candles at all" if st.last_candle is None else
-                                     f"last candle {iso(st.last_candle)}") + ", not followed past it unless "
-                "it trades again)")
+                                     f"last candle {iso(st.last_candle)}")
+                + (", ended for good)" if st.final else ", not followed past it unless it trades again)"))
             failing = "" if st.failing_since is None else (
                 f" (failing since {iso(st.failing_since)}, {st.failures} failure(s) in a row: {st.last_error})")
             lines.append(f"  {symbol}: last committed candle opens {last}; {st.committed} written this run{ended}"
@@ -202,6 +203,8 @@ class FollowResult:
         head = (f"followed {len(self.series)} {self.timeframe} series from {self.source} for {self.elapsed:.1f}s"
                 f"{f', stopped by {self.stopped_by}' if self.stopped_by else ''}; {stats}; "
                 f"-> {', '.join(self.destinations)}")
+        if all(st.final for st in self.series.values()):
+            return "\n".join([head, *lines])  # nothing can come any more
         return "\n".join([head, *lines, "  run the same command to continue after the last committed candle"])
 
 
@@ -343,12 +346,19 @@ class Follower:
                             last_candle=None if s.last_candle is None else iso(s.last_candle),
                             detail="it trades again: followed from after its last candle")
                 s.ended = s.ends_at = s.last_candle = None
+                s.final = False
             return
         ends_at = s.next_start if info.last_open is None else self.tf.next_open(self.tf.floor(info.last_open))
-        if (info.ended, info.last_open) == (s.ended, s.last_candle):
+        final = bool(getattr(info, "final", False))
+        if (info.ended, info.last_open, final) == (s.ended, s.last_candle, s.final):
             return
-        s.ended, s.last_candle, s.ends_at = info.ended, info.last_open, ends_at
+        s.ended, s.last_candle, s.ends_at, s.final = info.ended, info.last_open, ends_at, final
         s.lagging = False  # (no lag is reported past its end)
+        if final:  # it cannot come back: nothing to warn about, nothing to ask again
+            log.info("series_final", symbol=s.symbol, reason=info.ended,
+                     last_candle=None if info.last_open is None else iso(info.last_open),
+                     detail="it cannot trade again: followed up to its last candle, then no more")
+            return
         log.warning("series_ended", symbol=s.symbol, reason=info.ended,
                     last_candle=None if info.last_open is None else iso(info.last_open),
                     detail="not followed past its last candle unless it trades again "
@@ -405,6 +415,9 @@ class Follower:
                     break
                 raise
             if self.stopping.is_set():
+                break
+            if all(s.final and _done(s) for s in self.series.values()):
+                self.stop("every series ended for good")
                 break
             self._sleep_until_due()
 
@@ -856,5 +869,5 @@ def _done(s: SeriesState) -> bool:
 
 def _rechecked(s: SeriesState) -> bool:
     """Whose status a follow run asks again: a series left at its last candle, or one lagging
-    that has not moved since the last recheck (not one catching up)."""
-    return _done(s) or (s.lagging and s.ended is None and s.next_start == s.stood_at)
+    that has not moved since the last recheck (not one catching up); never one ended for good."""
+    return not s.final and (_done(s) or (s.lagging and s.ended is None and s.next_start == s.stood_at))

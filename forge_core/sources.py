@@ -52,12 +52,15 @@ class SymbolInfo:
     with ``last_open``, the open of its last candle (None: it has none at all).
 
     The run loop asks for nothing after that candle and names the reason in the summary: only
-    such a confirmation makes the tail an exchange's hole, never an empty answer alone."""
+    such a confirmation makes the tail an exchange's hole, never an empty answer alone.
+    ``final``: with ``ended``, the symbol cannot trade again (a delivery contract past its
+    delivery): a follow run stops asking about it."""
 
     symbol: str
     first_open: int | None = None
     last_open: int | None = None
     ended: str | None = None
+    final: bool = False
 
 
 class Source:

@@ -184,3 +184,80 @@ def test_a_pair_answered_empty_while_trading_holds_back_no_other_series(fresh_mo
     assert not thread.is_alive()
     for symbol in ("BTCUSDT", "ETHUSDT"):
         assert rows_of(tmp_path / f"{symbol}.csv") == as_csv_lines(binance_rows(symbol, "1m", since, now, now))
+
+
+# -- an expired delivery contract: ended for good --------------------------------------------------
+HOUR = 60 * MINUTE
+
+
+def usdm_follower(mock, tmp_path, symbols, since, **options):
+    return Pipeline(("binance", {"base_url": mock.url, "archive_url": mock.url, "market": "usdm"}),
+                    [("csv", {"output": str(tmp_path / "{symbol}.csv")})]).follow(
+        symbols, "1h", since=since, resync=0.1, recheck=0.1, **options)
+
+
+def test_an_expired_delivery_contract_is_never_asked_about_again(fresh_mock, tmp_path, caplog):
+    """BTCUSDT_240329 (USD-M), delivered 2024-03-29 08:00 and gone from exchangeInfo, followed
+    beside BTCUSDT: backfilled to its last candle, one series_final info line, and its status is
+    not asked again (it was, every recheck, for ever); BTCUSDT is followed as usual."""
+    import logging
+
+    from forge_core.testing.market import QUARTER_DELIVERED
+    from forge_mock_exchange.market import Market
+
+    since = QUARTER_DELIVERED - 5 * HOUR
+    follower = usdm_follower(fresh_mock, tmp_path, ["BTCUSDT_240329", "BTCUSDT"], since)
+    asked, rechecks, real = [], [], follower._recheck
+    follower.source.recheck = lambda symbols, tf: asked.append(list(symbols)) or {}
+    follower._recheck = lambda: rechecks.append(1) or real()
+    thread = threading.Thread(target=follower.run, daemon=True)
+    with caplog.at_level(logging.INFO, logger="forge"):
+        thread.start()
+        try:
+            assert wait_for(lambda: "BTCUSDT" in follower.series and follower.series["BTCUSDT"].current)
+            assert wait_for(lambda: len(rechecks) >= 3)  # the recheck interval passed three times
+        finally:
+            follower.stop()
+            thread.join(20)
+    assert not thread.is_alive() and asked == []
+    contract = follower.series["BTCUSDT_240329"]
+    assert contract.final and contract.last_open == QUARTER_DELIVERED - HOUR
+    assert [r.levelname for r in caplog.records if "series_final" in r.getMessage()] == ["INFO"]
+    assert not [r for r in caplog.records if "series_ended" in r.getMessage()]
+    assert rows_of(tmp_path / "BTCUSDT_240329.csv") == as_csv_lines(binance_rows(
+        "BTCUSDT_240329", "1h", since, QUARTER_DELIVERED, fresh_mock.config.now, Market.binance_usdm()))
+    assert "BTCUSDT_240329: last committed candle opens 2024-03-29T07:00:00Z" in follower.result.summary()
+    assert "ended for good)" in follower.result.summary()
+
+
+def test_a_follow_run_of_expired_contracts_only_ends_after_their_last_candles(fresh_mock, tmp_path):
+    """Nothing can come any more: the run ends by itself (exit 0 from the CLI) instead of
+    waiting for ever."""
+    from forge_core.testing.market import QUARTER_DELIVERED
+
+    follower = usdm_follower(fresh_mock, tmp_path, ["BTCUSDT_240329"], QUARTER_DELIVERED - 5 * HOUR)
+    done: list = []
+    thread = threading.Thread(target=lambda: done.append(follower.run()), daemon=True)
+    thread.start()
+    thread.join(20)
+    follower.stop()
+    thread.join(5)
+    assert done and done[0].stopped_by == "every series ended for good"
+    assert follower.series["BTCUSDT_240329"].last_open == QUARTER_DELIVERED - HOUR
+    assert "run the same command to continue" not in done[0].summary()
+
+
+def test_a_delivered_contract_exchangeinfo_still_lists_is_final_a_settled_perpetual_is_not(fresh_mock,
+                                                                                          monkeypatch):
+    """A delivery contract past its delivery that exchangeInfo still lists as SETTLING ends for
+    good; OLDUSDT, a perpetual SETTLING since its delisting, may be listed again: not final."""
+    from forge_binance import BinanceSource
+    from forge_binance import mock as binance_mock
+    from forge_core.timeframes import parse_timeframe
+
+    monkeypatch.setattr(binance_mock, "gone", lambda mock, listing: False)  # listed after its delivery
+    source = BinanceSource(base_url=fresh_mock.url, market="usdm", archive="rest")
+    contract = source.prepare("BTCUSDT_240329", parse_timeframe("1h"))
+    assert contract.ended is not None and "SETTLING" in contract.ended and contract.final
+    perpetual = source.prepare("OLDUSDT", parse_timeframe("1h"))
+    assert perpetual.ended is not None and not perpetual.final

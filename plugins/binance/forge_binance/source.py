@@ -472,7 +472,9 @@ class BinanceSource(Source):
                         reason="the newest klines came back empty although the symbol has candles")
             return SymbolInfo(symbol, first)
         self._stops[(symbol, timeframe.name)] = timeframe.next_open(last) if last is not None else 0
-        return SymbolInfo(symbol, first, last, self._ended_reason(meta, status, last))  # type: ignore[arg-type]
+        # a delivery contract past its delivery that exchangeInfo says does not trade: for good
+        return SymbolInfo(symbol, first, last, self._ended_reason(meta, status, last),  # type: ignore[arg-type]
+                          final=self._delivery(symbol) is not None)
 
     def _delivery(self, symbol: str) -> int | None:
         """The delivery time a futures delivery contract's name gives, once it has passed
@@ -533,9 +535,10 @@ class BinanceSource(Source):
                         last_candle=display(last_open), file=last_file.name(symbol, tf))
         log.info("delivery_contract_from_archive", symbol=symbol, delivery=display(delivery),
                  first=display(first[0]) if first else None, last=display(last_open) if last else None)
+        # delivered, and gone from exchangeInfo: for good (under a 451 REST could not confirm it)
         return SymbolInfo(symbol, first[0] if first else None, last_open,
                           f"delivered {display(delivery)} (an expired {where} delivery contract: gone from "
-                          "exchangeInfo, its candles from the archive)")
+                          "exchangeInfo, its candles from the archive)", final=self._rest_down is None)
 
     def _ask_rest_about(self, symbol: str, tf: Timeframe, last_open: int) -> None:
         """Whether REST still serves an expired contract: its klines up to the archive's last
