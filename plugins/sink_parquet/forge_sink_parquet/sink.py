@@ -162,7 +162,7 @@ class ParquetSink(Sink):
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self._release()
-            self._remove_made()
+            self._made = []  # the run holding the lock uses them now (it may have made them as this one looked)
             raise SinkError(f"another forge run is writing the parquet dataset at {self.root}; "
                             "wait for it to finish or use another --root") from None
 

@@ -358,6 +358,32 @@ def test_a_run_locks_the_new_lock_file_after_another_removed_it(tmp_path, monkey
     second.close(True)
 
 
+def test_a_run_refused_the_lock_removes_nothing_of_the_run_holding_it(tmp_path, monkeypatch):
+    """Two runs start on a new root: the second looked before the first made .data.forge, so it
+    noted the directory as its own; refused the lock, it removed the lock file the first holds,
+    and a third run took a new one while the first wrote."""
+    from forge_sink_parquet import layout
+
+    root = str(tmp_path / "data")
+    first = ParquetSink(root=root)
+    real, raced = layout.makedirs_durable, []
+
+    def racing(path):
+        if path.endswith("tmp") and not raced:
+            raced.append(path)
+            first.open(_run_info())  # the first run makes it all between the second's look and mkdir
+        real(path)
+
+    monkeypatch.setattr(layout, "makedirs_durable", racing)
+    with pytest.raises(SinkError, match="another forge run is writing"):
+        ParquetSink(root=root).open(_run_info())
+    monkeypatch.setattr(layout, "makedirs_durable", real)
+    assert (tmp_path / ".data.forge" / "lock").is_file()
+    with pytest.raises(SinkError, match="another forge run is writing"):
+        ParquetSink(root=root).open(_run_info())
+    first.close(True)
+
+
 def test_number_type_conflicts_with_the_dataset_are_refused(forge, exchange_env, tmp_path):
     args = ("--symbol", "BTCUSDT", "--from", "2024-01-01 00:00", "--to", "2024-01-01 01:00")
     floats, decimals = tmp_path / "floats", tmp_path / "decimals"
