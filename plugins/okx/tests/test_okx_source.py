@@ -531,3 +531,18 @@ def test_the_first_bar_found_once_answers_later_plans_without_a_request(fresh_mo
             list(src.plan("BTC-USDT-240329", tf, first - 2 * DAY, first - DAY))
     assert next(iter(src.plan("BTC-USDT-240329", tf, first - HOUR, first + HOUR))).start == first
     assert fresh_mock.stats["okx.history.requests"] == asked
+
+
+def test_the_first_bar_is_found_under_the_legacy_limit_of_100_too():
+    """Older docs cap history-candles at 100 rows: the listing's page and the search's last
+    page ask for no more than 100 bars, so a capped page cannot hide the first one."""
+    from forge_core.testing import MockConfig, MockExchange
+
+    with MockExchange(MockConfig(now=NOW, okx_history_limit=100, extra={"okx_1s_days": 1})) as mock:
+        src = source(mock)
+        assert src.prepare("LTC-USDT", parse_timeframe("1m")).first_open == LTC_MINUTES
+        assert src.prepare("NEW-USDT", parse_timeframe("1m")).first_open == 1705305600000
+        tf = parse_timeframe("1s")
+        kept = NOW - DAY + 1000 - NOW % 1000
+        list(src.plan("BTC-USDT", tf, kept - 2 * HOUR, kept + 600_000))
+        assert src.holes_unconfirmed("BTC-USDT").endswith(f"none served before {'2025-03-14T10:20:31Z'}")
