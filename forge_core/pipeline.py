@@ -572,6 +572,32 @@ def _stop_signals() -> Iterator[None]:
             raise KeyboardInterrupt
         raise StopRequested(signum)
 
+    # A C extension that runs Python code (psycopg2 decoding an error message while a commit
+    # fails) prints the exception a signal raised there, traceback and all, and goes on: the
+    # stop was lost and the run went on to the end, exit 0. Such an exception reaches these
+    # hooks: the signal is sent again, for the next Python line to stop the run, and not shown.
+    def lost(exc: BaseException | None) -> bool:
+        if not (isinstance(exc, KeyboardInterrupt) and _signalled.is_set()):
+            return False
+        # from another thread, a moment later: sent from here, its handler would raise at once,
+        # inside this hook (the main thread gets it, so that a sleep there ends at once)
+        again = threading.Timer(0.05, resend, (getattr(exc, "signum", signal.SIGINT),))
+        again.daemon = True
+        again.start()
+        return True
+
+    def resend(signum: int) -> None:
+        if live.is_set():  # (the run did not end meanwhile)
+            signal.pthread_kill(threading.main_thread().ident, signum)  # type: ignore[arg-type]
+
+    def excepthook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+        if not lost(exc):
+            previous_hook(kind, exc, tb)
+
+    def unraisablehook(unraisable: Any) -> None:
+        if not lost(unraisable.exc_value):
+            previous_unraisable(unraisable)
+
     names = ("SIGINT", "SIGTERM", "SIGHUP")
     previous = {}
     for n in names:
@@ -583,9 +609,15 @@ def _stop_signals() -> Iterator[None]:
                 continue
             previous[sig] = signal.signal(sig, on_signal)
     _signalled.clear()
+    previous_hook, previous_unraisable = sys.excepthook, sys.unraisablehook
+    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+    live = threading.Event()
+    live.set()
     try:
         yield
     finally:
+        live.clear()
+        sys.excepthook, sys.unraisablehook = previous_hook, previous_unraisable
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -41,3 +41,37 @@ def test_sigterm_during_a_partition_run_exits_143(forge, exchange_env, in_tmp, m
     result = forge("run", "--partition", "binance:spot:BTCUSDT:1h:2024-01", "-q")
     assert result.code == 143, result
     assert "interrupted" in result.err and "Traceback" not in result.err
+
+
+def test_a_stop_signal_that_c_code_swallowed_still_stops_the_run(forge, exchange_env, in_tmp, monkeypatch):
+    """psycopg2 runs Python code (decoding the error message) when a commit to a silent server
+    fails; a SIGTERM that arrived meanwhile raised in there, and psycopg2 printed that traceback
+    and went on: the sink retried, the run went on to the end and exited 0 (drill: PostgreSQL
+    SIGSTOPped, SIGTERM, the server back 150 s later, exit 0 after 181 s). Here a ``__del__``
+    (run from C, its exception printed and dropped the same way) is where the signal lands."""
+    import os
+    import threading
+    import time
+
+    from forge_sink_csv.sink import CsvSink
+
+    commit = CsvSink.commit
+    sent: list[bool] = []
+
+    class Finalizer:
+        def __del__(self) -> None:
+            time.sleep(2)  # the signal arrives in here
+
+    def commit_then_lose_a_signal(self):
+        commit(self)
+        if not sent:
+            sent.append(True)
+            threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            Finalizer()  # dropped at once: its __del__ runs
+
+    monkeypatch.setattr(CsvSink, "commit", commit_then_lose_a_signal)
+    result = forge("run", "-s", "binance", "--symbol", "BTCUSDT", "--from", "2024-01-01", "--to", "2024-01-20",
+                   "--workers", "1", "--commit-every", "1000", "-q")
+    assert sent and result.code == 143, result
+    assert result.err.strip().startswith("forge: error: interrupted:") and "Traceback" not in result.err
+    assert "Exception ignored" not in result.err
