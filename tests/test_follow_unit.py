@@ -395,3 +395,26 @@ def test_a_series_the_exchange_keeps_failing_backs_off_alone_and_resets_when_ser
     source.failing, tries = True, len(source.asked)
     run_until(source.clock[0] + 2 * MINUTE)
     assert [b - a for a, b in zip(source.asked[tries:], source.asked[tries + 1:], strict=False)][:2] == [5_000, 10_000]
+
+
+def test_a_csv_commit_fsyncs_its_files_side_by_side(tmp_path, monkeypatch) -> None:
+    """A follow run commits every series' file at each boundary: one fsync after the other, 50
+    files took 124 ms a commit on a busy disk (6 ms side by side). Two files: each fsync waits
+    for the other to have begun."""
+    import os
+    import threading
+
+    from forge_core import RunInfo
+    from forge_sink_csv import CsvSink
+
+    both = threading.Barrier(2, timeout=5)
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (both.wait(), real(fd)))
+    columns = ("source", "symbol", "timeframe", "open_ts", "end_ts", "open", "high", "low", "close", "volume")
+    sink = CsvSink(output=str(tmp_path / "{symbol}.csv"))
+    sink.open(RunInfo("still", "Still", ("A", "B"), "1m", 0, 1, columns, follow=True))
+    for symbol in ("A", "B"):
+        sink.write(Batch("still", symbol, "1m", columns, [("still", symbol, *minute(0)[2:])], "rest"))
+    sink.commit()
+    sink.close(True)
+    assert (tmp_path / "B.csv").read_text().splitlines()[-1].startswith("still,B,1m,0,59999,")

@@ -24,6 +24,7 @@ import shutil
 import stat
 import sys
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -38,6 +39,9 @@ log = get_logger(__name__)
 
 DEFAULT_TEMPLATE = "{label}-{symbol}-{timeframe}-{start}_{end}.csv"
 PLACEHOLDERS = "{source} {label} {symbol} {timeframe} {start} {end}"
+FSYNC_THREADS = 16
+"""Files a commit flushes and fsyncs side by side (each fsync waits for the disk; a follow run
+of 400 series commits 400 files at every boundary)."""
 _OTHER_FORMATS = {".parquet": "--sink parquet", ".pq": "--sink parquet", ".json": None, ".jsonl": None,
                   ".ndjson": None, ".xlsx": None, ".xls": None, ".feather": None, ".arrow": None,
                   ".avro": None, ".orc": None, ".tsv": None, ".zip": None, ".bz2": None, ".xz": None,
@@ -165,6 +169,7 @@ class CsvSink(Sink):
         self.targets: list[_Target] = []
         self.by_symbol: dict[str, _Target] = {}
         self.run: RunInfo | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     # -- names ------------------------------------------------------------------------------
     @property
@@ -602,17 +607,26 @@ class CsvSink(Sink):
             raise SinkError(f"cannot write CSV {t.part if t.kind == 'file' else t.path}: {exc.strerror}") from None
 
     def commit(self) -> None:
-        for t in self.targets:
-            if t.handle is None:
-                continue
-            try:
-                self._flush(t)
-            except OSError as exc:
-                raise SinkError(f"cannot write CSV {t.part if t.kind == 'file' else t.path}: {exc.strerror}") from None
+        todo = [t for t in self.targets if t.handle is not None]
+        if len(todo) > 1:  # the fsyncs side by side: one after the other, 20 files took 72 ms (9 ms)
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(min(FSYNC_THREADS, len(todo)), thread_name_prefix="forge-csv-fsync")
+            failed = [e for e in self._pool.map(self._flush_one, todo) if e is not None]
+            if failed:
+                raise failed[0]
+        elif todo and (error := self._flush_one(todo[0])) is not None:
+            raise error
         for t in self.targets:  # only once every file is durable: all or none count
             if t.kind == "file" and t.file is not None:
                 t.committed = t.file.tell()
 
+
+    def _flush_one(self, t: _Target) -> SinkError | None:
+        try:
+            self._flush(t)
+        except OSError as exc:
+            return SinkError(f"cannot write CSV {t.part if t.kind == 'file' else t.path}: {exc.strerror}")
+        return None
 
     def _flush(self, t: _Target) -> None:
         assert t.handle is not None and t.file is not None
@@ -645,6 +659,9 @@ class CsvSink(Sink):
                     self._abandon(t)
         finally:
             self._release()
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
             if not ok:
                 self._remove_made()
 
