@@ -9,6 +9,8 @@ import csv
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -717,3 +719,39 @@ def test_deep_and_options_belong_to_the_plugins_chosen(forge, loaded_csv, monkey
     assert res.code == 2 and "'sometimes' is not one of 'auto', 'archive', 'rest'" in res.err
     res = forge("verify", "-s", "binance", *RANGE, "--output", "btc.csv", "--archive", "rest", "--deep", "2")
     assert res.code == 2 and "--deep: none of the 2 days drawn comes from archive files" in res.err
+
+
+def test_csv_repair_waits_for_a_run_writing_the_file_and_never_rewrites_under_it(forge, loaded_csv):
+    """A repair rewrites the file: under a forge run's appends it would lose them. It takes the
+    lock the run holds (one line naming the holder, exit 1, the file untouched), and a file
+    that changed since the repair read it is not rewritten either."""
+    from forge_sink_csv.integrity import CsvIntegrity
+
+    damage_csv(loaded_csv)
+    before = loaded_csv.read_bytes()
+    lock = os.path.realpath(loaded_csv) + ".lock"
+    run = subprocess.Popen([sys.executable, "-c", "import sys, time; from forge_sink_csv.lock import acquire; "
+                            f"acquire({lock!r}, 'x', 'x'); print('held', flush=True); time.sleep(60)"],
+                           stdout=subprocess.PIPE, text=True)  # a forge run writing the file
+    try:
+        assert run.stdout.readline() == "held\n"
+        result = forge("repair", "-s", "binance", *RANGE, "--output", "btc.csv")
+    finally:
+        run.kill()
+        run.wait()
+    assert result.code == 1, result
+    assert result.err.strip().splitlines()[-1].endswith(
+        f"btc.csv is being written by another forge run (PID {run.pid}); let it finish or stop it, "
+        "or pass --wait-for-lock SECONDS to wait for it"), result.err
+    assert loaded_csv.read_bytes() == before
+
+    store = CsvIntegrity(str(loaded_csv))
+    with open(loaded_csv, "a") as f:  # a run appended after the repair read the file
+        f.write(f"{before.decode().splitlines()[-1]}\n")
+    appended = loaded_csv.read_bytes()
+    entry = next(iter(store.ledger("binance", "BTCUSDT", "5m").values()), None)
+    with pytest.raises(Exception, match="changed while the repair read it"):
+        store.apply("binance", "BTCUSDT", "5m", (), [], [0], entry)
+    assert loaded_csv.read_bytes() == appended
+
+    assert forge("repair", "-s", "binance", *RANGE, "--output", "btc.csv").code == 0  # once the run is done

@@ -32,12 +32,21 @@ from forge_core.integrity.digest import partitions as month_ranges
 from forge_core.integrity.ledger_file import LedgerFile
 from forge_core.records import Row
 
+from .lock import acquire
+
 LEDGER_SUFFIX = ".ledger.json"
+
+
+def _identity(path: str) -> tuple[int, int, int]:
+    """What changes when a file is rewritten or appended to: inode, size, mtime (ns)."""
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
 NEEDED = ("source", "symbol", "timeframe", "open_ts", "end_ts", *VALUE_FIELDS)
 
 
 class CsvIntegrity:
-    def __init__(self, output: str | None) -> None:
+    def __init__(self, output: str | None, wait_for_lock: float = 0.0) -> None:
+        self.wait_for_lock = wait_for_lock
         if not output:
             raise UsageError("--output FILE is required with --sink csv: the CSV file to check, e.g. --output btc.csv")
         if "{" in output:
@@ -60,6 +69,7 @@ class CsvIntegrity:
     # -- reading ----------------------------------------------------------------------------
     def _load(self) -> None:
         try:
+            self.identity = _identity(self.path)  # before reading: a write during the read shows too
             with open(self.path, newline="", encoding="utf-8") as f:
                 reader = csv.reader(f)
                 self.header = next(reader, None) or []
@@ -164,7 +174,12 @@ class CsvIntegrity:
 
         rows.sort(key=key)
         tmp = self.path + ".repair"
+        # the lock a forge run writing this file holds: a rewrite under a run's appends would lose them
+        held = acquire(os.path.realpath(self.path) + ".lock", self.label, self.label, self.wait_for_lock)
         try:
+            if _identity(self.path) != self.identity:
+                raise SinkError(f"CSV file {self.label} changed while the repair read it (another forge run "
+                                "wrote it); run the repair again")
             with open(tmp, "w", newline="", encoding="utf-8") as f:
                 writer = csv.writer(f)
                 writer.writerow(self.header)
@@ -177,6 +192,7 @@ class CsvIntegrity:
         finally:  # interrupted or failed before the rename: no half-written copy left beside the file
             with contextlib.suppress(OSError):
                 os.remove(tmp)
+            held.release()
         self._load()
         state = self.partitions(source, symbol, timeframe, entry.start, entry.end).get(entry.partition)
         entry.store_digest = state.digest if state else digest([])

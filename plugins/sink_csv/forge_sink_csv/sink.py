@@ -736,7 +736,7 @@ class CsvSink(Sink):
         """Hooks of ``forge status/verify/repair`` on the file ``--output`` names (integrity.py)."""
         from .integrity import CsvIntegrity
 
-        return CsvIntegrity(self.settings["output"])
+        return CsvIntegrity(self.settings["output"], self.settings["wait_for_lock"] or 0.0)
 
 
 class _Unclosable(io.RawIOBase):
