@@ -96,6 +96,31 @@ def test_a_retry_after_past_the_give_up_deadline_fails_at_once_saying_so(server)
     assert 590 < client.limiter.paused_for() <= 600  # every other worker still waits as asked
 
 
+def test_a_retry_the_limiter_holds_past_the_give_up_deadline_is_not_sent(server):
+    """The rate limiter held the second attempt past FORGE_HTTP_GIVE_UP_AFTER: it went out with
+    a negative budget and failed as 'no complete response within -0.4s' (or a read timeout of
+    0.001 s) instead of the server's HTTP 503, one more request to a failing server."""
+    calls: list[float] = []
+
+    def down(req):
+        calls.append(time.monotonic())
+        return Response.json({"code": -1000, "msg": "Service unavailable."}, 503)
+
+    class Held(RateLimiter):
+        def acquire(self, *args, **kwargs):
+            if calls:
+                time.sleep(1.0)  # the window is full: this retry waits past the deadline
+            return super().acquire(*args, **kwargs)
+
+    server.route("/held", down)
+    client = HttpClient(server.url, give_up_after=0.6, limiter=Held(100, 1))
+    with pytest.raises(GaveUp) as caught:
+        client.get_json("/held")
+    assert len(calls) == 1, caught.value
+    assert "HTTP 503" in str(caught.value) and "the next attempt would be after FORGE_HTTP_GIVE_UP_AFTER" \
+        in str(caught.value), caught.value
+
+
 def test_gives_up_with_the_last_error_after_bounded_attempts(server):
     handler, calls = _flaky([500] * 100)
     server.route("/down", handler)
