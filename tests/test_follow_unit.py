@@ -397,6 +397,28 @@ def test_a_series_the_exchange_keeps_failing_backs_off_alone_and_resets_when_ser
     assert [b - a for a, b in zip(source.asked[tries:], source.asked[tries + 1:], strict=False)][:2] == [5_000, 10_000]
 
 
+def test_a_failing_series_backing_off_is_slept_through_not_spun_on() -> None:
+    """BAD backs off until its retry_at while GOOD is current: the follower sleeps (until the
+    retry or the next boundary), as it does for a series waiting for the exchange's candle;
+    taken for a series behind, it returned at once and the loop spun until the retry (up to 5
+    minutes of a busy loop asking nothing)."""
+    source = FailsFor(clock=[HOUR])
+    follower = Pipeline(source, [ListSink()]).follow(["GOOD", "BAD"], "1m", since=HOUR - MINUTE)
+    follower._pool = ThreadPoolExecutor(4)
+    follower.pipeline.result = RunResult("still", "1m", 0, 0)
+    follower._setup()
+    while len(source.asked) < 3:
+        source.clock[0] += 1000
+        follower.clock.stale = True
+        follower._follow_step(1.0)
+    bad = follower.series["BAD"]
+    assert bad.retry_at is not None and bad.retry_at > source.clock[0]
+    slept: list[float] = []
+    follower._wait_local = slept.append
+    follower._sleep_until_due()
+    assert slept, "returned at once: the backing-off series was taken for one behind"
+
+
 def test_a_csv_commit_fsyncs_its_files_side_by_side(tmp_path, monkeypatch) -> None:
     """A follow run commits every series' file at each boundary: one fsync after the other, 50
     files took 124 ms a commit on a busy disk (6 ms side by side). Two files: each fsync waits
