@@ -341,6 +341,7 @@ class Pipeline:
 
     def _plan(self, symbols: list[str], tf: Timeframe, starts: dict[str, int], end: int) -> list[tuple[str, list[Task], int]]:
         plans = []
+        self._spans: dict[str, tuple[int, int]] = {}  # each series' range to fetch, [first, stop)
         self._asked_from = starts
         name = self.source.name
         _call_plugin("source", name, getattr(self.source, "prepare_symbols", _no_hook), symbols, tf)
@@ -354,6 +355,7 @@ class Pipeline:
             stop = self._series_end(symbol, tf, info, first, end)
             tasks = list(_call_plugin("source", name, self.source.plan, symbol, tf, first, stop)) if first < stop else []
             plans.append((symbol, tasks, tf.count(first, stop) if first < stop else 0))
+            self._spans[symbol] = (first, stop)
         return plans
 
     def _series_end(self, symbol: str, tf: Timeframe, info: Any, first: int, end: int) -> int:
@@ -449,6 +451,20 @@ class Pipeline:
         if current is not None:
             self._end_series(current, tf, result)
         self._commit()
+        self._unfetched_tails(tf, last_seen, result)
+
+    def _unfetched_tails(self, tf: Timeframe, last_seen: dict[str, int], result: RunResult) -> None:
+        """A series whose rows stop before its range does, where the source says it could not
+        have the exchange confirm its holes (``holes_unconfirmed``: e.g. Binance's archive alone,
+        REST refused): the rest of the range is one more hole, named unconfirmed, not left out
+        of the summary (the days not archived yet)."""
+        unconfirmed = getattr(self.source, "holes_unconfirmed", None)  # optional source hook
+        if not callable(unconfirmed):
+            return
+        for symbol, (first, stop) in self._spans.items():
+            seen = last_seen.get(symbol, tf.ceil(first))
+            if seen < stop and unconfirmed(symbol):
+                result.holes.setdefault(symbol, []).append((seen, stop))
 
     def _emit(self, batch: Batch, result: RunResult, transforms: list[Transform] | None = None) -> int:
         """Pass ``batch`` through ``transforms`` (default: all) and hand each sink the rows it

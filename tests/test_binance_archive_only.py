@@ -139,7 +139,7 @@ ARCHIVED_TO = "2025-03-14"  # the mock's clock is 2025-03-15 10:20: the newest d
 def test_a_geo_blocked_archive_run_takes_the_archive_alone(forge, geo):
     """A 451 from api.binance.com stopped --archive archive at its first REST request (the
     clock). Now the archive host's clock, each symbol's range from the archive's listing, one
-    warning line, the newest days (not archived) left out and every hole unconfirmed."""
+    warning line, the newest days (not archived) left out, named as a hole, and every hole unconfirmed."""
     result = forge("run", "-s", "binance", "--symbol", "BTCUSDT,OLDUSDT", "-t", "1h", "--from", "2024-01-01",
                    "--to", "now", "--archive", "archive", "--output", "{symbol}.csv", "--summary-json", "s.json")
     assert result.code == 0, result
@@ -150,8 +150,12 @@ def test_a_geo_blocked_archive_run_takes_the_archive_alone(forge, geo):
     assert "archive_ends_early" in result.err and "last_file=OLDUSDT-1h-2024-01.zip" in result.err  # not BTCUSDT
     assert "the newest days not archived yet" in result.err
     assert "exchange affirmed empty" not in result.out
-    assert ("BTCUSDT 10534 of 10546 slots, hole 2024-01-10 03:00..04:59:59 UTC (unconfirmed: Binance spot REST "
-            "refused this location (HTTP 451), the archive's files alone)") in result.out
+    # the days not archived yet (the 15th, to now) are an unconfirmed hole too; so is all of
+    # OLDUSDT after its last file: REST, which would confirm a delisting, refused this location
+    assert ("BTCUSDT 10534 of 10546 slots, holes 2024-01-10 03:00..04:59:59, 2025-03-15 00:00..09:59:59 UTC "
+            "(unconfirmed: Binance spot REST refused this location (HTTP 451), the archive's files alone)") in result.out
+    assert ("OLDUSDT 526 of 10546 slots, holes 2024-01-10 03:00..04:59:59, 2024-01-23 00:00..2025-03-15 09:59:59 UTC "
+            "(unconfirmed: ") in result.out
     assert geo.stats["fault.geo451"] == 1  # the clock's request; REST was not asked again
     unconfirmed = json.loads(Path("s.json").read_text())["unconfirmed"]
     assert unconfirmed == dict.fromkeys(["BTCUSDT", "OLDUSDT"], "Binance spot REST refused this location (HTTP 451), "
@@ -301,3 +305,18 @@ def test_an_expired_contract_without_its_delivery_days_file_still_ends_at_its_la
     assert "last candle 2024-03-29 07:00:00 UTC, none after it" in result.out
     assert rows_of("q.csv") == expected("BTCUSDT_240329", "1h", "2024-03-01", "2024-04-30", env.config.now,
                                         Market.binance_usdm())
+
+
+def test_a_geo_blocked_run_names_the_days_not_archived_yet_as_an_unconfirmed_hole(forge, geo):
+    """The archive's newest daily file is the 14th's: the 15th up to now cannot be fetched (REST
+    refused this location). It was left out of the summary (72 of 72 candles, no hole): now it
+    is a hole, said to be unconfirmed, in the summary and --summary-json."""
+    result = forge("run", "-s", "binance", "--symbol", "BTCUSDT", "-t", "1h", "--from", "2025-03-12", "--to", "now",
+                   "--archive", "archive", "--output", "t.csv", "--summary-json", "s.json")
+    assert result.code == 0, result
+    assert rows_of("t.csv") == expected("BTCUSDT", "1h", "2025-03-12", ARCHIVED_TO, geo.config.now)
+    assert ("BTCUSDT 72 of 82 slots, hole 2025-03-15 00:00..09:59:59 UTC (unconfirmed: Binance spot REST refused "
+            "this location (HTTP 451), the archive's files alone)") in result.out
+    summary = json.loads(Path("s.json").read_text())
+    assert summary["holes"] == {"BTCUSDT": [[1741996800000, 1742032800000]]}  # 2025-03-15 00:00 .. 10:00 (open)
+    assert "BTCUSDT" in summary["unconfirmed"]
