@@ -193,6 +193,22 @@ def test_symbols_the_store_does_not_hold_are_refused_before_any_is_checked(forge
     assert served.get("binance.spot.candles", 0) == 0 and served.get("archive.zip", 0) == 0, served
 
 
+def test_a_symbol_whose_rows_were_all_lost_is_repaired_among_several(forge, exchange_env, in_tmp):
+    """The store holds no ETHUSDT row any more, but the ledger knows its partitions: repair of
+    several symbols restores it, as repair of ETHUSDT alone does (the refusal of symbols held
+    nothing of is for those the ledger does not know either)."""
+    args = ("-s", "binance", "--archive", "rest", "--symbol", "BTCUSDT,ETHUSDT", "-t", "1h", "--from", "2024-01-01",
+            "--to", "2024-01-31", "--output", "x.csv")
+    assert forge("run", *args, "-q").code == 0
+    assert forge("verify", *args).code == 0
+    data = in_tmp / "x.csv"
+    kept = [line for line in data.read_text().splitlines() if ",ETHUSDT," not in line]
+    data.write_text("\n".join(kept) + "\n")
+    res = forge("repair", *args)
+    assert res.code == 0, res
+    assert res.out.splitlines()[-1].startswith("repair: 2 series, 2 partitions (1 identical, 1 repaired); missing 742")
+
+
 def test_sink_without_hooks_is_refused(forge, exchange_env, monkeypatch):
     import forge_core.cli
     from forge_core import Sink, hookimpl
