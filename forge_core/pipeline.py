@@ -597,7 +597,9 @@ def _stop_signals() -> Iterator[None]:
             return False
         # from another thread, a moment later: sent from here, its handler would raise at once,
         # inside this hook (the main thread gets it, so that a sleep there ends at once)
-        again = threading.Timer(0.05, resend, (getattr(exc, "signum", signal.SIGINT),))
+        signum = getattr(exc, "signum", signal.SIGINT)
+        lost_stops.append(signum)  # raised at the run's end if it ends before the signal is back
+        again = threading.Timer(0.05, resend, (signum,))
         again.daemon = True
         again.start()
         return True
@@ -605,6 +607,8 @@ def _stop_signals() -> Iterator[None]:
     def resend(signum: int) -> None:
         if live.is_set():  # (the run did not end meanwhile)
             signal.pthread_kill(threading.main_thread().ident, signum)  # type: ignore[arg-type]
+
+    lost_stops: list[int] = []
 
     def excepthook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
         if not lost(exc):
@@ -631,6 +635,9 @@ def _stop_signals() -> Iterator[None]:
     live.set()
     try:
         yield
+        if lost_stops:  # the run ended before the signal came back (a loaded machine): still a stop
+            live.clear()
+            on_signal(lost_stops[0], None)
     finally:
         live.clear()
         sys.excepthook, sys.unraisablehook = previous_hook, previous_unraisable

@@ -50,7 +50,6 @@ def test_a_stop_signal_that_c_code_swallowed_still_stops_the_run(forge, exchange
     SIGSTOPped, SIGTERM, the server back 150 s later, exit 0 after 181 s). Here a ``__del__``
     (run from C, its exception printed and dropped the same way) is where the signal lands."""
     import os
-    import threading
     import time
 
     from forge_sink_csv.sink import CsvSink
@@ -60,13 +59,13 @@ def test_a_stop_signal_that_c_code_swallowed_still_stops_the_run(forge, exchange
 
     class Finalizer:
         def __del__(self) -> None:
-            time.sleep(2)  # the signal arrives in here
+            os.kill(os.getpid(), signal.SIGTERM)  # its handler runs in here, at the next bytecode
+            time.sleep(0.01)
 
     def commit_then_lose_a_signal(self):
         commit(self)
         if not sent:
             sent.append(True)
-            threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()
             Finalizer()  # dropped at once: its __del__ runs
 
     monkeypatch.setattr(CsvSink, "commit", commit_then_lose_a_signal)
@@ -75,3 +74,43 @@ def test_a_stop_signal_that_c_code_swallowed_still_stops_the_run(forge, exchange
     assert sent and result.code == 143, result
     assert result.err.strip().startswith("forge: error: interrupted:") and "Traceback" not in result.err
     assert "Exception ignored" not in result.err
+
+
+def test_a_swallowed_stop_signal_still_stops_a_run_that_ends_before_it_is_sent_again(forge, exchange_env, in_tmp,
+                                                                                      monkeypatch):
+    """The swallowed stop is sent again from a timer a moment later; on a loaded machine the run
+    could end first, exit 0 as if never stopped. Here that timer never fires: the run still
+    ends as stopped (143), with everything it wrote committed."""
+    import os
+    import time
+
+    from forge_core import pipeline
+    from forge_sink_csv.sink import CsvSink
+
+    class NeverFires:
+        def __init__(self, *args, **kwargs) -> None:
+            self.daemon = True
+
+        def start(self) -> None:
+            pass
+
+    commit = CsvSink.commit
+    sent: list[bool] = []
+
+    class Finalizer:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+
+    def commit_then_lose_a_signal(self):
+        commit(self)
+        if not sent:
+            sent.append(True)
+            Finalizer()
+
+    monkeypatch.setattr(pipeline.threading, "Timer", NeverFires)
+    monkeypatch.setattr(CsvSink, "commit", commit_then_lose_a_signal)
+    result = forge("run", "-s", "binance", "--symbol", "BTCUSDT", "--from", "2024-01-01", "--to", "2024-01-03",
+                   "--workers", "1", "-q")
+    assert sent and result.code == 143, result
+    assert result.err.strip().startswith("forge: error: interrupted:") and "Traceback" not in result.err
