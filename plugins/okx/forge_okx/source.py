@@ -16,7 +16,7 @@ UTC day as everywhere in Forge; ``confirm == "0"`` marks a bar that is still ope
 
 ``1s`` bars are kept for a few months only (exchange-apis.md C.2: "It is last 3 months supported
 for 1s candlestick"; users report about 20 days): a ``1s`` range reaching further back first
-finds OKX's oldest ``1s`` bar (a bisection, about 20 requests), asks nothing below it and names
+finds OKX's oldest ``1s`` bar (a bisection, about 25 requests), asks nothing below it and names
 the part OKX no longer has an unconfirmed hole; a range wholly older is refused in one line.
 """
 
@@ -31,7 +31,7 @@ import requests
 
 from forge_core import (
     CANDLE_COLUMNS,
-    HOUR,
+    MINUTE,
     HttpClient,
     Option,
     RateLimiter,
@@ -228,16 +228,18 @@ class OkxSource(Source):
             # listing if there is one, and else the first bar, whatever the server's cap (100)
             window = timeframe.next_open(first, LEGACY - 1)
             _, oldest = self._page(HISTORY, symbol, timeframe, window, limit=LEGACY)
-            sure = True
+            seen = None
             if oldest is None and window <= self._now:
-                oldest, sure = self._oldest(symbol, timeframe, window)
+                oldest, seen = self._oldest(symbol, timeframe, window)
         except OkxError as exc:
             raise self._explain(exc, symbol, timeframe) from None
         key = (symbol, timeframe.name)
         if oldest is not None and oldest < first:  # bars before the listing: it is not the first
             self._known[key] = oldest  # a bar known to exist: an empty answer above it is never believed
             return SymbolInfo(symbol)
-        if oldest is None or not sure:  # no bar yet (a listing to come), or a search misled
+        if oldest is None:  # no bar yet (a listing to come), or a search misled (seen: a bar)
+            if seen is not None:
+                self._known[key] = seen
             return SymbolInfo(symbol, first)
         self._known[key] = self._first[key] = oldest
         if oldest > first:
@@ -272,10 +274,11 @@ class OkxSource(Source):
                 if below is not None:
                     self._known[key] = below
                     return start
-                oldest, sure = self._oldest(symbol, tf, start, known)
+                oldest, seen = self._oldest(symbol, tf, start, known)
             except OkxError as exc:
                 raise self._explain(exc, symbol, tf) from None
-            if not sure:
+            if oldest is None and seen is not None:  # a search misled: walk as before
+                self._known[key] = min(seen, known) if known is not None else seen
                 return start
             if oldest is None:
                 raise SourceError(f"OKX has no {symbol} {tf.name} candle at all before {iso(self._now)}")
@@ -308,11 +311,12 @@ class OkxSource(Source):
                 if below is not None:
                     self._known[key] = below
                     return
-                oldest, sure = self._oldest(symbol, tf, start)
+                oldest, seen = self._oldest(symbol, tf, start)
             except OkxError as exc:
                 raise self._explain(exc, symbol, tf) from None
-            if not sure:  # a wrong empty answer misled the search: walk as if nothing were known
-                log.info("okx_1s_search_unsure", symbol=symbol)
+            if oldest is None and seen is not None:  # a wrong empty answer misled the search:
+                log.info("okx_1s_search_unsure", symbol=symbol)  # walk as if it had not been made
+                self._known[key] = seen
                 return
             if oldest is None:
                 raise SourceError(f"{KEPT_1S}: OKX serves no {symbol} 1s candle at all")
@@ -325,26 +329,38 @@ class OkxSource(Source):
                               f"range ends (its oldest opens {iso(kept[0])}); choose --from {iso(kept[0])} "
                               "or later, or a longer timeframe (1m goes back years)")
 
-    def _oldest(self, symbol: str, tf: Timeframe, start: int, known: int | None = None) -> tuple[int | None, bool]:
-        """OKX's oldest bar (None: it has none), known to have none before ``start`` (a bar at
-        ``known``, if given); and whether a last probe below it confirms it is the oldest."""
-        lo = start  # no bar before lo; one before hi
-        if known is not None:
-            hi = tf.next_open(known)
-        else:
-            hi = tf.next_open(tf.floor(self._now))
-            if self._page(HISTORY, symbol, tf, hi, limit=1)[1] is None:
-                return None, True
-        while tf.count(lo, hi) > LEGACY:
-            mid = tf.floor((lo + hi) // 2)
-            if self._page(HISTORY, symbol, tf, mid, limit=1)[1] is None:
-                lo = mid
-            else:
-                hi = mid
-        _, oldest = self._page(HISTORY, symbol, tf, hi, limit=LEGACY)  # every bar of [lo, hi)
-        if oldest is None or self._page(HISTORY, symbol, tf, oldest, limit=1)[1] is not None:
-            return None, False
-        return oldest, True
+    def _oldest(self, symbol: str, tf: Timeframe, start: int, known: int | None = None) -> tuple[int | None, int | None]:
+        """OKX's oldest bar, known to have none before ``start`` (a bar at ``known``, if given):
+        ``(oldest, None)``; ``(None, None)`` when it has no bar at all (asked twice); ``(None,
+        bar)`` when a probe found ``bar`` below what the search found: a wrong empty answer
+        misled it (``bar`` is one known to exist)."""
+        if known is None:
+            known = self._probe(symbol, tf, tf.next_open(tf.floor(self._now)))
+            if known is None:
+                return None, None
+        for _ in range(2):  # a second search, below the bar the first missed, if it was misled
+            lo, hi = start, tf.next_open(known)  # no bar before lo; known, before hi
+            while tf.count(lo, hi) > LEGACY:
+                mid = tf.floor((lo + hi) // 2)
+                bar = self._probe(symbol, tf, mid)
+                if bar is None:
+                    lo = mid
+                else:
+                    hi, known = mid, bar
+            _, oldest = self._page(HISTORY, symbol, tf, hi, limit=LEGACY)  # every bar of [lo, hi)
+            below = None if oldest is None else self._probe(symbol, tf, oldest)
+            if oldest is not None and below is None:
+                return oldest, None
+            known = min(known, below) if below is not None else known
+        return None, known
+
+    def _probe(self, symbol: str, tf: Timeframe, after: int) -> int | None:
+        """A bar before ``after``, or None after two empty answers (one may be wrong)."""
+        for _ in range(2):
+            bar = self._page(HISTORY, symbol, tf, after, limit=1)[1]
+            if bar is not None:
+                return bar
+        return None
 
     def holes_unconfirmed(self, symbol: str) -> str | None:
         kept = self._kept_1s.get(symbol)
@@ -360,8 +376,9 @@ class OkxSource(Source):
         if kept is not None:
             if task.end <= kept[0]:
                 return []  # OKX no longer has these bars: holes_unconfirmed says so
-            # the oldest bars leave as time passes: an empty answer near them is believed
-            known = kept[0] + int((time.monotonic() - kept[1]) * 1000) + HOUR
+            # the oldest bars leave as time passes (a second a second): an empty answer within a
+            # minute of where the oldest is now is believed, above it re-asked as anywhere
+            known = kept[0] + int((time.monotonic() - kept[1]) * 1000) + MINUTE
 
         def request(before: int) -> list[Row]:
             nonlocal path

@@ -395,7 +395,7 @@ def test_a_1s_range_older_than_okx_keeps_is_refused_in_a_few_requests(fresh_mock
         "candle before 2025-03-02T00:00:00Z, where the range ends (its oldest opens 2025-03-13T10:20:31Z); "
         "choose --from 2025-03-13T10:20:31Z or later, or a longer timeframe (1m goes back years)")
     assert kept == 1741861231000
-    assert fresh_mock.stats["okx.history.requests"] < 25
+    assert fresh_mock.stats["okx.history.requests"] < 35
 
 
 def test_a_1s_range_reaching_below_what_okx_keeps_names_that_part_an_unconfirmed_hole(fresh_mock):
@@ -415,12 +415,12 @@ def test_a_1s_range_reaching_below_what_okx_keeps_names_that_part_an_unconfirmed
     assert result.unconfirmed["BTC-USDT"] == ("OKX keeps 1s candles for a few months only (its docs: the last "
                                               "3 months); none served before 2025-03-14T10:20:31Z")
     assert "exchange affirmed" not in result.summary()
-    assert fresh_mock.stats["okx.history.requests"] < 25  # 3 days below it: 864 pages before
+    assert fresh_mock.stats["okx.history.requests"] < 35  # 3 days below it: 864 pages before
 
 
 def test_a_wrong_empty_answer_does_not_mislead_the_search_for_the_oldest_1s_bar(fresh_mock):
     """A server under load may answer ``[]`` where it has bars: the search's last probe below
-    the bar it found must stay empty, else the search is not used (and no bar is lost)."""
+    the bar it found must stay empty, else it searches again below the bar that probe found."""
     fresh_mock.config.extra["okx_1s_days"] = 1
     real = fresh_mock.routes[HISTORY]
     probes: list[int] = []
@@ -439,7 +439,7 @@ def test_a_wrong_empty_answer_does_not_mislead_the_search_for_the_oldest_1s_bar(
     start = kept - 600_000
     src.prepare("BTC-USDT", tf)
     tasks = list(src.plan("BTC-USDT", tf, start, kept + 600_000))
-    assert src.holes_unconfirmed("BTC-USDT") is None  # no cut was believed
+    assert src.holes_unconfirmed("BTC-USDT").endswith("none served before 2025-03-14T10:20:31Z")
     rows = [r for t in tasks for r in src.fetch(t)]
     assert rows == okx_rows("BTC-USDT", "1s", kept, kept + 600_000, NOW)  # the mock has none before kept
 
@@ -546,3 +546,26 @@ def test_the_first_bar_is_found_under_the_legacy_limit_of_100_too():
         kept = NOW - DAY + 1000 - NOW % 1000
         list(src.plan("BTC-USDT", tf, kept - 2 * HOUR, kept + 600_000))
         assert src.holes_unconfirmed("BTC-USDT").endswith(f"none served before {'2025-03-14T10:20:31Z'}")
+
+
+def test_the_searches_survive_wrong_empty_answers(mock_exchange_factory):
+    """An exchange under load answers ``[]`` where it has bars (the mock's ``empty`` fault, 15 %
+    of requests here, each answered right when asked again): every empty probe of a search is
+    asked twice. Each of the 14 probes of a bisection taken at its word, this seed's 1s run
+    named OKX's oldest bar wrongly (then 'no 1s candle at all', or a hole 'affirmed by the
+    exchange' and a page lost); the 1m run of LTC-USDT alike."""
+    from forge_core import Pipeline
+    from forge_core.testing import MemorySink
+
+    mock = mock_exchange_factory(faults={"empty": 0.15}, fault_seed=1, extra={"okx_1s_days": 1, "empty_once": True})
+    kept = NOW - DAY + 1000 - NOW % 1000
+    sink = MemorySink()
+    result = Pipeline(("okx", {"base_url": mock.url}), [sink]).run("BTC-USDT", "1s", kept - 2 * HOUR, kept + 599_999)
+    assert [tuple(r.values()) for r in sink.rows("BTC-USDT")] == okx_rows("BTC-USDT", "1s", kept, kept + 600_000, NOW)
+    assert result.holes["BTC-USDT"] == [(kept - 2 * HOUR, kept)] and "BTC-USDT" in result.unconfirmed
+    sink = MemorySink()
+    result = Pipeline(("okx", {"base_url": mock.url}), [sink]).run("LTC-USDT", "1m", "2017-12-01", "2018-01-11T12:00")
+    assert [tuple(r.values()) for r in sink.rows("LTC-USDT")] == okx_rows(
+        "LTC-USDT", "1m", LTC_MINUTES, LTC_MINUTES + 49 * 60_000, NOW)
+    assert not result.holes.get("LTC-USDT")
+    assert mock.stats["fault.empty"] > 0
