@@ -668,7 +668,8 @@ def case_tools(mock: MockProcess, args: argparse.Namespace, start: str, end: str
             label, f"{rate:,.0f} candles/s", f"Forge {path} {ref['candles_per_s']:,.0f} candles/s" if ref else "",
             ratio, f"Forge / {name}", None,
             f"{data['rows']:,} candles in {seconds:.2f} s (import {data.get('import_seconds', 0):.2f} s + work "
-            f"{data['seconds']:.2f} s), {exact}",
+            f"{data['seconds']:.2f} s), {exact}" + (f"; it stored {data['stored']:,} rows (a page past the range)"
+                                                     if data.get("stored", data["rows"]) != data["rows"] else ""),
             {**data, "candles_per_s": rate, "plot": PLOT_LABELS[label[:3]], "whole_seconds": seconds}))
     return out
 
