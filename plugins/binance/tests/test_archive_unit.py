@@ -191,35 +191,6 @@ def test_a_row_that_is_not_a_candle_of_the_timeframe_is_refused():
         read_rows(zipped(text), "binance", "S", parse_timeframe("1m"), 0, 2**62)
 
 
-def test_a_file_is_read_whole_while_the_inflating_threads_are_busy():
-    """The CSV is inflated ahead on shared threads (_Reader._read); a piece whose read has not
-    begun there is read inline, so a reader never waits for a pool that is busy (or, after a
-    fork, has no thread at all); waiting for it would hang the run. Several pieces, every row."""
-    import threading
-
-    from forge_binance.archive import _inflater
-
-    n = 12_000  # ~1 MB of CSV: four pieces
-    text = "".join(f"{t * 60_000},1.00000000,2.00000000,0.50000000,1.50000000,10.00000000,{t * 60_000 + 59_999},"
-                   f"15.00000000,{t},5.00000000,7.50000000,0\n" for t in range(n))
-    data = zipped(text)
-    release = threading.Event()
-    pool = _inflater()
-    busy = [pool.submit(release.wait, 30) for _ in range(pool._max_workers)]
-    got: list = []
-    try:
-        reader = threading.Thread(target=lambda: got.append(read_rows(data, "binance", "S", parse_timeframe("1m"),
-                                                                      0, 2**62)))
-        reader.start()
-        reader.join(10)
-        assert not reader.is_alive(), "the reader waited for a busy inflating thread"
-    finally:
-        release.set()
-        for future in busy:
-            future.result()
-    assert [r[11] for r in got[0]] == list(range(n))
-
-
 def test_large_file_streams_across_chunk_boundaries():
     n = 40_000  # ~2.4 MB of CSV: several 1 MiB pieces, lines cut at piece edges
     text = "".join(f"{t * 60_000},1.00000000,2.00000000,0.50000000,1.50000000,10.00000000,{t * 60_000 + 59_999},"
