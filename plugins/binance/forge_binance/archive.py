@@ -363,22 +363,11 @@ class _Reader:
         self.fast = columns == COLUMNS and tf.ms is not None
         self._rest, self._first, self._done = b"", True, False
         self._carry: TextRows | list[Row] | None = None  # rows read past the last slice's end
-        self._next: Future[bytes] | None = None  # the next PIECE, being inflated
-
-    def _read(self) -> bytes:
-        """The next :data:`PIECE` bytes of CSV, inflated on another thread while the caller
-        parsed the ones before: zlib lets go of the GIL, so another core inflates meanwhile
-        (a quarter of a file's CPU). Read here when that thread had not begun it."""
-        ahead, self._next = self._next, None
-        chunk = ahead.result() if ahead is not None and not ahead.cancel() else self._raw.read(PIECE)
-        if chunk:
-            self._next = _inflater().submit(self._raw.read, PIECE)
-        return chunk
 
     def piece(self) -> bytes | None:
         """The next piece of whole lines; None after the last."""
         while not self._done:
-            chunk = self._read()
+            chunk = self._raw.read(PIECE)
             if not chunk:
                 self._done = True
                 rest, self._rest = self._rest, b""
@@ -452,25 +441,8 @@ class _Reader:
 
     def close(self) -> None:
         self._carry = None
-        ahead, self._next = self._next, None
-        if ahead is not None and not ahead.cancel():
-            with suppress(Exception):
-                ahead.result()  # the zip is not closed under a read
         self._raw.close()
         self._zf.close()
-
-
-_INFLATER: ThreadPoolExecutor | None = None
-_INFLATER_LOCK = threading.Lock()
-
-
-def _inflater() -> ThreadPoolExecutor:
-    """The threads that inflate archive CSV ahead of its parsing (:meth:`_Reader._read`)."""
-    global _INFLATER
-    with _INFLATER_LOCK:
-        if _INFLATER is None:
-            _INFLATER = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="forge-archive-inflate")
-        return _INFLATER
 
 
 SLICE_ROWS = 4096
