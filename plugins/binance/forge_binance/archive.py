@@ -855,13 +855,6 @@ class ArchiveClient:
             self._ahead[path] = self._pool.submit(get)
             return True
 
-    def discard(self, path: str) -> None:
-        """Drop the download of ``path`` started ahead (its file is not there after all)."""
-        with self._lock:
-            ahead = self._ahead.pop(path, None)
-        if ahead is not None:
-            ahead.cancel()
-
     def _download(self, path: str, future: Future[bytes | None] | None) -> bytes | None:
         """The zip at ``path``: the prefetched download if there is one, else a fresh one."""
         if future is None:
@@ -1131,19 +1124,9 @@ class ArchiveFetcher:
                 state[i] = ok
 
         try:
-            if self._first_asked:
-                probe(0)
-            else:  # the run's first file: its zip downloads while its checksum is asked, then the rest
-                ahead = files[0].file.path(self.market, symbol, tf)  # type: ignore[union-attr]
-                if first is None:
-                    self.client.prefetch(ahead, symbol)
-                try:
-                    self._first_asked = probe(0)
-                finally:
-                    if not state[0]:
-                        self.client.discard(ahead)  # not there (or the host is down): nothing to keep
-                if self._first_asked:
-                    self.client.prefetch(ahead, symbol)  # (nothing if asked above)
+            if probe(0) and not self._first_asked:  # the run's first file: its zip downloads while the rest is probed
+                self._first_asked = True
+                self.client.prefetch(files[0].file.path(self.market, symbol, tf), symbol)  # type: ignore[union-attr]
             i = 0
             while i < n:
                 if state[i] is None:

@@ -11,7 +11,6 @@ from forge_core.testing.server import MockExchange
 from forge_core.timeframes import parse_timeframe
 
 H1 = parse_timeframe("1h")
-M1 = parse_timeframe("1m")
 
 
 def held_until(mock: MockExchange, path: str, event: threading.Event) -> list[str]:
@@ -55,34 +54,3 @@ def test_first_candle_probes_are_asked_while_exchange_info_answers_once_each(fre
     assert sorted(q.split("&")[0] for q in probes if "startTime=0&" in q) == sorted(f"symbol={s}" for s in symbols)
     assert len(info) == 1
 
-
-def test_the_first_archive_zip_is_asked_while_its_checksum_answers(fresh_mock):
-    """The run's first file: its zip is downloaded while its .CHECKSUM is asked, not after."""
-    source = BinanceSource(base_url=fresh_mock.url, archive="archive", archive_url=fresh_mock.url)
-    name = "/data/spot/monthly/klines/BTCUSDT/1m/BTCUSDT-1m-2024-01.zip"
-    asked = threading.Event()
-    (prefix, serve), = [(p, h) for p, h in fresh_mock.prefixes if p == "/data/"]
-
-    def archive(req):
-        if req.path == name:
-            asked.set()
-        return serve(req)
-
-    fresh_mock.prefixes[:] = [(p, archive if p == "/data/" else h) for p, h in fresh_mock.prefixes]
-    during: list[bool] = []  # whether the zip had been asked by the time the checksum answered
-
-    def checksum(req):
-        during.append(asked.wait(5))
-        return serve(req)
-
-    fresh_mock.routes[name + ".CHECKSUM"] = checksum
-    try:
-        source.server_time()
-        source.prepare_symbols(["BTCUSDT"], M1)
-        source.prepare("BTCUSDT", M1)
-        tasks = list(source.plan("BTCUSDT", M1, 1704067200000, 1709251200000))  # January and February 2024
-        assert during == [True]  # the zip was asked while its checksum was held
-        rows = source.fetch(tasks[0])
-    finally:
-        source.close()
-    assert len(getattr(rows, "rows", rows)) > 0
