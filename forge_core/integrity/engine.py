@@ -371,9 +371,9 @@ class Checker:
             source.close()
         if start >= limit:
             return  # run() says so
-        keys = [key for key, _, _ in partitions(start, limit)]
+        keys = {key for key, _, _ in partitions(start, limit)}
         absent = [s for s in symbols if not self._holds(sv, s, tf, start, limit)
-                  and not any(key in self.store.ledger(sv, s, tf.name) for key in keys)]
+                  and not keys & self.store.ledger(sv, s, tf.name).keys()]  # the ledger read once a symbol
         if absent:
             raise UsageError(f"{self.store.describe()} holds no {sv} {', '.join(absent)} {tf.name} candles from "
                              f"{iso(start)} to {iso(tf.floor(limit - 1))}; 'forge status' lists what it holds")

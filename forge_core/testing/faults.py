@@ -243,7 +243,7 @@ def _duplicate_rows(response: Response, rng: random.Random) -> None:
         payload: Any = _load(response.body)
     except ValueError:
         return
-    rows = payload if isinstance(payload, list) else payload.get("data") if isinstance(payload, dict) else None
+    rows = _rows_of(payload)
     if not isinstance(rows, list) or len(rows) < 2 or not isinstance(rows[0], list):
         return
     for _ in range(max(1, len(rows) // 50)):

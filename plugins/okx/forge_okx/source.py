@@ -266,22 +266,10 @@ class OkxSource(Source):
         key = (symbol, tf.name)
         first = self._first.get(key)
         if first is None:
-            known = self._known.get(key)
-            if known is not None and known <= start:
-                return start
-            try:
-                _, below = self._page(HISTORY, symbol, tf, start, limit=1)
-                if below is not None:
-                    self._known[key] = below
-                    return start
-                oldest, seen = self._oldest(symbol, tf, start, known)
-            except OkxError as exc:
-                raise self._explain(exc, symbol, tf) from None
-            if oldest is None and seen is not None:  # a search misled: walk as before
-                self._known[key] = min(seen, known) if known is not None else seen
-                return start
+            oldest = self._search_oldest(symbol, tf, start,
+                                         f"OKX has no {symbol} {tf.name} candle at all before {iso(self._now)}")
             if oldest is None:
-                raise SourceError(f"OKX has no {symbol} {tf.name} candle at all before {iso(self._now)}")
+                return start
             first = self._known[key] = self._first[key] = oldest
             if start < first < end:
                 log.warning("okx_first_candle", symbol=symbol, timeframe=tf.name, first_candle=iso(first),
@@ -290,6 +278,31 @@ class OkxSource(Source):
             raise SourceError(f"OKX has no {symbol} {tf.name} candle before {iso(end)}, where the range ends "
                               f"(its first opens {iso(first)}); choose a later range")
         return max(start, first)
+
+    def _search_oldest(self, symbol: str, tf: Timeframe, start: int, none_at_all: str) -> int | None:
+        """OKX's oldest bar of the series when it has none before ``start``: found by
+        :meth:`_oldest` (a SourceError ``none_at_all`` if it has no bar at all). None when no
+        search is needed (a bar before ``start`` is known, or one probe finds one) or when a
+        wrong empty answer misled it: then the series is walked as before, from a bar seen."""
+        key = (symbol, tf.name)
+        known = self._known.get(key)
+        if known is not None and known <= start:
+            return None
+        try:
+            _, below = self._page(HISTORY, symbol, tf, start, limit=1)
+            if below is not None:
+                self._known[key] = below
+                return None
+            oldest, seen = self._oldest(symbol, tf, start, known)
+        except OkxError as exc:
+            raise self._explain(exc, symbol, tf) from None
+        if oldest is None and seen is not None:  # a wrong empty answer misled the search
+            log.info("okx_search_unsure", symbol=symbol, timeframe=tf.name)
+            self._known[key] = min(seen, known) if known is not None else seen
+            return None
+        if oldest is None:
+            raise SourceError(none_at_all)
+        return oldest
 
     def _find_kept_1s(self, symbol: str, tf: Timeframe, start: int, end: int) -> None:
         """Where OKX's ``1s`` history of ``symbol`` begins, if ``[start, end)`` reaches below it.
@@ -302,24 +315,9 @@ class OkxSource(Source):
         took 580 requests (63 s) for one day of nothing."""
         kept = self._kept_1s.get(symbol)
         if kept is None:
-            key = (symbol, tf.name)
-            known = self._known.get(key)
-            if known is not None and known <= start:
-                return
-            try:
-                _, below = self._page(HISTORY, symbol, tf, start, limit=1)
-                if below is not None:
-                    self._known[key] = below
-                    return
-                oldest, seen = self._oldest(symbol, tf, start)
-            except OkxError as exc:
-                raise self._explain(exc, symbol, tf) from None
-            if oldest is None and seen is not None:  # a wrong empty answer misled the search:
-                log.info("okx_1s_search_unsure", symbol=symbol)  # walk as if it had not been made
-                self._known[key] = seen
-                return
+            oldest = self._search_oldest(symbol, tf, start, f"{KEPT_1S}: OKX serves no {symbol} 1s candle at all")
             if oldest is None:
-                raise SourceError(f"{KEPT_1S}: OKX serves no {symbol} 1s candle at all")
+                return
             kept = self._kept_1s[symbol] = (oldest, time.monotonic())
             if start < oldest < end:
                 log.warning("okx_1s_not_kept", symbol=symbol, not_available=f"{iso(start)}..{iso(oldest - 1)}",
