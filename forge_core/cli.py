@@ -653,9 +653,9 @@ def tune_allocator() -> None:
 def main(argv: list[str] | None = None, plugins: Plugins | None = None) -> int:
     tune_allocator()
     args = sys.argv[1:] if argv is None else argv
-    verbose = any(a in ("-v", "-vv", "--verbose") for a in args) or _env_flag("FORGE_DEBUG")
     # logging must be ready before plugins load (a broken plugin logs a warning)
     verbosity, log_format = _logging_args(args)
+    verbose = verbosity > 0 or _env_flag("FORGE_DEBUG")  # (-vvv too)
     configure(verbosity, log_format)
     plugins = plugins or Plugins()
 
