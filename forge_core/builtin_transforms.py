@@ -16,7 +16,7 @@ from .errors import UsageError
 from .hookspecs import hookimpl
 from .options import Option
 from .records import CANDLE_COLUMNS, Batch, Row
-from .timeframes import DAY, Timeframe, parse_timeframe
+from .timeframes import DAY, NAMES, Timeframe, parse_timeframe
 from .transforms import Transform
 
 _EXACT = Context(prec=100)  # sums of many 20-digit volumes: no rounding at the default 28 digits
@@ -41,12 +41,25 @@ class Resample(Transform):
         super().__init__(**options)
         if not self.settings["resample_to"]:
             raise UsageError("the resample transform needs a target timeframe: --resample-to 1h")
-        self.target: Timeframe = parse_timeframe(str(self.settings["resample_to"]))
+        self._target: Timeframe | None = None
         self._range: tuple[int, int] | None = None
         self._open: int | None = None
         self._acc: list[Any] | None = None
         self._template: Batch | None = None
         self._folds: list[tuple[int, Callable[[Any, Any], Any]]] = []
+
+    @property
+    def target(self) -> Timeframe:
+        if self._target is None:
+            self._target = parse_timeframe(str(self.settings["resample_to"]))
+        return self._target
+
+    def bind_source(self, source: Any) -> None:
+        """The target in the spellings ``-t`` takes with this source (OKX's ``4H``), with its
+        errors; stored as Forge's name, so ``4H`` and ``4h`` are one run identity."""
+        self._target = parse_timeframe(str(self.settings["resample_to"]), NAMES,
+                                       getattr(source, "timeframe_aliases", None), source=source.name or None)
+        self.settings["resample_to"] = self._target.name
 
     def output_timeframe(self, timeframe: str) -> str:
         return self.target.name

@@ -25,7 +25,7 @@ from .options import Option
 from .pipeline import DEFAULT_WORKERS, Pipeline, RunResult
 from .plugins import Plugins, Registration
 from .progress import ProgressLine
-from .timeframes import NAMES, parse_timeframe
+from .timeframes import NAMES
 from .times import ACCEPTED, display
 
 RUN_EPILOG = """\b
@@ -208,11 +208,8 @@ def run_command(plugins: Plugins, args: list[str] | None = None) -> click.Comman
                 owners = ", ".join(f"{r.kind} {r.name}" for r, _ in declared[name])
                 raise UsageError(f"option --{name.replace('_', '-')} belongs to {owners}, "
                                  "not to this run's source or sinks")
-        transforms = [
-            _spelled(source_cls, spec[0], chosen.route(given, plugins.get("transform", spec[0])))
-            if isinstance(spec, tuple) else spec
-            for spec in transform_specs
-        ]
+        transforms = [(spec[0], chosen.route(given, plugins.get("transform", spec[0])))
+                      if isinstance(spec, tuple) else spec for spec in transform_specs]
         _follow_only_options(ctx, kw)
         if kw["partition"]:  # forge run --partition KEY: exactly those partitions (docs/scale-out.md)
             return _run_partitions(plugins, kw, chosen.route(given, source_cls),
@@ -398,17 +395,6 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         raise ForgeError(f"cannot write --summary-json {path}: {exc.strerror or exc}") from None
-
-
-def _spelled(source_cls: type, name: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """``--resample-to`` in the spellings ``-t`` takes with this source, with its errors: any
-    Forge timeframe, or the exchange's own name of one (OKX's ``4H``)."""
-    target = options.get("resample_to")
-    if name != "resample" or not target:
-        return name, options
-    tf = parse_timeframe(str(target), NAMES, getattr(source_cls, "timeframe_aliases", None),
-                         source=getattr(source_cls, "name", None))
-    return name, {**options, "resample_to": tf.name}
 
 
 def _run_partitions(plugins: Plugins, kw: dict[str, Any], source_options: dict[str, Any],

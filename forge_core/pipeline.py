@@ -205,6 +205,8 @@ class Pipeline:
             RowFunction(t) if callable(t) and not isinstance(t, (Transform, type)) else self._make("transform", t)
             for t in transforms
         ]
+        for t in self.transforms:
+            _call_plugin("transform", t.label, t.bind_source, self.source)
         if workers < 1:
             raise UsageError(f"workers must be at least 1, got {workers}")
         self.workers = workers

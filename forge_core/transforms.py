@@ -25,6 +25,10 @@ class Transform:
     def __init__(self, **options: Any) -> None:
         self.settings = settings("transform", self.name, self.options, options)
 
+    def bind_source(self, source: Any) -> None:
+        """The pipeline's source, given once before any run: a transform whose options name
+        something in the exchange's vocabulary (a timeframe in OKX's ``4H``) reads them here."""
+
     def output_timeframe(self, timeframe: str) -> str:
         """The timeframe of the candles this transform emits, given the ones it receives."""
         return timeframe

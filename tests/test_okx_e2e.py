@@ -222,3 +222,29 @@ def test_1s_rows_okx_no_longer_keeps_are_never_deleted_by_repair(forge, fresh_ex
     assert forge("repair", "-s", "okx", *args, "--delete-extra").code == 0
     _, rows = read(in_tmp / "s.csv")
     assert len(rows) == 900
+
+
+def test_resample_to_takes_the_sources_spellings_through_the_api(exchange_env):
+    """The Python API took only Forge's 4h where the CLI took OKX's 4H too: a resample built
+    by name or as an instance reads the target in the run's source's spellings, and the run's
+    identity (its resume key) is that of 4h."""
+    from forge_core import Pipeline, Sink
+    from forge_core.builtin_transforms import Resample
+
+    class Memory(Sink):
+        name = "memory"
+
+        def open(self, run):
+            self.run, self.rows = run, []
+
+        def write(self, batch):
+            self.rows.extend(batch.rows)
+
+    runs = []
+    for resample in (("resample", {"resample_to": "4h"}), ("resample", {"resample_to": "4H"}),
+                     Resample(resample_to="4H")):
+        sink = Memory()
+        Pipeline("okx", [sink], [resample]).run("BTC-USDT", "1H", "2024-01-01", "2024-01-02")
+        runs.append((sink.run.transforms, sink.run.output_timeframe, sink.rows))
+    assert runs[0][1] == "4h" and len(runs[0][2]) == 12
+    assert runs[1] == runs[0] and runs[2] == runs[0]
