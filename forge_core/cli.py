@@ -645,11 +645,10 @@ def main(argv: list[str] | None = None, plugins: Plugins | None = None) -> int:
     configure(verbosity, log_format)
     plugins = plugins or Plugins()
 
-    def fail(line: str, code: int) -> int:
+    def fail(message: str, code: int, kind: str = "error: ") -> int:
         """The one error line; with --log-format json one JSON object, as the logs and summary are."""
-        if log_format == "json":
-            message = line.removeprefix("forge: error: ").removeprefix("forge: ")
-            line = json.dumps({"event": "error", "level": "error", "message": message, "exit": code})
+        line = (json.dumps({"event": "error", "level": "error", "message": message, "exit": code})
+                if log_format == "json" else f"forge: {kind}{message}")
         click.echo(line, err=True)
         return code
 
@@ -664,7 +663,7 @@ def main(argv: list[str] | None = None, plugins: Plugins | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort as exc:
-        return fail("forge: interrupted", signal_exit_code(exc))
+        return fail("interrupted", signal_exit_code(exc), "")
     except click.UsageError as exc:  # one line, like every other error
         where = f"forge {exc.ctx.info_name}" if exc.ctx is not None and exc.ctx.info_name != "forge" else "forge"
         message = exc.format_message()
@@ -677,21 +676,20 @@ def main(argv: list[str] | None = None, plugins: Plugins | None = None) -> int:
                 what = "this run's source or sinks" if where == "forge run" else f"this {where[6:]}'s source or sink"
                 message = (f"option {exc.option_name} belongs to {owner}, not to {what} "
                            f"(choose that plugin, e.g. --{owner.split()[0]} {owner.split()[1].rstrip(',')})")
-        return fail(f"forge: error: {message} (see '{where} --help')", exc.exit_code)
+        return fail(f"{message} (see '{where} --help')", exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
+        return fail(exc.format_message(), exc.exit_code)
     except KeyboardInterrupt as exc:
-        return fail("forge: interrupted; everything committed before this is kept, run again to resume",
-                    signal_exit_code(exc))
+        return fail("interrupted; everything committed before this is kept, run again to resume",
+                    signal_exit_code(exc), "")
     except ForgeError as exc:
         if verbose:
             traceback.print_exc()
-        return fail(f"forge: error: {exc}", exc.exit_code)
+        return fail(str(exc), exc.exit_code)
     except Exception as exc:  # a bug or an unexpected failure: still one line unless -v
         if verbose:
             traceback.print_exc()
-        return fail(f"forge: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)", 1)
+        return fail(f"unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)", 1, "")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -101,3 +101,33 @@ def test_times_print_without_microseconds():
     assert iso(end_of_candle) == "2023-09-18T09:59:59.999Z"
     assert iso(1705305600000) == "2024-01-15T08:00:00Z"  # whole seconds as before
     assert display(end_of_candle) == "2023-09-18 09:59:59 UTC"
+
+
+@pytest.mark.parametrize("log_format", ["console", "json"])
+def test_a_click_exception_from_a_plugin_command_is_the_one_error_line(capsys, log_format):
+    """A plugin command's click.ClickException printed click's own 'Error: ...', never the JSON
+    object --log-format json promises: every error takes the one path."""
+    import click
+
+    from forge_core.cli import main
+    from forge_core.hookspecs import hookimpl
+    from forge_core.plugins import Plugins
+
+    class Command:
+        @hookimpl
+        def forge_register_commands(self, cli):
+            @cli.command(name="boom")
+            def boom():
+                raise click.ClickException("the boom failed; try --quiet")
+
+    plugins = Plugins(entry_points=False)
+    plugins.register(Command(), name="boom")
+    capsys.readouterr()
+    code = main(["--log-format", log_format, "boom"], plugins=plugins)
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    if log_format == "json":
+        assert json.loads(line) == {"event": "error", "level": "error", "message": "the boom failed; try --quiet",
+                                    "exit": 1}
+    else:
+        assert line == "forge: error: the boom failed; try --quiet"
