@@ -42,6 +42,20 @@ class SourceError(ForgeError):
     """The exchange refused a request for a reason that retrying cannot fix."""
 
 
+class BeforeListing(SourceError):
+    """A range wholly before a symbol's first candle (``first_open``, the exchange's word).
+    ``span`` and ``fix`` say what the user asked and what to change: ``--to`` for a range, the
+    partitions for a partition run."""
+
+    def __init__(self, where: str, symbol: str, first_open: int, end: int, *, span: str | None = None,
+                 fix: str = "choose --to after the listing") -> None:
+        from .times import iso
+
+        span = f"the range ends {iso(end)}" if span is None else span
+        super().__init__(f"{where} has no {symbol} candles before {iso(first_open)} (its first); {span}: {fix}")
+        self.where, self.symbol, self.first_open, self.end = where, symbol, first_open, end
+
+
 class SinkError(ForgeError):
     """The destination could not accept or commit rows."""
 

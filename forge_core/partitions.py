@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from .errors import UsageError
+from .errors import BeforeListing, UsageError
 from .timeframes import parse_timeframe
 
 KEY = re.compile(r"^(?P<source>[a-z0-9_-]+):(?P<market>[a-z0-9_-]+):(?P<symbol>[A-Za-z0-9._/-]+):"
@@ -188,6 +188,15 @@ def _run_groups(partitions: Sequence[Partition], sinks: Sequence[Any], plugins: 
             if "market" not in declared:
                 raise UsageError(f"partition market {market!r}: source {source!r} has no markets; use '-'")
             options["market"] = market
-        results.append(Pipeline((source, options), list(sinks), list(transforms), plugins=plugins,
-                                rate_budget=rate_budget, **pipeline)
-                       .run(symbols, timeframe, start, end - 1))
+        try:
+            results.append(Pipeline((source, options), list(sinks), list(transforms), plugins=plugins,
+                                    rate_budget=rate_budget, **pipeline)
+                           .run(symbols, timeframe, start, end - 1))
+        except BeforeListing as exc:  # the user gave partitions, not --to: name them
+            months = [p.month for p in plan(source, market, [exc.symbol], timeframe, start, end)]
+            keys = Partition(source, market, exc.symbol, timeframe, months[0]).key
+            keys = f"partitions {keys} .. {months[-1]} are" if len(months) > 1 else f"partition {keys} is"
+            listed = datetime.fromtimestamp(exc.first_open / 1000, tz=timezone.utc).strftime("%Y-%m")
+            raise BeforeListing(exc.where, exc.symbol, exc.first_open, exc.end,
+                                span=f"{keys} wholly before it",
+                                fix=f"its partitions start at {listed} (forge plan lists them)") from None

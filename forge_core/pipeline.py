@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from . import budget, retrying
-from .errors import ForgeError, SinkError, SourceError, TransformError, UsageError
+from .errors import BeforeListing, ForgeError, SinkError, SourceError, TransformError, UsageError
 from .logs import get_logger
 from .plugins import Plugins
 from .records import Batch, Fetched, Row, TextRows, after_point, ascending, check_rows
@@ -351,8 +351,7 @@ class Pipeline:
             info = _call_plugin("source", name, self.source.prepare, symbol, tf)
             start = starts[symbol]
             if info.first_open is not None and info.first_open >= end and start < end:
-                raise SourceError(f"{self.source.name} has no {symbol} candles before {iso(info.first_open)} "
-                                  f"(its first); the range ends {iso(end)}: choose --to after the listing")
+                raise BeforeListing(self.source.describe(), symbol, info.first_open, end)
             first = start if info.first_open is None else max(start, tf.floor(info.first_open))
             stop = self._series_end(symbol, tf, info, first, end)
             tasks = list(_call_plugin("source", name, self.source.plan, symbol, tf, first, stop)) if first < stop else []
@@ -368,7 +367,7 @@ class Pipeline:
             return end
         last = info.last_open
         if last is None and info.first_open is None:  # a pair announced, not open (Binance spot BREAK)
-            raise SourceError(f"{self.source.name} has no {symbol} candles at all, and it is {info.ended}: it has "
+            raise SourceError(f"{self.source.describe()} has no {symbol} candles at all, and it is {info.ended}: it has "
                               "not opened for trading yet, so no range has any (the exchange gives no listing "
                               "date); run it once it trades")
         stop = min(end, first if last is None else tf.next_open(tf.floor(last)))

@@ -102,6 +102,11 @@ class Source:
         ``BTCUSDT``), which then need a value per market, e.g. ``binance-usdm``."""
         return self.name
 
+    def describe(self) -> str:
+        """The exchange, and the market where one plugin serves several, as messages name it
+        (``Binance USD-M futures``); the plugin name by default."""
+        return self.name
+
     # -- building rows by name ----------------------------------------------------------------
     def row_maker(self, task: Task) -> RowMaker:
         """A fast ``make(open_ts=..., open=..., high=..., low=..., close=..., volume=...,

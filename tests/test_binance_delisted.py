@@ -199,7 +199,7 @@ def test_a_symbol_listed_but_not_trading_yet(forge, env, tmp_path):
     spot = forge("run", "-s", "binance", "--symbol", "SOONUSDT", "-t", "1d", "--from", "2025-01-01",
                  "--to", "2025-03-14", "--output", "soon.csv", "-q")
     assert spot.code == 1, spot
-    assert spot.err == ("forge: error: binance has no SOONUSDT candles at all, and it is not trading (Binance "
+    assert spot.err == ("forge: error: Binance spot has no SOONUSDT candles at all, and it is not trading (Binance "
                         "exchangeInfo status BREAK): it has not opened for trading yet, so no range has any (the "
                         "exchange gives no listing date); run it once it trades\n")
     assert not (tmp_path / "soon.csv").exists()
@@ -208,5 +208,5 @@ def test_a_symbol_listed_but_not_trading_yet(forge, env, tmp_path):
     perp = forge("run", "-s", "binance", "--market", "usdm", "--symbol", "SOONUSDT", "-t", "1d",
                  "--from", "2025-01-01", "--to", "2025-03-14", "-q")
     assert perp.code == 1, perp
-    assert perp.err == ("forge: error: binance has no SOONUSDT candles before 2025-06-02T00:00:00Z (its first); "
+    assert perp.err == ("forge: error: Binance USD-M futures has no SOONUSDT candles before 2025-06-02T00:00:00Z (its first); "
                         "the range ends 2025-03-15T00:00:00Z: choose --to after the listing\n")

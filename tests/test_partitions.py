@@ -249,3 +249,23 @@ def test_forge_plan_starts_where_the_run_starts_at_a_listing(forge, exchange_env
     within = forge("plan", "-s", "binance", "--symbol", "NEWUSDT", "-t", "1h", "--from", "2024-01-02", "--to",
                    "2024-01-31", "--json")  # the listing inside the first month: nothing left out, nothing said
     assert jsonlib.loads(within.out)["listed"] == {} and len(jsonlib.loads(within.out)["partitions"]) == 1
+
+
+def test_a_partition_before_the_listing_is_refused_naming_the_market_and_the_partition(forge, exchange_env, in_tmp):
+    """The refusal named `binance` for every market and said 'choose --to after the listing'
+    to a user who gave --partition, not --to: now the market, the partitions and where they start."""
+    one = forge("run", "--partition", "binance:usdm:SOONUSDT:1d:2025-01", "-q")
+    assert one.code == 1 and one.err == (
+        "forge: error: Binance USD-M futures has no SOONUSDT candles before 2025-06-02T00:00:00Z (its first); "
+        "partition binance:usdm:SOONUSDT:1d:2025-01 is wholly before it: its partitions start at 2025-06 "
+        "(forge plan lists them)\n")
+    two = forge("run", "--partition", "binance:spot:NEWUSDT:1h:2023-11", "--partition", "binance:spot:NEWUSDT:1h:2023-12")
+    assert two.code == 1 and two.err == (
+        "forge: error: Binance spot has no NEWUSDT candles before 2024-01-15T08:00:00Z (its first); partitions "
+        "binance:spot:NEWUSDT:1h:2023-11 .. 2023-12 are wholly before it: its partitions start at 2024-01 "
+        "(forge plan lists them)\n")
+    ranged = forge("run", "-s", "binance", "--market", "coinm", "--symbol", "BTCUSD_240329", "-t", "1d",
+                   "--from", "2023-08-01", "--to", "2023-08-31", "-q")
+    assert ranged.code == 1 and ranged.err == (
+        "forge: error: Binance COIN-M futures has no BTCUSD_240329 candles before 2023-09-29T00:00:00Z (its first); "
+        "the range ends 2023-09-01T00:00:00Z: choose --to after the listing\n")

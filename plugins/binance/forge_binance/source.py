@@ -147,6 +147,9 @@ class BinanceSource(Source):
     def source_value(self) -> str:
         return self._source_value
 
+    def describe(self) -> str:
+        return f"Binance {_MARKET_WORDS[self.market]}"
+
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.market = self.settings["market"]  # the core checked it is one of MARKETS
