@@ -114,14 +114,16 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def makedirs_durable(path: str) -> None:
-    """``os.makedirs``, with each new directory's entry fsynced into its parent."""
+def makedirs_durable(path: str) -> list[str]:
+    """``os.makedirs``, with each new directory's entry fsynced into its parent; returns the
+    directories this call created (parents first), not those another process made meanwhile."""
     if os.path.isdir(path):
-        return
+        return []
     parent = os.path.dirname(path)
-    makedirs_durable(parent)
+    made = makedirs_durable(parent)
     try:
         os.mkdir(path)
     except FileExistsError:
-        return
+        return made
     fsync_dir(parent)
+    return [*made, path]

@@ -145,13 +145,7 @@ class ParquetSink(Sink):
         take the dataset's lock, or one line saying why not."""
         try:
             for path in (self.root, self._tmp, os.path.join(state, "runs")):
-                missing = []
-                folder = path
-                while folder and not os.path.lexists(folder):
-                    missing.append(folder)
-                    folder = os.path.dirname(folder)
-                layout.makedirs_durable(path)
-                self._made += [m for m in missing if m not in self._made]
+                self._made += layout.makedirs_durable(path)
             if not os.access(self.root, os.W_OK):
                 raise PermissionError(13, "Permission denied")
             self._lock = open(self._lock_path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())

@@ -372,7 +372,7 @@ def test_a_run_refused_the_lock_removes_nothing_of_the_run_holding_it(tmp_path, 
         if path.endswith("tmp") and not raced:
             raced.append(path)
             first.open(_run_info())  # the first run makes it all between the second's look and mkdir
-        real(path)
+        return real(path)
 
     monkeypatch.setattr(layout, "makedirs_durable", racing)
     with pytest.raises(SinkError, match="another forge run is writing"):
