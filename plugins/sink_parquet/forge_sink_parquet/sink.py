@@ -89,7 +89,7 @@ class ParquetSink(Sink):
         self.committed: dict[str, int] = {}  # symbol -> end_ts of its last committed row, this run
         self.appended: dict[str, int] = {}  # symbol -> end_ts of its last row handed to write()
         self.resume: dict[str, int] = {}  # symbol -> end_ts, from an interrupted run of the same identity
-        self.files_written = 0
+        self.written: set[str] = set()  # the month files this run wrote (a month committed twice is one)
         self.changed = 0  # rows inserted or stored with other values, this run
         self._lock: IO[str] | None = None
         self._lock_path = ""
@@ -104,7 +104,7 @@ class ParquetSink(Sink):
             raise UsageError("the parquet sink needs --root DIR, the directory of the dataset")
         self.run = run
         self.root = os.path.abspath(str(root))
-        self.current, self.committed, self.appended, self.files_written = None, {}, {}, 0
+        self.current, self.committed, self.appended, self.written = None, {}, {}, set()
         self.changed = 0
         layout.check_value("source", run.source)
         for symbol in run.symbols:
@@ -164,7 +164,7 @@ class ParquetSink(Sink):
         """A run that wrote nothing removes the directories it created (the root, the
         bookkeeping directory beside it, their parents), as they were before it; called while it
         holds the lock, so the lock file goes with the bookkeeping directory it made."""
-        if not self._made or self.files_written or (self._state_path and os.path.exists(self._state_path)):
+        if not self._made or self.written or (self._state_path and os.path.exists(self._state_path)):
             return
         if layout.state_dir(self.root) in self._made:
             remove(self._lock_path)
@@ -273,7 +273,12 @@ class ParquetSink(Sink):
 
     def describe(self) -> str:
         where = os.path.relpath(self.root) if self.root else "parquet"
-        return f"{where} ({self.files_written} parquet files written)"
+        n = len(self.written)
+        return f"{where} ({n} parquet {'file' if n == 1 else 'files'} written)"
+
+    @property
+    def files_written(self) -> int:
+        return len(self.written)
 
     def rows_changed(self) -> int | None:
         """Rows written that the month files did not hold with equal values (by ``open_ts``)."""
@@ -373,7 +378,7 @@ class ParquetSink(Sink):
                 if stored is not None:
                     stored.close()
                 part.out = part.stored = part.last = None
-            self.files_written += 1
+            self.written.add(part.path)
         if finished:
             self.current = None
             pa.default_memory_pool().release_unused()
