@@ -73,6 +73,7 @@ class PostgresIntegrity:
                              f"{', '.join((*KEY, 'end_ts', *VALUE_FIELDS))}")
         self.table: TableInfo = info
         self.ledger_ident = qualified(schema, LEDGER_TABLE)
+        self._ledger_ready = False  # forge_ledger is known to exist: not asked again
         self.bytes_received = 0  # result bytes the integrity queries brought back, for the benchmark
 
     def describe(self) -> str:
@@ -249,18 +250,23 @@ class PostgresIntegrity:
         return self._run("read", work)
 
     # -- the ledger -------------------------------------------------------------------------
+    def _ledger_exists(self, cur: Any) -> bool:
+        if not self._ledger_ready:
+            cur.execute("SELECT to_regclass(%s)", (self.ledger_ident.as_string(cur),))
+            self._ledger_ready = cur.fetchone()[0] is not None
+        return self._ledger_ready
+
     def _ensure_ledger(self, cur: Any) -> None:
         # created only when missing: CREATE ... IF NOT EXISTS needs CREATE on the schema even when the
-        # table is there, which a role granted only the ledger's rows lacks
-        cur.execute("SELECT to_regclass(%s)", (self.ledger_ident.as_string(cur),))
-        if cur.fetchone()[0] is None:
+        # table is there, which a role granted only the ledger's rows lacks. Not marked ready here: the
+        # transaction creating it may still roll back
+        if not self._ledger_exists(cur):
             cur.execute(DDL_LOCK)
             cur.execute(sql.SQL(LEDGER_DDL).format(self.ledger_ident))
 
     def ledger(self, source: str, symbol: str, timeframe: str) -> dict[str, LedgerEntry]:
         def work(cur: Any) -> dict[str, LedgerEntry]:
-            cur.execute("SELECT to_regclass(%s)", (self.ledger_ident.as_string(cur),))
-            if cur.fetchone()[0] is None:
+            if not self._ledger_exists(cur):
                 return {}
             cur.execute(sql.SQL("SELECT entry FROM {} WHERE target = %s AND source = %s AND symbol = %s "
                                 "AND timeframe = %s").format(self.ledger_ident), (self.label, source, symbol, timeframe))
@@ -272,8 +278,7 @@ class PostgresIntegrity:
     def venue_ledger(self, source: str, timeframe: str) -> list[LedgerEntry]:
         """Every symbol's entries of one source and timeframe (optional hook: shared holes)."""
         def work(cur: Any) -> list[LedgerEntry]:
-            cur.execute("SELECT to_regclass(%s)", (self.ledger_ident.as_string(cur),))
-            if cur.fetchone()[0] is None:
+            if not self._ledger_exists(cur):
                 return []
             cur.execute(sql.SQL("SELECT entry FROM {} WHERE target = %s AND source = %s AND timeframe = %s").format(
                 self.ledger_ident), (self.label, source, timeframe))

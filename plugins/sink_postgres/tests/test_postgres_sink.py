@@ -277,3 +277,33 @@ def test_one_line():
     exc = psycopg2.OperationalError('connection to server at "h" (1.2.3.4), port 5 failed: FATAL:  '
                                     'password authentication failed for user "x"\n')
     assert one_line(exc) == 'password authentication failed for user "x"'
+
+
+def test_the_ledger_is_looked_up_until_it_is_known_to_exist(pg_url, db, table):
+    """Every ledger save and read asked to_regclass whether forge_ledger exists: once it is known
+    to, this integrity store asks no more (the first save creates it, the next sees it)."""
+    from forge_core.integrity import LedgerEntry
+
+    schema = f"s_{uuid.uuid4().hex[:10]}"
+    db.execute(f"CREATE SCHEMA {schema}")
+    try:
+        load(PostgresSink(database_url=pg_url, table=f"{schema}.{table}"), rows(3))
+        store = PostgresSink(database_url=pg_url, table=f"{schema}.{table}").integrity()
+        asked = []
+
+        class Counting(psycopg2.extensions.cursor):
+            def execute(self, query, args=None):
+                asked.append("to_regclass" in str(query))
+                return super().execute(query, args)
+
+        store.conn.cursor_factory = Counting
+        entry = LedgerEntry("binance", "BTCUSDT", "1m", "2024-01", T0, T0 + 180_000, 3, T0, T0 + 120_000,
+                            "d", "d", "rest", "2024-02-01T00:00:00Z", "identical")
+        for _ in range(3):
+            store.save_ledger([entry])
+            assert store.ledger("binance", "BTCUSDT", "1m") == {"2024-01": entry}
+            assert store.venue_ledger("binance", "1m") == [entry]
+        store.close()
+        assert sum(asked) == 2
+    finally:
+        db.execute(f"DROP SCHEMA {schema} CASCADE")
