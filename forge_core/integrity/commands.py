@@ -177,7 +177,8 @@ def _checked(store: IntegrityStore, name: str, source_cls: type, source_opts: di
     different = any(totals.values())
     disagreements = sum(r.disagreements for r in reports)
     code = 1 if failed or (name == "verify" and (different or disagreements)) else 0
-    summary = _summary(name, reports, totals, failed, checker.fetches)
+    holes = _holes(reports)
+    summary = _summary(name, reports, totals, failed, checker.fetches, holes)
     if checker.deep:
         days = sum(len(r.deep["days"]) for r in reports if r.deep)
         summary += (f"; deep: {days} day(s) of archive files cross-checked against REST, "
@@ -187,8 +188,7 @@ def _checked(store: IntegrityStore, name: str, source_cls: type, source_opts: di
                                "series": [r.as_json() for r in reports],
                                "summary": {**totals, "series": len(reports), "failed_partitions": failed,
                                            **({"deep_disagreements": disagreements} if checker.deep else {}),
-                                           "exchange_holes": sum(len(r.holes) for r in reports) - _doubtful(reports),
-                                           "unconfirmed_holes": _doubtful(reports),
+                                           "exchange_holes": holes[0], "unconfirmed_holes": holes[1],
                                            "fetches": checker.fetches,
                                            "written": sum(r.written for r in reports),
                                            "deleted": sum(r.deleted for r in reports), "text": summary}},
@@ -238,12 +238,15 @@ def _lines(report: SeriesReport, name: str, delete_extra: bool) -> list[str]:
     return out
 
 
-def _doubtful(reports: list[SeriesReport]) -> int:
-    """Holes that are not the exchange's word (unconfirmed, fetch failed)."""
-    return sum(h.reason in (UNCONFIRMED, FETCH_FAILED) for r in reports for h in r.holes)
+def _holes(reports: list[SeriesReport]) -> tuple[int, int]:
+    """The exchange's holes, and those that are not its word (unconfirmed, fetch failed)."""
+    holes = [h for r in reports for h in r.holes]
+    doubtful = sum(h.reason in (UNCONFIRMED, FETCH_FAILED) for h in holes)
+    return len(holes) - doubtful, doubtful
 
 
-def _summary(name: str, reports: list[SeriesReport], totals: dict[str, int], failed: int, fetches: int) -> str:
+def _summary(name: str, reports: list[SeriesReport], totals: dict[str, int], failed: int, fetches: int,
+             holes: tuple[int, int]) -> str:
     parts = sum(len(r.partitions) for r in reports)
     by_status: dict[str, int] = {}
     for r in reports:
@@ -251,9 +254,7 @@ def _summary(name: str, reports: list[SeriesReport], totals: dict[str, int], fai
             by_status[p.status] = by_status.get(p.status, 0) + 1
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
     counts = ", ".join(f"{k} {totals[k]}" for k in KINDS)
-    holes = [h for r in reports for h in r.holes]
-    doubtful = _doubtful(reports)
-    hole_text = f"{len(holes) - doubtful} exchange hole(s)" + (f", {doubtful} unconfirmed" if doubtful else "")
+    hole_text = f"{holes[0]} exchange hole(s)" + (f", {holes[1]} unconfirmed" if holes[1] else "")
     tail = ""
     if name == "repair":
         tail = (f"; wrote {sum(r.written for r in reports)}, deleted {sum(r.deleted for r in reports)}; "
