@@ -591,19 +591,23 @@ class Follower:
     def _fetch(self, tasks: list[Task]) -> Iterator[tuple[Task, list[Row] | None, Exception | None]]:
         """Fetch concurrently, yield in task order (with the exchange's failure instead of rows
         when a task's retries gave up); between waits, update the status and see whether a stop
-        was asked."""
+        was asked. Once a task of a series failed, that series' later tasks are neither yielded
+        nor asked: those not begun are cancelled, those running are left to end unheard (each
+        would be a whole retry cycle against the failing pair, its 5xx pausing every worker)."""
         assert self._pool is not None
         source = self.source
         pending: deque[tuple[Task, Future[list[Row]]]] = deque()
         todo = iter(tasks)
         ahead = 2 * self.workers
+        dead: set[str] = set()
 
         def fill() -> None:
             while len(pending) < ahead:
                 task = next(todo, None)
                 if task is None:
                     return
-                pending.append((task, self._pool.submit(lambda t=task: fetch_checked(source, t)[0])))  # type: ignore[union-attr]
+                if task.symbol not in dead:
+                    pending.append((task, self._pool.submit(lambda t=task: fetch_checked(source, t)[0])))  # type: ignore[union-attr]
 
         fill()
         while pending:
@@ -621,6 +625,11 @@ class Follower:
                     rows, error = None, exc
                     break
             pending.popleft()
+            if error is not None:
+                dead.add(task.symbol)
+                for later in [p for p in pending if p[0].symbol == task.symbol]:
+                    later[1].cancel()
+                    pending.remove(later)
             fill()
             yield task, rows, error
 
