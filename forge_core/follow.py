@@ -671,8 +671,13 @@ class Follower:
     def _emit(self, s: SeriesState, rows: list[Row], limit: int) -> None:
         if not s.started:
             s.started = True
+            start = s.step_start
+            if s.first_open is not None and start <= self.tf.floor(s.first_open):
+                # from the listing (the start clamped to it): nothing comes before it, so its
+                # period is whole, as a run from before the listing writes it
+                start = self.out_tf.floor(start)
             for transform in self.transforms:
-                _call_plugin("transform", transform.label, transform.start_series, s.symbol, s.step_start, limit)
+                _call_plugin("transform", transform.label, transform.start_series, s.symbol, start, limit)
         batch = Batch(self.source.source_value, s.symbol, self.tf.name, self.source.columns, rows, "rest")
         self._write(s, batch, self.transforms)
 
