@@ -349,6 +349,10 @@ class Follower:
                 s.final = False
             return
         ends_at = s.next_start if info.last_open is None else self.tf.next_open(self.tf.floor(info.last_open))
+        if info.last_open is not None and self.out_tf.next_open(self.out_tf.floor(ends_at - 1)) > ends_at:
+            # the candles end inside an output period: it can never be whole, and a run over
+            # the same range leaves it out too; waited for, the series would never be done
+            ends_at = self.out_tf.floor(ends_at - 1)
         final = bool(getattr(info, "final", False))
         if (info.ended, info.last_open, final) == (s.ended, s.last_candle, s.final):
             return
