@@ -49,6 +49,7 @@ from forge_core import (
     now_ms,
 )
 from forge_core.http import body_reason, error_line
+from forge_core.partitions import run_cache
 
 # Forge timeframe -> OKX bar. No 8h (OKX has none) and no 3d (OKX's 3Dutc anchor is undocumented,
 # so it could not be promised to match Forge's epoch-aligned 3d; resample 1d instead).
@@ -68,6 +69,7 @@ SLACK = 0.25  # seconds added to our window: requests sent in order can arrive b
 # docs "API is offline or unavailable", ccxt's ExchangeNotAvailable), rate limit, busy, system error (500)
 RETRYABLE = {"50001", "50004", "50005", "50011", "50013", "50026"}
 BUSY = "50013"  # "Systems are busy. Please try again later."
+
 NO_DATA = "52000"  # HTTP 200 "No market data found.": an answer, not a passing fault
 SETTLED = "50047"  # candles of a settled contract: "... please use" history-candles
 LEGACY = 100  # history-candles' maximum limit in older docs: a page the oldest-bar search can trust
@@ -139,6 +141,7 @@ class OkxSource(Source):
         # symbol -> (OKX's oldest 1s bar, monotonic time it was found) for 1s ranges reaching below it
         self._kept_1s: dict[str, tuple[int, float]] = {}
         self._first: dict[tuple[str, str], int] = {}  # (symbol, timeframe) -> OKX's first bar, once found
+        self._warned: set[tuple[tuple[str, str], int, int]] = set()  # okx_first_candle_after_listing said
 
     def _client(self, base_url: str, per_window: int, name: str) -> HttpClient:
         limiter = RateLimiter(per_window, WINDOW + SLACK, name=f"okx-{name}")
@@ -242,7 +245,12 @@ class OkxSource(Source):
                 self._known[key] = seen
             return SymbolInfo(symbol, first)
         self._known[key] = self._first[key] = oldest
-        if oldest > first:
+        # once a run: a verify prepares the series, then its fetch (a pipeline on this source)
+        # again, and each group of a --partition run (a source each) too
+        cache = run_cache()
+        warned = self._warned if cache is None else cache.setdefault("okx.warned_first", set())
+        if oldest > first and (key, first, oldest) not in warned:
+            warned.add((key, first, oldest))
             log.warning("okx_first_candle_after_listing", symbol=symbol, timeframe=timeframe.name,
                         listed=iso(first), first_candle=iso(oldest))
         return SymbolInfo(symbol, oldest)

@@ -487,6 +487,28 @@ def test_the_first_1m_bar_months_after_the_listing_is_found(fresh_mock):
     assert not result.holes.get("LTC-USDT")
 
 
+def test_a_first_bar_after_the_listing_is_warned_of_once_a_run(fresh_mock, caplog):
+    """okx_first_candle_after_listing came twice for one symbol in one run: forge verify
+    prepares the series, then its fetch (a pipeline on that source) prepares it again; and
+    once a group in a --partition run (a source each)."""
+    import logging
+
+    from forge_core import Pipeline
+    from forge_core.partitions import Partition
+    from forge_core.partitions import run as run_partitions
+    from forge_core.testing import MemorySink
+
+    src = source(fresh_mock)
+    with caplog.at_level(logging.WARNING, logger="forge"):
+        assert src.prepare("LTC-USDT", parse_timeframe("1h")).first_open == LTC_MINUTES + 48 * 60_000
+        Pipeline(src, [MemorySink()]).run("LTC-USDT", "1h", "2018-01-11", "2018-01-12")
+        assert caplog.text.count("okx_first_candle_after_listing") == 1
+        caplog.clear()
+        run_partitions([Partition("okx", "-", "LTC-USDT", "1h", m) for m in ("2018-01", "2018-03")], [MemorySink()],
+                       source_options={"base_url": fresh_mock.url})
+        assert caplog.text.count("okx_first_candle_after_listing") == 1
+
+
 def test_a_range_before_the_first_bar_of_an_unlisted_contract_is_refused(fresh_mock):
     """An expired contract is gone from /public/instruments, so no listTime: a range before its
     first bar was 0 candles and exit 0; now one line naming the first bar."""
