@@ -282,8 +282,8 @@ class Pipeline:
                     info = replace(info, end=end_ms)
                     for sink in opened:
                         _call_plugin("sink", sink.name, getattr(sink, "now_known", _no_hook), info)
-                if not auto and start_ms > now:
-                    raise UsageError(f"from date {iso(start_ms)} is in the future (exchange time {iso(now)})")
+                if not auto:
+                    refuse_future_start(start_ms, now)
                 limit = min(end_ms, tf.floor(now))  # the candle open at `now` is never requested
                 plans = self._plan(symbols, tf, starts, limit)
                 self._execute(plans, tf, now, result)
@@ -837,6 +837,12 @@ def _gaps(rows: Sequence[Row], i_open: int, tf: Timeframe, expect: int) -> list[
 
 def _no_hook(*args: Any) -> None:
     """An optional plugin method the plugin does not have."""
+
+
+def refuse_future_start(start: int, now: int) -> None:
+    """A range opening after the exchange's ``now`` has no closed candle to fetch."""
+    if start > now:
+        raise UsageError(f"from date {iso(start)} is in the future (exchange time {iso(now)})")
 
 
 def _output_timeframe(transforms: list[Transform], timeframe: str) -> str:

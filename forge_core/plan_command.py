@@ -15,7 +15,7 @@ from .integrity.commands import open_store
 from .plugins import Plugins
 from .sources import Source
 from .timeframes import Timeframe, source_timeframe
-from .times import ACCEPTED, display, iso, parse_range
+from .times import ACCEPTED, display, parse_range
 
 
 def market_of(settings: dict[str, Any]) -> str:
@@ -30,7 +30,7 @@ def plan_command(plugins: Plugins) -> click.Command:
     _route = chosen.route
 
     def callback(**kw: Any) -> None:
-        from .pipeline import _symbols
+        from .pipeline import _symbols, refuse_future_start
 
         given = {k: v for k, v in kw.items() if k in declared and v not in (None, ())}
         source_cls = plugins.get("source", kw["source"])
@@ -50,8 +50,7 @@ def plan_command(plugins: Plugins) -> click.Command:
             start, end = parse_range(kw["from_"], kw["to"])
             symbols = _symbols(list(kw["symbol"]))
             now = source.server_time()  # as a run: what has closed, and how old the last candle is
-            if start > now:  # the run's own refusal, and no partition after the exchange's now
-                raise UsageError(f"from date {iso(start)} is in the future (exchange time {iso(now)})")
+            refuse_future_start(start, now)  # the run's own refusal, and no partition after the exchange's now
             end = min(end, now + 1)
             listed, ended = _bounds(source, symbols, timeframe, start, end)
             every = parts.plan(source.name, market_of(source.settings), symbols, tf, start, end)
@@ -59,8 +58,7 @@ def plan_command(plugins: Plugins) -> click.Command:
             listed = {symbol: first for symbol, first in listed.items() if symbol in before}
             planned = [p for p in every if (p.symbol not in ended or p.start < ended[p.symbol]["stop"])
                        and (p.symbol not in listed or p.end > listed[p.symbol]["first_open"])]
-            states = (_states(plugins, kw["sink"], _route(given, plugins.get("sink", kw["sink"])), source.source_value,
-                              planned) if kw["sink"] else {})
+            states = _states(plugins, kw["sink"], _route(given, sink_cls), source.source_value, planned) if sink_cls else {}
         finally:
             source.close()
         rows = [{**p.as_json(), "state": states.get(p.key, "unknown"), "slots": p.slots} for p in planned]
