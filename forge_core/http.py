@@ -596,6 +596,10 @@ class HttpClient:
             advice += f"; {self.hint}"
         return Unreachable(f"{self.host}{urlsplit(url).path}: {what} ({_short(exc)}); not retried ({advice})")
 
+    def _past_deadline(self, why: str = "") -> str:
+        """The give-up suffix of a request's last error."""
+        return f" ({why}the next attempt would be after FORGE_HTTP_GIVE_UP_AFTER={self.give_up_after:g}s)"
+
     def _get(self, path: str, params: Mapping[str, Any] | None, cost: float,
              read: Callable[[requests.Response], Any]) -> Any:
         """The retry loop: ``read`` turns a response into the result, or raises
@@ -618,15 +622,14 @@ class HttpClient:
             if gate.level and not gate.wait(self.cancelled, give_up_at):  # the server is busy: everyone waits
                 if self.cancelled.is_set():
                     raise Cancelled("cancelled")
-                last_error += f" (every worker is backing off after {gate.why or 'a busy answer'}, past " \
-                              f"FORGE_HTTP_GIVE_UP_AFTER={self.give_up_after:g}s)"
+                last_error += self._past_deadline(f"every worker is backing off after {gate.why or 'a busy answer'}; ")
                 break
             status, together = None, 0.0
             sent = time.monotonic()
             if attempt == 1:
                 started, give_up_at = sent, sent + self.give_up_after
             elif sent >= give_up_at:  # the limiter held this retry past the deadline
-                last_error += f" (the next attempt would be after FORGE_HTTP_GIVE_UP_AFTER={self.give_up_after:g}s)"
+                last_error += self._past_deadline()
                 break
             try:
                 budget = min(self.timeout[1], give_up_at - sent)
@@ -668,7 +671,7 @@ class HttpClient:
             if now + delay > give_up_at:
                 asked = f"the exchange asks to wait {retry_after:.0f}s (Retry-After); " \
                     if retry_after is not None and retry_after >= delay else ""
-                last_error += f" ({asked}the next attempt would be after FORGE_HTTP_GIVE_UP_AFTER={self.give_up_after:g}s)"
+                last_error += self._past_deadline(asked)
                 break
             self.stats.count(retry=True)
             wall = time.time()
