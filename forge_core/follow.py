@@ -824,18 +824,20 @@ class StatusLine:
     @staticmethod
     def _series(follower: Follower, width: int) -> str:
         now = follower.clock.now()
-        lags = {sym: follower.lag(s, now) for sym, s in follower.series.items()}
+        # a series at its end (it does not trade) has no lag: it is followed no further
+        lags = {sym: follower.lag(s, now) for sym, s in follower.series.items() if not _done(s)}
         parts = []
         for sym, s in follower.series.items():
             last = iso(s.last_open)[11:19] if s.last_open is not None else "-"
             failing = "" if s.failing_since is None else f" failing since {iso(s.failing_since)[11:19]}"
-            parts.append(f"{sym} {last} lag {lags[sym]:.1f}s{failing}")
+            parts.append(f"{sym} {last} " + (f"lag {lags[sym]:.1f}s{failing}" if sym in lags else "ended"))
         line = "following: " + " | ".join(parts)
         if len(line) > width:
             behind = sum(1 for lag in lags.values() if lag > (follower.out_tf.ms or 0) / 1000 + 2)
             failing = [s for s in follower.series.values() if s.failing_since is not None]
-            line = (f"following {len(parts)} series, {len(parts) - behind} current, max lag "
-                    f"{max(lags.values(), default=0):.1f}s")
+            ended = len(parts) - len(lags)
+            line = (f"following {len(parts)} series, {len(lags) - behind} current, "
+                    f"{f'{ended} ended, ' if ended else ''}max lag {max(lags.values(), default=0):.1f}s")
             if failing:
                 first = min(failing, key=lambda s: s.failing_since or 0)
                 line += f", {len(failing)} failing ({first.symbol} since {iso(first.failing_since)[11:19]})"

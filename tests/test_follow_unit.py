@@ -145,6 +145,21 @@ def test_status_line_fits_the_terminal(monkeypatch) -> None:
     assert 0 < len(drawn) <= 40 and "40 series" in drawn
 
 
+def test_status_line_shows_a_series_at_its_end_as_ended_not_as_lagging(monkeypatch) -> None:
+    """A delisted series left at its last candle (a year ago) is followed no further: the status
+    line said 'lag 31536000.0s' beside it, and its lag was the 'max lag' of the short form."""
+    follower, _ = resampling_follower()
+    follower.source.clock[0] = 365 * 24 * HOUR
+    follower.clock.sync()
+    follower.series["X"] = SeriesState("X", 365 * 24 * HOUR - HOUR, last_open=365 * 24 * HOUR - 2 * HOUR)
+    follower.series["OLDUSDT"] = SeriesState("OLDUSDT", HOUR, last_open=0, ended="delisted", ends_at=HOUR)
+    stream = Tty()
+    monkeypatch.setenv("COLUMNS", "120")
+    StatusLine(stream)(follower)
+    assert "OLDUSDT 00:00:00 ended" in stream.getvalue() and "X 22:00:00 lag 0.0s" in stream.getvalue()
+    assert StatusLine._series(follower, 40) == "following 2 series, 1 current, 1 ended, max lag 0.0s"
+
+
 def test_a_sink_that_publishes_only_at_the_end_cannot_follow() -> None:
     import pytest
 
