@@ -21,7 +21,7 @@ from . import __version__
 from .errors import ForgeError, UsageError
 from .http import GaveUp
 from .logs import configure
-from .options import Option
+from .options import FALSE_WORDS, Option
 from .pipeline import DEFAULT_WORKERS, Pipeline, RunResult
 from .plugins import Plugins, Registration
 from .progress import ProgressLine
@@ -555,8 +555,8 @@ def _logging_args(args: list[str]) -> tuple[int, str]:
 
 
 def _env_flag(name: str) -> bool:
-    """``FORGE_DEBUG=1`` is on; unset, empty, ``0``, ``false``, ``no`` and ``off`` are off."""
-    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+    """``FORGE_DEBUG=1`` is on; unset, and the words a plugin's flag option takes for false, are off."""
+    return os.environ.get(name, "").strip().lower() not in FALSE_WORDS
 
 
 def _owner_of(plugins: Plugins, flag: str) -> str | None:

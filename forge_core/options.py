@@ -15,8 +15,8 @@ from typing import Any
 from .errors import UsageError
 
 MASK = "***"
-_TRUE = ("1", "true", "yes", "on", "y")
-_FALSE = ("0", "false", "no", "off", "n", "")
+TRUE_WORDS = ("1", "true", "yes", "on", "y")
+FALSE_WORDS = ("0", "false", "no", "off", "n", "")
 
 
 @dataclass(frozen=True)
@@ -174,8 +174,8 @@ def _convert_one(opt: Option, value: Any, where: str, origin: str) -> Any:
         if isinstance(value, bool):
             return value
         text = str(value).strip().lower()
-        if text in _TRUE or text in _FALSE:
-            return text in _TRUE
+        if text in TRUE_WORDS or text in FALSE_WORDS:
+            return text in TRUE_WORDS
         raise UsageError(f"{where}: {opt.show(value)}{_from(origin)} is not a yes/no value; use true or false")
     if kind in (int, float) and isinstance(value, bool):
         raise UsageError(f"{where}: {opt.show(value)}{_from(origin)} is not a number")
