@@ -413,6 +413,48 @@ def test_csv_repair_with_a_ledger_that_cannot_be_written(forge, loaded_csv, monk
     assert counts(report) == {"missing": 0, "extra": 2, "duplicate": 0, "changed": 0}
 
 
+def test_a_damaged_csv_ledger_is_one_warning_and_verify_goes_on_from_the_data(forge, loaded_csv):
+    """A truncated ledger, or one with an entry of another shape, stopped verify, repair and
+    status ('ledger btc.csv.ledger.json is unreadable (...); delete it'), the second with
+    Python's words ('Hole() argument after ** must be a mapping'). The ledger only records
+    earlier checks, so now it is one warning and treated as absent: the same report as with no
+    ledger, and the next save keeps it aside and writes a new one."""
+    first_code, first = verify(forge, "--output", "btc.csv")
+    ledger = loaded_csv.parent / "btc.csv.ledger.json"
+    good = ledger.read_text()
+    bad_hole = json.loads(good)
+    bad_hole["partitions"][0]["holes"] = ["2024-01-10"]
+    for damaged in (good[:300], json.dumps(bad_hole)):
+        ledger.write_text(damaged)
+        result = forge("verify", "-s", "binance", *RANGE, "--json", "--output", "btc.csv")
+        assert result.code == first_code == 0, result
+        assert counts(json.loads(result.out)) == counts(first)
+        assert [p["status"] for p in json.loads(result.out)["series"][0]["partitions"]] == ["identical", "identical"]
+        assert result.err.count("ledger_unreadable") == 1 and "btc.csv.ledger.json" in result.err, result.err
+        assert "Traceback" not in result.err and "argument after" not in result.err
+        assert (loaded_csv.parent / "btc.csv.ledger.json.unreadable").read_text() == damaged
+        assert json.loads(ledger.read_text())["partitions"][0]["holes"][0]["first"] == MAINTENANCE[0]
+    ledger.write_text(good[:300])
+    status = forge("status", "--output", "btc.csv")
+    assert status.code == 0 and "never verified" in status.out and status.err.count("ledger_unreadable") == 1
+
+
+def test_a_damaged_postgres_ledger_row_is_one_warning_and_checked_again(forge, pg_loaded, db):
+    """A forge_ledger row whose entry is of another shape (edited by hand) failed verify with a
+    traceback; now one warning naming the table, that partition checked against the exchange
+    and its row replaced."""
+    code, _ = verify(forge, "--sink", "postgres")
+    assert code == 0
+    db.execute(f"UPDATE {pg_loaded}.forge_ledger SET entry = jsonb_set(entry, '{{holes}}', '[1]') "
+               "WHERE partition = '2024-01'")
+    result = forge("verify", "-s", "binance", *RANGE, "--json", "--sink", "postgres")
+    assert result.code == 0, result
+    assert result.err.count("ledger_unreadable") == 1 and "table forge_ledger (rows of klines)" in result.err, result.err
+    assert counts(json.loads(result.out)) == {"missing": 0, "extra": 0, "duplicate": 0, "changed": 0}
+    db.execute(f"SELECT entry->'holes'->0->>'slots' FROM {pg_loaded}.forge_ledger WHERE partition = '2024-01'")
+    assert db.fetchone()[0] == str(HOLE_SLOTS)
+
+
 def test_postgres_bad_input(forge, pg_loaded, monkeypatch):
     res = forge("verify", "-s", "binance", "--symbol", "SOLUSDT", "-t", "5m", "--from", "2024-01-01",
                 "--to", "2024-01-31", "--sink", "postgres")

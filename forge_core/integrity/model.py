@@ -73,10 +73,42 @@ class LedgerEntry:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LedgerEntry:
+        """The entry ``as_json`` wrote; ``ValueError`` naming the first field of another shape
+        (a ledger edited or damaged by hand is then unreadable, never half believed)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"an entry is {type(data).__name__}, not an object")
         data = dict(data)
-        data["holes"] = [Hole(**h) for h in data.get("holes") or []]
+        _check(data, _ENTRY_TYPES, "entry")
+        holes = data.get("holes") or []
+        if not isinstance(holes, list):
+            raise ValueError("field 'holes' is not a list")
+        for h in holes:
+            if not isinstance(h, dict):
+                raise ValueError("a hole is not an object")
+            _check(h, _HOLE_TYPES, "hole")
+        files = data.get("files") or {}
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+            raise ValueError("field 'files' is not an object of sha256 strings")
+        data["holes"] = [Hole(**{k: v for k, v in h.items() if k in _HOLE_TYPES}) for h in holes]
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+_S, _I, _O = (str,), (int,), (int, type(None))
+_ENTRY_TYPES = {"source": _S, "symbol": _S, "timeframe": _S, "partition": _S, "start": _I, "end": _I, "rows": _I,
+                "first_open": _O, "last_open": _O, "digest": _S, "store_digest": _S, "origin": _S,
+                "verified_at": _S, "status": _S, "extras_kept": _I}
+_HOLE_TYPES = {"first": _I, "last": _I, "slots": _I, "reason": _S, "evidence": (dict,)}
+
+
+def _check(data: dict[str, Any], types: dict[str, tuple[type, ...]], what: str) -> None:
+    for name, allowed in types.items():
+        if name in ("evidence", "extras_kept") and name not in data:  # have defaults
+            continue
+        if name not in data:
+            raise ValueError(f"{what} has no field {name!r}")
+        if not isinstance(data[name], allowed):
+            raise ValueError(f"{what} field {name!r} is {type(data[name]).__name__} {data[name]!r:.40}")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from forge_core import SinkError, UsageError
 from forge_core.integrity import VALUE_FIELDS, LedgerEntry, PartitionState, SeriesHeld, StoredRow
 from forge_core.integrity.digest import EMPTY_DIGEST
 from forge_core.integrity.digest import partitions as month_ranges
+from forge_core.logs import get_logger
 from forge_core.records import Row
 
 from .connection import ConnectionSpec
@@ -32,6 +33,8 @@ from .sql import DDL_LOCK
 from .target import TableInfo, inspect, qualified
 
 LEDGER_TABLE = "forge_ledger"
+
+log = get_logger(__name__)
 LEDGER_DDL = """CREATE TABLE IF NOT EXISTS {} (
     target text NOT NULL, source text NOT NULL, symbol text NOT NULL, timeframe text NOT NULL,
     partition text NOT NULL, range_start bigint NOT NULL, range_end bigint NOT NULL,
@@ -73,6 +76,7 @@ class PostgresIntegrity:
                              f"{', '.join((*KEY, 'end_ts', *VALUE_FIELDS))}")
         self.table: TableInfo = info
         self.ledger_ident = qualified(schema, LEDGER_TABLE)
+        self._ledger_warned = False  # ledger_unreadable said
         self._ledger_ready = False  # forge_ledger is known to exist: not asked again
         self.bytes_received = 0  # result bytes the integrity queries brought back, for the benchmark
 
@@ -270,8 +274,7 @@ class PostgresIntegrity:
                 return {}
             cur.execute(sql.SQL("SELECT entry FROM {} WHERE target = %s AND source = %s AND symbol = %s "
                                 "AND timeframe = %s").format(self.ledger_ident), (self.label, source, symbol, timeframe))
-            entries = [LedgerEntry.from_json(r[0]) for r in cur.fetchall()]
-            return {e.partition: e for e in entries}
+            return {e.partition: e for e in self._entries(cur.fetchall())}
 
         return self._run("ledger", work)
 
@@ -282,9 +285,27 @@ class PostgresIntegrity:
                 return []
             cur.execute(sql.SQL("SELECT entry FROM {} WHERE target = %s AND source = %s AND timeframe = %s").format(
                 self.ledger_ident), (self.label, source, timeframe))
-            return [LedgerEntry.from_json(r[0]) for r in cur.fetchall()]
+            return self._entries(cur.fetchall())
 
         return self._run("ledger", work)
+
+    def _entries(self, rows: list[tuple[Any, ...]]) -> list[LedgerEntry]:
+        """The ledger rows' entries; one edited or damaged (``entry`` of another shape) is one
+        warning and absent: its partition is checked against the exchange, and its next entry
+        replaces the row (docs/verify.md)."""
+        out, bad = [], []
+        for (data,) in rows:
+            try:
+                out.append(LedgerEntry.from_json(data))
+            except ValueError as exc:
+                bad.append(str(exc))
+        if bad and not self._ledger_warned:
+            self._ledger_warned = True
+            where = f"{self.schema}.{LEDGER_TABLE}" if self.schema else LEDGER_TABLE
+            log.warning("ledger_unreadable", ledger=f"PostgreSQL {self.spec.where} table {where} (rows of {self.label})",
+                        rows=len(bad), error=bad[0], meaning="those partitions are checked as if there were no "
+                        "entry (against the exchange); the next entry of each replaces its row")
+        return out
 
     def _save(self, cur: Any, entries: Sequence[LedgerEntry]) -> None:
         self._ensure_ledger(cur)
