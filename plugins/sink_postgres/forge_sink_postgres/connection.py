@@ -26,7 +26,7 @@ import psycopg2.extensions
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from forge_core import SinkError, SinkUnavailable, UsageError
+from forge_core import SinkError, SinkUnavailable, UsageError, retrying
 from forge_core.logs import get_logger
 
 log = get_logger(__name__)
@@ -183,6 +183,14 @@ class Retry:
     within: float = 120.0
     timeout: float = 60.0
 
+    @property
+    def attempts(self) -> int:
+        """The most attempts that fit in ``within`` (for displays: 'attempt 3/24')."""
+        n, spent, delay = 1, 0.0, self.first
+        while spent + delay <= self.within:
+            n, spent, delay = n + 1, spent + delay, min(delay * 2, self.most)
+        return n
+
 
 @dataclass
 class _Backend:
@@ -316,9 +324,17 @@ class Session:
                     raise final(f"PostgreSQL {self.spec.where} table {self.label}: {what} failed "
                                 f"{attempt} times over {self.retry.within:.0f}s, giving up: {reason}") from None
                 self.retries += 1
-                log.warning("postgres_retry", what=what, attempt=attempt, wait=round(delay, 2),
-                            where=self.spec.where, error=reason)
-                time.sleep(delay)
+                # a retry is progress, as the HTTP client's are: the progress line says it (-q: not),
+                # -v logs it; a retry that fails for good is the error
+                log.info("postgres_retry", what=what, attempt=attempt, wait=round(delay, 2),
+                         where=self.spec.where, error=reason)
+                wall = time.time()
+                retrying.begin(retrying.Retrying(self.spec.where, f" table {self.label} ({what})", None, reason,
+                                                 attempt + 1, self.retry.attempts, wall + delay, wall + give_up - now))
+                try:
+                    time.sleep(delay)
+                finally:
+                    retrying.end()
                 delay = min(delay * 2, self.retry.most)
             except psycopg2.Error as exc:
                 self.rollback()

@@ -118,6 +118,35 @@ def test_dropped_connection_is_retried_with_the_uncommitted_rows(pg_url, db, tab
     assert fetch(db, table) == [("BTCUSDT", r[3], r[8]) for r in rows(300)]
 
 
+def test_a_retry_is_progress_on_the_progress_line_not_a_warning(pg_url, db, table, caplog):
+    """postgres_retry was a warning, so it showed under -q (and by default) for a retry that
+    then succeeded, where the HTTP client's retries are progress: the progress line says them
+    (hidden by -q), -v logs them. Now the same for PostgreSQL."""
+    import logging
+
+    from forge_core import retrying
+
+    seen: list[retrying.Retrying] = []
+    stop = retrying.watch(lambda active: seen.extend(active))
+    sink = PostgresSink(database_url=pg_url, table=table)
+    sink.RETRY_FIRST = 0.01
+    try:
+        with caplog.at_level(logging.WARNING, logger="forge"):
+            sink.open(run_info())
+            sink.write(Batch("binance", "BTCUSDT", "1m", COLUMNS, rows(10)))
+            sink.commit()
+            db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'forge' "
+                       "AND pid <> pg_backend_pid()")
+            sink.write(Batch("binance", "BTCUSDT", "1m", COLUMNS, rows(10, 10)))
+            sink.commit()
+            sink.close(True)
+    finally:
+        stop()
+    assert sink.retries >= 1 and "postgres_retry" not in caplog.text
+    assert seen and seen[0].what.endswith(f" table {table} (commit)") and seen[0].attempt == 2, seen
+    assert fetch(db, table) == [("BTCUSDT", r[3], r[8]) for r in rows(20)]
+
+
 def test_failed_run_keeps_only_committed_rows(pg_url, db, table):
     sink = PostgresSink(database_url=pg_url, table=table)
     sink.open(run_info())
