@@ -140,3 +140,33 @@ def test_the_verify_check_finds_the_csv_file_of_the_partition(asset, exchange_en
     (broken,) = result.get_asset_check_evaluations()
     assert not broken.passed and broken.metadata["missing"].value == 1  # the file was found and read
     assert broken.metadata["store_rows"].value == 31 * 24 - 1
+
+
+def test_a_month_before_the_listing_materialises_empty_and_passes_its_check(exchange_env, tmp_path):
+    """The month dimension is every symbol's, so it offers NEWUSDT's months before its listing
+    (2024-01-15), which forge plan leaves out: materialising one failed ('... choose --to after
+    the listing') and its check failed too. Now an empty result naming the exchange's first
+    candle, and a passing check: the store holds exactly the exchange's candles, none."""
+    from dagster import AssetSelection, Definitions, define_asset_job
+
+    from forge_dagster import forge_verify_check
+
+    out = str(tmp_path / "{symbol}-{start}.csv")
+    klines = forge_asset("klines", source="binance", market="spot", sinks=[("csv", {"output": out})],
+                         symbols=["BTCUSDT", "NEWUSDT"], timeframe="1h", start="2023-12", end="2024-02")
+    check = forge_verify_check(klines)
+    resources = {"forge_budget": ForgeBudget(url="")}
+    instance = DagsterInstance.ephemeral()
+    key = MultiPartitionKey({"symbol": "NEWUSDT", "month": "2023-12"})
+    result = materialize([klines], partition_key=key, instance=instance, resources=resources, raise_on_error=False)
+    assert result.success
+    meta = result.asset_materializations_for_node("klines")[0].metadata
+    assert meta["rows"].value == 0 and meta["forge_partition"].value == "binance:spot:NEWUSDT:1h:2023-12"
+    assert meta["before_listing"].value == "Binance spot has no NEWUSDT candles before 2024-01-15 08:00:00 UTC"
+    assert not list(tmp_path.glob("NEWUSDT-*.csv"))
+    job = define_asset_job("verify_klines", selection=AssetSelection.checks(check))
+    defs = Definitions(assets=[klines], asset_checks=[check], jobs=[job], resources=resources)
+    checked = defs.resolve_job_def("verify_klines").execute_in_process(
+        instance=instance, tags={"dagster/partition": str(key)}, raise_on_error=False)
+    (evaluation,) = checked.get_asset_check_evaluations()
+    assert evaluation.passed and evaluation.metadata["before_listing"].value == "2024-01-15 08:00:00 UTC"
