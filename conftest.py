@@ -42,6 +42,13 @@ def _no_hosts_answered_yet() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def _own_state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forge's per-user state ($XDG_STATE_HOME/forge: Binance bans remembered across runs) is
+    each test's own: a ban one test met on the shared mock must not refuse the next test's run."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
+@pytest.fixture(autouse=True)
 def _no_shared_rate_budget_left() -> Iterator[None]:
     """A test that ran a Pipeline with ``rate_budget`` (or ``FORGE_RATE_BUDGET``) leaves that
     store installed for the process (``forge_core.budget.use``): every later in-process test's

@@ -109,6 +109,27 @@ def test_a_418_ban_is_not_retried_and_a_run_after_it_resumes(forge, monkeypatch,
     assert rows == want()
 
 
+def test_a_418_ban_is_remembered_by_the_next_run(forge, monkeypatch, in_tmp):
+    """A run that met a ban stopped, and the next one (cron, an orchestrator's retry) sent its
+    first request into the ban again, which Binance may answer by lengthening it. The ban's end
+    is now kept on this machine: a run before it refuses in one line without a request; another
+    host (here another mock) is not banned."""
+    import time
+
+    with MockExchange(MockConfig(now=NOW)) as mock:
+        mock.state["weights.spot"] = {"window": -1, "used": 0, "over": 0, "banned_until": time.time() + 120}
+        first = backfill(forge, monkeypatch, mock)
+        assert first.code == 1 and "Binance has banned this IP" in first.err, first
+        asked = dict(mock.stats)
+        second = backfill(forge, monkeypatch, mock)
+        assert second.code == 1 and dict(mock.stats) == asked, (second, mock.stats)
+        [line] = second.err.strip().splitlines()
+        assert line.startswith("forge: error: Binance banned this IP (HTTP 418, remembered from an earlier run")
+        assert "not asking before the ban ends" in line and "try again after that" in line
+    with MockExchange(MockConfig(now=NOW)) as other:
+        assert backfill(forge, monkeypatch, other).code == 0
+
+
 def test_unknown_fault_kind_is_refused():
     with pytest.raises(ValueError, match="unknown fault kind"):
         MockExchange(MockConfig(faults={"meteor": 1.0}))

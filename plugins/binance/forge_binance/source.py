@@ -55,6 +55,7 @@ from forge_core.partitions import run_cache
 from forge_core.records import ramp
 from forge_core.times import display
 
+from . import bans
 from .archive import (
     ARCHIVE_URL,
     DAILY_LAG,
@@ -221,8 +222,10 @@ class BinanceSource(Source):
             until = _ban_until(msg, retry_after)
             if until is not None and until > now_ms():
                 # every worker, and every process sharing the IP's budget, stays quiet until the
-                # ban's end (the client paused only for Retry-After, or 60 s without one)
+                # ban's end (the client paused only for Retry-After, or 60 s without one), and
+                # so does the next run on this machine (bans.py)
                 self.limiter.pause((until - now_ms()) / 1000)
+                bans.remember(self.http.host, until)
             raise SourceError(f"Binance has banned this IP ({msg}); not retrying, a retry would extend "
                               f"the ban; {_ban_end(until)}")
         if isinstance(code, int) and code in SERVER_CODES:  # (a list as code would not hash)
@@ -319,6 +322,11 @@ class BinanceSource(Source):
         if self._rest_down is None and cache is not None:  # an earlier partition group was refused
             self._rest_down = cache.get(("binance.rest_down", *self._info_key[1:]))
         if self._rest_down is None:
+            until = bans.banned_until(self.http.host)
+            if until is not None:
+                raise SourceError(f"Binance banned this IP (HTTP 418, remembered from an earlier run in "
+                                  f"{bans.path()}); not asking before the ban ends, a request would extend it; "
+                                  f"{_ban_end(until)}")
             try:
                 self._now = int(self._get("/time", {}, 1)["serverTime"])
                 self._now_read = time.monotonic()
