@@ -166,6 +166,7 @@ def run_command(plugins: Plugins, args: list[str] | None = None) -> click.Comman
     args = args or []
     source_name, sink_names, transform_names = plugin_args(args)
     by_partition = any(a == "--partition" or a.startswith("--partition=") for a in args)
+    following = "--follow" in args  # --since then says where a new series starts: no --from needed
     if by_partition and source_name is None:  # the keys name the source: binance:spot:BTCUSDT:1m:2024-03
         keys = [args[i + 1] if a == "--partition" else a.split("=", 1)[1]
                 for i, a in enumerate(args) if (a == "--partition" and i + 1 < len(args)) or a.startswith("--partition=")]
@@ -214,6 +215,8 @@ def run_command(plugins: Plugins, args: list[str] | None = None) -> click.Comman
         if kw["partition"]:  # forge run --partition KEY: exactly those partitions (docs/scale-out.md)
             return _run_partitions(plugins, kw, chosen.route(given, source_cls),
                                    [(cls.name, chosen.route(given, cls)) for cls in sink_classes], transforms)
+        if kw["follow"] and not kw["from_"]:
+            kw["from_"] = "auto"  # (without --since either: the follow's own line says what it needs)
         for name in ("source", "symbol", "from_"):
             if not kw[name]:
                 raise click.UsageError(f"Missing option '--{name.rstrip('_')}'.", ctx)
@@ -282,7 +285,7 @@ def run_command(plugins: Plugins, args: list[str] | None = None) -> click.Comman
         click.Option(["--timeframe", "-t"], default="1m", show_default=True,
                      help=f"Candle period: {' '.join(NAMES)} (1M = month); the exchange's own name of one "
                           "works too (OKX 1H, 1Dutc)."),
-        click.Option(["--from", "from_"], required=not by_partition, metavar="WHEN",
+        click.Option(["--from", "from_"], required=not by_partition and not following, metavar="WHEN",
                      help=f"First candle's open time, inclusive: {ACCEPTED}; or 'auto' to continue "
                           "each symbol after the newest candle the sink holds."),
         click.Option(["--to"], default="now", show_default=True, metavar="WHEN",
@@ -341,6 +344,9 @@ def _follow_only_options(ctx: click.Context, kw: dict[str, Any]) -> None:
             raise UsageError(f"--summary-json applies to one bounded run, not to --{'follow' if kw['follow'] else 'partition'}"
                              "; drop --summary-json")
         _check_writable(kw["summary_json"])
+    if kw["follow"] and kw["since"] and kw["from_"] and str(kw["from_"]).strip().lower() != "auto":
+        raise UsageError("--follow starts a series the sinks do not hold at --since or at --from DATE, not both: "
+                         f"drop --from {kw['from_']} or --since {kw['since']}")
     if not kw["follow"]:
         for name in sorted(given):
             flag = "--" + name.replace("_", "-")

@@ -82,6 +82,12 @@ CLI_CASES = [
     ("lag warning without follow", [*B, *DATES, "--lag-warning", "2.5"], 2, "--lag-warning 2.5 applies only with --follow"),
     ("since with a fixed from", [*B, *DATES, "--since", "2023-01-01"], 2,
      "--since 2023-01-01 applies only with --from auto or --follow (--from 2024-01-01 says where the run starts)"),
+    # two starts for a series the sinks do not hold: --since won, --from said nothing
+    # (an expired contract: where this is not refused, the follow run ends by itself)
+    ("follow from and since", ["-s", "binance", "--market", "usdm", "--symbol", "BTCUSDT_240329", "--from",
+                               "2024-03-28", "--since", "2024-03-27", "--follow"], 2,
+     "--follow starts a series the sinks do not hold at --since or at --from DATE, not both: drop "
+     "--from 2024-03-28 or --since 2024-03-27"),
     ("follow with partition", ["--partition", "binance:spot:BTCUSDT:1h:2024-01", "--follow"], 2,
      "--follow keeps series current until stopped, --partition runs fixed months"),
     ("parquet sink twice", [*B, *DATES, "--sink", "parquet", "--sink", "parquet", "--root", "pq"], 2,

@@ -111,3 +111,13 @@ def test_a_pair_paused_inside_an_output_period_is_followed_again_when_it_trades_
     followed, ran = rows_of(tmp_path / "follow.csv"), rows_of(tmp_path / "run.csv")
     assert [r[3] for r in followed[1]] == [str(since), str(since + 4 * hour)]
     assert followed == ran
+
+
+def test_follow_with_since_needs_no_from(forge, fresh_exchange_env, in_tmp):
+    """``--follow --since DATE`` is enough (docs/follow.md: a series no sink holds starts at
+    --since): it was refused with "Missing option '--from'". Expired contracts, so it ends."""
+    result = forge("run", "-q", "-s", "binance", "--market", "usdm", "--symbol", "BTCUSDT_240329", "-t", "1h",
+                   "--since", "2024-03-28", "--follow", "--output", "f.csv")
+    assert result.code == 0, result
+    assert "stopped by every series ended for good" in result.out
+    assert rows_of(in_tmp / "f.csv")[1][0][3] == str(parse_instant("2024-03-28")[0])
