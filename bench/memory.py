@@ -3,7 +3,9 @@
     python bench/memory.py [--idle] [--without pandas] -- run -s binance --symbol BTCUSDT --from ... --to ... -q
 
 Runs the ``forge`` CLI in this process (exactly what the console script does) and prints one
-JSON line with the peak RSS of this process in MiB (``VmHWM``, see :func:`vm_hwm_mib`), the exit code and the
+JSON line with the peak RSS of this process in MiB (``VmHWM``, see :func:`vm_hwm_mib`) plus that
+of the Binance archive's helper process if the run started one (``own_mib``, ``helper_mib``: the
+two, whose peaks need not coincide, so their sum is an upper bound), the exit code and the
 wall time. ``--idle`` only imports Forge and loads its plugins: the floor any run starts from.
 ``--without MODULE`` makes ``import MODULE`` fail, as on an install without it: pyarrow imports
 pandas (40 MiB) whenever it converts Python values, if pandas is there, and the development
@@ -67,8 +69,13 @@ def main() -> None:
         from forge_core.cli import main as forge
 
         code = forge(argv)
-    peak = vm_hwm_mib()
-    print(json.dumps({"maxrss_mib": round(peak, 1), "exit": code, "seconds": time.perf_counter() - began}))
+    own = vm_hwm_mib()
+    # the Binance archive's helper process (forge_binance.kline_text), if the run started one:
+    # its peak is added to the run's, so the figure is what the run holds with its helper
+    helpers = getattr(sys.modules.get("forge_binance.kline_text"), "PEAKS", None) or [0.0]
+    peak = own + max(helpers)
+    print(json.dumps({"maxrss_mib": round(peak, 1), "own_mib": round(own, 1), "helper_mib": round(max(helpers), 1),
+                      "exit": code, "seconds": time.perf_counter() - began}))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ are sniffed per file, never assumed from the date.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import threading
 import zipfile
@@ -27,8 +26,6 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
-from itertools import repeat
-from operator import itemgetter
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -55,6 +52,20 @@ from forge_core import (
 )
 from forge_core.records import ascending, ramp
 
+from .kline_text import (
+    _CUT,
+    _PLAIN,
+    Helper,
+    HelperGone,
+    Parsed,
+    csv_member,
+    new_helper,
+    pieces,
+    split_piece,
+    steady_text,
+)
+from .kline_text import MICROS as _MICROS
+
 log = get_logger(__name__)
 
 ARCHIVE_URL = "https://data.binance.vision"
@@ -69,8 +80,7 @@ MONTHLY_LAG = DAY  # month M's file from the day after the first Monday of M+1
 CHECKSUM_ATTEMPTS = 3  # downloads of a zip whose checksum does not match, before giving up on it
 PROBES = 16  # .CHECKSUM requests at a time while planning
 AHEAD = 1  # zips downloaded ahead of the task reading one (memory: one zip; the run loop reads one task ahead)
-PIECE = 1 << 18  # bytes of CSV read at a time: the batches the run loop hands on (~1,700 1m rows)
-_MICROS = 10**13  # open times above this are microseconds (ms stay below until the year 2286)
+HELPED_AHEAD = 3  # with a helper: it reads the zips ahead while the run writes (measured: 2 and 1 are slower)
 
 
 class ArchiveFailure(Exception):
@@ -305,7 +315,8 @@ OPEN_INDEX = COLUMNS.index("open_ts")
 
 def read_rows(data: bytes, source: str, symbol: str, tf: Timeframe, start: int, end: int,
               make: RowMaker | None = None, columns: tuple[str, ...] = COLUMNS,
-              on_gap: Callable[[int, int], None] | None = None) -> Sequence[Row]:
+              on_gap: Callable[[int, int], None] | None = None, helper: Helper | None = None,
+              key: str = "") -> Sequence[Row]:
     """Canonical rows opening in ``[start, end)`` from a verified zip, streamed from its CSV in
     256 KiB pieces (the archive's CSV has no quoting: fields are split on commas).
 
@@ -320,10 +331,9 @@ def read_rows(data: bytes, source: str, symbol: str, tf: Timeframe, start: int, 
     :func:`find_gaps` on the result is what counts)."""
     gaps = _GapWatch(tf, start, end, on_gap) if on_gap is not None and tf.ms is not None else None
     parts: list[TextRows | list[Row]] = []
-    reader = _Reader(data, source, symbol, tf, make, columns)
+    reader = _Reader(data, source, symbol, tf, make, columns, helper, key)
     try:
-        while (piece := reader.piece()) is not None:
-            got = reader.parse(piece, start, end)
+        while (got := reader.next_rows(start, end)) is not None:
             parts.append(got)
             if gaps is not None and isinstance(got, TextRows):
                 gaps.see(got)
@@ -348,45 +358,49 @@ def read_rows(data: bytes, source: str, symbol: str, tf: Timeframe, start: int, 
 class _Reader:
     """The CSV of a verified zip, read :data:`PIECE` bytes at a time: pieces of whole lines
     (a header row dropped) parsed as :class:`~forge_core.TextRows` while every piece is plain
-    kline CSV, else as tuples from ``make``. :meth:`take` reads a file a slice at a time."""
+    kline CSV, else as tuples from ``make``. :meth:`take` reads a file a slice at a time.
+    With a ``helper`` that takes the file, the helper process inflates and reads it (the
+    machine's other core); the rows are the same."""
 
     def __init__(self, data: bytes, source: str, symbol: str, tf: Timeframe, make: RowMaker | None,
-                 columns: tuple[str, ...]) -> None:
-        self._zf = zipfile.ZipFile(io.BytesIO(data))
-        members = [n for n in self._zf.namelist() if n.lower().endswith(".csv")]
-        if len(members) != 1:
-            self._zf.close()
-            raise ValueError(f"expected one CSV in the zip, found {self._zf.namelist()}")
-        self._raw = self._zf.open(members[0])
+                 columns: tuple[str, ...], helper: Helper | None = None, key: str = "") -> None:
+        self._zf, self._raw = csv_member(data)
         self.tf, self.columns, self.source, self.symbol, self.make = tf, columns, source, symbol, make
         self.fixed = {"source": source, "symbol": symbol, "timeframe": tf.name}
         self.fast = columns == COLUMNS and tf.ms is not None
-        self._rest, self._first, self._done = b"", True, False
+        self._pieces = pieces(self._raw)
         self._carry: TextRows | list[Row] | None = None  # rows read past the last slice's end
+        self._helped: Parsed | None = None
+        if helper is not None and self.fast and tf.ms is not None and _arrow() is None:
+            self._helped = helper.claim(key, data) or helper.offer(data, tf.ms, ",".join(self.fixed.values()))
 
-    def piece(self) -> bytes | None:
-        """The next piece of whole lines; None after the last."""
-        while not self._done:
-            chunk = self._raw.read(PIECE)
-            if not chunk:
-                self._done = True
-                rest, self._rest = self._rest, b""
-                if not rest.strip():
+    def next_rows(self, start: int, end: int) -> TextRows | list[Row] | None:
+        """The next piece's rows (:meth:`parse`), None after the last."""
+        if self._helped is not None:
+            try:
+                answer = self._helped.next()
+            except HelperGone:  # go on here, from the piece the helper reached
+                self._unhelped()
+            else:
+                if answer is None:
                     return None
-                if self._first and not rest[:1].isdigit():
-                    rest = rest[rest.find(b"\n") + 1:] if b"\n" in rest else b""
-                return rest if rest.endswith(b"\n") else rest + b"\n"
-            cut = chunk.rfind(b"\n") + 1
-            if not cut:
-                self._rest += chunk
-                continue
-            piece, self._rest = self._rest + chunk[:cut], chunk[cut:]
-            if self._first:
-                self._first = False
-                if not piece[:1].isdigit():
-                    piece = piece[piece.find(b"\n") + 1:]  # header row (newer futures files)
-            return piece
-        return None
+                if answer[0] == "S":
+                    _, text, n, first = answer
+                    return _steady_rows(text, n, first, self.tf, self.fixed)
+                rows = self.parse(answer[1], start, end)
+                if not self.fast:  # tuples from here on, as in-process: read on here
+                    self._unhelped()
+                return rows
+        piece = next(self._pieces, None)
+        return None if piece is None else self.parse(piece, start, end)
+
+    def _unhelped(self) -> None:
+        """Read the rest of the file in-process, from the piece after the helper's last."""
+        assert self._helped is not None
+        parsed, self._helped = self._helped, None
+        parsed.abandon()
+        for _ in range(parsed.delivered):
+            next(self._pieces)
 
     def parse(self, piece: bytes, start: int, end: int) -> TextRows | list[Row]:
         """A piece's rows: all of them as TextRows, or as tuples those opening in ``[start, end)``."""
@@ -411,10 +425,9 @@ class _Reader:
         while True:
             rows, self._carry = self._carry, None
             if rows is None:
-                piece = self.piece()
-                if piece is None:
+                rows = self.next_rows(start, 1 << 63)
+                if rows is None:
                     break
-                rows = self.parse(piece, start, 1 << 63)
             if isinstance(rows, TextRows):
                 opens = rows.open_ts
                 if rows.step is not None or ascending(opens):
@@ -441,6 +454,9 @@ class _Reader:
 
     def close(self) -> None:
         self._carry = None
+        if self._helped is not None:
+            self._helped.abandon()
+            self._helped = None
         self._raw.close()
         self._zf.close()
 
@@ -469,9 +485,7 @@ def slices(tf: Timeframe, seg: Segment) -> list[tuple[int, int]]:
     return out
 
 
-_PLAIN = b"0123456789.,\n"  # all a kline CSV piece holds (no sign, space, quote, letter, CR)
 _MS_DIGITS = 13  # epoch ms have at most 13 digits until the year 2286, microseconds 14 or more
-_CUT = itemgetter(slice(None, -3))  # microseconds to milliseconds, as strings
 
 
 def _text_rows(piece: bytes, tf: Timeframe, fixed: dict[str, str]) -> TextRows | None:
@@ -479,20 +493,16 @@ def _text_rows(piece: bytes, tf: Timeframe, fixed: dict[str, str]) -> TextRows |
     kline CSV (then the caller reads it line by line, with that path's errors): by splitting the
     whole piece into columns, or, with ``FORGE_BINANCE_ARCHIVE_PARSER=pyarrow``, for big pieces
     by pyarrow's CSV reader and writer (see :func:`_arrow`)."""
-    if piece.translate(None, _PLAIN):
-        return None
-    if len(piece) >= ARROW_FROM and _arrow() is not None:
+    if len(piece) >= ARROW_FROM and _arrow() is not None and not piece.translate(None, _PLAIN):
         return _arrow_rows(piece, tf, fixed)
-    text = piece.decode("ascii")
-    n = text.count("\n")
-    flat = text.replace("\n", ",\n,").split(",")  # 12 fields and a "\n" per line
-    if not n or len(flat) != 13 * n + 1 or flat[12::13].count("\n") != n:
-        return None  # a line without 12 fields (or an empty line)
-    flat.pop()  # the "" after the last line
+    split = split_piece(piece)
+    if split is None:
+        return None
+    flat, n = split
+    steady = None if tf.ms is None else steady_text(flat, n, tf.ms, ",".join(fixed.values()))
+    if steady is not None:
+        return _steady_rows(steady[0], n, steady[1], tf, fixed)
     opens, closes = flat[0::13], flat[6::13]
-    rows = _steady_piece(flat, opens, closes, n, tf, fixed)
-    if rows is not None:
-        return rows
     if len(max(opens, key=len)) > _MS_DIGITS:
         if len(min(opens, key=len)) <= _MS_DIGITS or "10000000000000" in opens:
             return None  # milliseconds and microseconds mixed (or exactly 1e13)
@@ -506,44 +516,14 @@ def _text_rows(piece: bytes, tf: Timeframe, fixed: dict[str, str]) -> TextRows |
     return rows
 
 
-def _steady_piece(flat: list[str], opens: list[str], closes: list[str], n: int, tf: Timeframe,
-                  fixed: dict[str, str]) -> TextRows | None:
-    """The usual piece, one unbroken run of candles, as TextRows; None for anything else (a
-    hole, another close time, a leading zero, ms and µs mixed: the general path decides).
-
-    Its opens and closes are compared, as one string each, with those of the run its first open
-    starts (written by one ``%`` format): that checks every one canonical, one candle after the
-    previous and closing at the candle's last millisecond, without parsing a number; their
-    int64 arrays then come from :func:`ramp`. The core checks those arrays against the grid
-    again (``check_rows``)."""
+def _steady_rows(text: str, n: int, first: int, tf: Timeframe, fixed: dict[str, str]) -> TextRows:
+    """The records of :func:`~forge_binance.kline_text.steady_text` as TextRows: ``n`` candles,
+    one after the other from ``first`` (checked there). The core checks their int64 arrays,
+    from :func:`ramp`, against the grid again (``check_rows``)."""
     ms = tf.ms
-    head = opens[0]
-    if ms is None or not head.isdigit():
-        return None
-    first = int(head)
-    scale = 1000 if first > _MICROS else 1
-    step = ms * scale
-    stop = first + n * step
-    if (scale == 1 and stop - step > _MICROS) or first % scale or stop >= 1 << 63:
-        return None  # ms running into the µs range (the year 2286), µs off a millisecond, > int64
-    form = "%d," * (n - 1) + "%d"
-    if (",".join(opens) != form % tuple(range(first, stop, step))
-            or ",".join(closes) != form % tuple(range(first + step - 1, stop, step))):
-        return None
-    trades = flat[8::13]
-    joined = ",".join(trades)
-    if "." in joined or "" in trades or joined.count(",0") + (joined[:1] == "0") != trades.count("0"):
-        return None  # not canonical decimal integers (a leading zero, an empty field)
-    prefix = f"{fixed['source']},{fixed['symbol']},{fixed['timeframe']}"
-    if prefix.count(",") != 2 or any(c in prefix for c in '"\r\n'):
-        return None  # a constant that would need quoting
-    if scale != 1:
-        opens, closes, first = list(map(_CUT, opens)), list(map(_CUT, closes)), first // scale
-    text = "\r\n".join(map(",".join, zip(repeat(prefix, n), opens, closes, flat[1::13], flat[2::13], flat[3::13],
-                                         flat[4::13], flat[5::13], flat[7::13], trades, flat[9::13],
-                                         flat[10::13], strict=True))) + "\r\n"
+    assert ms is not None
     rows = TextRows(COLUMNS, [text], [n], ramp(first, n, ms), ramp(first + ms - 1, n, ms), _INT_INDEXES, dict(fixed))
-    rows.step = ms  # every open one candle after the previous: checked above
+    rows.step = ms  # every open one candle after the previous: checked by steady_text
     return rows
 
 
@@ -750,6 +730,7 @@ class ArchiveClient:
         self._lock = threading.Lock()
         self._checksums: dict[str, bytes] = {}  # .CHECKSUM bodies fetched by probe(), used once
         self._ahead: dict[str, Future[bytes | None]] = {}  # zips downloaded ahead (prefetch), used once
+        self.ahead = AHEAD  # zips downloaded ahead at most
         self._asked: set[str] = set()  # every zip ever prefetched: none twice
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
@@ -832,25 +813,29 @@ class ArchiveClient:
             self._checksums[path] = text
         return True
 
-    def prefetch(self, path: str, symbol: str | None = None) -> bool:
+    def prefetch(self, path: str, symbol: str | None = None, then: Callable[[bytes], None] | None = None) -> bool:
         """Start downloading the zip at ``path`` in the background for :meth:`verified`; False
         (nothing done) while :data:`AHEAD` zips wait for their tasks. A zip asked before, ahead
         or by :meth:`verified`, is not asked again (True).
 
         With one month per task and two tasks run at a time, both workers would otherwise
-        download at the same moment and parse at the same moment, the CPU idle meanwhile."""
+        download at the same moment and parse at the same moment, the CPU idle meanwhile.
+        ``then(data)`` is called with the downloaded zip (to start reading it ahead)."""
         with self._lock:
             if path in self._asked:
                 return True
-            if self._closed or len(self._ahead) >= AHEAD:
+            if self._closed or len(self._ahead) >= self.ahead:
                 return False
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(AHEAD, thread_name_prefix="forge-archive-ahead")
+                self._pool = ThreadPoolExecutor(self.ahead, thread_name_prefix="forge-archive-ahead")
             self._asked.add(path)
 
             def get() -> bytes | None:
                 with retrying.symbol_context(symbol):  # a retry's display names the symbol
-                    return self.get(path)
+                    data = self.get(path)
+                if data is not None and then is not None:
+                    then(data)
+                return data
 
             self._ahead[path] = self._pool.submit(get)
             return True
@@ -863,6 +848,17 @@ class ArchiveClient:
             return future.result()
         except CancelledError:
             raise Cancelled("cancelled") from None
+
+    def matches(self, path: str, data: bytes) -> bool:
+        """Whether ``data`` matches the ``.CHECKSUM`` the planning read for ``path`` (False when
+        it read none): :meth:`verified` checks it again, and decides."""
+        with self._lock:
+            text = self._checksums.get(path)
+        try:
+            return text is not None and hashlib.sha256(data).hexdigest() == parse_checksum(
+                text.decode("utf-8", "replace"), path.rsplit("/", 1)[1])
+        except ValueError:
+            return False
 
     def verified(self, path: str) -> bytes | None:
         """The zip at ``path`` after its ``.CHECKSUM`` matched, or None if either is missing (404).
@@ -960,12 +956,15 @@ class ArchiveFetcher:
         self.unreachable: str | None = None  # once the host is down, the other files go to REST at once
         self.probe_failure: str | None = None  # the last .CHECKSUM probe that failed other than by 404
         # the archive files of the plan in task order, for downloading ahead (ArchiveClient.prefetch)
-        self._order: list[tuple[str, str]] = []  # (path, symbol)
+        self._order: list[tuple[str, str, Timeframe]] = []  # (path, symbol, timeframe)
         self._position: dict[str, int] = {}
         self._cursor = 0  # the first file of _order not yet asked ahead
         self._first_asked = False  # the plan's first file was asked ahead while probing
         self._gaps: ThreadPoolExecutor | None = None  # REST for gaps found while a file is read
         self._order_lock = threading.Lock()
+        self.helper = new_helper()  # the other core reads some of the zips
+        if self.helper is not None:
+            client.ahead = HELPED_AHEAD
 
     # -- planning around missing files ----------------------------------------------------------
     def resolve(self, symbol: str, tf: Timeframe, segments: list[Segment]) -> list[Segment]:
@@ -977,8 +976,22 @@ class ArchiveFetcher:
                 if seg.file is not None:
                     path = seg.file.path(self.market, symbol, tf)
                     self._position.setdefault(path, len(self._order))
-                    self._order.append((path, symbol))
+                    self._order.append((path, symbol, tf))
         return out
+
+    def _reader_ahead(self, path: str, symbol: str, tf: Timeframe) -> Callable[[bytes], None] | None:
+        """What hands a zip downloaded ahead, once it matches its checksum, to the helper (which
+        reads it while the run writes the file before it); None without a helper."""
+        helper = self.helper
+        if helper is None or tf.ms is None or self.columns != COLUMNS:
+            return None
+        ms, prefix = tf.ms, f"{self.source},{symbol},{tf.name}"
+
+        def read(data: bytes) -> None:
+            if self.client.matches(path, data):
+                helper.offer(data, ms, prefix, key=path)
+
+        return read
 
     def _ahead_of(self, path: str) -> None:
         """A task starts reading ``path``: download the next files of the plan ahead of it."""
@@ -987,7 +1000,7 @@ class ArchiveFetcher:
             if at is None:
                 return
             j = max(at + 1, self._cursor)
-            while j < len(self._order) and self.client.prefetch(*self._order[j]):
+            while j < len(self._order) and self.client.prefetch(*self._order[j][:2], self._reader_ahead(*self._order[j])):
                 j += 1
             self._cursor = max(self._cursor, j)
 
@@ -1197,7 +1210,8 @@ class ArchiveFetcher:
                 data = self.client.verified(path)
                 self._ahead_of(path)  # the next files download while this one is read
                 rows = None if data is None else read_rows(data, self.source, symbol, tf, start, end,
-                                                          self.maker(symbol, tf), self.columns, on_gap)
+                                                          self.maker(symbol, tf), self.columns, on_gap, self.helper,
+                                                          path)
             except ChecksumMismatch as exc:
                 count("archive_checksum_failures")
                 return self._instead(symbol, tf, name, start, end, f"failed verification: {exc}", parts)
@@ -1262,7 +1276,8 @@ class ArchiveFetcher:
                     if data is None:
                         stream.missing = True
                         return self._with_gaps(symbol, tf, f, start, end, None, early, parts)
-                    stream.reader = _Reader(data, self.source, symbol, tf, self.maker(symbol, tf), self.columns)
+                    stream.reader = _Reader(data, self.source, symbol, tf, self.maker(symbol, tf), self.columns,
+                                            self.helper, path)
                     del data
                 rows = stream.reader.take(start, end, on_gap)
             except ChecksumMismatch as exc:
@@ -1334,6 +1349,8 @@ class ArchiveFetcher:
             pool, self._gaps = self._gaps, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+        if self.helper is not None:
+            self.helper.close()
 
     def _no_rest_advice(self, where: str) -> str:
         """Why ``where`` is not taken from REST instead (``strict``), and what would."""

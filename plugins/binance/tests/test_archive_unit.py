@@ -408,7 +408,6 @@ def fetcher(client, rest=None, strict=False):
 
 
 def test_the_next_zips_are_downloaded_ahead_of_their_tasks_each_once():
-    from forge_binance import archive
 
     tf = parse_timeframe("1m")
     files, segments = month_files(6)
@@ -423,7 +422,7 @@ def test_the_next_zips_are_downloaded_ahead_of_their_tasks_each_once():
         got = f.fetch("S", tf, seg.file, seg.start, seg.end)
         assert [r[3] for r in got.rows][:3] == [seg.start + i * 60_000 for i in range(3)]
         asked = fake.zips()  # in plan order, at most AHEAD beyond the task reading its own
-        assert asked == paths[:len(asked)] and k + 1 <= len(asked) <= k + 1 + archive.AHEAD
+        assert asked == paths[:len(asked)] and k + 1 <= len(asked) <= k + 1 + fake.client.ahead
     assert sorted(fake.zips()) == sorted(paths)  # each zip downloaded once
     assert all(t.startswith("forge-archive-ahead") for p, t in fake.calls if p in paths)  # none by a task
     fake.client.close()
@@ -432,7 +431,6 @@ def test_the_next_zips_are_downloaded_ahead_of_their_tasks_each_once():
 def test_at_most_AHEAD_zips_wait_for_their_tasks():
     import threading
 
-    from forge_binance import archive
 
     tf = parse_timeframe("1m")
     files, segments = month_files(8)
@@ -441,7 +439,7 @@ def test_at_most_AHEAD_zips_wait_for_their_tasks():
     f = fetcher(fake.client)
     f.resolve("S", tf, segments)
     f._ahead_of(segments[0].file.path("spot", "S", tf))  # what a task reading the first file does
-    assert len(fake.client._ahead) == archive.AHEAD and len(fake.zips()) <= archive.AHEAD
+    assert len(fake.client._ahead) == fake.client.ahead and len(fake.zips()) <= fake.client.ahead
     gate.set()
     fake.client.close()
 
