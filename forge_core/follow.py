@@ -316,6 +316,10 @@ class Follower:
         name, out = self.source.source_value, self.out_tf
         self.sink_points = [{} for _ in self.sinks]
         self._retrying(self.clock.sync)
+        now = self.clock.now()
+        if self.since > now:  # a typo (2030 for 2023) would wait for years, silently
+            raise UsageError(f"--since {iso(self.since)} is after the exchange's clock ({iso(now // 1000 * 1000)}): "
+                             "nothing has closed there yet; give a date in the past")
         # every symbol told first, as in a bounded run (Binance: one exchangeInfo for all)
         prepare_symbols = getattr(self.source, "prepare_symbols", None)
         if prepare_symbols is not None:

@@ -121,3 +121,14 @@ def test_follow_with_since_needs_no_from(forge, fresh_exchange_env, in_tmp):
     assert result.code == 0, result
     assert "stopped by every series ended for good" in result.out
     assert rows_of(in_tmp / "f.csv")[1][0][3] == str(parse_instant("2024-03-28")[0])
+
+
+def test_follow_from_a_date_after_the_exchanges_clock_is_refused(forge, fresh_exchange_env, in_tmp):
+    """``--since 2030-01-01`` (a typo for 2023?) waited silently for years; a bounded run
+    refuses the same --from."""
+    result = forge("run", "-s", "binance", "--symbol", "BTCUSDT", "--since", "2030-01-01", "--follow",
+                   "--output", "f.csv")
+    assert result.code == 2, result
+    assert result.err == ("forge: error: --since 2030-01-01T00:00:00Z is after the exchange's clock "
+                          "(2025-03-15T10:20:30Z): nothing has closed there yet; give a date in the past\n")
+    assert not list(in_tmp.glob("*.csv"))

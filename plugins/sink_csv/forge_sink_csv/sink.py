@@ -135,6 +135,7 @@ class _Target:
     buffer: io.BytesIO | None = None  # follow: what was written since the last commit
     changed: int | None = None  # records the finished file holds that the one it replaced did not
     written: int | None = 0  # records this run wrote, one line each; None once one may span lines
+    created: bool = False  # follow: the file did not exist before this run
 
     @property
     def part(self) -> str:
@@ -263,6 +264,7 @@ class CsvSink(Sink):
         Forge follows. A torn last record left by a crash is cut off first (quote-aware); the
         newest candle of each series in the file is where the run continues (``last_open``)."""
         try:
+            t.created = not os.path.lexists(t.real)
             t.file = open(t.real, "a+b")  # noqa: SIM115 (closed in close())
             size = t.file.seek(0, os.SEEK_END)
             cut = _complete_end(t.file, size, t.gzip, t.path)
@@ -705,7 +707,10 @@ class CsvSink(Sink):
                 t.handle.close()
         if t.kind == "follow" and t.file is not None:
             with contextlib.suppress(OSError):
+                empty = t.created and t.file.seek(0, os.SEEK_END) == 0
                 t.file.close()
+                if empty:  # a run that failed before its first commit leaves no file of its own
+                    os.remove(t.real)
         if t.kind != "file" or t.file is None:
             return
         try:
