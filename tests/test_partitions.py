@@ -264,6 +264,8 @@ def test_a_partition_before_the_listing_is_refused_naming_the_market_and_the_par
         "forge: error: Binance spot has no NEWUSDT candles before 2024-01-15T08:00:00Z (its first); partitions "
         "binance:spot:NEWUSDT:1h:2023-11 .. 2023-12 are wholly before it: its partitions start at 2024-01 "
         "(forge plan lists them)\n")
+    okx = forge("run", "--partition", "okx:-:NEW-USDT:1h:2023-12", "-q")
+    assert okx.code == 1 and okx.err.startswith("forge: error: OKX has no NEW-USDT candles before 2024-01-15"), okx
     ranged = forge("run", "-s", "binance", "--market", "coinm", "--symbol", "BTCUSD_240329", "-t", "1d",
                    "--from", "2023-08-01", "--to", "2023-08-31", "-q")
     assert ranged.code == 1 and ranged.err == (

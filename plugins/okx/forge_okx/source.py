@@ -193,6 +193,9 @@ class OkxSource(Source):
         return self.clients[path].get_json(path, params, parse=parse)
 
     # -- the Source contract ----------------------------------------------------------------
+    def describe(self) -> str:
+        return "OKX"  # the instrument id says the market (BTC-USDT, BTC-USDT-SWAP, BTC-USD-250328)
+
     def server_time(self) -> int:
         self._now = int(self._get(TIME, {}, lambda body: body["data"][0]["ts"]))
         return self._now

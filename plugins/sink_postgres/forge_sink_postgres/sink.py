@@ -232,8 +232,11 @@ class PostgresSink(EmitterMethods, Sink):
         mode = (f"upsert on {','.join(key)}" if key else "plain inserts" if self.conflict is not None
                 else "upsert on the primary key")
         skipped = f"; not stored, the table has no such columns: {', '.join(self.not_stored)}" if self.not_stored else ""
+        # the retries themselves are progress (the progress line, -v), not warnings: the summary counts them
+        retried = f"; {self.retries} {'retry' if self.retries == 1 else 'retries'} (connection lost or silent)" \
+            if self.retries else ""
         return (f"{self.spec.safe_url} table {self._label} ({mode}; {self.sent} rows sent, "
-                f"{self.changed} inserted or changed{skipped})")
+                f"{self.changed} inserted or changed{skipped}{retried})")
 
     # -- the table ------------------------------------------------------------------------------
     @property

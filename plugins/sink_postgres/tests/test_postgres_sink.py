@@ -143,6 +143,7 @@ def test_a_retry_is_progress_on_the_progress_line_not_a_warning(pg_url, db, tabl
     finally:
         stop()
     assert sink.retries >= 1 and "postgres_retry" not in caplog.text
+    assert sink.describe().endswith(f"{sink.retries} retr{'y' if sink.retries == 1 else 'ies'} (connection lost or silent))")
     assert seen and seen[0].what.endswith(f" table {table} (commit)") and seen[0].attempt == 2, seen
     assert fetch(db, table) == [("BTCUSDT", r[3], r[8]) for r in rows(20)]
 
