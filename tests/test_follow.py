@@ -309,13 +309,21 @@ def test_follow_into_postgres_commits_each_boundary_and_restarts_exactly(live_mo
     assert tail and all(b["written"] - a["written"] == 1 for a, b in zip(tail, tail[1:], strict=False))
 
 
-def test_follow_paused_process_catches_up_exactly(live_mock: MockExchange, tmp_path: Path) -> None:
+def test_follow_paused_process_catches_up_exactly(live_mock: MockExchange, ram_path: Path) -> None:
     """SIGSTOP/SIGCONT: what a suspended laptop looks like to the process (its timers overshoot,
     candles closed meanwhile must be fetched before the tail goes on)."""
+    tmp_path = ram_path  # a commit's fsync on a busy disk is where a stop would land, not the wait
     since = (mock_now(live_mock) // SECOND - 3) * SECOND
     run = Follow(live_mock, tmp_path, "BTCUSDT", since)
-    for _ in range(3):  # a stop that lands mid-request (not in the wait) finds nothing late: again
-        run.wait_rows("BTCUSDT", (mock_now(live_mock) // SECOND) * SECOND)
+    for _ in range(5):  # a stop that lands mid-request (not in the wait) finds nothing late: again
+        target = (mock_now(live_mock) // SECOND) * SECOND
+        run.wait_rows("BTCUSDT", target)
+        # stopped once that candle's commit is logged (the row is in the file before it is
+        # committed): the follower then waits for the next one, where the stop should land
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+                parse_instant(e["open"])[0] >= target for e in run.events("candle_committed")):
+            time.sleep(0.01)
         run.proc.send_signal(signal.SIGSTOP)
         time.sleep(4)
         run.proc.send_signal(signal.SIGCONT)
@@ -326,7 +334,7 @@ def test_follow_paused_process_catches_up_exactly(live_mock: MockExchange, tmp_p
     code, _ = run.stop()
     assert code == 0
     check_exact(tmp_path / "f-BTCUSDT.csv", "BTCUSDT", since)
-    assert run.events("woke_late")
+    assert run.events("woke_late"), "".join(run.err_lines[-30:])
 
 
 def test_follow_okx_1s(live_mock: MockExchange, tmp_path: Path) -> None:
