@@ -742,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-rows", type=int, default=500_000, help="rows of the PostgreSQL case")
     parser.add_argument("--tool-pairs", type=int, default=3,
                         help="case 7: Forge / freqtrade pairs run in turn on each path (the median pair's ratio)")
-    parser.add_argument("--cpu-pairs", type=int, default=3,
+    parser.add_argument("--cpu-pairs", type=int, default=5,
                         help="case 1c: bare client / Forge pairs run in turn (the median pair's ratio)")
     parser.add_argument("--pg-rounds", type=int, default=3, help="rounds of the PostgreSQL case (pairs per target)")
     parser.add_argument("--publish", action="store_true", help="write docs/benchmarks.md and .png")
