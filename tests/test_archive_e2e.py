@@ -306,3 +306,31 @@ def test_missing_archive_files_cost_what_the_rest_path_costs_with_one_warning(fo
     assert stat(auto.out, "archive_fallbacks") == 11 and stat(auto.out, "archive_missing") == auto_404
     assert auto.err.count("archive_files_missing") == 1 and "archive_fallback " not in auto.err
     assert "2024-01-01T00:00:00Z..2024-02-10T23:59:59.999Z" in auto.err
+
+
+@pytest.mark.parametrize("helper", ["1", "0"])
+def test_a_monthly_file_ending_early_is_completed_from_rest_with_or_without_the_helper(forge, monkeypatch, tmp_path,
+                                                                                       helper):
+    """A monthly 1m file is read in 3-day slices; this one ends at 85% of its month, so its last
+    slices find the file's end. With the helper process reading it (FORGE_BINANCE_ARCHIVE_HELPER=1)
+    the run hung there for good, SIGTERM included (review of 2b192cd): the end was said once."""
+    import threading
+
+    from conftest import read_csv
+
+    monkeypatch.setenv("FORGE_BINANCE_ARCHIVE_HELPER", helper)
+    span = ("2024-02-01", "2024-02-29")
+    with corrupt_mock(archive_corrupt={"BTCUSDT-1m-2024-02.zip": "tail"}) as mock:
+        set_env(monkeypatch, mock)
+        done: list = []
+        worker = threading.Thread(target=lambda: done.append(run(forge, tmp_path / "x.csv", "auto", "BTCUSDT", "1m",
+                                                                 *span)), daemon=True)
+        worker.start()
+        worker.join(120)
+        assert done, "the run did not end"
+    _, rows = read_csv(tmp_path / "x.csv")
+    assert rows == expected("BTCUSDT", "1m", *span)
+    month = 29 * 1440
+    assert "archive_helper_stalled" not in done[0].err  # (it would end a hang after 60 s)
+    got = origins(done[0].out)
+    assert sum(got.values()) == month and got.get("rest", 0) + got.get("archive+rest", 0) > 0, got  # completed

@@ -371,7 +371,7 @@ class _Reader:
         self._pieces = pieces(self._raw)
         self._carry: TextRows | list[Row] | None = None  # rows read past the last slice's end
         self._helped: Parsed | None = None
-        if helper is not None and self.fast and tf.ms is not None and _arrow() is None:
+        if helper is not None and tf.ms is not None and helpable(tf, columns):
             self._helped = helper.claim(key, data) or helper.offer(data, tf.ms, ",".join(self.fixed.values()))
 
     def next_rows(self, start: int, end: int) -> TextRows | list[Row] | None:
@@ -382,7 +382,8 @@ class _Reader:
             except HelperGone:  # go on here, from the piece the helper reached
                 self._unhelped()
             else:
-                if answer is None:
+                if answer is None:  # the file's end, for the next slices too
+                    self._helped, self._pieces = None, iter(())
                     return None
                 if answer[0] == "S":
                     _, text, n, first = answer
@@ -486,6 +487,12 @@ def slices(tf: Timeframe, seg: Segment) -> list[tuple[int, int]]:
 
 
 _MS_DIGITS = 13  # epoch ms have at most 13 digits until the year 2286, microseconds 14 or more
+
+
+def helpable(tf: Timeframe, columns: tuple[str, ...]) -> bool:
+    """Whether the helper may read files of ``tf`` into ``columns``: the fast path's rows, not
+    pyarrow's parser (the same test for files read ahead and for files a task opens)."""
+    return columns == COLUMNS and tf.ms is not None and _arrow() is None
 
 
 def _text_rows(piece: bytes, tf: Timeframe, fixed: dict[str, str]) -> TextRows | None:
@@ -983,7 +990,7 @@ class ArchiveFetcher:
         """What hands a zip downloaded ahead, once it matches its checksum, to the helper (which
         reads it while the run writes the file before it); None without a helper."""
         helper = self.helper
-        if helper is None or tf.ms is None or self.columns != COLUMNS:
+        if helper is None or tf.ms is None or not helpable(tf, self.columns):
             return None
         ms, prefix = tf.ms, f"{self.source},{symbol},{tf.name}"
 

@@ -169,7 +169,15 @@ class Parsed:
         self.abandoned = False
 
     def next(self) -> tuple[Any, ...] | None:
-        answer = self._answers.get()
+        try:
+            answer = self._answers.get(timeout=self._helper.STALL)
+        except queue.Empty:  # stopped, or stuck: it is not waited for again
+            from forge_core import get_logger  # (the run's side only: the helper imports no Forge)
+
+            get_logger(__name__).warning("archive_helper_stalled", seconds=self._helper.STALL,
+                                         then="the run reads the zips itself")
+            self._helper._end("the archive helper process stalled")
+            raise HelperGone("the archive helper process stalled") from None
         if isinstance(answer, HelperGone):
             raise answer
         if answer is not None:
@@ -192,6 +200,7 @@ class Helper:
 
     HELD = 12 << 20  # bytes of answers waiting to be taken, at most, before it takes another file
     PIPE = 1 << 20  # bytes a pipe holds (Linux's default maximum): one handoff of the GIL a piece
+    STALL = 60.0  # seconds without an answer after which the helper is given up
 
     def __init__(self, command: list[str] | None = None) -> None:
         # -I: the standard library only (no site, no environment)
@@ -207,27 +216,29 @@ class Helper:
     def offer(self, data: bytes, ms: int, prefix: str, key: str = "") -> Parsed | None:
         """The helper's answers for the zip ``data``, or None when it takes no file now. With a
         ``key`` (a zip downloaded ahead of its task) they wait for :meth:`claim`."""
-        with self._lock:
+        with self._lock:  # the file is reserved here, and written outside the lock
             if self._gone or self._current is not None or self._held >= self.HELD:
                 return None
             try:
                 proc = self._start()
-                parsed = self._current = Parsed(self)
-                encoded = prefix.encode()
-                assert proc.stdin is not None
-                proc.stdin.write(_REQUEST.pack(len(data), ms, len(encoded)) + encoded)
-                proc.stdin.write(data)
-                proc.stdin.flush()
-            except OSError:  # not started (no room, no process) or gone: the run reads its zips
-                self._gone, self._current = True, None
+            except (OSError, ValueError):  # no process (or pipes too small): the run reads its zips
+                self._gone = True
                 return None
+            parsed = self._current = Parsed(self)
+            stale = self._ahead.pop(key, None) if key else None
             if key:
-                stale = self._ahead.pop(key, None)
                 self._ahead[key] = (data, parsed)
-            else:
-                stale = None
         if stale is not None:
             stale[1].abandon()
+        try:
+            encoded = prefix.encode()
+            assert proc.stdin is not None
+            proc.stdin.write(_REQUEST.pack(len(data), ms, len(encoded)) + encoded)
+            proc.stdin.write(data)
+            proc.stdin.flush()
+        except (OSError, ValueError):  # it ended (or was closed) meanwhile: the run reads the file
+            self._end("the archive helper process ended")
+            return None
         return parsed
 
     def claim(self, key: str, data: bytes) -> Parsed | None:
@@ -247,11 +258,11 @@ class Helper:
             # end, however it ends, closes the pipe, and the helper exits
             self._proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                           stderr=subprocess.DEVNULL, bufsize=self.PIPE, start_new_session=True)
-            for pipe in (self._proc.stdin, self._proc.stdout):
-                with suppress(ImportError, OSError, AttributeError):  # not Linux, or a lower pipe-max-size
-                    import fcntl
-
-                    fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, self.PIPE)  # type: ignore[arg-type, attr-defined]
+            if not all(_big_pipe(pipe, self.PIPE) for pipe in (self._proc.stdin, self._proc.stdout)):
+                self._proc.kill()  # 64 KiB pipes: a GIL handoff each, slower than no helper (measured)
+                self._proc.wait()
+                self._proc = None
+                raise OSError("the pipes cannot hold 1 MiB")
             threading.Thread(target=self._read, args=(self._proc,), name="archive-helper", daemon=True).start()
         return self._proc
 
@@ -277,11 +288,19 @@ class Helper:
                     raise OSError(f"the archive helper answered {kind!r}")
         except Exception:  # noqa: BLE001 - whatever it was, the files go on in-process
             pass
+        self._end("the archive helper process ended")
+
+    def _end(self, why: str) -> None:
+        """No more files for the helper: it is stopped, its current file's reader told."""
         with self._lock:
             self._gone = True
             current, self._current = self._current, None
+            proc = self._proc
         if current is not None:
-            current._answers.put(HelperGone("the archive helper process ended"))
+            current._answers.put(HelperGone(why))
+        if proc is not None:
+            with suppress(OSError):
+                proc.kill()  # (a child blocked on a full pipe would wait for close otherwise)
 
     def _answer(self, answer: tuple[Any, ...], size: int) -> None:
         with self._lock:
@@ -317,13 +336,24 @@ class Helper:
             return
         self.peak_mib = _rss_mib(str(proc.pid), "VmHWM")
         PEAKS.append(self.peak_mib)
-        try:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            proc.wait(5)
-        except (OSError, subprocess.TimeoutExpired):
-            proc.kill()
-            proc.wait()
+        with suppress(OSError):
+            proc.kill()  # nothing it holds is wanted now (a writer blocked on its pipe gets EPIPE)
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            with suppress(OSError, ValueError):
+                if pipe is not None:
+                    pipe.close()
+
+
+def _big_pipe(pipe: IO[bytes] | None, size: int) -> bool:
+    """Whether ``pipe`` holds ``size`` bytes, made to if it can (Linux's F_SETPIPE_SZ)."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, size)  # type: ignore[arg-type, attr-defined]
+        return fcntl.fcntl(pipe, fcntl.F_GETPIPE_SZ) >= size  # type: ignore[arg-type, attr-defined]
+    except (ImportError, AttributeError, OSError):  # not Linux, or a lower pipe-max-size
+        return False
 
 
 def _exactly(stream: IO[bytes], size: int) -> bytes:
@@ -334,7 +364,8 @@ def _exactly(stream: IO[bytes], size: int) -> bytes:
 
 
 def _rss_mib(pid: str, field: str) -> float:
-    """``VmRSS`` or ``VmHWM`` of a process in MiB, from /proc; 0 where there is none."""
+    """``VmRSS`` or ``VmHWM`` of a process in MiB, from /proc; without it, this process's peak
+    (``ru_maxrss``, kilobytes on Linux, bytes on macOS: taken as kilobytes, the larger), or 0."""
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
@@ -342,6 +373,11 @@ def _rss_mib(pid: str, field: str) -> float:
                     return int(line.split()[1]) / 1024
     except (OSError, ValueError):
         pass
+    if pid == "self":
+        with suppress(ImportError, OSError):
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return 0.0
 
 
@@ -365,12 +401,12 @@ def new_helper() -> Helper | None:
     if setting in ("0", "false", "no", "off"):
         return None
     if setting in ("1", "true", "yes", "on"):
-        return Helper()
+        return Helper() if sys.executable else None
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    return Helper() if cores > 1 and _rss_mib("self", "VmRSS") <= ROOM else None
+    return Helper() if cores > 1 and sys.executable and _rss_mib("self", "VmRSS") <= ROOM else None
 
 
 if __name__ == "__main__":

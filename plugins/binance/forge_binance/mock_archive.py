@@ -191,12 +191,13 @@ def serve(mock: MockExchange, req: Request) -> Response:
             if not checksum:
                 seen.add(name)
         corrupt = "zip" if first else ""
-    variant = corrupt if corrupt in ("short", "values") else ""
+    variant = corrupt if corrupt in ("short", "values", "tail") else ""
 
     def build() -> bytes:
         rows = csv_bytes(listing, tf, start, end, micros=where == "spot" and start >= MICROS_FROM,
                          header=where != "spot" and start >= HEADER_FROM,
-                         skip=range(10, 20) if variant == "short" else range(0),
+                         skip=range(10, 20) if variant == "short" else range(tf.count(start, end) * 17 // 20, 1 << 62)
+                         if variant == "tail" else range(0),
                          alter=range(10, 20) if variant == "values" else range(0))
         return zip_bytes(name[:-4] + ".csv", rows) if rows else b""
 

@@ -4,8 +4,10 @@ reading from the piece it reached; its memory is bounded; it never outlives the 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -218,3 +220,37 @@ def test_the_helper_says_its_peak_memory_when_closed(helper):
         pass
     helper.close()
     assert 5 < helper.peak_mib < 60  # read from /proc at close: what the benchmark adds to the run's
+
+
+def test_a_zip_read_ahead_is_claimed_by_its_task_only_for_the_same_bytes(helper):
+    data = CASES["holes inside pieces"]
+    ahead = helper.offer(data, MINUTE, "binance,BTCUSDT,1m", key="a.zip")
+    assert ahead is not None and helper.claim("a.zip", data) is ahead and helper.claim("a.zip", data) is None
+    while ahead.next() is not None:
+        pass
+    again = helper.offer(data, MINUTE, "binance,BTCUSDT,1m", key="b.zip")
+    assert again is not None
+    assert helper.claim("b.zip", bytes(bytearray(data))) is None  # downloaded again (a checksum failed): not these answers
+    deadline = time.monotonic() + 60
+    while helper._current is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert helper._held == 0  # the unclaimed answers were let go
+
+
+def test_a_stalled_helper_is_given_up_and_the_file_read_in_process(helper):
+    data = CASES["a month of 1m, many pieces"]
+    helper.STALL = 0.5
+    assert helper.offer(b"", MINUTE, "a,b,c") is not None  # started
+    proc = helper._proc
+    assert proc is not None
+    deadline = time.monotonic() + 30
+    while helper._current is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        rows = read(data, helper=helper)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
+    assert helper._gone and list(rows) == list(read(data))
+    proc.wait(10)  # killed when given up
