@@ -42,6 +42,23 @@ def _no_hosts_answered_yet() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def _signal_handlers_restored() -> Iterator[None]:
+    """Each test starts with the signal handlers the process started with. Dagster's in-process
+    materialisation (plugins/dagster) leaves SIGTERM raising KeyboardInterrupt: a run then
+    takes SIGTERM for the embedding app's own (pipeline._stop_signals leaves it alone), and in a
+    pytest-xdist worker that had run the Dagster tests first, test_signals' swallowed-stop tests
+    ended with exit 0 (reproduced with the Dagster file ordered before test_signals)."""
+    import signal
+
+    names = ("SIGINT", "SIGTERM", "SIGHUP")
+    before = {sig: signal.getsignal(sig) for sig in (getattr(signal, n) for n in names if hasattr(signal, n))}
+    yield
+    for sig, handler in before.items():
+        if handler is not None and signal.getsignal(sig) is not handler:
+            signal.signal(sig, handler)
+
+
+@pytest.fixture(autouse=True)
 def _own_state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Forge's per-user state ($XDG_STATE_HOME/forge: Binance bans remembered across runs) is
     each test's own: a ban one test met on the shared mock must not refuse the next test's run."""
