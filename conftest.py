@@ -11,7 +11,8 @@ import csv
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,16 @@ def forge_process():
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
     return run
+
+
+def wait_for(condition: Callable[[], object], seconds: float = 30.0) -> bool:
+    """Whether ``condition()`` came true within ``seconds`` (polled every 20 ms)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:

@@ -6,10 +6,10 @@ stays where it ended."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
+from conftest import wait_for
 from forge_core import Pipeline
 from forge_core.testing.market import PAUSE
 from forge_mock_exchange.expected import as_csv_lines, binance_rows
@@ -18,19 +18,12 @@ MINUTE = 60_000
 SINCE = PAUSE[0] - 30 * MINUTE  # 06:30, half an hour before the pause
 
 
+
 def rows_of(path):
     from conftest import read_csv
 
     return read_csv(path)[1]
 
-
-def wait_for(condition, seconds: float = 20.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def clock_at_recheck(follower, mock, *times: int) -> list[list[int]]:

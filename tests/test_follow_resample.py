@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-import time
 
+from conftest import wait_for
 from forge_core import Pipeline
 from forge_core.times import parse_instant
 
@@ -16,14 +16,6 @@ def rows_of(path):
 
     return read_csv(path)
 
-
-def wait_for(condition, seconds: float = 30.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_a_follow_from_before_the_listing_writes_the_listing_period_as_a_run_does(mock_exchange_factory, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+from conftest import wait_for
 from forge_core import Pipeline
 from forge_core.testing.server import Response
 from forge_mock_exchange.expected import as_csv_lines, binance_rows
@@ -19,14 +20,6 @@ def rows_of(path):
 
     return read_csv(path)[1]
 
-
-def wait_for(condition, seconds: float = 30.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_a_pair_failing_in_its_backfill_is_given_up_after_one_retry_cycle_not_one_per_page(
