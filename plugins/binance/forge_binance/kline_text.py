@@ -325,7 +325,7 @@ class Helper:
                 parsed._answers.get_nowait()
 
     def close(self) -> None:
-        """End the child (it exits when its input closes) and wait for it."""
+        """End the child (killed: nothing it holds is wanted now) and wait for it."""
         with self._lock:
             self._gone = True
             proc, self._proc = self._proc, None
