@@ -397,10 +397,15 @@ def new_helper() -> Helper | None:
     """A helper for a run, or None: ``FORGE_BINANCE_ARCHIVE_HELPER`` ``0`` turns it off, ``1``
     on whatever the run's memory; by default it is used with two cores or more for this
     process and at most :data:`ROOM` MiB held."""
+    from forge_core.options import (  # (the run's side: the helper imports no Forge)
+        FALSE_WORDS,
+        TRUE_WORDS,
+    )
+
     setting = os.environ.get("FORGE_BINANCE_ARCHIVE_HELPER", "").strip().lower()
-    if setting in ("0", "false", "no", "off"):
+    if setting and setting in FALSE_WORDS:
         return None
-    if setting in ("1", "true", "yes", "on"):
+    if setting in TRUE_WORDS:
         return Helper() if sys.executable else None
     try:
         cores = len(os.sched_getaffinity(0))
