@@ -185,6 +185,20 @@ def wait_for(condition: Callable[[], object], seconds: float = 30.0) -> bool:
     return False
 
 
+def follow_until_ended(follower: Any, seconds: float = 20.0) -> Any:
+    """``follower.run()`` in a thread, stopped after ``seconds`` if it has not ended by itself;
+    its result, or None if it never returned."""
+    import threading
+
+    done: list[Any] = []
+    thread = threading.Thread(target=lambda: done.append(follower.run()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    follower.stop()
+    thread.join(5)
+    return done[0] if done else None
+
+
 def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from conftest import wait_for
+from conftest import follow_until_ended, wait_for
 from forge_core import Pipeline
 from forge_core.testing.market import PAUSE
 from forge_mock_exchange.expected import as_csv_lines, binance_rows
@@ -229,15 +229,10 @@ def test_a_follow_run_of_expired_contracts_only_ends_after_their_last_candles(fr
     from forge_core.testing.market import QUARTER_DELIVERED
 
     follower = usdm_follower(fresh_mock, tmp_path, ["BTCUSDT_240329"], QUARTER_DELIVERED - 5 * HOUR)
-    done: list = []
-    thread = threading.Thread(target=lambda: done.append(follower.run()), daemon=True)
-    thread.start()
-    thread.join(20)
-    follower.stop()
-    thread.join(5)
-    assert done and done[0].stopped_by == "every series ended for good"
+    result = follow_until_ended(follower)
+    assert result is not None and result.stopped_by == "every series ended for good"
     assert follower.series["BTCUSDT_240329"].last_open == QUARTER_DELIVERED - HOUR
-    assert "run the same command to continue" not in done[0].summary()
+    assert "run the same command to continue" not in result.summary()
 
 
 def test_a_delivered_contract_exchangeinfo_still_lists_is_final_a_settled_perpetual_is_not(fresh_mock,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from conftest import wait_for
+from conftest import follow_until_ended, wait_for
 from forge_core import Pipeline
 from forge_core.times import parse_instant
 
@@ -58,13 +58,8 @@ def test_a_follow_of_an_expired_contract_resampled_ends_after_its_last_whole_per
                         [("csv", {"output": str(tmp_path / output)})], [("resample", {"resample_to": "1d"})])
 
     follower = pipeline("follow.csv").follow(["BTCUSDT_240329"], "1h", since=since, resync=0.1, recheck=0.1)
-    done: list = []
-    thread = threading.Thread(target=lambda: done.append(follower.run()), daemon=True)
-    thread.start()
-    thread.join(20)
-    follower.stop()
-    thread.join(5)
-    assert done and done[0].stopped_by == "every series ended for good"
+    result = follow_until_ended(follower)
+    assert result is not None and result.stopped_by == "every series ended for good"
     pipeline("run.csv").run(["BTCUSDT_240329"], "1h", since, "now")
     followed, ran = rows_of(tmp_path / "follow.csv"), rows_of(tmp_path / "run.csv")
     assert followed[1][-1][3] == str(parse_instant("2024-03-28")[0])  # the last whole day
